@@ -1,0 +1,656 @@
+"""Ekko's custom resources: ServerPool, Model, ModelVersion and ServerAssignment.
+
+These pydantic models are the API. ``make crds`` turns them into ``crds/*.yaml`` (see
+:mod:`ekko.api.crdgen`); every field's description becomes ``kubectl explain`` text. Cross-field
+rules are CEL rules on the CRD with a Python twin here (``__cel__``), so a manifest is judged the
+same way by the API server and offline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from ekko.api.meta import (
+    ApiModel,
+    Conditions,
+    EmbeddedObject,
+    Name,
+    Resource,
+)
+from ekko.api.schema import CelRule, ListSchema
+from ekko.api.units import Duration, Quantity, quantity_bytes
+
+MAX_SHARD_BYTES = 16 * 2**40
+"""No single shard may exceed 16 TiB: larger values are almost always a unit mistake (16Ti vs 16Gi)."""
+MAX_SHARD_QUANTITY = "16Ti"
+
+SloClass = Literal["critical", "standard", "batch"]
+Phase = Literal[
+    "Pending", "Loading", "Progressing", "Paused", "Promoted", "Aborted", "RolledBack", "Failed"
+]
+NoDataPolicy = Literal["Hold", "Fail", "Pass"]
+
+# ---------------------------------------------------------------------------------------------
+# ServerPool
+
+
+class ContainerResources(ApiModel):
+    """Resource requests and limits of the inference server container."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Resources the scheduler reserves for each server pod (cpu, memory, nvidia.com/gpu).",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Upper limits for each server pod's container."
+    )
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the inference server container."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the variable.")
+    value: str = Field(default="", max_length=4096, description="Value of the variable.")
+
+
+class ServerTemplate(ApiModel):
+    """The pod that runs one inference server and its Ekko agent sidecar."""
+
+    image: str = Field(
+        min_length=1, max_length=512, description="Image of the inference engine container."
+    )
+    engine: Literal["reference", "triton"] = Field(
+        default="reference",
+        description="Engine adapter the agent uses to load shards: reference (files) or triton.",
+    )
+    args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=64, description="Arguments of the engine container."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, description="Environment of the engine container."
+    )
+    resources: ContainerResources = Field(
+        default_factory=ContainerResources,
+        description="Requests and limits of the engine container; size them to the node type.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels a node must have to run this pool's servers."
+    )
+    tolerations: list[EmbeddedObject] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Tolerations of the server pods, as in a Pod spec.",
+    )
+    agent_image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Image of the Ekko agent sidecar; defaults to the operator's image.",
+    )
+    service_account_name: str | None = Field(
+        default=None, max_length=253, description="Service account of the server pods."
+    )
+
+
+class ServerCapacity(ApiModel):
+    """What one server of the pool can hold for model shards."""
+
+    memory: Quantity = Field(
+        description="Memory for model shards on one server (for example 64Gi or 80Gi of GPU memory)."
+    )
+    compute: Quantity = Field(
+        description="Compute units one server serves (QPS, or CPU cores); shards' load uses the same unit."
+    )
+
+
+class PlacementPolicy(ApiModel):
+    """How the optimiser places shards on this pool."""
+
+    solver_time_limit: Duration = Field(
+        default="10s", description="Deadline of one placement solve; the best plan found is used."
+    )
+    migration_cost_weight: float = Field(
+        default=0.01,
+        ge=0,
+        le=1000,
+        description="Servers saved are worth this many GiB moved: higher values move less.",
+    )
+    headroom_percent: int = Field(
+        default=10,
+        ge=0,
+        le=90,
+        description="Percent of each server's memory and compute kept free.",
+    )
+    replan_debounce: Duration = Field(
+        default="2s", description="Changes arriving within this window are planned together."
+    )
+
+
+class ServerPoolSpec(ApiModel):
+    """A fleet of identical inference servers."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.minServers <= self.maxServers",
+            message="minServers must not exceed maxServers",
+            check=lambda s: s.min_servers <= s.max_servers,
+        ),
+    )
+
+    template: ServerTemplate = Field(description="The server pod: engine image and resources.")
+    capacity: ServerCapacity = Field(description="Per-server capacity available to model shards.")
+    min_servers: int = Field(
+        default=0, ge=0, le=10000, description="Servers kept running even when empty."
+    )
+    max_servers: int = Field(
+        ge=1, le=10000, description="Most servers the optimiser may use; a plan needing more fails."
+    )
+    topology_key: str = Field(
+        default="topology.kubernetes.io/zone",
+        max_length=253,
+        description="Node label whose values are the failure domains replicas spread over.",
+    )
+    zones: list[Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Values of topologyKey to use; empty means every value found on nodes.",
+    )
+    placement: PlacementPolicy = Field(
+        default_factory=PlacementPolicy, description="Optimiser settings for this pool."
+    )
+
+
+class PlanSummary(ApiModel):
+    """The last placement plan the operator computed for the pool."""
+
+    status: Literal["Optimal", "Feasible", "Fallback", "Infeasible"] = Field(
+        description="Optimal, Feasible (deadline hit), Fallback (greedy or current) or Infeasible."
+    )
+    servers_used: int = Field(ge=0, description="Servers the plan uses.")
+    lower_bound: int = Field(ge=0, description="Proven lower bound on servers needed.")
+    gap_percent: float = Field(ge=0, description="Percent the plan is above the lower bound.")
+    solve_seconds: float = Field(ge=0, description="Wall time of the solve.")
+    bytes_moved: int = Field(ge=0, description="Bytes of shards the plan loads anew.")
+    replicas_moved: int = Field(ge=0, description="Shard replicas the plan moves.")
+    computed_at: datetime | None = Field(default=None, description="When the plan was computed.")
+    explanation: str = Field(
+        default="", max_length=4096, description="Why the plan is infeasible, in plain words."
+    )
+
+
+class ServerPoolStatus(ApiModel):
+    """Observed state of a ServerPool."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status describes."
+    )
+    servers_wanted: int = Field(default=0, description="Servers the current plan needs.")
+    servers_ready: int = Field(default=0, description="Servers whose agent reports ready.")
+    plan: PlanSummary | None = Field(default=None, description="Summary of the last plan.")
+    conditions: Conditions = Field(default_factory=list)
+
+
+class ServerPool(Resource):
+    """A fleet of identical inference servers that Ekko fills with model shards."""
+
+    kind: Literal["ServerPool"] = "ServerPool"
+    spec: ServerPoolSpec = Field(description="Desired fleet.")
+    status: ServerPoolStatus | None = Field(default=None, description="Observed fleet.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+class ShardItem(ApiModel):
+    """One shard given explicitly, for models whose shards differ in size or load."""
+
+    size: Quantity = Field(description="Bytes of memory the shard needs on a server.")
+    load: Quantity | None = Field(
+        default=None, description="Compute units one replica of this shard takes; defaults to shards.load."
+    )
+
+
+class Shards(ApiModel):
+    """How the model is cut into shards: count × size, or an explicit list."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="has(self.items) != (has(self.count) && has(self.size))",
+            message="give either count and size, or items, but not both",
+            check=lambda s: (s.items is not None) != (s.count is not None and s.size is not None),
+        ),
+        CelRule(
+            rule="!has(self.size) || quantity(string(self.size)).compareTo(quantity('16Ti')) <= 0",
+            message="shard size must be at most 16Ti",
+            check=lambda s: s.size is None or quantity_bytes(s.size) <= MAX_SHARD_BYTES,
+        ),
+        CelRule(
+            rule="!has(self.items) || self.items.all(i, quantity(string(i.size)).compareTo(quantity('16Ti')) <= 0)",
+            message="every shard size must be at most 16Ti",
+            check=lambda s: s.items is None
+            or all(quantity_bytes(i.size) <= MAX_SHARD_BYTES for i in s.items),
+        ),
+    )
+
+    count: int | None = Field(default=None, ge=1, le=100000, description="Number of equal shards.")
+    size: Quantity | None = Field(default=None, description="Memory of each shard (with count).")
+    load: Quantity = Field(
+        default=1, description="Compute units one replica of one shard takes (QPS or cores)."
+    )
+    items: list[ShardItem] | None = Field(
+        default=None, max_length=4096, description="Explicit shards, instead of count and size."
+    )
+
+
+class Slo(ApiModel):
+    """Service level objective of the model; sets co-location rules and utilisation caps."""
+
+    slo_class: SloClass = Field(
+        default="standard",
+        alias="class",
+        description="critical (kept apart from batch, capped utilisation), standard or batch.",
+    )
+    latency_p99: Duration | None = Field(
+        default=None, description="Target 99th percentile latency, for analysis and reports."
+    )
+    qps: int | None = Field(default=None, ge=0, description="Expected queries per second.")
+
+
+class ModelSpec(ApiModel):
+    """A model served from a ServerPool."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!has(self.minReadyReplicas) || self.minReadyReplicas <= self.replicas",
+            message="minReadyReplicas must not exceed replicas",
+            check=lambda s: s.min_ready_replicas is None or s.min_ready_replicas <= s.replicas,
+        ),
+    )
+
+    pool: Name = Field(description="Name of the ServerPool (same namespace) that serves the model.")
+    version: Name = Field(description="Name of the version served before any ModelVersion rollout.")
+    artifact: Artifact = Field(description="Where the initial version's shards are loaded from.")
+    shards: Shards = Field(description="How the model is cut into shards.")
+    replicas: int = Field(default=1, ge=1, le=100, description="Copies of every shard, on distinct servers.")
+    min_ready_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Ready copies a shard keeps during migrations; defaults to replicas.",
+    )
+    slo: Slo = Field(default_factory=Slo, description="Service level objective.")
+    spread_zones: bool = Field(
+        default=True, description="Spread each shard's replicas over the pool's zones."
+    )
+    keep_previous_resident: bool = Field(
+        default=True,
+        description="Reserve memory so the previous version stays loaded during rollouts (instant rollback).",
+    )
+
+
+class VersionWeight(ApiModel):
+    """Share of the model's traffic routed to one version."""
+
+    version: str = Field(max_length=63, description="Version name.")
+    weight: int = Field(ge=0, le=100, description="Percent of traffic.")
+
+
+class ModelStatus(ApiModel):
+    """Observed state of a Model."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status describes."
+    )
+    stable_version: str | None = Field(default=None, description="Version serving by default.")
+    canary_version: str | None = Field(default=None, description="Version under rollout, if any.")
+    canary_weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the canary.")
+    weights: list[VersionWeight] = Field(
+        default_factory=list, max_length=8, description="Routing weights agents apply."
+    )
+    replicas_wanted: int = Field(default=0, description="Shard replicas the model needs.")
+    replicas_placed: int = Field(default=0, description="Shard replicas assigned to servers.")
+    replicas_ready: int = Field(default=0, description="Shard replicas agents report loaded.")
+    ready: str = Field(default="", description="Ready over wanted replicas, for kubectl get.")
+    conditions: Conditions = Field(default_factory=list)
+
+
+class Model(Resource):
+    """A model whose shards Ekko places on a ServerPool."""
+
+    kind: Literal["Model"] = "Model"
+    spec: ModelSpec = Field(description="Desired model.")
+    status: ModelStatus | None = Field(default=None, description="Observed model.")
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelVersion
+
+
+class Artifact(ApiModel):
+    """Where a version's shards come from."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(file|https?|s3|gs|pvc)://.+$",
+        description="Location of the shards: file://, http(s)://, s3://, gs:// or pvc:// URI.",
+    )
+    digest: str | None = Field(
+        default=None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256:<hex> digest of the artifact manifest, checked by the agent.",
+    )
+
+
+class Pause(ApiModel):
+    """Wait before the next step: for a duration, or until promoted."""
+
+    duration: Duration | None = Field(
+        default=None, description="How long to wait; without it the rollout waits for promote."
+    )
+
+
+class AnalysisStep(ApiModel):
+    """Run analysis metrics and wait for their verdict before the next step."""
+
+    metrics: list[Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Names of spec.analysis.metrics to run; empty runs all.",
+    )
+    duration: Duration | None = Field(
+        default=None, description="How long to analyse; defaults to count × interval."
+    )
+
+
+class CanaryStep(ApiModel):
+    """One canary step: exactly one of setWeight, pause or analysis."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
+            message="each step sets exactly one of setWeight, pause or analysis",
+            check=lambda s: [s.set_weight is not None, s.pause is not None, s.analysis is not None].count(
+                True
+            )
+            == 1,
+        ),
+    )
+
+    set_weight: int | None = Field(
+        default=None, ge=0, le=100, description="Percent of traffic to send to the new version."
+    )
+    pause: Pause | None = Field(default=None, description="Wait before the next step.")
+    analysis: AnalysisStep | None = Field(default=None, description="Gate on analysis metrics.")
+
+
+class Canary(ApiModel):
+    """Canary strategy: steps that move traffic to the new version."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+            message="setWeight values must not decrease from one step to the next",
+            check=lambda c: _non_decreasing([s.set_weight for s in c.steps if s.set_weight is not None]),
+        ),
+    )
+
+    steps: list[CanaryStep] = Field(
+        min_length=1, max_length=50, description="Steps run in order; the last one ends at promotion."
+    )
+
+
+class Strategy(ApiModel):
+    """How the version is rolled out."""
+
+    canary: Canary = Field(description="Canary steps.")
+
+
+class PrometheusProvider(ApiModel):
+    """Where to run a PromQL query."""
+
+    address: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://.+$",
+        description="Prometheus base URL; defaults to the operator's --prometheus-url.",
+    )
+
+
+class AnalysisMetric(ApiModel):
+    """A metric whose value decides whether the canary is healthy."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="has(self.successCondition) || has(self.failureCondition)",
+            message="give a successCondition, a failureCondition or both",
+            check=lambda m: m.success_condition is not None or m.failure_condition is not None,
+        ),
+    )
+
+    name: Name = Field(description="Name of the metric, unique in the version.")
+    query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="PromQL query; {{version}} and {{model}} are replaced before it runs.",
+    )
+    success_condition: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^result\s*(<|<=|>|>=|==|!=)\s*[-+]?[0-9.eE+-]+$",
+        description="Condition on the query result that passes, for example 'result < 0.05'.",
+    )
+    failure_condition: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^result\s*(<|<=|>|>=|==|!=)\s*[-+]?[0-9.eE+-]+$",
+        description="Condition on the query result that fails, for example 'result >= 0.05'.",
+    )
+    interval: Duration = Field(default="30s", description="Time between measurements.")
+    count: int | None = Field(
+        default=None, ge=1, le=10000, description="Measurements to take; unlimited when unset."
+    )
+    failure_limit: int = Field(
+        default=0, ge=0, le=1000, description="Failed measurements tolerated before rollback."
+    )
+    inconclusive_limit: int = Field(
+        default=0, ge=0, le=1000, description="Inconclusive measurements tolerated before pausing."
+    )
+    consecutive_error_limit: int = Field(
+        default=4, ge=0, le=1000, description="Query errors in a row tolerated before rollback."
+    )
+    no_data: NoDataPolicy = Field(
+        description="What an empty query result means: Hold (wait, count as inconclusive), Fail or Pass."
+    )
+    prometheus: PrometheusProvider = Field(
+        default_factory=PrometheusProvider, description="Prometheus to query."
+    )
+
+
+class ModelVersionSpec(ApiModel):
+    """One version of a Model and how to roll it out."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule=(
+                "!has(self.strategy) || self.strategy.canary.steps.filter(s, has(s.analysis))"
+                ".all(s, s.analysis.metrics.all(n, has(self.analysis) && self.analysis.exists(m, m.name == n)))"
+            ),
+            message="an analysis step names a metric that spec.analysis does not define",
+            check=lambda s: s.strategy is None
+            or all(
+                name in {m.name for m in s.analysis}
+                for step in s.strategy.canary.steps
+                if step.analysis is not None
+                for name in step.analysis.metrics
+            ),
+        ),
+        CelRule(
+            rule=(
+                "!has(self.strategy) || !self.strategy.canary.steps.exists(s, has(s.analysis))"
+                " || (has(self.analysis) && self.analysis.size() > 0)"
+            ),
+            message="an analysis step needs at least one metric in spec.analysis",
+            check=lambda s: s.strategy is None
+            or not any(step.analysis is not None for step in s.strategy.canary.steps)
+            or len(s.analysis) > 0,
+        ),
+    )
+
+    model: Name = Field(description="Name of the Model (same namespace) this is a version of.")
+    version: Name = Field(description="Version name, shown in routing and metrics.")
+    artifact: Artifact = Field(description="Where this version's shards are loaded from.")
+    strategy: Strategy | None = Field(
+        default=None, description="Rollout strategy; without it the version is promoted once loaded."
+    )
+    analysis: list[AnalysisMetric] = Field(
+        default_factory=list, max_length=20, description="Metrics that analysis steps evaluate."
+    )
+    keep_previous: Literal["UntilNextVersion", "Never"] = Field(
+        default="UntilNextVersion",
+        description="After promotion keep the previous version loaded for instant rollback, or unload it.",
+    )
+
+
+class AnalysisResult(ApiModel):
+    """Tally of one analysis metric."""
+
+    metric: str = Field(description="Metric name.")
+    phase: Literal["Running", "Successful", "Failed", "Inconclusive", "Error"] = Field(
+        description="Verdict so far."
+    )
+    successful: int = Field(default=0, description="Measurements that passed.")
+    failed: int = Field(default=0, description="Measurements that failed.")
+    inconclusive: int = Field(default=0, description="Measurements with no verdict.")
+    errors: int = Field(default=0, description="Queries that errored.")
+    last_value: str | None = Field(default=None, description="Last query result.")
+    last_measured: datetime | None = Field(default=None, description="Time of the last measurement.")
+
+
+class ModelVersionStatus(ApiModel):
+    """Observed state of a ModelVersion rollout."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status describes."
+    )
+    phase: Phase = Field(default="Pending", description="Where the rollout is.")
+    current_step: int = Field(default=0, ge=0, description="Index of the step being run.")
+    weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on this version.")
+    servers_loaded: int = Field(default=0, description="Servers whose agent loaded this version.")
+    servers_wanted: int = Field(default=0, description="Servers that must load this version.")
+    analysis: list[AnalysisResult] = Field(
+        default_factory=list, max_length=20, description="Analysis tallies."
+    )
+    step_started_at: datetime | None = Field(default=None, description="When the step began.")
+    rollback_requested_at: datetime | None = Field(
+        default=None, description="When a rollback was requested or decided."
+    )
+    rollback_completed_at: datetime | None = Field(
+        default=None, description="When every agent reported the rollback applied."
+    )
+    rollback_seconds: float | None = Field(
+        default=None, description="Measured rollback time, request to every agent applied."
+    )
+    message: str = Field(default="", max_length=4096, description="Why the rollout is where it is.")
+    conditions: Conditions = Field(default_factory=list)
+
+
+class ModelVersion(Resource):
+    """A version of a Model, rolled out with a metric-gated canary."""
+
+    kind: Literal["ModelVersion"] = "ModelVersion"
+    spec: ModelVersionSpec = Field(description="Desired version and its rollout.")
+    status: ModelVersionStatus | None = Field(default=None, description="Rollout progress.")
+
+
+# ---------------------------------------------------------------------------------------------
+# ServerAssignment
+
+
+class AssignedShard(ApiModel):
+    """One shard replica a server must hold, of one version."""
+
+    model: Name = Field(description="Model name.")
+    shard: int = Field(ge=0, le=100000, description="Index of the shard in the model.")
+    version: str = Field(max_length=63, description="Version of the model to load.")
+    uri: str = Field(max_length=2048, description="Artifact URI of that version.")
+    bytes: int = Field(ge=0, description="Memory the shard takes.")
+
+
+class ServerAssignmentSpec(ApiModel):
+    """What one server must hold; written by the operator, read by the server's agent."""
+
+    pool: Name = Field(description="ServerPool the server belongs to.")
+    server: Name = Field(description="Name of the server pod.")
+    zone: str = Field(default="", max_length=63, description="Zone the server was placed in.")
+    shards: Annotated[list[AssignedShard], ListSchema("atomic")] = Field(
+        default_factory=list, max_length=20000, description="Shard replicas to hold."
+    )
+    routing: list[ModelRouting] = Field(
+        default_factory=list, max_length=256, description="Traffic weights per model version."
+    )
+
+
+class ModelRouting(ApiModel):
+    """Traffic weights of one model's versions on this server."""
+
+    model: Name = Field(description="Model name.")
+    weights: list[VersionWeight] = Field(max_length=8, description="Percent per version.")
+
+
+class LoadedShard(ApiModel):
+    """One shard replica the agent has loaded."""
+
+    model: str = Field(max_length=63, description="Model name.")
+    shard: int = Field(ge=0, description="Shard index.")
+    version: str = Field(max_length=63, description="Loaded version.")
+    bytes: int = Field(ge=0, description="Memory taken.")
+
+
+class ServerAssignmentStatus(ApiModel):
+    """What the agent actually holds and applies; written by the agent."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation the agent has applied."
+    )
+    loaded: Annotated[list[LoadedShard], ListSchema("atomic")] = Field(
+        default_factory=list, max_length=20000, description="Shards loaded and serving."
+    )
+    shards_loaded: int = Field(default=0, description="Number of loaded shard replicas.")
+    bytes_loaded: int = Field(default=0, description="Memory held by loaded shards.")
+    routing: list[ModelRouting] = Field(
+        default_factory=list, max_length=256, description="Weights the agent applies."
+    )
+    heartbeat: datetime | None = Field(default=None, description="Last time the agent reported.")
+    message: str = Field(default="", max_length=4096, description="Last load error, if any.")
+    conditions: Conditions = Field(default_factory=list)
+
+
+class ServerAssignment(Resource):
+    """The shards and versions one server pod must hold, and what its agent reports."""
+
+    kind: Literal["ServerAssignment"] = "ServerAssignment"
+    spec: ServerAssignmentSpec = Field(description="What the server must hold.")
+    status: ServerAssignmentStatus | None = Field(default=None, description="What it holds.")
+
+
+def _non_decreasing(values: list[int]) -> bool:
+    return all(a <= b for a, b in zip(values, values[1:], strict=False))
+
+
+RESOURCE_TYPES: tuple[type[Resource], ...] = (ServerPool, Model, ModelVersion, ServerAssignment)
+
+for _model in (ModelSpec, ServerAssignmentSpec):
+    _model.model_rebuild()
+
+
+def parse_resource(doc: dict[str, Any]) -> Resource:
+    """Parse a manifest of any Ekko kind into its type (raises pydantic's ValidationError)."""
+    kinds = {t.model_fields["kind"].default: t for t in RESOURCE_TYPES}
+    kind = doc.get("kind")
+    if kind not in kinds:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(sorted(kinds))}")
+    return kinds[kind].model_validate(doc)
