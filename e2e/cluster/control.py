@@ -1,0 +1,408 @@
+"""Start, check and stop the local control plane: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok, as detached child processes with pid files in the state dir.
+
+The layout follows envtest/kwokctl: loopback-only, a fresh etcd data dir per `up`, fake nodes
+from ``e2e/fleet.yaml`` that kwok keeps Ready and whose pods it marks Running.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.cluster import build, pki
+
+REPO = Path(__file__).resolve().parents[2]
+FLEET_FILE = REPO / "e2e" / "fleet.yaml"
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
+POD_CIDR = "10.244.0.0/16"  # kwok hands out pod IPs from here
+NODE_IP = "10.0.0.1"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"  # kwok manages nodes annotated kwok.x-k8s.io/node=fake
+# Stop order: leaves first, storage last.
+COMPONENTS = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("EKKO_CLUSTER_DIR") or REPO / ".ekko-cluster").expanduser().resolve()
+
+
+def kubeconfig_path() -> Path:
+    return state_dir() / "kubeconfig"
+
+
+def _pid_file(name: str) -> Path:
+    return state_dir() / "pids" / f"{name}.pid"
+
+
+def log_file(name: str) -> Path:
+    return state_dir() / "logs" / f"{name}.log"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(name: str, lines: int = 40) -> str:
+    try:
+        text = log_file(name).read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {log_file(name)})"
+    return f"--- last {min(lines, len(text))} lines of {log_file(name)} ---\n" + "\n".join(text[-lines:])
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def _read_pid(name: str) -> int | None:
+    try:
+        return int(_pid_file(name).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int, binary: str) -> bool:
+    """Whether pid runs `binary` (guards against a recycled pid after a reboot)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return Path(cmdline).name == binary and state != "Z"
+
+
+def running(name: str) -> int | None:
+    pid = _read_pid(name)
+    return pid if pid is not None and _alive(pid, name) else None
+
+
+def _start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    binary = build.find_binary(name)
+    log = log_file(name)
+    with log.open("ab") as out:
+        out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {binary} {' '.join(args)}\n".encode())
+        out.flush()
+        # A new session detaches the child from our terminal, so `up` can return and Ctrl-C in
+        # the shell does not reach it; `down` stops it through its pid file.
+        proc = subprocess.Popen(
+            [str(binary), *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=state_dir(),
+        )
+    _pid_file(name).write_text(str(proc.pid))
+    return proc
+
+
+def _stop(name: str, timeout: float = 10.0) -> None:
+    pid = running(name)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid, name):
+            time.sleep(0.05)
+        if _alive(pid, name):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid, name):
+                time.sleep(0.05)
+    _pid_file(name).unlink(missing_ok=True)
+
+
+# --- talking to the API server ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver}"
+
+
+def _endpoints_file() -> Path:
+    return state_dir() / "endpoints.json"
+
+
+def load_endpoints() -> Endpoints | None:
+    try:
+        return Endpoints(**json.loads(_endpoints_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class Api:
+    """A minimal HTTPS client with the admin cert: enough for readiness checks and nodes."""
+
+    def __init__(self, port: int) -> None:
+        p = state_dir() / "pki"
+        self.port = port
+        self.ctx = ssl.create_default_context(cafile=str(p / "ca.crt"))
+        self.ctx.load_cert_chain(str(p / "admin.crt"), str(p / "admin.key"))
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0,
+                content_type: str = "application/json") -> tuple[int, Any]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=timeout)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"Content-Type": content_type})
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            return resp.status, json.loads(raw) if raw else None
+        except ValueError:
+            return resp.status, raw.decode(errors="replace")
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, component: str,
+          proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ClusterError(f"{component} exited with code {proc.returncode} while waiting for {what}\n{_log_tail(component)}")
+        try:
+            if check():
+                return
+        except (OSError, http.client.HTTPException, ssl.SSLError):
+            pass
+        time.sleep(0.1)
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}\n{_log_tail(component)}")
+
+
+def _http_ok(url_port: int, path: str) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", url_port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def healthy() -> bool:
+    """Whether a cluster from this state dir is running and serving."""
+    ep = load_endpoints()
+    if ep is None or any(running(c) is None for c in COMPONENTS):
+        return False
+    try:
+        status, _ = Api(ep.apiserver).request("GET", "/readyz", timeout=3)
+    except (OSError, http.client.HTTPException, ssl.SSLError):
+        return False
+    return status == 200
+
+
+# --- fleet --------------------------------------------------------------------------------
+
+
+def load_fleet(path: Path = FLEET_FILE) -> list[dict[str, Any]]:
+    """Turn the fleet file into Node objects (metadata and status) for kwok to manage."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    nodes = []
+    for entry in doc.get("nodes", []):
+        capacity = {k: str(v) for k, v in entry["capacity"].items()}
+        labels = {
+            "type": "kwok",
+            "kubernetes.io/hostname": entry["name"],
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "topology.kubernetes.io/zone": entry["zone"],
+            **{k: str(v) for k, v in (entry.get("labels") or {}).items()},
+        }
+        nodes.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": entry["name"],
+                    "labels": labels,
+                    "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                },
+                "spec": {"taints": entry.get("taints") or []},
+                # Created with the status: kwok's node-initialize stage keeps given capacity.
+                "status": {"capacity": capacity, "allocatable": dict(capacity)},
+            }
+        )
+    return nodes
+
+
+def create_nodes(api: Api, nodes: list[dict[str, Any]]) -> None:
+    for node in nodes:
+        status, body = api.request("POST", "/api/v1/nodes", node)
+        if status == 409:
+            continue
+        if status >= 300:
+            raise ClusterError(f"creating node {node['metadata']['name']} failed: {status} {body}")
+
+
+def _nodes_ready(api: Api, names: set[str]) -> bool:
+    status, body = api.request("GET", "/api/v1/nodes")
+    if status != 200:
+        return False
+    ready = {
+        n["metadata"]["name"]
+        for n in body["items"]
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+    }
+    return names <= ready
+
+
+# --- up / down ----------------------------------------------------------------------------
+
+
+def _kwok_config(path: Path) -> None:
+    """kwok v0.8.0 standalone exits with "no stages found" unless stages come with --config."""
+    docs = [f.read_text().strip() for f in build.stage_files()]
+    path.write_text("\n---\n".join(docs) + "\n")
+
+
+def up(fleet: Path = FLEET_FILE, quiet: bool = False) -> Endpoints:
+    """Start a fresh cluster (stopping an old one from this state dir first)."""
+    started = time.monotonic()
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(f"[up {time.monotonic() - started:5.1f}s] {msg}", flush=True)
+
+    for c in ("etcd", "kwok", "kubernetes"):
+        if not build.is_built(build.component(c)):
+            raise ClusterError(f"{c} is not built; run: python -m e2e.cluster build")
+    down(quiet=True)
+    root = state_dir()
+    for sub in ("pids", "logs", "pki"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / ".gitignore").write_text("*\n")
+    etcd_data = root / "etcd-data"
+    subprocess.run(["rm", "-rf", str(etcd_data)], check=True)
+    p = root / "pki"
+    pki.ensure_pki(p, SERVICE_IP)
+    ep = Endpoints(*(_free_port() for _ in range(6)))
+    _endpoints_file().write_text(json.dumps(ep.__dict__))
+    kubeconfigs = {}
+    for client in pki.CLIENTS:
+        kc = root / ("kubeconfig" if client.name == "admin" else f"{client.name}.kubeconfig")
+        pki.write_kubeconfig(kc, ep.server, p, client.name)
+        kubeconfigs[client.name] = kc
+    _kwok_config(root / "kwok.yaml")
+    nodes = load_fleet(fleet)
+    say(f"state in {root}")
+
+    try:
+        etcd = _start("etcd", [
+            "--name=ekko-e2e", f"--data-dir={etcd_data}",
+            f"--listen-client-urls=http://127.0.0.1:{ep.etcd_client}",
+            f"--advertise-client-urls=http://127.0.0.1:{ep.etcd_client}",
+            f"--listen-peer-urls=http://127.0.0.1:{ep.etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ep.etcd_peer}",
+            f"--initial-cluster=ekko-e2e=http://127.0.0.1:{ep.etcd_peer}",
+            "--unsafe-no-fsync",  # test data: durability is not worth the fsync latency
+            "--quota-backend-bytes=2147483648", "--log-level=warn",
+        ])
+        _wait("etcd /health", lambda: _http_ok(ep.etcd_client, "/health"), 30, "etcd", etcd)
+        say("etcd ready")
+
+        apiserver = _start("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{ep.etcd_client}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ep.apiserver}",
+            f"--cert-dir={p}", f"--tls-cert-file={p / 'apiserver.crt'}",
+            f"--tls-private-key-file={p / 'apiserver.key'}", f"--client-ca-file={p / 'ca.crt'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={p / 'sa.pub'}",
+            f"--service-account-signing-key-file={p / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            "--profiling=false", "--v=1",
+        ])
+        api = Api(ep.apiserver)
+        _wait("kube-apiserver /readyz", lambda: api.request("GET", "/readyz")[0] == 200, 60,
+              "kube-apiserver", apiserver)
+        say("kube-apiserver ready")
+
+        kcm = _start("kube-controller-manager", [
+            f"--kubeconfig={kubeconfigs['kube-controller-manager']}",
+            f"--authentication-kubeconfig={kubeconfigs['kube-controller-manager']}",
+            f"--authorization-kubeconfig={kubeconfigs['kube-controller-manager']}",
+            "--bind-address=127.0.0.1", f"--secure-port={ep.controller_manager}",
+            f"--service-account-private-key-file={p / 'sa.key'}", f"--root-ca-file={p / 'ca.crt'}",
+            f"--cluster-signing-cert-file={p / 'ca.crt'}", f"--cluster-signing-key-file={p / 'ca.key'}",
+            "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--leader-elect=false",  # one instance; election only delays start by a lease period
+            "--profiling=false", "--v=1",
+        ])
+        sched = _start("kube-scheduler", [
+            f"--kubeconfig={kubeconfigs['kube-scheduler']}",
+            f"--authentication-kubeconfig={kubeconfigs['kube-scheduler']}",
+            f"--authorization-kubeconfig={kubeconfigs['kube-scheduler']}",
+            "--bind-address=127.0.0.1", f"--secure-port={ep.scheduler}",
+            "--leader-elect=false", "--profiling=false", "--v=1",
+        ])
+        kwok = _start("kwok", [
+            f"--kubeconfig={kubeconfigs['admin']}", f"--config={root / 'kwok.yaml'}",
+            "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+            f"--node-ip={NODE_IP}", f"--cidr={POD_CIDR}", "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{ep.kwok}",
+        ])
+        create_nodes(api, nodes)
+        names = {n["metadata"]["name"] for n in nodes}
+        _wait(f"{len(names)} nodes Ready", lambda: _nodes_ready(api, names), 60, "kwok", kwok)
+        say(f"{len(names)} nodes Ready")
+        # Pods need the namespace's default ServiceAccount, made by the controller manager.
+        _wait("default ServiceAccount", lambda: api.request(
+            "GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200, 60,
+            "kube-controller-manager", kcm)
+        for name, proc in (("kube-controller-manager", kcm), ("kube-scheduler", sched)):
+            if proc.poll() is not None:
+                raise ClusterError(f"{name} exited with code {proc.returncode}\n{_log_tail(name)}")
+        say("controller-manager and scheduler running")
+    except Exception:
+        down(quiet=True)
+        raise
+    say(f"cluster up in {time.monotonic() - started:.1f}s")
+    return ep
+
+
+def down(quiet: bool = False, purge: bool = False) -> None:
+    """Stop every component; keep logs and PKI unless purge."""
+    root = state_dir()
+    for name in COMPONENTS:
+        if not quiet and running(name):
+            print(f"stopping {name}", flush=True)
+        _stop(name)
+    subprocess.run(["rm", "-rf", str(root / "etcd-data")], check=True)
+    _endpoints_file().unlink(missing_ok=True)
+    if purge:
+        subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+def status() -> dict[str, Any]:
+    ep = load_endpoints()
+    return {
+        "state_dir": str(state_dir()),
+        "kubeconfig": str(kubeconfig_path()),
+        "server": ep.server if ep else None,
+        "processes": {name: running(name) for name in COMPONENTS},
+        "healthy": healthy(),
+    }
