@@ -39,9 +39,10 @@ class ApiModel(BaseModel):
 
     @model_validator(mode="after")
     def _check_cel_twins(self) -> Self:
-        for rule in type(self).__cel__:
-            if not rule.check(self):
-                raise ValueError(rule.message)
+        # Like the API server, report every broken rule, not just the first.
+        broken = [rule.message for rule in type(self).__cel__ if not rule.check(self)]
+        if broken:
+            raise ValueError("; ".join(broken))
         return self
 
     def to_wire(self) -> dict[str, Any]:

@@ -1,0 +1,277 @@
+"""Greedy placement, one shard replica at a time: the baselines and the solver's fallback.
+
+One engine keeps per-server state in numpy arrays (so tens of thousands of replicas place in a
+second or two) and enforces every rule the checker knows: memory, compute under the strictest SLO
+cap present, SLO exclusions, distinct servers per shard, zone spread and max servers.  Strategies
+differ only in the order of replicas and in how they pick among servers that fit; when none fits a
+server is opened (an existing idle one first, else a new one in the emptiest allowed zone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ekko.solver.instance import Instance, Item
+from ekko.solver.types import ServerId, ZoneId
+
+Choice = Literal["first", "best", "most", "least", "seldon"]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass
+class Replica:
+    item: Item
+    shard: int  # shard index inside the model
+    current: ServerId | None = None
+
+
+@dataclass
+class Engine:
+    """Mutable per-server state of a greedy placement."""
+
+    inst: Instance
+    dedicated: bool = False
+    ids: list[ServerId] = field(default_factory=list)
+    zones: list[ZoneId] = field(default_factory=list)
+    existing: set[ServerId] = field(default_factory=set)
+    # (model, shard) -> servers holding a replica
+    holders: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    placed: dict[tuple[str, int], list[ServerId]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        inst = self.inst
+        self.class_names = [c.name for c in inst.problem.slo_classes]
+        self.class_index = {c: i for i, c in enumerate(self.class_names)}
+        n_cls = len(self.class_names)
+        self.excl = np.zeros((n_cls, n_cls), dtype=bool)
+        for a, b in inst.exclusive:
+            ia, ib = self.class_index[a], self.class_index[b]
+            self.excl[ia, ib] = self.excl[ib, ia] = True
+        self.class_cap = np.array([inst.cpu_cap[c] for c in self.class_names], dtype=np.int64)
+        self.model_index = {m.id: i for i, m in enumerate(inst.problem.models)}
+        size = 64
+        self.mem_free: IntArray = np.zeros(size, dtype=np.int64)
+        self.cpu_used: IntArray = np.zeros(size, dtype=np.int64)
+        self.cap: IntArray = np.zeros(size, dtype=np.int64)
+        self.present = np.zeros((size, n_cls), dtype=np.int64)
+        self.owner: IntArray = np.full(size, -1, dtype=np.int64)
+        self.zone_idx: IntArray = np.zeros(size, dtype=np.int64)
+        self.zone_pos = {z: i for i, z in enumerate(inst.zones)}
+        self.n = 0
+        self.idle = [s for s in inst.problem.pool.servers]
+        self.zone_count: dict[str, int] = {z: 0 for z in inst.zones}
+        self.taken_ids = {s.id for s in inst.problem.pool.servers}
+        self.existing = set(self.taken_ids)
+        self.next_new = 0
+
+    # -- servers ---------------------------------------------------------------------------
+    def _grow(self) -> None:
+        size = len(self.mem_free) * 2
+        for name in ("mem_free", "cpu_used", "cap", "owner", "zone_idx"):
+            old = getattr(self, name)
+            new = np.full(size, -1 if name == "owner" else 0, dtype=np.int64)
+            new[: len(old)] = old
+            setattr(self, name, new)
+        pres = np.zeros((size, self.present.shape[1]), dtype=np.int64)
+        pres[: self.present.shape[0]] = self.present
+        self.present = pres
+
+    def open(self, sid: ServerId, zone: ZoneId) -> int:
+        if self.n == len(self.mem_free):
+            self._grow()
+        k = self.n
+        self.n += 1
+        self.ids.append(sid)
+        self.zones.append(zone)
+        self.mem_free[k] = self.inst.mem_cap
+        self.cpu_used[k] = 0
+        self.cap[k] = self.inst.cpu_full
+        self.zone_count[zone] = self.zone_count.get(zone, 0) + 1
+        self.zone_idx[k] = self.zone_pos.get(zone, 0)
+        return k
+
+    def _new_id(self) -> ServerId:
+        while True:
+            sid = ServerId(f"{self.inst.problem.pool.name}-{self.next_new}")
+            self.next_new += 1
+            if sid not in self.taken_ids:
+                self.taken_ids.add(sid)
+                return sid
+
+    def open_for(self, rep: Replica) -> int | None:
+        """Open a server that can take this replica, or None at max servers."""
+        if self.n >= self.inst.problem.pool.max_servers:
+            return None
+        allowed = self._allowed_zones(rep)
+        if not allowed:
+            return None
+        for i, s in enumerate(self.idle):
+            if s.zone in allowed or s.zone == "":
+                del self.idle[i]
+                return self.open(s.id, s.zone)
+        zone = min(allowed, key=lambda z: (self.zone_count.get(z, 0), z))
+        return self.open(self._new_id(), ZoneId(zone))
+
+    def open_existing(self, sid: ServerId) -> int:
+        for i, s in enumerate(self.idle):
+            if s.id == sid:
+                del self.idle[i]
+                return self.open(s.id, s.zone)
+        raise KeyError(sid)
+
+    def _allowed_zones(self, rep: Replica) -> list[str]:
+        if len(self.inst.zones) <= 1:
+            return list(self.inst.zones)
+        held = self.holders.get((rep.item.model, rep.shard), [])
+        counts: dict[str, int] = {}
+        for k in held:
+            counts[self.zones[k]] = counts.get(self.zones[k], 0) + 1
+        return [z for z in self.inst.zones if counts.get(z, 0) < rep.item.zone_cap]
+
+    # -- feasibility -----------------------------------------------------------------------
+    def feasible(self, rep: Replica) -> IntArray:
+        """Indices of open servers that can take the replica."""
+        it = rep.item
+        n = self.n
+        c = self.class_index[it.slo]
+        ok = self.mem_free[:n] >= it.mem
+        ok &= self.cpu_used[:n] + it.cpu <= np.minimum(self.cap[:n], self.class_cap[c])
+        bad = self.excl[c]
+        if bad.any():
+            ok &= ~(self.present[:n, bad] > 0).any(axis=1)
+        if self.dedicated:
+            mi = self.model_index[it.model]
+            ok &= (self.owner[:n] == mi) | (self.owner[:n] == -1)
+        held = self.holders.get((it.model, rep.shard), [])
+        if held:
+            ok[held] = False
+            if len(self.inst.zones) > 1:
+                allowed = [self.zone_pos[z] for z in self._allowed_zones(rep)]
+                ok &= np.isin(self.zone_idx[:n], allowed)
+        return np.flatnonzero(ok)
+
+    def fits(self, rep: Replica, k: int) -> bool:
+        cand = self.feasible(rep)
+        return bool(np.any(cand == k))
+
+    def put(self, rep: Replica, k: int) -> None:
+        it = rep.item
+        c = self.class_index[it.slo]
+        self.mem_free[k] -= it.mem
+        self.cpu_used[k] += it.cpu
+        self.cap[k] = min(int(self.cap[k]), int(self.class_cap[c]))
+        self.present[k, c] += 1
+        if self.dedicated:
+            self.owner[k] = self.model_index[it.model]
+        key = (it.model, rep.shard)
+        self.holders.setdefault(key, []).append(k)
+        self.placed.setdefault(key, []).append(self.ids[k])
+
+    # -- strategies ------------------------------------------------------------------------
+    def choose(self, rep: Replica, how: Choice) -> int | None:
+        cand = self.feasible(rep)
+        if len(cand) == 0:
+            return None
+        if how == "first":
+            return int(cand[0])
+        it = rep.item
+        mem_cap = float(self.inst.mem_cap)
+        cpu_cap = float(self.inst.cpu_full) or 1.0
+        mem_after = (self.mem_free[cand] - it.mem) / mem_cap  # free fraction after
+        cpu_after = (self.cpu_used[cand] + it.cpu) / cpu_cap  # used fraction after
+        if how == "best":
+            c = self.class_index[it.slo]
+            limit = np.minimum(self.cap[cand], self.class_cap[c])
+            slack = mem_after + (limit - self.cpu_used[cand] - it.cpu) / cpu_cap
+            return int(cand[int(np.argmin(slack))])
+        if how == "most":
+            score = (1.0 - mem_after) + cpu_after
+            return int(cand[int(np.argmax(score))])
+        if how == "least":
+            score = mem_after + (1.0 - cpu_after)
+            return int(cand[int(np.argmax(score))])
+        # seldon: the current server if it fits, else the most free memory
+        if rep.current is not None:
+            for k in cand:
+                if self.ids[int(k)] == rep.current:
+                    return int(k)
+        return int(cand[int(np.argmax(self.mem_free[cand]))])
+
+    def place(self, rep: Replica, how: Choice) -> bool:
+        k = self.choose(rep, how)
+        if k is None:
+            k = self.open_for(rep)
+            if k is None or not self.fits(rep, k):
+                return False
+        self.put(rep, k)
+        return True
+
+
+def replicas_of(inst: Instance, current: dict[tuple[str, int], list[ServerId]]) -> list[Replica]:
+    """Every shard replica, in model order; each remembers one current server not yet used."""
+    out: list[Replica] = []
+    for it in inst.items:
+        for s in it.shards:
+            cur = list(current.get((it.model, s), []))
+            for _ in range(it.replicas):
+                out.append(Replica(item=it, shard=s, current=cur.pop(0) if cur else None))
+    return out
+
+
+def decreasing(inst: Instance) -> Callable[[Replica], float]:
+    """Sort key for (multi-dimensional) decreasing order: the larger normalised dimension."""
+
+    def key(r: Replica) -> float:
+        cap = inst.cpu_cap[r.item.slo] or 1
+        return -max(r.item.mem / inst.mem_cap, r.item.cpu / cap)
+
+    return key
+
+
+@dataclass
+class GreedyResult:
+    placed: dict[tuple[str, int], list[ServerId]]
+    servers: list[tuple[ServerId, ZoneId]]
+    unplaced: list[Replica]
+
+
+def run(
+    inst: Instance,
+    how: Choice,
+    order: Iterable[Replica],
+    keep_current: bool = False,
+    dedicated: bool = False,
+) -> GreedyResult:
+    """Place replicas in order; with keep_current first pin each to its current server if it
+    still fits there."""
+    eng = Engine(inst, dedicated=dedicated)
+    todo = list(order)
+    if keep_current:
+        index: dict[ServerId, int] = {}
+        rest: list[Replica] = []
+        idle_ids = {s.id for s in eng.idle}
+        # Keep big replicas in place first: evicting the small ones moves fewer bytes.
+        for rep in sorted(todo, key=lambda r: -r.item.mem):
+            cur = rep.current
+            if cur is None or (cur not in index and cur not in idle_ids):
+                rest.append(rep)
+                continue
+            k = index.get(cur)
+            if k is None:
+                k = eng.open_existing(cur)
+                index[cur] = k
+            if eng.fits(rep, k):
+                eng.put(rep, k)
+            else:
+                rest.append(rep)
+        rest_ids = {id(r) for r in rest}
+        todo = [r for r in todo if id(r) in rest_ids]  # original order among the rest
+    unplaced = [rep for rep in todo if not eng.place(rep, how)]
+    used = {int(k) for ks in eng.holders.values() for k in ks}
+    servers = [(eng.ids[k], eng.zones[k]) for k in sorted(used)]
+    return GreedyResult(placed=eng.placed, servers=servers, unplaced=unplaced)
