@@ -123,7 +123,9 @@ def schema_of_model(cls: type[BaseModel]) -> dict[str, Any]:
         if not field.description:
             raise SchemaError(f"{cls.__name__}.{name} has no description")
         prop = schema_of(field.annotation, field.metadata)
-        prop["description"] = field.description
+        prop = {k: v for k, v in prop.items() if k != "description"} | {
+            "description": field.description
+        }
         default = field.default
         if default is not PydanticUndefined and isinstance(default, bool | int | float | str):
             prop["default"] = default
@@ -131,6 +133,9 @@ def schema_of_model(cls: type[BaseModel]) -> dict[str, Any]:
         if field.is_required():
             required.append(key)
     schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if cls.__doc__:
+        # Used where no field describes the object, as for the items of a list.
+        schema["description"] = cls.__doc__.strip().splitlines()[0]
     if required:
         schema["required"] = required
     rules = getattr(cls, "__cel__", ()) if issubclass(cls, ApiModel) else ()
@@ -181,7 +186,11 @@ def schema_of(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> di
         if key_type is not str:
             raise SchemaError(f"map keys must be strings: {tp}")
         if any(isinstance(m, PreserveUnknown) for m in meta) or value_type is Any:
-            return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            return {
+                "type": "object",
+                "description": "A Kubernetes object fragment, kept as written.",
+                "x-kubernetes-preserve-unknown-fields": True,
+            }
         return {"type": "object", "additionalProperties": schema_of(value_type)}
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return schema_of_model(tp)

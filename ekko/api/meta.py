@@ -53,7 +53,7 @@ class ApiModel(BaseModel):
 class Condition(ApiModel):
     """A Kubernetes-style condition: the latest observation of one aspect of the object."""
 
-    type: str = Field(description="Type of the condition, such as Ready, Progressing or Degraded.")
+    type: str = Field(max_length=316, description="Type of the condition, such as Ready, Progressing or Degraded.")
     status: Literal["True", "False", "Unknown"] = Field(
         description="Whether the condition holds: True, False or Unknown."
     )

@@ -76,7 +76,7 @@ class ServerTemplate(ApiModel):
         default_factory=ContainerResources,
         description="Requests and limits of the engine container; size them to the node type.",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, description="Labels a node must have to run this pool's servers."
     )
     tolerations: list[EmbeddedObject] = Field(
@@ -304,8 +304,8 @@ class ModelStatus(ApiModel):
     observed_generation: int | None = Field(
         default=None, description="The spec generation this status describes."
     )
-    stable_version: str | None = Field(default=None, description="Version serving by default.")
-    canary_version: str | None = Field(default=None, description="Version under rollout, if any.")
+    stable_version: str | None = Field(default=None, max_length=63, description="Version serving by default.")
+    canary_version: str | None = Field(default=None, max_length=63, description="Version under rollout, if any.")
     canary_weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the canary.")
     weights: list[VersionWeight] = Field(
         default_factory=list, max_length=8, description="Routing weights agents apply."
@@ -313,7 +313,7 @@ class ModelStatus(ApiModel):
     replicas_wanted: int = Field(default=0, description="Shard replicas the model needs.")
     replicas_placed: int = Field(default=0, description="Shard replicas assigned to servers.")
     replicas_ready: int = Field(default=0, description="Shard replicas agents report loaded.")
-    ready: str = Field(default="", description="Ready over wanted replicas, for kubectl get.")
+    ready: str = Field(default="", max_length=32, description="Ready over wanted replicas, for kubectl get.")
     conditions: Conditions = Field(default_factory=list)
 
 
@@ -340,6 +340,7 @@ class Artifact(ApiModel):
     )
     digest: str | None = Field(
         default=None,
+        max_length=71,
         pattern=r"^sha256:[0-9a-f]{64}$",
         description="sha256:<hex> digest of the artifact manifest, checked by the agent.",
     )
@@ -518,7 +519,7 @@ class ModelVersionSpec(ApiModel):
 class AnalysisResult(ApiModel):
     """Tally of one analysis metric."""
 
-    metric: str = Field(description="Metric name.")
+    metric: str = Field(max_length=63, description="Metric name.")
     phase: Literal["Running", "Successful", "Failed", "Inconclusive", "Error"] = Field(
         description="Verdict so far."
     )
@@ -526,7 +527,7 @@ class AnalysisResult(ApiModel):
     failed: int = Field(default=0, description="Measurements that failed.")
     inconclusive: int = Field(default=0, description="Measurements with no verdict.")
     errors: int = Field(default=0, description="Queries that errored.")
-    last_value: str | None = Field(default=None, description="Last query result.")
+    last_value: str | None = Field(default=None, max_length=64, description="Last query result.")
     last_measured: datetime | None = Field(default=None, description="Time of the last measurement.")
 
 

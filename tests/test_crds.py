@@ -1,0 +1,113 @@
+"""The committed CRDs are what the generator writes, and Kubernetes can accept them.
+
+Kubernetes only takes structural schemas: every node typed, no $ref, no anyOf except the
+int-or-string form, no const, no exclusive bounds, no additionalProperties beside properties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ekko.api import crdgen
+
+CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
+GENERATED = crdgen.all_crds()
+
+
+def test_committed_crds_match_the_generator() -> None:
+    committed = {p.name for p in CRD_DIR.glob("*.yaml")}
+    assert committed == set(GENERATED), "run `make crds`"
+    for name, crd in GENERATED.items():
+        assert (CRD_DIR / name).read_text() == crdgen.render(crd), f"{name} drifted: run `make crds`"
+
+
+def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for key, sub in schema.get("properties", {}).items():
+        yield from _nodes(sub, f"{path}.{key}")
+    if isinstance(schema.get("items"), dict):
+        yield from _nodes(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _nodes(schema["additionalProperties"], f"{path}{{}}")
+
+
+def _schema(crd: dict[str, Any]) -> dict[str, Any]:
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_schema_is_structural(name: str) -> None:
+    for path, node in _nodes(_schema(GENERATED[name])):
+        assert "$ref" not in node, path
+        assert "const" not in node, path
+        assert "exclusiveMinimum" not in node and "exclusiveMaximum" not in node, path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if "anyOf" in node:
+            assert node.get("x-kubernetes-int-or-string") is True, path
+            assert [a["type"] for a in node["anyOf"]] == ["integer", "string"], path
+            assert "type" not in node, path
+        else:
+            assert node.get("type") in {"object", "array", "string", "integer", "number", "boolean"}, path
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_every_field_is_described_for_kubectl_explain(name: str) -> None:
+    for path, node in _nodes(_schema(GENERATED[name])):
+        if path in ("", ".metadata"):
+            continue
+        if path.endswith(("[]", "{}")) and node.get("type") != "object":
+            continue  # a scalar item is explained by its list's description
+        assert node.get("description"), f"{name}: {path} has no description"
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_crd_is_small_enough_for_plain_kubectl_apply(name: str) -> None:
+    # kubectl apply keeps the whole object in an annotation limited to 256 KiB.
+    assert len(crdgen.render(GENERATED[name]).encode()) < 64 * 1024
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_crd_has_status_columns_names_and_category(name: str) -> None:
+    spec = GENERATED[name]["spec"]
+    version = spec["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert spec["names"]["categories"] == ["ekko"]
+    assert spec["names"]["shortNames"]
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns[-1] == "Age"
+    assert len(columns) >= 4
+
+
+def test_lists_evaluated_by_cel_are_bounded() -> None:
+    """CEL cost estimation rejects rules over unbounded lists; every array has maxItems."""
+    for name, crd in GENERATED.items():
+        for path, node in _nodes(_schema(crd)):
+            if path in (".apiVersion", ".kind"):
+                continue
+            if node.get("type") == "array":
+                assert "maxItems" in node, f"{name}: {path}"
+            if node.get("type") == "string" and "enum" not in node and "format" not in node:
+                assert "maxLength" in node, f"{name}: {path}"
+
+
+def test_cel_rules_come_with_messages() -> None:
+    rules = [
+        rule
+        for crd in GENERATED.values()
+        for _, node in _nodes(_schema(crd))
+        for rule in node.get("x-kubernetes-validations", [])
+    ]
+    assert len(rules) >= 8
+    assert all(r["message"] and r["rule"] for r in rules)
+
+
+def test_generated_files_load_as_single_documents() -> None:
+    for path in CRD_DIR.glob("*.yaml"):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert len(docs) == 1
+        assert docs[0]["kind"] == "CustomResourceDefinition"
