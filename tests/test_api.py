@@ -26,7 +26,9 @@ def _example_docs() -> list[dict[str, Any]]:
     return [d for path in EXAMPLES for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-@pytest.mark.parametrize("doc", _example_docs(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize(
+    "doc", _example_docs(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}"
+)
 def test_every_example_is_valid_offline(doc: dict[str, Any]) -> None:
     assert check_manifest(doc) == []
     parsed = parse_resource(doc)

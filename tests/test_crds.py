@@ -23,7 +23,9 @@ def test_committed_crds_match_the_generator() -> None:
     committed = {p.name for p in CRD_DIR.glob("*.yaml")}
     assert committed == set(GENERATED), "run `make crds`"
     for name, crd in GENERATED.items():
-        assert (CRD_DIR / name).read_text() == crdgen.render(crd), f"{name} drifted: run `make crds`"
+        assert (CRD_DIR / name).read_text() == crdgen.render(crd), (
+            f"{name} drifted: run `make crds`"
+        )
 
 
 def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -52,7 +54,14 @@ def test_schema_is_structural(name: str) -> None:
             assert [a["type"] for a in node["anyOf"]] == ["integer", "string"], path
             assert "type" not in node, path
         else:
-            assert node.get("type") in {"object", "array", "string", "integer", "number", "boolean"}, path
+            assert node.get("type") in {
+                "object",
+                "array",
+                "string",
+                "integer",
+                "number",
+                "boolean",
+            }, path
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))

@@ -47,7 +47,9 @@ class CrdInfo:
     columns: tuple[dict[str, Any], ...]
 
 
-def _col(name: str, path: str, kind: str = "string", priority: int = 0, desc: str = "") -> dict[str, Any]:
+def _col(
+    name: str, path: str, kind: str = "string", priority: int = 0, desc: str = ""
+) -> dict[str, Any]:
     column: dict[str, Any] = {"name": name, "type": kind, "jsonPath": path}
     if priority:
         column["priority"] = priority
@@ -220,7 +222,11 @@ def _scalar(tp: Any, meta: list[Any]) -> dict[str, Any]:
         return schema
     if tp is str:
         schema = {"type": "string"}
-        _constrain(schema, meta, {"max_length": "maxLength", "min_length": "minLength", "pattern": "pattern"})
+        _constrain(
+            schema,
+            meta,
+            {"max_length": "maxLength", "min_length": "minLength", "pattern": "pattern"},
+        )
         return schema
     if tp is datetime:
         return {"type": "string", "format": "date-time"}

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from ekko.api.schema import CelRule, ListSchema, PreserveUnknown
 
-GROUP = "ekko.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+GROUP: Final = "ekko.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = "ekko.dev/v1alpha1"
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 """A DNS-1123 label: what Kubernetes accepts as the name of most objects."""
@@ -53,7 +53,9 @@ class ApiModel(BaseModel):
 class Condition(ApiModel):
     """A Kubernetes-style condition: the latest observation of one aspect of the object."""
 
-    type: str = Field(max_length=316, description="Type of the condition, such as Ready, Progressing or Degraded.")
+    type: str = Field(
+        max_length=316, description="Type of the condition, such as Ready, Progressing or Degraded."
+    )
     status: Literal["True", "False", "Unknown"] = Field(
         description="Whether the condition holds: True, False or Unknown."
     )

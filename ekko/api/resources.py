@@ -9,6 +9,7 @@ same way by the API server and offline.
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import pairwise
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -209,7 +210,8 @@ class ShardItem(ApiModel):
 
     size: Quantity = Field(description="Bytes of memory the shard needs on a server.")
     load: Quantity | None = Field(
-        default=None, description="Compute units one replica of this shard takes; defaults to shards.load."
+        default=None,
+        description="Compute units one replica of this shard takes; defaults to shards.load.",
     )
 
 
@@ -230,8 +232,9 @@ class Shards(ApiModel):
         CelRule(
             rule="!has(self.items) || self.items.all(i, quantity(string(i.size)).compareTo(quantity('16Ti')) <= 0)",
             message="every shard size must be at most 16Ti",
-            check=lambda s: s.items is None
-            or all(quantity_bytes(i.size) <= MAX_SHARD_BYTES for i in s.items),
+            check=lambda s: (
+                s.items is None or all(quantity_bytes(i.size) <= MAX_SHARD_BYTES for i in s.items)
+            ),
         ),
     )
 
@@ -274,7 +277,9 @@ class ModelSpec(ApiModel):
     version: Name = Field(description="Name of the version served before any ModelVersion rollout.")
     artifact: Artifact = Field(description="Where the initial version's shards are loaded from.")
     shards: Shards = Field(description="How the model is cut into shards.")
-    replicas: int = Field(default=1, ge=1, le=100, description="Copies of every shard, on distinct servers.")
+    replicas: int = Field(
+        default=1, ge=1, le=100, description="Copies of every shard, on distinct servers."
+    )
     min_ready_replicas: int | None = Field(
         default=None,
         ge=0,
@@ -304,16 +309,24 @@ class ModelStatus(ApiModel):
     observed_generation: int | None = Field(
         default=None, description="The spec generation this status describes."
     )
-    stable_version: str | None = Field(default=None, max_length=63, description="Version serving by default.")
-    canary_version: str | None = Field(default=None, max_length=63, description="Version under rollout, if any.")
-    canary_weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the canary.")
+    stable_version: str | None = Field(
+        default=None, max_length=63, description="Version serving by default."
+    )
+    canary_version: str | None = Field(
+        default=None, max_length=63, description="Version under rollout, if any."
+    )
+    canary_weight: int = Field(
+        default=0, ge=0, le=100, description="Percent of traffic on the canary."
+    )
     weights: list[VersionWeight] = Field(
         default_factory=list, max_length=8, description="Routing weights agents apply."
     )
     replicas_wanted: int = Field(default=0, description="Shard replicas the model needs.")
     replicas_placed: int = Field(default=0, description="Shard replicas assigned to servers.")
     replicas_ready: int = Field(default=0, description="Shard replicas agents report loaded.")
-    ready: str = Field(default="", max_length=32, description="Ready over wanted replicas, for kubectl get.")
+    ready: str = Field(
+        default="", max_length=32, description="Ready over wanted replicas, for kubectl get."
+    )
     conditions: Conditions = Field(default_factory=list)
 
 
@@ -374,10 +387,10 @@ class CanaryStep(ApiModel):
         CelRule(
             rule="[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
             message="each step sets exactly one of setWeight, pause or analysis",
-            check=lambda s: [s.set_weight is not None, s.pause is not None, s.analysis is not None].count(
-                True
-            )
-            == 1,
+            check=lambda s: (
+                [s.set_weight is not None, s.pause is not None, s.analysis is not None].count(True)
+                == 1
+            ),
         ),
     )
 
@@ -395,12 +408,16 @@ class Canary(ApiModel):
         CelRule(
             rule="self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
             message="setWeight values must not decrease from one step to the next",
-            check=lambda c: _non_decreasing([s.set_weight for s in c.steps if s.set_weight is not None]),
+            check=lambda c: _non_decreasing(
+                [s.set_weight for s in c.steps if s.set_weight is not None]
+            ),
         ),
     )
 
     steps: list[CanaryStep] = Field(
-        min_length=1, max_length=50, description="Steps run in order; the last one ends at promotion."
+        min_length=1,
+        max_length=50,
+        description="Steps run in order; the last one ends at promotion.",
     )
 
 
@@ -481,12 +498,14 @@ class ModelVersionSpec(ApiModel):
                 ".all(s, s.analysis.metrics.all(n, has(self.analysis) && self.analysis.exists(m, m.name == n)))"
             ),
             message="an analysis step names a metric that spec.analysis does not define",
-            check=lambda s: s.strategy is None
-            or all(
-                name in {m.name for m in s.analysis}
-                for step in s.strategy.canary.steps
-                if step.analysis is not None
-                for name in step.analysis.metrics
+            check=lambda s: (
+                s.strategy is None
+                or all(
+                    name in {m.name for m in s.analysis}
+                    for step in s.strategy.canary.steps
+                    if step.analysis is not None
+                    for name in step.analysis.metrics
+                )
             ),
         ),
         CelRule(
@@ -495,9 +514,11 @@ class ModelVersionSpec(ApiModel):
                 " || (has(self.analysis) && self.analysis.size() > 0)"
             ),
             message="an analysis step needs at least one metric in spec.analysis",
-            check=lambda s: s.strategy is None
-            or not any(step.analysis is not None for step in s.strategy.canary.steps)
-            or len(s.analysis) > 0,
+            check=lambda s: (
+                s.strategy is None
+                or not any(step.analysis is not None for step in s.strategy.canary.steps)
+                or len(s.analysis) > 0
+            ),
         ),
     )
 
@@ -505,7 +526,8 @@ class ModelVersionSpec(ApiModel):
     version: Name = Field(description="Version name, shown in routing and metrics.")
     artifact: Artifact = Field(description="Where this version's shards are loaded from.")
     strategy: Strategy | None = Field(
-        default=None, description="Rollout strategy; without it the version is promoted once loaded."
+        default=None,
+        description="Rollout strategy; without it the version is promoted once loaded.",
     )
     analysis: list[AnalysisMetric] = Field(
         default_factory=list, max_length=20, description="Metrics that analysis steps evaluate."
@@ -528,7 +550,9 @@ class AnalysisResult(ApiModel):
     inconclusive: int = Field(default=0, description="Measurements with no verdict.")
     errors: int = Field(default=0, description="Queries that errored.")
     last_value: str | None = Field(default=None, max_length=64, description="Last query result.")
-    last_measured: datetime | None = Field(default=None, description="Time of the last measurement.")
+    last_measured: datetime | None = Field(
+        default=None, description="Time of the last measurement."
+    )
 
 
 class ModelVersionStatus(ApiModel):
@@ -639,7 +663,7 @@ class ServerAssignment(Resource):
 
 
 def _non_decreasing(values: list[int]) -> bool:
-    return all(a <= b for a, b in zip(values, values[1:], strict=False))
+    return all(a <= b for a, b in pairwise(values))
 
 
 RESOURCE_TYPES: tuple[type[Resource], ...] = (ServerPool, Model, ModelVersion, ServerAssignment)

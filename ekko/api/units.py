@@ -18,9 +18,7 @@ from pydantic import AfterValidator, BeforeValidator
 from ekko.api.schema import SchemaOverride
 
 # Unsigned Kubernetes quantity: a number, then a binary suffix, a decimal suffix or an exponent.
-QUANTITY_PATTERN = (
-    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
-)
+QUANTITY_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
 # One or more <number><unit> pairs, as Go's time.ParseDuration accepts (without negatives).
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 
@@ -113,7 +111,13 @@ def parse_duration(value: str) -> float:
 
 def format_bytes(value: float) -> str:
     """Render a byte count the way a user reads it (``68719476736`` -> ``64 GiB``)."""
-    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, size in (
+        ("PiB", 2**50),
+        ("TiB", 2**40),
+        ("GiB", 2**30),
+        ("MiB", 2**20),
+        ("KiB", 2**10),
+    ):
         if abs(value) >= size:
             scaled = value / size
             return f"{scaled:.0f} {unit}" if scaled == int(scaled) else f"{scaled:.1f} {unit}"

@@ -103,7 +103,13 @@ def _path(parts: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    return (
+        json.dumps(value)
+        if isinstance(value, str)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
 
 
 def _type_name(value: Any) -> str:
@@ -120,9 +126,9 @@ def _type_name(value: Any) -> str:
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
     path = _path(error.absolute_path)
-    value = error.instance
+    value: Any = error.instance
     check = error.validator
-    rule = error.validator_value
+    rule: Any = error.validator_value
     if check == "required":
         missing = error.message.split("'")[1]
         return f"{path + '.' if path else ''}{missing}: Required value"
@@ -137,7 +143,9 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     if check == "minimum":
         return f"{path}: Invalid value: {value}: {path} in body should be greater than or equal to {rule}"
     if check == "maximum":
-        return f"{path}: Invalid value: {value}: {path} in body should be less than or equal to {rule}"
+        return (
+            f"{path}: Invalid value: {value}: {path} in body should be less than or equal to {rule}"
+        )
     if check == "pattern":
         return f"{path}: Invalid value: {_shown(value)}: {path} in body should match '{rule}'"
     if check == "maxLength":
@@ -147,12 +155,16 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     if check == "maxItems":
         return f"{path}: Too many: {len(value)}: must have at most {rule} items"
     if check == "minItems":
-        return f"{path}: Invalid value: {len(value)}: {path} in body should have at least {rule} items"
+        return (
+            f"{path}: Invalid value: {len(value)}: {path} in body should have at least {rule} items"
+        )
     if check == "anyOf":
         # int-or-string quantity: a string that is no quantity, or a value of another type.
         if isinstance(value, str):
             pattern = rule[1]["pattern"]
-            return f"{path}: Invalid value: {_shown(value)}: {path} in body should match '{pattern}'"
+            return (
+                f"{path}: Invalid value: {_shown(value)}: {path} in body should match '{pattern}'"
+            )
         return f'{path}: Invalid value: "{_type_name(value)}": {path} in body must be of type integer or string'
     return f"{path}: Invalid value: {error.message}"
 
