@@ -48,7 +48,12 @@ def demo(fleet: Path) -> None:
     if not crds:
         raise control.ClusterError("crds/ has no *.yaml; generate the CRDs first")
     _kubectl("apply", "--server-side", *[a for f in crds for a in ("-f", f)])
-    _kubectl("wait", "--for=condition=Established", "--timeout=60s", *[a for f in crds for a in ("-f", f)])
+    _kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *[a for f in crds for a in ("-f", f)],
+    )
     examples = _yaml_files(control.REPO / "examples")
     if examples:
         _kubectl("apply", "--server-side", *[a for f in examples for a in ("-f", f)])
@@ -61,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the binaries into the cache (skips what exists)")
-    b.add_argument("components", nargs="*", help=f"subset of {[c.name for c in build.components()]}")
+    b.add_argument(
+        "components", nargs="*", help=f"subset of {[c.name for c in build.components()]}"
+    )
     b.add_argument("--force", action="store_true", help="rebuild even if built")
     u = sub.add_parser("up", help="start a fresh cluster with the fleet's nodes")
     u.add_argument("--fleet", type=Path, default=control.FLEET_FILE)
@@ -85,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(_env_lines()))
         elif args.command == "down":
             control.down(purge=args.purge)
-            print("cluster stopped" + ("; state dir removed" if args.purge else f"; logs in {control.state_dir() / 'logs'}"))
+            print(
+                "cluster stopped"
+                + (
+                    "; state dir removed"
+                    if args.purge
+                    else f"; logs in {control.state_dir() / 'logs'}"
+                )
+            )
         elif args.command == "status":
             st = control.status()
             print(json.dumps(st, indent=2))

@@ -169,7 +169,8 @@ def find_binary(name: str) -> Path:
             if path.exists():
                 return path
             raise BuildError(
-                f"{name} {c.version} is not built ({path} missing); run: python -m e2e.cluster build"
+                f"{name} {c.version} is not built ({path} missing);"
+                " run: python -m e2e.cluster build"
             )
     raise KeyError(name)
 
@@ -215,14 +216,17 @@ def _run_go(c: Component, args: list[str], cwd: Path, what: str, log_file: Path)
         output = proc.stderr + proc.stdout
         if attempt < DOWNLOAD_ATTEMPTS and _TRANSIENT.search(output):
             delay = 5 * attempt * attempt
-            _log(c, f"{what} failed (transient?), retry {attempt}/{DOWNLOAD_ATTEMPTS - 1} in {delay}s")
+            _log(
+                c,
+                f"{what} failed (transient?), retry {attempt}/{DOWNLOAD_ATTEMPTS - 1} in {delay}s",
+            )
             time.sleep(delay)
             continue
         tail = "\n".join(output.strip().splitlines()[-25:])
         raise BuildError(
             f"{what} for {c.name} {c.version} failed (go {' '.join(args[:3])} ...):\n{tail}\n"
-            f"Full log: {log_file}. If this is a network error, re-run `python -m e2e.cluster build`"
-            f" (finished steps are kept); if the version no longer resolves, change it in"
+            f"Full log: {log_file}. If this is a network error, re-run"
+            " `python -m e2e.cluster build` (finished steps are kept); if the version no longer resolves, change it in"
             f" e2e/versions.py."
         )
     raise AssertionError("unreachable")
@@ -328,7 +332,9 @@ def build_component(c: Component, force: bool = False) -> None:
         _log(c, f"already built in {bin_dir(c)}")
         return
     if shutil.which("go") is None:
-        raise BuildError("`go` is not on PATH; install Go >= 1.26 (the build uses GOTOOLCHAIN=local)")
+        raise BuildError(
+            "`go` is not on PATH; install Go >= 1.26 (the build uses GOTOOLCHAIN=local)"
+        )
     root = tool_dir(c)
     root.mkdir(parents=True, exist_ok=True)
     log_file = root / "build.log"
@@ -337,7 +343,13 @@ def build_component(c: Component, force: bool = False) -> None:
 
     _log(c, f"downloading {c.module}@{c.version} into {root / 'gomod'}")
     info = json.loads(
-        _run_go(c, ["mod", "download", "-json", f"{c.module}@{c.version}"], root, "module download", log_file)
+        _run_go(
+            c,
+            ["mod", "download", "-json", f"{c.module}@{c.version}"],
+            root,
+            "module download",
+            log_file,
+        )
     )
     wrapper = _write_wrapper(c, Path(info["GoMod"]).read_text())
 
@@ -369,10 +381,23 @@ def build_component(c: Component, force: bool = False) -> None:
         with _Heartbeat(c, progress, time.monotonic()), progress.open("a") as out:
             proc = subprocess.run(
                 [
-                    "go", "build", "-v", "-p", GO_BUILD_PARALLELISM, "-trimpath",
-                    "-ldflags", " ".join(ldflags), "-o", str(partial / binary), package,
+                    "go",
+                    "build",
+                    "-v",
+                    "-p",
+                    GO_BUILD_PARALLELISM,
+                    "-trimpath",
+                    "-ldflags",
+                    " ".join(ldflags),
+                    "-o",
+                    str(partial / binary),
+                    package,
                 ],
-                cwd=wrapper, env=_go_env(c), stdout=out, stderr=subprocess.STDOUT, check=False,
+                cwd=wrapper,
+                env=_go_env(c),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
         if proc.returncode != 0:
             tail = "\n".join(progress.read_text().splitlines()[-30:])
@@ -392,7 +417,10 @@ def build_all(only: list[str] | None = None, force: bool = False) -> None:
         if only and c.name not in only:
             continue
         build_component(c, force=force)
-    print(f"[build] all done in {_fmt(time.monotonic() - started)}; cache {cache_root() / 'tools'}", flush=True)
+    print(
+        f"[build] all done in {_fmt(time.monotonic() - started)}; cache {cache_root() / 'tools'}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

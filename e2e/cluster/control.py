@@ -66,7 +66,9 @@ def _log_tail(name: str, lines: int = 40) -> str:
         text = log_file(name).read_text(errors="replace").splitlines()
     except OSError:
         return f"(no log at {log_file(name)})"
-    return f"--- last {min(lines, len(text))} lines of {log_file(name)} ---\n" + "\n".join(text[-lines:])
+    return f"--- last {min(lines, len(text))} lines of {log_file(name)} ---\n" + "\n".join(
+        text[-lines:]
+    )
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -99,13 +101,19 @@ def _start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
     binary = build.find_binary(name)
     log = log_file(name)
     with log.open("ab") as out:
-        out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {binary} {' '.join(args)}\n".encode())
+        out.write(
+            f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {binary} {' '.join(args)}\n".encode()
+        )
         out.flush()
         # A new session detaches the child from our terminal, so `up` can return and Ctrl-C in
         # the shell does not reach it; `down` stops it through its pid file.
         proc = subprocess.Popen(
-            [str(binary), *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=state_dir(),
+            [str(binary), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=state_dir(),
         )
     _pid_file(name).write_text(str(proc.pid))
     return proc
@@ -162,9 +170,17 @@ class Api:
         self.ctx = ssl.create_default_context(cafile=str(p / "ca.crt"))
         self.ctx.load_cert_chain(str(p / "admin.crt"), str(p / "admin.key"))
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0,
-                content_type: str = "application/json") -> tuple[int, Any]:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=timeout)
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 5.0,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.port, context=self.ctx, timeout=timeout
+        )
         try:
             data = None if body is None else json.dumps(body).encode()
             conn.request(method, path, body=data, headers={"Content-Type": content_type})
@@ -178,12 +194,20 @@ class Api:
             return resp.status, raw.decode(errors="replace")
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, component: str,
-          proc: subprocess.Popen[bytes] | None = None) -> None:
+def _wait(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    component: str,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise ClusterError(f"{component} exited with code {proc.returncode} while waiting for {what}\n{_log_tail(component)}")
+            raise ClusterError(
+                f"{component} exited with code {proc.returncode} while waiting for {what}\n"
+                + _log_tail(component)
+            )
         try:
             if check():
                 return
@@ -264,7 +288,10 @@ def _nodes_ready(api: Api, names: set[str]) -> bool:
     ready = {
         n["metadata"]["name"]
         for n in body["items"]
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in n.get("status", {}).get("conditions", [])
+        )
     }
     return names <= ready
 
@@ -310,69 +337,115 @@ def up(fleet: Path = FLEET_FILE, quiet: bool = False) -> Endpoints:
     say(f"state in {root}")
 
     try:
-        etcd = _start("etcd", [
-            "--name=ekko-e2e", f"--data-dir={etcd_data}",
-            f"--listen-client-urls=http://127.0.0.1:{ep.etcd_client}",
-            f"--advertise-client-urls=http://127.0.0.1:{ep.etcd_client}",
-            f"--listen-peer-urls=http://127.0.0.1:{ep.etcd_peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{ep.etcd_peer}",
-            f"--initial-cluster=ekko-e2e=http://127.0.0.1:{ep.etcd_peer}",
-            "--unsafe-no-fsync",  # test data: durability is not worth the fsync latency
-            "--quota-backend-bytes=2147483648", "--log-level=warn",
-        ])
+        etcd = _start(
+            "etcd",
+            [
+                "--name=ekko-e2e",
+                f"--data-dir={etcd_data}",
+                f"--listen-client-urls=http://127.0.0.1:{ep.etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{ep.etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{ep.etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{ep.etcd_peer}",
+                f"--initial-cluster=ekko-e2e=http://127.0.0.1:{ep.etcd_peer}",
+                "--unsafe-no-fsync",  # test data: durability is not worth the fsync latency
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+        )
         _wait("etcd /health", lambda: _http_ok(ep.etcd_client, "/health"), 30, "etcd", etcd)
         say("etcd ready")
 
-        apiserver = _start("kube-apiserver", [
-            f"--etcd-servers=http://127.0.0.1:{ep.etcd_client}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ep.apiserver}",
-            f"--cert-dir={p}", f"--tls-cert-file={p / 'apiserver.crt'}",
-            f"--tls-private-key-file={p / 'apiserver.key'}", f"--client-ca-file={p / 'ca.crt'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={p / 'sa.pub'}",
-            f"--service-account-signing-key-file={p / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-            "--profiling=false", "--v=1",
-        ])
+        apiserver = _start(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{ep.etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ep.apiserver}",
+                f"--cert-dir={p}",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         api = Api(ep.apiserver)
-        _wait("kube-apiserver /readyz", lambda: api.request("GET", "/readyz")[0] == 200, 60,
-              "kube-apiserver", apiserver)
+        _wait(
+            "kube-apiserver /readyz",
+            lambda: api.request("GET", "/readyz")[0] == 200,
+            60,
+            "kube-apiserver",
+            apiserver,
+        )
         say("kube-apiserver ready")
 
-        kcm = _start("kube-controller-manager", [
-            f"--kubeconfig={kubeconfigs['kube-controller-manager']}",
-            f"--authentication-kubeconfig={kubeconfigs['kube-controller-manager']}",
-            f"--authorization-kubeconfig={kubeconfigs['kube-controller-manager']}",
-            "--bind-address=127.0.0.1", f"--secure-port={ep.controller_manager}",
-            f"--service-account-private-key-file={p / 'sa.key'}", f"--root-ca-file={p / 'ca.crt'}",
-            f"--cluster-signing-cert-file={p / 'ca.crt'}", f"--cluster-signing-key-file={p / 'ca.key'}",
-            "--use-service-account-credentials=true",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--leader-elect=false",  # one instance; election only delays start by a lease period
-            "--profiling=false", "--v=1",
-        ])
-        sched = _start("kube-scheduler", [
-            f"--kubeconfig={kubeconfigs['kube-scheduler']}",
-            f"--authentication-kubeconfig={kubeconfigs['kube-scheduler']}",
-            f"--authorization-kubeconfig={kubeconfigs['kube-scheduler']}",
-            "--bind-address=127.0.0.1", f"--secure-port={ep.scheduler}",
-            "--leader-elect=false", "--profiling=false", "--v=1",
-        ])
-        kwok = _start("kwok", [
-            f"--kubeconfig={kubeconfigs['admin']}", f"--config={root / 'kwok.yaml'}",
-            "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
-            f"--node-ip={NODE_IP}", f"--cidr={POD_CIDR}", "--node-lease-duration-seconds=40",
-            f"--server-address=127.0.0.1:{ep.kwok}",
-        ])
+        kcm = _start(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={kubeconfigs['kube-controller-manager']}",
+                f"--authentication-kubeconfig={kubeconfigs['kube-controller-manager']}",
+                f"--authorization-kubeconfig={kubeconfigs['kube-controller-manager']}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ep.controller_manager}",
+                f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--root-ca-file={p / 'ca.crt'}",
+                f"--cluster-signing-cert-file={p / 'ca.crt'}",
+                f"--cluster-signing-key-file={p / 'ca.key'}",
+                "--use-service-account-credentials=true",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # One instance: leader election would only delay the start.
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        sched = _start(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={kubeconfigs['kube-scheduler']}",
+                f"--authentication-kubeconfig={kubeconfigs['kube-scheduler']}",
+                f"--authorization-kubeconfig={kubeconfigs['kube-scheduler']}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ep.scheduler}",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        kwok = _start(
+            "kwok",
+            [
+                f"--kubeconfig={kubeconfigs['admin']}",
+                f"--config={root / 'kwok.yaml'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+                f"--node-ip={NODE_IP}",
+                f"--cidr={POD_CIDR}",
+                "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{ep.kwok}",
+            ],
+        )
         create_nodes(api, nodes)
         names = {n["metadata"]["name"] for n in nodes}
         _wait(f"{len(names)} nodes Ready", lambda: _nodes_ready(api, names), 60, "kwok", kwok)
         say(f"{len(names)} nodes Ready")
         # Pods need the namespace's default ServiceAccount, made by the controller manager.
-        _wait("default ServiceAccount", lambda: api.request(
-            "GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200, 60,
-            "kube-controller-manager", kcm)
+        _wait(
+            "default ServiceAccount",
+            lambda: (
+                api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+            ),
+            60,
+            "kube-controller-manager",
+            kcm,
+        )
         for name, proc in (("kube-controller-manager", kcm), ("kube-scheduler", sched)):
             if proc.poll() is not None:
                 raise ClusterError(f"{name} exited with code {proc.returncode}\n{_log_tail(name)}")

@@ -54,7 +54,16 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _key(path: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path.name, cwd=path.parent)
+    _openssl(
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        path.name,
+        cwd=path.parent,
+    )
     path.chmod(0o600)
 
 
@@ -64,8 +73,23 @@ def _signed(pki: Path, name: str, subject: str, extensions: str) -> None:
     (pki / f"{name}.ext").write_text(extensions)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
     _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", DAYS, "-sha256", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=pki,
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        DAYS,
+        "-sha256",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
     )
     (pki / f"{name}.csr").unlink()
     (pki / f"{name}.ext").unlink()
@@ -79,21 +103,40 @@ def ensure_pki(pki: Path, service_ip: str) -> None:
         return
     _key(pki / "ca.key")
     _openssl(
-        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=ekko-e2e-ca", "-days", DAYS,
-        "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", "-out", "ca.crt",
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=ekko-e2e-ca",
+        "-days",
+        DAYS,
+        "-sha256",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        "-out",
+        "ca.crt",
         cwd=pki,
     )
     sans = ",".join((*APISERVER_SANS, f"IP:{service_ip}"))
     _signed(
-        pki, "apiserver", "/CN=kube-apiserver",
+        pki,
+        "apiserver",
+        "/CN=kube-apiserver",
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
         f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n",
     )
     for client in CLIENTS:
-        subject = f"/CN={client.common_name}" + (f"/O={client.organization}" if client.organization else "")
+        subject = f"/CN={client.common_name}" + (
+            f"/O={client.organization}" if client.organization else ""
+        )
         _signed(
-            pki, client.name, subject,
+            pki,
+            client.name,
+            subject,
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage=clientAuth\n",
         )
@@ -113,12 +156,12 @@ clusters:
 - name: {CLUSTER_NAME}
   cluster:
     server: {server}
-    certificate-authority: {pki / 'ca.crt'}
+    certificate-authority: {pki / "ca.crt"}
 users:
 - name: {user}
   user:
-    client-certificate: {pki / f'{client}.crt'}
-    client-key: {pki / f'{client}.key'}
+    client-certificate: {pki / f"{client}.crt"}
+    client-key: {pki / f"{client}.key"}
 contexts:
 - name: {CLUSTER_NAME}
   context:
