@@ -319,7 +319,9 @@ class ModelStatus(ApiModel):
         default=0, ge=0, le=100, description="Percent of traffic on the canary."
     )
     weights: list[VersionWeight] = Field(
-        default_factory=list, max_length=8, description="Routing weights agents apply."
+        default_factory=list,
+        max_length=8,
+        description="Routing weights; every agent holding the model watches and applies them.",
     )
     replicas_wanted: int = Field(default=0, description="Shard replicas the model needs.")
     replicas_placed: int = Field(default=0, description="Shard replicas assigned to servers.")
@@ -613,9 +615,6 @@ class ServerAssignmentSpec(ApiModel):
     zone: str = Field(default="", max_length=63, description="Zone the server was placed in.")
     shards: Annotated[list[AssignedShard], ListSchema("atomic")] = Field(
         default_factory=list, max_length=20000, description="Shard replicas to hold."
-    )
-    routing: list[ModelRouting] = Field(
-        default_factory=list, max_length=256, description="Traffic weights per model version."
     )
 
 
