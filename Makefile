@@ -1,0 +1,58 @@
+# Ekko's developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help install lint unit e2e test crds tools cluster-up cluster-down demo bench clean
+
+help: ## Show the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## Create .venv and install ekko with its dev tools
+
+lint: install ## Ruff, ruff format, mypy --strict and the import-layer contracts
+	$(BIN)/ruff check ekko tests e2e bench
+	$(BIN)/ruff format --check ekko tests e2e bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: install ## Unit tests (no cluster, fast)
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+tools: install ## Build/install the local control plane's binaries into ~/.cache/ekko (cached)
+	$(BIN)/python -m e2e.cluster build
+
+e2e: tools ## End-to-end tests against the local control plane (starts it if needed)
+	$(BIN)/python -m pytest e2e -m e2e $(PYTEST_ARGS)
+
+test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e tests
+
+crds: install ## Regenerate crds/ from the api types
+	$(BIN)/python -m ekko.api.crdgen crds
+
+cluster-up: tools ## Start the local control plane; prints the KUBECONFIG to export
+	$(BIN)/python -m e2e.cluster up
+
+cluster-down: install ## Stop the local control plane
+	$(BIN)/python -m e2e.cluster down
+
+demo: tools ## The operator on the local control plane: placement and a rollout
+	$(BIN)/python -m e2e.cluster demo
+
+bench: install ## Placement benchmark (quick sizes); see docs/benchmarks.md for the full runs
+	$(BIN)/python -m bench.placement --quick
+
+clean: ## Remove the venv and caches kept in the repository (not ~/.cache/ekko)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
