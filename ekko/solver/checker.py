@@ -26,8 +26,8 @@ def violations(problem: Problem, plan: Plan) -> list[Violation]:
     if plan.status == "infeasible" and not plan.assignment:
         return out
     pool = problem.pool
-    zone_of: dict[str, str] = {s.id: s.zone for s in plan.servers}
-    existing = {s.id: s.zone for s in pool.servers}
+    zone_of: dict[str, str] = {str(s.id): str(s.zone) for s in plan.servers}
+    existing = {str(s.id): str(s.zone) for s in pool.servers}
     zones = set(pool.zones)
     for sid, zone in zone_of.items():
         if sid in existing and existing[sid] != zone:
@@ -35,7 +35,7 @@ def violations(problem: Problem, plan: Plan) -> list[Violation]:
         if zones and zone not in zones:
             out.append(Violation(kind="zone", message=f"server {sid} in unknown zone {zone!r}"))
 
-    classes = {c.name: c for c in problem.slo_classes}
+    classes = {str(c.name): c for c in problem.slo_classes}
     mem_used: dict[str, float] = defaultdict(float)
     cpu_used: dict[str, float] = defaultdict(float)
     classes_on: dict[str, set[str]] = defaultdict(set)
@@ -61,10 +61,8 @@ def violations(problem: Problem, plan: Plan) -> list[Violation]:
                 )
             )
             continue
-        if len(pool.zones) > 1:
-            per_zone_cap = -(-m.replicas // len(pool.zones))
-        else:
-            per_zone_cap = m.replicas
+        k_zones = len(pool.zones)
+        per_zone_cap = -(-m.replicas // k_zones) if k_zones > 1 else m.replicas
         for k, holders in enumerate(shards):
             if len(holders) != m.replicas:
                 out.append(
@@ -75,8 +73,9 @@ def violations(problem: Problem, plan: Plan) -> list[Violation]:
                 )
             if len(set(holders)) != len(holders):
                 out.append(
-                    Violation(kind="distinct", message=f"shard {m.id}/{k} has two replicas on one "
-                              "server")
+                    Violation(
+                        kind="distinct", message=f"shard {m.id}/{k} has two replicas on one server"
+                    )
                 )
             per_zone: dict[str, int] = defaultdict(int)
             for sid in holders:
@@ -89,9 +88,7 @@ def violations(problem: Problem, plan: Plan) -> list[Violation]:
                     )
                     continue
                 per_zone[zone_of[sid]] += 1
-                mem_used[sid] += (
-                    math.ceil(sizes[k] * (1.0 + m.reserve_factor)) + m.reserve_bytes
-                )
+                mem_used[sid] += math.ceil(sizes[k] * (1.0 + m.reserve_factor)) + m.reserve_bytes
                 cpu_used[sid] += loads[k]
                 classes_on[sid].add(m.slo)
             for zone, n in per_zone.items():

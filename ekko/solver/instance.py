@@ -136,7 +136,7 @@ def lower_bound(inst: Instance) -> int:
     best = max(
         math.ceil(mem_total / inst.mem_cap) if inst.mem_cap else 0,
         math.ceil(cpu_total / inst.cpu_full) if inst.cpu_full else 0,
-        max(it.replicas for it in inst.items),
+        *(it.replicas for it in inst.items),
     )
     per_class: dict[SloClassName, int] = {}
     for c in {it.slo for it in inst.items}:
@@ -147,14 +147,12 @@ def lower_bound(inst: Instance) -> int:
         b_c = max(
             math.ceil(mem_c / inst.mem_cap) if inst.mem_cap else 0,
             math.ceil(cpu_c / cap) if cap else 0,
-            max(it.replicas for it in mine),
+            *(it.replicas for it in mine),
         )
         per_class[c] = b_c
         # Servers holding class c carry at most cap each; the rest at most cpu_full.
         if inst.cpu_full:
-            best = max(
-                best, math.ceil(b_c + (cpu_total - b_c * cap) / inst.cpu_full - 1e-9)
-            )
+            best = max(best, math.ceil(b_c + (cpu_total - b_c * cap) / inst.cpu_full - 1e-9))
     for a, b in inst.exclusive:
         if a in per_class and b in per_class:
             best = max(best, per_class[a] + per_class[b])

@@ -1,0 +1,495 @@
+"""``solve(problem, config) -> Plan``: the optimiser with its deadline and fallbacks.
+
+Steps (README, "Search"):
+1. explain obvious infeasibility (a value, not an exception);
+2. a start plan that is always valid: the current placement repaired greedily (replicas that no
+   longer fit are re-placed best-fit), or the better of FFD and BFD from scratch;
+3. optimise: one CP-SAT (or HiGHS) model when the problem is small; otherwise groups of about
+   ``config.group_size`` shard replicas solved one by one (from scratch), then large-neighbourhood
+   search (LNS) over the whole plan until the deadline: free a few lightly loaded servers plus
+   random others, re-solve the counts on them, keep the result if the objective drops;
+4. map counts back to shard replicas (keeping shards where they are), check the plan with the
+   independent checker, and return the start plan instead if anything went wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import replace
+
+from ekko.solver import greedy
+from ekko.solver.checker import violations
+from ekko.solver.core import (
+    SERVER_WEIGHT,
+    CoreResult,
+    Slot,
+    SubProblem,
+    move_weight,
+    solve_cpsat,
+    solve_highs,
+)
+from ekko.solver.instance import Instance, Item, build_instance, explain, lower_bound
+from ekko.solver.mapping import realise
+from ekko.solver.plans import current_placement, infeasible_plan, make_plan
+from ekko.solver.types import Plan, PlanStatus, Problem, ServerId, SolveConfig, ZoneId
+
+Counts = dict[tuple[int, ServerId], int]
+NAME = "ekko"
+
+
+def _core(sub: SubProblem, limit: float, config: SolveConfig) -> CoreResult:
+    if config.backend == "highs":
+        return solve_highs(
+            sub, limit, gap=config.relative_gap_limit, seed=config.seed, log=config.log
+        )
+    return solve_cpsat(
+        sub,
+        limit,
+        workers=config.num_workers,
+        gap=config.relative_gap_limit,
+        seed=config.seed,
+        log=config.log,
+    )
+
+
+def _counts(inst: Instance, placed: Mapping[tuple[str, int], list[ServerId]]) -> Counts:
+    item_of: dict[tuple[str, int], int] = {}
+    for it in inst.items:
+        for s in it.shards:
+            item_of[it.model, s] = it.index
+    out: Counts = defaultdict(int)
+    for key, servers in placed.items():
+        for sid in servers:
+            out[item_of[key], sid] += 1
+    return dict(out)
+
+
+class _Ids:
+    """Fresh slot ids that collide with nothing."""
+
+    def __init__(self, taken: set[ServerId]) -> None:
+        self.taken = set(taken)
+        self.k = 0
+
+    def new(self) -> ServerId:
+        while True:
+            sid = ServerId(f"~new-{self.k}")
+            self.k += 1
+            if sid not in self.taken:
+                self.taken.add(sid)
+                return sid
+
+
+def _slots(
+    inst: Instance,
+    start: Counts | None,
+    start_zones: Mapping[ServerId, ZoneId],
+    *,
+    holding: set[ServerId],
+    target_total: int,
+    ids: _Ids,
+    include_existing: bool = True,
+) -> list[Slot]:
+    """Existing servers, the start plan's new servers, and spare fresh slots per zone."""
+    pool = (
+        inst.problem.pool
+        if include_existing
+        else inst.problem.pool.model_copy(update={"servers": ()})
+    )
+    k = len(inst.zones)
+    used_by_start = {sid for (_, sid) in start} if start else set()
+    per_zone_start: dict[str, int] = defaultdict(int)
+    for sid in used_by_start:
+        per_zone_start[start_zones[sid]] += 1
+    slots: list[Slot] = []
+    for zone in inst.zones:
+        target = max(per_zone_start[zone], math.ceil(target_total / k)) + 1
+        fixed = [
+            Slot(s.id, s.zone, False) for s in pool.servers if s.zone == zone and s.id in holding
+        ]
+        fresh_used = [
+            Slot(s.id, s.zone, True)
+            for s in pool.servers
+            if s.zone == zone and s.id not in holding and s.id in used_by_start
+        ]
+        fresh_used += [
+            Slot(sid, ZoneId(zone), True)
+            for sid in sorted(used_by_start)
+            if start_zones[sid] == zone and sid not in {x.id for x in pool.servers}
+        ]
+        idle = [
+            Slot(s.id, s.zone, True)
+            for s in pool.servers
+            if s.zone == zone and s.id not in holding and s.id not in used_by_start
+        ]
+        zone_slots = fixed + fresh_used + idle
+        while len(zone_slots) < target:
+            zone_slots.append(Slot(ids.new(), ZoneId(zone), True))
+        slots.extend(zone_slots)
+    return slots
+
+
+def _full_sub(
+    inst: Instance,
+    items: list[Item],
+    slots: list[Slot],
+    *,
+    old: Counts,
+    hint: Counts | None,
+    config: SolveConfig,
+    lb: int,
+    balance: bool,
+) -> SubProblem:
+    return SubProblem(
+        inst=inst,
+        items=items,
+        demand={it.index: it.demand for it in items},
+        zone_room={(it.index, z): it.num_shards * it.zone_cap for it in items for z in inst.zones},
+        slots=slots,
+        old=old,
+        hint=hint,
+        max_servers=inst.problem.pool.max_servers,
+        lower_bound=lb,
+        migration_weight=config.migration_weight,
+        balance=balance,
+    )
+
+
+def _objective(inst: Instance, counts: Counts, old: Counts, config: SolveConfig) -> float:
+    """The model's objective (without balance) for a count solution."""
+    servers = len({sid for (_, sid), k in counts.items() if k})
+    sub = SubProblem(inst, inst.items, {}, {}, [], migration_weight=config.migration_weight)
+    moved = 0
+    for (i, sid), o in old.items():
+        lost = o - counts.get((i, sid), 0)
+        if lost > 0:
+            moved += lost * move_weight(sub, inst.items[i])
+    return SERVER_WEIGHT * servers + moved
+
+
+def _groups(inst: Instance, size: int) -> list[list[Item]]:
+    """Models dealt round-robin (snake order, biggest first) into groups of ~size replicas, so
+    every group has a similar mix of big/small, memory-/compute-heavy and SLO classes."""
+    models: dict[str, list[Item]] = defaultdict(list)
+    for it in inst.items:
+        models[it.model].append(it)
+    total = sum(it.demand for it in inst.items)
+    g = max(1, math.ceil(total / size))
+    order = sorted(
+        models.values(),
+        key=lambda its: (
+            -sum(it.mem * it.demand for it in its) / inst.mem_cap
+            - sum(it.cpu * it.demand for it in its) / max(inst.cpu_full, 1)
+        ),
+    )
+    groups: list[list[Item]] = [[] for _ in range(g)]
+    for k, its in enumerate(order):
+        r = k % (2 * g)
+        groups[r if r < g else 2 * g - 1 - r].extend(its)
+    return [grp for grp in groups if grp]
+
+
+def _grouped(
+    inst: Instance,
+    config: SolveConfig,
+    deadline: float,
+    ids: _Ids,
+    notes: list[str],
+) -> tuple[Counts, dict[ServerId, ZoneId]] | None:
+    groups = _groups(inst, config.group_size)
+    counts: Counts = {}
+    zones: dict[ServerId, ZoneId] = {}
+    for gi, items in enumerate(groups):
+        sub_inst = replace(inst, items=tuple(items))
+        reps = greedy.replicas_of(sub_inst, {})
+        reps.sort(key=greedy.decreasing(sub_inst))
+        gr = greedy.run(sub_inst, "best", reps)
+        if gr.unplaced:
+            return None
+        g_counts = _counts(sub_inst, gr.placed)
+        g_zones = dict(gr.servers)
+        left = deadline - time.monotonic()
+        limit = left / (len(groups) - gi)
+        slots = _slots(
+            sub_inst,
+            None,
+            {},
+            holding=set(),
+            target_total=len(gr.servers),
+            ids=ids,
+            include_existing=False,
+        )
+        sub = _full_sub(
+            inst,
+            items,
+            slots,
+            old={},
+            hint=None,
+            config=config,
+            lb=lower_bound(sub_inst),
+            balance=False,
+        )
+        res = _core(sub, limit, config) if limit > 0.2 else None
+        if res is not None and res.status != "none" and res.servers <= len(gr.servers):
+            for (i, sid), k in res.counts.items():
+                counts[i, sid] = k
+            for s in slots:
+                zones[s.id] = s.zone
+        else:
+            # Greedy ids may repeat across groups: give them fresh ones.
+            rename = {sid: ids.new() for sid in g_zones}
+            for (i, sid), k in g_counts.items():
+                counts[i, rename[sid]] = k
+            for sid, z in g_zones.items():
+                zones[rename[sid]] = z
+            notes.append(f"group {gi}: optimiser found nothing better than best-fit")
+    return counts, zones
+
+
+def _lns(
+    inst: Instance,
+    counts: Counts,
+    zones: Mapping[ServerId, ZoneId],
+    *,
+    old: Counts,
+    config: SolveConfig,
+    deadline: float,
+    notes: list[str],
+) -> tuple[Counts, int]:
+    """Large-neighbourhood search on counts; returns the counts and the number of improving
+    steps."""
+    rng = random.Random(config.seed)
+    state = dict(counts)
+    improved = 0
+    tries = 0
+    items = inst.items
+    while True:
+        left = deadline - time.monotonic()
+        if left < 0.3:
+            break
+        per_server: dict[ServerId, list[int]] = defaultdict(list)
+        for (i, sid), k in state.items():
+            if k:
+                per_server[sid].append(i)
+        if len(per_server) <= 1:
+            break
+
+        def fill(sid: ServerId, ps: Mapping[ServerId, list[int]] = per_server) -> float:
+            mem = sum(items[i].mem * state[i, sid] for i in ps[sid]) / inst.mem_cap
+            cpu = sum(items[i].cpu * state[i, sid] for i in ps[sid]) / max(inst.cpu_full, 1)
+            return max(mem, cpu)
+
+        by_fill = sorted(per_server, key=fill)
+        light = rng.sample(by_fill[: min(8, len(by_fill))], min(2, len(by_fill)))
+        chosen = list(dict.fromkeys(light))
+        budget = config.group_size // 2
+        weight = sum(state[i, s] for s in chosen for i in per_server[s])
+        pool = [s for s in by_fill if s not in chosen]
+        rng.shuffle(pool)
+        for s in pool:
+            if weight >= budget or len(chosen) >= 40:
+                break
+            chosen.append(s)
+            weight += sum(state[i, s] for i in per_server[s])
+        cset = set(chosen)
+        demand: dict[int, int] = defaultdict(int)
+        for s in chosen:
+            for i in per_server[s]:
+                demand[i] += state[i, s]
+        outside: dict[tuple[int, str], int] = defaultdict(int)
+        for (i, sid), k in state.items():
+            if i in demand and sid not in cset:
+                outside[i, zones[sid]] += k
+        room = {
+            (i, z): items[i].num_shards * items[i].zone_cap - outside[i, z]
+            for i in demand
+            for z in inst.zones
+        }
+        sub_old = {(i, sid): k for (i, sid), k in old.items() if sid in cset}
+        hint = {(i, s): state[i, s] for s in chosen for i in per_server[s]}
+        sub = SubProblem(
+            inst=inst,
+            items=[items[i] for i in sorted(demand)],
+            demand=dict(demand),
+            zone_room=room,
+            slots=[Slot(s, zones[s], False) for s in chosen],
+            old=sub_old,
+            hint=hint,
+            migration_weight=config.migration_weight,
+        )
+        before = _objective(inst, hint, sub_old, config)
+        res = _core(sub, min(left - 0.2, max(1.0, config.time_limit / 10)), config)
+        tries += 1
+        if res.status != "none" and res.objective < before - 0.5:
+            for key in hint:
+                state.pop(key, None)
+            state.update(res.counts)
+            improved += 1
+    notes.append(f"LNS: {improved} improving steps of {tries}")
+    return state, improved
+
+
+def _adopt_idle(problem: Problem, counts: Counts, zones: dict[ServerId, ZoneId]) -> Counts:
+    """Use idle existing servers instead of new ones of the same zone."""
+    existing = {s.id for s in problem.pool.servers}
+    used = sorted({sid for (_, sid), k in counts.items() if k})
+    idle: dict[str, list[ServerId]] = defaultdict(list)
+    for s in problem.pool.servers:
+        if s.id not in used:
+            idle[s.zone].append(s.id)
+    rename: dict[ServerId, ServerId] = {}
+    for sid in used:
+        if sid not in existing and idle[zones[sid]]:
+            rename[sid] = idle[zones[sid]].pop(0)
+    if not rename:
+        return counts
+    return {(i, rename.get(sid, sid)): k for (i, sid), k in counts.items()}
+
+
+def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
+    """Best plan found before ``config.time_limit``; never raises on infeasible input."""
+    config = config or SolveConfig()
+    t0 = time.monotonic()
+    deadline = t0 + config.time_limit
+    inst = build_instance(problem)
+    reasons = explain(problem, inst)
+    if reasons:
+        return infeasible_plan(NAME, reasons, inst.lower_bound, time.monotonic() - t0)
+    current = current_placement(problem)
+    notes: list[str] = []
+
+    # 2. start plan
+    reps = greedy.replicas_of(inst, current)
+    reps.sort(key=greedy.decreasing(inst))
+    starts: list[tuple[str, greedy.GreedyResult]] = []
+    if current:
+        starts.append(
+            (
+                "current placement, repaired best-fit",
+                greedy.run(inst, "best", reps, keep_current=True),
+            )
+        )
+    else:
+        starts.append(("first-fit decreasing", greedy.run(inst, "first", reps)))
+        starts.append(("best-fit decreasing", greedy.run(inst, "best", reps)))
+    valid = [(n, r) for n, r in starts if not r.unplaced]
+    old = _counts(inst, current)
+    start_name = ""
+    start: greedy.GreedyResult | None = None
+    if valid:
+        start_name, start = min(
+            valid,
+            key=lambda nr: _objective(inst, _counts(inst, nr[1].placed), old, config),
+        )
+        notes.append(f"start: {start_name}, {len(start.servers)} servers")
+    start_counts = _counts(inst, start.placed) if start else None
+    zones: dict[ServerId, ZoneId] = {s.id: s.zone for s in problem.pool.servers}
+    if start:
+        zones.update(dict(start.servers))
+
+    # 3. optimise
+    ids = _Ids(set(zones))
+    best: Counts | None = start_counts
+    status: PlanStatus = "fallback"
+    bound = inst.lower_bound
+    reserve = min(1.0, 0.1 * config.time_limit)
+    opt_deadline = deadline - reserve
+    holding = {sid for (_, sid) in old}
+    total = sum(it.demand for it in inst.items)
+    if total <= config.group_size:
+        target = len(start.servers) if start else min(problem.pool.max_servers, 2 * bound + 2)
+        slots = _slots(inst, start_counts, zones, holding=holding, target_total=target, ids=ids)
+        for s in slots:
+            zones.setdefault(s.id, s.zone)
+        hint = start_counts if current else None
+        sub = _full_sub(
+            inst,
+            list(inst.items),
+            slots,
+            old=old,
+            hint=hint,
+            config=config,
+            lb=bound,
+            balance=True,
+        )
+        res = _core(sub, opt_deadline - time.monotonic(), config)
+        notes.append(
+            f"monolithic {res.backend}: {res.status}, {res.servers} servers, {res.seconds:.2f} s"
+        )
+        if res.status != "none" and (
+            best is None or res.objective <= _objective(inst, best, old, config) + 100
+        ):
+            best = res.counts
+            status = "optimal" if res.status == "optimal" else "feasible"
+            if not old:
+                bound = max(bound, math.ceil((res.bound - 100) / SERVER_WEIGHT - 1e-9))
+    else:
+        if not current:
+            got = _grouped(inst, config, t0 + 0.6 * (opt_deadline - t0), ids, notes)
+            if got is not None:
+                g_counts, g_zones = got
+                g_servers = len({sid for (_, sid) in g_counts})
+                notes.append(f"groups: {g_servers} servers")
+                if best is None or g_servers < len({sid for (_, sid) in best}):
+                    best = g_counts
+                    zones.update(g_zones)
+                    status = "feasible"
+        if best is not None and config.lns:
+            best, improved = _lns(
+                inst, best, zones, old=old, config=config, deadline=opt_deadline, notes=notes
+            )
+            if improved:
+                status = "feasible"
+
+    if best is None:
+        why = [
+            "no valid placement was found before the deadline; the common causes were "
+            "checked and do not apply, so the pool is probably too tight: raise "
+            f"max_servers of pool {problem.pool.name} or the time limit"
+        ]
+        return infeasible_plan(NAME, why, bound, time.monotonic() - t0, notes)
+    servers_used = len({sid for (_, sid), k in best.items() if k})
+    if servers_used <= bound and not old and status != "optimal":
+        status = "optimal"
+
+    best = _adopt_idle(problem, best, zones)
+
+    # 4. map back, check, fall back
+    placed = realise(list(inst.items), best, zones, current)
+    plan = None
+    if placed is not None:
+        plan = make_plan(
+            problem,
+            inst,
+            placed,
+            zones,
+            solver=NAME,
+            status=status,
+            config=config,
+            seconds=time.monotonic() - t0,
+            lower_bound=bound,
+            notes=notes,
+        )
+        bad = violations(problem, plan)
+        if bad:
+            notes.append(f"optimised plan rejected by the checker: {bad[0].message}")
+            plan = None
+    if plan is None and start is not None:
+        plan = make_plan(
+            problem,
+            inst,
+            start.placed,
+            zones,
+            solver=NAME,
+            status="fallback",
+            config=config,
+            seconds=time.monotonic() - t0,
+            lower_bound=bound,
+            notes=[*notes, "returned the start plan"],
+        )
+    assert plan is not None
+    return plan
