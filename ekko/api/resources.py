@@ -113,10 +113,10 @@ class PlacementPolicy(ApiModel):
         default="10s", description="Deadline of one placement solve; the best plan found is used."
     )
     migration_cost_weight: float = Field(
-        default=0.01,
+        default=0.5,
         ge=0,
-        le=1000,
-        description="Servers saved are worth this many GiB moved: higher values move less.",
+        le=100,
+        description="Cost, in servers, of moving one server's worth of shard bytes on a re-plan; higher values move less.",
     )
     headroom_percent: int = Field(
         default=10,
@@ -605,6 +605,10 @@ class AssignedShard(ApiModel):
     version: str = Field(max_length=63, description="Version of the model to load.")
     uri: str = Field(max_length=2048, description="Artifact URI of that version.")
     bytes: int = Field(ge=0, description="Memory the shard takes.")
+    drain: bool = Field(
+        default=False,
+        description="The replica moves elsewhere: keep serving it until the operator removes it once its replacement is ready.",
+    )
 
 
 class ServerAssignmentSpec(ApiModel):
