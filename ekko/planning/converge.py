@@ -1,0 +1,179 @@
+"""Carry a placement out make-before-break, one idempotent pass at a time.
+
+The desired placement says which servers hold which shards. Each pass compares it with what the
+servers' assignments say and what their agents report loaded, and returns the actions that move
+the fleet one safe step closer:
+
+1. create servers the placement names that have no pod;
+2. add the shards a server must newly hold to its assignment (with every resident version);
+3. keep a shard on a server it is leaving, marked ``drain``, until every replica the placement
+   wants for it is loaded and served elsewhere; only then drop it;
+4. delete a server the placement no longer uses once it holds nothing.
+
+No step removes a serving replica before its replacement is ready, so a re-plan never takes a
+shard below its ready replicas. Any pass may be cut off and re-run: the result depends only on
+the observation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ekko.api.resources import AssignedShard, Model
+from ekko.api.units import quantity_bytes
+from ekko.planning.state import PoolState, ReplicaKey, ServerObs, ShardKey
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Where every shard should be: server -> shards, and each server's zone."""
+
+    servers: Mapping[str, frozenset[ShardKey]]
+    zones: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CreateServer:
+    """Create a server pod (and its empty assignment) in a zone."""
+
+    name: str
+    zone: str
+
+
+@dataclass(frozen=True)
+class WriteAssignment:
+    """Replace a server's assigned shards."""
+
+    server: str
+    zone: str
+    shards: tuple[AssignedShard, ...]
+
+
+@dataclass(frozen=True)
+class DeleteServer:
+    """Delete an empty server's pod and assignment."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class RecreateServer:
+    """Delete a failed or orphaned server pod so it is created again in the same zone."""
+
+    name: str
+
+
+Action = CreateServer | WriteAssignment | DeleteServer | RecreateServer
+
+
+def converge(state: PoolState, desired: Desired) -> list[Action]:
+    """The next safe actions that move the pool toward ``desired``."""
+    models = {m.metadata.name: m for m in state.models}
+    wanted = _wanted_replicas(desired)
+    ready = _ready_replicas(state, desired)
+    actions: list[Action] = []
+    for name in sorted(desired.servers):
+        server = state.server(name)
+        zone = desired.zones.get(name, server.zone if server else "")
+        if server is None or not server.pod_exists:
+            actions.append(CreateServer(name, zone))
+        elif server.pod_failed and not server.deleting:
+            actions.append(RecreateServer(name))
+    for server in state.servers:
+        target = desired.servers.get(server.name, frozenset())
+        shards = _next_spec(state, models, server, target, wanted, ready)
+        if shards != server.spec_shards or not server.assignment_exists:
+            if server.assignment_exists or shards:
+                zone = desired.zones.get(server.name, server.zone)
+                actions.append(WriteAssignment(server.name, zone, shards))
+        if (
+            server.name not in desired.servers
+            and not shards
+            and (not server.loaded or not server.serving)
+            and not server.deleting
+            and server.pod_exists
+        ):
+            actions.append(DeleteServer(server.name))
+    for name in sorted(desired.servers):
+        if state.server(name) is None:
+            zone = desired.zones.get(name, "")
+            shards = _next_spec(
+                state,
+                models,
+                ServerObs(name, zone, pod_exists=False),
+                desired.servers[name],
+                wanted,
+                ready,
+            )
+            actions.append(WriteAssignment(name, zone, shards))
+    return actions
+
+
+def _wanted_replicas(desired: Desired) -> Counter[ShardKey]:
+    wanted: Counter[ShardKey] = Counter()
+    for shards in desired.servers.values():
+        wanted.update(shards)
+    return wanted
+
+
+def _ready_replicas(state: PoolState, desired: Desired) -> Counter[ReplicaKey]:
+    """Replicas loaded and served on servers where the placement wants them."""
+    ready: Counter[ReplicaKey] = Counter()
+    for server in state.servers:
+        if not server.serving:
+            continue
+        target = desired.servers.get(server.name, frozenset())
+        ready.update(key for key in server.loaded if (key[0], key[1]) in target)
+    return ready
+
+
+def _next_spec(
+    state: PoolState,
+    models: Mapping[str, Model],
+    server: ServerObs,
+    target: frozenset[ShardKey],
+    wanted: Counter[ShardKey],
+    ready: Counter[ReplicaKey],
+) -> tuple[AssignedShard, ...]:
+    entries: dict[ReplicaKey, AssignedShard] = {}
+    resident: dict[str, dict[str, str]] = {
+        name: {v.version: v.uri for v in state.versions(model)} for name, model in models.items()
+    }
+    for model_name, index in sorted(target):
+        model = models.get(model_name)
+        if model is None:
+            continue
+        for version, uri in resident[model_name].items():
+            entries[(model_name, index, version)] = AssignedShard(
+                model=model_name,
+                shard=index,
+                version=version,
+                uri=uri,
+                bytes=_shard_bytes(model, index),
+            )
+    for old in server.spec_shards:
+        key = (old.model, old.shard, old.version)
+        if key in entries:
+            continue
+        still_wanted = (
+            old.model in resident
+            and old.version in resident[old.model]
+            and wanted[(old.model, old.shard)] > 0
+        )
+        if not still_wanted:
+            continue  # model deleted, version retired or shard gone: nothing to keep serving
+        if ready[key] >= wanted[(old.model, old.shard)]:
+            continue  # every replica the placement wants is loaded elsewhere: drop this one
+        if old.model in resident and server.alive:
+            entries[key] = old.model_copy(update={"drain": True})
+    return tuple(entries[k] for k in sorted(entries))
+
+
+def _shard_bytes(model: Model, index: int) -> int:
+    shards = model.spec.shards
+    if shards.items is not None:
+        return quantity_bytes(shards.items[index].size)
+    assert shards.size is not None
+    return quantity_bytes(shards.size)

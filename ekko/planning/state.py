@@ -1,0 +1,77 @@
+"""What the operator observed about one pool, as plain frozen values.
+
+``ekko.kube`` builds these from the API objects; the planning functions read only these, so they
+can be table-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ekko.api.resources import AssignedShard, Model, ServerPool
+
+ShardKey = tuple[str, int]
+"""(model, shard index)"""
+ReplicaKey = tuple[str, int, str]
+"""(model, shard index, version)"""
+
+
+@dataclass(frozen=True)
+class ServerObs:
+    """One server: its pod and its assignment, as last seen."""
+
+    name: str
+    zone: str = ""
+    pod_exists: bool = True
+    pod_ready: bool = False
+    pod_failed: bool = False
+    deleting: bool = False
+    node: str | None = None
+    assignment_exists: bool = True
+    spec_shards: tuple[AssignedShard, ...] = ()
+    loaded: frozenset[ReplicaKey] = frozenset()
+
+    @property
+    def alive(self) -> bool:
+        """The server counts as part of the fleet: its pod exists and is not going away."""
+        return self.pod_exists and not self.deleting and not self.pod_failed
+
+    @property
+    def serving(self) -> bool:
+        """The pod is ready, so what its agent reports loaded is being served."""
+        return self.alive and self.pod_ready
+
+
+@dataclass(frozen=True)
+class ResidentVersion:
+    """A version of a model that servers must hold."""
+
+    version: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """A pool, its models and its servers."""
+
+    pool: ServerPool
+    models: tuple[Model, ...]
+    servers: tuple[ServerObs, ...]
+    node_zones: tuple[str, ...] = ()
+    resident: Mapping[str, tuple[ResidentVersion, ...]] = field(default_factory=dict)
+    """Versions each model keeps loaded (stable first, then previous or canary)."""
+
+    @property
+    def name(self) -> str:
+        return self.pool.metadata.name
+
+    def server(self, name: str) -> ServerObs | None:
+        return next((s for s in self.servers if s.name == name), None)
+
+    def versions(self, model: Model) -> tuple[ResidentVersion, ...]:
+        """The versions of a model to hold; the model's own spec version when nothing says else."""
+        found = self.resident.get(model.metadata.name)
+        if found:
+            return found
+        return (ResidentVersion(model.spec.version, model.spec.artifact.uri),)
