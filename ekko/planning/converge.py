@@ -83,11 +83,11 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
             actions.append(RecreateServer(name))
     for server in state.servers:
         target = desired.servers.get(server.name, frozenset())
-        shards = _next_spec(state, models, server, target, wanted, ready)
-        if shards != server.spec_shards or not server.assignment_exists:
-            if server.assignment_exists or shards:
-                zone = desired.zones.get(server.name, server.zone)
-                actions.append(WriteAssignment(server.name, zone, shards))
+        shards = _next_spec(state, models, server, target, wanted=wanted, ready=ready)
+        changed = shards != server.spec_shards or not server.assignment_exists
+        if changed and (server.assignment_exists or shards):
+            zone = desired.zones.get(server.name, server.zone)
+            actions.append(WriteAssignment(server.name, zone, shards))
         if (
             server.name not in desired.servers
             and not shards
@@ -134,6 +134,7 @@ def _next_spec(
     models: Mapping[str, Model],
     server: ServerObs,
     target: frozenset[ShardKey],
+    *,
     wanted: Counter[ShardKey],
     ready: Counter[ReplicaKey],
 ) -> tuple[AssignedShard, ...]:
