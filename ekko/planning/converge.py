@@ -104,8 +104,8 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
                 models,
                 ServerObs(name, zone, pod_exists=False),
                 desired.servers[name],
-                wanted,
-                ready,
+                wanted=wanted,
+                ready=ready,
             )
             actions.append(WriteAssignment(name, zone, shards))
     return actions
