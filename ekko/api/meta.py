@@ -118,3 +118,14 @@ class Resource(BaseModel):
 
 EmbeddedObject = Annotated[dict[str, Any], PreserveUnknown()]
 """A piece of a Kubernetes object kept verbatim (a toleration, an affinity term …)."""
+
+
+def set_condition(
+    conditions: list[Condition], new: Condition, now: datetime
+) -> list[Condition]:
+    """Conditions with ``new`` set; the transition time moves only when the status changes."""
+    out = [c for c in conditions if c.type != new.type]
+    old = next((c for c in conditions if c.type == new.type), None)
+    since = old.last_transition_time if old is not None and old.status == new.status else now
+    out.append(new.model_copy(update={"last_transition_time": since}))
+    return sorted(out, key=lambda c: c.type)

@@ -179,6 +179,16 @@ class PlanSummary(ApiModel):
     explanation: str = Field(
         default="", max_length=4096, description="Why the plan is infeasible, in plain words."
     )
+    inputs: str = Field(
+        default="",
+        max_length=128,
+        description="Fingerprint of the pool and model specs the plan was made from; a restarted operator re-plans only when it changes.",
+    )
+    excluded_models: list[Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Models left out of the plan because they cannot be placed on this pool at all.",
+    )
 
 
 class ServerPoolStatus(ApiModel):

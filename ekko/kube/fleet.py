@@ -1,0 +1,365 @@
+"""The operator's Kubernetes I/O: observe a pool, carry out actions, write status and events.
+
+The only operator module that imports the Kubernetes client. Calls are synchronous client calls;
+the operator runs them in a thread so the event loop never waits on the network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from ekko.api.meta import GROUP, VERSION
+from ekko.api.resources import Model, ServerAssignment, ServerPool
+from ekko.kube.errors import KubeError
+from ekko.planning.converge import (
+    Action,
+    CreateServer,
+    DeleteServer,
+    RecreateServer,
+    WriteAssignment,
+)
+from ekko.planning.state import PoolState, ServerObs
+
+log = logging.getLogger(__name__)
+
+POOL_LABEL = "ekko.dev/pool"
+SERVER_LABEL = "ekko.dev/server"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "ekko"}
+FIELD_MANAGER = "ekko-operator"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def converted(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn the client's exceptions into KubeError with a one-line message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as err:
+            reason = err.reason or ""
+            raise KubeError(
+                f"{fn.__name__}: {err.status} {reason}".strip(), err.status or 0
+            ) from err
+        except (HTTPError, OSError) as err:
+            raise KubeError(f"{fn.__name__}: {err}") from err
+
+    return wrapper
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """An API client from a kubeconfig, or from the pod's service account in a cluster."""
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Fleet:
+    """Reads and writes the objects of server pools."""
+
+    def __init__(self, api: client.ApiClient, operator_image: str = "ekko:latest") -> None:
+        # Typed as Any: pods and nodes are read field by field below, and the client's own
+        # annotations disagree with the dict bodies it accepts.
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.operator_image = operator_image
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @converted
+    def get_pool(self, namespace: str, name: str) -> ServerPool | None:
+        try:
+            body = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "serverpools", name
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return ServerPool.model_validate(body)
+
+    @converted
+    def list_models(self, namespace: str) -> list[Model]:
+        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "models")[
+            "items"
+        ]
+        return [Model.model_validate(i) for i in items]
+
+    @converted
+    def observe(self, pool: ServerPool) -> PoolState:
+        """Everything about one pool: its models, pods, assignments and the nodes' zones."""
+        namespace = pool.metadata.namespace or "default"
+        name = pool.metadata.name
+        selector = f"{POOL_LABEL}={name}"
+        models = tuple(
+            m
+            for m in self.list_models(namespace)
+            if m.spec.pool == name and m.metadata.deletion_timestamp is None
+        )
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        raw = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "serverassignments", label_selector=selector
+        )["items"]
+        assignments = {a["metadata"]["name"]: ServerAssignment.model_validate(a) for a in raw}
+        nodes = self.core.list_node().items
+        key = pool.spec.topology_key
+        node_zone = {n.metadata.name: (n.metadata.labels or {}).get(key, "") for n in nodes}
+        node_ready = {n.metadata.name: _node_ready(n) for n in nodes}
+        servers: dict[str, ServerObs] = {}
+        for pod in pods:
+            pod_name = pod.metadata.name
+            assignment = assignments.get(pod_name)
+            node = pod.spec.node_name
+            lost_node = node is not None and (node not in node_zone or not node_ready[node])
+            servers[pod_name] = ServerObs(
+                name=pod_name,
+                zone=(pod.metadata.labels or {}).get(f"{GROUP}/zone", ""),
+                pod_exists=True,
+                pod_ready=_pod_ready(pod) and not lost_node,
+                pod_failed=pod.status.phase in ("Failed", "Succeeded") or lost_node,
+                deleting=pod.metadata.deletion_timestamp is not None,
+                node=node,
+                assignment_exists=assignment is not None,
+                spec_shards=tuple(assignment.spec.shards) if assignment else (),
+                loaded=_loaded(assignment),
+            )
+        for a_name, assignment in assignments.items():
+            if a_name not in servers:
+                servers[a_name] = ServerObs(
+                    name=a_name,
+                    zone=assignment.spec.zone,
+                    pod_exists=False,
+                    spec_shards=tuple(assignment.spec.shards),
+                    loaded=frozenset(),
+                )
+        return PoolState(
+            pool=pool,
+            models=models,
+            servers=tuple(servers[k] for k in sorted(servers)),
+            node_zones=tuple(sorted({z for z in node_zone.values() if z})),
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def apply(self, pool: ServerPool, actions: Iterable[Action]) -> list[str]:
+        """Carry out actions in order; return what was done, as short past-tense lines."""
+        done = []
+        for action in actions:
+            if isinstance(action, CreateServer):
+                self.create_server(pool, action.name, action.zone)
+                done.append(f"created server {action.name} in zone {action.zone or '-'}")
+            elif isinstance(action, WriteAssignment):
+                self.write_assignment(pool, action)
+                done.append(f"assigned {len(action.shards)} shards to {action.server}")
+            elif isinstance(action, DeleteServer):
+                self.delete_server(pool, action.name)
+                done.append(f"deleted empty server {action.name}")
+            elif isinstance(action, RecreateServer):
+                self.delete_pod(pool, action.name)
+                done.append(f"deleted failed server pod {action.name} to recreate it")
+        return done
+
+    @converted
+    def create_server(self, pool: ServerPool, name: str, zone: str) -> None:
+        body = server_pod(pool, name, zone, self.operator_image)
+        try:
+            self.core.create_namespaced_pod(pool.metadata.namespace or "default", body)
+        except ApiException as err:
+            if err.status != 409:  # already there: a re-run of the same pass
+                raise
+
+    @converted
+    def write_assignment(self, pool: ServerPool, action: WriteAssignment) -> None:
+        namespace = pool.metadata.namespace or "default"
+        spec = {
+            "pool": pool.metadata.name,
+            "server": action.server,
+            "zone": action.zone,
+            "shards": [s.to_wire() for s in action.shards],
+        }
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "serverassignments", action.server, {"spec": spec}
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ServerAssignment",
+                "metadata": {
+                    "name": action.server,
+                    "labels": {POOL_LABEL: pool.metadata.name, **MANAGED_BY},
+                    "ownerReferences": [owner_reference(pool)],
+                },
+                "spec": spec,
+            }
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "serverassignments", body
+            )
+
+    @converted
+    def delete_server(self, pool: ServerPool, name: str) -> None:
+        namespace = pool.metadata.namespace or "default"
+        for call in (
+            lambda: self.core.delete_namespaced_pod(name, namespace),
+            lambda: self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, "serverassignments", name
+            ),
+        ):
+            try:
+                call()
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+
+    @converted
+    def delete_pod(self, pool: ServerPool, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(
+                name, pool.metadata.namespace or "default", grace_period_seconds=0
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    @converted
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status}
+            )
+        except ApiException as err:
+            if err.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+
+    @converted
+    def event(
+        self, obj: ServerPool | Model, reason: str, message: str, warning: bool = False
+    ) -> None:
+        """Post a Kubernetes event on an object (short, past tense, names the object)."""
+        namespace = obj.metadata.namespace or "default"
+        now = dt.datetime.now(dt.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{obj.metadata.name}.", namespace=namespace
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind=obj.kind,
+                name=obj.metadata.name,
+                namespace=namespace,
+                uid=obj.metadata.uid,
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="ekko-operator"),
+        )
+        self.core.create_namespaced_event(namespace, body)
+
+
+def owner_reference(pool: ServerPool) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ServerPool",
+        "name": pool.metadata.name,
+        "uid": pool.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> dict[str, Any]:
+    """The pod of one server: the engine container and the agent sidecar, pinned to its zone."""
+    template = pool.spec.template
+    node_selector = dict(template.node_selector)
+    if zone:
+        node_selector[pool.spec.topology_key] = zone
+    engine = {
+        "name": "engine",
+        "image": template.image,
+        "args": list(template.args),
+        "env": [{"name": e.name, "value": e.value} for e in template.env],
+        "resources": {
+            "requests": {k: str(v) for k, v in template.resources.requests.items()},
+            "limits": {k: str(v) for k, v in template.resources.limits.items()},
+        },
+    }
+    agent = {
+        "name": "ekko-agent",
+        "image": template.agent_image or operator_image,
+        "args": ["agent", "--engine", template.engine],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
+        "ports": [{"name": "agent", "containerPort": 9400}],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "agent"}, "periodSeconds": 2},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    spec: dict[str, Any] = {
+        "containers": [engine, agent],
+        "nodeSelector": node_selector,
+        "tolerations": list(template.tolerations),
+    }
+    if template.service_account_name:
+        spec["serviceAccountName"] = template.service_account_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {
+                POOL_LABEL: pool.metadata.name,
+                SERVER_LABEL: name,
+                f"{GROUP}/zone": zone,
+                **MANAGED_BY,
+            },
+            "ownerReferences": [owner_reference(pool)],
+        },
+        "spec": spec,
+    }
+
+
+def _pod_ready(pod: Any) -> bool:
+    if pod.status is None or pod.status.phase != "Running":
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def _node_ready(node: Any) -> bool:
+    conditions = node.status.conditions if node.status else None
+    return any(c.type == "Ready" and c.status == "True" for c in conditions or [])
+
+
+def _loaded(assignment: ServerAssignment | None) -> frozenset[tuple[str, int, str]]:
+    if assignment is None or assignment.status is None:
+        return frozenset()
+    return frozenset((s.model, s.shard, s.version) for s in assignment.status.loaded)
