@@ -1,0 +1,241 @@
+"""``ekko agent`` / ``python -m ekko.agent``: command line, wiring and lifetime of one agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ekko.agent.engines import make_engine
+from ekko.agent.metrics import AgentMetrics
+from ekko.agent.runtime import Agent, StatusWriter
+from ekko.agent.server import make_app
+from ekko.api.units import UnitError, parse_quantity
+from ekko.kube.agentio import AgentKube, KubeError
+
+log = logging.getLogger("ekko.agent")
+
+DEFAULT_LISTEN = "127.0.0.1:9400"
+DEFAULT_SIM_BANDWIDTH = "20Gi"
+
+
+@dataclass(frozen=True)
+class Config:
+    pod_name: str
+    namespace: str
+    kubeconfig: str | None
+    host: str
+    port: int
+    engine: str
+    sim_bandwidth: float
+    heartbeat_seconds: float
+    max_concurrent_loads: int
+    enable_fault_injection: bool
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9400`` for IPv6) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen wants host:port, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="ekko agent",
+        description="Ekko data-plane agent: loads the shards its ServerAssignment lists and "
+        "applies the Models' routing weights.",
+    )
+    parser.add_argument(
+        "--pod-name",
+        default=os.environ.get("POD_NAME"),
+        help="server pod (and ServerAssignment) name [env POD_NAME]",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="namespace of the pod [env POD_NAMESPACE]",
+    )
+    parser.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster configuration)"
+    )
+    parser.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help=f"HTTP address (default {DEFAULT_LISTEN})"
+    )
+    parser.add_argument("--engine", choices=("sim", "reference"), default="reference")
+    parser.add_argument(
+        "--sim-bandwidth",
+        default=DEFAULT_SIM_BANDWIDTH,
+        help=f"load bandwidth of the sim engine, bytes/s as a quantity (default {DEFAULT_SIM_BANDWIDTH})",
+    )
+    parser.add_argument("--heartbeat-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--max-concurrent-loads", type=int, default=4, help="shards loaded at once (default 4)"
+    )
+    parser.add_argument(
+        "--enable-fault-injection",
+        action="store_true",
+        help="serve POST/GET/DELETE /fault (tests and demos only)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("EKKO_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    if not args.pod_name or not args.namespace:
+        parser.error("--pod-name and --namespace (or POD_NAME and POD_NAMESPACE) are required")
+    try:
+        host, port = parse_listen(args.listen)
+        bandwidth = float(parse_quantity(args.sim_bandwidth))
+    except (ValueError, UnitError) as err:
+        parser.error(str(err))
+    if bandwidth <= 0:
+        parser.error("--sim-bandwidth must be positive")
+    if args.heartbeat_seconds <= 0:
+        parser.error("--heartbeat-seconds must be positive")
+    if args.max_concurrent_loads < 1:
+        parser.error("--max-concurrent-loads must be at least 1")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return Config(
+        pod_name=args.pod_name,
+        namespace=args.namespace,
+        kubeconfig=args.kubeconfig,
+        host=host,
+        port=port,
+        engine=args.engine,
+        sim_bandwidth=bandwidth,
+        heartbeat_seconds=args.heartbeat_seconds,
+        max_concurrent_loads=args.max_concurrent_loads,
+        enable_fault_injection=args.enable_fault_injection,
+    )
+
+
+async def _heartbeat(agent: Agent, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        agent.heartbeat()
+
+
+def _start_watches(
+    kube: AgentKube, agent: Agent, loop: asyncio.AbstractEventLoop, stop: threading.Event
+) -> list[threading.Thread]:
+    def call(fn: Any, *args: Any) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def on_model(kind: str, obj: dict[str, Any]) -> None:
+        call(agent.on_model, kind, obj, time.monotonic())  # observed now, in the watch thread
+
+    def on_models(items: list[dict[str, Any]]) -> None:
+        call(agent.on_models_relist, items, time.monotonic())
+
+    threads = [
+        threading.Thread(
+            target=kube.watch_assignment,
+            args=(
+                lambda items: call(agent.on_assignment_relist, items),
+                lambda kind, obj: call(agent.on_assignment, kind, obj),
+                stop,
+            ),
+            name="watch-assignment",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=kube.watch_models,
+            args=(on_models, on_model, stop),
+            name="watch-models",
+            daemon=True,
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+async def run(config: Config) -> int:
+    try:
+        kube = AgentKube(config.namespace, config.pod_name, config.kubeconfig)
+    except KubeError as err:
+        log.error("%s", err)
+        return 1
+    loop = asyncio.get_running_loop()
+    metrics = AgentMetrics()
+
+    async def patch(body: dict[str, Any]) -> None:
+        await asyncio.to_thread(kube.patch_status, body)
+
+    writer = StatusWriter(patch, metrics)
+    agent = Agent(
+        make_engine(config.engine, sim_bandwidth=config.sim_bandwidth),
+        writer,
+        metrics,
+        max_concurrent_loads=config.max_concurrent_loads,
+    )
+    for key, size in (await agent.engine.inventory()).items():
+        agent.loaded[key] = size
+
+    runner = web.AppRunner(make_app(agent, config.enable_fault_injection), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+    except OSError as err:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, err)
+        await runner.cleanup()
+        return 1
+
+    stopped = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    stop_watches = threading.Event()
+    tasks = [
+        asyncio.create_task(writer.run(), name="status-writer"),
+        asyncio.create_task(agent.run(), name="reconcile"),
+        asyncio.create_task(_heartbeat(agent, config.heartbeat_seconds), name="heartbeat"),
+    ]
+    _start_watches(kube, agent, loop, stop_watches)
+    log.info(
+        "started agent for ServerAssignment %s/%s (engine %s, listening on %s:%d)",
+        config.namespace,
+        config.pod_name,
+        config.engine,
+        config.host,
+        config.port,
+    )
+    waiter = asyncio.create_task(stopped.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    for task in done:
+        if task is not waiter and task.exception() is not None:
+            log.error("task %s died: %r", task.get_name(), task.exception())
+            code = 1
+    log.info("stopping agent")
+    stop_watches.set()
+    for task in [waiter, *tasks]:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await runner.cleanup()
+    # The watch threads are daemons blocked on a socket; they end with the process.
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        return asyncio.run(run(config))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,441 @@
+"""The agent's state and event handling: assignment and Model events in, engine calls and status
+patches out.
+
+Everything runs on one asyncio loop; watch threads hand events over with
+``loop.call_soon_threadsafe``. Decisions are delegated to :mod:`ekko.agent.decide`; this module
+only keeps state, sequences the I/O and records metrics.
+
+Two paths matter:
+
+* **Routing (the rollback path).** A Model event updates the weight cache; if the routing of a
+  held model changes, the new weights are applied in memory at once and one status patch with
+  ``routing`` is queued. No listing, no other work.
+* **Shards.** A reconcile pass loads newly assigned shards (bounded concurrency), reports, then
+  unloads what is no longer assigned, and reports again. Failed loads are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from ekko.agent import decide
+from ekko.agent.decide import Fault, FaultKey, ShardKey
+from ekko.agent.engines import Engine, LoadError
+from ekko.agent.metrics import AgentMetrics
+from ekko.api.meta import Condition
+from ekko.api.resources import (
+    AssignedShard,
+    ModelRouting,
+    ModelStatus,
+    ServerAssignment,
+    VersionWeight,
+)
+from ekko.kube.agentio import KubeError, NotFoundError
+
+log = logging.getLogger("ekko.agent")
+
+PatchFn = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class StatusWriter:
+    """Serialises status patches and coalesces those that queue up while one is in flight.
+
+    Each submitted body holds whole top-level status fields, so merging newer over older keeps
+    the latest value of every field and patches are never reordered.
+    """
+
+    def __init__(
+        self,
+        patch: PatchFn,
+        metrics: AgentMetrics,
+        now: Callable[[], datetime] = utcnow,
+        retry_delay: float = 0.5,
+    ) -> None:
+        self._patch = patch
+        self._metrics = metrics
+        self._now = now
+        self._retry_delay = retry_delay
+        self._pending: dict[str, Any] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+
+    def submit(self, fields: dict[str, Any]) -> asyncio.Future[None]:
+        """Queue fields for the next patch; the future resolves once a patch carrying them ends
+        (written, or given up because the assignment is gone)."""
+        self._pending = {**(self._pending or {}), **fields}
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wake.set()
+        return future
+
+    async def run(self) -> None:
+        delay = self._retry_delay
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending is None:
+                continue
+            body, waiters = self._pending, self._waiters
+            self._pending, self._waiters = None, []
+            body["heartbeat"] = self._now().isoformat().replace("+00:00", "Z")
+            try:
+                await self._patch(body)
+                self._metrics.status_writes.inc()
+                delay = self._retry_delay
+            except NotFoundError:
+                log.info("ServerAssignment is gone; status not written")
+            except KubeError as err:
+                self._metrics.status_write_errors.inc()
+                log.warning("status write failed, retrying in %.1fs: %s", delay, err)
+                # Put the body back under anything newer and try again after a pause.
+                self._pending = {**body, **(self._pending or {})}
+                self._waiters = waiters + self._waiters
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                self._wake.set()
+                continue
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+
+
+@dataclass
+class LoadFailure:
+    attempts: int
+    retry_at: float
+    error: str
+
+
+class Agent:
+    """The state of one agent and its reactions to events."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        writer: StatusWriter,
+        metrics: AgentMetrics,
+        *,
+        max_concurrent_loads: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+        rand: Callable[[], float] = random.random,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+    ) -> None:
+        self.engine = engine
+        self.writer = writer
+        self.metrics = metrics
+        self._clock = clock
+        self._now = now
+        self._rand = rand
+        self._backoff = (backoff_base, backoff_cap)
+        self._load_slots = asyncio.Semaphore(max_concurrent_loads)
+        # What the operator asked for.
+        self.seen = False
+        self.generation: int | None = None
+        self.assigned: list[AssignedShard] = []
+        # What the engine holds and what failed.
+        self.loaded: dict[ShardKey, int] = {}
+        self.failures: dict[ShardKey, LoadFailure] = {}
+        self.observed_generation: int | None = None
+        # Routing: the Models' weights, and what is applied (served and reported).
+        self.model_weights: dict[str, list[VersionWeight]] = {}
+        self.routing: dict[str, list[VersionWeight]] = {}
+        self.faults: dict[FaultKey, Fault] = {}
+        self._ready: Condition | None = None
+        self._last_report: dict[str, Any] | None = None
+        self._wake = asyncio.Event()
+        self.log_events: deque[str] = deque(maxlen=1000)  # recent load/unload events, for tests
+
+    # -- events (called on the loop) ----------------------------------------------------------
+
+    def on_assignment_relist(self, items: list[dict[str, Any]]) -> None:
+        if items:
+            self.on_assignment("ADDED", items[0])
+        else:
+            self.on_assignment("DELETED", {})
+
+    def on_assignment(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            if self.seen:
+                # A deleted assignment is more often a mistake or a re-create than an order to
+                # drop everything; keep serving what is loaded until a spec says otherwise.
+                log.warning(
+                    "ServerAssignment was deleted; keeping %d loaded shards", len(self.loaded)
+                )
+            return
+        try:
+            assignment = ServerAssignment.model_validate(obj)
+        except ValidationError as err:
+            log.error("ServerAssignment is invalid; ignored: %s", err)
+            return
+        generation = assignment.metadata.generation
+        if self.seen and generation == self.generation and not self._status_missing(obj):
+            return  # a status-only change (often our own write)
+        self.seen = True
+        self.generation = generation
+        self.assigned = list(assignment.spec.shards)
+        log.info(
+            "observed ServerAssignment generation %s with %d shards", generation, len(self.assigned)
+        )
+        self._last_report = None if self._status_missing(obj) else self._last_report
+        self._wake.set()
+
+    @staticmethod
+    def _status_missing(obj: dict[str, Any]) -> bool:
+        return not obj.get("status")
+
+    def on_models_relist(self, items: list[dict[str, Any]], observed_at: float) -> None:
+        self.model_weights = {}
+        for obj in items:
+            self._cache_model("ADDED", obj)
+        self._apply_routing(observed_at)
+
+    def on_model(self, kind: str, obj: dict[str, Any], observed_at: float) -> None:
+        if self._cache_model(kind, obj):
+            self._apply_routing(observed_at)
+
+    def _cache_model(self, kind: str, obj: dict[str, Any]) -> bool:
+        """Update the weight cache; True when the model's weights changed."""
+        name = (obj.get("metadata") or {}).get("name")
+        if not isinstance(name, str):
+            return False
+        before = self.model_weights.get(name)
+        if kind == "DELETED":
+            self.model_weights.pop(name, None)
+        else:
+            try:
+                status = ModelStatus.model_validate(obj.get("status") or {})
+            except ValidationError as err:
+                log.error("Model %s has an invalid status; weights ignored: %s", name, err)
+                return False
+            self.model_weights[name] = status.weights
+        return self.model_weights.get(name) != before
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _compute_routing(self) -> list[ModelRouting]:
+        held = decide.held_versions(self.assigned, self.loaded)
+        return decide.routing_for(held, self.model_weights)
+
+    def _apply_routing(self, observed_at: float | None = None, submit: bool = True) -> bool:
+        """Apply the routing the caches imply; queue a routing-only patch if it changed (unless
+        the caller is about to write the whole status anyway)."""
+        routing = self._compute_routing()
+        applied = {r.model: r.weights for r in routing}
+        if applied == self.routing:
+            return False
+        self.routing = applied
+        if observed_at is not None:
+            self.metrics.routing_applied_seconds.observe(max(0.0, self._clock() - observed_at))
+        log.info(
+            "applied routing %s",
+            "; ".join(
+                f"{r.model} " + ",".join(f"{w.version}={w.weight}" for w in r.weights)
+                for r in routing
+            ),
+        )
+        if submit and self.seen:
+            self.writer.submit({"routing": decide.routing_wire(routing)})
+        return True
+
+    # -- shards -------------------------------------------------------------------------------
+
+    def loaded_versions(self, model: str) -> set[str]:
+        return {key.version for key in self.loaded if key.model == model}
+
+    @property
+    def ready(self) -> bool:
+        if not self.seen:
+            return False
+        to_load, _ = decide.diff(self.assigned, self.loaded)
+        return not to_load
+
+    def next_retry_in(self) -> float | None:
+        assigned = {decide.key_of(s) for s in self.assigned}
+        times = [f.retry_at for k, f in self.failures.items() if k in assigned]
+        if not times:
+            return None
+        return max(0.0, min(times) - self._clock())
+
+    async def run(self) -> None:
+        """Reconcile whenever the assignment changes or a retry is due."""
+        while True:
+            timeout = self.next_retry_in()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if self.seen:
+                await self.reconcile()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def reconcile(self) -> None:
+        """One pass: load what is new (bounded, concurrent), report, unload what is gone, report."""
+        to_load, _ = decide.diff(self.assigned, self.loaded)
+        assigned_keys = {decide.key_of(s) for s in self.assigned}
+        for key in [k for k in self.failures if k not in assigned_keys]:
+            del self.failures[key]  # no longer wanted: forget its failures
+        now = self._clock()
+        due = [s for s in to_load if self._due(decide.key_of(s), now)]
+        self._apply_routing(submit=False)
+        if due:
+            await asyncio.gather(*(self._load(shard) for shard in due))
+            self._apply_routing(submit=False)
+            await self._report()
+        _, to_unload = decide.diff(self.assigned, self.loaded)
+        still_failing = [k for k in self.failures if k in {decide.key_of(s) for s in self.assigned}]
+        unloads = decide.safe_unloads(to_unload, still_failing)
+        for key in unloads:
+            await self._unload(key)
+        if unloads:
+            self._apply_routing(submit=False)
+        remaining, left = decide.diff(self.assigned, self.loaded)
+        if not remaining and not left:
+            self.observed_generation = self.generation
+        await self._report()
+
+    def _due(self, key: ShardKey, now: float) -> bool:
+        failure = self.failures.get(key)
+        return failure is None or failure.retry_at <= now
+
+    async def _load(self, shard: AssignedShard) -> None:
+        key = decide.key_of(shard)
+        async with self._load_slots:
+            started = self._clock()
+            try:
+                size = await self.engine.load(shard)
+            except LoadError as err:
+                self._fail(key, str(err))
+                return
+            except Exception as err:  # an adapter bug must not kill the agent
+                log.exception("engine raised while loading %s", key)
+                self._fail(key, f"{type(err).__name__}: {err}")
+                return
+            seconds = self._clock() - started
+        self.failures.pop(key, None)
+        self.loaded[key] = size
+        self.metrics.load_seconds.observe(seconds)
+        self._update_gauges()
+        self.log_events.append(f"loaded {key}")
+        log.info("loaded shard %s (%d bytes in %.3fs)", key, size, seconds)
+
+    def _fail(self, key: ShardKey, error: str) -> None:
+        attempts = self.failures[key].attempts + 1 if key in self.failures else 1
+        delay = decide.backoff_seconds(attempts, *self._backoff)
+        self.failures[key] = LoadFailure(attempts, self._clock() + delay, error)
+        self.metrics.load_failures.inc()
+        self.log_events.append(f"failed {key}")
+        log.warning(
+            "failed to load shard %s (attempt %d, retry in %.0fs): %s", key, attempts, delay, error
+        )
+
+    async def _unload(self, key: ShardKey) -> None:
+        try:
+            await self.engine.unload(key)
+        except Exception:
+            log.exception("engine raised while unloading %s; dropped from the inventory", key)
+        self.loaded.pop(key, None)
+        self._update_gauges()
+        self.log_events.append(f"unloaded {key}")
+        log.info("unloaded shard %s", key)
+
+    def _update_gauges(self) -> None:
+        self.metrics.shards_loaded.set(len(self.loaded))
+        self.metrics.bytes_loaded.set(sum(self.loaded.values()))
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status_body(self) -> dict[str, Any]:
+        to_load, _ = decide.diff(self.assigned, self.loaded)
+        assigned_keys = {decide.key_of(s) for s in self.assigned}
+        failed = {k: f.error for k, f in self.failures.items() if k in assigned_keys}
+        ready = decide.ready_condition(
+            seen=self.seen,
+            assigned=len(assigned_keys),
+            missing=len(to_load),
+            failed=failed,
+            generation=self.generation,
+            previous=self._ready,
+            now=self._now(),
+        )
+        self._ready = ready
+        status = decide.build_status(
+            observed_generation=self.observed_generation,
+            loaded=self.loaded,
+            routing=[ModelRouting(model=m, weights=w) for m, w in sorted(self.routing.items())],
+            failed=failed,
+            ready=ready,
+            now=self._now(),
+        )
+        body = status.to_wire()
+        body.pop("heartbeat", None)  # the writer stamps every patch
+        body.setdefault("observedGeneration", None)
+        return body
+
+    async def _report(self) -> None:
+        """Write the whole status if it differs from the last report, and wait until written."""
+        body = self.status_body()
+        if body == self._last_report:
+            return
+        self._last_report = body
+        await self.writer.submit(body)
+
+    def heartbeat(self) -> None:
+        if self.seen:
+            self.writer.submit({})
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def choose(self, model: str) -> str | None:
+        """The version a request for ``model`` goes to, by the applied weights."""
+        weights = self.routing.get(model)
+        if not weights:
+            return None
+        return decide.pick_version(weights, self.loaded_versions(model), self._rand())
+
+    async def infer(self, model: str) -> tuple[int, dict[str, Any]]:
+        """Serve one simulated request: (HTTP status, JSON body)."""
+        version = self.choose(model)
+        if version is None:
+            return 503, {"model": model, "error": f"no loaded version of {model} has weight here"}
+        started = time.perf_counter()
+        fail, extra_ms = decide.fault_outcome(
+            decide.find_fault(self.faults, model, version), self._rand()
+        )
+        try:
+            await self.engine.infer(model, version)
+            if extra_ms:
+                await asyncio.sleep(extra_ms / 1000)
+        except Exception as err:
+            fail = True
+            log.warning("inference on %s@%s failed: %s", model, version, err)
+        seconds = time.perf_counter() - started
+        self.metrics.requests.labels(model, version).inc()
+        self.metrics.request_seconds.labels(model, version).observe(seconds)
+        body: dict[str, Any] = {
+            "model": model,
+            "version": version,
+            "latency_ms": round(seconds * 1000, 3),
+        }
+        if fail:
+            self.metrics.request_errors.labels(model, version).inc()
+            body["error"] = "injected fault"
+            return 500, body
+        return 200, body
