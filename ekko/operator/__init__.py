@@ -1,0 +1,1 @@
+"""The kopf operator: handlers (glue), per-pool workers, settings and metrics."""

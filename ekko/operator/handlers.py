@@ -1,0 +1,77 @@
+"""kopf handlers: glue only. Each turns an event into a wake-up of the pool worker concerned.
+
+Event handlers (``on.event``) keep no state in the objects (no finalizers, no progress
+annotations): the workers re-read the cluster on every pass, so a missed or repeated event is
+harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from ekko.api.meta import GROUP, VERSION
+from ekko.operator.settings import configure
+from ekko.operator.worker import Workers
+
+POOL_LABEL = f"{GROUP}/pool"
+
+
+@kopf.on.startup()
+async def startup(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    configure(settings, memo)
+    logger.info("Ekko operator started.")
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    workers: Workers | None = memo.get("workers")
+    if workers is not None:
+        await workers.stop()
+
+
+@kopf.on.event(GROUP, VERSION, "serverpools")
+async def pool_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.workers.pool_changed(
+        body.metadata.namespace,
+        body.metadata.name,
+        body.metadata.get("generation"),
+        deleted=event["type"] == "DELETED",
+    )
+
+
+@kopf.on.event(GROUP, VERSION, "models")
+async def model_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.workers.model_changed(
+        body.metadata.namespace,
+        body.metadata.name,
+        body.spec.get("pool"),
+        body.metadata.get("generation"),
+        deleted=event["type"] == "DELETED",
+    )
+
+
+@kopf.on.event(GROUP, VERSION, "serverassignments")
+async def assignment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    pool = body.spec.get("pool")
+    if pool:
+        memo.workers.wake(body.metadata.namespace, pool)
+
+
+@kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
+async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.workers.wake(body.metadata.namespace, body.metadata.labels[POOL_LABEL])
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    # A node lost or back changes which servers are alive; readiness flaps are cheap to recheck.
+    if event["type"] in ("DELETED", "ADDED"):
+        memo.workers.wake_all()

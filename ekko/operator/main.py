@@ -1,0 +1,60 @@
+"""``ekko operator``: run the kopf operator with Ekko's handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+
+import kopf
+from prometheus_client import start_http_server
+
+from ekko.operator import handlers  # registers the handlers with kopf
+from ekko.operator.metrics import REGISTRY
+
+__all__ = ["handlers", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ekko operator", description=__doc__)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="Watch this namespace (repeatable)."
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="Watch every namespace (default)."
+    )
+    parser.add_argument("--metrics-port", type=int, default=9300, help="Port of /metrics (0: off).")
+    parser.add_argument("--metrics-address", default="0.0.0.0", help="Address /metrics listens on.")
+    parser.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="Liveness endpoint URL ('' to disable).",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="Debug logging.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
+    stop = threading.Event()
+    try:
+        kopf.run(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness or None,
+            standalone=True,
+            stop_flag=stop,
+        )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

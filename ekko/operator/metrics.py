@@ -1,0 +1,46 @@
+"""Prometheus metrics of the operator itself."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+SOLVE_SECONDS = Histogram(
+    "ekko_solve_seconds",
+    "Wall time of placement solves.",
+    ["pool"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+SERVERS = Gauge(
+    "ekko_pool_servers",
+    "Servers of a pool by kind: wanted, ready, lower_bound.",
+    ["pool", "kind"],
+    registry=REGISTRY,
+)
+PLAN_GAP = Gauge(
+    "ekko_plan_gap_ratio", "Last plan's gap above the lower bound.", ["pool"], registry=REGISTRY
+)
+BYTES_MOVED = Counter(
+    "ekko_plan_bytes_moved_total",
+    "Shard bytes that plans loaded anew.",
+    ["pool"],
+    registry=REGISTRY,
+)
+PLANS = Counter(
+    "ekko_plans_total", "Placement plans by status.", ["pool", "status"], registry=REGISTRY
+)
+RECONCILE_ERRORS = Counter(
+    "ekko_reconcile_errors_total", "Reconcile passes that failed.", ["pool"], registry=REGISTRY
+)
+ACTIONS = Counter(
+    "ekko_actions_total", "Actions carried out, by kind.", ["pool", "kind"], registry=REGISTRY
+)
+DEBOUNCE_SECONDS = Histogram(
+    "ekko_replan_delay_seconds",
+    "Time from the first change to the start of its re-plan (debounce and queueing).",
+    ["pool"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
+)

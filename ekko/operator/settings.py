@@ -1,0 +1,34 @@
+"""kopf settings chosen on purpose for a seconds-level product, and the operator's shared objects."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import kopf
+
+from ekko.kube.fleet import Fleet, load_config
+from ekko.operator.worker import Workers
+
+
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
+    """Apply Ekko's kopf settings and put the fleet client and pool workers in the memo."""
+    # Handlers log to the operator's log; Kubernetes events are posted by the workers, short
+    # and deliberate, instead of one per handler run.
+    settings.posting.level = logging.WARNING
+    # Watches are re-established every minute, so a silently dropped connection costs at most that.
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 75
+    settings.watching.connect_timeout = 10
+    # Short retries: an API hiccup should delay a rollback by a second, not a minute.
+    settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
+    settings.batching.error_delays = [0.5, 1, 2, 5, 10]
+    settings.batching.idle_timeout = 30
+    settings.batching.batch_window = 0.05
+    # The solver runs in this pool (OR-Tools releases the GIL while it searches).
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ekko-solve")
+    api = load_config(os.environ.get("EKKO_KUBECONFIG") or os.environ.get("KUBECONFIG"))
+    fleet = Fleet(api, operator_image=os.environ.get("EKKO_IMAGE", "ghcr.io/ekko-dev/ekko:0.1.0"))
+    memo.fleet = fleet
+    memo.workers = Workers(fleet, executor)

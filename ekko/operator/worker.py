@@ -1,0 +1,319 @@
+"""One worker per ServerPool: debounce changes, re-plan off the event loop, converge, report.
+
+Handlers only wake a worker (``Workers.wake``). The worker observes the pool from the API, decides
+with pure functions from ``ekko.planning`` and ``ekko.solver``, and writes through ``ekko.kube``.
+Every pass is idempotent; a failed pass is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from ekko.api.resources import PlanSummary, ServerPool
+from ekko.api.units import parse_duration
+from ekko.kube.errors import KubeError
+from ekko.kube.fleet import Fleet
+from ekko.operator import metrics
+from ekko.planning.converge import Desired, converge
+from ekko.planning.desired import desired_from_plan, desired_from_state, plan_inputs
+from ekko.planning.problem import build_problem, solve_config
+from ekko.planning.state import PoolState
+from ekko.planning.status import model_status, pool_status
+from ekko.solver import Plan, Problem, explain, solve, violations
+
+log = logging.getLogger("ekko.operator")
+
+PoolKey = tuple[str, str]
+FOLLOW_UP_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass
+class Outcome:
+    """What a re-plan decided, kept until the next one."""
+
+    summary: PlanSummary | None = None
+    problem: str = ""
+    excluded: dict[str, str] = field(default_factory=dict)
+
+
+class PoolWorker:
+    """Keeps one pool converged on its plan."""
+
+    def __init__(self, key: PoolKey, fleet: Fleet, executor: Executor | None) -> None:
+        self.key = key
+        self.fleet = fleet
+        self.executor = executor
+        self.desired: Desired | None = None
+        self.inputs: str | None = None
+        self.outcome = Outcome()
+        self._wake = asyncio.Event()
+        self._replan = False
+        self._first_change: float | None = None
+        self._last_status: dict[str, object] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def wake(self, replan: bool) -> None:
+        if replan:
+            self._replan = True
+            if self._first_change is None:
+                self._first_change = time.monotonic()
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                more = await self.run_pass()
+            except KubeError as err:
+                metrics.RECONCILE_ERRORS.labels(self.key[1]).inc()
+                log.warning(
+                    "Pool %s/%s: pass failed: %s; retrying in %.1fs", *self.key, err, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                self._wake.set()
+                continue
+            backoff = 0.5
+            if more is None:
+                return  # the pool is gone
+            if more:
+                asyncio.get_running_loop().call_later(FOLLOW_UP_SECONDS, self._wake.set)
+
+    async def run_pass(self) -> bool | None:
+        """One pass; True when more work is expected, None when the pool was deleted."""
+        namespace, name = self.key
+        pool = await asyncio.to_thread(self.fleet.get_pool, namespace, name)
+        if pool is None or pool.metadata.deletion_timestamp is not None:
+            log.info(
+                "Pool %s/%s is gone; its servers go with it (owner references).", namespace, name
+            )
+            return None
+        if self._replan:
+            delay = parse_duration(pool.spec.placement.replan_debounce)
+            await asyncio.sleep(delay)  # changes arriving meanwhile join this re-plan
+        self._replan = False
+        state = await asyncio.to_thread(self.fleet.observe, pool)
+        inputs = plan_inputs(state)
+        if self.desired is None:
+            recorded = pool.status.plan if pool.status else None
+            if recorded is not None and recorded.inputs == inputs:
+                # A restart: the assignments already carry this plan; keep it, move nothing.
+                self.desired = desired_from_state(state)
+                self.inputs = inputs
+                self.outcome = Outcome(summary=recorded)
+                log.info(
+                    "Pool %s/%s: resumed the recorded plan (%s servers).",
+                    namespace,
+                    name,
+                    recorded.servers_used,
+                )
+        if self.desired is None or inputs != self.inputs:
+            await self._replan_pool(pool, state, inputs)
+        desired = self.desired or desired_from_state(state)
+        actions = converge(state, desired)
+        if actions:
+            done = await asyncio.to_thread(self.fleet.apply, pool, actions)
+            for action in actions:
+                metrics.ACTIONS.labels(name, type(action).__name__).inc()
+            log.info(
+                "Pool %s/%s: %s.",
+                namespace,
+                name,
+                "; ".join(done[:5]) + (" …" if len(done) > 5 else ""),
+            )
+        await self._report(pool, state, desired)
+        return bool(actions) or not _settled(state, desired)
+
+    async def _replan_pool(self, pool: ServerPool, state: PoolState, inputs: str) -> None:
+        namespace, name = self.key
+        if self._first_change is not None:
+            metrics.DEBOUNCE_SECONDS.labels(name).observe(time.monotonic() - self._first_change)
+            self._first_change = None
+        problem = build_problem(state)
+        excluded = _unplaceable(problem)
+        if excluded:
+            problem = problem.model_copy(
+                update={"models": tuple(m for m in problem.models if m.id not in excluded)}
+            )
+        config = solve_config(pool)
+        loop = asyncio.get_running_loop()
+        plan: Plan = await loop.run_in_executor(self.executor, solve, problem, config)
+        metrics.SOLVE_SECONDS.labels(name).observe(plan.solve_seconds)
+        metrics.PLANS.labels(name, plan.status).inc()
+        broken = violations(problem, plan) if plan.status != "infeasible" else []
+        now = dt.datetime.now(dt.UTC)
+        self.inputs = inputs
+        if plan.status == "infeasible" or broken:
+            why = "; ".join(plan.explanation) or "; ".join(v.message for v in broken[:3])
+            text = f"placement failed ({plan.status}): {why or 'no plan found within the deadline'}; the last good plan stays"
+            self.outcome = Outcome(summary=self.outcome.summary, problem=text, excluded=excluded)
+            if self.desired is None:
+                self.desired = desired_from_state(state)
+            log.warning("Pool %s/%s: %s", namespace, name, text)
+            await asyncio.to_thread(self.fleet.event, pool, "PlanFailed", text, True)
+            return
+        self.desired = desired_from_plan(plan, state)
+        summary = PlanSummary(
+            status=_status_word(plan.status),
+            servers_used=plan.servers_used,
+            lower_bound=plan.lower_bound,
+            gap_percent=round(100 * plan.gap, 2) if plan.gap != float("inf") else 0.0,
+            solve_seconds=round(plan.solve_seconds, 3),
+            bytes_moved=plan.bytes_moved,
+            replicas_moved=plan.replicas_moved,
+            computed_at=now,
+            explanation="; ".join(f"{m}: {why}" for m, why in excluded.items())[:4000],
+            inputs=inputs,
+            excluded_models=sorted(excluded),
+        )
+        problem_text = (
+            "cannot place " + "; ".join(f"{m}: {why}" for m, why in excluded.items())
+            if excluded
+            else ""
+        )
+        self.outcome = Outcome(summary=summary, problem=problem_text, excluded=excluded)
+        metrics.BYTES_MOVED.labels(name).inc(plan.bytes_moved)
+        metrics.PLAN_GAP.labels(name).set(plan.gap if plan.gap != float("inf") else 0)
+        metrics.SERVERS.labels(name, "lower_bound").set(plan.lower_bound)
+        message = (
+            f"Planned {plan.servers_used} servers (lower bound {plan.lower_bound}, {plan.status}) "
+            f"in {plan.solve_seconds:.2f}s; {plan.replicas_moved} replicas to load"
+        )
+        log.info("Pool %s/%s: %s.", namespace, name, message)
+        await asyncio.to_thread(self.fleet.event, pool, "Planned", message)
+        for model, why in excluded.items():
+            target = next((m for m in state.models if m.metadata.name == model), None)
+            if target is not None:
+                await asyncio.to_thread(self.fleet.event, target, "Unplaceable", why, True)
+
+    async def _report(self, pool: ServerPool, state: PoolState, desired: Desired) -> None:
+        name = self.key[1]
+        now = dt.datetime.now(dt.UTC)
+        status = pool_status(state, desired, self.outcome.summary, now, self.outcome.problem)
+        metrics.SERVERS.labels(name, "wanted").set(status["serversWanted"])
+        metrics.SERVERS.labels(name, "ready").set(status["serversReady"])
+        await self._patch_if_changed("serverpools", name, status)
+        for model in state.models:
+            why = self.outcome.excluded.get(model.metadata.name, "")
+            await self._patch_if_changed(
+                "models", model.metadata.name, model_status(state, desired, model, now, why)
+            )
+
+    async def _patch_if_changed(self, plural: str, obj: str, status: dict[str, object]) -> None:
+        key = f"{plural}/{obj}"
+        if self._last_status.get(key) == status:
+            return
+        await asyncio.to_thread(self.fleet.patch_status, plural, self.key[0], obj, status)
+        self._last_status[key] = status
+
+
+def _settled(state: PoolState, desired: Desired) -> bool:
+    """Every desired replica loaded and served, and nothing left draining."""
+    for server in state.servers:
+        target = desired.servers.get(server.name, frozenset())
+        if any(s.drain for s in server.spec_shards):
+            return False
+        if target and not server.serving:
+            return False
+        loaded = {(m, i) for m, i, _ in server.loaded}
+        if not target <= loaded:
+            return False
+    return all(state.server(n) is not None for n in desired.servers)
+
+
+def _unplaceable(problem: Problem) -> dict[str, str]:
+    """Models that cannot be placed on this pool even alone, with the reason in words."""
+    out: dict[str, str] = {}
+    for model in problem.models:
+        alone = problem.model_copy(update={"models": (model,), "current": {}})
+        reasons = explain(alone)
+        if reasons:
+            out[str(model.id)] = "; ".join(reasons)
+    return out
+
+
+def _status_word(status: str) -> str:
+    return {"optimal": "Optimal", "feasible": "Feasible", "fallback": "Fallback"}.get(
+        status, "Infeasible"
+    )
+
+
+class Workers:
+    """The workers of every pool, created on first wake."""
+
+    def __init__(self, fleet: Fleet, executor: Executor | None = None) -> None:
+        self.fleet = fleet
+        self.executor = executor
+        self.workers: dict[PoolKey, PoolWorker] = {}
+        self.model_pools: dict[PoolKey, str] = {}
+        self.generations: dict[tuple[str, str, str], int | None] = {}
+
+    def wake(self, namespace: str, pool: str, replan: bool = False) -> None:
+        key = (namespace, pool)
+        worker = self.workers.get(key)
+        if worker is None or worker.task is None or worker.task.done():
+            worker = PoolWorker(key, self.fleet, self.executor)
+            self.workers[key] = worker
+            worker.task = asyncio.get_running_loop().create_task(
+                worker.run(), name=f"pool {namespace}/{pool}"
+            )
+        worker.wake(replan)
+
+    def spec_changed(self, kind: str, namespace: str, name: str, generation: int | None) -> bool:
+        """Whether this is a new spec generation (status writes, ours included, are not)."""
+        key = (kind, namespace, name)
+        if generation is not None and self.generations.get(key) == generation:
+            return False
+        self.generations[key] = generation
+        return True
+
+    def pool_changed(
+        self, namespace: str, pool: str, generation: int | None, deleted: bool
+    ) -> None:
+        if deleted:
+            self.generations.pop(("pool", namespace, pool), None)
+            self.wake(namespace, pool)
+        elif self.spec_changed("pool", namespace, pool, generation):
+            self.wake(namespace, pool, replan=True)
+
+    def model_changed(
+        self, namespace: str, model: str, pool: str | None, generation: int | None, deleted: bool
+    ) -> None:
+        """A model changed: re-plan its pool, and its former pool if it moved."""
+        key = (namespace, model)
+        before = self.model_pools.get(key)
+        if deleted:
+            self.generations.pop(("model", namespace, model), None)
+            self.model_pools.pop(key, None)
+            for target in {before, pool} - {None}:
+                self.wake(namespace, str(target), replan=True)
+            return
+        if not self.spec_changed("model", namespace, model, generation) and before == pool:
+            return
+        if before and before != pool:
+            self.wake(namespace, before, replan=True)
+        if pool:
+            self.model_pools[key] = pool
+            self.wake(namespace, pool, replan=True)
+
+    def wake_all(
+        self, replan: bool = False, where: Callable[[PoolKey], bool] = lambda _: True
+    ) -> None:
+        for key in list(self.workers):
+            if where(key):
+                self.wake(*key, replan=replan)
+
+    async def stop(self) -> None:
+        tasks = [w.task for w in self.workers.values() if w.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
