@@ -287,7 +287,7 @@ def test_ready_transition_time(previous_status: str, new_missing: int, since: da
         type="Ready",
         status=previous_status,
         reason="x",
-        last_transition_time=EARLIER,  # type: ignore[arg-type]
+        last_transition_time=EARLIER,
     )
     cond = decide.ready_condition(
         seen=True,

@@ -301,7 +301,7 @@ def test_status_writer_retries_and_coalesces() -> None:
 def test_infer_follows_weights_and_faults(weights: list[tuple[str, int]]) -> None:
     async def scenario() -> None:
         values = iter([i / 100 for i in range(100)] * 10)
-        async with started(rand=lambda: next(values)) as (agent, rec):
+        async with started(rand=lambda: next(values)) as (agent, _):
             agent.on_models_relist([model("m", weights)], 0.0)
             agent.on_assignment("ADDED", assignment([("m", 0, "v1"), ("m", 0, "v2")]))
             await settle(lambda: agent.ready and "m" in agent.routing)
