@@ -1,0 +1,80 @@
+"""Run the operator under test as a real process against the test cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class OperatorProcess:
+    """``python -m ekko.operator -n NAMESPACE`` with its log in a temp file; restartable."""
+
+    def __init__(self, kubeconfig: str | None, namespace: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.log_dir = Path(tempfile.mkdtemp(prefix="ekko-operator-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        env = dict(os.environ)
+        if self.kubeconfig:
+            env["KUBECONFIG"] = self.kubeconfig
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ekko.operator",
+                    "-n",
+                    self.namespace,
+                    "--metrics-port",
+                    "0",
+                    "--liveness",
+                    "",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self, hard: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-6000:]
+            for p in sorted(self.log_dir.glob("operator-*.log"))
+        )
+
+    def __enter__(self) -> OperatorProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        if err is not None:
+            sys.stderr.write(f"--- operator log ---\n{self.logs()}\n")
