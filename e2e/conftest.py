@@ -156,18 +156,35 @@ def _load_yaml_docs(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-@pytest.fixture(scope="session")
-def ekko_crds(cluster: Cluster) -> list[dict[str, Any]]:
-    """Install every CRD in crds/ (server-side apply) and wait until each is Established."""
+def api_error_message(err: Exception) -> str:
+    """The message a user would see (kubectl prints the Status message)."""
+    body = getattr(err, "body", None)
+    if isinstance(body, (bytes, str)):
+        try:
+            return str(yaml.safe_load(body).get("message", body))
+        except (yaml.YAMLError, AttributeError):
+            return str(body)
+    return str(err)
+
+
+def install_crds(cluster: Cluster) -> list[dict[str, Any]]:
+    """Server-side apply every CRD in crds/ and wait until each is Established.
+
+    Raises AssertionError naming every CRD the API server rejected, with its message.
+    """
     files = sorted(CRD_DIR.glob("*.yaml"))
-    if not files:
-        pytest.fail(f"no CRDs in {CRD_DIR}; generate them first")
+    assert files, f"no CRDs in {CRD_DIR}; generate them first"
     crds = [doc for f in files for doc in _load_yaml_docs(f)]
     resource = cluster.dynamic.resources.get(
         api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition"
     )
+    rejected = []
     for crd in crds:
-        resource.server_side_apply(body=crd, field_manager="ekko-e2e", force_conflicts=True)
+        try:
+            resource.server_side_apply(body=crd, field_manager="ekko-e2e", force_conflicts=True)
+        except ApiException as err:
+            rejected.append(f"{crd['metadata']['name']}: {api_error_message(err)}")
+    assert not rejected, "the API server rejected CRDs:\n" + "\n".join(rejected)
 
     def established(name: str) -> bool:
         obj = resource.get(name=name).to_dict()
@@ -183,3 +200,12 @@ def ekko_crds(cluster: Cluster) -> list[dict[str, Any]]:
             describe=lambda name=name: resource.get(name=name).to_dict().get("status"),
         )
     return crds
+
+
+@pytest.fixture(scope="session")
+def ekko_crds(cluster: Cluster) -> list[dict[str, Any]]:
+    """The CRDs from crds/, installed and Established (once per session)."""
+    try:
+        return install_crds(cluster)
+    except AssertionError as err:
+        pytest.fail(str(err), pytrace=False)

@@ -18,7 +18,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
-from e2e.conftest import REPO, Cluster
+from e2e.conftest import REPO, Cluster, api_error_message, install_crds
 from e2e.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -60,22 +60,16 @@ def _create(cluster: Cluster, body: dict[str, Any], namespace: str, dry_run: boo
     return resource.create(body=body, **kwargs)
 
 
-def _error_message(err: Exception) -> str:
-    body = getattr(err, "body", None)
-    if isinstance(body, (bytes, str)):
-        try:
-            return str(yaml.safe_load(body).get("message", body))
-        except (yaml.YAMLError, AttributeError):
-            return str(body)
-    return str(err)
-
-
 # (1) ------------------------------------------------------------------------------------------
 
 
-def test_crds_are_established(cluster: Cluster, ekko_crds: list[dict[str, Any]]) -> None:
+def test_crds_are_established(cluster: Cluster) -> None:
     ext = client.ApiextensionsV1Api(cluster.api)
-    for crd in ekko_crds:
+    try:
+        crds = install_crds(cluster)
+    except AssertionError as err:
+        pytest.fail(str(err), pytrace=False)
+    for crd in crds:
         got = ext.read_custom_resource_definition(crd["metadata"]["name"])
         established = {c.type: c.status for c in got.status.conditions or []}
         assert established.get("Established") == "True", got.status.conditions
@@ -97,7 +91,7 @@ def test_example_is_accepted(cluster: Cluster, ekko_crds: Any, namespace: str, p
         except ApiException as err:
             pytest.fail(
                 f"{path.name}: {doc['kind']}/{doc['metadata']['name']} rejected: "
-                + _error_message(err)
+                + api_error_message(err)
             )
         assert created.metadata.name == doc["metadata"]["name"]
 
@@ -112,7 +106,7 @@ def test_bad_manifest_is_rejected(
     expect = case.get("apiserver_expect", case["expect"])
     with pytest.raises(ApiException) as info:
         _create(cluster, case["manifest"], namespace, dry_run=True)
-    message = _error_message(info.value)
+    message = api_error_message(info.value)
     assert info.value.status in (400, 422), message
     assert expect in message, f"expected {expect!r} in the API server's message:\n{message}"
 
