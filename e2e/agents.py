@@ -1,0 +1,267 @@
+"""A fleet of real agent processes for the e2e suite, one per server pod.
+
+Kwok pods run no containers, so nothing would run the agent sidecar of a server pod. The
+:class:`AgentFleet` stands in for the kubelet: it watches the pods labelled ``ekko.dev/pool`` in a
+namespace and runs ``python -m ekko.agent --engine sim`` for each one, on its own loopback port,
+with POD_NAME / POD_NAMESPACE set as the downward API would. The agent code is the same as in a
+real pod; only the engine is simulated.
+
+    with AgentFleet(cluster.kubeconfig, namespace) as fleet:
+        port = fleet.wait_started("srv-0")
+        requests.get(f"http://127.0.0.1:{port}/infer?model=m")
+
+Agents stop when their pod goes away and when the fleet closes. Each child asks the kernel to
+SIGTERM it if the thread that started it dies (PR_SET_PDEATHSIG), so a killed test run leaves no
+orphans behind either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("e2e.agents")
+
+REPO = Path(__file__).resolve().parents[1]
+POOL_LABEL = "ekko.dev/pool"
+
+# Run the agent through a tiny launcher that sets the parent-death signal first; it survives exec.
+_LAUNCHER = (
+    "import ctypes, os, signal, sys;"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM);"  # PR_SET_PDEATHSIG = 1
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1);"  # parent already gone: do not start
+    "os.execv(sys.executable, [sys.executable, '-m', 'ekko.agent', *sys.argv[2:]])"
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class AgentProcess:
+    pod: str
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    log_file: IO[bytes] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(grace)
+        self.log_file.close()
+
+
+class AgentFleet:
+    """One ``ekko.agent`` process per pod labelled ``ekko.dev/pool`` in ``namespace``."""
+
+    def __init__(
+        self,
+        kubeconfig: str | None,
+        namespace: str,
+        *,
+        extra_args: Sequence[str] = (),
+        log_dir: Path | None = None,
+        fault_injection: bool = True,
+    ) -> None:
+        self.kubeconfig = (
+            kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+        )
+        self.namespace = namespace
+        self.extra_args = list(extra_args)
+        self.fault_injection = fault_injection
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if log_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"ekko-agents-{namespace}-")
+            log_dir = Path(self._tmp.name)
+        self.log_dir = log_dir
+        self._agents: dict[str, AgentProcess] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._api = config.new_client_from_config(config_file=self.kubeconfig)
+        self._core = client.CoreV1Api(self._api)
+        self._synced = threading.Event()
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def __enter__(self) -> AgentFleet:
+        self._thread = threading.Thread(target=self._watch, name="agent-fleet", daemon=True)
+        self._thread.start()
+        if not self._synced.wait(30):
+            self.close()
+            raise RuntimeError(f"could not list pods in {self.namespace} within 30s")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            agents, self._agents = list(self._agents.values()), {}
+        for agent in agents:
+            agent.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=2)  # blocked in a watch read at worst; it is a daemon
+        self._api.close()
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def pods(self) -> list[str]:
+        with self._lock:
+            return sorted(self._agents)
+
+    def agent(self, pod: str) -> AgentProcess:
+        with self._lock:
+            return self._agents[pod]
+
+    def port(self, pod: str) -> int:
+        return self.agent(pod).port
+
+    def url(self, pod: str) -> str:
+        return self.agent(pod).url
+
+    def log_text(self, pod: str) -> str:
+        return self.agent(pod).log_path.read_text(errors="replace")
+
+    def wait_started(self, pod: str, timeout: float = 30.0) -> int:
+        """Wait until the pod's agent answers /healthz; return its port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                agent = self._agents.get(pod)
+            if agent is not None:
+                if not agent.alive():
+                    raise RuntimeError(
+                        f"agent of pod {pod} exited ({agent.process.returncode}); log:\n"
+                        + agent.log_path.read_text(errors="replace")[-4000:]
+                    )
+                with (
+                    contextlib.suppress(OSError, urllib.error.URLError),
+                    urllib.request.urlopen(f"{agent.url}/healthz", timeout=1) as resp,
+                ):
+                    if resp.status == 200:
+                        return agent.port
+            time.sleep(0.05)
+        raise TimeoutError(f"agent of pod {pod} did not answer /healthz within {timeout:.0f}s")
+
+    # -- the watch ----------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        resource_version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if resource_version is None:
+                    pods = self._core.list_namespaced_pod(
+                        self.namespace, label_selector=POOL_LABEL, _request_timeout=30
+                    )
+                    resource_version = pods.metadata.resource_version
+                    names = {
+                        p.metadata.name for p in pods.items if not p.metadata.deletion_timestamp
+                    }
+                    for name in self.pods():
+                        if name not in names:
+                            self._stop_agent(name)
+                    for name in sorted(names):
+                        self._start_agent(name)
+                    self._synced.set()
+                stream = watch.Watch()
+                for event in stream.stream(
+                    self._core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=POOL_LABEL,
+                    resource_version=resource_version,
+                    timeout_seconds=60,
+                    _request_timeout=(10, 90),
+                ):
+                    pod: Any = event["object"]
+                    resource_version = pod.metadata.resource_version
+                    if event["type"] == "DELETED" or pod.metadata.deletion_timestamp:
+                        self._stop_agent(pod.metadata.name)
+                    elif event["type"] in ("ADDED", "MODIFIED"):
+                        self._start_agent(pod.metadata.name)
+                    if self._stop.is_set():
+                        stream.stop()
+                        break
+            except ApiException as err:
+                if err.status == 410:
+                    resource_version = None
+                    continue
+                log.warning("pod watch in %s failed: %s", self.namespace, err)
+                self._stop.wait(1)
+            except Exception as err:  # keep the fleet running through connection trouble
+                log.warning("pod watch in %s broke: %s", self.namespace, err)
+                self._stop.wait(1)
+
+    def _start_agent(self, pod: str) -> None:
+        with self._lock:
+            if pod in self._agents or self._stop.is_set():
+                return
+            port = free_port()
+            log_path = self.log_dir / f"{pod}.log"
+            log_file = log_path.open("ab")
+            args = [
+                "--pod-name", pod,
+                "--namespace", self.namespace,
+                "--kubeconfig", self.kubeconfig,
+                "--engine", "sim",
+                "--listen", f"127.0.0.1:{port}",
+                *(["--enable-fault-injection"] if self.fault_injection else []),
+                *self.extra_args,
+            ]  # fmt: skip
+            env = {**os.environ, "POD_NAME": pod, "POD_NAMESPACE": self.namespace}
+            process = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+            self._agents[pod] = AgentProcess(pod, port, log_path, process, log_file)
+        log.info("started agent for pod %s on port %d (log %s)", pod, port, log_path)
+
+    def _stop_agent(self, pod: str) -> None:
+        with self._lock:
+            agent = self._agents.pop(pod, None)
+        if agent is not None:
+            agent.stop()
+            log.info("stopped agent of pod %s", pod)
