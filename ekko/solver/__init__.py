@@ -48,7 +48,7 @@ The formulation is in ``ekko/solver/README.md``.
 from ekko.solver.baselines import BASELINES, SolverFn
 from ekko.solver.checker import violations
 from ekko.solver.instance import explain
-from ekko.solver.solve import solve
+from ekko.solver.search import solve
 from ekko.solver.types import (
     DEFAULT_SLO_CLASSES,
     GIB,

@@ -23,6 +23,7 @@ from ekko.solver.types import ServerId, SloClassName, ZoneId
 # Objective weight of one server.  Moves and balance are scaled below it (lexicographic-ish).
 SERVER_WEIGHT = 100_000
 BALANCE_WEIGHT = 1  # per percent of memory on the fullest server
+NEW_SERVER_EXTRA = 200  # a new server costs a bit more than an idle existing one
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Slot:
     id: ServerId
     zone: ZoneId
     fresh: bool  # empty and interchangeable with the other fresh slots of its zone
+    new: bool = False  # does not exist yet (costs a little more than an idle existing one)
 
 
 @dataclass
@@ -133,8 +135,8 @@ def build(sub: SubProblem) -> Built:
     c11_migration(b, items)
     if sub.balance:
         c12_balance(b, items)
-    for n in range(len(sub.slots)):
-        lin.cost[y[n]] = SERVER_WEIGHT
+    for n, s in enumerate(sub.slots):
+        lin.cost[y[n]] = SERVER_WEIGHT + (NEW_SERVER_EXTRA if s.new else 0)
     _hint(b, items)
     del inst
     return b

@@ -13,6 +13,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+from ortools.linear_solver import pywraplp
+
 from ekko.solver.types import GIB, ModelId, Problem, SloClassName
 
 SCALE = 1_000_000
@@ -156,7 +158,10 @@ def lower_bound(inst: Instance) -> int:
     for a, b in inst.exclusive:
         if a in per_class and b in per_class:
             best = max(best, per_class[a] + per_class[b])
-    return best
+    # Replicas above half a server in one dimension never share a server with each other.
+    big_mem = sum(it.demand for it in inst.items if 2 * it.mem > inst.mem_cap)
+    big_cpu = sum(it.demand for it in inst.items if 2 * it.cpu > inst.cpu_cap[it.slo])
+    return max(best, big_mem, big_cpu, math.ceil(lp_bound(inst) - 1e-6))
 
 
 def _gib(x: float) -> str:
@@ -213,3 +218,36 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
             f"{pool.name} allows at most {pool.max_servers}. Raise max_servers or lower replicas."
         )
     return out
+
+
+def lp_bound(inst: Instance) -> float:
+    """LP relaxation over server *types* (sets of SLO classes that may share a server): every
+    class's memory and compute is split over types, a type with classes T has compute cap
+    min_{c in T} CAP_c.  Returns the fractional number of servers (README, "Lower bound")."""
+    classes = sorted({it.slo for it in inst.items})
+    if not classes:
+        return 0.0
+    mem = {c: sum(it.mem * it.demand for it in inst.items if it.slo == c) for c in classes}
+    cpu = {c: sum(it.cpu * it.demand for it in inst.items if it.slo == c) for c in classes}
+    excl = {frozenset(p) for p in inst.exclusive}
+    types: list[tuple[SloClassName, ...]] = []
+    for mask in range(1, 1 << len(classes)):
+        t = tuple(c for k, c in enumerate(classes) if mask >> k & 1)
+        if all(frozenset((a, b)) not in excl for a in t for b in t if a < b):
+            types.append(t)
+    lp = pywraplp.Solver.CreateSolver("GLOP")
+    if lp is None:  # GLOP ships with OR-Tools; be safe anyway
+        return 0.0
+    n = [lp.NumVar(0.0, lp.infinity(), "") for _ in types]
+    f = {(c, k): lp.NumVar(0.0, 1.0, "") for k, t in enumerate(types) for c in t}
+    for c in classes:
+        lp.Add(sum(f[c, k] for k, t in enumerate(types) if c in t) == 1)
+    for k, t in enumerate(types):
+        cap = min(inst.cpu_cap[c] for c in t)
+        lp.Add(sum(f[c, k] * (mem[c] / inst.mem_cap) for c in t) <= n[k])
+        if cap > 0:
+            lp.Add(sum(f[c, k] * (cpu[c] / cap) for c in t) <= n[k])
+    lp.Minimize(sum(n))
+    if lp.Solve() != pywraplp.Solver.OPTIMAL:
+        return 0.0
+    return float(lp.Objective().Value())

@@ -37,12 +37,16 @@ def current_placement(problem: Problem) -> dict[tuple[str, int], list[ServerId]]
 
 
 def moves(problem: Problem, placed: Placed) -> tuple[int, int]:
-    """(bytes, replicas) loaded onto servers that do not hold them now."""
+    """(bytes, replicas) loaded onto servers that do not hold them now, for shards the current
+    placement lists (also on servers that are gone); first loads of new shards are not moves."""
     cur = current_placement(problem)
     nbytes = 0
     nrep = 0
     for m in problem.models:
+        listed = problem.current.get(m.id, ())
         for k in range(m.num_shards):
+            if k >= len(listed) or not listed[k]:
+                continue
             have = set(cur.get((m.id, k), ()))
             for sid in placed.get((m.id, k), ()):
                 if sid not in have:
@@ -67,6 +71,9 @@ def make_plan(
 ) -> Plan:
     """Build the plan; new servers are renamed ``<pool>-<k>`` in order, skipping existing ids."""
     existing = {s.id for s in problem.pool.servers}
+    # New names never reuse an id the current placement mentions (a lost server's name would
+    # read as "already loaded there").
+    taken = existing | {sid for shards in problem.current.values() for h in shards for sid in h}
     used: list[ServerId] = []
     seen: set[ServerId] = set()
     for m in problem.models:
@@ -81,7 +88,7 @@ def make_plan(
         if sid in existing or not rename:
             names[sid] = sid
             continue
-        while ServerId(f"{problem.pool.name}-{nxt}") in existing:
+        while ServerId(f"{problem.pool.name}-{nxt}") in taken:
             nxt += 1
         names[sid] = ServerId(f"{problem.pool.name}-{nxt}")
         nxt += 1

@@ -24,6 +24,8 @@ from dataclasses import replace
 from ekko.solver import greedy
 from ekko.solver.checker import violations
 from ekko.solver.core import (
+    BALANCE_WEIGHT,
+    NEW_SERVER_EXTRA,
     SERVER_WEIGHT,
     CoreResult,
     Slot,
@@ -117,7 +119,7 @@ def _slots(
             if s.zone == zone and s.id not in holding and s.id in used_by_start
         ]
         fresh_used += [
-            Slot(sid, ZoneId(zone), True)
+            Slot(sid, ZoneId(zone), True, new=True)
             for sid in sorted(used_by_start)
             if start_zones[sid] == zone and sid not in {x.id for x in pool.servers}
         ]
@@ -128,7 +130,7 @@ def _slots(
         ]
         zone_slots = fixed + fresh_used + idle
         while len(zone_slots) < target:
-            zone_slots.append(Slot(ids.new(), ZoneId(zone), True))
+            zone_slots.append(Slot(ids.new(), ZoneId(zone), True, new=True))
         slots.extend(zone_slots)
     return slots
 
@@ -171,14 +173,24 @@ def _objective(inst: Instance, counts: Counts, old: Counts, config: SolveConfig)
     return SERVER_WEIGHT * servers + moved
 
 
-def _groups(inst: Instance, size: int) -> list[list[Item]]:
-    """Models dealt round-robin (snake order, biggest first) into groups of ~size replicas, so
-    every group has a similar mix of big/small, memory-/compute-heavy and SLO classes."""
+# Most z variables (items x slots) one CP-SAT model gets within a deadline of seconds.
+VAR_BUDGET = 4000
+
+
+def _num_groups(inst: Instance, size: int, servers: int) -> int:
+    """Groups of about ``size`` replicas, and few enough variables each: G groups have 1/G of
+    the items and 1/G of the servers, so 1/G^2 of the variables."""
+    total = sum(it.demand for it in inst.items)
+    by_vars = math.ceil(math.sqrt(len(inst.items) * max(servers, 1) / VAR_BUDGET))
+    return max(1, math.ceil(total / size), by_vars)
+
+
+def _groups(inst: Instance, g: int) -> list[list[Item]]:
+    """Models dealt round-robin (snake order, biggest first) into g groups, so every group has
+    a similar mix of big/small, memory-/compute-heavy and SLO classes."""
     models: dict[str, list[Item]] = defaultdict(list)
     for it in inst.items:
         models[it.model].append(it)
-    total = sum(it.demand for it in inst.items)
-    g = max(1, math.ceil(total / size))
     order = sorted(
         models.values(),
         key=lambda its: (
@@ -195,12 +207,14 @@ def _groups(inst: Instance, size: int) -> list[list[Item]]:
 
 def _grouped(
     inst: Instance,
+    *,
     config: SolveConfig,
     deadline: float,
     ids: _Ids,
     notes: list[str],
+    num_groups: int,
 ) -> tuple[Counts, dict[ServerId, ZoneId]] | None:
-    groups = _groups(inst, config.group_size)
+    groups = _groups(inst, num_groups)
     counts: Counts = {}
     zones: dict[ServerId, ZoneId] = {}
     for gi, items in enumerate(groups):
@@ -210,14 +224,16 @@ def _grouped(
         gr = greedy.run(sub_inst, "best", reps)
         if gr.unplaced:
             return None
-        g_counts = _counts(sub_inst, gr.placed)
-        g_zones = dict(gr.servers)
+        # Greedy ids repeat across groups: give them fresh ones.
+        rename = {sid: ids.new() for sid, _ in gr.servers}
+        g_counts = {(i, rename[sid]): k for (i, sid), k in _counts(sub_inst, gr.placed).items()}
+        g_zones = {rename[sid]: z for sid, z in gr.servers}
         left = deadline - time.monotonic()
         limit = left / (len(groups) - gi)
         slots = _slots(
             sub_inst,
-            None,
-            {},
+            g_counts,
+            g_zones,
             holding=set(),
             target_total=len(gr.servers),
             ids=ids,
@@ -228,7 +244,7 @@ def _grouped(
             items,
             slots,
             old={},
-            hint=None,
+            hint=g_counts,
             config=config,
             lb=lower_bound(sub_inst),
             balance=False,
@@ -240,12 +256,8 @@ def _grouped(
             for s in slots:
                 zones[s.id] = s.zone
         else:
-            # Greedy ids may repeat across groups: give them fresh ones.
-            rename = {sid: ids.new() for sid in g_zones}
-            for (i, sid), k in g_counts.items():
-                counts[i, rename[sid]] = k
-            for sid, z in g_zones.items():
-                zones[rename[sid]] = z
+            counts.update(g_counts)
+            zones.update(g_zones)
             notes.append(f"group {gi}: optimiser found nothing better than best-fit")
     return counts, zones
 
@@ -399,13 +411,13 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     reserve = min(1.0, 0.1 * config.time_limit)
     opt_deadline = deadline - reserve
     holding = {sid for (_, sid) in old}
-    total = sum(it.demand for it in inst.items)
-    if total <= config.group_size:
+    n_groups = _num_groups(inst, config.group_size, len(start.servers) if start else 2 * bound + 2)
+    if n_groups == 1:
         target = len(start.servers) if start else min(problem.pool.max_servers, 2 * bound + 2)
         slots = _slots(inst, start_counts, zones, holding=holding, target_total=target, ids=ids)
         for s in slots:
             zones.setdefault(s.id, s.zone)
-        hint = start_counts if current else None
+        hint = start_counts
         sub = _full_sub(
             inst,
             list(inst.items),
@@ -421,15 +433,29 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             f"monolithic {res.backend}: {res.status}, {res.servers} servers, {res.seconds:.2f} s"
         )
         if res.status != "none" and (
-            best is None or res.objective <= _objective(inst, best, old, config) + 100
+            best is None
+            or _objective(inst, res.counts, old, config) <= _objective(inst, best, old, config)
         ):
             best = res.counts
             status = "optimal" if res.status == "optimal" else "feasible"
             if not old:
-                bound = max(bound, math.ceil((res.bound - 100) / SERVER_WEIGHT - 1e-9))
+                bound = max(
+                    bound,
+                    math.ceil(
+                        (res.bound - BALANCE_WEIGHT * 100) / (SERVER_WEIGHT + NEW_SERVER_EXTRA)
+                        - 1e-9
+                    ),
+                )
     else:
         if not current:
-            got = _grouped(inst, config, t0 + 0.6 * (opt_deadline - t0), ids, notes)
+            got = _grouped(
+                inst,
+                config=config,
+                deadline=t0 + 0.6 * (opt_deadline - t0),
+                ids=ids,
+                notes=notes,
+                num_groups=n_groups,
+            )
             if got is not None:
                 g_counts, g_zones = got
                 g_servers = len({sid for (_, sid) in g_counts})

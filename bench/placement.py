@@ -1,0 +1,263 @@
+"""Placement benchmark: ekko's solver against the baselines on seeded synthetic fleets.
+
+    python -m bench.placement --sizes S,M,L --seeds 3           # the full table
+    python -m bench.placement --sizes S,M --seeds 1             # quick run (< 2 minutes)
+
+Instances look like large recommendation fleets: lognormal shard sizes (embedding tables split
+into equal shards, some models with explicit unequal shards), per-replica load that is not
+proportional to size (memory-heavy embedding models next to compute-heavy dense rankers), SLO
+classes critical/standard/batch with their caps and exclusions, three zones, rollout reserves.
+Every plan is checked with the independent checker; the table reports violations too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+from ekko.solver import (
+    GIB,
+    SOLVERS,
+    ModelId,
+    ModelSpec,
+    Plan,
+    Pool,
+    Problem,
+    Server,
+    SloClassName,
+    SolveConfig,
+    ZoneId,
+    violations,
+)
+
+SIZES = {"S": 1_000, "M": 8_000, "L": 25_000}
+LIMITS = {"S": 5.0, "M": 10.0, "L": 30.0}
+BASELINE_NAMES = ("dedicated", "ffd", "bfd", "spread", "mostallocated", "seldon")
+
+
+def generate(replicas: int, seed: int) -> Problem:
+    """A seeded instance with about ``replicas`` shard replicas."""
+    rng = random.Random(seed)
+    pool = Pool(
+        name="gpu-a",
+        memory_bytes=128 * GIB,
+        compute_units=1000.0,
+        headroom=0.1,
+        max_servers=100_000,
+        zones=(ZoneId("a"), ZoneId("b"), ZoneId("c")),
+    )
+    models: list[ModelSpec] = []
+    total = 0
+    while total < replicas:
+        k = len(models)
+        r = rng.random()
+        slo = "critical" if r < 0.2 else ("standard" if r < 0.7 else "batch")
+        reps = {"critical": 3, "standard": 2, "batch": 1}[slo]
+        shards = max(1, min(64, round(rng.lognormvariate(math.log(8), 0.9))))
+        if rng.random() < 0.6:
+            # embedding tables: memory-heavy, light compute per replica
+            size = min(40.0, max(0.1, rng.lognormvariate(math.log(4.0), 0.8)))  # GiB
+            load = 1000.0 * min(0.08, rng.lognormvariate(math.log(0.012), 0.6))
+        else:
+            # dense rankers: small, compute-heavy
+            size = min(40.0, max(0.1, rng.lognormvariate(math.log(0.8), 0.8)))
+            load = 1000.0 * min(0.25, rng.lognormvariate(math.log(0.05), 0.6))
+        reserve = 0.25 if slo != "batch" and rng.random() < 0.5 else 0.0
+        if rng.random() < 0.2:
+            sizes = tuple(int(size * GIB * rng.choice((0.5, 1.0, 1.5))) for _ in range(shards))
+            spec = ModelSpec(
+                id=ModelId(f"m{k:04d}"),
+                shard_sizes=sizes,
+                replicas=reps,
+                load=load,
+                slo=SloClassName(slo),
+                reserve_factor=reserve,
+            )
+        else:
+            spec = ModelSpec(
+                id=ModelId(f"m{k:04d}"),
+                shard_count=shards,
+                shard_bytes=int(size * GIB),
+                replicas=reps,
+                load=load,
+                slo=SloClassName(slo),
+                reserve_factor=reserve,
+            )
+        models.append(spec)
+        total += shards * reps
+    return Problem(pool=pool, models=tuple(models))
+
+
+def perturb_load(problem: Problem, plan: Plan, seed: int) -> Problem:
+    """+-5% load on 10% of the models; the plan becomes the current placement."""
+    rng = random.Random(seed + 1000)
+    models = list(problem.models)
+    for i in rng.sample(range(len(models)), max(1, len(models) // 10)):
+        m = models[i]
+        models[i] = m.model_copy(update={"load": m.load * rng.choice((0.95, 1.05))})
+    return _with_current(problem.model_copy(update={"models": tuple(models)}), plan)
+
+
+def lose_server(problem: Problem, plan: Plan, seed: int) -> Problem:
+    """One server of the plan disappears."""
+    rng = random.Random(seed + 2000)
+    gone = rng.choice(plan.servers).id
+    base = _with_current(problem, plan)
+    pool = base.pool.model_copy(
+        update={"servers": tuple(s for s in base.pool.servers if s.id != gone)}
+    )
+    return base.model_copy(update={"pool": pool})
+
+
+def _with_current(problem: Problem, plan: Plan) -> Problem:
+    pool = problem.pool.model_copy(
+        update={"servers": tuple(Server(id=s.id, zone=s.zone) for s in plan.servers)}
+    )
+    return Problem(
+        pool=pool,
+        models=problem.models,
+        slo_classes=problem.slo_classes,
+        current=plan.assignment,
+    )
+
+
+def total_bytes(problem: Problem) -> int:
+    return sum(m.size_of(k) * m.replicas for m in problem.models for k in range(m.num_shards))
+
+
+@dataclass
+class Row:
+    size: str
+    solver: str
+    servers: list[int]
+    over_lb: list[float]
+    seconds: list[float]
+    bad: int
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="S,M", help="comma list of S,M,L (default S,M)")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per size (default 1)")
+    ap.add_argument("--backends", default="cpsat", help="ekko backends: cpsat,highs")
+    ap.add_argument("--no-replan", action="store_true", help="skip the re-plan experiments")
+    ap.add_argument("--time-scale", type=float, default=1.0, help="multiply time limits")
+    args = ap.parse_args(argv)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows: dict[tuple[str, str], Row] = {}
+    replan: list[tuple[str, int, str, int, int, float, int]] = []
+    for size in sizes:
+        limit = LIMITS[size] * args.time_scale
+        for seed in range(args.seeds):
+            prob = generate(SIZES[size], seed)
+            names = [f"ekko[{b}]" for b in backends] + list(BASELINE_NAMES)
+            ekko_plan: Plan | None = None
+            for name in names:
+                if name.startswith("ekko["):
+                    backend = name[5:-1]
+                    cfg = SolveConfig(time_limit=limit, backend=backend, seed=seed)  # type: ignore[arg-type]
+                    fn = SOLVERS["ekko"]
+                else:
+                    cfg = SolveConfig(time_limit=limit, seed=seed)
+                    fn = SOLVERS[name]
+                t = time.monotonic()
+                plan = fn(prob, cfg)
+                secs = time.monotonic() - t
+                bad = len(violations(prob, plan))
+                row = rows.setdefault((size, name), Row(size, name, [], [], [], 0))
+                row.servers.append(plan.servers_used)
+                row.over_lb.append(100.0 * (plan.servers_used / plan.lower_bound - 1))
+                row.seconds.append(secs)
+                row.bad += bad + (plan.status == "infeasible")
+                print(
+                    f"# {size} seed={seed} {name}: {plan.servers_used} servers "
+                    f"(LB {plan.lower_bound}) {secs:.1f}s {plan.status} {'; '.join(plan.notes)}",
+                    file=sys.stderr,
+                )
+                if name == f"ekko[{backends[0]}]":
+                    ekko_plan = plan
+            if args.no_replan or ekko_plan is None:
+                continue
+            for label, change in (("load +-5% on 10%", perturb_load), ("server lost", lose_server)):
+                changed = change(prob, ekko_plan, seed)
+                scratch_prob = changed.model_copy(
+                    update={
+                        "current": {},
+                        "pool": changed.pool.model_copy(update={"servers": ()}),
+                    }
+                )
+                cfg = SolveConfig(time_limit=limit, seed=seed)
+                scratch = SOLVERS["ekko"](scratch_prob, cfg)
+                t = time.monotonic()
+                re = SOLVERS["ekko"](changed, cfg)
+                secs = time.monotonic() - t
+                bad = len(violations(changed, re)) + (re.status == "infeasible")
+                share = 100.0 * re.bytes_moved / total_bytes(changed)
+                replan.append(
+                    (size, seed, label, re.servers_used, scratch.servers_used, share, bad)
+                )
+                print(
+                    f"# {size} seed={seed} re-plan {label}: {re.servers_used} vs scratch "
+                    f"{scratch.servers_used}, moved {share:.2f}% ({re.replicas_moved} "
+                    f"replicas) {secs:.1f}s {'; '.join(re.notes)}",
+                    file=sys.stderr,
+                )
+    _print_tables(rows, replan, sizes, backends)
+    return 0
+
+
+def _print_tables(
+    rows: dict[tuple[str, str], Row],
+    replan: list[tuple[str, int, str, int, int, float, int]],
+    sizes: list[str],
+    backends: list[str],
+) -> None:
+    print(
+        "| size | solver | servers (mean) | % over LB | fewer than "
+        + " | fewer than ".join(BASELINE_NAMES)
+        + " | time p50 s | time p99 s | violations |"
+    )
+    print("|" + "---|" * (7 + len(BASELINE_NAMES)))
+    for size in sizes:
+        for (sz, name), row in rows.items():
+            if sz != size:
+                continue
+            mean = statistics.mean(row.servers)
+            fewer = []
+            for b in BASELINE_NAMES:
+                base = rows.get((size, b))
+                if base is None or name == b:
+                    fewer.append("—")
+                    continue
+                vals = [100.0 * (1 - s / t) for s, t in zip(row.servers, base.servers, strict=True)]
+                fewer.append(f"{statistics.mean(vals):.1f}%")
+            print(
+                f"| {size} | {name} | {mean:.1f} | {statistics.mean(row.over_lb):.1f}% | "
+                + " | ".join(fewer)
+                + f" | {pct(row.seconds, 0.5):.1f} | {pct(row.seconds, 0.99):.1f} | {row.bad} |"
+            )
+    if replan:
+        print()
+        print(
+            "| size | seed | change | servers re-plan | servers from scratch | bytes moved | "
+            "violations |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for size, seed, label, n_re, n_sc, share, bad in replan:
+            print(f"| {size} | {seed} | {label} | {n_re} | {n_sc} | {share:.2f}% | {bad} |")
+    del backends
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
