@@ -325,6 +325,11 @@ class ModelStatus(ApiModel):
     canary_version: str | None = Field(
         default=None, max_length=63, description="Version under rollout, if any."
     )
+    previous_version: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Previous stable version kept loaded for instant rollback, if any.",
+    )
     canary_weight: int = Field(
         default=0, ge=0, le=100, description="Percent of traffic on the canary."
     )
@@ -561,6 +566,7 @@ class AnalysisResult(ApiModel):
     failed: int = Field(default=0, description="Measurements that failed.")
     inconclusive: int = Field(default=0, description="Measurements with no verdict.")
     errors: int = Field(default=0, description="Queries that errored.")
+    consecutive_errors: int = Field(default=0, description="Queries that errored in a row.")
     last_value: str | None = Field(default=None, max_length=64, description="Last query result.")
     last_measured: datetime | None = Field(
         default=None, description="Time of the last measurement."
@@ -592,6 +598,16 @@ class ModelVersionStatus(ApiModel):
         default=None, description="Measured rollback time, request to every agent applied."
     )
     message: str = Field(default="", max_length=4096, description="Why the rollout is where it is.")
+    handled_request: str = Field(
+        default="",
+        max_length=128,
+        description="The last request (ekko.dev/request-at annotation) the operator acted on.",
+    )
+    paused_by_user: bool = Field(default=False, description="Paused by a pause request.")
+    started_at: datetime | None = Field(default=None, description="When the rollout started.")
+    finished_at: datetime | None = Field(
+        default=None, description="When the rollout reached Promoted, Aborted, RolledBack or Failed."
+    )
     conditions: Conditions = Field(default_factory=list)
 
 
@@ -637,6 +653,9 @@ class ModelRouting(ApiModel):
 
     model: Name = Field(description="Model name.")
     weights: list[VersionWeight] = Field(max_length=8, description="Percent per version.")
+    applied_at: datetime | None = Field(
+        default=None, description="When the agent applied these weights (agent status only)."
+    )
 
 
 class LoadedShard(ApiModel):
@@ -678,6 +697,14 @@ class ServerAssignment(Resource):
 def _non_decreasing(values: list[int]) -> bool:
     return all(a <= b for a, b in pairwise(values))
 
+
+REQUEST_ANNOTATION = "ekko.dev/request"
+"""Annotation on a ModelVersion carrying a user request: promote, pause, resume, abort, rollback, retry."""
+REQUEST_AT_ANNOTATION = "ekko.dev/request-at"
+"""RFC 3339 time of the request; the operator acts once per distinct value."""
+ROLLBACK_TO_ANNOTATION = "ekko.dev/rollback-to"
+"""Optional version a rollback returns to (must still be resident)."""
+REQUEST_VERBS = ("promote", "promote-full", "pause", "resume", "abort", "rollback", "retry")
 
 RESOURCE_TYPES: tuple[type[Resource], ...] = (ServerPool, Model, ModelVersion, ServerAssignment)
 
