@@ -1,0 +1,94 @@
+"""`ekko plan`: summary and plan file on good input, exit code 2 and one line on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ekko.cli.plan import main, parse_duration
+from ekko.solver.io import ProblemFormatError, parse_bytes, problem_from_dict
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "problems" / "small.yaml"
+
+
+def test_example_plans_and_writes_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.yaml"
+    png = tmp_path / "plan.png"
+    rc = main(["-f", str(EXAMPLE), "-o", str(out), "--time-limit", "1s", "--plot", str(png)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "servers used:" in text and "checker: ok" in text
+    plan = yaml.safe_load(out.read_text())
+    assert plan["status"] in ("optimal", "feasible", "fallback")
+    assert set(plan["assignment"]) == {"ranking", "embeddings", "retrieval", "offline-scoring"}
+    assert png.stat().st_size > 1000
+
+
+def test_baseline_solver_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-f", str(EXAMPLE), "--solver", "ffd"]) == 0
+    assert "by ffd" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("pool: [1, 2\n", "not valid YAML"),
+        ("models: []\n", "missing required key 'pool'"),
+        (
+            "pool: {name: p, memory: lots, compute: 1, maxServers: 1}\nmodels: []\n",
+            "pool.memory",
+        ),
+        (
+            "pool: {name: p, memory: 1Gi, compute: 1, maxServers: 1}\n"
+            "models: [{id: m, shards: 1}]\n",
+            "shard_count and shard_bytes",
+        ),
+        ("pool: {name: p, memory: 1Gi, compute: 1, maxServers: 1, colour: red}\n", "colour"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, needle: str
+) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(content)
+    assert main(["-f", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_missing_file_and_bad_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-f", "/nonexistent.yaml"]) == 2
+    assert main(["-f", str(EXAMPLE), "--time-limit", "soon"]) == 2
+    assert main(["--solver", "nope", "-f", str(EXAMPLE)]) == 2
+    capsys.readouterr()
+
+
+def test_infeasible_problem_is_explained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "big.yaml"
+    f.write_text(
+        "pool: {name: cpu-a, memory: 64Gi, compute: 100, maxServers: 4}\n"
+        "models: [{id: ranking, shards: 20, shardSize: 80Gi}]\n"
+    )
+    assert main(["-f", str(f)]) == 1
+    assert "shard ranking/0 needs 80.0 GiB" in capsys.readouterr().out
+
+
+def test_quantities_and_durations() -> None:
+    assert parse_bytes("64Gi", "x") == 64 * 1024**3
+    assert parse_bytes("1.5G", "x") == 1_500_000_000
+    assert parse_bytes(12, "x") == 12
+    with pytest.raises(ProblemFormatError):
+        parse_bytes("12 parsecs", "x")
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2m") == 120
+    assert parse_duration("3") == 3
+
+
+def test_problem_round_trip_of_example() -> None:
+    pr = problem_from_dict(yaml.safe_load(EXAMPLE.read_text()))
+    assert pr.pool.max_servers == 16
+    assert [m.num_shards for m in pr.models] == [8, 12, 4, 6]
