@@ -40,11 +40,11 @@ def _yaml_files(directory: Path) -> list[str]:
     return sorted(str(p) for p in directory.glob("*.yaml"))
 
 
-def demo(fleet: Path) -> None:
+def demo(fleet: Path, crd_dir: Path, example_dir: Path) -> None:
     """One command for `make demo`: cluster, CRDs, examples, and what the operator would see."""
     if not control.healthy():
         control.up(fleet)
-    crds = _yaml_files(control.REPO / "crds")
+    crds = _yaml_files(crd_dir)
     if not crds:
         raise control.ClusterError("crds/ has no *.yaml; generate the CRDs first")
     _kubectl("apply", "--server-side", *[a for f in crds for a in ("-f", f)])
@@ -54,7 +54,7 @@ def demo(fleet: Path) -> None:
         "--timeout=60s",
         *[a for f in crds for a in ("-f", f)],
     )
-    examples = _yaml_files(control.REPO / "examples")
+    examples = _yaml_files(example_dir)
     if examples:
         _kubectl("apply", "--server-side", *[a for f in examples for a in ("-f", f)])
     _kubectl("get", "nodes", "-L", "topology.kubernetes.io/zone", "-L", "nvidia.com/gpu.product")
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help='print shell exports: eval "$(python -m e2e.cluster env)"')
     m = sub.add_parser("demo", help="up (if needed) + install crds/ + apply examples/ + list")
     m.add_argument("--fleet", type=Path, default=control.FLEET_FILE)
+    m.add_argument("--crds", type=Path, default=control.REPO / "crds", help="CRD directory")
+    m.add_argument("--examples", type=Path, default=control.REPO / "examples")
     args = parser.parse_args(argv)
 
     try:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             if not build.is_built(build.component("kubernetes")):
                 build.build_all()
-            demo(args.fleet)
+            demo(args.fleet, args.crds, args.examples)
     except (build.BuildError, control.ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
