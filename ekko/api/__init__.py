@@ -1,0 +1,1 @@
+"""Ekko's resource types (the API), their units, the CRD generator and the offline manifest check."""

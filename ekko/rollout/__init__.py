@@ -1,0 +1,1 @@
+"""The canary/rollback state machine and analysis verdicts: pure, time and observations passed in."""

@@ -1,0 +1,124 @@
+"""Analysis verdicts: one measurement against a metric's conditions, and the running tally.
+
+Follows the vocabulary users know from Argo Rollouts (successCondition, failureCondition,
+failureLimit, inconclusiveLimit, consecutiveErrorLimit), with one addition: what an empty query
+result means is the metric's explicit ``noData`` policy, not an accident of the query.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from ekko.api.resources import AnalysisMetric, AnalysisResult
+from ekko.api.units import parse_duration
+
+Verdict = Literal["Successful", "Failed", "Inconclusive", "Error"]
+
+_CONDITION = re.compile(r"^result\s*(<=|>=|==|!=|<|>)\s*([-+]?[0-9.eE+-]+)$")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One query of one metric: a value, no data (``value is None``), or an error."""
+
+    metric: str
+    at: datetime
+    value: float | None = None
+    error: str | None = None
+
+
+def holds(condition: str, value: float) -> bool:
+    """Whether ``result <op> number`` holds for value."""
+    match = _CONDITION.match(condition.strip())
+    if not match:
+        raise ValueError(f"condition {condition!r} is not of the form 'result < 0.05'")
+    op, threshold = match.groups()
+    return _OPS[op](value, float(threshold))
+
+
+def evaluate(metric: AnalysisMetric, measurement: Measurement) -> Verdict:
+    """The verdict of one measurement."""
+    if measurement.error is not None:
+        return "Error"
+    value = measurement.value
+    if value is None or math.isnan(value):
+        return {"Hold": "Inconclusive", "Fail": "Failed", "Pass": "Successful"}[metric.no_data]  # type: ignore[return-value]
+    if metric.failure_condition is not None and holds(metric.failure_condition, value):
+        return "Failed"
+    if metric.success_condition is not None:
+        return "Successful" if holds(metric.success_condition, value) else "Failed"
+    return "Successful"
+
+
+def record(
+    metric: AnalysisMetric, result: AnalysisResult | None, measurement: Measurement
+) -> AnalysisResult:
+    """The tally after one more measurement, with its phase."""
+    base = result or AnalysisResult(metric=metric.name, phase="Running")
+    verdict = evaluate(metric, measurement)
+    successful = base.successful + (verdict == "Successful")
+    failed = base.failed + (verdict == "Failed")
+    inconclusive = base.inconclusive + (verdict == "Inconclusive")
+    errors = base.errors + (verdict == "Error")
+    consecutive = base.consecutive_errors + 1 if verdict == "Error" else 0
+    taken = successful + failed + inconclusive
+    if failed > metric.failure_limit:
+        phase: Literal["Running", "Successful", "Failed", "Inconclusive", "Error"] = "Failed"
+    elif consecutive > metric.consecutive_error_limit:
+        phase = "Error"
+    elif inconclusive > metric.inconclusive_limit:
+        phase = "Inconclusive"
+    elif metric.count is not None and taken >= metric.count:
+        phase = "Successful"
+    else:
+        phase = "Running"
+    shown = (
+        f"error: {measurement.error}"[:64]
+        if measurement.error is not None
+        else "no data"
+        if measurement.value is None
+        else f"{measurement.value:.6g}"
+    )
+    return AnalysisResult(
+        metric=metric.name,
+        phase=phase,
+        successful=successful,
+        failed=failed,
+        inconclusive=inconclusive,
+        errors=errors,
+        consecutive_errors=consecutive,
+        last_value=shown,
+        last_measured=measurement.at,
+    )
+
+
+def due(metric: AnalysisMetric, result: AnalysisResult | None, now: datetime) -> bool:
+    """Whether the metric should be measured now (first time, or an interval after the last)."""
+    if result is None or result.last_measured is None:
+        return True
+    if result.phase != "Running":
+        return False
+    return (now - result.last_measured).total_seconds() >= parse_duration(metric.interval) - 0.05
+
+
+def seconds_until_due(
+    metric: AnalysisMetric, result: AnalysisResult | None, now: datetime
+) -> float:
+    if result is None or result.last_measured is None:
+        return 0.0
+    elapsed = (now - result.last_measured).total_seconds()
+    return max(0.0, parse_duration(metric.interval) - elapsed)

@@ -1,0 +1,568 @@
+"""The rollout state machine: (spec, status, observations, measurements, request, now) -> decision.
+
+One call moves a ModelVersion at most one transition (or one weight change) forward and says
+what to write: the ModelVersion's new status, the Model's routing and version fields, events, and
+when to look again. It reads no clock and does no I/O; the operator observes, measures, calls
+this, and writes the result.
+
+Routing lives in the Model's status (``weights``): every agent serving the model watches it, so a
+rollback is one write that every server applies within a second. The previous stable version
+stays loaded (``previousVersion``) so rolling back a promoted version needs no loading either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from ekko.api.resources import (
+    AnalysisMetric,
+    AnalysisResult,
+    CanaryStep,
+    ModelVersionSpec,
+    ModelVersionStatus,
+    Phase,
+    VersionWeight,
+)
+from ekko.api.units import parse_duration
+from ekko.rollout.analysis import Measurement, due, record, seconds_until_due
+
+TERMINAL: frozenset[Phase] = frozenset({"Promoted", "Aborted", "RolledBack", "Failed"})
+Verb = Literal["promote", "promote-full", "pause", "resume", "abort", "rollback", "retry"]
+LOOK_AGAIN = 1.0
+"""Seconds between passes while waiting on agents (their status changes also wake the worker)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A user's request from the ModelVersion's annotations (acted on once per ``at``)."""
+
+    verb: Verb
+    at: str
+    at_time: datetime | None = None
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator saw of the model and its servers."""
+
+    model_exists: bool
+    stable: str | None
+    previous: str | None = None
+    canary: str | None = None
+    weights: tuple[VersionWeight, ...] = ()
+    other_active: str | None = None
+    servers_wanted: int = 0
+    servers_loaded: int = 0
+    load_error: str | None = None
+    routing_applied: bool = False
+    routing_applied_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ModelPatch:
+    """Fields of the Model's status to set (None: leave as is; "" clears a version)."""
+
+    weights: tuple[VersionWeight, ...] | None = None
+    canary: str | None = None
+    stable: str | None = None
+    previous: str | None = None
+
+    def to_status(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.weights is not None:
+            out["weights"] = [w.to_wire() for w in self.weights]
+            canary = self.canary if self.canary is not None else None
+            out["canaryWeight"] = next(
+                (w.weight for w in self.weights if canary and w.version == canary), 0
+            )
+        for key, value in (
+            ("canaryVersion", self.canary),
+            ("stableVersion", self.stable),
+            ("previousVersion", self.previous),
+        ):
+            if value is not None:
+                out[key] = value or None
+        return out
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: ModelVersionStatus
+    model: ModelPatch | None = None
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    outcome: Literal["Promoted", "Aborted", "RolledBack", "Failed"] | None = None
+    rollback_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    spec: ModelVersionSpec
+    status: ModelVersionStatus
+    observed: Observed
+    now: datetime
+    measurements: tuple[Measurement, ...] = ()
+    request: Request | None = None
+    name: str = ""
+    generation: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def split(stable: str, canary: str, weight: int) -> tuple[VersionWeight, ...]:
+    """Weights for stable and canary at a canary weight (a version at 0% is left out)."""
+    out = []
+    if weight < 100:
+        out.append(VersionWeight(version=stable, weight=100 - weight))
+    if weight > 0:
+        out.append(VersionWeight(version=canary, weight=weight))
+    return tuple(out)
+
+
+def metrics_due(spec: ModelVersionSpec, status: ModelVersionStatus, now: datetime) -> list[str]:
+    """Names of the analysis metrics to measure before the next decision."""
+    step = _step(spec, status)
+    if status.phase != "Progressing" or step is None or step.analysis is None:
+        return []
+    results = {r.metric: r for r in status.analysis}
+    return [m.name for m in _step_metrics(spec, step) if due(m, results.get(m.name), now)]
+
+
+def decide(inp: Inputs) -> Decision:
+    """The next transition of a ModelVersion."""
+    status = inp.status.model_copy(update={"observed_generation": inp.generation})
+    request = inp.request if inp.request and inp.request.at != status.handled_request else None
+    if request is not None:
+        status = status.model_copy(update={"handled_request": request.at})
+        handled = _on_request(inp, status, request)
+        if handled is not None:
+            return handled
+    if status.phase in TERMINAL:
+        return _terminal(inp, status)
+    if status.phase == "Pending":
+        return _pending(inp, status)
+    if status.phase == "Loading":
+        return _loading(inp, status)
+    if status.phase == "Paused":
+        return Decision(status)
+    return _progressing(inp, status)
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+def _pending(inp: Inputs, status: ModelVersionStatus) -> Decision:
+    obs = inp.observed
+    if not obs.model_exists:
+        return _fail(inp, status, f"model {inp.spec.model} does not exist in this namespace")
+    if obs.other_active:
+        message = f"waiting for the rollout of {obs.other_active} to finish"
+        return Decision(status.model_copy(update={"message": message}), requeue_after=5.0)
+    if obs.stable == inp.spec.version:
+        return Decision(
+            status.model_copy(
+                update={"phase": "Promoted", "weight": 100, "message": "already the stable version"}
+            ),
+            outcome="Promoted",
+        )
+    update = {
+        "phase": "Loading",
+        "started_at": inp.now,
+        "current_step": 0,
+        "weight": 0,
+        "analysis": [],
+        "message": f"loading {inp.spec.version} next to {obs.stable} on every server of the model",
+        "rollback_requested_at": None,
+        "rollback_completed_at": None,
+        "rollback_seconds": None,
+        "finished_at": None,
+    }
+    # The canary takes the place of a resident previous version (memory was reserved for one).
+    return Decision(
+        status.model_copy(update=update),
+        model=ModelPatch(canary=inp.spec.version, previous=""),
+        events=(Event("Loading", f"Started loading {inp.spec.version} of {inp.spec.model}."),),
+        requeue_after=LOOK_AGAIN,
+    )
+
+
+def _loading(inp: Inputs, status: ModelVersionStatus) -> Decision:
+    obs = inp.observed
+    counts = {"servers_loaded": obs.servers_loaded, "servers_wanted": obs.servers_wanted}
+    if obs.load_error:
+        failed = _fail(inp, status.model_copy(update=counts), f"loading failed: {obs.load_error}")
+        return _with_model(failed, ModelPatch(canary=""))
+    if obs.servers_wanted == 0 or obs.servers_loaded < obs.servers_wanted:
+        message = f"loaded on {obs.servers_loaded} of {obs.servers_wanted} servers"
+        return Decision(
+            status.model_copy(update=counts | {"message": message}), requeue_after=LOOK_AGAIN
+        )
+    update = counts | {
+        "phase": "Progressing",
+        "current_step": 0,
+        "step_started_at": inp.now,
+        "message": f"loaded on all {obs.servers_wanted} servers",
+    }
+    return Decision(
+        status.model_copy(update=update),
+        events=(Event("Loaded", f"Loaded {inp.spec.version} on {obs.servers_wanted} servers."),),
+        requeue_after=0.0,
+    )
+
+
+def _progressing(inp: Inputs, status: ModelVersionStatus) -> Decision:
+    spec, obs = inp.spec, inp.observed
+    stable = obs.stable or ""
+    step = _step(spec, status)
+    if step is None:
+        return _promote(inp, status)
+    if step.set_weight is not None:
+        want = split(stable, spec.version, step.set_weight)
+        if tuple(obs.weights) != want:
+            return Decision(
+                status.model_copy(
+                    update={
+                        "weight": step.set_weight,
+                        "message": f"routing {step.set_weight}% to {spec.version}",
+                    }
+                ),
+                model=ModelPatch(weights=want, canary=spec.version),
+                events=(
+                    Event(
+                        "WeightSet", f"Set {spec.version} to {step.set_weight}% of {spec.model}."
+                    ),
+                ),
+                requeue_after=LOOK_AGAIN,
+            )
+        if not obs.routing_applied:
+            return Decision(status, requeue_after=LOOK_AGAIN)
+        return _next_step(inp, status)
+    if step.pause is not None:
+        if step.pause.duration is None:
+            message = f"paused at step {status.current_step}; run `kubectl ekko promote {spec.model}` to continue"
+            return Decision(
+                status.model_copy(update={"phase": "Paused", "message": message}),
+                events=(
+                    Event("Paused", f"Paused {spec.version} at {status.weight}% until promoted."),
+                ),
+            )
+        started = status.step_started_at or inp.now
+        left = parse_duration(step.pause.duration) - (inp.now - started).total_seconds()
+        if left > 0:
+            return Decision(status, requeue_after=left)
+        return _next_step(inp, status)
+    return _analyse(inp, status, step)
+
+
+def _analyse(inp: Inputs, status: ModelVersionStatus, step: CanaryStep) -> Decision:
+    spec = inp.spec
+    assert step.analysis is not None
+    metrics = _step_metrics(spec, step)
+    results = {r.metric: r for r in status.analysis}
+    for m in inp.measurements:
+        metric = next((x for x in metrics if x.name == m.metric), None)
+        if metric is not None:
+            results[m.metric] = record(metric, results.get(m.metric), m)
+    status = status.model_copy(update={"analysis": [results[k] for k in sorted(results)]})
+    mine = [results.get(m.name) for m in metrics]
+    failed = [r for r in mine if r is not None and r.phase in ("Failed", "Error")]
+    if failed:
+        r = failed[0]
+        why = f"analysis {r.metric} {r.phase.lower()}: {r.failed} failed, {r.errors} errors, last value {r.last_value}"
+        return _roll_back(inp, status, why, requested_at=inp.now, automatic=True)
+    if any(r is not None and r.phase == "Inconclusive" for r in mine):
+        message = "analysis inconclusive; paused: promote to continue or abort"
+        return Decision(
+            status.model_copy(update={"phase": "Paused", "message": message}),
+            events=(Event("AnalysisInconclusive", f"Paused {spec.version}: {message}.", True),),
+        )
+    elapsed = (inp.now - (status.step_started_at or inp.now)).total_seconds()
+    window = parse_duration(step.analysis.duration) if step.analysis.duration else None
+    done = all(
+        r is not None
+        and (
+            r.phase == "Successful"
+            or (window is not None and elapsed >= window and r.successful > 0)
+            or (window is None and metric.count is None and r.successful >= 1)
+        )
+        for r, metric in zip(mine, metrics, strict=True)
+    )
+    if done:
+        return _next_step(
+            inp,
+            status,
+            events=(
+                Event("AnalysisPassed", f"Analysis passed for {spec.version} at {status.weight}%."),
+            ),
+        )
+    wait = min(
+        (seconds_until_due(m, results.get(m.name), inp.now) for m in metrics), default=LOOK_AGAIN
+    )
+    return Decision(
+        status.model_copy(update={"message": "analysing"}), requeue_after=max(wait, 0.05)
+    )
+
+
+def _next_step(inp: Inputs, status: ModelVersionStatus, events: tuple[Event, ...] = ()) -> Decision:
+    update = {
+        "current_step": status.current_step + 1,
+        "step_started_at": inp.now,
+        "phase": "Progressing",
+        "paused_by_user": False,
+    }
+    return Decision(status.model_copy(update=update), events=events, requeue_after=0.0)
+
+
+def _promote(inp: Inputs, status: ModelVersionStatus) -> Decision:
+    spec, obs = inp.spec, inp.observed
+    keep = spec.keep_previous == "UntilNextVersion" and obs.stable and obs.stable != spec.version
+    patch = ModelPatch(
+        weights=(VersionWeight(version=spec.version, weight=100),),
+        canary="",
+        stable=spec.version,
+        previous=obs.stable if keep else "",
+    )
+    update = {
+        "phase": "Promoted",
+        "weight": 100,
+        "finished_at": inp.now,
+        "message": f"promoted; {obs.stable} stays loaded for rollback" if keep else "promoted",
+    }
+    return Decision(
+        status.model_copy(update=update),
+        model=patch,
+        events=(Event("Promoted", f"Promoted {spec.version} of {spec.model}."),),
+        outcome="Promoted",
+    )
+
+
+def _roll_back(
+    inp: Inputs,
+    status: ModelVersionStatus,
+    why: str,
+    *,
+    requested_at: datetime,
+    automatic: bool,
+    to: str | None = None,
+) -> Decision:
+    """Flip routing to the stable version (or, for a promoted version, back to the previous one)."""
+    spec, obs = inp.spec, inp.observed
+    if status.phase == "Promoted":
+        target = to or obs.previous
+        patch = ModelPatch(
+            weights=(VersionWeight(version=target or "", weight=100),),
+            stable=target,
+            previous="",
+            canary="",
+        )
+    else:
+        target = obs.stable
+        patch = ModelPatch(weights=(VersionWeight(version=target or "", weight=100),), canary="")
+    update = {
+        "phase": "RolledBack",
+        "weight": 0,
+        "rollback_requested_at": requested_at,
+        "rollback_completed_at": None,
+        "rollback_seconds": None,
+        "finished_at": inp.now,
+        "message": f"rolled back to {target}: {why}",
+    }
+    return Decision(
+        status.model_copy(update=update),
+        model=patch,
+        events=(
+            Event(
+                "RolledBack" if automatic else "RollbackRequested",
+                f"Rolled {spec.model} back from {spec.version} to {target}: {why}.",
+                True,
+            ),
+        ),
+        requeue_after=0.2,
+        outcome="RolledBack",
+    )
+
+
+def _terminal(inp: Inputs, status: ModelVersionStatus) -> Decision:
+    obs = inp.observed
+    if (
+        status.phase == "RolledBack"
+        and status.rollback_completed_at is None
+        and status.rollback_requested_at is not None
+        and obs.routing_applied
+        and not any(w.version == inp.spec.version and w.weight > 0 for w in obs.weights)
+    ):
+        done = obs.routing_applied_at or inp.now
+        seconds = max(0.0, (done - status.rollback_requested_at).total_seconds())
+        update = {"rollback_completed_at": done, "rollback_seconds": round(seconds, 3)}
+        return Decision(
+            status.model_copy(update=update),
+            events=(
+                Event("RollbackApplied", f"Every server applied the rollback in {seconds:.2f}s."),
+            ),
+            rollback_seconds=seconds,
+        )
+    if status.phase == "RolledBack" and status.rollback_completed_at is None:
+        return Decision(status, requeue_after=LOOK_AGAIN)
+    return Decision(status)
+
+
+def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision | None:
+    """Act on a user request; None when the request leaves the normal flow to go on."""
+    spec, phase = inp.spec, status.phase
+    verb = request.verb
+
+    def refuse(why: str) -> Decision:
+        return Decision(
+            status,
+            events=(Event("RequestRefused", f"Refused {verb} of {spec.version}: {why}.", True),),
+        )
+
+    if verb == "rollback":
+        if phase == "Promoted":
+            target = request.to or inp.observed.previous
+            if not target:
+                return refuse("no previous version is still loaded to roll back to")
+            if request.to and request.to != inp.observed.previous:
+                return refuse(
+                    f"version {request.to} is not loaded; only {inp.observed.previous or 'none'} is"
+                )
+        elif phase in TERMINAL:
+            return refuse(f"the rollout is already {phase}")
+        elif phase == "Pending":
+            return refuse("nothing has been routed to it yet")
+        return _roll_back(
+            inp,
+            status,
+            "requested",
+            requested_at=request.at_time or inp.now,
+            automatic=False,
+            to=request.to,
+        )
+    if phase in TERMINAL and verb != "retry":
+        return refuse(f"the rollout is {phase}")
+    if verb == "retry":
+        if phase not in ("Aborted", "RolledBack", "Failed"):
+            return refuse(
+                f"only an aborted, rolled back or failed rollout can be retried, this one is {phase}"
+            )
+        reset = status.model_copy(
+            update={"phase": "Pending", "message": "retrying", "analysis": []}
+        )
+        return Decision(
+            reset,
+            events=(Event("Retrying", f"Retrying the rollout of {spec.version}."),),
+            requeue_after=0.0,
+        )
+    if verb == "abort":
+        patch = ModelPatch(
+            weights=(VersionWeight(version=inp.observed.stable or "", weight=100),), canary=""
+        )
+        update = {
+            "phase": "Aborted",
+            "weight": 0,
+            "finished_at": inp.now,
+            "message": "aborted by request",
+        }
+        return Decision(
+            status.model_copy(update=update),
+            model=patch,
+            events=(
+                Event(
+                    "Aborted",
+                    f"Aborted {spec.version}; all traffic back on {inp.observed.stable}.",
+                    True,
+                ),
+            ),
+            outcome="Aborted",
+        )
+    if verb == "pause":
+        update = {"phase": "Paused", "paused_by_user": True, "message": "paused by request"}
+        return Decision(
+            status.model_copy(update=update),
+            events=(Event("Paused", f"Paused {spec.version} by request."),),
+        )
+    if verb == "resume":
+        if phase != "Paused":
+            return refuse(f"it is {phase}, not Paused")
+        if status.paused_by_user:
+            update = {"phase": "Progressing", "paused_by_user": False, "message": "resumed"}
+            return Decision(status.model_copy(update=update), requeue_after=0.0)
+        return refuse("it waits for promote, not resume")
+    if verb in ("promote", "promote-full"):
+        if phase in ("Pending", "Loading"):
+            return refuse(f"it is still {phase}")
+        if verb == "promote-full":
+            return _promote(inp, status)
+        step = _step(spec, status)
+        if phase == "Paused" or (
+            step is not None and (step.pause is not None or step.analysis is not None)
+        ):
+            return _next_step(
+                inp,
+                status,
+                events=(
+                    Event(
+                        "Promoted",
+                        f"Moved {spec.version} past step {status.current_step} by request.",
+                    ),
+                ),
+            )
+        return refuse("the current step is not a pause or an analysis")
+    return None
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _fail(inp: Inputs, status: ModelVersionStatus, why: str) -> Decision:
+    update = {"phase": "Failed", "message": why, "finished_at": inp.now, "weight": 0}
+    return Decision(
+        status.model_copy(update=update),
+        events=(Event("Failed", f"Rollout of {inp.spec.version} failed: {why}.", True),),
+        outcome="Failed",
+    )
+
+
+def _with_model(decision: Decision, patch: ModelPatch) -> Decision:
+    return Decision(
+        decision.status,
+        patch,
+        decision.events,
+        decision.requeue_after,
+        decision.outcome,
+        decision.rollback_seconds,
+    )
+
+
+def _step(spec: ModelVersionSpec, status: ModelVersionStatus) -> CanaryStep | None:
+    steps = spec.strategy.canary.steps if spec.strategy else []
+    return steps[status.current_step] if status.current_step < len(steps) else None
+
+
+def _step_metrics(spec: ModelVersionSpec, step: CanaryStep) -> list[AnalysisMetric]:
+    assert step.analysis is not None
+    names = step.analysis.metrics
+    return [m for m in spec.analysis if not names or m.name in names]
+
+
+__all__ = [
+    "AnalysisResult",
+    "Decision",
+    "Event",
+    "Inputs",
+    "ModelPatch",
+    "Observed",
+    "Request",
+    "decide",
+    "metrics_due",
+    "split",
+]

@@ -1,0 +1,273 @@
+"""Table tests of the rollout state machine, with time and observations passed in."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ekko.api.resources import ModelVersionSpec, ModelVersionStatus, VersionWeight
+from ekko.rollout.analysis import Measurement
+from ekko.rollout.machine import Decision, Inputs, Observed, Request, decide, metrics_due, split
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def spec(steps: list[dict[str, Any]], **extra: Any) -> ModelVersionSpec:
+    return ModelVersionSpec.model_validate(
+        {
+            "model": "rank",
+            "version": "v2",
+            "artifact": {"uri": "file:///a/v2"},
+            "strategy": {"canary": {"steps": steps}},
+            "analysis": [
+                {
+                    "name": "errors",
+                    "query": "q",
+                    "successCondition": "result < 0.05",
+                    "interval": "5s",
+                    "count": 2,
+                    "noData": "Hold",
+                }
+            ],
+        }
+        | extra
+    )
+
+
+class Sim:
+    """Feeds decisions back as the cluster would: the model patch lands, agents apply it."""
+
+    def __init__(self, s: ModelVersionSpec, **observed: Any) -> None:
+        self.spec = s
+        self.status = ModelVersionStatus()
+        self.obs = Observed(
+            model_exists=True,
+            stable="v1",
+            weights=(VersionWeight(version="v1", weight=100),),
+            servers_wanted=4,
+            servers_loaded=4,
+            routing_applied=True,
+        )
+        self.obs = replace(self.obs, **observed)
+        self.now = T0
+        self.decisions: list[Decision] = []
+
+    def step(
+        self,
+        seconds: float = 0,
+        value: float | None | str = "none",
+        request: Request | None = None,
+        apply: bool = True,
+    ) -> Decision:
+        """Advance time, measure due metrics with `value` (None: no data), decide, apply."""
+        self.now += timedelta(seconds=seconds)
+        measurements: tuple[Measurement, ...] = ()
+        if value != "none":
+            assert not isinstance(value, str)
+            measurements = self.measure(value)
+        d = decide(
+            Inputs(
+                self.spec, self.status, self.obs, self.now, measurements, request, name="rank-v2"
+            )
+        )
+        self.status = d.status
+        if d.model is not None:
+            m = d.model
+            self.obs = replace(
+                self.obs,
+                weights=m.weights if m.weights is not None else self.obs.weights,
+                canary=(m.canary or None) if m.canary is not None else self.obs.canary,
+                stable=(m.stable or None) if m.stable is not None else self.obs.stable,
+                previous=(m.previous or None) if m.previous is not None else self.obs.previous,
+                routing_applied=apply,
+            )
+        self.decisions.append(d)
+        return d
+
+    def measure(self, value: float | None) -> tuple[Measurement, ...]:
+        return tuple(
+            Measurement(name, self.now, value)
+            for name in metrics_due(self.spec, self.status, self.now)
+        )
+
+
+def test_a_healthy_canary_walks_every_step_and_promotes_keeping_the_previous_version() -> None:
+    sim = Sim(
+        spec(
+            [{"setWeight": 10}, {"analysis": {}}, {"pause": {"duration": "30s"}}, {"setWeight": 50}]
+        )
+    )
+    d = sim.step()
+    assert sim.status.phase == "Loading" and d.model is not None and d.model.canary == "v2"
+    sim.step()
+    assert sim.status.phase == "Progressing" and sim.status.current_step == 0
+    d = sim.step()
+    assert d.model is not None and d.model.weights == split("v1", "v2", 10)
+    sim.step()
+    assert sim.status.current_step == 1  # routing applied: on to analysis
+    sim.step(0, 0.01)
+    assert sim.status.analysis[0].successful == 1 and sim.status.current_step == 1
+    assert sim.measure(0.01) == ()  # not due until the interval passed
+    sim.step(5, 0.01)
+    assert sim.status.current_step == 2  # count 2 reached
+    sim.step(10)
+    assert sim.status.current_step == 2  # pausing 30s
+    sim.step(20)
+    assert sim.status.current_step == 3
+    sim.step()
+    sim.step()
+    d = sim.step()
+    assert sim.status.phase == "Promoted" and d.outcome == "Promoted"
+    assert sim.obs.stable == "v2" and sim.obs.previous == "v1" and sim.obs.canary is None
+    assert sim.obs.weights == (VersionWeight(version="v2", weight=100),)
+
+
+def test_failed_analysis_rolls_back_at_once_and_measures_the_rollback() -> None:
+    sim = Sim(spec([{"setWeight": 20}, {"analysis": {}}]))
+    for _ in range(4):
+        sim.step()
+    assert sim.status.current_step == 1
+    d = sim.step(0, 0.2, apply=False)
+    assert sim.status.phase == "RolledBack" and d.outcome == "RolledBack"
+    assert d.model is not None and d.model.weights == (VersionWeight(version="v1", weight=100),)
+    assert sim.status.rollback_requested_at == sim.now
+    assert "errors failed" in sim.status.message
+    sim.step(0.3)
+    assert sim.status.rollback_completed_at is None  # agents have not applied it yet
+    sim.obs = replace(
+        sim.obs, routing_applied=True, routing_applied_at=sim.now + timedelta(seconds=0.2)
+    )
+    d = sim.step(0.5)
+    assert sim.status.rollback_seconds == pytest.approx(0.5)
+    assert d.rollback_seconds == pytest.approx(0.5)
+
+
+def test_no_data_is_held_as_inconclusive_and_pauses_instead_of_failing() -> None:
+    sim = Sim(spec([{"setWeight": 5}, {"analysis": {}}, {"setWeight": 100}]))
+    for _ in range(4):
+        sim.step()
+    sim.step(0, None)
+    assert sim.status.phase == "Paused"
+    assert sim.status.analysis[0].inconclusive == 1
+    sim.step(0, request=Request("promote", "t1"))
+    assert sim.status.phase == "Progressing" and sim.status.current_step == 2
+
+
+@pytest.mark.parametrize(("policy", "phase"), [("Fail", "RolledBack"), ("Pass", "Progressing")])
+def test_the_no_data_policy_is_the_users_choice(policy: str, phase: str) -> None:
+    s = spec([{"setWeight": 5}, {"analysis": {}}])
+    s = s.model_copy(
+        update={"analysis": [s.analysis[0].model_copy(update={"no_data": policy, "count": 1})]}
+    )
+    sim = Sim(s)
+    for _ in range(4):
+        sim.step()
+    sim.step(0, None)
+    assert sim.status.phase == phase
+
+
+def test_a_pause_without_duration_waits_for_promote_and_requests_act_once() -> None:
+    sim = Sim(spec([{"setWeight": 10}, {"pause": {}}, {"setWeight": 60}]))
+    for _ in range(5):
+        sim.step()
+    assert sim.status.phase == "Paused"
+    promote = Request("promote", "2026-11-28T12:00:05Z")
+    sim.step(0, request=promote)
+    assert sim.status.phase == "Progressing" and sim.status.current_step == 2
+    step_before = sim.status.current_step
+    sim.step(0, request=promote)  # the same request seen again: nothing more happens
+    assert sim.status.current_step == step_before
+    assert sim.status.handled_request == promote.at
+
+
+def test_abort_and_retry() -> None:
+    sim = Sim(spec([{"setWeight": 30}, {"pause": {}}]))
+    for _ in range(3):
+        sim.step()
+    d = sim.step(0, request=Request("abort", "a"))
+    assert sim.status.phase == "Aborted" and d.outcome == "Aborted"
+    assert sim.obs.weights == (VersionWeight(version="v1", weight=100),) and sim.obs.canary is None
+    d = sim.step(0, request=Request("promote", "b"))
+    assert d.events[0].reason == "RequestRefused"
+    sim.step(0, request=Request("retry", "c"))
+    assert sim.status.phase == "Pending"
+    sim.step()
+    assert sim.status.phase == "Loading"
+
+
+def test_manual_pause_and_resume() -> None:
+    sim = Sim(spec([{"setWeight": 10}, {"pause": {"duration": "1h"}}, {"setWeight": 50}]))
+    for _ in range(3):
+        sim.step()
+    sim.step(0, request=Request("pause", "p"))
+    assert sim.status.phase == "Paused" and sim.status.paused_by_user
+    sim.step(7200)
+    assert sim.status.phase == "Paused"
+    sim.step(0, request=Request("resume", "r"))
+    assert sim.status.phase == "Progressing"
+
+
+def test_rollback_of_a_promoted_version_flips_to_the_resident_previous_one() -> None:
+    sim = Sim(spec([{"setWeight": 100}]))
+    for _ in range(5):
+        sim.step()
+    assert sim.status.phase == "Promoted" and sim.obs.previous == "v1"
+    at = T0 + timedelta(seconds=100)
+    d = sim.step(120, request=Request("rollback", "x", at_time=at), apply=False)
+    assert sim.status.phase == "RolledBack"
+    assert (
+        d.model is not None
+        and d.model.stable == "v1"
+        and d.model.weights == (VersionWeight(version="v1", weight=100),)
+    )
+    assert sim.status.rollback_requested_at == at  # the user's request time, not the operator's
+
+
+def test_rollback_is_refused_when_nothing_is_resident_to_go_back_to() -> None:
+    sim = Sim(spec([{"setWeight": 100}], keepPrevious="Never"))
+    for _ in range(5):
+        sim.step()
+    assert sim.status.phase == "Promoted" and sim.obs.previous is None
+    d = sim.step(0, request=Request("rollback", "x"))
+    assert sim.status.phase == "Promoted"
+    assert d.events[0].reason == "RequestRefused" and "no previous version" in d.events[0].message
+    d = sim.step(0, request=Request("rollback", "y", to="v0"))
+    assert d.events[0].reason == "RequestRefused"
+
+
+def test_pending_cases() -> None:
+    sim = Sim(spec([{"setWeight": 10}]), model_exists=False)
+    d = sim.step()
+    assert (
+        sim.status.phase == "Failed"
+        and "does not exist" in sim.status.message
+        and d.outcome == "Failed"
+    )
+    sim = Sim(spec([{"setWeight": 10}]), other_active="rank-v3")
+    sim.step()
+    assert sim.status.phase == "Pending" and "rank-v3" in sim.status.message
+
+
+def test_a_failed_load_fails_the_rollout_and_unloads_the_canary() -> None:
+    sim = Sim(spec([{"setWeight": 10}]))
+    sim.step()
+    sim.obs = replace(sim.obs, servers_loaded=2, load_error="digest mismatch on pool-3")
+    d = sim.step()
+    assert sim.status.phase == "Failed" and "digest mismatch" in sim.status.message
+    assert d.model is not None and d.model.canary == ""
+    assert sim.status.servers_loaded == 2
+
+
+def test_weights_wait_for_every_agent_before_the_next_step() -> None:
+    sim = Sim(spec([{"setWeight": 10}, {"setWeight": 20}]))
+    sim.step()
+    sim.step()
+    sim.step(apply=False)
+    sim.step()
+    assert sim.status.current_step == 0  # agents have not applied 10% yet
+    sim.obs = replace(sim.obs, routing_applied=True)
+    sim.step()
+    assert sim.status.current_step == 1
