@@ -34,6 +34,7 @@ class Slot:
     zone: ZoneId
     fresh: bool  # empty and interchangeable with the other fresh slots of its zone
     new: bool = False  # does not exist yet (costs a little more than an idle existing one)
+    classes: frozenset[SloClassName] | None = None  # fixed server type: the classes it may hold
 
 
 @dataclass
@@ -115,12 +116,14 @@ def build(sub: SubProblem) -> Built:
     z: dict[tuple[int, int], int] = {}
     for it in items:
         top = min(it.num_shards, sub.demand[it.index])
-        for n in range(len(sub.slots)):
-            z[it.index, n] = lin.var(0, top)
+        for n, s in enumerate(sub.slots):
+            typed_out = s.classes is not None and it.slo not in s.classes
+            z[it.index, n] = lin.var(0, 0 if typed_out else top)
     x: dict[tuple[SloClassName, int], int] = {}
     for c in sorted(_classes_needing_x(sub)):
-        for n in range(len(sub.slots)):
-            x[c, n] = lin.var(0, 1)
+        for n, s in enumerate(sub.slots):
+            if s.classes is None:
+                x[c, n] = lin.var(0, 1)
     b = Built(lin=lin, sub=sub, z=z, y=y, x=x)
     c1_demand(b, items)
     c2_link(b, items)
@@ -172,12 +175,15 @@ def c4_compute(b: Built, items: list[Item]) -> None:
     """Constraint (4): compute within usable compute, and within the cap of every capped class
     present: sum_i c_i z[i,n] <= CPU y[n] - (CPU - CAP_c) x[c,n] for each class c."""
     inst = b.sub.inst
-    for n in range(len(b.sub.slots)):
+    for n, s in enumerate(b.sub.slots):
         idx = [b.z[it.index, n] for it in items if it.cpu > 0]
         coef = [it.cpu for it in items if it.cpu > 0]
         if not idx:
             continue
-        b.lin.row([*idx, b.y[n]], [*coef, -inst.cpu_full], -INF, 0)
+        full = inst.cpu_full
+        if s.classes is not None:  # a typed slot: its cap is fixed
+            full = min([inst.cpu_full, *(inst.cpu_cap[c] for c in s.classes)])
+        b.lin.row([*idx, b.y[n]], [*coef, -full], -INF, 0)
         for (c, m), xv in b.x.items():
             if m == n and inst.cpu_cap[c] < inst.cpu_full:
                 cut = inst.cpu_full - inst.cpu_cap[c]

@@ -36,6 +36,8 @@ class Engine:
 
     inst: Instance
     dedicated: bool = False
+    # Servers hold one SLO class only (keeps capped classes off servers that could run hotter).
+    segregate: bool = False
     ids: list[ServerId] = field(default_factory=list)
     zones: list[ZoneId] = field(default_factory=list)
     existing: set[ServerId] = field(default_factory=set)
@@ -142,6 +144,9 @@ class Engine:
         ok = self.mem_free[:n] >= it.mem
         ok &= self.cpu_used[:n] + it.cpu <= np.minimum(self.cap[:n], self.class_cap[c])
         bad = self.excl[c]
+        if self.segregate:
+            bad = np.ones_like(bad)
+            bad[c] = False
         if bad.any():
             ok &= ~(self.present[:n, bad] > 0).any(axis=1)
         if self.dedicated:
@@ -246,10 +251,11 @@ def run(
     order: Iterable[Replica],
     keep_current: bool = False,
     dedicated: bool = False,
+    segregate: bool = False,
 ) -> GreedyResult:
     """Place replicas in order; with keep_current first pin each to its current server if it
     still fits there."""
-    eng = Engine(inst, dedicated=dedicated)
+    eng = Engine(inst, dedicated=dedicated, segregate=segregate)
     todo = list(order)
     if keep_current:
         index: dict[ServerId, int] = {}

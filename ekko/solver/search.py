@@ -173,6 +173,9 @@ def _objective(inst: Instance, counts: Counts, old: Counts, config: SolveConfig)
     return SERVER_WEIGHT * servers + moved
 
 
+# LNS neighbourhood: servers re-solved together, and seconds per step.
+LNS_SERVERS = 10
+LNS_STEP_SECONDS = 0.5
 # Most z variables (items x slots) one CP-SAT model gets within a deadline of seconds.
 VAR_BUDGET = 4000
 
@@ -296,17 +299,10 @@ def _lns(
             return max(mem, cpu)
 
         by_fill = sorted(per_server, key=fill)
-        light = rng.sample(by_fill[: min(8, len(by_fill))], min(2, len(by_fill)))
-        chosen = list(dict.fromkeys(light))
-        budget = config.group_size // 2
-        weight = sum(state[i, s] for s in chosen for i in per_server[s])
-        pool = [s for s in by_fill if s not in chosen]
-        rng.shuffle(pool)
-        for s in pool:
-            if weight >= budget or len(chosen) >= 40:
-                break
-            chosen.append(s)
-            weight += sum(state[i, s] for i in per_server[s])
+        # One light server to empty, plus others from the lighter half to absorb its shards.
+        victim = rng.choice(by_fill[: max(3, len(by_fill) // 20)])
+        half = [s for s in by_fill[: max(LNS_SERVERS, len(by_fill) // 2)] if s != victim]
+        chosen = [victim, *rng.sample(half, min(LNS_SERVERS - 1, len(half)))]
         cset = set(chosen)
         demand: dict[int, int] = defaultdict(int)
         for s in chosen:
@@ -334,7 +330,7 @@ def _lns(
             migration_weight=config.migration_weight,
         )
         before = _objective(inst, hint, sub_old, config)
-        res = _core(sub, min(left - 0.2, max(1.0, config.time_limit / 10)), config)
+        res = _core(sub, min(left - 0.2, LNS_STEP_SECONDS), config)
         tries += 1
         if res.status != "none" and res.objective < before - 0.5:
             for key in hint:

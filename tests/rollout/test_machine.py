@@ -58,7 +58,7 @@ class Sim:
     def step(
         self,
         seconds: float = 0,
-        value: float | None | str = "none",
+        value: float | str | None = "none",
         request: Request | None = None,
         apply: bool = True,
     ) -> Decision:
