@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ekko.api.meta import GROUP, VERSION
-from ekko.api.resources import Model, ServerAssignment, ServerPool
+from ekko.api.resources import Model, ModelVersion, ServerAssignment, ServerPool
 from ekko.kube.errors import KubeError
 from ekko.planning.converge import (
     Action,
@@ -26,7 +26,7 @@ from ekko.planning.converge import (
     RecreateServer,
     WriteAssignment,
 )
-from ekko.planning.state import PoolState, ServerObs
+from ekko.planning.state import PoolState, ServerObs, resident_versions
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,61 @@ class Fleet:
         return [Model.model_validate(i) for i in items]
 
     @converted
+    def list_versions(self, namespace: str) -> list[ModelVersion]:
+        items = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modelversions"
+        )["items"]
+        return [ModelVersion.model_validate(i) for i in items]
+
+    @converted
+    def get_version(self, namespace: str, name: str) -> ModelVersion | None:
+        try:
+            body = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "modelversions", name
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return ModelVersion.model_validate(body)
+
+    @converted
+    def get_model(self, namespace: str, name: str) -> Model | None:
+        try:
+            body = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "models", name
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return Model.model_validate(body)
+
+    @converted
+    def model_servers(
+        self, namespace: str, model: str, pool: str
+    ) -> list[tuple[ServerAssignment, bool]]:
+        """Assignments of the pool's servers that hold the model, with whether the pod is ready."""
+        selector = f"{POOL_LABEL}={pool}"
+        raw = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "serverassignments", label_selector=selector
+        )["items"]
+        pods = {
+            p.metadata.name: p
+            for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        }
+        out = []
+        for item in raw:
+            assignment = ServerAssignment.model_validate(item)
+            if any(s.model == model for s in assignment.spec.shards):
+                pod = pods.get(assignment.metadata.name)
+                ready = (
+                    pod is not None and pod.metadata.deletion_timestamp is None and _pod_ready(pod)
+                )
+                out.append((assignment, ready))
+        return out
+
+    @converted
     def observe(self, pool: ServerPool) -> PoolState:
         """Everything about one pool: its models, pods, assignments and the nodes' zones."""
         namespace = pool.metadata.namespace or "default"
@@ -146,9 +201,11 @@ class Fleet:
                     spec_shards=tuple(assignment.spec.shards),
                     loaded=frozenset(),
                 )
+        versions = self.list_versions(namespace)
         return PoolState(
             pool=pool,
             models=models,
+            resident={m.metadata.name: resident_versions(m, versions) for m in models},
             servers=tuple(servers[k] for k in sorted(servers)),
             node_zones=tuple(sorted({z for z in node_zone.values() if z})),
         )
@@ -249,7 +306,11 @@ class Fleet:
 
     @converted
     def event(
-        self, obj: ServerPool | Model, reason: str, message: str, warning: bool = False
+        self,
+        obj: ServerPool | Model | ModelVersion,
+        reason: str,
+        message: str,
+        warning: bool = False,
     ) -> None:
         """Post a Kubernetes event on an object (short, past tense, names the object)."""
         namespace = obj.metadata.namespace or "default"

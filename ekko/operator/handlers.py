@@ -14,7 +14,6 @@ import kopf
 
 from ekko.api.meta import GROUP, VERSION
 from ekko.operator.settings import configure
-from ekko.operator.worker import Workers
 
 POOL_LABEL = f"{GROUP}/pool"
 
@@ -32,9 +31,10 @@ async def startup(
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    workers: Workers | None = memo.get("workers")
-    if workers is not None:
-        await workers.stop()
+    for name in ("workers", "rollouts"):
+        group = memo.get(name)
+        if group is not None:
+            await group.stop()
 
 
 @kopf.on.event(GROUP, VERSION, "serverpools")
@@ -47,8 +47,14 @@ async def pool_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_
     )
 
 
+@kopf.on.event(GROUP, VERSION, "modelversions")
+async def version_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.rollouts.wake(body.metadata.namespace, body.metadata.name)
+
+
 @kopf.on.event(GROUP, VERSION, "models")
 async def model_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.rollouts.wake_model(body.metadata.namespace, body.metadata.name)
     memo.workers.model_changed(
         body.metadata.namespace,
         body.metadata.name,
@@ -63,6 +69,8 @@ async def assignment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     pool = body.spec.get("pool")
     if pool:
         memo.workers.wake(body.metadata.namespace, pool)
+    # Agents report loads and applied routing here: rollouts waiting on them look again.
+    memo.rollouts.wake_model(body.metadata.namespace)
 
 
 @kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import threading
 
 import kopf
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         default="http://0.0.0.0:8080/healthz",
         help="Liveness endpoint URL ('' to disable).",
     )
+    parser.add_argument(
+        "--prometheus-url",
+        default=None,
+        help="Prometheus for analysis metrics that name no address (env EKKO_PROMETHEUS_URL).",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="Debug logging.")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -40,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    if args.prometheus_url:
+        os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
     stop = threading.Event()

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import kopf
 
 from ekko.kube.fleet import Fleet, load_config
+from ekko.operator.rollouts import Rollouts
 from ekko.operator.worker import Workers
 
 
@@ -32,3 +33,4 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     fleet = Fleet(api, operator_image=os.environ.get("EKKO_IMAGE", "ghcr.io/ekko-dev/ekko:0.1.0"))
     memo.fleet = fleet
     memo.workers = Workers(fleet, executor)
+    memo.rollouts = Rollouts(fleet, memo.workers.wake, os.environ.get("EKKO_PROMETHEUS_URL"))

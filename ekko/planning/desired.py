@@ -12,7 +12,7 @@ from ekko.solver import Plan
 
 
 def plan_inputs(state: PoolState, excluded: tuple[str, ...] = ()) -> str:
-    """Fingerprint of what a plan depends on: pool and model specs, and resident versions.
+    """Fingerprint of what a plan depends on: pool and model specs, and reserved memory.
 
     Server pods coming and going do not change it: a lost server is recreated in place, so a
     restarted operator with the same fingerprint keeps the placement it finds (zero moves).

@@ -24,13 +24,14 @@ from ekko.solver import (
 NEW_SERVER_PREFIX = "~new-"
 
 
-def model_spec(model: Model) -> ModelSpec:
-    """The solver's view of one Model."""
+def model_spec(model: Model, resident: int = 1) -> ModelSpec:
+    """The solver's view of one Model (``resident``: versions its servers hold now)."""
     spec = model.spec
     shards = spec.shards
     load = quantity_float(shards.load)
-    # With keepPreviousResident every replica needs room for a second version (previous or canary).
-    reserve = 1.0 if spec.keep_previous_resident else 0.0
+    # With keepPreviousResident every replica always has room for a second version (previous or
+    # canary), so a rollout never needs a re-plan. Without it, room is made only while two are held.
+    reserve = 1.0 if spec.keep_previous_resident or resident > 1 else 0.0
     common: dict[str, Any] = {
         "id": ModelId(model.metadata.name),
         "replicas": spec.replicas,
@@ -84,7 +85,7 @@ def build_problem(state: PoolState) -> Problem:
     servers = tuple(Server(id=ServerId(s.name), zone=ZoneId(s.zone)) for s in live)
     pool = pool_of(state.pool, servers, state.node_zones)
     offered = {s.id for s in pool.servers}
-    models = tuple(model_spec(m) for m in state.models)
+    models = tuple(model_spec(m, len(state.versions(m))) for m in state.models)
     counts = {m.id: m.num_shards for m in models}
     current: dict[ModelId, list[list[ServerId]]] = {
         m.id: [[] for _ in range(m.num_shards)] for m in models

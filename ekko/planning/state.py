@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ekko.api.resources import AssignedShard, Model, ServerPool
+from ekko.api.resources import AssignedShard, Model, ModelVersion, ServerPool
 
 ShardKey = tuple[str, int]
 """(model, shard index)"""
@@ -75,3 +75,22 @@ class PoolState:
         if found:
             return found
         return (ResidentVersion(model.spec.version, model.spec.artifact.uri),)
+
+
+def resident_versions(model: Model, versions: list[ModelVersion]) -> tuple[ResidentVersion, ...]:
+    """Versions of a model its servers hold: stable first, then the canary or the previous one.
+
+    The Model's status names them (the rollout writes it); URIs come from the ModelVersion of
+    each version, or from the Model's spec for the version it started with.
+    """
+    status = model.status
+    stable = (status.stable_version if status else None) or model.spec.version
+    names = [stable]
+    for extra in (status.canary_version, status.previous_version) if status else ():
+        if extra and extra not in names:
+            names.append(extra)
+    uris = {
+        v.spec.version: v.spec.artifact.uri for v in versions if v.spec.model == model.metadata.name
+    }
+    uris.setdefault(model.spec.version, model.spec.artifact.uri)
+    return tuple(ResidentVersion(n, uris[n]) for n in names if n in uris)

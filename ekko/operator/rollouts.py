@@ -1,0 +1,184 @@
+"""One worker per ModelVersion: observe, measure due metrics, decide, write.
+
+The decisions are :func:`ekko.rollout.machine.decide`'s; this module only gathers what it needs and
+writes what it returns. Routing weights go to the Model's status in one patch, which every agent of
+the model watches; the pool worker is woken so that versions to load or unload reach assignments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ekko.api.resources import ModelVersionStatus
+from ekko.kube.errors import KubeError
+from ekko.kube.fleet import Fleet
+from ekko.operator import metrics
+from ekko.promql import measure, render
+from ekko.rollout.analysis import Measurement, evaluate
+from ekko.rollout.machine import Decision, Inputs, decide, metrics_due
+from ekko.rollout.observe import observe, request_of
+
+log = logging.getLogger("ekko.operator")
+
+VersionKey = tuple[str, str]
+DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring:9090"
+
+
+class RolloutWorker:
+    def __init__(
+        self, key: VersionKey, fleet: Fleet, wake_pool: Callable[[str, str], None], prometheus: str
+    ) -> None:
+        self.key = key
+        self.fleet = fleet
+        self.wake_pool = wake_pool
+        self.prometheus = prometheus
+        self._wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.model: str | None = None
+        self._last_status: dict[str, Any] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                requeue = await self.run_pass()
+                backoff = 0.5
+            except KubeError as err:
+                log.warning(
+                    "ModelVersion %s/%s: pass failed: %s; retrying in %.1fs",
+                    *self.key,
+                    err,
+                    backoff,
+                )
+                requeue = backoff
+                backoff = min(backoff * 2, 30.0)
+            if requeue is False:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=requeue)
+            self._wake.clear()
+
+    async def run_pass(self) -> float | bool | None:
+        """One decision; the seconds until the next look, None to wait for an event, False to stop."""
+        namespace, name = self.key
+        mv = await asyncio.to_thread(self.fleet.get_version, namespace, name)
+        if mv is None:
+            return False
+        self.model = mv.spec.model
+        model = await asyncio.to_thread(self.fleet.get_model, namespace, mv.spec.model)
+        siblings = await asyncio.to_thread(self.fleet.list_versions, namespace)
+        servers = (
+            await asyncio.to_thread(
+                self.fleet.model_servers, namespace, model.metadata.name, model.spec.pool
+            )
+            if model is not None
+            else []
+        )
+        observed = observe(mv, model, siblings, servers)
+        status = mv.status or ModelVersionStatus()
+        now = dt.datetime.now(dt.UTC)
+        measurements = await self._measure(mv.spec, status, now)
+        decision = decide(
+            Inputs(
+                spec=mv.spec,
+                status=status,
+                observed=observed,
+                now=now,
+                measurements=tuple(measurements),
+                request=request_of(mv),
+                name=name,
+                generation=mv.metadata.generation,
+            )
+        )
+        await self._write(decision, mv.spec.model, model.spec.pool if model else None, mv)
+        return decision.requeue_after
+
+    async def _measure(
+        self, spec: Any, status: ModelVersionStatus, now: dt.datetime
+    ) -> list[Measurement]:
+        out = []
+        for metric_name in metrics_due(spec, status, now):
+            metric = next(m for m in spec.analysis if m.name == metric_name)
+            address = metric.prometheus.address or self.prometheus
+            query = render(metric.query, spec.model, spec.version)
+            result = await asyncio.to_thread(measure, address, metric.name, query, now)
+            metrics.ANALYSIS.labels(metric.name, evaluate(metric, result)).inc()
+            out.append(result)
+        return out
+
+    async def _write(self, decision: Decision, model: str, pool: str | None, mv: Any) -> None:
+        namespace, name = self.key
+        if decision.model is not None:
+            await asyncio.to_thread(
+                self.fleet.patch_status, "models", namespace, model, decision.model.to_status()
+            )
+            if pool:
+                self.wake_pool(namespace, pool)
+        status = decision.status.model_dump(by_alias=True, mode="json")
+        if status != self._last_status:
+            await asyncio.to_thread(
+                self.fleet.patch_status, "modelversions", namespace, name, status
+            )
+            self._last_status = status
+        for event in decision.events:
+            log.info("ModelVersion %s/%s: %s", namespace, name, event.message)
+            await asyncio.to_thread(
+                self.fleet.event, mv, event.reason, event.message, event.warning
+            )
+        if decision.outcome is not None and decision.status.started_at is not None:
+            metrics.ROLLOUTS.labels(decision.outcome).inc()
+            ended = decision.status.finished_at or dt.datetime.now(dt.UTC)
+            metrics.ROLLOUT_SECONDS.labels(decision.outcome).observe(
+                (ended - decision.status.started_at).total_seconds()
+            )
+        if decision.rollback_seconds is not None:
+            metrics.ROLLBACK_SECONDS.observe(decision.rollback_seconds)
+
+
+class Rollouts:
+    """The rollout workers of every ModelVersion, created on first wake."""
+
+    def __init__(
+        self, fleet: Fleet, wake_pool: Callable[[str, str], None], prometheus: str | None = None
+    ) -> None:
+        self.fleet = fleet
+        self.wake_pool = wake_pool
+        self.prometheus = prometheus or os.environ.get("EKKO_PROMETHEUS_URL") or DEFAULT_PROMETHEUS
+        self.workers: dict[VersionKey, RolloutWorker] = {}
+
+    def wake(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        worker = self.workers.get(key)
+        if worker is None or worker.task is None or worker.task.done():
+            worker = RolloutWorker(key, self.fleet, self.wake_pool, self.prometheus)
+            self.workers[key] = worker
+            worker.task = asyncio.get_running_loop().create_task(
+                worker.run(), name=f"rollout {namespace}/{name}"
+            )
+        worker.wake()
+
+    def wake_model(self, namespace: str, model: str | None = None) -> None:
+        """Wake the workers of a model's versions (all of a namespace's when model is None)."""
+        for (ns, _), worker in list(self.workers.items()):
+            if (
+                ns == namespace
+                and (model is None or worker.model == model)
+                and worker.task
+                and not worker.task.done()
+            ):
+                worker.wake()
+
+    async def stop(self) -> None:
+        tasks = [w.task for w in self.workers.values() if w.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

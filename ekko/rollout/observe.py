@@ -1,0 +1,119 @@
+"""Turn the API objects around a ModelVersion into the machine's observations (pure)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ekko.api.resources import (
+    REQUEST_ANNOTATION,
+    REQUEST_AT_ANNOTATION,
+    REQUEST_VERBS,
+    ROLLBACK_TO_ANNOTATION,
+    Model,
+    ModelVersion,
+    ServerAssignment,
+    VersionWeight,
+)
+from ekko.rollout.machine import Observed, Request
+
+ACTIVE = ("Loading", "Progressing", "Paused")
+
+
+def current_weights(model: Model) -> tuple[VersionWeight, ...]:
+    """The routing weights agents should apply: the status's, or all on the stable version."""
+    status = model.status
+    if status and status.weights:
+        return tuple(status.weights)
+    stable = (status.stable_version if status else None) or model.spec.version
+    return (VersionWeight(version=stable, weight=100),)
+
+
+def observe(
+    version: ModelVersion,
+    model: Model | None,
+    siblings: list[ModelVersion],
+    servers: list[tuple[ServerAssignment, bool]],
+) -> Observed:
+    """What the rollout machine needs to know; ``servers`` are the model's, with pod readiness."""
+    if model is None:
+        return Observed(model_exists=False, stable=None)
+    status = model.status
+    name = version.metadata.name
+    mine = version.spec.version
+    others = [
+        s.metadata.name
+        for s in siblings
+        if s.metadata.name != name
+        and s.spec.model == model.metadata.name
+        and s.status is not None
+        and s.status.phase in ACTIVE
+    ]
+    if status and status.canary_version and status.canary_version != mine:
+        owner = next(
+            (s.metadata.name for s in siblings if s.spec.version == status.canary_version), None
+        )
+        others.append(owner or status.canary_version)
+    weights = current_weights(model)
+    want = {(w.version, w.weight) for w in weights}
+    loaded = 0
+    errors = []
+    applied = True
+    applied_at: datetime | None = None
+    ready_servers = 0
+    for assignment, ready in servers:
+        shards = {
+            (s.model, s.shard)
+            for s in assignment.spec.shards
+            if s.model == model.metadata.name and not s.drain
+        }
+        have = assignment.status.loaded if assignment.status else []
+        held = {(s.model, s.shard) for s in have if s.version == mine}
+        if ready and shards <= held:
+            loaded += 1
+        message = assignment.status.message if assignment.status else ""
+        if message and mine in message and model.metadata.name in message:
+            errors.append(f"{assignment.metadata.name}: {message}")
+        if not ready:
+            continue
+        ready_servers += 1
+        routing = next(
+            (
+                r
+                for r in (assignment.status.routing if assignment.status else [])
+                if r.model == model.metadata.name
+            ),
+            None,
+        )
+        if routing is None or {(w.version, w.weight) for w in routing.weights} != want:
+            applied = False
+        elif routing.applied_at is not None and (
+            applied_at is None or routing.applied_at > applied_at
+        ):
+            applied_at = routing.applied_at
+    return Observed(
+        model_exists=True,
+        stable=(status.stable_version if status else None) or model.spec.version,
+        previous=status.previous_version if status else None,
+        canary=status.canary_version if status else None,
+        weights=weights if status and status.weights else (),
+        other_active=sorted(set(others))[0] if others else None,
+        servers_wanted=len(servers),
+        servers_loaded=loaded,
+        load_error=errors[0][:500] if errors else None,
+        routing_applied=applied and ready_servers > 0,
+        routing_applied_at=applied_at,
+    )
+
+
+def request_of(version: ModelVersion) -> Request | None:
+    """The user's request in the annotations, if well-formed."""
+    notes = version.metadata.annotations
+    verb = notes.get(REQUEST_ANNOTATION, "")
+    at = notes.get(REQUEST_AT_ANNOTATION, "")
+    if verb not in REQUEST_VERBS or not at:
+        return None
+    try:
+        when: datetime | None = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    return Request(verb=verb, at=at, at_time=when, to=notes.get(ROLLBACK_TO_ANNOTATION) or None)  # type: ignore[arg-type]
