@@ -42,8 +42,7 @@ def _yaml_files(directory: Path) -> list[str]:
 
 def demo(fleet: Path, crd_dir: Path, example_dir: Path) -> None:
     """One command for `make demo`: cluster, CRDs, examples, and what the operator would see."""
-    if not control.healthy():
-        control.up(fleet)
+    control.ensure_up(fleet)
     crds = _yaml_files(crd_dir)
     if not crds:
         raise control.ClusterError("crds/ has no *.yaml; generate the CRDs first")

@@ -7,6 +7,8 @@ from ``e2e/fleet.yaml`` that kwok keeps Ready and whose pods it marks Running.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -15,7 +17,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,18 @@ def state_dir() -> Path:
 
 def kubeconfig_path() -> Path:
     return state_dir() / "kubeconfig"
+
+
+@contextlib.contextmanager
+def lock() -> Iterator[None]:
+    """Serialise up/down on one state dir (two shells, or test runners, starting at once)."""
+    state_dir().mkdir(parents=True, exist_ok=True)
+    with (state_dir() / ".lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _pid_file(name: str) -> Path:
@@ -307,6 +321,33 @@ def _kwok_config(path: Path) -> None:
 
 def up(fleet: Path = FLEET_FILE, quiet: bool = False) -> Endpoints:
     """Start a fresh cluster (stopping an old one from this state dir first)."""
+    with lock():
+        return _up_with_retry(fleet, quiet)
+
+
+def ensure_up(fleet: Path = FLEET_FILE, quiet: bool = False) -> bool:
+    """Start the cluster unless a healthy one runs; return whether it was started."""
+    with lock():
+        if healthy():
+            return False
+        _up_with_retry(fleet, quiet)
+        return True
+
+
+def _up_with_retry(fleet: Path, quiet: bool) -> Endpoints:
+    """Ports are picked free just before use; if another process grabs one in between, the
+    component exits with "address already in use" and the start is tried once more."""
+    try:
+        return _up_once(fleet, quiet)
+    except ClusterError as err:
+        if "address already in use" not in str(err):
+            raise
+        if not quiet:
+            print("a port was taken meanwhile; starting again with new ports", flush=True)
+        return _up_once(fleet, quiet)
+
+
+def _up_once(fleet: Path, quiet: bool) -> Endpoints:
     started = time.monotonic()
 
     def say(msg: str) -> None:
@@ -316,7 +357,7 @@ def up(fleet: Path = FLEET_FILE, quiet: bool = False) -> Endpoints:
     for c in ("etcd", "kwok", "kubernetes"):
         if not build.is_built(build.component(c)):
             raise ClusterError(f"{c} is not built; run: python -m e2e.cluster build")
-    down(quiet=True)
+    _down(quiet=True)
     root = state_dir()
     for sub in ("pids", "logs", "pki"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -451,7 +492,7 @@ def up(fleet: Path = FLEET_FILE, quiet: bool = False) -> Endpoints:
                 raise ClusterError(f"{name} exited with code {proc.returncode}\n{_log_tail(name)}")
         say("controller-manager and scheduler running")
     except Exception:
-        down(quiet=True)
+        _down(quiet=True)
         raise
     say(f"cluster up in {time.monotonic() - started:.1f}s")
     return ep
@@ -459,6 +500,13 @@ def up(fleet: Path = FLEET_FILE, quiet: bool = False) -> Endpoints:
 
 def down(quiet: bool = False, purge: bool = False) -> None:
     """Stop every component; keep logs and PKI unless purge."""
+    with lock():
+        _down(quiet)
+    if purge:
+        subprocess.run(["rm", "-rf", str(state_dir())], check=True)
+
+
+def _down(quiet: bool = False) -> None:
     root = state_dir()
     for name in COMPONENTS:
         if not quiet and running(name):
@@ -466,8 +514,6 @@ def down(quiet: bool = False, purge: bool = False) -> None:
         _stop(name)
     subprocess.run(["rm", "-rf", str(root / "etcd-data")], check=True)
     _endpoints_file().unlink(missing_ok=True)
-    if purge:
-        subprocess.run(["rm", "-rf", str(root)], check=True)
 
 
 def status() -> dict[str, Any]:
