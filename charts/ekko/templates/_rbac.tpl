@@ -1,0 +1,80 @@
+{{/*
+The rules Ekko's code needs, in one place. Each rule names the code that uses it; the allow-list
+in charts/ekko/rbac-usage.yaml repeats them with the code paths, and e2e/test_helm.py fails when
+the rendered rules and the allow-list disagree or when a rule contains a wildcard.
+To grant something new: add it here AND in rbac-usage.yaml, with the code path that needs it.
+*/}}
+
+{{/* The operator, in each namespace it watches (RoleBindings) or everywhere (ClusterRoleBinding). */}}
+{{- define "ekko.rules.operator" -}}
+# ekko/kube/fleet.py get_pool; kopf on.event(serverpools) list/watch; worker status patches.
+- apiGroups: ["ekko.dev"]
+  resources: ["serverpools"]
+  verbs: ["get", "list", "watch"]
+# ekko/kube/fleet.py list_models; kopf on.event(models) list/watch.
+- apiGroups: ["ekko.dev"]
+  resources: ["models"]
+  verbs: ["list", "watch"]
+# ekko/kube/fleet.py patch_status (pool and model status; routing weights live in Model status).
+- apiGroups: ["ekko.dev"]
+  resources: ["serverpools/status", "models/status"]
+  verbs: ["patch"]
+# ekko/kube/fleet.py observe, write_assignment, delete_server; kopf on.event(serverassignments).
+- apiGroups: ["ekko.dev"]
+  resources: ["serverassignments"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Rollouts (ModelVersion handling, kubectl ekko): read versions, record progress in status.
+- apiGroups: ["ekko.dev"]
+  resources: ["modelversions"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["ekko.dev"]
+  resources: ["modelversions/status"]
+  verbs: ["patch"]
+# Server pods and assignments carry ownerReferences with blockOwnerDeletion to their pool; API
+# servers with OwnerReferencesPermissionEnforcement require update on the owner's finalizers.
+- apiGroups: ["ekko.dev"]
+  resources: ["serverpools/finalizers"]
+  verbs: ["update"]
+# ekko/kube/fleet.py observe, create_server, delete_server, delete_pod; kopf on.event(pods).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch", "create", "delete"]
+# ekko/kube/fleet.py event; kopf posts warnings and errors as core/v1 events.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end -}}
+
+{{/* The operator, cluster-scoped resources (always a ClusterRoleBinding). */}}
+{{- define "ekko.rules.operatorCluster" -}}
+# ekko/kube/fleet.py observe (node zones and readiness); kopf on.event(nodes).
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list", "watch"]
+# kopf's resource observer: notices CRDs installed or upgraded after the operator started.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.operator.watchNamespaces }}
+# kopf's namespace observer (only with -n): follows the watched namespaces appearing and going.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end -}}
+
+{{/* The agent sidecar, in each namespace of server pods. */}}
+{{- define "ekko.rules.agent" -}}
+# ekko/kube/agentio.py watch_assignment (list+watch, field selector on its own name).
+- apiGroups: ["ekko.dev"]
+  resources: ["serverassignments"]
+  verbs: ["list", "watch"]
+# ekko/kube/agentio.py patch_status: what the agent loaded and applied.
+- apiGroups: ["ekko.dev"]
+  resources: ["serverassignments/status"]
+  verbs: ["patch"]
+# ekko/kube/agentio.py watch_models: routing weights in Model status.
+- apiGroups: ["ekko.dev"]
+  resources: ["models"]
+  verbs: ["list", "watch"]
+{{- end -}}

@@ -1,0 +1,240 @@
+"""The Helm chart's copies of generated files have not drifted, and its values schema holds.
+
+No cluster here. The CRD templates are rendered from charts/ekko/files/crds/, a byte copy of
+crds/ refreshed by `make chart-crds`; the dashboard ConfigMap ships a copy of
+docs/dashboards/ekko.json. When helm is on PATH (or in the e2e tools cache) the chart is also
+rendered, to check that each rendered CRD is its source plus the keep annotation and nothing
+else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "ekko"
+KEEP_LINE = "    helm.sh/resource-policy: keep\n"
+FIX = "run `make chart-crds` to refresh the chart's copies"
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads((CHART / "values.schema.json").read_text())  # type: ignore[no-any-return]
+
+
+def _values() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def _errors(values: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft7Validator(_schema())
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)
+    ]
+
+
+# -- copies --------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_byte_copies_of_crds() -> None:
+    source = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    copies = {p.name: p.read_bytes() for p in (CHART / "files" / "crds").glob("*.yaml")}
+    assert source, "crds/ is empty"
+    assert sorted(copies) == sorted(source), FIX
+    for name, text in source.items():
+        assert copies[name] == text, f"charts/ekko/files/crds/{name} drifted: {FIX}"
+
+
+def test_chart_dashboard_is_a_copy_of_docs() -> None:
+    docs = (REPO / "docs" / "dashboards" / "ekko.json").read_bytes()
+    assert (CHART / "files" / "dashboards" / "ekko.json").read_bytes() == docs, FIX
+
+
+def test_dashboard_queries_only_metrics_ekko_exports() -> None:
+    from ekko.agent.metrics import AgentMetrics
+    from ekko.operator.metrics import REGISTRY
+
+    def names(registry: Any) -> set[str]:
+        out = set()
+        for family in registry.collect():
+            out.add(family.name)
+            out.update(s.name for s in family.samples)
+        # Histograms and counters with no samples yet still expose their suffixed names.
+        for n in list(out):
+            out.update({f"{n}_bucket", f"{n}_count", f"{n}_sum", f"{n}_total"})
+        return out
+
+    known = names(REGISTRY) | names(AgentMetrics().registry)
+    # Rollout metrics (ekko/rollout, being added): outcome counter and rollback histogram.
+    known |= {"ekko_rollouts_total", "ekko_rollback_seconds_bucket", "ekko_rollback_seconds_count"}
+    dashboard = json.loads((REPO / "docs" / "dashboards" / "ekko.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs
+    used = {m for e in exprs for m in re.findall(r"\bekko_[a-z_]+", e)}
+    assert used <= known, f"the dashboard queries unknown metrics: {sorted(used - known)}"
+
+
+# -- values and schema ---------------------------------------------------------------------
+
+
+def test_default_values_satisfy_the_schema() -> None:
+    jsonschema.Draft7Validator.check_schema(_schema())
+    assert _errors(_values()) == []
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    values = _values()
+    *parents, leaf = path.split(".")
+    node = values
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return values
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("operator.replicas", 2, "operator.replicas: 1 was expected"),
+        ("image.tag", 0.1, "image.tag: 0.1 is not of type 'string'"),
+        ("operator.resources.requests.cpu", "-100m", "operator.resources.requests.cpu"),
+        ("operator.resources.limits.memory", -1, "operator.resources.limits.memory"),
+        ("operator.watchNamespaces", ["Team_A"], "operator.watchNamespaces.0"),
+        ("image.pullPolicy", "Sometimes", "image.pullPolicy"),
+        ("operator.metricsPort", 0, "operator.metricsPort"),
+        ("operator.prometheusUrl", "prometheus:9090", "operator.prometheusUrl"),
+        ("metrics.serviceMonitor.interval", "30", "metrics.serviceMonitor.interval"),
+        ("operator.replica", 1, "Additional properties are not allowed ('replica' was unexpected)"),
+    ],
+)
+def test_schema_rejects_bad_values(path: str, value: Any, message: str) -> None:
+    errors = _errors(_with(path, value))
+    assert any(message in e for e in errors), errors
+
+
+def test_every_value_is_commented() -> None:
+    """Each key has a comment right above it, or sits inside a commented block of plain data."""
+    blocks = {"resources", "livenessProbe", "readinessProbe", "labels"}  # data, not settings
+    missing = []
+    previous = ""
+    stack: list[tuple[int, str]] = []
+    for number, line in enumerate((CHART / "values.yaml").read_text().splitlines(), 1):
+        match = re.match(r"^( *)([A-Za-z_][\w.-]*):", line)
+        if match:
+            indent, key = len(match.group(1)), match.group(2)
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            inside_block = any(k in blocks for _, k in stack)
+            commented = previous.lstrip().startswith("#") or "#" in line.split(":", 1)[1]
+            if not (commented or inside_block):
+                missing.append(f"values.yaml:{number}: {key}")
+            stack.append((indent, key))
+        if line.strip():
+            previous = line
+    assert missing == []
+
+
+# -- rendering (needs the helm binary, not a cluster) ---------------------------------------
+
+
+def _helm() -> str | None:
+    found = shutil.which("helm")
+    if found:
+        return found
+    cached = sorted(Path.home().glob(".cache/ekko/tools/helm-*/bin/helm"))
+    return str(cached[-1]) if cached else None
+
+
+def _render(*args: str) -> list[dict[str, Any]]:
+    helm = _helm()
+    if helm is None:
+        pytest.skip("helm not found (python -m e2e.cluster build helm)")
+    out = subprocess.run(
+        [helm, "template", "ekko", str(CHART), "--namespace", "ekko-system", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _rendered_crd_texts(*args: str) -> dict[str, str]:
+    helm = _helm()
+    if helm is None:
+        pytest.skip("helm not found (python -m e2e.cluster build helm)")
+    out = subprocess.run(
+        [helm, "template", "ekko", str(CHART), "--namespace", "ekko-system", *args,
+         "--show-only", "templates/crds/crds.yaml"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    docs = out.split("\n---\n")
+    texts = {}
+    for doc in docs:
+        body = doc.split("\n", 1)[1] if doc.startswith("---\n# Source:") else doc
+        if body.startswith("# Source:"):
+            body = body.split("\n", 1)[1]
+        match = re.search(r"^  name: (\S+)$", body, re.M)
+        if match:
+            texts[match.group(1)] = body
+    return texts
+
+
+def test_rendered_crds_are_the_sources_plus_the_keep_annotation() -> None:
+    sources = {
+        yaml.safe_load(p.read_text())["metadata"]["name"]: p.read_text()
+        for p in (REPO / "crds").glob("*.yaml")
+    }
+    kept = _rendered_crd_texts()
+    assert sorted(kept) == sorted(sources)
+    for name, text in kept.items():
+        assert text.count(KEEP_LINE) == 1, name
+        assert text.replace(KEEP_LINE, "", 1).rstrip("\n") == sources[name].rstrip("\n"), name
+    plain = _rendered_crd_texts("--set", "crds.keep=false")
+    for name, text in plain.items():
+        assert text.rstrip("\n") == sources[name].rstrip("\n"), name
+    kinds = {d["kind"] for d in _render("--set", "crds.install=false")}
+    assert "CustomResourceDefinition" not in kinds
+
+
+def test_monitoring_objects_need_their_api() -> None:
+    enabled = ["--set", "metrics.serviceMonitor.enabled=true",
+               "--set", "metrics.prometheusRule.enabled=true"]  # fmt: skip
+    kinds = {d["kind"] for d in _render(*enabled)}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule"}
+    apis = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+            "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]  # fmt: skip
+    kinds = {d["kind"] for d in _render(*enabled, *apis)}
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds
+
+
+def test_operator_pod_is_locked_down() -> None:
+    deployment = next(d for d in _render() if d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 1
+    (container,) = spec["containers"]
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    assert container["args"][:2] == ["operator", "--all-namespaces"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["EKKO_IMAGE"] == container["image"]
+    assert "EKKO_PROMETHEUS_URL" not in env
+    scoped_args = ["--set", "operator.watchNamespaces={a,b}",
+                   "--set", "operator.prometheusUrl=http://prom:9090"]  # fmt: skip
+    scoped = next(d for d in _render(*scoped_args) if d["kind"] == "Deployment")
+    (container,) = scoped["spec"]["template"]["spec"]["containers"]
+    assert "--namespace=a" in container["args"] and "--namespace=b" in container["args"]
+    assert {"name": "EKKO_PROMETHEUS_URL", "value": "http://prom:9090"} in container["env"]
