@@ -120,9 +120,7 @@ EmbeddedObject = Annotated[dict[str, Any], PreserveUnknown()]
 """A piece of a Kubernetes object kept verbatim (a toleration, an affinity term …)."""
 
 
-def set_condition(
-    conditions: list[Condition], new: Condition, now: datetime
-) -> list[Condition]:
+def set_condition(conditions: list[Condition], new: Condition, now: datetime) -> list[Condition]:
     """Conditions with ``new`` set; the transition time moves only when the status changes."""
     out = [c for c in conditions if c.type != new.type]
     old = next((c for c in conditions if c.type == new.type), None)

@@ -146,6 +146,8 @@ Quantity = Annotated[
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
             "pattern": QUANTITY_PATTERN,
+            # Bounded so CEL rules over quantities fit the API server's cost budget.
+            "maxLength": 32,
         }
     ),
 ]
