@@ -73,8 +73,6 @@ def test_dashboard_queries_only_metrics_ekko_exports() -> None:
         return out
 
     known = names(REGISTRY) | names(AgentMetrics().registry)
-    # Rollout metrics (ekko/rollout, being added): outcome counter and rollback histogram.
-    known |= {"ekko_rollouts_total", "ekko_rollback_seconds_bucket", "ekko_rollback_seconds_count"}
     dashboard = json.loads((REPO / "docs" / "dashboards" / "ekko.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert exprs
@@ -231,10 +229,10 @@ def test_operator_pod_is_locked_down() -> None:
     assert container["args"][:2] == ["operator", "--all-namespaces"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["EKKO_IMAGE"] == container["image"]
-    assert "EKKO_PROMETHEUS_URL" not in env
+    assert not any(a.startswith("--prometheus-url") for a in container["args"])
     scoped_args = ["--set", "operator.watchNamespaces={a,b}",
                    "--set", "operator.prometheusUrl=http://prom:9090"]  # fmt: skip
     scoped = next(d for d in _render(*scoped_args) if d["kind"] == "Deployment")
     (container,) = scoped["spec"]["template"]["spec"]["containers"]
     assert "--namespace=a" in container["args"] and "--namespace=b" in container["args"]
-    assert {"name": "EKKO_PROMETHEUS_URL", "value": "http://prom:9090"} in container["env"]
+    assert "--prometheus-url=http://prom:9090" in container["args"]

@@ -11,19 +11,21 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: ["ekko.dev"]
   resources: ["serverpools"]
   verbs: ["get", "list", "watch"]
-# ekko/kube/fleet.py list_models; kopf on.event(models) list/watch.
+# ekko/kube/fleet.py list_models, get_model; kopf on.event(models) list/watch.
 - apiGroups: ["ekko.dev"]
   resources: ["models"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # ekko/kube/fleet.py patch_status (pool and model status; routing weights live in Model status).
 - apiGroups: ["ekko.dev"]
   resources: ["serverpools/status", "models/status"]
   verbs: ["patch"]
-# ekko/kube/fleet.py observe, write_assignment, delete_server; kopf on.event(serverassignments).
+# ekko/kube/fleet.py observe, model_servers, write_assignment, delete_server;
+# kopf on.event(serverassignments).
 - apiGroups: ["ekko.dev"]
   resources: ["serverassignments"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# Rollouts (ModelVersion handling, kubectl ekko): read versions, record progress in status.
+# ekko/kube/fleet.py list_versions, get_version; kopf on.event(modelversions); patch is
+# reserved for the rollout's own bookkeeping on the object (kubectl ekko requests).
 - apiGroups: ["ekko.dev"]
   resources: ["modelversions"]
   verbs: ["get", "list", "watch", "patch"]
