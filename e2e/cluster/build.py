@@ -225,7 +225,8 @@ def _run_go(c: Component, args: list[str], cwd: Path, what: str, log_file: Path)
         tail = "\n".join(output.strip().splitlines()[-25:])
         raise BuildError(
             f"{what} for {c.name} {c.version} failed (go {' '.join(args[:3])} ...):\n{tail}\n"
-            f"Full log: {log_file}. If this is a network error, re-run"
+            f"Full log: {log_file}. If this is a network error, check that GOPROXY"
+            f" ({os.environ.get('GOPROXY') or 'default'}) is reachable and re-run"
             " `python -m e2e.cluster build` (finished steps are kept); if the version no longer resolves, change it in"
             f" e2e/versions.py."
         )
