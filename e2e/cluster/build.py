@@ -311,8 +311,8 @@ class _Heartbeat:
             last = lines[-1] if lines else "-"
             _log(
                 self.c,
-                f"compiling: {_fmt(time.monotonic() - self.started)} elapsed, "
-                f"{len(lines)} packages built, last {last}",
+                f"{_fmt(time.monotonic() - self.started)} since start of {self.c.name},"
+                f" {len(lines)} packages compiled, last {last}",
             )
 
     def __enter__(self) -> _Heartbeat:
@@ -379,7 +379,7 @@ def build_component(c: Component, force: bool = False) -> None:
     progress.write_text("")
     for binary, package in c.binaries.items():
         _log(c, f"compiling {binary} ({package})")
-        with _Heartbeat(c, progress, time.monotonic()), progress.open("a") as out:
+        with _Heartbeat(c, progress, started), progress.open("a") as out:
             proc = subprocess.run(
                 [
                     "go",
