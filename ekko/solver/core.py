@@ -24,6 +24,7 @@ from ekko.solver.types import ServerId, SloClassName, ZoneId
 SERVER_WEIGHT = 100_000
 BALANCE_WEIGHT = 1  # per percent of memory on the fullest server
 NEW_SERVER_EXTRA = 200  # a new server costs a bit more than an idle existing one
+DRAIN_WEIGHT = 1000  # LNS: cost of a full server's memory + compute left on the drained one
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class SubProblem:
     lower_bound: int = 0
     migration_weight: float = 0.5
     balance: bool = False
+    drain: ServerId | None = None  # LNS: charge what stays on this server (see (13))
 
 
 @dataclass
@@ -138,6 +140,7 @@ def build(sub: SubProblem) -> Built:
     c11_migration(b, items)
     if sub.balance:
         c12_balance(b, items)
+    c13_drain(b, items)
     for n, s in enumerate(sub.slots):
         lin.cost[y[n]] = SERVER_WEIGHT + (NEW_SERVER_EXTRA if s.new else 0)
     _hint(b, items)
@@ -267,6 +270,43 @@ def c12_balance(b: Built, items: list[Item]) -> None:
         idx = [b.z[it.index, n] for it in items if it.mem > 0]
         coef = [100 * it.mem for it in items if it.mem > 0]
         b.lin.row([*idx, t], [*coef, -b.sub.inst.mem_cap], -INF, 0)
+
+
+def drain_weight(sub: SubProblem, it: Item) -> int:
+    inst = sub.inst
+    share = it.mem / inst.mem_cap + it.cpu / max(inst.cpu_full, 1)
+    return max(1, round(DRAIN_WEIGHT * share))
+
+
+def c13_drain(b: Built, items: list[Item]) -> None:
+    """Objective term (13), LNS only: charge every replica left on the server being drained, so a
+    neighbourhood that cannot empty it yet still makes progress towards emptying it."""
+    if b.sub.drain is None:
+        return
+    for n, s in enumerate(b.sub.slots):
+        if s.id == b.sub.drain:
+            for it in items:
+                v = b.z[it.index, n]
+                b.lin.cost[v] = b.lin.cost.get(v, 0) + drain_weight(b.sub, it)
+
+
+def evaluate(sub: SubProblem, counts: Mapping[tuple[int, ServerId], int]) -> float:
+    """The model's objective (without balance) for counts on the sub-problem's slots."""
+    by_id = {it.index: it for it in sub.items}
+    used = {sid for (_, sid), k in counts.items() if k}
+    total = 0.0
+    for s in sub.slots:
+        if s.id in used:
+            total += SERVER_WEIGHT + (NEW_SERVER_EXTRA if s.new else 0)
+    for (i, sid), o in sub.old.items():
+        lost = o - counts.get((i, sid), 0)
+        if lost > 0 and i in by_id:
+            total += lost * move_weight(sub, by_id[i])
+    if sub.drain is not None:
+        for (i, sid), k in counts.items():
+            if sid == sub.drain and i in by_id:
+                total += k * drain_weight(sub, by_id[i])
+    return total
 
 
 def _hint(b: Built, items: list[Item]) -> None:

@@ -156,8 +156,9 @@ class Engine:
         if held:
             ok[held] = False
             if len(self.inst.zones) > 1:
-                allowed = [self.zone_pos[z] for z in self._allowed_zones(rep)]
-                ok &= np.isin(self.zone_idx[:n], allowed)
+                allowed = np.zeros(len(self.inst.zones), dtype=bool)
+                allowed[[self.zone_pos[z] for z in self._allowed_zones(rep)]] = True
+                ok &= allowed[self.zone_idx[:n]]
         return np.flatnonzero(ok)
 
     def fits(self, rep: Replica, k: int) -> bool:
@@ -238,6 +239,17 @@ def decreasing(inst: Instance) -> Callable[[Replica], float]:
     return key
 
 
+def capped_first(inst: Instance) -> Callable[[Replica], tuple[int, float]]:
+    """Sort key: SLO classes with the lowest utilisation cap first, then decreasing size.  The
+    capped classes then fill their own servers before others can spill onto them."""
+    size = decreasing(inst)
+
+    def key(r: Replica) -> tuple[int, float]:
+        return (inst.cpu_cap[r.item.slo], size(r))
+
+    return key
+
+
 @dataclass
 class GreedyResult:
     placed: dict[tuple[str, int], list[ServerId]]
@@ -249,6 +261,7 @@ def run(
     inst: Instance,
     how: Choice,
     order: Iterable[Replica],
+    *,
     keep_current: bool = False,
     dedicated: bool = False,
     segregate: bool = False,

@@ -30,6 +30,7 @@ from ekko.solver.core import (
     CoreResult,
     Slot,
     SubProblem,
+    evaluate,
     move_weight,
     solve_cpsat,
     solve_highs,
@@ -173,9 +174,11 @@ def _objective(inst: Instance, counts: Counts, old: Counts, config: SolveConfig)
     return SERVER_WEIGHT * servers + moved
 
 
+# Groups are solved only with at least this many seconds each; else straight to LNS.
+GROUP_MIN_SECONDS = 3.0
 # LNS neighbourhood: servers re-solved together, and seconds per step.
-LNS_SERVERS = 10
-LNS_STEP_SECONDS = 0.5
+LNS_SERVERS = 8
+LNS_STEP_SECONDS = 0.2
 # Most z variables (items x slots) one CP-SAT model gets within a deadline of seconds.
 VAR_BUDGET = 4000
 
@@ -282,6 +285,7 @@ def _lns(
     improved = 0
     tries = 0
     items = inst.items
+    victim: ServerId | None = None
     while True:
         left = deadline - time.monotonic()
         if left < 0.3:
@@ -293,16 +297,21 @@ def _lns(
         if len(per_server) <= 1:
             break
 
-        def fill(sid: ServerId, ps: Mapping[ServerId, list[int]] = per_server) -> float:
-            mem = sum(items[i].mem * state[i, sid] for i in ps[sid]) / inst.mem_cap
-            cpu = sum(items[i].cpu * state[i, sid] for i in ps[sid]) / max(inst.cpu_full, 1)
-            return max(mem, cpu)
-
-        by_fill = sorted(per_server, key=fill)
-        # One light server to empty, plus others from the lighter half to absorb its shards.
-        victim = rng.choice(by_fill[: max(3, len(by_fill) // 20)])
-        half = [s for s in by_fill[: max(LNS_SERVERS, len(by_fill) // 2)] if s != victim]
-        chosen = [victim, *rng.sample(half, min(LNS_SERVERS - 1, len(half)))]
+        mem_f: dict[ServerId, float] = {}
+        cpu_f: dict[ServerId, float] = {}
+        for sid, its in per_server.items():
+            cap = min([inst.cpu_full, *(inst.cpu_cap[items[i].slo] for i in its)]) or 1
+            mem_f[sid] = sum(items[i].mem * state[i, sid] for i in its) / inst.mem_cap
+            cpu_f[sid] = sum(items[i].cpu * state[i, sid] for i in its) / cap
+        by_fill = sorted(per_server, key=lambda sid: max(mem_f[sid], cpu_f[sid]))
+        # One light server to drain, plus servers with room in the dimension it needs most;
+        # keep draining the same server while that makes progress.
+        if victim is None or victim not in per_server:
+            victim = rng.choice(by_fill[: max(3, len(by_fill) // 20)])
+        dim = cpu_f if cpu_f[victim] >= mem_f[victim] else mem_f
+        roomy = sorted((s for s in per_server if s != victim), key=lambda sid: dim[sid])
+        pool = roomy[: 3 * LNS_SERVERS]
+        chosen = [victim, *rng.sample(pool, min(LNS_SERVERS - 1, len(pool)))]
         cset = set(chosen)
         demand: dict[int, int] = defaultdict(int)
         for s in chosen:
@@ -328,15 +337,18 @@ def _lns(
             old=sub_old,
             hint=hint,
             migration_weight=config.migration_weight,
+            drain=victim,
         )
-        before = _objective(inst, hint, sub_old, config)
+        before = evaluate(sub, hint)
         res = _core(sub, min(left - 0.2, LNS_STEP_SECONDS), config)
         tries += 1
-        if res.status != "none" and res.objective < before - 0.5:
+        if res.status != "none" and evaluate(sub, res.counts) < before - 0.5:
             for key in hint:
                 state.pop(key, None)
             state.update(res.counts)
             improved += 1
+        else:
+            victim = None
     notes.append(f"LNS: {improved} improving steps of {tries}")
     return state, improved
 
@@ -382,8 +394,17 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             )
         )
     else:
-        starts.append(("first-fit decreasing", greedy.run(inst, "first", reps)))
-        starts.append(("best-fit decreasing", greedy.run(inst, "best", reps)))
+        # A small portfolio, cheapest and usually best first, while the time lasts.
+        capped = sorted(reps, key=greedy.capped_first(inst))
+        for label, how, order in (
+            ("best-fit, capped classes first", "best", capped),
+            ("first-fit decreasing", "first", reps),
+            ("first-fit, capped classes first", "first", capped),
+            ("best-fit decreasing", "best", reps),
+        ):
+            if starts and time.monotonic() - t0 > 0.25 * config.time_limit:
+                break
+            starts.append((label, greedy.run(inst, how, order)))  # type: ignore[arg-type]
     valid = [(n, r) for n, r in starts if not r.unplaced]
     old = _counts(inst, current)
     start_name = ""
@@ -443,7 +464,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
                     ),
                 )
     else:
-        if not current:
+        if not current and 0.6 * (opt_deadline - t0) / n_groups >= GROUP_MIN_SECONDS:
             got = _grouped(
                 inst,
                 config=config,
