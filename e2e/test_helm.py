@@ -1,0 +1,327 @@
+"""The Helm chart on a real API server: lint, server-side dry run, install, least-privilege RBAC
+proven by running the operator and the agents with the chart's ServiceAccount tokens, CRD
+upgrade through the chart, and uninstall keeping CRDs and custom resources.
+
+CRDs and the `ekko_crds` fixture. The chart installs the CRDs as templates, so a release owns
+them; the session fixture `ekko_crds` server-side applies the same CRDs as field manager
+`ekko-e2e`. Each install here passes `--take-ownership` (Helm >= 3.17): Helm adopts CRDs that the
+fixture (or an earlier, uninstalled release whose CRDs were kept) created, instead of refusing
+them for lacking its ownership annotations. The fixture's forced server-side apply only
+overwrites fields it sets, so it does not remove Helm's annotations, and Helm's upgrade patches
+do not conflict with it. The upgrade test restores the original CRDs before it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2e.agents import AgentFleet
+from e2e.helmtools import (
+    CHART,
+    REPO,
+    Grant,
+    ToolError,
+    allow_list,
+    can_i,
+    grants,
+    helm,
+    render,
+    run,
+    token_kubeconfig,
+)
+from e2e.operator_harness import OperatorProcess
+from e2e.test_operator import Api, converged, model_manifest, pool_manifest
+from e2e.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+CRD_NAMES = (
+    "models.ekko.dev",
+    "modelversions.ekko.dev",
+    "serverassignments.ekko.dev",
+    "serverpools.ekko.dev",
+)
+VALUE_SETS = {
+    "defaults": [],
+    "namespaced": ["--set", "operator.watchNamespaces={team-a,team-b}"],
+    "everything": [
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.prometheusRule.enabled=true",
+        "--set", "dashboards.enabled=true",
+        "--set", "operator.prometheusUrl=http://prometheus:9090",
+        "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+        "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
+    ],
+    "no-crds": ["--set", "crds.install=false"],
+}  # fmt: skip
+DENIED = ("Forbidden", " 403", "Not enough permissions")
+
+
+# -- offline: lint and the RBAC allow-list ------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_chart_lints(values: list[str]) -> None:
+    lint_args = [a for a in values if not a.startswith("--api-versions") and "monitoring." not in a]
+    helm("lint", "--strict", str(CHART), *lint_args)
+
+
+def test_bad_values_fail_with_a_clear_message() -> None:
+    with pytest.raises(ToolError, match=r"operator\.replicas"):
+        render("--set", "operator.replicas=2")
+    with pytest.raises(ToolError, match=r"image\.tag"):
+        render("--set", "image.tag=2")  # --set makes it an integer, not a string
+
+
+def _raw_rules(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in ("ClusterRole", "Role"):
+            for rule in doc.get("rules") or []:
+                yield doc["metadata"]["name"], rule
+
+
+def _resolves(ref: str) -> bool:
+    """`path:symbol` names an existing file that mentions symbol (`kopf:` paths: in kopf)."""
+    path, _, symbol = ref.rpartition(":")
+    if path.startswith("kopf:"):
+        spec = importlib.util.find_spec("kopf")
+        assert spec is not None and spec.origin is not None
+        file = Path(spec.origin).parent / path.removeprefix("kopf:")
+    else:
+        file = REPO / path
+    return file.is_file() and symbol in file.read_text()
+
+
+def test_granted_rules_are_allow_listed_and_have_no_wildcards() -> None:
+    listed = dict(allow_list())
+    granted: set[Grant] = set()
+    for values in (VALUE_SETS["defaults"], VALUE_SETS["namespaced"]):
+        docs = render(*values)
+        for role, rule in _raw_rules(docs):
+            for key in ("apiGroups", "resources", "verbs"):
+                assert not any("*" in item for item in rule.get(key) or []), (
+                    f"{role} has a wildcard in {key}: {rule}"
+                )
+        found = grants(docs, "ekko")
+        unlisted = sorted(found - set(listed), key=str)
+        assert not unlisted, f"granted but not in {CHART.name}/rbac-usage.yaml: {unlisted}"
+        granted |= found
+    unused = sorted(set(listed) - granted, key=str)
+    assert not unused, f"rbac-usage.yaml lists grants the chart does not make: {unused}"
+    broken = sorted({ref for refs in listed.values() for ref in refs if not _resolves(ref)})
+    assert not broken, f"rbac-usage.yaml names code that does not exist: {broken}"
+    # Namespaces are watched by kopf only in -n mode: granted only there.
+    cluster_wide = grants(render(*VALUE_SETS["defaults"]), "ekko")
+    assert Grant("operator-cluster", "", "namespaces", "list") not in cluster_wide
+
+
+# -- on the cluster ---------------------------------------------------------------------------
+
+
+@dataclass
+class Release:
+    name: str  # also the fullname: it contains the chart name
+    namespace: str
+    values: list[str]
+
+    @property
+    def operator_sa(self) -> str:
+        return f"{self.name}-operator"
+
+    @property
+    def agent_sa(self) -> str:
+        return f"{self.name}-agent"
+
+    def upgrade(self, chart: Path = CHART) -> None:
+        helm("upgrade", self.name, str(chart), "-n", self.namespace, *self.values,
+             "--take-ownership", "--timeout", "120s")  # fmt: skip
+
+    def uninstall(self) -> None:
+        helm("uninstall", self.name, "-n", self.namespace, "--timeout", "120s")
+
+
+def _install(namespace: str, values: list[str]) -> Release:
+    release = Release(f"ekko-{uuid.uuid4().hex[:5]}", namespace, values)
+    helm("install", release.name, str(CHART), "-n", namespace, *values,
+         "--take-ownership", "--timeout", "120s")  # fmt: skip
+    return release
+
+
+@pytest.fixture
+def namespaced_release(cluster: Any, namespace: str) -> Iterator[Release]:
+    """The chart installed in `namespace`, its operator watching only that namespace."""
+    release = _install(namespace, ["--set", f"operator.watchNamespaces={{{namespace}}}"])
+    yield release
+    with contextlib.suppress(ToolError):  # the test may have uninstalled it already
+        release.uninstall()
+
+
+@pytest.fixture
+def cluster_wide_release(cluster: Any, namespace: str) -> Iterator[Release]:
+    """The chart with default values (operator watches every namespace)."""
+    release = _install(namespace, [])
+    yield release
+    with contextlib.suppress(ToolError):
+        release.uninstall()
+
+
+def _crds_established(api: client.ApiClient) -> bool:
+    ext: Any = client.ApiextensionsV1Api(api)  # Any: its Optional-typed fields are read freely
+    for name in CRD_NAMES:
+        conditions = ext.read_custom_resource_definition(name).status.conditions or []
+        if not any(c.type == "Established" and c.status == "True" for c in conditions):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("values", ["defaults", "namespaced", "everything"])
+def test_rendered_chart_passes_server_dry_run(cluster: Any, namespace: str, values: str) -> None:
+    args = VALUE_SETS[values]
+    if values == "namespaced":  # RoleBindings need namespaces that exist
+        args = ["--set", f"operator.watchNamespaces={{{namespace}}}"]
+    manifest = helm("template", f"dry-{uuid.uuid4().hex[:5]}", str(CHART), "-n", namespace, *args)
+    if values == "everything":  # no prometheus-operator CRDs on the test cluster
+        docs = [d for d in yaml.safe_load_all(manifest) if d]
+        kinds = {"ServiceMonitor", "PrometheusRule"}
+        assert kinds <= {d["kind"] for d in docs}
+        manifest = yaml.safe_dump_all([d for d in docs if d["kind"] not in kinds])
+    out = run("kubectl", "apply", "--dry-run=server", "-f", "-", stdin=manifest)
+    assert "deployment.apps/" in out and "customresourcedefinition" in out, out
+
+
+def test_chart_rbac_is_enough_to_place_models(
+    cluster: Any, namespace: str, namespaced_release: Release, tmp_path: Path
+) -> None:
+    """Operator and agents run with the chart's ServiceAccount tokens and converge a pool."""
+    release = namespaced_release
+    wait_for(lambda: _crds_established(cluster.api), "the chart's CRDs Established", timeout=60)
+    operator_kc = token_kubeconfig(cluster.api, namespace, release.operator_sa, tmp_path / "op")
+    agent_kc = token_kubeconfig(cluster.api, namespace, release.agent_sa, tmp_path / "agent")
+
+    # Scoping: the operator's namespaced rights stop at its namespace; the agent's are minimal.
+    op_user = f"system:serviceaccount:{namespace}:{release.operator_sa}"
+    agent_user = f"system:serviceaccount:{namespace}:{release.agent_sa}"
+    assert can_i(cluster.api, op_user, "create", "", "pods", namespace)
+    assert not can_i(cluster.api, op_user, "create", "", "pods", "default")
+    assert not can_i(cluster.api, op_user, "get", "", "secrets", namespace)
+    assert can_i(
+        cluster.api, agent_user, "patch", "ekko.dev", "serverassignments/status", namespace
+    )
+    assert not can_i(cluster.api, agent_user, "patch", "ekko.dev", "serverassignments", namespace)
+    assert not can_i(cluster.api, agent_user, "list", "", "pods", namespace)
+
+    api = Api(cluster.api, namespace)
+    pool = pool_manifest()
+    pool["spec"]["template"]["serviceAccountName"] = release.agent_sa
+    models = [
+        model_manifest("ranking", 4, "8Gi", 2, slo="critical", load="10"),
+        model_manifest("chat", 2, "20Gi", 1),
+    ]
+    # The fleet watches pods with the admin kubeconfig (it plays the kubelet); each agent gets
+    # the agent token: the agent CLI takes the last --kubeconfig given.
+    with (
+        AgentFleet(cluster.kubeconfig, namespace, extra_args=["--kubeconfig", str(agent_kc)])
+        as fleet,
+        OperatorProcess(str(operator_kc), namespace) as operator,
+    ):  # fmt: skip
+        api.create(pool)
+        for m in models:
+            api.create(m)
+        wait_for(
+            lambda: converged(api, models=["ranking", "chat"]),
+            "pool and models Ready with every shard loaded, under the chart's RBAC",
+            timeout=120,
+            describe=lambda: (
+                api.get("serverpools", "pool").get("status"),
+                operator.logs()[-3000:],
+            ),
+        )
+        pods = api.pods()
+        assert pods and all(p.spec.service_account_name == release.agent_sa for p in pods)
+        operator_log = operator.logs()
+        agent_logs = {pod: fleet.log_text(pod) for pod in fleet.pods()}
+    assert not [w for w in DENIED if w in operator_log], operator_log[-4000:]
+    for pod, text in agent_logs.items():
+        assert not [w for w in DENIED if w in text], f"agent {pod}:\n{text[-3000:]}"
+
+
+def _patched_chart(tmp: Path) -> Path:
+    """A copy of the chart whose ServerPool CRD has one more optional field, spec.upgradeProbe."""
+    chart = tmp / "ekko"
+    shutil.copytree(CHART, chart)
+    path = chart / "files" / "crds" / "ekko.dev_serverpools.yaml"
+    crd = yaml.safe_load(path.read_text())
+    for version in crd["spec"]["versions"]:
+        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        spec["properties"]["upgradeProbe"] = {
+            "type": "string",
+            "maxLength": 64,
+            "description": "A field added by the chart upgrade test.",
+        }
+    path.write_text(yaml.safe_dump(crd, sort_keys=False))
+    return chart
+
+
+def test_upgrade_serves_a_new_crd_field_and_keeps_objects(
+    cluster: Any, namespace: str, cluster_wide_release: Release
+) -> None:
+    release = cluster_wide_release
+    wait_for(lambda: _crds_established(cluster.api), "the chart's CRDs Established", timeout=60)
+    api = Api(cluster.api, namespace)
+    api.create(pool_manifest("keep-me"))
+    uid = api.get("serverpools", "keep-me")["metadata"]["uid"]
+    # Cluster-wide values: the operator may act in any namespace; the agent only in its own.
+    op_user = f"system:serviceaccount:{namespace}:{release.operator_sa}"
+    assert can_i(cluster.api, op_user, "create", "", "pods", "default")
+    assert can_i(
+        cluster.api, op_user, "list", "apiextensions.k8s.io", "customresourcedefinitions", None
+    )
+    assert not can_i(cluster.api, op_user, "list", "", "namespaces", None)
+
+    def served() -> bool:
+        api.patch("serverpools", "keep-me", {"spec": {"upgradeProbe": "yes"}})
+        return bool(api.get("serverpools", "keep-me")["spec"].get("upgradeProbe") == "yes")
+
+    assert not served(), "the field exists before the upgrade: the test proves nothing"
+    with tempfile.TemporaryDirectory(prefix="ekko-chart-") as tmp:
+        try:
+            release.upgrade(_patched_chart(Path(tmp)))
+            wait_for(served, "spec.upgradeProbe stored after the chart upgrade", timeout=30)
+            assert api.get("serverpools", "keep-me")["metadata"]["uid"] == uid
+            history = helm("history", release.name, "-n", namespace, "-o", "yaml")
+            assert len(yaml.safe_load(history)) == 2
+        finally:
+            release.upgrade()  # back to the real CRDs for the rest of the session
+    assert api.get("serverpools", "keep-me")["metadata"]["uid"] == uid
+
+
+def test_uninstall_keeps_crds_and_custom_resources(
+    cluster: Any, namespace: str, cluster_wide_release: Release
+) -> None:
+    release = cluster_wide_release
+    wait_for(lambda: _crds_established(cluster.api), "the chart's CRDs Established", timeout=60)
+    api = Api(cluster.api, namespace)
+    api.create(pool_manifest("survivor"))
+    release.uninstall()
+    ext: Any = client.ApiextensionsV1Api(cluster.api)
+    for name in CRD_NAMES:
+        crd = ext.read_custom_resource_definition(name)
+        assert crd.metadata.deletion_timestamp is None, f"{name} is being deleted"
+    assert api.get("serverpools", "survivor")["metadata"]["name"] == "survivor"
+    core = client.CoreV1Api(cluster.api)
+    with pytest.raises(ApiException) as gone:
+        core.read_namespaced_service_account(release.operator_sa, namespace)
+    assert gone.value.status == 404
