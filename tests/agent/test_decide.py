@@ -254,7 +254,7 @@ EARLIER = NOW - timedelta(minutes=5)
         (True, 3, 1, {key("a", 2): "boom"}, "False", "LoadFailed", "a/2@v1: boom"),
     ],
 )
-def test_ready_condition(  # noqa: PLR0917 - pytest passes the table columns as arguments
+def test_ready_condition(
     seen: bool,
     assigned: int,
     missing: int,
