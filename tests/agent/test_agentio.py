@@ -65,7 +65,7 @@ def make(monkeypatch: pytest.MonkeyPatch, custom: FakeCustom) -> AgentKube:
     kube.namespace, kube.pod_name = "ns", "srv-0"
     kube._custom = custom  # type: ignore[assignment]
     FakeWatch.custom = custom
-    monkeypatch.setattr(agentio.watch, "Watch", FakeWatch)
+    monkeypatch.setattr("ekko.kube.agentio.watch.Watch", FakeWatch)
     return kube
 
 
