@@ -19,6 +19,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from ekko.solver import greedy
@@ -268,6 +269,62 @@ def _grouped(
     return counts, zones
 
 
+def _neighbourhood(
+    inst: Instance,
+    state: Counts,
+    per_server: Mapping[ServerId, list[int]],
+    zones: Mapping[ServerId, ZoneId],
+    *,
+    victim: ServerId,
+    partners: list[ServerId],
+    old: Counts,
+    config: SolveConfig,
+) -> tuple[SubProblem, Counts]:
+    """The sub-problem that re-places what the chosen servers hold, on those servers."""
+    items = inst.items
+    chosen = [victim, *partners]
+    cset = set(chosen)
+    demand: dict[int, int] = defaultdict(int)
+    for s in chosen:
+        for i in per_server[s]:
+            demand[i] += state[i, s]
+    outside: dict[tuple[int, str], int] = defaultdict(int)
+    for (i, sid), k in state.items():
+        if i in demand and sid not in cset:
+            outside[i, zones[sid]] += k
+    room = {
+        (i, z): items[i].num_shards * items[i].zone_cap - outside[i, z]
+        for i in demand
+        for z in inst.zones
+    }
+    hint = {(i, s): state[i, s] for s in chosen for i in per_server[s]}
+    sub = SubProblem(
+        inst=inst,
+        items=[items[i] for i in sorted(demand)],
+        demand=dict(demand),
+        zone_room=room,
+        slots=[Slot(s, zones[s], False) for s in chosen],
+        old={(i, sid): k for (i, sid), k in old.items() if sid in cset},
+        hint=hint,
+        migration_weight=config.migration_weight,
+        drain=victim,
+    )
+    return sub, hint
+
+
+def _spread_ok(
+    inst: Instance, state: Counts, zones: Mapping[ServerId, ZoneId], touched: set[int]
+) -> bool:
+    """Zone spread (7) still holds for these items in the whole state."""
+    per_zone: dict[tuple[int, str], int] = defaultdict(int)
+    for (i, sid), k in state.items():
+        if i in touched:
+            per_zone[i, zones[sid]] += k
+    return all(
+        k <= inst.items[i].num_shards * inst.items[i].zone_cap for (i, _), k in per_zone.items()
+    )
+
+
 def _lns(
     inst: Instance,
     counts: Counts,
@@ -278,77 +335,81 @@ def _lns(
     deadline: float,
     notes: list[str],
 ) -> tuple[Counts, int]:
-    """Large-neighbourhood search on counts; returns the counts and the number of improving
-    steps."""
+    """Large-neighbourhood search on counts (README, "Search"): drain a light server into
+    servers with room in the dimension it needs; with two or more workers, two disjoint
+    neighbourhoods are solved at once (CP-SAT releases the GIL), one worker each.  Returns the
+    counts and the number of improving steps."""
     rng = random.Random(config.seed)
     state = dict(counts)
     improved = 0
     tries = 0
     items = inst.items
-    victim: ServerId | None = None
-    while True:
-        left = deadline - time.monotonic()
-        if left < 0.3:
-            break
-        per_server: dict[ServerId, list[int]] = defaultdict(list)
-        for (i, sid), k in state.items():
-            if k:
-                per_server[sid].append(i)
-        if len(per_server) <= 1:
-            break
-
-        mem_f: dict[ServerId, float] = {}
-        cpu_f: dict[ServerId, float] = {}
-        for sid, its in per_server.items():
-            cap = min([inst.cpu_full, *(inst.cpu_cap[items[i].slo] for i in its)]) or 1
-            mem_f[sid] = sum(items[i].mem * state[i, sid] for i in its) / inst.mem_cap
-            cpu_f[sid] = sum(items[i].cpu * state[i, sid] for i in its) / cap
-        by_fill = sorted(per_server, key=lambda sid: max(mem_f[sid], cpu_f[sid]))
-        # One light server to drain, plus servers with room in the dimension it needs most;
-        # keep draining the same server while that makes progress.
-        if victim is None or victim not in per_server:
-            victim = rng.choice(by_fill[: max(3, len(by_fill) // 20)])
-        dim = cpu_f if cpu_f[victim] >= mem_f[victim] else mem_f
-        roomy = sorted((s for s in per_server if s != victim), key=lambda sid: dim[sid])
-        pool = roomy[: 3 * LNS_SERVERS]
-        chosen = [victim, *rng.sample(pool, min(LNS_SERVERS - 1, len(pool)))]
-        cset = set(chosen)
-        demand: dict[int, int] = defaultdict(int)
-        for s in chosen:
-            for i in per_server[s]:
-                demand[i] += state[i, s]
-        outside: dict[tuple[int, str], int] = defaultdict(int)
-        for (i, sid), k in state.items():
-            if i in demand and sid not in cset:
-                outside[i, zones[sid]] += k
-        room = {
-            (i, z): items[i].num_shards * items[i].zone_cap - outside[i, z]
-            for i in demand
-            for z in inst.zones
-        }
-        sub_old = {(i, sid): k for (i, sid), k in old.items() if sid in cset}
-        hint = {(i, s): state[i, s] for s in chosen for i in per_server[s]}
-        sub = SubProblem(
-            inst=inst,
-            items=[items[i] for i in sorted(demand)],
-            demand=dict(demand),
-            zone_room=room,
-            slots=[Slot(s, zones[s], False) for s in chosen],
-            old=sub_old,
-            hint=hint,
-            migration_weight=config.migration_weight,
-            drain=victim,
-        )
-        before = evaluate(sub, hint)
-        res = _core(sub, min(left - 0.2, LNS_STEP_SECONDS), config)
-        tries += 1
-        if res.status != "none" and evaluate(sub, res.counts) < before - 0.5:
-            for key in hint:
-                state.pop(key, None)
-            state.update(res.counts)
-            improved += 1
-        else:
-            victim = None
+    lanes = 2 if config.num_workers >= 2 and len(counts) > 0 else 1
+    sub_config = config.model_copy(update={"num_workers": max(1, config.num_workers // lanes)})
+    victims: list[ServerId | None] = [None] * lanes
+    pool = ThreadPoolExecutor(max_workers=lanes) if lanes > 1 else None
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left < 0.3:
+                break
+            per_server: dict[ServerId, list[int]] = defaultdict(list)
+            for (i, sid), k in state.items():
+                if k:
+                    per_server[sid].append(i)
+            lanes_now = 1 if len(per_server) <= 2 * LNS_SERVERS else lanes
+            mem_f: dict[ServerId, float] = {}
+            cpu_f: dict[ServerId, float] = {}
+            for sid, its in per_server.items():
+                cap = min([inst.cpu_full, *(inst.cpu_cap[items[i].slo] for i in its)]) or 1
+                mem_f[sid] = sum(items[i].mem * state[i, sid] for i in its) / inst.mem_cap
+                cpu_f[sid] = sum(items[i].cpu * state[i, sid] for i in its) / cap
+            by_fill = sorted(per_server, key=lambda sid: max(mem_f[sid], cpu_f[sid]))
+            taken: set[ServerId] = set()
+            jobs: list[tuple[int, SubProblem, Counts]] = []
+            for lane in range(lanes_now):
+                # One light server to drain, plus servers with room in the dimension it needs
+                # most; keep draining the same server while that makes progress.
+                victim = victims[lane]
+                if victim is None or victim not in per_server or victim in taken:
+                    light = [s for s in by_fill[: max(6, len(by_fill) // 20)] if s not in taken]
+                    if not light:
+                        break
+                    victim = rng.choice(light)
+                    victims[lane] = victim
+                taken.add(victim)
+                dim = cpu_f if cpu_f[victim] >= mem_f[victim] else mem_f
+                roomy = sorted((s for s in per_server if s not in taken), key=lambda x: dim[x])
+                partners = rng.sample(
+                    roomy[: 3 * LNS_SERVERS], min(LNS_SERVERS - 1, len(roomy[: 3 * LNS_SERVERS]))
+                )
+                taken.update(partners)
+                sub, hint = _neighbourhood(
+                    inst, state, per_server, zones, victim=victim, partners=partners, old=old,
+                    config=config,
+                )  # fmt: skip
+                jobs.append((lane, sub, hint))
+            limit = min(left - 0.2, LNS_STEP_SECONDS)
+            if pool is not None and len(jobs) > 1:
+                futures = [pool.submit(_core, sub, limit, sub_config) for _, sub, _ in jobs]
+                results = [f.result() for f in futures]
+            else:
+                results = [_core(sub, limit, config) for _, sub, _ in jobs]
+            for (lane, sub, hint), res in zip(jobs, results, strict=True):
+                tries += 1
+                if res.status == "none" or evaluate(sub, res.counts) >= evaluate(sub, hint) - 0.5:
+                    victims[lane] = None
+                    continue
+                trial = {k: v for k, v in state.items() if k not in hint}
+                trial.update(res.counts)
+                if not _spread_ok(inst, trial, zones, set(sub.demand)):
+                    victims[lane] = None
+                    continue
+                state = trial
+                improved += 1
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     notes.append(f"LNS: {improved} improving steps of {tries}")
     return state, improved
 
