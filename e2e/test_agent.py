@@ -341,6 +341,7 @@ def test_agent_loads_routes_and_injects_faults(
             t for t, name, st in reversed(history.events)
             if name == "srv-0" and _routing(st, "m") == {"v1": 80, "v2": 20}
         )  # fmt: skip
+        print(f"\nModel weights -> agent status routing: {(seen_at - t0) * 1000:.0f} ms")
         assert seen_at - t0 < 1.0, f"routing applied after {seen_at - t0:.3f}s"
 
         # (4) /infer follows the weights (500 requests; 20% ± 7 points is > 4 sigma).
