@@ -266,10 +266,16 @@ def c12_balance(b: Built, items: list[Item]) -> None:
     """Constraint (12): t >= memory percent of every server; the objective charges t lightly."""
     t = b.lin.var(0, 100)
     b.lin.cost[t] = BALANCE_WEIGHT
-    for n in range(len(b.sub.slots)):
+    top = 0
+    for n, s in enumerate(b.sub.slots):
         idx = [b.z[it.index, n] for it in items if it.mem > 0]
         coef = [100 * it.mem for it in items if it.mem > 0]
         b.lin.row([*idx, t], [*coef, -b.sub.inst.mem_cap], -INF, 0)
+        if b.sub.hint is not None:
+            used = sum(100 * it.mem * b.sub.hint.get((it.index, s.id), 0) for it in items)
+            top = max(top, math.ceil(used / b.sub.inst.mem_cap))
+    if b.sub.hint is not None:
+        b.lin.hint[t] = min(100, top)  # a complete hint: HiGHS rejects partial ones
 
 
 def drain_weight(sub: SubProblem, it: Item) -> int:

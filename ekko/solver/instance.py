@@ -229,12 +229,7 @@ def lp_bound(inst: Instance) -> float:
         return 0.0
     mem = {c: sum(it.mem * it.demand for it in inst.items if it.slo == c) for c in classes}
     cpu = {c: sum(it.cpu * it.demand for it in inst.items if it.slo == c) for c in classes}
-    excl = {frozenset(p) for p in inst.exclusive}
-    types: list[tuple[SloClassName, ...]] = []
-    for mask in range(1, 1 << len(classes)):
-        t = tuple(c for k, c in enumerate(classes) if mask >> k & 1)
-        if all(frozenset((a, b)) not in excl for a in t for b in t if a < b):
-            types.append(t)
+    types = server_types(inst)
     lp = pywraplp.Solver.CreateSolver("GLOP")
     if lp is None:  # GLOP ships with OR-Tools; be safe anyway
         return 0.0
@@ -264,38 +259,3 @@ def server_types(inst: Instance) -> list[tuple[SloClassName, ...]]:
             types.append(t)
     return types
 
-
-def item_types(inst: Instance) -> tuple[float, dict[int, tuple[SloClassName, ...]]]:
-    """Item-level LP over server types (README, "Typed start"): each item's replicas are split
-    fractionally over the types that admit its class; a type's servers carry at most its cap.
-    Returns the LP value (a lower bound on servers) and each item's type of largest share."""
-    types = server_types(inst)
-    if not inst.items or not types:
-        return 0.0, {}
-    lp = pywraplp.Solver.CreateSolver("GLOP")
-    if lp is None:
-        return 0.0, {}
-    n = [lp.NumVar(0.0, lp.infinity(), "") for _ in types]
-    f: dict[tuple[int, int], pywraplp.Variable] = {}
-    for it in inst.items:
-        ks = [k for k, t in enumerate(types) if it.slo in t]
-        for k in ks:
-            f[it.index, k] = lp.NumVar(0.0, 1.0, "")
-        lp.Add(sum(f[it.index, k] for k in ks) == 1)
-    for k, t in enumerate(types):
-        cap = min(inst.cpu_cap[c] for c in t)
-        mine = [it for it in inst.items if it.slo in t]
-        lp.Add(sum(f[it.index, k] * (it.mem * it.demand / inst.mem_cap) for it in mine) <= n[k])
-        if cap > 0:
-            lp.Add(sum(f[it.index, k] * (it.cpu * it.demand / cap) for it in mine) <= n[k])
-    lp.Minimize(sum(n))
-    if lp.Solve() != pywraplp.Solver.OPTIMAL:
-        return 0.0, {}
-    chosen: dict[int, tuple[SloClassName, ...]] = {}
-    for it in inst.items:
-        best = max(
-            (k for k, t in enumerate(types) if it.slo in t),
-            key=lambda k: f[it.index, k].solution_value(),
-        )
-        chosen[it.index] = types[best]
-    return float(lp.Objective().Value()), chosen
