@@ -251,6 +251,9 @@ def test_chart_rbac_is_enough_to_place_models(
         )
         pods = api.pods()
         assert pods and all(p.spec.service_account_name == release.agent_sa for p in pods)
+        for pod in fleet.pods():  # each agent really ran with the agent token's kubeconfig
+            args = [str(a) for a in fleet.agent(pod).process.args]  # type: ignore[union-attr]
+            assert args[len(args) - 1 - args[::-1].index("--kubeconfig") + 1] == str(agent_kc)
         operator_log = operator.logs()
         agent_logs = {pod: fleet.log_text(pod) for pod in fleet.pods()}
     assert not [w for w in DENIED if w in operator_log], operator_log[-4000:]
