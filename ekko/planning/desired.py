@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from ekko.planning.converge import Desired
-from ekko.planning.problem import NEW_SERVER_PREFIX, placement_by_server
+from ekko.planning.problem import placement_by_server
 from ekko.planning.state import PoolState, ShardKey
 from ekko.solver import Plan
 
@@ -36,15 +36,19 @@ def plan_inputs(state: PoolState, excluded: tuple[str, ...] = ()) -> str:
 
 def desired_from_plan(plan: Plan, state: PoolState) -> Desired:
     """The plan with its new servers given pod names: ``<pool>-<n>``, lowest free n first."""
-    taken = {s.name for s in state.servers}
+    existing = {s.name for s in state.servers}
+    taken = set(existing)
     rename: dict[str, str] = {}
     index = 0
     for server in plan.servers:
-        if server.id.startswith(NEW_SERVER_PREFIX) or server.id not in taken:
-            while f"{state.name}-{index}" in taken:
-                index += 1
-            rename[server.id] = f"{state.name}-{index}"
-            taken.add(rename[server.id])
+        if server.id in existing:
+            continue
+        # Every server the plan invents gets a fresh name; solver ids may collide with each other's
+        # new names, so they are never kept.
+        while f"{state.name}-{index}" in taken:
+            index += 1
+        rename[server.id] = f"{state.name}-{index}"
+        taken.add(rename[server.id])
     by_server = placement_by_server(plan.assignment)
     servers = {rename.get(s.id, s.id): frozenset(by_server.get(s.id, set())) for s in plan.servers}
     zones = {rename.get(s.id, s.id): str(s.zone) for s in plan.servers}
