@@ -324,7 +324,7 @@ def test_an_unplaceable_model_is_explained_and_the_rest_untouched(
         describe=operator.logs,
     )
     assert cond["status"] == "False"
-    assert "80 GiB" in cond["message"] and "64 GiB" in cond["message"], cond["message"]
+    assert "huge/0 needs 80" in cond["message"] and "hold 64" in cond["message"], cond["message"]
     degraded = api.condition("serverpools", "pool", "Degraded")
     assert degraded is not None and degraded["status"] == "True" and "huge" in degraded["message"]
     assert {a.metadata.name: a.spec for a in api.assignments()} == before
