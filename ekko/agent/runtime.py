@@ -156,6 +156,8 @@ class Agent:
         # Routing: the Models' weights, and what is applied (served and reported).
         self.model_weights: dict[str, list[VersionWeight]] = {}
         self.routing: dict[str, list[VersionWeight]] = {}
+        # When each model's current weights were applied: the operator measures rollbacks with it.
+        self.applied_at: dict[str, datetime] = {}
         self.faults: dict[FaultKey, Fault] = {}
         self._ready: Condition | None = None
         self._last_report: dict[str, Any] | None = None
@@ -240,7 +242,12 @@ class Agent:
         applied = {r.model: r.weights for r in routing}
         if applied == self.routing:
             return False
+        stamp = self._now()
+        for model, weights in applied.items():
+            if self.routing.get(model) != weights:
+                self.applied_at[model] = stamp
         self.routing = applied
+        routing = self._stamped_routing()
         if observed_at is not None:
             self.metrics.routing_applied_seconds.observe(max(0.0, self._clock() - observed_at))
         log.info(
@@ -253,6 +260,12 @@ class Agent:
         if submit and self.seen:
             self.writer.submit({"routing": decide.routing_wire(routing)})
         return True
+
+    def _stamped_routing(self) -> list[ModelRouting]:
+        return [
+            ModelRouting(model=m, weights=w, applied_at=self.applied_at.get(m))
+            for m, w in sorted(self.routing.items())
+        ]
 
     # -- shards -------------------------------------------------------------------------------
 
@@ -379,7 +392,7 @@ class Agent:
         status = decide.build_status(
             observed_generation=self.observed_generation,
             loaded=self.loaded,
-            routing=[ModelRouting(model=m, weights=w) for m, w in sorted(self.routing.items())],
+            routing=self._stamped_routing(),
             failed=failed,
             ready=ready,
             now=self._now(),

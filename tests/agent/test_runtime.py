@@ -128,7 +128,11 @@ def test_loads_assigned_shards_and_reports_ready() -> None:
             assert status["bytesLoaded"] == 3000
             assert ready_of(status)["status"] == "True"
             assert status["routing"] == [
-                {"model": "m", "weights": [{"version": "v1", "weight": 100}]}
+                {
+                    "model": "m",
+                    "weights": [{"version": "v1", "weight": 100}],
+                    "appliedAt": "2026-01-02T03:04:05Z",
+                }
             ]
             assert all("heartbeat" in b for b in rec.bodies)
             assert agent.ready
@@ -210,6 +214,7 @@ def test_model_weights_applied_and_reported_with_one_patch() -> None:
                 {
                     "model": "m",
                     "weights": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 50}],
+                    "appliedAt": "2026-01-02T03:04:05Z",
                 }
             ]
             before = len(rec.bodies)
@@ -223,6 +228,7 @@ def test_model_weights_applied_and_reported_with_one_patch() -> None:
                 {
                     "model": "m",
                     "weights": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}],
+                    "appliedAt": "2026-01-02T03:04:05Z",
                 }
             ]
             # The same weights again, and a model this server does not hold: no write.
