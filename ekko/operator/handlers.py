@@ -35,6 +35,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         group = memo.get(name)
         if group is not None:
             await group.stop()
+    executor = memo.get("executor")
+    if executor is not None:
+        # Idle solver threads would otherwise keep the process alive after kopf stops.
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 @kopf.on.event(GROUP, VERSION, "serverpools")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
-import threading
+import sys
 
 import kopf
 from prometheus_client import start_http_server
@@ -50,18 +51,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
-    stop = threading.Event()
-    try:
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         kopf.run(
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness or None,
             standalone=True,
-            stop_flag=stop,
         )
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return 0
-    return 0
+    # kopf has stopped and cleaned up. Blocking client calls still running in worker threads
+    # would hold the interpreter open until the pod's grace period ends: leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

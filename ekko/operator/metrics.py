@@ -28,6 +28,12 @@ BYTES_MOVED = Counter(
     ["pool"],
     registry=REGISTRY,
 )
+UNPLACEABLE = Gauge(
+    "ekko_models_unplaceable",
+    "Models of a pool that cannot be placed at all (left out of its plan).",
+    ["pool"],
+    registry=REGISTRY,
+)
 PLANS = Counter(
     "ekko_plans_total", "Placement plans by status.", ["pool", "status"], registry=REGISTRY
 )

@@ -31,6 +31,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ekko-solve")
     api = load_config(os.environ.get("EKKO_KUBECONFIG") or os.environ.get("KUBECONFIG"))
     fleet = Fleet(api, operator_image=os.environ.get("EKKO_IMAGE", "ghcr.io/ekko-dev/ekko:0.1.0"))
+    memo.executor = executor
     memo.fleet = fleet
     memo.workers = Workers(fleet, executor)
     memo.rollouts = Rollouts(fleet, memo.workers.wake, os.environ.get("EKKO_PROMETHEUS_URL"))

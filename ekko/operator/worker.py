@@ -181,6 +181,7 @@ class PoolWorker:
             else ""
         )
         self.outcome = Outcome(summary=summary, problem=problem_text, excluded=excluded)
+        metrics.UNPLACEABLE.labels(name).set(len(excluded))
         metrics.BYTES_MOVED.labels(name).inc(plan.bytes_moved)
         metrics.PLAN_GAP.labels(name).set(plan.gap if plan.gap != float("inf") else 0)
         metrics.SERVERS.labels(name, "lower_bound").set(plan.lower_bound)
