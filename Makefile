@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install lint unit e2e test crds tools cluster-up cluster-down demo bench clean
+.PHONY: help install lint unit e2e test crds chart-crds tools cluster-up cluster-down demo bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,8 +39,14 @@ e2e: tools ## End-to-end tests against the local control plane (starts it if nee
 
 test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e tests
 
-crds: install ## Regenerate crds/ from the api types
+crds: install ## Regenerate crds/ from the api types (and the Helm chart's copies)
 	$(BIN)/python -m ekko.api.crdgen crds
+	$(MAKE) chart-crds
+
+chart-crds: ## Copy crds/ and the Grafana dashboard into the Helm chart
+	rm -f charts/ekko/files/crds/*.yaml
+	cp crds/*.yaml charts/ekko/files/crds/
+	cp docs/dashboards/ekko.json charts/ekko/files/dashboards/ekko.json
 
 cluster-up: tools ## Start the local control plane; prints the KUBECONFIG to export
 	$(BIN)/python -m e2e.cluster up
