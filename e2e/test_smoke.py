@@ -239,3 +239,39 @@ def test_scheduler_respects_memory(cluster: Cluster, namespace: str) -> None:
     )
     assert memory[pod.spec.node_name] >= request
     assert core.read_namespaced_pod("too-big", namespace).status.phase == "Pending"
+
+
+# Beyond the list: the controller manager's garbage collector and service-account tokens, which
+# an operator relies on (owned objects vanish with their owner; pods get API credentials).
+
+
+def test_owned_objects_are_garbage_collected(cluster: Cluster, namespace: str) -> None:
+    core = cluster.core
+    owner = core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
+    )
+    ref = client.V1OwnerReference(
+        api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid
+    )
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owned", owner_references=[ref])),
+    )
+    core.delete_namespaced_config_map("owner", namespace)
+    wait_for(
+        lambda: not _exists(lambda: core.read_namespaced_config_map("owned", namespace)),
+        "owned ConfigMap garbage-collected",
+        timeout=60,
+    )
+
+
+def test_service_account_token_is_issued(cluster: Cluster, namespace: str) -> None:
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
+    issued = cluster.core.create_namespaced_service_account_token("default", namespace, request)
+    review = client.AuthenticationV1Api(cluster.api).create_token_review(
+        client.V1TokenReview(spec=client.V1TokenReviewSpec(token=issued.status.token))
+    )
+    assert review.status.authenticated, review.status.error
+    assert review.status.user.username == f"system:serviceaccount:{namespace}:default"
