@@ -1,0 +1,333 @@
+"""``kubectl ekko``: watch rollouts and send requests to them (promote, pause, abort, rollback …).
+
+kubectl runs any ``kubectl-<name>`` on PATH as ``kubectl <name>``; pip installs this one as a
+console script. Requests are annotations on the ModelVersion (``ekko.dev/request`` and a unique
+``ekko.dev/request-at``), never spec edits, so GitOps tools do not fight them. ``rollback`` also
+flips the Model's routing weights itself: agents apply them within a second even while the
+operator is down, and the operator records the rollback when it sees the request.
+
+Decisions live in :mod:`ekko.cli.rolloutview` (pure); the API calls in :mod:`ekko.kube.rollouts`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any, cast
+
+from pydantic import ValidationError
+
+from ekko.api.resources import REQUEST_AT_ANNOTATION, Model, ModelVersionStatus, VersionWeight
+from ekko.api.units import UnitError, parse_duration
+from ekko.cli import rolloutview as view
+from ekko.cli.rolloutview import RefusedError
+from ekko.kube.errors import KubeError
+from ekko.rollout.machine import Verb
+
+PROG = "kubectl ekko"
+ACTIONS = ("promote", "pause", "resume", "abort", "retry", "rollback")
+DEFAULT_WAIT = 120.0
+POLL = 0.25
+"""Seconds between looks while waiting; the rollback time is measured from agents' stamps, not this."""
+WATCH_POLL = 1.0
+OPERATOR_GRACE = 5.0
+"""Seconds a rollback --wait keeps looking for the operator's record once every agent applied it."""
+
+EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+
+def _duration(text: str) -> float:
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+    except UnitError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _globals() -> argparse.ArgumentParser:
+    # SUPPRESS so a flag given before the command is not reset by the subcommand's default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-n",
+        "--namespace",
+        default=argparse.SUPPRESS,
+        help="namespace (default: the kube context's, else default)",
+    )
+    common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help="path to the kubeconfig")
+    common.add_argument("--context", default=argparse.SUPPRESS, help="kube context to use")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _globals()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        parents=[common],
+        description="Watch Ekko rollouts and send requests to them. Requests are annotations on "
+        "the ModelVersion (the spec is never edited).",
+        epilog="exit codes: 0 done (or goal reached), 1 refused or failed, 2 timed out or bad usage",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="rollout state of a model, or one line per model",
+        description="Stable, canary and previous versions, weights, phase, step, analysis, "
+        "servers loaded and the last rollback of a model; without MODEL one line per model.",
+    )
+    status.add_argument("model", nargs="?", metavar="MODEL")
+    status.add_argument("-w", "--watch", action="store_true", help="redraw on changes (Ctrl-C)")
+    status.add_argument("--timeout", type=_duration, help="stop watching after this long")
+
+    helps = {
+        "promote": "move the canary past its pause or analysis step (--full: promote now)",
+        "pause": "pause the rollout",
+        "resume": "resume a rollout paused by `pause`",
+        "abort": "abort the rollout: all traffic back on the stable version",
+        "retry": "start an aborted, rolled back or failed rollout again",
+        "rollback": "route all traffic back now: to the stable version during a canary, else to "
+        "the previous version (works while the operator is down)",
+    }
+    for verb in ACTIONS:
+        p = sub.add_parser(verb, parents=[common], help=helps[verb], description=helps[verb])
+        p.add_argument("model", metavar="MODEL")
+        if verb == "promote":
+            p.add_argument("--full", action="store_true", help="skip the remaining steps")
+        if verb == "rollback":
+            p.add_argument("--to", metavar="VERSION", help="version to return to (must be loaded)")
+        p.add_argument("--wait", action="store_true", help="wait until the request took effect")
+        p.add_argument(
+            "--timeout",
+            type=_duration,
+            help=f"give up waiting after this long (default {DEFAULT_WAIT:.0f}s); exit 2",
+        )
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    for name in ("namespace", "kubeconfig", "context"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    for name, default in (("watch", False), ("wait", False), ("full", False), ("to", None)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
+def verb_of(args: argparse.Namespace) -> Verb:
+    if args.command == "promote" and args.full:
+        return "promote-full"
+    return cast("Verb", args.command)
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """What a command runs with; the clock and streams are injectable for tests."""
+
+    kube: Any  # ekko.kube.rollouts.RolloutClient or a test double with the same methods
+    namespace: str
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
+    err: IO[str] = field(default_factory=lambda: sys.stderr)
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def fail(self, text: str) -> None:
+        print(f"{PROG}: {text}", file=self.err, flush=True)
+
+    def model(self, name: str) -> Model:
+        model = self.kube.get_model(self.namespace, name)
+        if model is None:
+            raise RefusedError(f'model "{name}" not found in namespace "{self.namespace}"')
+        return cast("Model", model)
+
+
+def run_status(s: Session, args: argparse.Namespace) -> int:
+    def draw() -> str:
+        versions = s.kube.list_versions(s.namespace)
+        if args.model:
+            return view.render_model(s.model(args.model), versions)
+        models = s.kube.list_models(s.namespace)
+        return view.render_list(models, versions) or f"No models in namespace {s.namespace}.\n"
+
+    if not args.watch:
+        s.out.write(draw())
+        s.out.flush()
+        return EXIT_OK
+    deadline = s.monotonic() + args.timeout if args.timeout else None
+    tty = s.out.isatty()
+    last = None
+    while True:
+        text = draw()
+        if text != last:
+            if tty:
+                s.out.write("\x1b[H\x1b[2J")
+            elif last is not None:
+                s.out.write("\n")
+            stamp = s.now().astimezone(UTC).strftime("%H:%M:%S")
+            s.out.write(f"{text}(updated {stamp}; Ctrl-C to stop)\n")
+            s.out.flush()
+            last = text
+        if deadline is not None and s.monotonic() >= deadline:
+            return EXIT_OK
+        s.sleep(WATCH_POLL)
+
+
+def run_action(s: Session, args: argparse.Namespace) -> int:
+    verb = verb_of(args)
+    model = s.model(args.model)
+    name = model.metadata.name
+    versions = s.kube.list_versions(s.namespace)
+    mv = view.choose_target(verb, model, versions, args.to)
+    view.check_request(verb, model, mv, s.now(), args.to)
+    target = view.rollback_target(model, mv, args.to) if verb == "rollback" else None
+    at = view.request_stamp(s.now(), mv.metadata.annotations.get(REQUEST_AT_ANNOTATION))
+    before = mv.status
+    s.kube.annotate_version(
+        s.namespace, mv.metadata.name, view.request_annotations(verb, at, args.to)
+    )
+    if target is not None:
+        s.kube.patch_model_status(s.namespace, name, view.rollback_routing(target))
+        s.say(
+            f"rollback of {name} requested on {mv.metadata.name} (version {mv.spec.version});"
+            f" routed 100% to {target}"
+        )
+    else:
+        s.say(f"{verb} of {name} requested on {mv.metadata.name} (version {mv.spec.version})")
+    if not args.wait:
+        return EXIT_OK
+    timeout = args.timeout if args.timeout is not None else DEFAULT_WAIT
+    if target is not None:
+        return wait_rollback(s, model, mv.metadata.name, at=at, target=target, timeout=timeout)
+    return wait_request(s, verb, mv.metadata.name, at=at, before=before, timeout=timeout)
+
+
+def wait_request(
+    s: Session,
+    verb: Verb,
+    mv_name: str,
+    *,
+    at: str,
+    before: ModelVersionStatus | None,
+    timeout: float,
+) -> int:
+    before_status = before or ModelVersionStatus()
+    deadline = s.monotonic() + timeout
+    last = None
+    while True:
+        mv = s.kube.get_version(s.namespace, mv_name)
+        progress = view.judge(verb, at, before_status, mv)
+        if progress.line != last:
+            s.say(f"  {progress.line}")
+            last = progress.line
+        if progress.state == "reached":
+            s.say(f"{verb} of {mv_name}: done")
+            return EXIT_OK
+        if progress.state == "failed":
+            s.fail(f"{verb} of {mv_name} failed: {progress.line}")
+            return EXIT_FAILED
+        if s.monotonic() >= deadline:
+            s.fail(f"timed out after {timeout:g}s waiting for {verb} of {mv_name}: {last}")
+            return EXIT_TIMEOUT
+        s.sleep(POLL)
+
+
+def wait_rollback(
+    s: Session, model: Model, mv_name: str, *, at: str, target: str, timeout: float
+) -> int:
+    name = model.metadata.name
+    requested_at = view.parse_stamp(at)
+    want = (VersionWeight(version=target, weight=100),)
+    deadline = s.monotonic() + timeout
+    last = None
+    while True:
+        servers = s.kube.model_servers(s.namespace, name, model.spec.pool)
+        mv = s.kube.get_version(s.namespace, mv_name)
+        routing = view.routing_progress(name, want, servers)
+        progress = view.judge_rollback(at, mv, routing)
+        if progress.line != last:
+            s.say(f"  {progress.line}")
+            last = progress.line
+        if progress.state == "failed":
+            s.fail(f"rollback of {name} failed: {progress.line}")
+            return EXIT_FAILED
+        if progress.state == "reached":
+            break
+        if s.monotonic() >= deadline:
+            waiting = ", ".join(routing.pending[:5]) + (" …" if len(routing.pending) > 5 else "")
+            s.fail(
+                f"timed out after {timeout:g}s: rollback of {name} {last}"
+                + (f"; not yet on {waiting}" if waiting else "")
+            )
+            return EXIT_TIMEOUT
+        s.sleep(POLL)
+    seconds = routing.seconds_since(requested_at) if requested_at else None
+    took = f"{seconds:.3f}s" if seconds is not None else "an unknown time (no appliedAt)"
+    s.say(
+        f"rolled back {name} to {target} on {routing.ready} servers in {took}"
+        " (request to the last agent's appliedAt)"
+    )
+    grace = min(deadline, s.monotonic() + OPERATOR_GRACE)
+    while True:
+        recorded = view.operator_seconds(mv, requested_at)
+        if recorded is not None:
+            s.say(f"operator recorded rollbackSeconds {recorded:.3f}")
+            return EXIT_OK
+        if s.monotonic() >= grace:
+            s.say(
+                "the operator has not recorded the rollback yet (is it running?);"
+                f" `{PROG} status {name}` shows it once it does"
+            )
+            return EXIT_OK
+        s.sleep(POLL)
+        mv = s.kube.get_version(s.namespace, mv_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_FAILED
+    try:
+        from ekko.kube.rollouts import RolloutClient, connect  # noqa: PLC0415 (fast --help)
+
+        api, default_ns = connect(args.kubeconfig, args.context)
+        session = Session(kube=RolloutClient(api), namespace=args.namespace or default_ns)
+        if args.command == "status":
+            return run_status(session, args)
+        return run_action(session, args)
+    except (RefusedError, KubeError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValidationError as err:
+        first = err.errors()[0] if err.errors() else {"msg": str(err), "loc": ()}
+        where = ".".join(str(p) for p in first["loc"])
+        print(
+            f"{PROG}: an object in the cluster does not match Ekko's API ({where}: {first['msg']});"
+            " are the CRDs and the plugin the same version?",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        if args.command == "status" and args.watch:
+            return EXIT_OK
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
