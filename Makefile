@@ -31,8 +31,9 @@ lint: install ## Ruff, ruff format, mypy --strict and the import-layer contracts
 unit: install ## Unit tests (no cluster, fast)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-tools: install ## Build/install the local control plane's binaries into ~/.cache/ekko (cached)
+tools: install ## Build/install the control plane binaries (cached in ~/.cache/ekko) and Prometheus
 	$(BIN)/python -m e2e.cluster build
+	bash e2e/install-prometheus.sh
 
 e2e: tools ## End-to-end tests against the local control plane (starts it if needed)
 	$(BIN)/python -m pytest e2e -m e2e $(PYTEST_ARGS)

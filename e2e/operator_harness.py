@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 class OperatorProcess:
     """``python -m ekko.operator -n NAMESPACE`` with its log in a temp file; restartable."""
 
-    def __init__(self, kubeconfig: str | None, namespace: str) -> None:
+    def __init__(self, kubeconfig: str | None, namespace: str, args: tuple[str, ...] = ()) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
+        self.args = args
         self.log_dir = Path(tempfile.mkdtemp(prefix="ekko-operator-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -44,6 +45,7 @@ class OperatorProcess:
                     "0",
                     "--liveness",
                     "",
+                    *self.args,
                 ],
                 cwd=REPO,
                 env=env,

@@ -23,7 +23,7 @@ from ekko.planning.problem import build_problem
 from ekko.planning.state import PoolState, ServerObs
 from ekko.solver import ModelId, Plan, Server, ServerId, ZoneId, violations
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 G, V = "ekko.dev", "v1alpha1"
 

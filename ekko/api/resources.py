@@ -514,6 +514,7 @@ class ModelVersionSpec(ApiModel):
             # comprehensions exceeds its budget by over 100x; all() with a guard does not.
             rule=(
                 "!has(self.strategy) || self.strategy.canary.steps.all(s, !has(s.analysis) || "
+                "!has(s.analysis.metrics) || "
                 "s.analysis.metrics.all(n, has(self.analysis) && n in self.analysis.map(m, m.name)))"
             ),
             message="an analysis step names a metric that spec.analysis does not define",

@@ -106,19 +106,18 @@ def record(
     )
 
 
-def due(metric: AnalysisMetric, result: AnalysisResult | None, now: datetime) -> bool:
-    """Whether the metric should be measured now (first time, or an interval after the last)."""
-    if result is None or result.last_measured is None:
-        return True
-    if result.phase != "Running":
-        return False
-    return (now - result.last_measured).total_seconds() >= parse_duration(metric.interval) - 0.05
-
-
 def seconds_until_due(
-    metric: AnalysisMetric, result: AnalysisResult | None, now: datetime
+    metric: AnalysisMetric, result: AnalysisResult | None, now: datetime, since: datetime
 ) -> float:
-    if result is None or result.last_measured is None:
-        return 0.0
-    elapsed = (now - result.last_measured).total_seconds()
-    return max(0.0, parse_duration(metric.interval) - elapsed)
+    """Seconds until the next measurement: one interval after the last one, or after ``since``
+    (the start of the analysis step) for the first, so that the new weights have had a full
+    interval of traffic before they are judged."""
+    last = result.last_measured if result is not None and result.last_measured is not None else since
+    return max(0.0, parse_duration(metric.interval) - (now - last).total_seconds())
+
+
+def due(metric: AnalysisMetric, result: AnalysisResult | None, now: datetime, since: datetime) -> bool:
+    """Whether the metric should be measured now."""
+    if result is not None and result.phase != "Running":
+        return False
+    return seconds_until_due(metric, result, now, since) <= 0.05

@@ -134,7 +134,8 @@ def metrics_due(spec: ModelVersionSpec, status: ModelVersionStatus, now: datetim
     if status.phase != "Progressing" or step is None or step.analysis is None:
         return []
     results = {r.metric: r for r in status.analysis}
-    return [m.name for m in _step_metrics(spec, step) if due(m, results.get(m.name), now)]
+    since = status.step_started_at or now
+    return [m.name for m in _step_metrics(spec, step) if due(m, results.get(m.name), now, since)]
 
 
 def decide(inp: Inputs) -> Decision:
@@ -304,8 +305,9 @@ def _analyse(inp: Inputs, status: ModelVersionStatus, step: CanaryStep) -> Decis
                 Event("AnalysisPassed", f"Analysis passed for {spec.version} at {status.weight}%."),
             ),
         )
+    since = status.step_started_at or inp.now
     wait = min(
-        (seconds_until_due(m, results.get(m.name), inp.now) for m in metrics), default=LOOK_AGAIN
+        (seconds_until_due(m, results.get(m.name), inp.now, since) for m in metrics), default=LOOK_AGAIN
     )
     return Decision(
         status.model_copy(update={"message": "analysing"}), requeue_after=max(wait, 0.05)

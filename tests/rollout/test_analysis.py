@@ -73,8 +73,14 @@ def test_count_completes_and_due_follows_the_interval() -> None:
     m = metric(count=2, interval="5s")
     r = record(m, None, Measurement("m", NOW, 0.01))
     assert r.phase == "Running" and r.last_value == "0.01"
-    assert not due(m, r, NOW + timedelta(seconds=4))
-    assert due(m, r, NOW + timedelta(seconds=5))
+    assert not due(m, r, NOW + timedelta(seconds=4), NOW)
+    assert due(m, r, NOW + timedelta(seconds=5), NOW)
     r = record(m, r, Measurement("m", NOW, 0.02))
     assert r.phase == "Successful"
-    assert not due(m, r, NOW + timedelta(seconds=50))
+    assert not due(m, r, NOW + timedelta(seconds=50), NOW)
+
+
+def test_the_first_measurement_waits_one_interval_after_the_step_starts() -> None:
+    m = metric(interval="5s")
+    assert not due(m, None, NOW + timedelta(seconds=3), NOW)
+    assert due(m, None, NOW + timedelta(seconds=5), NOW)

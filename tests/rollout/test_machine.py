@@ -108,7 +108,7 @@ def test_a_healthy_canary_walks_every_step_and_promotes_keeping_the_previous_ver
     assert d.model is not None and d.model.weights == split("v1", "v2", 10)
     sim.step()
     assert sim.status.current_step == 1  # routing applied: on to analysis
-    sim.step(0, 0.01)
+    sim.step(5, 0.01)
     assert sim.status.analysis[0].successful == 1 and sim.status.current_step == 1
     assert sim.measure(0.01) == ()  # not due until the interval passed
     sim.step(5, 0.01)
@@ -130,7 +130,7 @@ def test_failed_analysis_rolls_back_at_once_and_measures_the_rollback() -> None:
     for _ in range(4):
         sim.step()
     assert sim.status.current_step == 1
-    d = sim.step(0, 0.2, apply=False)
+    d = sim.step(5, 0.2, apply=False)
     assert sim.status.phase == "RolledBack" and d.outcome == "RolledBack"
     assert d.model is not None and d.model.weights == (VersionWeight(version="v1", weight=100),)
     assert sim.status.rollback_requested_at == sim.now
@@ -149,7 +149,7 @@ def test_no_data_is_held_as_inconclusive_and_pauses_instead_of_failing() -> None
     sim = Sim(spec([{"setWeight": 5}, {"analysis": {}}, {"setWeight": 100}]))
     for _ in range(4):
         sim.step()
-    sim.step(0, None)
+    sim.step(5, None)
     assert sim.status.phase == "Paused"
     assert sim.status.analysis[0].inconclusive == 1
     sim.step(0, request=Request("promote", "t1"))
@@ -165,7 +165,7 @@ def test_the_no_data_policy_is_the_users_choice(policy: str, phase: str) -> None
     sim = Sim(s)
     for _ in range(4):
         sim.step()
-    sim.step(0, None)
+    sim.step(5, None)
     assert sim.status.phase == phase
 
 

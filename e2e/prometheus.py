@@ -1,0 +1,130 @@
+"""A real Prometheus for e2e tests: scrapes the agents on loopback every second.
+
+Targets come from a file the harness rewrites as agents come and go (file service discovery),
+so Prometheus needs no restart. The binary is Debian's `prometheus` package
+(`e2e/install-prometheus.sh`, run by `make tools`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+CONFIG = """\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 900ms
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: ekko-agents
+    file_sd_configs:
+      - files: [{targets}]
+        refresh_interval: 1s
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Prometheus:
+    """`prometheus` as a child process with its own TSDB in a temp dir."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError(
+                "prometheus is not installed: run `make tools` (e2e/install-prometheus.sh)"
+            )
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="ekko-prometheus-"))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.targets_file = self.dir / "targets.json"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.set_targets({})
+        (self.dir / "prometheus.yml").write_text(
+            CONFIG.format(targets=json.dumps(str(self.targets_file)))
+        )
+        log = (self.dir / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=2h",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {self.logs()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"prometheus not ready in 30s: {self.logs()}")
+
+    def set_targets(self, targets: dict[str, int]) -> None:
+        """Scrape these agents: pod name -> port on 127.0.0.1."""
+        groups = [
+            {"targets": [f"127.0.0.1:{port}"], "labels": {"pod": pod}}
+            for pod, port in sorted(targets.items())
+        ]
+        tmp = self.targets_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.targets_file)
+
+    def query(self, promql: str) -> float | None:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.load(r)
+        result = body["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def up_targets(self) -> int:
+        value = self.query("count(up == 1)")
+        return int(value or 0)
+
+    def logs(self) -> str:
+        path = self.dir / "prometheus.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Prometheus:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
