@@ -33,6 +33,8 @@ ACTIONS = ("promote", "pause", "resume", "abort", "retry", "rollback")
 DEFAULT_WAIT = 120.0
 POLL = 0.25
 """Seconds between looks while waiting; the rollback time is measured from agents' stamps, not this."""
+ROLLBACK_POLL = 0.1
+"""A tighter poll for rollbacks: the time they were seen applied everywhere is an upper bound."""
 WATCH_POLL = 1.0
 OPERATOR_GRACE = 5.0
 """Seconds a rollback --wait keeps looking for the operator's record once every agent applied it."""
@@ -266,6 +268,7 @@ def wait_rollback(
             s.fail(f"rollback of {name} failed: {progress.line}")
             return EXIT_FAILED
         if progress.state == "reached":
+            seen_at = s.now()
             break
         if s.monotonic() >= deadline:
             waiting = ", ".join(routing.pending[:5]) + (" …" if len(routing.pending) > 5 else "")
@@ -274,13 +277,8 @@ def wait_rollback(
                 + (f"; not yet on {waiting}" if waiting else "")
             )
             return EXIT_TIMEOUT
-        s.sleep(POLL)
-    seconds = routing.seconds_since(requested_at) if requested_at else None
-    took = f"{seconds:.3f}s" if seconds is not None else "an unknown time (no appliedAt)"
-    s.say(
-        f"rolled back {name} to {target} on {routing.ready} servers in {took}"
-        " (request to the last agent's appliedAt)"
-    )
+        s.sleep(ROLLBACK_POLL)
+    s.say(view.rollback_summary(name, target, routing, requested_at, seen_at))
     grace = min(deadline, s.monotonic() + OPERATOR_GRACE)
     while True:
         recorded = view.operator_seconds(mv, requested_at)

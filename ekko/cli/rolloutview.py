@@ -477,6 +477,29 @@ def routing_progress(
     return RoutingProgress(applied, ready, last, tuple(sorted(pending)))
 
 
+def rollback_summary(
+    model: str,
+    target: str,
+    routing: RoutingProgress,
+    requested_at: datetime | None,
+    seen_at: datetime,
+) -> str:
+    """The measured rollback time: request to the last agent's ``appliedAt`` (what the operator
+    records), and request to the poll that saw every server applied (an upper bound that does not
+    depend on the agents' clocks or the resolution of their stamps)."""
+    head = f"rolled back {model} to {target} on {routing.ready} servers"
+    if requested_at is None:
+        return head
+    applied = routing.seconds_since(requested_at)
+    seen = max(0.0, (seen_at - requested_at).total_seconds())
+    stamp = (
+        f"in {applied:.3f}s (request to the last agent's appliedAt)"
+        if applied is not None
+        else ("(the agents report no appliedAt)")
+    )
+    return f"{head} {stamp}; seen applied on every server {seen:.3f}s after the request"
+
+
 def judge_rollback(at: str, mv: ModelVersion | None, routing: RoutingProgress) -> Progress:
     """A rollback is reached when every ready server applies the new weights; it failed when the
     operator handled the request without rolling back (refused: the state changed meanwhile)."""
