@@ -463,7 +463,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             ("first-fit, capped classes first", "first", capped),
             ("best-fit decreasing", "best", reps),
         ):
-            if starts and time.monotonic() - t0 > 0.25 * config.time_limit:
+            if starts and time.monotonic() - t0 > 0.1 * config.time_limit:
                 break
             starts.append((label, greedy.run(inst, how, order)))  # type: ignore[arg-type]
     valid = [(n, r) for n, r in starts if not r.unplaced]
