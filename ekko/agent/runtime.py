@@ -49,7 +49,8 @@ PatchFn = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+    # Microseconds kept: appliedAt times measure rollbacks that take a fraction of a second.
+    return datetime.now(UTC)
 
 
 class StatusWriter:
