@@ -497,6 +497,9 @@ def rollback_summary(
         if applied is not None
         else ("(the agents report no appliedAt)")
     )
+    last = routing.last_applied_at
+    if last is not None and last.microsecond == 0:
+        stamp += " (appliedAt has whole seconds only)"
     return f"{head} {stamp}; seen applied on every server {seen:.3f}s after the request"
 
 

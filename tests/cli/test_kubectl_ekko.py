@@ -160,8 +160,14 @@ def test_table_shows_the_last_rollback_and_its_time() -> None:
 
 
 def test_step_text_for_each_kind_and_past_the_end() -> None:
-    steps = [{"setWeight": 10}, {"pause": {"duration": "30s"}}, {"analysis": {}}]
-    metrics = [{"name": "e", "query": "q", "successCondition": "result < 1", "noData": "Hold"}]
+    steps: list[dict[str, Any]] = [
+        {"setWeight": 10},
+        {"pause": {"duration": "30s"}},
+        {"analysis": {}},
+    ]
+    metrics: list[dict[str, Any]] = [
+        {"name": "e", "query": "q", "successCondition": "result < 1", "noData": "Hold"}
+    ]
 
     def at(i: int) -> str:
         return view.step_text(version(phase="Progressing", step=i, steps=steps, metrics=metrics))
@@ -361,7 +367,9 @@ AT = "2026-11-28T12:00:00.000000Z"
 def test_wait_judgement(
     verb: Verb, before: tuple[str, int], after: tuple[str, int, str], state: str
 ) -> None:
-    before_status = ModelVersionStatus(phase=before[0], current_step=before[1])  # type: ignore[arg-type]
+    before_status = ModelVersionStatus.model_validate(
+        {"phase": before[0], "currentStep": before[1]}
+    )
     mv = version(phase=after[0], step=after[1], handledRequest=after[2])
     assert view.judge(verb, AT, before_status, mv).state == state
 
@@ -598,3 +606,17 @@ def test_status_watch_redraws_only_on_change_and_stops_at_the_timeout() -> None:
     s, out, _ = session(kube)
     assert cli.run_status(s, cli.parse_args(["status", "rank", "-w", "--timeout", "3s"])) == 0
     assert out.getvalue().count("Weights:") == 1
+
+
+def test_rollback_summary_gives_both_times_and_flags_whole_second_stamps() -> None:
+    want = [VersionWeight(version="v1", weight=100)]
+    fine = view.routing_progress("rank", want, [(assignment("s0", [("v1", 100)], 0.25), True)])
+    seen = T0 + timedelta(seconds=0.4)
+    assert view.rollback_summary("rank", "v1", fine, T0, seen) == (
+        "rolled back rank to v1 on 1 servers in 0.250s (request to the last agent's appliedAt);"
+        " seen applied on every server 0.400s after the request"
+    )
+    coarse = view.routing_progress("rank", want, [(assignment("s0", [("v1", 100)], 1.0), True)])
+    assert "(appliedAt has whole seconds only)" in view.rollback_summary(
+        "rank", "v1", coarse, T0, seen
+    )
