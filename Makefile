@@ -56,7 +56,7 @@ cluster-down: install ## Stop the local control plane
 	$(BIN)/python -m e2e.cluster down
 
 demo: tools ## The operator on the local control plane: placement and a rollout
-	$(BIN)/python -m e2e.cluster demo
+	$(BIN)/python -m e2e.demo
 
 bench: install ## Placement benchmark (quick sizes); see docs/benchmarks.md for the full runs
 	$(BIN)/python -m bench.placement --quick

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # kopf logs every handler run at INFO; ours are wake-ups, so only problems are worth a line.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.prometheus_url:
         os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
     if args.metrics_port:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from ekko.api.resources import Model, ServerPool, parse_resource
+from ekko.api.resources import Model, ServerPool
 from ekko.api.units import parse_duration, quantity_bytes, quantity_float
 from ekko.planning.state import PoolState
 from ekko.solver import (
@@ -104,25 +104,6 @@ def build_problem(state: PoolState) -> Problem:
                 current[model][shard.shard].append(ServerId(server.name))
     assignment: Assignment = {m: tuple(tuple(s) for s in shards) for m, shards in current.items()}
     return Problem(pool=pool, models=models, current=assignment)
-
-
-def problem_from_manifests(docs: list[dict[str, Any]]) -> Problem:
-    """The problem a set of ServerPool and Model manifests describes (``ekko plan -f``).
-
-    Exactly one ServerPool is expected; Models of other pools are ignored.
-    """
-    resources = [parse_resource(d) for d in docs if isinstance(d, dict) and d.get("kind")]
-    pools = [r for r in resources if isinstance(r, ServerPool)]
-    if len(pools) != 1:
-        names = ", ".join(p.metadata.name for p in pools) or "none"
-        raise ValueError(f"expected exactly one ServerPool in the manifests, found {names}")
-    pool = pools[0]
-    models = tuple(
-        r for r in resources if isinstance(r, Model) and r.spec.pool == pool.metadata.name
-    )
-    if not models:
-        raise ValueError(f"no Model names pool {pool.metadata.name!r}")
-    return Problem(pool=pool_of(pool), models=tuple(model_spec(m) for m in models))
 
 
 def placement_by_server(assignment: Assignment) -> dict[str, set[tuple[str, int]]]:

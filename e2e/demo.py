@@ -1,0 +1,304 @@
+"""`make demo`: the operator on the local control plane doing placement and a rollout.
+
+1. starts (or reuses) the local control plane and adds the demo nodes; installs the CRDs;
+2. runs the operator, one agent per server pod, and a real Prometheus scraping the agents;
+3. applies examples/serverpools.yaml and examples/models.yaml and shows the placement, with
+   `ekko plan` comparing the optimiser with first-fit decreasing on the same pools;
+4. sends traffic, applies examples/modelversion.yaml and walks the canary (promoting it at its
+   manual pause with `kubectl ekko promote`);
+5. rolls out a faulty version (20% errors) that analysis catches and rolls back, and prints the
+   measured detection and rollback times.
+
+Everything runs in the namespace `ekko-demo`; the cluster is left running (`make cluster-down`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from e2e.agents import AgentFleet
+from e2e.cluster import build, control
+from e2e.operator_harness import OperatorProcess
+from e2e.prometheus import Prometheus
+from e2e.traffic import Traffic
+
+REPO = Path(__file__).resolve().parents[1]
+NS = "ekko-demo"
+G, V = "ekko.dev", "v1alpha1"
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["KUBECONFIG"] = str(control.kubeconfig_path())
+    env["PATH"] = (
+        f"{REPO / '.venv' / 'bin'}{os.pathsep}{build.tool_path()}{os.pathsep}{env.get('PATH', '')}"
+    )
+    return env
+
+
+def run(*cmd: str, check: bool = True) -> None:
+    print(f"$ {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, env=tool_env(), check=False)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: {' '.join(cmd)} failed (exit {proc.returncode})")
+
+
+def wait(what: str, probe: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+class Demo:
+    def __init__(self) -> None:
+        self.api = config.new_client_from_config(config_file=str(control.kubeconfig_path()))
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    def setup_cluster(self) -> None:
+        say("Local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
+        control.ensure_up()
+        for node in control.load_fleet(REPO / "e2e" / "demo-fleet.yaml"):
+            try:
+                self.core.create_node(node)
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+        crds = sorted(str(p) for p in (REPO / "crds").glob("*.yaml"))
+        run(
+            "kubectl",
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            *[a for f in crds for a in ("-f", f)],
+        )
+        run(
+            "kubectl",
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            *[a for f in crds for a in ("-f", f)],
+        )
+        try:
+            self.core.delete_namespace(NS)
+            wait("the previous demo namespace to go", lambda: not self._ns_exists(), 120)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        wait("the default ServiceAccount", self._has_sa, 30)
+
+    def _ns_exists(self) -> bool:
+        try:
+            self.core.read_namespace(NS)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    def _has_sa(self) -> bool:
+        try:
+            self.core.read_namespaced_service_account("default", NS)
+        except ApiException:
+            return False
+        return True
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        plural = doc["kind"].lower() + "s"
+        self.custom.create_namespaced_custom_object(G, V, NS, plural, doc)
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(G, V, NS, plural, name)  # type: ignore[no-any-return]
+
+    def ready(self, plural: str, name: str) -> bool:
+        conditions = (self.get(plural, name).get("status") or {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def phase(self, name: str) -> str:
+        return str((self.get("modelversions", name).get("status") or {}).get("phase", ""))
+
+
+def plan_comparison() -> None:
+    say("Offline: `ekko plan` on the example manifests, the optimiser against first-fit decreasing")
+    pools = docs(REPO / "examples" / "serverpools.yaml")
+    models = docs(REPO / "examples" / "models.yaml")
+    for pool in pools:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump_all([pool, *models], f)
+        for solver in ("ffd", "ekko"):
+            run(
+                sys.executable,
+                "-m",
+                "ekko.cli.plan",
+                "-f",
+                f.name,
+                "--solver",
+                solver,
+                "--time-limit",
+                "5s",
+                "--rows",
+                "0",
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.demo", description=__doc__)
+    parser.parse_args(argv)
+    if not build.is_built(build.component("kubernetes")):
+        build.build_all()
+    demo = Demo()
+    demo.setup_cluster()
+    with (
+        Prometheus() as prom,
+        AgentFleet(str(control.kubeconfig_path()), NS) as agents,
+        OperatorProcess(
+            str(control.kubeconfig_path()), NS, ("--prometheus-url", prom.url)
+        ) as operator,
+    ):
+        stop = threading.Event()
+
+        def sync_targets() -> None:
+            while not stop.wait(0.5):
+                prom.set_targets({p: agents.port(p) for p in agents.pods()})
+
+        threading.Thread(target=sync_targets, daemon=True).start()
+        try:
+            say(
+                "Placement: two pools and four models (examples/serverpools.yaml, examples/models.yaml)"
+            )
+            for doc in docs(REPO / "examples" / "serverpools.yaml") + docs(
+                REPO / "examples" / "models.yaml"
+            ):
+                demo.apply(doc)
+            names = [d["metadata"]["name"] for d in docs(REPO / "examples" / "models.yaml")]
+            wait(
+                "every model placed and loaded",
+                lambda: (
+                    all(demo.ready("models", n) for n in names)
+                    and all(demo.ready("serverpools", p) for p in ("gpu-a100", "cpu-large"))
+                ),
+                240,
+            )
+            run("kubectl", "get", "ekko", "-n", NS)
+            run("kubectl", "get", "pods", "-n", NS, "-o", "wide")
+            plan_comparison()
+
+            say(
+                "Rollout: examples/modelversion.yaml (canary with Prometheus analysis), with traffic"
+            )
+            with Traffic(
+                lambda: [agents.port(p) for p in agents.pods()],
+                "ranking-dlrm",
+                rate=40,
+                max_seconds=900,
+            ):
+                demo.apply(docs(REPO / "examples" / "modelversion.yaml")[0])
+                last = ""
+                deadline = time.monotonic() + 400
+                while demo.phase("ranking-dlrm-v2") not in (
+                    "Promoted",
+                    "RolledBack",
+                    "Failed",
+                    "Aborted",
+                ):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("demo: the canary did not finish in 400s")
+                    status = demo.get("modelversions", "ranking-dlrm-v2").get("status") or {}
+                    line = f"phase {status.get('phase')} step {status.get('currentStep')} weight {status.get('weight')}%: {status.get('message', '')}"
+                    if line != last:
+                        print(f"   {line}", flush=True)
+                        last = line
+                    if status.get("phase") == "Paused" and "promote" in status.get("message", ""):
+                        run("kubectl", "ekko", "promote", "ranking-dlrm", "-n", NS)
+                    time.sleep(1)
+                run("kubectl", "ekko", "status", "ranking-dlrm", "-n", NS, check=False)
+                print(f"   ranking-dlrm-v2 ended {demo.phase('ranking-dlrm-v2')}")
+
+                say("A faulty version: 20% of ranking-dlrm v3's requests fail; analysis catches it")
+                for pod in agents.pods():
+                    body = json.dumps({"version": "v3", "errorRate": 0.2}).encode()
+                    req = urllib.request.Request(
+                        f"{agents.url(pod)}/fault",
+                        data=body,
+                        method="POST",
+                        headers={"Content-Type": "application/json"},
+                    )
+                    urllib.request.urlopen(req, timeout=5).close()
+                bad = docs(REPO / "examples" / "modelversion.yaml")[0]
+                bad["metadata"]["name"] = "ranking-dlrm-v3"
+                bad["spec"]["version"] = "v3"
+                bad["spec"]["artifact"] = {"uri": "file:///var/lib/ekko/artifacts/ranking-dlrm/v3"}
+                demo.apply(bad)
+                wait(
+                    "the faulty version to be rolled back",
+                    lambda: demo.phase("ranking-dlrm-v3") in ("RolledBack", "Failed", "Promoted"),
+                    240,
+                )
+                status = wait(
+                    "the rollback to be applied everywhere",
+                    lambda: (
+                        (s := demo.get("modelversions", "ranking-dlrm-v3")["status"]).get(
+                            "rollbackSeconds"
+                        )
+                        is not None
+                        and s
+                    ),
+                    60,
+                )
+                print(f"   {status['message']}")
+                print(
+                    f"   detected at {status['rollbackRequestedAt']}; every agent routed back to v2 "
+                    f"{status['rollbackSeconds']:.3f}s later"
+                )
+                run("kubectl", "get", "modelversions", "-n", NS, "-o", "wide")
+                run(
+                    "kubectl",
+                    "get",
+                    "events",
+                    "-n",
+                    NS,
+                    "--field-selector",
+                    "involvedObject.kind=ModelVersion",
+                    "--sort-by=.lastTimestamp",
+                    check=False,
+                )
+        except BaseException:
+            print(operator.logs()[-4000:], file=sys.stderr)
+            raise
+        finally:
+            stop.set()
+    say("Done. The cluster keeps running:")
+    print(f'export KUBECONFIG={control.kubeconfig_path()}\nexport PATH={build.tool_path()}:"$PATH"')
+    print("kubectl get ekko -n ekko-demo    # stop it with: make cluster-down")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
