@@ -112,11 +112,15 @@ def seconds_until_due(
     """Seconds until the next measurement: one interval after the last one, or after ``since``
     (the start of the analysis step) for the first, so that the new weights have had a full
     interval of traffic before they are judged."""
-    last = result.last_measured if result is not None and result.last_measured is not None else since
+    last = (
+        result.last_measured if result is not None and result.last_measured is not None else since
+    )
     return max(0.0, parse_duration(metric.interval) - (now - last).total_seconds())
 
 
-def due(metric: AnalysisMetric, result: AnalysisResult | None, now: datetime, since: datetime) -> bool:
+def due(
+    metric: AnalysisMetric, result: AnalysisResult | None, now: datetime, since: datetime
+) -> bool:
     """Whether the metric should be measured now."""
     if result is not None and result.phase != "Running":
         return False

@@ -307,7 +307,8 @@ def _analyse(inp: Inputs, status: ModelVersionStatus, step: CanaryStep) -> Decis
         )
     since = status.step_started_at or inp.now
     wait = min(
-        (seconds_until_due(m, results.get(m.name), inp.now, since) for m in metrics), default=LOOK_AGAIN
+        (seconds_until_due(m, results.get(m.name), inp.now, since) for m in metrics),
+        default=LOOK_AGAIN,
     )
     return Decision(
         status.model_copy(update={"message": "analysing"}), requeue_after=max(wait, 0.05)
