@@ -42,6 +42,7 @@ test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e tests
 
 crds: install ## Regenerate crds/ from the api types (and the Helm chart's copies)
 	$(BIN)/python -m ekko.api.crdgen crds
+	$(BIN)/python -m ekko.api.docgen docs/api.md
 	$(MAKE) chart-crds
 
 chart-crds: ## Copy crds/ and the Grafana dashboard into the Helm chart

@@ -120,3 +120,9 @@ def test_generated_files_load_as_single_documents() -> None:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         assert len(docs) == 1
         assert docs[0]["kind"] == "CustomResourceDefinition"
+
+
+def test_the_api_reference_is_current() -> None:
+    from ekko.api import docgen
+
+    assert (CRD_DIR.parent / "docs" / "api.md").read_text() == docgen.render(), "run `make crds`"

@@ -74,6 +74,8 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
     wanted = _wanted_replicas(desired)
     ready = _ready_replicas(state, desired)
     actions: list[Action] = []
+    # minServers: empty servers beyond the plan are kept (never created ahead of need) up to it.
+    spare = max(0, state.pool.spec.min_servers - len(desired.servers))
     for name in sorted(desired.servers):
         server = state.server(name)
         zone = desired.zones.get(name, server.zone if server else "")
@@ -95,7 +97,10 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
             and not server.deleting
             and server.pod_exists
         ):
-            actions.append(DeleteServer(server.name))
+            if spare > 0 and server.alive:
+                spare -= 1
+            else:
+                actions.append(DeleteServer(server.name))
     for name in sorted(desired.servers):
         if state.server(name) is None:
             zone = desired.zones.get(name, "")

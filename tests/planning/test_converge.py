@@ -203,3 +203,15 @@ def test_a_migration_never_takes_a_shard_below_its_replicas(seed: int, replicas:
         cluster.agents_progress(rng)
     assert converge(cluster.state(), second) == []
     assert set(cluster.servers) == set(second.servers)
+
+
+def test_min_servers_keeps_empty_servers_instead_of_deleting_them() -> None:
+    m = model("m")
+    keep = settled("p-0", {("m", 0), ("m", 1)}, [m])
+    empty = ServerObs("p-1", "a", pod_ready=True)
+    pool = ServerPool.model_validate(
+        POOL.to_wire() | {"spec": POOL.spec.to_wire() | {"minServers": 2}}
+    )
+    want = desired({"p-0": {("m", 0), ("m", 1)}})
+    assert converge(PoolState(pool, (m,), (keep, empty)), want) == []
+    assert converge(PoolState(POOL, (m,), (keep, empty)), want) == [DeleteServer("p-1")]
