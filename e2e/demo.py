@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                     if line != last:
                         print(f"   {line}", flush=True)
                         last = line
-                    if status.get("phase") == "Paused" and "promote" in status.get("message", ""):
+                    # Promote only at the manual pause step, never past inconclusive analysis.
+                    if status.get("phase") == "Paused" and status.get("message", "").startswith("paused at step"):
                         run("kubectl", "ekko", "promote", "ranking-dlrm", "-n", NS)
                     time.sleep(1)
                 run("kubectl", "ekko", "status", "ranking-dlrm", "-n", NS, check=False)
