@@ -152,8 +152,11 @@ def component(name: str) -> Component:
 
 
 def is_built(c: Component) -> bool:
-    return (tool_dir(c) / "bin" / ".complete").exists() and all(
-        (bin_dir(c) / b).exists() for b in c.binaries
+    root = tool_dir(c)
+    return (
+        (bin_dir(c) / ".complete").exists()
+        and all((bin_dir(c) / b).exists() for b in c.binaries)
+        and all((root / dest).exists() for dest in c.extra_files.values())
     )
 
 
