@@ -1,4 +1,4 @@
-"""python -m e2e.cluster build|up|down|status|env|demo — see docs/control-plane.md."""
+"""python -m e2e.cluster build|prune|up|down|status|env|demo — see docs/control-plane.md."""
 
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "components", nargs="*", help=f"subset of {[c.name for c in build.components()]}"
     )
     b.add_argument("--force", action="store_true", help="rebuild even if built")
+    sub.add_parser("prune", help="delete the Go module/build caches of built components (~7 GB)")
     u = sub.add_parser("up", help="start a fresh cluster with the fleet's nodes")
     u.add_argument("--fleet", type=Path, default=control.FLEET_FILE)
     d = sub.add_parser("down", help="stop the cluster (keeps logs and certs)")
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             build.build_all(args.components or None, force=args.force)
+        elif args.command == "prune":
+            build.prune()
         elif args.command == "up":
             started = time.monotonic()
             if not build.is_built(build.component("kubernetes")):

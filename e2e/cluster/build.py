@@ -415,6 +415,16 @@ def build_component(c: Component, force: bool = False) -> None:
     _log(c, f"built {', '.join(c.binaries)} in {_fmt(elapsed)} -> {bin_dir(c)}")
 
 
+def prune() -> None:
+    """Delete what only a rebuild needs (module and build caches) of built components."""
+    for c in components():
+        if not is_built(c):
+            continue
+        for sub in ("gomod", "gocache", "gopath", "bin.partial"):
+            shutil.rmtree(tool_dir(c) / sub, ignore_errors=True)
+        _log(c, f"pruned; kept {bin_dir(c)}")
+
+
 def build_all(only: list[str] | None = None, force: bool = False) -> None:
     started = time.monotonic()
     for c in components():
