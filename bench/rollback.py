@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
-import threading
 import time
-import urllib.request
 from typing import Any
+
+import yaml
+from kubernetes import client, config
 
 from e2e.agents import AgentFleet
 from e2e.cluster import control
+from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
-from e2e.test_operator import Api, converged, model_manifest, pool_manifest
 from e2e.test_rollout import version_manifest
 from e2e.traffic import Traffic
 from ekko.cli.kubectl_ekko import main as kubectl_ekko
@@ -127,15 +127,7 @@ class Bench:
         return agents_s, operator_s
 
     def automatic(self, fleet: AgentFleet, runs: int) -> tuple[list[float], list[float], int]:
-        for pod in fleet.pods():
-            body = json.dumps({"version": "v3", "errorRate": 0.2}).encode()
-            req = urllib.request.Request(
-                f"{fleet.url(pod)}/fault",
-                data=body,
-                method="POST",
-                headers={"Content-Type": "application/json"},
-            )
-            urllib.request.urlopen(req, timeout=5).close()
+        fleet.set_fault("v3", error_rate=0.2)
         name = f"{MODEL}-v3"
         self.api.create(
             version_manifest(
@@ -236,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
 
     control.ensure_up()
     kubeconfig = str(control.kubeconfig_path())
-    from kubernetes import client, config
-
     api_client = config.new_client_from_config(config_file=kubeconfig)
     core = client.CoreV1Api(api_client)
     ns = f"bench-rollback-{int(time.time())}"
@@ -250,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
         30,
     )
     for path in sorted((control.REPO / "crds").glob("*.yaml")):
-        import yaml
-
         body = yaml.safe_load(path.read_text())
         ext = client.ApiextensionsV1Api(api_client)
         try:
@@ -266,15 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         with (
             Prometheus() as prom,
             AgentFleet(kubeconfig, ns) as fleet,
+            prom.follow(fleet),
             OperatorProcess(kubeconfig, ns, ("--prometheus-url", prom.url)) as operator,
         ):
-            stop = threading.Event()
-
-            def sync() -> None:
-                while not stop.wait(0.5):
-                    prom.set_targets({p: fleet.port(p) for p in fleet.pods()})
-
-            threading.Thread(target=sync, daemon=True).start()
             api.create(pool_manifest(max_servers=args.servers + 10))
             model = model_manifest(MODEL, args.servers, "20Gi", 1)
             model["spec"]["keepPreviousResident"] = True  # 2 x 20Gi per server: one shard each
@@ -299,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
                     bench.automatic(fleet, args.auto_runs) if args.auto_runs else ([], [], 0)
                 )
                 false_rollbacks = bench.healthy(args.healthy_runs) if args.healthy_runs else 0
-            stop.set()
             print(f"operator log: {operator.log_path}")
     finally:
         core.delete_namespace(ns)

@@ -18,6 +18,7 @@ orphans behind either.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -158,6 +159,24 @@ class AgentFleet:
 
     def url(self, pod: str) -> str:
         return self.agent(pod).url
+
+    def set_fault(
+        self, version: str, error_rate: float = 0.0, extra_latency_ms: float = 0.0
+    ) -> None:
+        """Make every running agent fail (or slow down) this share of a version's requests."""
+        body = json.dumps(
+            {"version": version, "errorRate": error_rate, "extraLatencyMs": extra_latency_ms}
+        ).encode()
+        for pod in self.pods():
+            request = urllib.request.Request(
+                f"{self.url(pod)}/fault",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"/fault on {pod} answered {response.status}")
 
     def log_text(self, pod: str) -> str:
         return self.agent(pod).log_path.read_text(errors="replace")

@@ -22,8 +22,11 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
+from e2e.agents import AgentFleet
 from e2e.cluster import build, control
 from e2e.cluster.pki import CLUSTER_NAME
+from e2e.objects import Api
+from e2e.operator_harness import OperatorProcess
 from e2e.waiting import wait_for
 
 ALLOW_ENV = "EKKO_E2E_ALLOW_CONTEXT"
@@ -206,3 +209,26 @@ def ekko_crds(cluster: Cluster) -> list[dict[str, Any]]:
         return install_crds(cluster)
     except AssertionError as err:
         pytest.fail(str(err), pytrace=False)
+
+
+# -- the operator and its agents, for the tests that run them ---------------------------------
+
+
+@pytest.fixture
+def api(cluster: Cluster, namespace: str, ekko_crds: Any) -> Api:
+    """Ekko objects in the test namespace."""
+    return Api(cluster.api, namespace)
+
+
+@pytest.fixture
+def fleet(cluster: Cluster, namespace: str) -> Iterator[AgentFleet]:
+    """One agent process per server pod of the namespace (kwok pods run no containers)."""
+    with AgentFleet(cluster.kubeconfig, namespace) as agents:
+        yield agents
+
+
+@pytest.fixture
+def operator(cluster: Cluster, namespace: str, ekko_crds: Any) -> Iterator[OperatorProcess]:
+    """The operator as a process, watching the test namespace."""
+    with OperatorProcess(cluster.kubeconfig, namespace) as proc:
+        yield proc

@@ -15,14 +15,11 @@ Everything runs in the namespace `ekko-demo`; the cluster is left running (`make
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -178,17 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     with (
         Prometheus() as prom,
         AgentFleet(str(control.kubeconfig_path()), NS) as agents,
+        prom.follow(agents),
         OperatorProcess(
             str(control.kubeconfig_path()), NS, ("--prometheus-url", prom.url)
         ) as operator,
     ):
-        stop = threading.Event()
-
-        def sync_targets() -> None:
-            while not stop.wait(0.5):
-                prom.set_targets({p: agents.port(p) for p in agents.pods()})
-
-        threading.Thread(target=sync_targets, daemon=True).start()
         try:
             say(
                 "Placement: two pools and four models (examples/serverpools.yaml, examples/models.yaml)"
@@ -236,22 +227,16 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"   {line}", flush=True)
                         last = line
                     # Promote only at the manual pause step, never past inconclusive analysis.
-                    if status.get("phase") == "Paused" and status.get("message", "").startswith("paused at step"):
+                    if status.get("phase") == "Paused" and status.get("message", "").startswith(
+                        "paused at step"
+                    ):
                         run("kubectl", "ekko", "promote", "ranking-dlrm", "-n", NS)
                     time.sleep(1)
                 run("kubectl", "ekko", "status", "ranking-dlrm", "-n", NS, check=False)
                 print(f"   ranking-dlrm-v2 ended {demo.phase('ranking-dlrm-v2')}")
 
                 say("A faulty version: 20% of ranking-dlrm v3's requests fail; analysis catches it")
-                for pod in agents.pods():
-                    body = json.dumps({"version": "v3", "errorRate": 0.2}).encode()
-                    req = urllib.request.Request(
-                        f"{agents.url(pod)}/fault",
-                        data=body,
-                        method="POST",
-                        headers={"Content-Type": "application/json"},
-                    )
-                    urllib.request.urlopen(req, timeout=5).close()
+                agents.set_fault("v3", error_rate=0.2)
                 bad = docs(REPO / "examples" / "modelversion.yaml")[0]
                 bad["metadata"]["name"] = "ranking-dlrm-v3"
                 bad["spec"]["version"] = "v3"
@@ -293,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             print(operator.logs()[-4000:], file=sys.stderr)
             raise
-        finally:
-            stop.set()
     say("Done. The cluster keeps running:")
     print(f'export KUBECONFIG={control.kubeconfig_path()}\nexport PATH={build.tool_path()}:"$PATH"')
     print("kubectl get ekko -n ekko-demo    # stop it with: make cluster-down")

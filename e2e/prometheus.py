@@ -7,16 +7,23 @@ so Prometheus needs no restart. The binary is Debian's `prometheus` package
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from e2e.agents import AgentFleet
 
 CONFIG = """\
 global:
@@ -94,6 +101,23 @@ class Prometheus:
         tmp = self.targets_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups))
         tmp.replace(self.targets_file)
+
+    @contextlib.contextmanager
+    def follow(self, agents: AgentFleet) -> Iterator[None]:
+        """Keep the scrape targets equal to the agents running, while the block runs."""
+        stop = threading.Event()
+
+        def sync() -> None:
+            while not stop.wait(0.5):
+                self.set_targets({pod: agents.port(pod) for pod in agents.pods()})
+
+        thread = threading.Thread(target=sync, daemon=True, name="prometheus-targets")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     def query(self, promql: str) -> float | None:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})

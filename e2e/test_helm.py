@@ -42,8 +42,8 @@ from e2e.helmtools import (
     run,
     token_kubeconfig,
 )
+from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
-from e2e.test_operator import Api, converged, model_manifest, pool_manifest
 from e2e.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -8,194 +8,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from kubernetes import client
 
 from e2e.agents import AgentFleet
+from e2e.objects import (
+    FOUR_MODELS,
+    Api,
+    cluster_plan_violations,
+    converged,
+    model_manifest,
+    pool_manifest,
+    serving_replicas,
+)
 from e2e.operator_harness import OperatorProcess
 from e2e.waiting import wait_for
-from ekko.api.resources import Model, ServerAssignment, ServerPool
-from ekko.planning.problem import build_problem
-from ekko.planning.state import PoolState, ServerObs
-from ekko.solver import ModelId, Plan, Server, ServerId, ZoneId, violations
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-G, V = "ekko.dev", "v1alpha1"
-
-
-def pool_manifest(name: str = "pool", max_servers: int = 12) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{G}/{V}",
-        "kind": "ServerPool",
-        "metadata": {"name": name},
-        "spec": {
-            "template": {
-                "image": "engine:1",
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-            },
-            "capacity": {"memory": "64Gi", "compute": "100"},
-            "maxServers": max_servers,
-            "placement": {"solverTimeLimit": "5s", "replanDebounce": "500ms"},
-        },
-    }
-
-
-def model_manifest(
-    name: str,
-    count: int,
-    size: str,
-    replicas: int,
-    slo: str = "standard",
-    load: str = "5",
-    pool: str = "pool",
-) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{G}/{V}",
-        "kind": "Model",
-        "metadata": {"name": name},
-        "spec": {
-            "pool": pool,
-            "version": "v1",
-            "artifact": {"uri": f"file:///artifacts/{name}/v1"},
-            "shards": {"count": count, "size": size, "load": load},
-            "replicas": replicas,
-            "keepPreviousResident": False,
-            "slo": {"class": slo},
-        },
-    }
-
-
-FOUR_MODELS = [
-    model_manifest("ranking", 6, "8Gi", 2, slo="critical", load="10"),
-    model_manifest("retrieval", 4, "12Gi", 2, slo="standard", load="5"),
-    model_manifest("chat", 3, "20Gi", 1, slo="standard", load="20"),
-    model_manifest("scoring", 4, "6Gi", 1, slo="batch", load="8"),
-]
-
-
-class Api:
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.ns = namespace
-
-    def create(self, doc: dict[str, Any]) -> None:
-        plural = doc["kind"].lower() + "s"
-        self.custom.create_namespaced_custom_object(G, V, self.ns, plural, doc)
-
-    def get(self, plural: str, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(G, V, self.ns, plural, name)  # type: ignore[no-any-return]
-
-    def patch(self, plural: str, name: str, body: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(G, V, self.ns, plural, name, body)
-
-    def assignments(self) -> list[ServerAssignment]:
-        items = self.custom.list_namespaced_custom_object(G, V, self.ns, "serverassignments")[
-            "items"
-        ]
-        return [ServerAssignment.model_validate(i) for i in items]
-
-    def pods(self) -> list[Any]:
-        return list(self.core.list_namespaced_pod(self.ns, label_selector="ekko.dev/pool").items)
-
-    def condition(self, plural: str, name: str, kind: str = "Ready") -> dict[str, Any] | None:
-        status = self.get(plural, name).get("status") or {}
-        return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
-
-
-@pytest.fixture
-def api(cluster: Any, namespace: str, ekko_crds: Any) -> Api:
-    return Api(cluster.api, namespace)
-
-
-@pytest.fixture
-def fleet(cluster: Any, namespace: str) -> Iterator[AgentFleet]:
-    with AgentFleet(cluster.kubeconfig, namespace) as agents:
-        yield agents
-
-
-@pytest.fixture
-def operator(cluster: Any, namespace: str, ekko_crds: Any) -> Iterator[OperatorProcess]:
-    with OperatorProcess(cluster.kubeconfig, namespace) as proc:
-        yield proc
-
-
-def serving_replicas(api: Api) -> Counter[tuple[str, int]]:
-    """Shard replicas loaded by agents of Running, Ready pods (any version)."""
-    ready_pods = {
-        p.metadata.name
-        for p in api.pods()
-        if p.status.phase == "Running"
-        and p.metadata.deletion_timestamp is None
-        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-    }
-    count: Counter[tuple[str, int]] = Counter()
-    for a in api.assignments():
-        if a.metadata.name in ready_pods and a.status is not None:
-            count.update({(s.model, s.shard) for s in a.status.loaded})
-    return count
-
-
-def converged(api: Api, pool: str = "pool", models: list[str] | None = None) -> bool:
-    status = api.get("serverpools", pool).get("status") or {}
-    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
-    if not ready or ready["status"] != "True":
-        return False
-    for name in models or []:
-        cond = api.condition("models", name)
-        if not cond or cond["status"] != "True":
-            return False
-    for a in api.assignments():
-        want = {(s.model, s.shard, s.version) for s in a.spec.shards}
-        have = {(s.model, s.shard, s.version) for s in (a.status.loaded if a.status else [])}
-        if want != have or any(s.drain for s in a.spec.shards):
-            return False
-    return True
-
-
-def cluster_plan_violations(api: Api, pool: str = "pool") -> list[str]:
-    """Run the solver's independent checker on what the cluster actually holds."""
-    pool_obj = ServerPool.model_validate(api.get("serverpools", pool))
-    models = tuple(
-        Model.model_validate(m)
-        for m in api.custom.list_namespaced_custom_object(G, V, api.ns, "models")["items"]
-        if m["spec"]["pool"] == pool
-    )
-    assignments = api.assignments()
-    pods = {p.metadata.name: p for p in api.pods()}
-    servers = tuple(
-        ServerObs(
-            name=a.metadata.name,
-            zone=a.spec.zone,
-            pod_exists=a.metadata.name in pods,
-            spec_shards=tuple(a.spec.shards),
-        )
-        for a in assignments
-    )
-    state = PoolState(pool=pool_obj, models=models, servers=servers)
-    problem = build_problem(state).model_copy(update={"current": {}})
-    placed: dict[ModelId, list[list[ServerId]]] = {
-        m.id: [[] for _ in range(m.num_shards)] for m in problem.models
-    }
-    for a in assignments:
-        for s in a.spec.shards:
-            placed[ModelId(s.model)][s.shard].append(ServerId(a.metadata.name))
-    plan = Plan(
-        solver="cluster",
-        status="feasible",
-        assignment={m: tuple(tuple(x) for x in shards) for m, shards in placed.items()},
-        servers=tuple(
-            Server(id=ServerId(a.metadata.name), zone=ZoneId(a.spec.zone))
-            for a in assignments
-            if a.spec.shards
-        ),
-    )
-    return [v.message for v in violations(problem, plan)]
 
 
 def test_pool_and_four_models_are_placed_loaded_and_valid(

@@ -12,37 +12,19 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from e2e.agents import AgentFleet
+from e2e.objects import Api, G, V, converged, model_manifest, pool_manifest
 from e2e.operator_harness import REPO, OperatorProcess
-from e2e.test_operator import Api, G, V, converged, model_manifest, pool_manifest
 from e2e.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "rank"
 SERVERS = 20
-
-
-@pytest.fixture
-def api(cluster: Any, namespace: str, ekko_crds: Any) -> Api:
-    return Api(cluster.api, namespace)
-
-
-@pytest.fixture
-def fleet(cluster: Any, namespace: str) -> Iterator[AgentFleet]:
-    with AgentFleet(cluster.kubeconfig, namespace) as agents:
-        yield agents
-
-
-@pytest.fixture
-def operator(cluster: Any, namespace: str, ekko_crds: Any) -> Iterator[OperatorProcess]:
-    with OperatorProcess(cluster.kubeconfig, namespace) as proc:
-        yield proc
 
 
 def kubectl_ekko(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +15,9 @@ from typing import Any
 import pytest
 
 from e2e.agents import AgentFleet
+from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
-from e2e.test_operator import Api, converged, model_manifest, pool_manifest
 from e2e.traffic import Traffic
 from e2e.waiting import wait_for
 
@@ -73,23 +72,8 @@ def prometheus() -> Iterator[Prometheus]:
 
 @pytest.fixture
 def fleet(cluster: Any, namespace: str, prometheus: Prometheus) -> Iterator[AgentFleet]:
-    with AgentFleet(cluster.kubeconfig, namespace) as agents:
-        stop = threading.Event()
-
-        def sync() -> None:  # keep Prometheus's targets equal to the running agents
-            while not stop.wait(0.5):
-                prometheus.set_targets({pod: agents.port(pod) for pod in agents.pods()})
-
-        thread = threading.Thread(target=sync, daemon=True)
-        thread.start()
+    with AgentFleet(cluster.kubeconfig, namespace) as agents, prometheus.follow(agents):
         yield agents
-        stop.set()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def api(cluster: Any, namespace: str, ekko_crds: Any) -> Api:
-    return Api(cluster.api, namespace)
 
 
 @pytest.fixture
@@ -187,16 +171,7 @@ def test_a_faulty_canary_is_rolled_back_automatically_within_seconds(
     api: Api, fleet: AgentFleet, operator: OperatorProcess, prometheus: Prometheus
 ) -> None:
     placed_model(api, operator)
-    for port in ports(fleet):
-        body = json.dumps({"version": "v2", "errorRate": 0.2}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/fault",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as r:
-            assert r.status == 200
+    fleet.set_fault("v2", error_rate=0.2)
     with Traffic(lambda: ports(fleet), "rank", rate=60):
         api.create(
             version_manifest(

@@ -18,6 +18,7 @@ from urllib3.exceptions import HTTPError
 
 from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import Model, ModelVersion, ServerAssignment, ServerPool
+from ekko.kube import pods
 from ekko.kube.errors import KubeError
 from ekko.planning.converge import (
     Action,
@@ -30,7 +31,7 @@ from ekko.planning.state import PoolState, ServerObs, resident_versions
 
 log = logging.getLogger(__name__)
 
-POOL_LABEL = "ekko.dev/pool"
+POOL_LABEL = pods.POOL_LABEL
 SERVER_LABEL = "ekko.dev/server"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ekko"}
 FIELD_MANAGER = "ekko-operator"
@@ -134,25 +135,8 @@ class Fleet:
     def model_servers(
         self, namespace: str, model: str, pool: str
     ) -> list[tuple[ServerAssignment, bool]]:
-        """Assignments of the pool's servers that hold the model, with whether the pod is ready."""
-        selector = f"{POOL_LABEL}={pool}"
-        raw = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, "serverassignments", label_selector=selector
-        )["items"]
-        pods = {
-            p.metadata.name: p
-            for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items
-        }
-        out = []
-        for item in raw:
-            assignment = ServerAssignment.model_validate(item)
-            if any(s.model == model for s in assignment.spec.shards):
-                pod = pods.get(assignment.metadata.name)
-                ready = (
-                    pod is not None and pod.metadata.deletion_timestamp is None and _pod_ready(pod)
-                )
-                out.append((assignment, ready))
-        return out
+        """Assignments of the pool's servers that hold the model, with whether the pod serves."""
+        return pods.model_servers(self.core, self.custom, namespace, model, pool)
 
     @converted
     def observe(self, pool: ServerPool) -> PoolState:
@@ -165,7 +149,7 @@ class Fleet:
             for m in self.list_models(namespace)
             if m.spec.pool == name and m.metadata.deletion_timestamp is None
         )
-        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        pod_list = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         raw = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, "serverassignments", label_selector=selector
         )["items"]
@@ -175,7 +159,7 @@ class Fleet:
         node_zone = {n.metadata.name: (n.metadata.labels or {}).get(key, "") for n in nodes}
         node_ready = {n.metadata.name: _node_ready(n) for n in nodes}
         servers: dict[str, ServerObs] = {}
-        for pod in pods:
+        for pod in pod_list:
             pod_name = pod.metadata.name
             assignment = assignments.get(pod_name)
             node = pod.spec.node_name
@@ -184,7 +168,7 @@ class Fleet:
                 name=pod_name,
                 zone=(pod.metadata.labels or {}).get(f"{GROUP}/zone", ""),
                 pod_exists=True,
-                pod_ready=_pod_ready(pod) and not lost_node,
+                pod_ready=pods.pod_ready(pod) and not lost_node,
                 pod_failed=pod.status.phase in ("Failed", "Succeeded") or lost_node,
                 deleting=pod.metadata.deletion_timestamp is not None,
                 node=node,
@@ -407,12 +391,6 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
         },
         "spec": spec,
     }
-
-
-def _pod_ready(pod: Any) -> bool:
-    if pod.status is None or pod.status.phase != "Running":
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 def _node_ready(node: Any) -> bool:

@@ -18,8 +18,8 @@ from urllib3.exceptions import HTTPError, MaxRetryError
 
 from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import Model, ModelVersion, ServerAssignment
+from ekko.kube import pods
 from ekko.kube.errors import KubeError
-from ekko.kube.fleet import POOL_LABEL
 
 FIELD_MANAGER = "kubectl-ekko"
 
@@ -152,23 +152,8 @@ class RolloutClient:
     def model_servers(
         self, namespace: str, model: str, pool: str
     ) -> list[tuple[ServerAssignment, bool]]:
-        """Assignments of the pool's servers that hold the model, with whether the pod is ready."""
-        selector = f"{POOL_LABEL}={pool}"
-        raw = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, "serverassignments", label_selector=selector
-        )["items"]
-        pods = {
-            p.metadata.name: p
-            for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items
-        }
-        out = []
-        for item in raw:
-            assignment = ServerAssignment.model_validate(item)
-            if any(s.model == model for s in assignment.spec.shards):
-                pod = pods.get(assignment.metadata.name)
-                ready = pod is not None and pod.metadata.deletion_timestamp is None and _ready(pod)
-                out.append((assignment, ready))
-        return out
+        """Assignments of the pool's servers that hold the model, with whether the pod serves."""
+        return pods.model_servers(self.core, self.custom, namespace, model, pool)
 
     @converted("write the request annotations")
     def annotate_version(
@@ -197,9 +182,3 @@ class RolloutClient:
             {"status": status},
             field_manager=FIELD_MANAGER,
         )
-
-
-def _ready(pod: Any) -> bool:
-    if pod.status is None or pod.status.phase != "Running":
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])

@@ -1,0 +1,42 @@
+"""Reading server pods and their assignments: shared by the operator and `kubectl ekko`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ekko.api.meta import GROUP, VERSION
+from ekko.api.resources import ServerAssignment
+
+POOL_LABEL = "ekko.dev/pool"
+
+
+def pod_ready(pod: Any) -> bool:
+    """Running, with the Ready condition True."""
+    if pod.status is None or pod.status.phase != "Running":
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def model_servers(
+    core: Any, custom: Any, namespace: str, model: str, pool: str
+) -> list[tuple[ServerAssignment, bool]]:
+    """Assignments of the pool's servers that hold the model, with whether the pod serves.
+
+    Raises the client's ApiException; callers convert it.
+    """
+    selector = f"{POOL_LABEL}={pool}"
+    raw = custom.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "serverassignments", label_selector=selector
+    )["items"]
+    pods = {
+        p.metadata.name: p
+        for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+    }
+    out = []
+    for item in raw:
+        assignment = ServerAssignment.model_validate(item)
+        if any(s.model == model for s in assignment.spec.shards):
+            pod = pods.get(assignment.metadata.name)
+            serving = pod is not None and pod.metadata.deletion_timestamp is None and pod_ready(pod)
+            out.append((assignment, serving))
+    return out
