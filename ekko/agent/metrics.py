@@ -61,5 +61,15 @@ class AgentMetrics:
             "ekko_agent_status_write_errors_total", "Status patches that failed.", registry=r
         )
 
+    def declare(self, model: str, version: str) -> None:
+        """Create a version's request series at zero before its first request.
+
+        A counter that appears with its first increment loses that increment to ``rate()`` and
+        makes early error rates read low (or empty): a canary must be judged from zero.
+        """
+        self.requests.labels(model, version)
+        self.request_errors.labels(model, version)
+        self.request_seconds.labels(model, version)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

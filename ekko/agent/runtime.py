@@ -247,6 +247,8 @@ class Agent:
         for model, weights in applied.items():
             if self.routing.get(model) != weights:
                 self.applied_at[model] = stamp
+            for w in weights:
+                self.metrics.declare(model, w.version)
         self.routing = applied
         routing = self._stamped_routing()
         if observed_at is not None:
