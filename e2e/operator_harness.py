@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from e2e.procs import dying_with_parent
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,18 +37,20 @@ class OperatorProcess:
             env["KUBECONFIG"] = self.kubeconfig
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ekko.operator",
-                    "-n",
-                    self.namespace,
-                    "--metrics-port",
-                    "0",
-                    "--liveness",
-                    "",
-                    *self.args,
-                ],
+                dying_with_parent(
+                    [
+                        sys.executable,
+                        "-m",
+                        "ekko.operator",
+                        "-n",
+                        self.namespace,
+                        "--metrics-port",
+                        "0",
+                        "--liveness",
+                        "",
+                        *self.args,
+                    ]
+                ),
                 cwd=REPO,
                 env=env,
                 stdout=log,

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from e2e.agents import AgentFleet
 
+from e2e.procs import dying_with_parent
+
 CONFIG = """\
 global:
   scrape_interval: 1s
@@ -67,14 +69,16 @@ class Prometheus:
         )
         log = (self.dir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={self.dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--storage.tsdb.retention.time=2h",
-                "--log.level=warn",
-            ],
+            dying_with_parent(
+                [
+                    self.binary,
+                    f"--config.file={self.dir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.dir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--storage.tsdb.retention.time=2h",
+                    "--log.level=warn",
+                ]
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
