@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from collections import defaultdict
@@ -227,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     config = SolveConfig(time_limit=limit, backend=args.backend)
     plan = SOLVERS[args.solver](problem, config)
-    print(summary(problem, plan, args.rows))
+    try:
+        print(summary(problem, plan, args.rows), flush=True)
+    except BrokenPipeError:  # `ekko plan ... | head`: the reader left; still write the plan
+        # As the Python docs advise: point stdout at devnull so the exit flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     try:
         if args.output:
             Path(args.output).write_text(yaml.safe_dump(plan_to_dict(plan), sort_keys=False))

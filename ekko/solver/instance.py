@@ -258,4 +258,3 @@ def server_types(inst: Instance) -> list[tuple[SloClassName, ...]]:
         if all(frozenset((a, b)) not in excl for a in t for b in t if a < b):
             types.append(t)
     return types
-

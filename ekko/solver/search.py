@@ -457,15 +457,16 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     else:
         # A small portfolio, cheapest and usually best first, while the time lasts.
         capped = sorted(reps, key=greedy.capped_first(inst))
-        for label, how, order in (
+        portfolio: list[tuple[str, greedy.Choice, list[greedy.Replica]]] = [
             ("best-fit, capped classes first", "best", capped),
             ("first-fit decreasing", "first", reps),
             ("first-fit, capped classes first", "first", capped),
             ("best-fit decreasing", "best", reps),
-        ):
+        ]
+        for label, how, order in portfolio:
             if starts and time.monotonic() - t0 > 0.1 * config.time_limit:
                 break
-            starts.append((label, greedy.run(inst, how, order)))  # type: ignore[arg-type]
+            starts.append((label, greedy.run(inst, how, order)))
     valid = [(n, r) for n, r in starts if not r.unplaced]
     old = _counts(inst, current)
     start_name = ""
