@@ -39,6 +39,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="Prometheus for analysis metrics that name no address (env EKKO_PROMETHEUS_URL).",
     )
+    parser.add_argument(
+        "--webhook-port",
+        type=int,
+        default=0,
+        help="Serve the validating admission webhook on this port (0: off).",
+    )
+    parser.add_argument(
+        "--webhook-host",
+        default="127.0.0.1",
+        help="Name or IP the API server reaches the webhook at (the Service's DNS name in a cluster).",
+    )
+    parser.add_argument(
+        "--webhook-address", default="0.0.0.0", help="Address the webhook listens on."
+    )
+    parser.add_argument(
+        "--webhook-cert-dir",
+        default=None,
+        help="Directory with tls.crt and tls.key; a self-signed pair is made there (or in a temp dir) if missing.",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="Debug logging.")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -51,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.prometheus_url:
         os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
+    memo = kopf.Memo()
+    if args.webhook_port:
+        # Imported only when served: kopf expects an admission server once validators exist.
+        from ekko.operator import webhook  # noqa: PLC0415
+
+        memo.webhook = webhook.Options(
+            args.webhook_port, args.webhook_host, args.webhook_address, args.webhook_cert_dir
+        )
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
@@ -59,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=args.namespace,
             liveness_endpoint=args.liveness or None,
             standalone=True,
+            memo=memo,
         )
     # kopf has stopped and cleaned up. Blocking client calls still running in worker threads
     # would hold the interpreter open until the pod's grace period ends: leave now.

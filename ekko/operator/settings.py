@@ -34,4 +34,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     memo.executor = executor
     memo.fleet = fleet
     memo.workers = Workers(fleet, executor)
+    options = memo.get("webhook")
+    if options is not None:  # ekko operator --webhook-port imported the webhook handlers
+        from ekko.operator.webhook import configure as configure_webhook  # noqa: PLC0415
+
+        configure_webhook(settings, options)
     memo.rollouts = Rollouts(fleet, memo.workers.wake, os.environ.get("EKKO_PROMETHEUS_URL"))

@@ -1,0 +1,73 @@
+"""The validating webhook rejects what the CRD schema cannot see, with a message a user can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2e.agents import free_port
+from e2e.objects import Api, model_manifest, pool_manifest
+from e2e.operator_harness import OperatorProcess
+from e2e.test_rollout import version_manifest
+from e2e.waiting import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+CONFIGURATION = "validate.ekko.dev"
+
+
+@pytest.fixture
+def webhook_operator(cluster: Any, namespace: str, ekko_crds: Any) -> Iterator[OperatorProcess]:
+    port = free_port()
+    admission = client.AdmissionregistrationV1Api(cluster.api)
+    with OperatorProcess(
+        cluster.kubeconfig, namespace, ("--webhook-port", str(port), "--webhook-host", "127.0.0.1")
+    ) as proc:
+        wait_for(
+            lambda: any(
+                w.client_config.url and f":{port}/" in w.client_config.url
+                for c in admission.list_validating_webhook_configuration().items
+                if c.metadata.name == CONFIGURATION
+                for w in c.webhooks or []
+            ),
+            "the operator to register its webhook",
+            timeout=60,
+            describe=proc.logs,
+        )
+        yield proc
+    try:
+        admission.delete_validating_webhook_configuration(CONFIGURATION)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def rejection(api: Api, doc: dict[str, Any]) -> str:
+    with pytest.raises(ApiException) as err:
+        api.create(doc)
+    assert err.value.status in (400, 422), err.value
+    return str(err.value.body)
+
+
+def test_cross_object_mistakes_are_rejected_at_admission(
+    api: Api, webhook_operator: OperatorProcess
+) -> None:
+    message = rejection(api, model_manifest("orphan", 2, "1Gi", 1, pool="nope"))
+    assert 'pool \\"nope\\" does not exist' in message or 'pool "nope" does not exist' in message, (
+        message
+    )
+
+    api.create(pool_manifest())
+    message = rejection(api, model_manifest("huge", 2, "80Gi", 1))
+    assert "huge/0 needs" in message and "hold 64" in message, message
+
+    message = rejection(api, version_manifest("v2", [{"setWeight": 10}], model="ghost"))
+    assert "ghost" in message and "does not exist" in message, message
+
+    api.create(model_manifest("fine", 2, "8Gi", 1))  # a valid model passes
+    api.create(version_manifest("v2", [{"setWeight": 10}], model="fine"))
+    assert api.get("models", "fine")["spec"]["pool"] == "pool"
