@@ -3,6 +3,10 @@
     EKKO_CLUSTER_DIR=/tmp/ekko-bench python -m bench.reconcile --quick     # ~20 nodes, ~200 replicas
     EKKO_CLUSTER_DIR=/tmp/ekko-bench python -m bench.reconcile             # 200 nodes, ~2000 replicas
 
+Other work in the same checkout can change ekko/ while agents start (a half-written module once
+killed two agents mid-run): run it from a snapshot, ``git archive HEAD | tar -x -C DIR``, with
+``cd DIR && /path/to/.venv/bin/python -m bench.reconcile``.
+
 It measures what the placement benchmark cannot: the whole loop through a real API server. It
 creates simulated nodes (bench-node-NNN over zone-a/b/c), runs ``python -m ekko.operator`` and one
 sim agent process per server pod (e2e.agents.AgentFleet), applies one ServerPool and seeded models,
@@ -33,6 +37,7 @@ import logging
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -769,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-dir", type=Path, help="keep the agents' logs here (default: a temp dir)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    # Run in the background, a benchmark is stopped with SIGTERM: exit through the finally blocks
+    # so the operator, the agents, the nodes and the namespace are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = QUICK if args.quick else FULL
     scale = Scale(
         nodes=args.nodes or base.nodes,
