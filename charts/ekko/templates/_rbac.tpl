@@ -24,11 +24,10 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: ["ekko.dev"]
   resources: ["serverassignments"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# ekko/kube/fleet.py list_versions, get_version; kopf on.event(modelversions); patch is
-# reserved for the rollout's own bookkeeping on the object (kubectl ekko requests).
+# ekko/kube/fleet.py list_versions, get_version; kopf on.event(modelversions).
 - apiGroups: ["ekko.dev"]
   resources: ["modelversions"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["ekko.dev"]
   resources: ["modelversions/status"]
   verbs: ["patch"]
@@ -53,6 +52,13 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list", "watch"]
+{{- if .Values.webhook.enabled }}
+# ekko/operator/webhook.py configure: kopf keeps the ValidatingWebhookConfiguration
+# validate.ekko.dev pointing at the operator's webhook (settings.admission.managed).
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingwebhookconfigurations"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+{{- end }}
 # kopf's resource observer: notices CRDs installed or upgraded after the operator started.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
