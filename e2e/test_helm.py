@@ -14,6 +14,7 @@ do not conflict with it. The upgrade test restores the original CRDs before it e
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib.util
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ from e2e.helmtools import (
 )
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
+from e2e.test_rollout import version_manifest
 from e2e.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -249,6 +251,38 @@ def test_chart_rbac_is_enough_to_place_models(
                 operator.logs()[-3000:],
             ),
         )
+        # The rollout path under the same RBAC: a canary promotes, the next one is rolled back.
+        api.create(version_manifest("v2", [{"setWeight": 50}, {"setWeight": 100}], model="chat"))
+        wait_for(
+            lambda: (
+                (api.get("modelversions", "chat-v2").get("status") or {}).get("phase") == "Promoted"
+            ),
+            "chat v2 promoted under the chart's RBAC",
+            timeout=90,
+            describe=operator.logs,
+        )
+        api.create(version_manifest("v3", [{"setWeight": 30}, {"pause": {}}], model="chat"))
+        wait_for(
+            lambda: (
+                (api.get("modelversions", "chat-v3").get("status") or {}).get("phase") == "Paused"
+            ),
+            "chat v3 paused at 30%",
+            timeout=90,
+            describe=operator.logs,
+        )
+        at = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        notes = {"ekko.dev/request": "rollback", "ekko.dev/request-at": at}
+        api.patch("modelversions", "chat-v3", {"metadata": {"annotations": notes}})
+        wait_for(
+            lambda: (
+                (api.get("modelversions", "chat-v3").get("status") or {}).get("rollbackSeconds")
+                is not None
+            ),
+            "chat v3 rolled back and recorded under the chart's RBAC",
+            timeout=60,
+            describe=operator.logs,
+        )
+        assert api.get("models", "chat")["status"]["weights"] == [{"version": "v2", "weight": 100}]
         pods = api.pods()
         assert pods and all(p.spec.service_account_name == release.agent_sa for p in pods)
         for pod in fleet.pods():  # each agent really ran with the agent token's kubeconfig
