@@ -202,6 +202,7 @@ class Watched:
     agent_peak_rss_kib: int = 0
     agent_peak_count: int = 0
     agent_cpu: dict[int, float] = field(default_factory=dict)  # last seen, kept after exit
+    agent_restarts: int = 0
 
     def agent_pids(self) -> list[int]:
         if self.fleet is None:
@@ -212,7 +213,27 @@ class Watched:
                 out.append(self.fleet.agent(pod).process.pid)
         return out
 
+    def restart_dead_agents(self) -> None:
+        """Start again an agent that exited while its pod exists.
+
+        AgentFleet picks a free port in the parent and the child binds it only after its imports
+        (tens of seconds on a loaded machine); meanwhile the kernel may hand the port out as an
+        ephemeral port of one of the hundreds of API connections, and the agent exits with
+        "address already in use". A kubelet would restart the container; so does the bench.
+        """
+        if self.fleet is None:
+            return
+        for pod in self.fleet.pods():
+            with contextlib.suppress(KeyError):
+                agent = self.fleet.agent(pod)
+                if agent.process.poll() not in (None, 0):
+                    # AgentFleet has no public restart; its own stop and start do one.
+                    self.fleet._stop_agent(pod)
+                    self.fleet._start_agent(pod)
+                    self.agent_restarts += 1
+
     def sample(self) -> Usage:
+        self.restart_dead_agents()
         cpu = {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
         agents = self.agent_pids()
         for pid in agents:
@@ -736,6 +757,7 @@ class Bench:
                 f"{proc}: CPU over the run / peak RSS (VmHWM)",
                 f"{after.cpu[proc]:.1f}s / {(peaks[proc] or 0) / 1024:.0f} MiB",
             )
+        r.add("agents restarted by the bench (port taken before bind)", str(watched.agent_restarts))
         r.add(
             "polling by the bench",
             f"{phase.polls} snapshots, {phase.poll_seconds:.1f}s wall (4 lists each)",
