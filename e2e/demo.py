@@ -15,6 +15,7 @@ Everything runs in the namespace `ekko-demo`; the cluster is left running (`make
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -27,14 +28,16 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from e2e.agents import AgentFleet
+from e2e.agents import AgentFleet, free_port
 from e2e.cluster import build, control
+from e2e.helmtools import token_kubeconfig
 from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
 from e2e.traffic import Traffic
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "ekko-demo"
+RELEASE = "ekko"
 G, V = "ekko.dev", "v1alpha1"
 
 
@@ -87,21 +90,6 @@ class Demo:
             except ApiException as err:
                 if err.status != 409:
                     raise
-        crds = sorted(str(p) for p in (REPO / "crds").glob("*.yaml"))
-        run(
-            "kubectl",
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            *[a for f in crds for a in ("-f", f)],
-        )
-        run(
-            "kubectl",
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            *[a for f in crds for a in ("-f", f)],
-        )
         try:
             self.core.delete_namespace(NS)
             wait("the previous demo namespace to go", lambda: not self._ns_exists(), 120)
@@ -110,6 +98,31 @@ class Demo:
                 raise
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
         wait("the default ServiceAccount", self._has_sa, 30)
+
+    def install_chart(self, work: Path) -> tuple[Path, Path]:
+        """helm install the chart (CRDs, RBAC, webhook); credentials of its ServiceAccounts.
+
+        kwok runs no containers, so the chart's operator Deployment only shows up as a pod; the
+        operator and the agents run here as processes, each with its ServiceAccount's token.
+        """
+        say("helm install ekko charts/ekko (CRDs, least-privilege RBAC, metrics, webhook)")
+        run(
+            "helm", "upgrade", "--install", RELEASE, str(REPO / "charts" / "ekko"), "-n", NS,
+            "--set", f"operator.watchNamespaces={{{NS}}}", "--take-ownership", "--wait=false",
+        )  # fmt: skip
+        crds = sorted(str(p) for p in (REPO / "crds").glob("*.yaml"))
+        run(
+            "kubectl",
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            *[a for f in crds for a in ("-f", f)],
+        )
+        operator = token_kubeconfig(
+            self.api, NS, f"{RELEASE}-operator", work / "operator.kubeconfig"
+        )
+        agent = token_kubeconfig(self.api, NS, f"{RELEASE}-agent", work / "agent.kubeconfig")
+        return operator, agent
 
     def _ns_exists(self) -> bool:
         try:
@@ -172,12 +185,25 @@ def main(argv: list[str] | None = None) -> int:
         build.build_all()
     demo = Demo()
     demo.setup_cluster()
+    work = Path(tempfile.mkdtemp(prefix="ekko-demo-"))
+    operator_kubeconfig, agent_kubeconfig = demo.install_chart(work)
     with (
         Prometheus() as prom,
-        AgentFleet(str(control.kubeconfig_path()), NS) as agents,
+        AgentFleet(
+            str(control.kubeconfig_path()), NS, extra_args=["--kubeconfig", str(agent_kubeconfig)]
+        ) as agents,
         prom.follow(agents),
         OperatorProcess(
-            str(control.kubeconfig_path()), NS, ("--prometheus-url", prom.url)
+            str(operator_kubeconfig),
+            NS,
+            (
+                "--prometheus-url",
+                prom.url,
+                "--webhook-port",
+                str(free_port()),
+                "--webhook-host",
+                "127.0.0.1",
+            ),
         ) as operator,
     ):
         try:
@@ -187,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             for doc in docs(REPO / "examples" / "serverpools.yaml") + docs(
                 REPO / "examples" / "models.yaml"
             ):
+                if doc["kind"] == "ServerPool":  # server pods run as the chart's agent account
+                    doc["spec"]["template"]["serviceAccountName"] = f"{RELEASE}-agent"
                 demo.apply(doc)
             names = [d["metadata"]["name"] for d in docs(REPO / "examples" / "models.yaml")]
             wait(
@@ -199,6 +227,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             run("kubectl", "get", "ekko", "-n", NS)
             run("kubectl", "get", "pods", "-n", NS, "-o", "wide")
+            say("Admission: a model whose shards no server of its pool can hold is refused")
+            bad_model = docs(REPO / "examples" / "models.yaml")[0]
+            bad_model["metadata"]["name"] = "too-big"
+            bad_model["spec"]["shards"] = {"count": 2, "size": "300Gi", "load": "10"}
+            try:
+                demo.apply(bad_model)
+                print(
+                    "   (accepted: the webhook did not answer; the model would be marked Unplaceable)"
+                )
+            except ApiException as err:
+                print(f"   refused: {json.loads(err.body or '{}').get('message', err.reason)}")
             plan_comparison()
 
             say(
