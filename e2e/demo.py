@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                     "Failed",
                     "Aborted",
                 ):
+                    operator.check()
                     if time.monotonic() > deadline:
                         raise SystemExit("demo: the canary did not finish in 400s")
                     status = demo.get("modelversions", "ranking-dlrm-v2").get("status") or {}

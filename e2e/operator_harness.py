@@ -58,6 +58,13 @@ class OperatorProcess:
                 start_new_session=True,
             )
 
+    def check(self) -> None:
+        """Raise with the log's tail when the operator has exited on its own."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"the operator exited ({self.proc.returncode}):\n{self.logs()[-3000:]}"
+            )
+
     def stop(self, hard: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

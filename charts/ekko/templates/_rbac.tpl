@@ -58,6 +58,11 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: ["admissionregistration.k8s.io"]
   resources: ["validatingwebhookconfigurations"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# kopf manages a mutating configuration next to it (empty: Ekko has no mutating handlers), and
+# stops the operator when it may not.
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["mutatingwebhookconfigurations"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 {{- end }}
 # kopf's resource observer: notices CRDs installed or upgraded after the operator started.
 - apiGroups: ["apiextensions.k8s.io"]
