@@ -29,7 +29,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e.agents import AgentFleet
+from e2e.agents import AgentFleet, free_port
 from e2e.helmtools import (
     CHART,
     REPO,
@@ -237,7 +237,11 @@ def test_chart_rbac_is_enough_to_place_models(
     with (
         AgentFleet(cluster.kubeconfig, namespace, extra_args=["--kubeconfig", str(agent_kc)])
         as fleet,
-        OperatorProcess(str(operator_kc), namespace) as operator,
+        OperatorProcess(  # the webhook on too: its configurations need their own grants
+            str(operator_kc),
+            namespace,
+            ("--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1"),
+        ) as operator,
     ):  # fmt: skip
         api.create(pool)
         for m in models:
