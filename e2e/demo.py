@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(free_port()),
                 "--webhook-host",
                 "127.0.0.1",
+                "--peering",
             ),
         ) as operator,
     ):

@@ -240,7 +240,7 @@ def test_chart_rbac_is_enough_to_place_models(
         OperatorProcess(  # the webhook on too: its configurations need their own grants
             str(operator_kc),
             namespace,
-            ("--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1"),
+            ("--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1", "--peering"),
         ) as operator,
     ):  # fmt: skip
         api.create(pool)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -187,3 +188,33 @@ def test_a_lost_server_is_recreated_and_reloaded(
     # one of two); what matters is that each shard is back to two.
     serving = serving_replicas(api)
     assert all(serving[("m", i)] == 2 for i in range(4))
+
+
+def test_two_operators_with_one_peering_act_as_one_and_fail_over(
+    cluster: Any, api: Api, fleet: AgentFleet, namespace: str
+) -> None:
+    api.custom.create_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings", {
+            "apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "ekko"},
+        },
+    )  # fmt: skip
+    with (
+        OperatorProcess(cluster.kubeconfig, namespace, ("--priority", "10")) as high,
+        OperatorProcess(cluster.kubeconfig, namespace, ("--priority", "1")) as low,
+    ):
+        wait_for(
+            lambda: "Pausing operations in favour of" in low.logs(),
+            "the lower-priority operator to pause",
+            timeout=60,
+            describe=low.logs,
+        )
+        api.create(pool_manifest())
+        api.create(model_manifest("a", 4, "8Gi", 2))
+        wait_for(lambda: converged(api, models=["a"]), "placed by one operator", timeout=90,
+                 describe=high.logs)  # fmt: skip
+        assert "Planned" in high.logs() and "Planned" not in low.logs()
+        high.stop()  # a graceful exit leaves the peering: the other takes over
+        api.create(model_manifest("b", 2, "8Gi", 1))
+        wait_for(lambda: converged(api, models=["a", "b"]), "placed after fail-over", timeout=120,
+                 describe=low.logs)  # fmt: skip
+        assert "Planned" in low.logs()

@@ -299,8 +299,60 @@ def crd_for(info: CrdInfo) -> dict[str, Any]:
 
 
 def all_crds() -> dict[str, dict[str, Any]]:
-    """Every CRD by its file name (``ekko.dev_serverpools.yaml`` …)."""
+    """Every CRD of Ekko's own resources by its file name (``ekko.dev_serverpools.yaml`` …)."""
     return {f"{GROUP}_{info.plural}.yaml": crd_for(info) for info in CRDS}
+
+
+def peering_crd(scope: str) -> dict[str, Any]:
+    """kopf's peering resource: operators with the same peering name pause all but one.
+
+    kopf keeps one object (``ekko``) per watched namespace, or one cluster-wide, and writes each
+    running operator's identity, priority and last keep-alive into its status.
+    """
+    kind = "ClusterKopfPeering" if scope == "Cluster" else "KopfPeering"
+    plural = kind.lower() + "s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.kopf.dev",
+            "labels": {"app.kubernetes.io/part-of": "ekko"},
+            "annotations": {"ekko.dev/generated-by": "ekko.api.crdgen; do not edit"},
+        },
+        "spec": {
+            "group": "kopf.dev",
+            "scope": scope,
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "Operators sharing this peering: one acts, the others pause.",
+                            "properties": {
+                                "status": {
+                                    "type": "object",
+                                    "description": "Peers by identity: priority and last keep-alive.",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def every_crd() -> dict[str, dict[str, Any]]:
+    """Everything ``crds/`` holds: Ekko's resources and kopf's peering resources."""
+    return all_crds() | {
+        "kopf.dev_clusterkopfpeerings.yaml": peering_crd("Cluster"),
+        "kopf.dev_kopfpeerings.yaml": peering_crd("Namespaced"),
+    }
 
 
 def render(crd: dict[str, Any]) -> str:
@@ -313,7 +365,7 @@ def write(directory: Path) -> list[Path]:
     """Write every CRD into ``directory``; return the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, crd in all_crds().items():
+    for name, crd in every_crd().items():
         path = directory / name
         path.write_text(render(crd))
         written.append(path)

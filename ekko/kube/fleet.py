@@ -196,6 +196,41 @@ class Fleet:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @converted
+    def ensure_peering(self, name: str, namespaces: list[str]) -> None:
+        """Create kopf's peering object (per namespace, or cluster-wide when none are given)."""
+        if namespaces:
+            for namespace in namespaces:
+                body = {
+                    "apiVersion": "kopf.dev/v1",
+                    "kind": "KopfPeering",
+                    "metadata": {"name": name},
+                }
+                self._create_ok_if_exists(
+                    lambda b=body, ns=namespace: self.custom.create_namespaced_custom_object(
+                        "kopf.dev", "v1", ns, "kopfpeerings", b
+                    )
+                )
+        else:
+            body = {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "ClusterKopfPeering",
+                "metadata": {"name": name},
+            }
+            self._create_ok_if_exists(
+                lambda: self.custom.create_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", body
+                )
+            )
+
+    @staticmethod
+    def _create_ok_if_exists(create: Any) -> None:
+        try:
+            create()
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
     def apply(self, pool: ServerPool, actions: Iterable[Action]) -> list[str]:
         """Carry out actions in order; return what was done, as short past-tense lines."""
         done = []

@@ -58,6 +58,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="Directory with tls.crt and tls.key; a self-signed pair is made there (or in a temp dir) if missing.",
     )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        help="Peering priority: of operators sharing the peering object 'ekko', only the highest acts.",
+    )
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--standalone",
+        action="store_true",
+        help="Ignore peering (never pause for other operators).",
+    )
+    peering.add_argument(
+        "--peering",
+        action="store_true",
+        help="Create the peering object 'ekko' if missing, so that a second operator pauses (the chart sets this).",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="Debug logging.")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -71,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prometheus_url:
         os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
     memo = kopf.Memo()
+    memo.peering_namespaces = args.namespace if args.peering else None
     if args.webhook_port:
         # Imported only when served: kopf expects an admission server once validators exist.
         from ekko.operator import webhook  # noqa: PLC0415
@@ -85,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness or None,
-            standalone=True,
+            # Peering: kopf pauses all but the highest-priority operator sharing the peering
+            # object "ekko" (the chart creates it); without the object it runs alone.
+            standalone=True if args.standalone else None,
+            priority=args.priority,
             memo=memo,
         )
     # kopf has stopped and cleaned up. Blocking client calls still running in worker threads

@@ -12,12 +12,19 @@ from ekko.kube.fleet import Fleet, load_config
 from ekko.operator.rollouts import Rollouts
 from ekko.operator.worker import Workers
 
+PEERING_NAME = "ekko"
+
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     """Apply Ekko's kopf settings and put the fleet client and pool workers in the memo."""
     # Handlers log to the operator's log; Kubernetes events are posted by the workers, short
     # and deliberate, instead of one per handler run.
     settings.posting.level = logging.WARNING
+    # Operators sharing the peering object "ekko" (KopfPeering per namespace, or
+    # ClusterKopfPeering with -A) elect the highest priority; the others pause until it is gone.
+    settings.peering.name = PEERING_NAME
+    # A crashed operator's entry blocks its replacement until it expires: keep that short.
+    settings.peering.lifetime = 15
     # Watches are re-established every minute, so a silently dropped connection costs at most that.
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 75
@@ -33,6 +40,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     fleet = Fleet(api, operator_image=os.environ.get("EKKO_IMAGE", "ghcr.io/ekko-dev/ekko:0.1.0"))
     memo.executor = executor
     memo.fleet = fleet
+    if memo.get("peering_namespaces") is not None:  # --peering
+        fleet.ensure_peering(PEERING_NAME, list(memo.peering_namespaces))
     memo.workers = Workers(fleet, executor)
     options = memo.get("webhook")
     if options is not None:  # ekko operator --webhook-port imported the webhook handlers

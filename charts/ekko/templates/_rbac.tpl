@@ -40,6 +40,11 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "create", "delete"]
+# ekko/kube/fleet.py ensure_peering (--peering) creates KopfPeering "ekko"; kopf's peering
+# keep-alive patches its status and its observer lists and watches it.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # ekko/kube/fleet.py event; kopf posts warnings and errors as core/v1 events.
 - apiGroups: [""]
   resources: ["events"]
@@ -62,6 +67,12 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 # stops the operator when it may not.
 - apiGroups: ["admissionregistration.k8s.io"]
   resources: ["mutatingwebhookconfigurations"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+{{- end }}
+{{- if not .Values.operator.watchNamespaces }}
+# Cluster-wide (-A): the same for ClusterKopfPeering "ekko".
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
   verbs: ["get", "list", "watch", "create", "patch"]
 {{- end }}
 # kopf's resource observer: notices CRDs installed or upgraded after the operator started.
