@@ -174,7 +174,7 @@ class Fleet:
                 node=node,
                 assignment_exists=assignment is not None,
                 spec_shards=tuple(assignment.spec.shards) if assignment else (),
-                loaded=_loaded(assignment),
+                loaded=_loaded(assignment, since=pod.metadata.creation_timestamp),
             )
         for a_name, assignment in assignments.items():
             if a_name not in servers:
@@ -433,7 +433,14 @@ def _node_ready(node: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in conditions or [])
 
 
-def _loaded(assignment: ServerAssignment | None) -> frozenset[tuple[str, int, str]]:
+def _loaded(
+    assignment: ServerAssignment | None, since: dt.datetime | None = None
+) -> frozenset[tuple[str, int, str]]:
+    """What the server's agent reports loaded; nothing if the report predates the pod (a
+    recreated pod keeps its name, and its assignment still shows the previous agent's shards)."""
     if assignment is None or assignment.status is None:
+        return frozenset()
+    heartbeat = assignment.status.heartbeat
+    if since is not None and (heartbeat is None or heartbeat < since):
         return frozenset()
     return frozenset((s.model, s.shard, s.version) for s in assignment.status.loaded)

@@ -69,7 +69,12 @@ async def model_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **
 
 
 @kopf.on.event(GROUP, VERSION, "serverassignments")
-async def assignment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def assignment_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    # Agents heartbeat every few seconds; only a change in what they hold or apply matters.
+    if not memo.workers.assignment_changed(body, deleted=event["type"] == "DELETED"):
+        return
     pool = body.spec.get("pool")
     if pool:
         memo.workers.wake(body.metadata.namespace, pool)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from ekko.api.resources import PlanSummary, ServerPool
 from ekko.api.units import parse_duration
@@ -257,6 +259,7 @@ class Workers:
         self.workers: dict[PoolKey, PoolWorker] = {}
         self.model_pools: dict[PoolKey, str] = {}
         self.generations: dict[tuple[str, str, str], int | None] = {}
+        self.assignments: dict[tuple[str, str], int] = {}
 
     def wake(self, namespace: str, pool: str, replan: bool = False) -> None:
         key = (namespace, pool)
@@ -268,6 +271,20 @@ class Workers:
                 worker.run(), name=f"pool {namespace}/{pool}"
             )
         worker.wake(replan)
+
+    def assignment_changed(self, body: Mapping[str, Any], deleted: bool) -> bool:
+        """Whether an assignment event changes anything but the agent's heartbeat."""
+        meta = body.get("metadata", {})
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if deleted:
+            self.assignments.pop(key, None)
+            return True
+        status = {k: v for k, v in (body.get("status") or {}).items() if k != "heartbeat"}
+        seen = hash(json.dumps([body.get("spec"), status], sort_keys=True, default=str))
+        if self.assignments.get(key) == seen:
+            return False
+        self.assignments[key] = seen
+        return True
 
     def spec_changed(self, kind: str, namespace: str, name: str, generation: int | None) -> bool:
         """Whether this is a new spec generation (status writes, ours included, are not)."""
