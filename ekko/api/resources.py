@@ -63,9 +63,9 @@ class ServerTemplate(ApiModel):
     image: str = Field(
         min_length=1, max_length=512, description="Image of the inference engine container."
     )
-    engine: Literal["reference", "triton"] = Field(
+    engine: Literal["reference", "sim"] = Field(
         default="reference",
-        description="Engine adapter the agent uses to load shards: reference (files) or triton.",
+        description="Engine adapter the agent uses: reference (loads shard files and checks their size) or sim (simulated loads, for tests and demos).",
     )
     args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, max_length=64, description="Arguments of the engine container."
