@@ -218,3 +218,52 @@ def test_two_operators_with_one_peering_act_as_one_and_fail_over(
         wait_for(lambda: converged(api, models=["a", "b"]), "placed after fail-over", timeout=120,
                  describe=low.logs)  # fmt: skip
         assert "Planned" in low.logs()
+
+
+def test_a_lost_node_is_replaced_without_leaving_a_shard_unserved(
+    cluster: Any, api: Api, fleet: AgentFleet, operator: OperatorProcess
+) -> None:
+    from e2e.cluster import control
+
+    if not cluster.managed:
+        pytest.skip("deletes and re-creates a node of the local fleet; not on a user's cluster")
+    api.create(pool_manifest())
+    api.create(model_manifest("m", 6, "20Gi", 2))
+    wait_for(
+        lambda: converged(api, models=["m"]), "model loaded", timeout=90, describe=operator.logs
+    )
+    node = api.pods()[0].spec.node_name
+    lost = {p.metadata.name for p in api.pods() if p.spec.node_name == node}
+    dips: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            serving = serving_replicas(api)
+            dips.extend(f"m/{i}" for i in range(6) if serving[("m", i)] < 1)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        api.core.delete_node(node)
+        wait_for(
+            lambda: (
+                all(
+                    p.spec.node_name not in (None, node)
+                    for p in api.pods()
+                    if p.metadata.name in lost
+                )
+                and converged(api, models=["m"])
+                and all(serving_replicas(api)[("m", i)] == 2 for i in range(6))
+            ),
+            f"servers of node {node} replaced and reloaded",
+            timeout=120,
+            describe=operator.logs,
+        )
+    finally:
+        stop.set()
+        sampler.join(timeout=5)
+        # Give the node back to the rest of the session.
+        api.core.create_node(next(n for n in control.load_fleet() if n["metadata"]["name"] == node))
+    assert dips == [], dips[:10]
