@@ -267,3 +267,34 @@ def test_a_lost_node_is_replaced_without_leaving_a_shard_unserved(
         # Give the node back to the rest of the session.
         api.core.create_node(next(n for n in control.load_fleet() if n["metadata"]["name"] == node))
     assert dips == [], dips[:10]
+
+
+def test_a_deleted_model_is_unloaded_and_its_servers_freed(
+    api: Api, fleet: AgentFleet, operator: OperatorProcess
+) -> None:
+    api.create(pool_manifest())
+    api.create(model_manifest("keep", 2, "20Gi", 1))
+    api.create(model_manifest("gone", 6, "40Gi", 1))
+    wait_for(
+        lambda: converged(api, models=["keep", "gone"]),
+        "both loaded",
+        timeout=90,
+        describe=operator.logs,
+    )
+    before = len(api.pods())
+    api.custom.delete_namespaced_custom_object("ekko.dev", "v1alpha1", api.ns, "models", "gone")
+    wait_for(
+        lambda: (
+            converged(api, models=["keep"])
+            and not any(
+                s.model == "gone"
+                for a in api.assignments()
+                for s in [*a.spec.shards, *(a.status.loaded if a.status else [])]
+            )
+            and len(api.pods()) < before
+        ),
+        "gone unloaded everywhere and its servers deleted",
+        timeout=90,
+        describe=lambda: (before, len(api.pods()), operator.logs()[-2000:]),
+    )
+    assert all(serving_replicas(api)[("keep", i)] == 1 for i in range(2))
