@@ -197,6 +197,24 @@ class Fleet:
     # -- writing ---------------------------------------------------------------------------
 
     @converted
+    def peering_status(self, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """The peers kopf recorded in the peering object (None when there is no such object)."""
+        try:
+            if namespace is None:
+                body = self.custom.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", name
+                )
+            else:
+                body = self.custom.get_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", name
+                )
+        except ApiException as err:
+            if err.status == 404:  # no object (or no CRD): the operator runs alone
+                return None
+            raise
+        return dict(body.get("status") or {})
+
+    @converted
     def ensure_peering(self, name: str, namespaces: list[str]) -> None:
         """Create kopf's peering object (per namespace, or cluster-wide when none are given)."""
         if namespaces:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
+import secrets
+import socket
 import sys
 
 import kopf
@@ -89,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
     memo = kopf.Memo()
     memo.peering_namespaces = args.namespace if args.peering else None
+    # One identity for kopf's peering and for the workers' own pause check (ekko.operator.peering).
+    memo.identity = os.environ.get("POD_ID") or (
+        f"{getpass.getuser()}@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+    )
+    memo.priority = args.priority
+    memo.clusterwide = not args.namespace
+    memo.standalone = args.standalone
     if args.webhook_port:
         # Imported only when served: kopf expects an admission server once validators exist.
         from ekko.operator import webhook  # noqa: PLC0415
@@ -107,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             # object "ekko" (the chart creates it); without the object it runs alone.
             standalone=True if args.standalone else None,
             priority=args.priority,
+            identity=memo.identity,
             memo=memo,
         )
     # kopf has stopped and cleaned up. Blocking client calls still running in worker threads

@@ -19,6 +19,7 @@ from ekko.api.resources import ModelVersionStatus
 from ekko.kube.errors import KubeError
 from ekko.kube.fleet import Fleet
 from ekko.operator import metrics
+from ekko.operator.peering import Gate
 from ekko.promql import measure, render
 from ekko.rollout.analysis import Measurement, evaluate
 from ekko.rollout.machine import Decision, Inputs, decide, metrics_due
@@ -32,9 +33,15 @@ DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring:9090"
 
 class RolloutWorker:
     def __init__(
-        self, key: VersionKey, fleet: Fleet, wake_pool: Callable[[str, str], None], prometheus: str
+        self,
+        key: VersionKey,
+        fleet: Fleet,
+        wake_pool: Callable[[str, str], None],
+        prometheus: str,
+        gate: Gate,
     ) -> None:
         self.key = key
+        self.gate = gate
         self.fleet = fleet
         self.wake_pool = wake_pool
         self.prometheus = prometheus
@@ -70,6 +77,8 @@ class RolloutWorker:
     async def run_pass(self) -> float | bool | None:
         """One decision; the seconds until the next look, None to wait for an event, False to stop."""
         namespace, name = self.key
+        if not await self.gate.allowed(namespace):
+            return 1.0  # a peer acts
         mv = await asyncio.to_thread(self.fleet.get_version, namespace, name)
         if mv is None:
             return False
@@ -148,8 +157,13 @@ class Rollouts:
     """The rollout workers of every ModelVersion, created on first wake."""
 
     def __init__(
-        self, fleet: Fleet, wake_pool: Callable[[str, str], None], prometheus: str | None = None
+        self,
+        fleet: Fleet,
+        wake_pool: Callable[[str, str], None],
+        prometheus: str | None,
+        gate: Gate,
     ) -> None:
+        self.gate = gate
         self.fleet = fleet
         self.wake_pool = wake_pool
         self.prometheus = prometheus or os.environ.get("EKKO_PROMETHEUS_URL") or DEFAULT_PROMETHEUS
@@ -159,7 +173,7 @@ class Rollouts:
         key = (namespace, name)
         worker = self.workers.get(key)
         if worker is None or worker.task is None or worker.task.done():
-            worker = RolloutWorker(key, self.fleet, self.wake_pool, self.prometheus)
+            worker = RolloutWorker(key, self.fleet, self.wake_pool, self.prometheus, self.gate)
             self.workers[key] = worker
             worker.task = asyncio.get_running_loop().create_task(
                 worker.run(), name=f"rollout {namespace}/{name}"

@@ -9,10 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import kopf
 
 from ekko.kube.fleet import Fleet, load_config
+from ekko.operator.peering import PEERING_NAME, Gate
 from ekko.operator.rollouts import Rollouts
 from ekko.operator.worker import Workers
-
-PEERING_NAME = "ekko"
 
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
@@ -42,10 +41,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     memo.fleet = fleet
     if memo.get("peering_namespaces") is not None:  # --peering
         fleet.ensure_peering(PEERING_NAME, list(memo.peering_namespaces))
-    memo.workers = Workers(fleet, executor)
+    gate = Gate(
+        fleet,
+        identity=memo.get("identity", ""),
+        priority=memo.get("priority", 0),
+        clusterwide=memo.get("clusterwide", True),
+        enabled=not memo.get("standalone", False),
+    )
+    memo.workers = Workers(fleet, executor, gate)
     options = memo.get("webhook")
     if options is not None:  # ekko operator --webhook-port imported the webhook handlers
         from ekko.operator.webhook import configure as configure_webhook  # noqa: PLC0415
 
         configure_webhook(settings, options)
-    memo.rollouts = Rollouts(fleet, memo.workers.wake, os.environ.get("EKKO_PROMETHEUS_URL"))
+    memo.rollouts = Rollouts(fleet, memo.workers.wake, os.environ.get("EKKO_PROMETHEUS_URL"), gate)

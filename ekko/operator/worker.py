@@ -22,6 +22,7 @@ from ekko.api.units import parse_duration
 from ekko.kube.errors import KubeError
 from ekko.kube.fleet import Fleet
 from ekko.operator import metrics
+from ekko.operator.peering import Gate
 from ekko.planning.converge import Desired, converge
 from ekko.planning.desired import desired_from_plan, desired_from_state, plan_inputs
 from ekko.planning.problem import build_problem, solve_config
@@ -48,8 +49,9 @@ class Outcome:
 class PoolWorker:
     """Keeps one pool converged on its plan."""
 
-    def __init__(self, key: PoolKey, fleet: Fleet, executor: Executor | None) -> None:
+    def __init__(self, key: PoolKey, fleet: Fleet, executor: Executor | None, gate: Gate) -> None:
         self.key = key
+        self.gate = gate
         self.fleet = fleet
         self.executor = executor
         self.desired: Desired | None = None
@@ -93,6 +95,8 @@ class PoolWorker:
     async def run_pass(self) -> bool | None:
         """One pass; True when more work is expected, None when the pool was deleted."""
         namespace, name = self.key
+        if not await self.gate.allowed(namespace):
+            return True  # a peer acts; look again shortly, in case it goes away
         pool = await asyncio.to_thread(self.fleet.get_pool, namespace, name)
         if pool is None or pool.metadata.deletion_timestamp is not None:
             log.info(
@@ -253,9 +257,10 @@ def _status_word(status: str) -> str:
 class Workers:
     """The workers of every pool, created on first wake."""
 
-    def __init__(self, fleet: Fleet, executor: Executor | None = None) -> None:
+    def __init__(self, fleet: Fleet, executor: Executor | None, gate: Gate) -> None:
         self.fleet = fleet
         self.executor = executor
+        self.gate = gate
         self.workers: dict[PoolKey, PoolWorker] = {}
         self.model_pools: dict[PoolKey, str] = {}
         self.generations: dict[tuple[str, str, str], int | None] = {}
@@ -265,7 +270,7 @@ class Workers:
         key = (namespace, pool)
         worker = self.workers.get(key)
         if worker is None or worker.task is None or worker.task.done():
-            worker = PoolWorker(key, self.fleet, self.executor)
+            worker = PoolWorker(key, self.fleet, self.executor, self.gate)
             self.workers[key] = worker
             worker.task = asyncio.get_running_loop().create_task(
                 worker.run(), name=f"pool {namespace}/{pool}"
