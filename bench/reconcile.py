@@ -54,6 +54,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.agents import AgentFleet
 from e2e.cluster import build, control
+from e2e.objects import fresh_namespace
 from e2e.operator_harness import OperatorProcess
 
 G, V = "ekko.dev", "v1alpha1"
@@ -370,28 +371,7 @@ class Cluster:
             subprocess.run([kubectl, *cmd], env=env, check=True, stdout=subprocess.DEVNULL)
 
     def fresh_namespace(self) -> None:
-        with contextlib.suppress(ApiException):
-            self.core.delete_namespace(NS)
-        wait("the old bench namespace to go", lambda: not self._exists(), 300)
-        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
-
-        def has_sa() -> bool:
-            try:
-                self.core.read_namespaced_service_account("default", NS)
-            except ApiException:
-                return False
-            return True
-
-        wait("the default ServiceAccount", has_sa, 60)
-
-    def _exists(self) -> bool:
-        try:
-            self.core.read_namespace(NS)
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
+        fresh_namespace(self.core, NS, timeout=300)
 
     def create_nodes(self, count: int) -> list[str]:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:

@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.agents import AgentFleet, free_port
 from e2e.cluster import build, control
 from e2e.helmtools import token_kubeconfig
+from e2e.objects import fresh_namespace
 from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
 from e2e.traffic import Traffic
@@ -48,6 +49,9 @@ def say(text: str) -> None:
 def tool_env() -> dict[str, str]:
     env = dict(os.environ)
     env["KUBECONFIG"] = str(control.kubeconfig_path())
+    # A fresh discovery cache per command: kubectl caches the API's resource list, and a list
+    # taken before the chart's CRDs were served makes `kubectl get ekko` fail on a new cluster.
+    env["KUBECACHEDIR"] = tempfile.mkdtemp(prefix="ekko-demo-kubectl-")
     env["PATH"] = (
         f"{REPO / '.venv' / 'bin'}{os.pathsep}{build.tool_path()}{os.pathsep}{env.get('PATH', '')}"
     )
@@ -82,22 +86,13 @@ class Demo:
         self.custom = client.CustomObjectsApi(self.api)
 
     def setup_cluster(self) -> None:
-        say("Local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
-        control.ensure_up()
         for node in control.load_fleet(REPO / "e2e" / "demo-fleet.yaml"):
             try:
                 self.core.create_node(node)
             except ApiException as err:
                 if err.status != 409:
                     raise
-        try:
-            self.core.delete_namespace(NS)
-            wait("the previous demo namespace to go", lambda: not self._ns_exists(), 120)
-        except ApiException as err:
-            if err.status != 404:
-                raise
-        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
-        wait("the default ServiceAccount", self._has_sa, 30)
+        fresh_namespace(self.core, NS, timeout=120)
 
     def install_chart(self, work: Path) -> tuple[Path, Path]:
         """helm install the chart (CRDs, RBAC, webhook); credentials of its ServiceAccounts.
@@ -123,22 +118,6 @@ class Demo:
         )
         agent = token_kubeconfig(self.api, NS, f"{RELEASE}-agent", work / "agent.kubeconfig")
         return operator, agent
-
-    def _ns_exists(self) -> bool:
-        try:
-            self.core.read_namespace(NS)
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
-
-    def _has_sa(self) -> bool:
-        try:
-            self.core.read_namespaced_service_account("default", NS)
-        except ApiException:
-            return False
-        return True
 
     def apply(self, doc: dict[str, Any]) -> None:
         plural = doc["kind"].lower() + "s"
@@ -183,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     if not build.is_built(build.component("kubernetes")):
         build.build_all()
+    # The cluster first: its kubeconfig (ports, certificates) is new whenever it (re)starts.
+    say("Local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
+    control.ensure_up()
     demo = Demo()
     demo.setup_cluster()
     work = Path(tempfile.mkdtemp(prefix="ekko-demo-"))

@@ -6,7 +6,9 @@ from collections import Counter
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from e2e.waiting import wait_for
 from ekko.api.resources import Model, ServerAssignment, ServerPool
 from ekko.planning.problem import build_problem
 from ekko.planning.state import PoolState, ServerObs
@@ -166,3 +168,30 @@ def cluster_plan_violations(api: Api, pool: str = "pool") -> list[str]:
         ),
     )
     return [v.message for v in violations(problem, plan)]
+
+
+def fresh_namespace(core: client.CoreV1Api, name: str, timeout: float = 300) -> None:
+    """Delete the namespace if it exists, wait until it is gone, create it again and wait for
+    its default ServiceAccount (pods are refused without it)."""
+
+    def exists() -> bool:
+        try:
+            core.read_namespace(name)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    def has_default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException:
+            return False
+        return True
+
+    if exists():
+        core.delete_namespace(name)
+        wait_for(lambda: not exists(), f"namespace {name} to be deleted", timeout=timeout)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(has_default_sa, f"the default ServiceAccount of {name}", timeout=60)
