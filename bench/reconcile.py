@@ -52,6 +52,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from e2e import objects
 from e2e.agents import AgentFleet
 from e2e.cluster import build, control
 from e2e.objects import fresh_namespace
@@ -104,20 +105,14 @@ def fleet_doc(nodes: int) -> dict[str, Any]:
 
 
 def pool_manifest(max_servers: int, solver_time_limit: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{G}/{V}",
-        "kind": "ServerPool",
-        "metadata": {"name": POOL},
-        "spec": {
-            "template": {
-                "image": "engine:1",
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-            },
-            "capacity": {"memory": f"{POOL_MEMORY_GIB}Gi", "compute": str(POOL_COMPUTE)},
-            "maxServers": max_servers,
-            "placement": {"solverTimeLimit": solver_time_limit, "replanDebounce": "1s"},
-        },
-    }
+    return objects.pool_manifest(
+        POOL,
+        max_servers,
+        memory=f"{POOL_MEMORY_GIB}Gi",
+        compute=str(POOL_COMPUTE),
+        solver_time_limit=solver_time_limit,
+        replan_debounce="1s",
+    )
 
 
 def model_manifests(scale: Scale, seed: int) -> list[dict[str, Any]]:

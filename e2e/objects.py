@@ -17,7 +17,16 @@ from ekko.solver import ModelId, Plan, Server, ServerId, ZoneId, violations
 G, V = "ekko.dev", "v1alpha1"
 
 
-def pool_manifest(name: str = "pool", max_servers: int = 12) -> dict[str, Any]:
+def pool_manifest(
+    name: str = "pool",
+    max_servers: int = 12,
+    *,
+    memory: str = "64Gi",
+    compute: str = "100",
+    solver_time_limit: str = "5s",
+    replan_debounce: str = "500ms",
+) -> dict[str, Any]:
+    """A ServerPool of small simulated servers (the agent runs them with the sim engine)."""
     return {
         "apiVersion": f"{G}/{V}",
         "kind": "ServerPool",
@@ -27,9 +36,9 @@ def pool_manifest(name: str = "pool", max_servers: int = 12) -> dict[str, Any]:
                 "image": "engine:1",
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             },
-            "capacity": {"memory": "64Gi", "compute": "100"},
+            "capacity": {"memory": memory, "compute": compute},
             "maxServers": max_servers,
-            "placement": {"solverTimeLimit": "5s", "replanDebounce": "500ms"},
+            "placement": {"solverTimeLimit": solver_time_limit, "replanDebounce": replan_debounce},
         },
     }
 

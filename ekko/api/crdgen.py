@@ -265,15 +265,9 @@ def crd_for(info: CrdInfo) -> dict[str, Any]:
         },
         "required": ["spec"],
     }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{info.plural}.{GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "ekko"},
-            "annotations": {"ekko.dev/generated-by": "ekko.api.crdgen; do not edit"},
-        },
-        "spec": {
+    return _crd(
+        f"{info.plural}.{GROUP}",
+        {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
@@ -295,6 +289,20 @@ def crd_for(info: CrdInfo) -> dict[str, Any]:
                 }
             ],
         },
+    )
+
+
+def _crd(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A CustomResourceDefinition with the labels and annotations every generated one carries."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/part-of": "ekko"},
+            "annotations": {"ekko.dev/generated-by": "ekko.api.crdgen; do not edit"},
+        },
+        "spec": spec,
     }
 
 
@@ -311,15 +319,9 @@ def peering_crd(scope: str) -> dict[str, Any]:
     """
     kind = "ClusterKopfPeering" if scope == "Cluster" else "KopfPeering"
     plural = kind.lower() + "s"
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.kopf.dev",
-            "labels": {"app.kubernetes.io/part-of": "ekko"},
-            "annotations": {"ekko.dev/generated-by": "ekko.api.crdgen; do not edit"},
-        },
-        "spec": {
+    return _crd(
+        f"{plural}.kopf.dev",
+        {
             "group": "kopf.dev",
             "scope": scope,
             "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
@@ -344,7 +346,7 @@ def peering_crd(scope: str) -> dict[str, Any]:
                 }
             ],
         },
-    }
+    )
 
 
 def every_crd() -> dict[str, dict[str, Any]]:
