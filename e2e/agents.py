@@ -115,6 +115,7 @@ class AgentFleet:
         self._api = config.new_client_from_config(config_file=self.kubeconfig)
         self._core = client.CoreV1Api(self._api)
         self._synced = threading.Event()
+        self._faults: dict[str, dict[str, object]] = {}
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -163,20 +164,36 @@ class AgentFleet:
     def set_fault(
         self, version: str, error_rate: float = 0.0, extra_latency_ms: float = 0.0
     ) -> None:
-        """Make every running agent fail (or slow down) this share of a version's requests."""
-        body = json.dumps(
-            {"version": version, "errorRate": error_rate, "extraLatencyMs": extra_latency_ms}
-        ).encode()
-        for pod in self.pods():
-            request = urllib.request.Request(
-                f"{self.url(pod)}/fault",
-                data=body,
-                method="POST",
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=5) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"/fault on {pod} answered {response.status}")
+        """Make this version fail (or slow down) this share of its requests on every agent:
+        the running ones now, and every agent started later from its first request on.
+
+        A fault belongs to the version, not to the agents that happen to run when it is set: a
+        canary placed on a server started afterwards must fail just the same (a demo once saw a
+        faulty canary pass analysis because it landed on new servers that had no fault).
+        """
+        fault = {"version": version, "errorRate": error_rate, "extraLatencyMs": extra_latency_ms}
+        with self._lock:
+            self._faults[version] = fault
+            running = list(self._agents.values())
+        body = json.dumps(fault).encode()
+        for agent in running:
+            deadline = time.monotonic() + 30
+            while True:
+                request = urllib.request.Request(
+                    f"{agent.url}/fault",
+                    data=body,
+                    method="POST",
+                    headers={"Content-Type": "application/json"},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as response:
+                        if response.status != 200:
+                            raise RuntimeError(f"/fault on {agent.pod} answered {response.status}")
+                    break
+                except OSError:
+                    if not agent.alive() or time.monotonic() > deadline:
+                        break  # gone: a replacement starts with the fault in its arguments
+                    time.sleep(0.2)  # started but not listening yet
 
     def log_text(self, pod: str) -> str:
         return self.agent(pod).log_path.read_text(errors="replace")
@@ -264,6 +281,7 @@ class AgentFleet:
                 "--engine", "sim",
                 "--listen", f"127.0.0.1:{port}",
                 *(["--enable-fault-injection"] if self.fault_injection else []),
+                *[a for f in self._faults.values() for a in ("--fault", json.dumps(f))],
                 *self.extra_args,
             ]  # fmt: skip
             env = {**os.environ, "POD_NAME": pod, "POD_NAMESPACE": self.namespace}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ekko.agent.decide import Fault, FaultKey, parse_fault
 from ekko.agent.engines import make_engine
 from ekko.agent.metrics import AgentMetrics
 from ekko.agent.runtime import Agent, StatusWriter
@@ -42,6 +44,7 @@ class Config:
     heartbeat_seconds: float
     max_concurrent_loads: int
     enable_fault_injection: bool
+    faults: tuple[tuple[FaultKey, Fault], ...] = ()
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -89,6 +92,15 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         action="store_true",
         help="serve POST/GET/DELETE /fault (tests and demos only)",
     )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='a fault active from the start, as /fault takes it: \'{"version": "v3", "errorRate": 0.2}\' '
+        "(repeatable; needs --enable-fault-injection). A harness that starts agents after setting "
+        "a fault passes it here, so a version is faulty wherever it is loaded.",
+    )
     parser.add_argument("--log-level", default=os.environ.get("EKKO_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.pod_name or not args.namespace:
@@ -104,6 +116,14 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         parser.error("--heartbeat-seconds must be positive")
     if args.max_concurrent_loads < 1:
         parser.error("--max-concurrent-loads must be at least 1")
+    if args.fault and not args.enable_fault_injection:
+        parser.error("--fault needs --enable-fault-injection")
+    faults = []
+    for text in args.fault:
+        try:
+            faults.append(parse_fault(json.loads(text)))
+        except (ValueError, json.JSONDecodeError) as err:
+            parser.error(f"--fault {text!r}: {err}")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -120,6 +140,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         heartbeat_seconds=args.heartbeat_seconds,
         max_concurrent_loads=args.max_concurrent_loads,
         enable_fault_injection=args.enable_fault_injection,
+        faults=tuple(faults),
     )
 
 
@@ -184,6 +205,7 @@ async def run(config: Config) -> int:
         metrics,
         max_concurrent_loads=config.max_concurrent_loads,
     )
+    agent.faults.update(config.faults)
     for key, size in (await agent.engine.inventory()).items():
         agent.loaded[key] = size
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ekko.agent import engines
-from ekko.agent.decide import ShardKey
+from ekko.agent.decide import Fault, ShardKey
 from ekko.agent.engines import LoadError, ReferenceEngine, SimEngine
 from ekko.agent.main import parse_args, parse_listen
 from ekko.agent.metrics import AgentMetrics
@@ -199,6 +199,9 @@ def test_cli_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--listen", "nohost"],
         ["--heartbeat-seconds", "0"],
         ["--engine", "triton"],
+        ["--fault", '{"version": "v3", "errorRate": 0.2}'],  # without --enable-fault-injection
+        ["--enable-fault-injection", "--fault", '{"version": "v3", "errorRate": 2}'],
+        ["--enable-fault-injection", "--fault", "v3"],
     ],
 )
 def test_cli_rejects(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,6 +210,24 @@ def test_cli_rejects(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
     assert exc.value.code == 2
+
+
+def test_cli_faults_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "srv-0")
+    monkeypatch.setenv("POD_NAMESPACE", "ns")
+    config = parse_args(
+        [
+            "--enable-fault-injection",
+            "--fault",
+            '{"version": "v3", "errorRate": 0.2}',
+            "--fault",
+            '{"model": "m", "version": "v4", "extraLatencyMs": 50}',
+        ]
+    )
+    assert dict(config.faults) == {
+        (None, "v3"): Fault(error_rate=0.2),
+        ("m", "v4"): Fault(extra_latency_ms=50.0),
+    }
 
 
 def test_cli_needs_pod_and_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
