@@ -37,6 +37,11 @@ class ApiModel(BaseModel):
 
     __cel__: ClassVar[tuple[CelRule, ...]] = ()
 
+    def evolve(self, **changes: Any) -> Self:
+        """A copy with ``changes`` (by field name), validated like a new object: an unknown field
+        or a value of the wrong type is an error, where ``model_copy(update=...)`` takes anything."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
     @model_validator(mode="after")
     def _check_cel_twins(self) -> Self:
         # Like the API server, report every broken rule, not just the first.

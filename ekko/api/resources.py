@@ -498,7 +498,11 @@ class AnalysisMetric(ApiModel):
         default=4, ge=0, le=1000, description="Query errors in a row tolerated before rollback."
     )
     no_data: NoDataPolicy = Field(
-        description="What an empty query result means: Hold (wait, count as inconclusive), Fail or Pass."
+        description="What an empty query result means: Hold (keep measuring until data arrives; after noDataTimeout without any, each empty result is inconclusive), Fail (a failed measurement) or Pass (a successful one)."
+    )
+    no_data_timeout: Duration = Field(
+        default="2m",
+        description="With noData Hold: how long an analysis step waits for its first data before empty results count as inconclusive (which pauses the rollout once inconclusiveLimit is passed).",
     )
     prometheus: PrometheusProvider = Field(
         default_factory=PrometheusProvider, description="Prometheus to query."
@@ -570,6 +574,9 @@ class AnalysisResult(ApiModel):
     inconclusive: int = Field(default=0, description="Measurements with no verdict.")
     errors: int = Field(default=0, description="Queries that errored.")
     consecutive_errors: int = Field(default=0, description="Queries that errored in a row.")
+    no_data: int = Field(
+        default=0, description="Empty results held while waiting for data (noData Hold)."
+    )
     last_value: str | None = Field(default=None, max_length=64, description="Last query result.")
     last_measured: datetime | None = Field(
         default=None, description="Time of the last measurement."

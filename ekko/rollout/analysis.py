@@ -64,11 +64,47 @@ def evaluate(metric: AnalysisMetric, measurement: Measurement) -> Verdict:
     return "Successful"
 
 
+def holding(
+    metric: AnalysisMetric,
+    result: AnalysisResult | None,
+    measurement: Measurement,
+    since: datetime | None,
+) -> bool:
+    """Whether an empty result is held (neither counted nor judged) rather than inconclusive.
+
+    With ``noData: Hold`` a step keeps measuring until its first data arrives, for at most
+    ``noDataTimeout`` after the step began (``since``): a canary that was not scraped twice yet,
+    or whose rate window is not filled, has no data through no fault of its own. Once data has
+    arrived in the step, or the bound has passed, an empty result is inconclusive.
+    """
+    if metric.no_data != "Hold" or measurement.error is not None:
+        return False
+    if measurement.value is not None and not math.isnan(measurement.value):
+        return False
+    had_data = result is not None and result.successful + result.failed > 0
+    if had_data or since is None:
+        return False
+    waited = (measurement.at - since).total_seconds()
+    return waited < parse_duration(metric.no_data_timeout)
+
+
 def record(
-    metric: AnalysisMetric, result: AnalysisResult | None, measurement: Measurement
+    metric: AnalysisMetric,
+    result: AnalysisResult | None,
+    measurement: Measurement,
+    since: datetime | None = None,
 ) -> AnalysisResult:
-    """The tally after one more measurement, with its phase."""
+    """The tally after one more measurement, with its phase; ``since`` is when the analysis step
+    began (for ``noData: Hold``'s bound; without it an empty result is never held)."""
     base = result or AnalysisResult(metric=metric.name, phase="Running")
+    if holding(metric, result, measurement, since):
+        return base.model_copy(
+            update={
+                "no_data": base.no_data + 1,
+                "last_value": "no data (holding)",
+                "last_measured": measurement.at,
+            }
+        )
     verdict = evaluate(metric, measurement)
     successful = base.successful + (verdict == "Successful")
     failed = base.failed + (verdict == "Failed")
@@ -101,6 +137,7 @@ def record(
         inconclusive=inconclusive,
         errors=errors,
         consecutive_errors=consecutive,
+        no_data=base.no_data,
         last_value=shown,
         last_measured=measurement.at,
     )

@@ -133,17 +133,29 @@ def metrics_due(spec: ModelVersionSpec, status: ModelVersionStatus, now: datetim
     step = _step(spec, status)
     if status.phase != "Progressing" or step is None or step.analysis is None:
         return []
-    results = {r.metric: r for r in status.analysis}
+    results = _step_results(status)
     since = status.step_started_at or now
     return [m.name for m in _step_metrics(spec, step) if due(m, results.get(m.name), now, since)]
 
 
+def _step_results(status: ModelVersionStatus) -> dict[str, AnalysisResult]:
+    """The tallies taken in the current step. A tally measured at or before the step began belongs
+    to an earlier analysis step: each analysis step judges the canary at its own weight from
+    nothing (an earlier step's "Successful" once passed a later step unmeasured)."""
+    began = status.step_started_at
+    return {
+        r.metric: r
+        for r in status.analysis
+        if began is None or (r.last_measured is not None and r.last_measured > began)
+    }
+
+
 def decide(inp: Inputs) -> Decision:
     """The next transition of a ModelVersion."""
-    status = inp.status.model_copy(update={"observed_generation": inp.generation})
+    status = inp.status.evolve(**{"observed_generation": inp.generation})
     request = inp.request if inp.request and inp.request.at != status.handled_request else None
     if request is not None:
-        status = status.model_copy(update={"handled_request": request.at})
+        status = status.evolve(**{"handled_request": request.at})
         handled = _on_request(inp, status, request)
         if handled is not None:
             return handled
@@ -167,7 +179,7 @@ def _pending(inp: Inputs, status: ModelVersionStatus) -> Decision:
         return _fail(inp, status, f"model {inp.spec.model} does not exist in this namespace")
     if obs.other_active:
         message = f"waiting for the rollout of {obs.other_active} to finish"
-        return Decision(status.model_copy(update={"message": message}), requeue_after=5.0)
+        return Decision(status.evolve(**{"message": message}), requeue_after=5.0)
     if obs.stable == inp.spec.version:
         return Decision(
             status.model_copy(
@@ -189,7 +201,7 @@ def _pending(inp: Inputs, status: ModelVersionStatus) -> Decision:
     }
     # The canary takes the place of a resident previous version (memory was reserved for one).
     return Decision(
-        status.model_copy(update=update),
+        status.evolve(**update),
         model=ModelPatch(canary=inp.spec.version, previous=""),
         events=(Event("Loading", f"Started loading {inp.spec.version} of {inp.spec.model}."),),
         requeue_after=LOOK_AGAIN,
@@ -200,12 +212,12 @@ def _loading(inp: Inputs, status: ModelVersionStatus) -> Decision:
     obs = inp.observed
     counts = {"servers_loaded": obs.servers_loaded, "servers_wanted": obs.servers_wanted}
     if obs.load_error:
-        failed = _fail(inp, status.model_copy(update=counts), f"loading failed: {obs.load_error}")
+        failed = _fail(inp, status.evolve(**counts), f"loading failed: {obs.load_error}")
         return _with_model(failed, ModelPatch(canary=""))
     if obs.servers_wanted == 0 or obs.servers_loaded < obs.servers_wanted:
         message = f"loaded on {obs.servers_loaded} of {obs.servers_wanted} servers"
         return Decision(
-            status.model_copy(update=counts | {"message": message}), requeue_after=LOOK_AGAIN
+            status.evolve(**counts | {"message": message}), requeue_after=LOOK_AGAIN
         )
     update = counts | {
         "phase": "Progressing",
@@ -214,7 +226,7 @@ def _loading(inp: Inputs, status: ModelVersionStatus) -> Decision:
         "message": f"loaded on all {obs.servers_wanted} servers",
     }
     return Decision(
-        status.model_copy(update=update),
+        status.evolve(**update),
         events=(Event("Loaded", f"Loaded {inp.spec.version} on {obs.servers_wanted} servers."),),
         requeue_after=0.0,
     )
@@ -251,7 +263,7 @@ def _progressing(inp: Inputs, status: ModelVersionStatus) -> Decision:
         if step.pause.duration is None:
             message = f"paused at step {status.current_step}; run `kubectl ekko promote {spec.model}` to continue"
             return Decision(
-                status.model_copy(update={"phase": "Paused", "message": message}),
+                status.evolve(**{"phase": "Paused", "message": message}),
                 events=(
                     Event("Paused", f"Paused {spec.version} at {status.weight}% until promoted."),
                 ),
@@ -268,22 +280,26 @@ def _analyse(inp: Inputs, status: ModelVersionStatus, step: CanaryStep) -> Decis
     spec = inp.spec
     assert step.analysis is not None
     metrics = _step_metrics(spec, step)
-    results = {r.metric: r for r in status.analysis}
+    results = _step_results(status)
     for m in inp.measurements:
         metric = next((x for x in metrics if x.name == m.metric), None)
         if metric is not None:
-            results[m.metric] = record(metric, results.get(m.metric), m)
-    status = status.model_copy(update={"analysis": [results[k] for k in sorted(results)]})
+            results[m.metric] = record(metric, results.get(m.metric), m, status.step_started_at)
+    # Earlier steps' tallies of metrics this step does not measure stay visible.
+    shown = {r.metric: r for r in status.analysis} | results
+    status = status.evolve(analysis=[shown[k] for k in sorted(shown)])
     mine = [results.get(m.name) for m in metrics]
     failed = [r for r in mine if r is not None and r.phase in ("Failed", "Error")]
     if failed:
         r = failed[0]
         why = f"analysis {r.metric} {r.phase.lower()}: {r.failed} failed, {r.errors} errors, last value {r.last_value}"
         return _roll_back(inp, status, why, requested_at=inp.now, automatic=True)
-    if any(r is not None and r.phase == "Inconclusive" for r in mine):
-        message = "analysis inconclusive; paused: promote to continue or abort"
+    inconclusive = [r for r in mine if r is not None and r.phase == "Inconclusive"]
+    if inconclusive:
+        r = inconclusive[0]
+        message = f"analysis {r.metric} inconclusive (last value {r.last_value}); paused: promote to continue or abort"
         return Decision(
-            status.model_copy(update={"phase": "Paused", "message": message}),
+            status.evolve(**{"phase": "Paused", "message": message}),
             events=(Event("AnalysisInconclusive", f"Paused {spec.version}: {message}.", True),),
         )
     elapsed = (inp.now - (status.step_started_at or inp.now)).total_seconds()
@@ -311,7 +327,7 @@ def _analyse(inp: Inputs, status: ModelVersionStatus, step: CanaryStep) -> Decis
         default=LOOK_AGAIN,
     )
     return Decision(
-        status.model_copy(update={"message": "analysing"}), requeue_after=max(wait, 0.05)
+        status.evolve(**{"message": "analysing"}), requeue_after=max(wait, 0.05)
     )
 
 
@@ -322,7 +338,7 @@ def _next_step(inp: Inputs, status: ModelVersionStatus, events: tuple[Event, ...
         "phase": "Progressing",
         "paused_by_user": False,
     }
-    return Decision(status.model_copy(update=update), events=events, requeue_after=0.0)
+    return Decision(status.evolve(**update), events=events, requeue_after=0.0)
 
 
 def _promote(inp: Inputs, status: ModelVersionStatus) -> Decision:
@@ -341,7 +357,7 @@ def _promote(inp: Inputs, status: ModelVersionStatus) -> Decision:
         "message": f"promoted; {obs.stable} stays loaded for rollback" if keep else "promoted",
     }
     return Decision(
-        status.model_copy(update=update),
+        status.evolve(**update),
         model=patch,
         events=(Event("Promoted", f"Promoted {spec.version} of {spec.model}."),),
         outcome="Promoted",
@@ -380,7 +396,7 @@ def _roll_back(
         "message": f"rolled back to {target}: {why}",
     }
     return Decision(
-        status.model_copy(update=update),
+        status.evolve(**update),
         model=patch,
         events=(
             Event(
@@ -407,7 +423,7 @@ def _terminal(inp: Inputs, status: ModelVersionStatus) -> Decision:
         seconds = max(0.0, (done - status.rollback_requested_at).total_seconds())
         update = {"rollback_completed_at": done, "rollback_seconds": round(seconds, 3)}
         return Decision(
-            status.model_copy(update=update),
+            status.evolve(**update),
             events=(
                 Event("RollbackApplied", f"Every server applied the rollback in {seconds:.2f}s."),
             ),
@@ -476,7 +492,7 @@ def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> De
             "message": "aborted by request",
         }
         return Decision(
-            status.model_copy(update=update),
+            status.evolve(**update),
             model=patch,
             events=(
                 Event(
@@ -490,7 +506,7 @@ def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> De
     if verb == "pause":
         update = {"phase": "Paused", "paused_by_user": True, "message": "paused by request"}
         return Decision(
-            status.model_copy(update=update),
+            status.evolve(**update),
             events=(Event("Paused", f"Paused {spec.version} by request."),),
         )
     if verb == "resume":
@@ -498,7 +514,7 @@ def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> De
             return refuse(f"it is {phase}, not Paused")
         if status.paused_by_user:
             update = {"phase": "Progressing", "paused_by_user": False, "message": "resumed"}
-            return Decision(status.model_copy(update=update), requeue_after=0.0)
+            return Decision(status.evolve(**update), requeue_after=0.0)
         return refuse("it waits for promote, not resume")
     if verb in ("promote", "promote-full"):
         if phase in ("Pending", "Loading"):
@@ -529,7 +545,7 @@ def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> De
 def _fail(inp: Inputs, status: ModelVersionStatus, why: str) -> Decision:
     update = {"phase": "Failed", "message": why, "finished_at": inp.now, "weight": 0}
     return Decision(
-        status.model_copy(update=update),
+        status.evolve(**update),
         events=(Event("Failed", f"Rollout of {inp.spec.version} failed: {why}.", True),),
         outcome="Failed",
     )

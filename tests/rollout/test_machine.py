@@ -145,13 +145,56 @@ def test_failed_analysis_rolls_back_at_once_and_measures_the_rollback() -> None:
     assert d.rollback_seconds == pytest.approx(0.5)
 
 
-def test_no_data_is_held_as_inconclusive_and_pauses_instead_of_failing() -> None:
+def test_every_analysis_step_measures_anew_at_its_own_weight() -> None:
+    """A tally from an earlier analysis step must not pass a later one unmeasured: a version that
+    is fine at 5% and fails at 25% (errors under load) is rolled back at 25%."""
+    sim = Sim(spec([{"setWeight": 5}, {"analysis": {}}, {"setWeight": 25}, {"analysis": {}}]))
+    for _ in range(4):
+        sim.step()
+    sim.step(5, 0.01)
+    sim.step(5, 0.01)
+    assert sim.status.current_step == 2 and sim.status.analysis[0].phase == "Successful"
+    sim.step()
+    sim.step()
+    assert sim.status.current_step == 3 and sim.status.weight == 25
+    assert sim.status.phase == "Progressing"  # not passed before measuring at 25%
+    d = sim.step(5, 0.3)
+    assert sim.status.phase == "RolledBack" and d.outcome == "RolledBack"
+    assert "errors failed" in sim.status.message
+    assert sim.status.analysis[0].failed == 1 and sim.status.analysis[0].successful == 0
+
+
+def test_no_data_is_held_until_data_arrives_without_pausing() -> None:
+    """noData: Hold keeps measuring while the canary has no data yet (not scraped twice, rate
+    window not filled): empty results neither pass, fail nor pause, and data that then arrives
+    decides."""
     sim = Sim(spec([{"setWeight": 5}, {"analysis": {}}, {"setWeight": 100}]))
     for _ in range(4):
         sim.step()
-    sim.step(5, None)
+    for _ in range(3):
+        sim.step(5, None)
+        assert sim.status.phase == "Progressing" and sim.status.current_step == 1
+    r = sim.status.analysis[0]
+    assert (r.phase, r.no_data, r.inconclusive, r.successful) == ("Running", 3, 0, 0)
+    d = sim.step(5, 0.3)  # the faulty canary's first real data
+    assert sim.status.phase == "RolledBack" and d.outcome == "RolledBack"
+
+
+def test_no_data_past_the_timeout_is_inconclusive_and_pauses() -> None:
+    s = spec([{"setWeight": 5}, {"analysis": {}}, {"setWeight": 100}])
+    s = s.model_copy(
+        update={"analysis": [s.analysis[0].model_copy(update={"no_data_timeout": "20s"})]}
+    )
+    sim = Sim(s)
+    for _ in range(4):
+        sim.step()
+    for _ in range(3):
+        sim.step(5, None)  # 5, 10, 15 s into the step: held
+    assert sim.status.phase == "Progressing"
+    sim.step(5, None)  # 20 s: the bound is reached
     assert sim.status.phase == "Paused"
     assert sim.status.analysis[0].inconclusive == 1
+    assert "no data" in sim.status.message
     sim.step(0, request=Request("promote", "t1"))
     assert sim.status.phase == "Progressing" and sim.status.current_step == 2
 
