@@ -216,9 +216,7 @@ def _loading(inp: Inputs, status: ModelVersionStatus) -> Decision:
         return _with_model(failed, ModelPatch(canary=""))
     if obs.servers_wanted == 0 or obs.servers_loaded < obs.servers_wanted:
         message = f"loaded on {obs.servers_loaded} of {obs.servers_wanted} servers"
-        return Decision(
-            status.evolve(**counts | {"message": message}), requeue_after=LOOK_AGAIN
-        )
+        return Decision(status.evolve(**counts | {"message": message}), requeue_after=LOOK_AGAIN)
     update = counts | {
         "phase": "Progressing",
         "current_step": 0,
@@ -326,9 +324,7 @@ def _analyse(inp: Inputs, status: ModelVersionStatus, step: CanaryStep) -> Decis
         (seconds_until_due(m, results.get(m.name), inp.now, since) for m in metrics),
         default=LOOK_AGAIN,
     )
-    return Decision(
-        status.evolve(**{"message": "analysing"}), requeue_after=max(wait, 0.05)
-    )
+    return Decision(status.evolve(**{"message": "analysing"}), requeue_after=max(wait, 0.05))
 
 
 def _next_step(inp: Inputs, status: ModelVersionStatus, events: tuple[Event, ...] = ()) -> Decision:
