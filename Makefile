@@ -64,3 +64,6 @@ bench: install ## Placement benchmark (quick sizes); see docs/benchmarks.md for 
 
 clean: ## Remove the venv and caches kept in the repository (not ~/.cache/ekko)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+bench-updates: install ## Update data-plane benchmark, quick sim (CI runs it)
+	$(BIN)/python -m bench.updates --mode sim --quick --json $(or $(JSON),/tmp/ekko-bench-updates.json)

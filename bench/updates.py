@@ -1,0 +1,347 @@
+"""Update data-plane benchmark: how fresh, how cheap and how robust model updates are.
+
+    python -m bench.updates --mode sim --quick --json /tmp/u.json   # synthetic stream, 2 seeds, ~1 min
+    python -m bench.updates --mode sim --json /tmp/u.json           # MovieLens-100K, 3 seeds
+    python -m bench.updates --mode sim --workload synthetic --events 60000 --seeds 0,1,2
+
+``--mode sim`` replays the trainer's row writes through a deterministic discrete-event model of the
+data plane (bench/updates_sim.py): a training region plus 3 inference regions × 3 servers, WAN
+links per directed region pair (40 ms one-way by default), one leader per region pulling across the
+WAN and followers pulling from it. Quality (AUC, logloss) is computed afterwards by replaying the
+evaluation events against what each server held at each event's time.
+
+Every figure is reported against its baseline in the same run, as the median over seeds with the
+min/max spread:
+
+1. update lag p50/p99/mean, cross-region and leader → follower, per priority class;
+2. P2P leaders vs the trainer sending to every server: trainer uplink bytes, lag p99 and AUC with
+   the uplink capped at ``uplink_cap_links`` × one region's uncapped rate;
+3. congestion: WAN cap at 100/50/25% of the uncapped rate, served AUC loss relative to uncapped
+   for priority vs state-FIFO vs log-style FIFO (every delta in order);
+4. compression: fp32/fp16/int8 × none/zstd vs log-style fp32: WAN bytes reduction, ΔAUC, codec
+   encode/decode µs per row;
+6. staleness: AUC of replicas at fixed lags, of a minute-periodic full sync and of a frozen model.
+
+A benchmark measures and prints; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+
+from bench.updates_data import Stream, movielens_100k, synthetic_stream
+from bench.updates_sim import (
+    COMPRESSOR,
+    SimConfig,
+    Writes,
+    compress,
+    decode_frame,
+    encode_frame,
+    fixed_lag_log,
+    frozen_log,
+    periodic_sync_log,
+    quantize,
+    run_config,
+    served_quality,
+    train_writes,
+)
+from ekko.updates.scoring import auc
+
+CAPS = (1.0, 0.5, 0.25)
+POLICIES = (("priority", "priority"), ("fifo", "fifo"), ("log", "logfifo"))
+CODECS = ("fp32", "fp16", "int8")
+LAGS = (0.0, 0.1, 1.0, 10.0, 60.0)
+TARGETS = {
+    "lag_cross_region_mean_s": ("<=", 1.0),
+    "lag_cross_region_p99_s": ("<=", 2.4),
+    "lag_leader_follower_p99_s": ("<=", 0.3),
+    "auc_loss_priority_at_25pct": ("<=", 0.005),
+    "auc_loss_fifo_at_25pct": (">=", 0.02),
+    "lag_new_p99_priority_at_25pct_s": ("<=", 2.4),
+    "wan_bytes_reduction": (">=", 0.90),
+    "abs_auc_delta_compression": ("<=", 0.001),
+}
+
+
+def fmt_key(x: float) -> str:
+    return f"{x:g}".replace(".", "p")
+
+
+def flat_lags(prefix: str, summary: dict[str, Any], out: dict[str, float]) -> None:
+    for hop in ("cross_region", "leader_follower", "end_to_end"):
+        stats = summary.get(f"lag_{hop}")
+        if stats is None:
+            continue
+        for stat in ("mean_s", "p50_s", "p99_s"):
+            out[f"{prefix}lag_{hop}_{stat}"] = stats[stat]
+        for cls, cstats in summary.get(f"lag_{hop}_by_class", {}).items():
+            for stat in ("mean_s", "p50_s", "p99_s"):
+                out[f"{prefix}lag_{hop}_{cls}_{stat}"] = cstats[stat]
+
+
+def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float]:
+    """Every configuration of one seed; returns flat figures."""
+    t0 = time.perf_counter()
+    w = train_writes(stream, opts["rate"], seed)
+    eval_from = int(len(stream) * opts["warmup"])
+    deq = {c: quantize(w.values, c) for c in CODECS}
+    base_cfg = SimConfig(seed=seed, wan_delay_s=opts["wan_delay"], min_interval_s=opts["interval"])
+    out: dict[str, float] = {"auc_trainer": auc(w.labels[eval_from:], w.preds[eval_from:])}
+
+    def run(cfg: SimConfig) -> dict[str, Any]:
+        return run_config(w, cfg, eval_from, deq.__getitem__)
+
+    # 1. lag, uncapped, priority, fp32 (the reference run for 2-4)
+    base = run(base_cfg)
+    flat_lags("", base, out)
+    out["auc_uncapped"] = base["auc"]
+    out["logloss_uncapped"] = base["logloss"]
+    out["wan_bytes_fp32_none"] = base["wan_bytes"]
+    out["auc_fp32_none"] = base["auc"]
+    rate = float(base["wan_rate_per_link_Bps"])
+    out["wan_rate_uncapped_per_link_Bps"] = rate
+
+    # 3. congestion
+    for cap in CAPS:
+        for policy, name in POLICIES:
+            res = run(replace(base_cfg, policy=policy, wan_rate=cap * rate))
+            key = f"{name}_at_{round(cap * 100)}pct"
+            out[f"auc_{key}"] = res["auc"]
+            out[f"auc_loss_{key}"] = (base["auc"] - res["auc"]) / base["auc"]
+            flat_lags(f"{key}_", res, out)
+            if policy == "priority":
+                out[f"lag_new_p99_{key}_s"] = res["lag_cross_region_by_class"]["new"]["p99_s"]
+    log = run(replace(base_cfg, policy="log"))
+    out["wan_bytes_logfp32"] = log["wan_bytes"]
+    out["auc_logfifo_uncapped"] = log["auc"]
+    out["wan_bytes_coalescing_reduction"] = 1 - base["wan_bytes"] / log["wan_bytes"]
+
+    # 4. compression (uncapped: the schedule is the reference's; bytes and held values change)
+    for codec in CODECS:
+        for z in (False, True):
+            key = f"{codec}_{'zstd' if z else 'none'}"
+            res = base if key == "fp32_none" else run(replace(base_cfg, codec=codec, zstd=z))
+            out[f"wan_bytes_{key}"] = res["wan_bytes"]
+            out[f"wan_bytes_reduction_{key}"] = 1 - res["wan_bytes"] / log["wan_bytes"]
+            out[f"auc_{key}"] = res["auc"]
+            out[f"auc_delta_{key}"] = res["auc"] - log["auc"]
+    out["wan_bytes_reduction"] = out["wan_bytes_reduction_int8_zstd"]
+    out["auc_delta_compression"] = out["auc_delta_int8_zstd"]
+    out["abs_auc_delta_compression"] = abs(out["auc_delta_compression"])
+
+    # 2. P2P leaders vs the trainer sending to every server
+    direct = run(replace(base_cfg, topology="direct"))
+    out["uplink_bytes_p2p"] = base["uplink_bytes"]
+    out["uplink_bytes_direct"] = direct["uplink_bytes"]
+    out["uplink_bytes_ratio_direct_over_p2p"] = direct["uplink_bytes"] / base["uplink_bytes"]
+    up = opts["uplink_cap_links"] * rate
+    for topo in ("p2p", "direct"):
+        res = run(replace(base_cfg, topology=topo, uplink_rate=up))
+        out[f"auc_{topo}_uplink_capped"] = res["auc"]
+        out[f"lag_end_to_end_p99_{topo}_uplink_capped_s"] = res["lag_end_to_end"]["p99_s"]
+        out[f"lag_end_to_end_mean_{topo}_uplink_capped_s"] = res["lag_end_to_end"]["mean_s"]
+        out[f"uplink_bytes_{topo}_uplink_capped"] = res["uplink_bytes"]
+
+    # 6. staleness (NaN where the lag or period is not shorter than the evaluated span)
+    span = float(w.event_t[-1] - w.event_t[eval_from])
+    for lag in LAGS:
+        lt, lw = fixed_lag_log(w, lag)
+        a = served_quality(w, lt, lw, eval_from)[0] if lag < span else float("nan")
+        out[f"auc_staleness_lag_{fmt_key(lag)}s"] = a
+    lt, lw = periodic_sync_log(w, 60.0)
+    a = served_quality(w, lt, lw, eval_from)[0] if span > 60.0 else float("nan")
+    out["auc_staleness_periodic_sync_60s"] = a
+    lt, lw = frozen_log(w, eval_from)
+    out["auc_staleness_frozen"] = served_quality(w, lt, lw, eval_from)[0]
+    out["seed_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def codec_costs(stream: Stream, rate: float) -> dict[str, float]:
+    """Encode/decode CPU µs per row of the bench codec on 1024-row frames."""
+    w: Writes = train_writes(stream.head(min(len(stream), 2000)), rate, 0)
+    wids = np.arange(min(len(w), 3 * 1024), dtype=np.int64)
+    wids = wids[w.table[wids] != 2][:1024]
+    counts = [int((w.table[wids] == t).sum()) for t in range(3)]
+    out: dict[str, float] = {}
+    reps = 30
+    for codec in CODECS:
+        for z in (False, True):
+            key = f"{codec}_{'zstd' if z else 'none'}"
+            t = time.perf_counter()
+            for _ in range(reps):
+                data = encode_frame(w, wids, codec)
+                if z:
+                    data = compress(data)
+            enc = (time.perf_counter() - t) / reps / wids.size * 1e6
+            raw = encode_frame(w, wids, codec)
+            blob = compress(raw) if z else raw
+            t = time.perf_counter()
+            for _ in range(reps):
+                b = blob
+                if z:
+                    import zstandard
+
+                    b = zstandard.ZstdDecompressor().decompress(blob)
+                decode_frame(w, b, counts, codec)
+            dec = (time.perf_counter() - t) / reps / wids.size * 1e6
+            out[f"codec_encode_us_per_row_{key}"] = enc
+            out[f"codec_decode_us_per_row_{key}"] = dec
+            out[f"codec_bytes_per_row_{key}"] = len(blob) / wids.size
+    return out
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    med: dict[str, float] = {}
+    spread: dict[str, list[float]] = {}
+    for key in per_seed[0]:
+        xs = [s[key] for s in per_seed if key in s and not np.isnan(s[key])]
+        if not xs:
+            med[key] = float("nan")
+            continue
+        med[key] = float(statistics.median(xs))
+        spread[key] = [float(min(xs)), float(max(xs))]
+    return med, spread
+
+
+def verdicts(res: dict[str, float]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key, (op, target) in TARGETS.items():
+        v = res.get(key, float("nan"))
+        met = v <= target if op == "<=" else v >= target
+        out[key] = {"value": v, "target": f"{op} {target}", "met": bool(met)}
+    return out
+
+
+def load(workload: str, events: int | None, seed: int) -> Stream:
+    if workload == "ml-100k":
+        s = movielens_100k()
+        return s.head(events) if events else s
+    return synthetic_stream(events or 40_000, seed)
+
+
+def _seed_job(args: tuple[str, int | None, int, dict[str, Any]]) -> dict[str, float]:
+    workload, events, seed, opts = args
+    return run_seed(load(workload, events, seed), seed, opts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mode", choices=("sim", "procs"), default="sim")
+    ap.add_argument("--quick", action="store_true", help="synthetic stream, 2 seeds, ~1 minute")
+    ap.add_argument("--workload", choices=("synthetic", "ml-100k"), default=None)
+    ap.add_argument("--events", type=int, default=None, help="use the first N events")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds")
+    ap.add_argument("--rate", type=float, default=1000.0, help="trainer events per second")
+    ap.add_argument("--wan-delay", type=float, default=0.040, help="one-way WAN delay, s")
+    ap.add_argument("--interval", type=float, default=0.05, help="minimum pull interval, s")
+    ap.add_argument("--uplink-cap-links", type=float, default=4.0)
+    ap.add_argument("--warmup", type=float, default=0.2, help="share of events before evaluation")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write every figure to this file")
+    a = ap.parse_args(argv)
+    if a.mode == "procs":
+        print("--mode procs needs ekko.updates.node and ekko.updates.publisher", file=sys.stderr)
+        return 2
+    workload = a.workload or ("synthetic" if a.quick else "ml-100k")
+    events = a.events or (20_000 if a.quick and workload == "synthetic" else None)
+    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else ([0, 1] if a.quick else [0, 1, 2])
+    opts = {
+        "rate": a.rate,
+        "wan_delay": a.wan_delay,
+        "interval": a.interval,
+        "uplink_cap_links": a.uplink_cap_links,
+        "warmup": a.warmup,
+    }
+    t0 = time.perf_counter()
+    jobs = [(workload, events, s, opts) for s in seeds]
+    if a.jobs > 1 and len(seeds) > 1:
+        with ProcessPoolExecutor(max_workers=min(a.jobs, len(seeds))) as pool:
+            per_seed = list(pool.map(_seed_job, jobs))
+    else:
+        per_seed = [_seed_job(j) for j in jobs]
+    med, spread = aggregate(per_seed)
+    stream = load(workload, events, seeds[0])
+    result: dict[str, Any] = {
+        "mode": a.mode,
+        "workload": workload,
+        "events": len(stream),
+        "seeds": seeds,
+        "config": {**opts, **asdict(SimConfig()), "compressor": COMPRESSOR},
+        **med,
+        **codec_costs(stream, a.rate),
+        "spread": spread,
+        "per_seed": per_seed,
+    }
+    result["targets"] = verdicts(result)
+    result["wall_s"] = time.perf_counter() - t0
+    report(result)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(result, fh, indent=1, sort_keys=False)
+    return 0
+
+
+def report(r: dict[str, Any]) -> None:
+    sp = r["spread"]
+
+    def f(key: str, scale: float = 1.0, digits: int = 3) -> str:
+        v = r.get(key, float("nan")) * scale
+        lo, hi = (x * scale for x in sp.get(key, [float("nan")] * 2))
+        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    print(f"update data plane, mode={r['mode']} workload={r['workload']} events={r['events']}")
+    print(f"seeds {r['seeds']}; median [min, max]; wall {r['wall_s']:.1f} s")
+    print("1. lag (uncapped, priority, fp32), seconds")
+    for hop in ("cross_region", "leader_follower"):
+        for cls in ("", "new_", "high_", "rest_"):
+            k = f"lag_{hop}_{cls}"
+            print(
+                f"   {hop:16s} {cls or 'all ':6s} mean {f(k + 'mean_s')}  p50 {f(k + 'p50_s')}  p99 {f(k + 'p99_s')}"
+            )
+    print("2. P2P vs direct: uplink bytes, capped-uplink lag p99 and AUC")
+    print(
+        f"   uplink bytes p2p {f('uplink_bytes_p2p', 1e-6, 2)} MB, direct {f('uplink_bytes_direct', 1e-6, 2)} MB"
+    )
+    for topo in ("p2p", "direct"):
+        print(
+            f"   {topo:6s} capped: lag p99 {f(f'lag_end_to_end_p99_{topo}_uplink_capped_s')} s, AUC {f(f'auc_{topo}_uplink_capped', 1, 4)}"
+        )
+    print(f"3. congestion: AUC loss vs uncapped (AUC {f('auc_uncapped', 1, 4)}), %")
+    for cap in CAPS:
+        row = "  ".join(
+            f"{name} {f(f'auc_loss_{name}_at_{round(cap * 100)}pct', 100, 2)}"
+            for _, name in POLICIES
+        )
+        print(f"   cap {round(cap * 100):3d}%: {row}")
+    print(f"   new-row lag p99 at 25% (priority): {f('lag_new_p99_priority_at_25pct_s')} s")
+    print("4. compression vs log-style fp32: WAN bytes reduction %, ΔAUC, µs/row enc/dec")
+    for codec in CODECS:
+        for z in ("none", "zstd"):
+            k = f"{codec}_{z}"
+            print(
+                f"   {k:10s} {f('wan_bytes_reduction_' + k, 100, 1)}  ΔAUC {f('auc_delta_' + k, 1, 4)}"
+                f"  enc {r[f'codec_encode_us_per_row_{k}']:.2f} dec {r[f'codec_decode_us_per_row_{k}']:.2f}"
+            )
+    print("6. staleness: AUC")
+    for lag in LAGS:
+        print(f"   lag {lag:5g} s: {f(f'auc_staleness_lag_{fmt_key(lag)}s', 1, 4)}")
+    print(
+        f"   60 s full sync: {f('auc_staleness_periodic_sync_60s', 1, 4)}; frozen: {f('auc_staleness_frozen', 1, 4)}"
+    )
+    print("targets:")
+    for key, v in r["targets"].items():
+        print(f"   {key:36s} {v['value']:.4f} {v['target']:10s} {'met' if v['met'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
