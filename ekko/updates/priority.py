@@ -1,0 +1,312 @@
+"""The scheduler: when a link cannot carry every changed row, send the rows that matter first.
+
+Ekko's priority of a row is ``p = (p_g + p_u) × p_m``:
+
+- ``p_g`` (significance): the row's last update magnitude (L2 of the change) over the table's
+  running mean magnitude;
+- ``p_u`` (freshness): a large constant for rows the downstream has never received (new users and
+  items are useless to a server until their first row arrives);
+- ``p_m``: the model's weight (its traffic share).
+
+Rows are classed **new** (never received), **high** (priority at or above a user-set percentile,
+estimated with :class:`QuantileSketch`) and **rest**, and sent in that order. Within new and high
+the highest priority goes first; the rest go in seq order, which lets the downstream's version
+vector advance (a priority-ordered tail would leave it stuck and its exception set growing).
+``fifo`` is the alternative policy (every row in seq order), and any :data:`PriorityFn` can
+replace Ekko's formula. :meth:`Scheduler.respond` turns a :class:`~ekko.updates.store.PullRequest`
+into a :class:`~ekko.updates.store.PullResponse` that never exceeds the request's byte budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ekko.updates.store import (
+    Batch,
+    Candidates,
+    PullRequest,
+    PullResponse,
+    ShardId,
+    Store,
+    row_wire_bytes,
+)
+from ekko.updates.versions import Knowledge, VersionVector
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+NEW, HIGH, REST = 0, 1, 2
+CLASS_NAMES: tuple[str, str, str] = ("new", "high", "rest")
+"""Priority class names by class number (metric labels)."""
+
+NEW_BONUS = 1.0e6
+"""``p_u`` of a row the downstream has never received: above any plausible significance."""
+
+Policy = Literal["ekko", "fifo"]
+
+
+class QuantileSketch:
+    """A streaming quantile estimate: a fixed log-spaced histogram with exponential decay.
+
+    Values in ``[lo, hi]`` fall into ``per_decade`` buckets per factor of ten, so a quantile is
+    off by at most one bucket width (a relative error of ``10**(1/per_decade) - 1``, 5.9% at 40);
+    values at or below zero have their own bucket, values beyond the range are clamped. Counts
+    halve every ``half_life`` observations so the estimate follows a drifting distribution.
+    """
+
+    def __init__(
+        self,
+        lo: float = 1e-6,
+        hi: float = 1e9,
+        per_decade: int = 40,
+        half_life: float = 100_000.0,
+    ) -> None:
+        if not 0 < lo < hi or per_decade < 1 or half_life <= 0:
+            raise ValueError("need 0 < lo < hi, per_decade >= 1 and half_life > 0")
+        self.lo, self.hi, self.per_decade, self.half_life = lo, hi, per_decade, half_life
+        self._log_lo = math.log10(lo)
+        self.n_buckets = math.ceil((math.log10(hi) - self._log_lo) * per_decade)
+        self._counts = np.zeros(self.n_buckets + 1, dtype=np.float64)  # [0] is "<= 0"
+
+    @property
+    def count(self) -> float:
+        """The (decayed) number of observations."""
+        return float(self._counts.sum())
+
+    def add(self, values: npt.ArrayLike) -> None:
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        v = v[np.isfinite(v)]
+        if len(v) == 0:
+            return
+        self._counts *= 0.5 ** (len(v) / self.half_life)
+        bucket = np.zeros(len(v), dtype=np.int64)
+        pos = v > 0
+        raw = np.floor((np.log10(np.maximum(v[pos], self.lo)) - self._log_lo) * self.per_decade)
+        bucket[pos] = 1 + np.clip(raw.astype(np.int64), 0, self.n_buckets - 1)
+        self._counts += np.bincount(bucket, minlength=self.n_buckets + 1)
+
+    def quantile(self, q: float) -> float:
+        """The value below which a fraction ``q`` of observations lie (``inf`` when empty)."""
+        total = self._counts.sum()
+        if total <= 0:
+            return math.inf
+        target = min(max(q, 0.0), 1.0) * total
+        cum = np.cumsum(self._counts)
+        b = int(np.searchsorted(cum, target, side="left"))
+        b = min(b, self.n_buckets)
+        if b == 0:
+            return 0.0
+        # The bucket's geometric middle: within half a bucket of any value in it.
+        return float(10 ** (self._log_lo + (b - 0.5) / self.per_decade))
+
+
+@dataclass(frozen=True)
+class TableContext:
+    """What a priority function may know about a table besides its rows."""
+
+    mean_magnitude: float
+    weight: float
+
+
+PriorityFn = Callable[[Candidates, TableContext], F64]
+"""Scores candidate rows; higher goes first. Must return one finite float per row."""
+
+
+def ekko_priority(c: Candidates, ctx: TableContext) -> F64:
+    """``(p_g + p_u) × p_m`` (see the module docstring)."""
+    p_g = c.magnitudes / max(ctx.mean_magnitude, 1e-12)
+    p_u = np.where(c.new, NEW_BONUS, 0.0)
+    out: F64 = (p_g + p_u) * ctx.weight
+    return out
+
+
+def fifo_priority(c: Candidates, ctx: TableContext) -> F64:
+    """Oldest write first."""
+    out: F64 = -c.seqs.astype(np.float64)
+    return out
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """``policy`` orders rows; ``high_percentile`` sets the high class (rows whose priority is at
+    or above that quantile of recent priorities); ``priority_fn`` replaces Ekko's formula."""
+
+    policy: Policy = "ekko"
+    high_percentile: float = 0.9
+    priority_fn: PriorityFn | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.high_percentile <= 1.0:
+            raise ValueError("high_percentile must lie in [0, 1]")
+
+
+@dataclass(frozen=True, eq=False)
+class Ranked:
+    """Candidate rows with their scores and classes, ready for :func:`fill`."""
+
+    scores: F64
+    classes: U8
+    seqs: I64
+
+    @classmethod
+    def concat(cls, parts: Sequence[Ranked]) -> Ranked:
+        if not parts:
+            return cls(np.zeros(0), np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64))
+        return cls(
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.classes for p in parts]),
+            np.concatenate([p.seqs for p in parts]),
+        )
+
+
+def order(ranked: Ranked, policy: Policy = "ekko") -> I64:
+    """Indices in sending order. ``ekko``: new, then high, then rest; by score within new and
+    high, by seq within rest. ``fifo``: by seq. Ties break by seq, then index (deterministic)."""
+    idx = np.arange(len(ranked.seqs), dtype=np.int64)
+    if policy == "fifo":
+        out: I64 = np.lexsort((idx, ranked.seqs))
+        return out
+    rest = ranked.classes == REST
+    by_score = np.where(rest, 0.0, -ranked.scores)
+    by_seq = np.where(rest, ranked.seqs, 0)
+    out = np.lexsort((idx, ranked.seqs, by_seq, by_score, ranked.classes))
+    return out
+
+
+def fill(
+    ranked: Ranked, budget_bytes: int, row_bytes: int | npt.ArrayLike, policy: Policy = "ekko"
+) -> I64:
+    """The rows to send, in order: the longest prefix of :func:`order` whose bytes fit the
+    budget. Never exceeds ``budget_bytes``; a prefix (not a knapsack) keeps the order promise —
+    no row is sent while a higher one waits."""
+    ordered = order(ranked, policy)
+    if len(ordered) == 0 or budget_bytes <= 0:
+        return ordered[:0]
+    per_row = np.broadcast_to(np.asarray(row_bytes, dtype=np.int64), ranked.seqs.shape)
+    cum = np.cumsum(per_row[ordered])
+    n = int(np.searchsorted(cum, budget_bytes, side="right"))
+    return ordered[:n]
+
+
+class Scheduler:
+    """Ranks candidate rows and fills pull responses. Keeps the quantile sketch of priorities
+    (so one scheduler per responder, shared by its downstreams)."""
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+        self.sketch = QuantileSketch()
+        self.last_backlog: dict[str, int] = {}
+        """Candidate rows left unsent by the last response to each peer (the backlog metric)."""
+
+    def threshold(self) -> float:
+        return self.sketch.quantile(self.config.high_percentile)
+
+    def rank(self, candidates: Candidates, context: TableContext) -> Ranked:
+        fn = self.config.priority_fn
+        if fn is None:
+            fn = fifo_priority if self.config.policy == "fifo" else ekko_priority
+        scores = np.asarray(fn(candidates, context), dtype=np.float64).reshape(-1)
+        if len(scores) != candidates.n:
+            raise ValueError("priority function returned the wrong number of scores")
+        scores = np.nan_to_num(scores, nan=0.0, posinf=np.finfo(np.float64).max)
+        # The sketch learns the priorities of rows competing on their merit (not new rows).
+        self.sketch.add(scores[~candidates.new])
+        high = scores >= self.threshold()
+        classes = np.where(candidates.new, NEW, np.where(high, HIGH, REST)).astype(np.uint8)
+        return Ranked(scores, classes, candidates.seqs)
+
+    def respond(self, store: Store, request: PullRequest) -> PullResponse:
+        """Choose what one pull carries: every shard's candidates, ranked and cut to the budget,
+        with what the response vouches for per shard (see :class:`~ekko.updates.store.Batch`)."""
+        cands: list[Candidates] = []
+        ranks: list[Ranked] = []
+        row_bytes: list[I64] = []
+        idle: list[tuple[ShardId, Knowledge]] = []
+        for shard in store.shards():
+            k = request.knowledge.get(shard, Knowledge())
+            if store.nothing_newer(shard, k):
+                idle.append((shard, k))
+                continue
+            c = store.changes_since(shard, k)
+            spec = store.spec(shard[0])
+            ctx = TableContext(store.mean_magnitude(shard[0]), spec.weight)
+            cands.append(c)
+            ranks.append(self.rank(c, ctx))
+            row_bytes.append(np.full(c.n, row_wire_bytes(spec.dim, request.dtype), dtype=np.int64))
+        ranked = Ranked.concat(ranks)
+        chosen = fill(
+            ranked,
+            request.budget_bytes,
+            np.concatenate(row_bytes) if row_bytes else 0,
+            self.config.policy,
+        )
+        sent = np.zeros(len(ranked.seqs), dtype=np.bool_)
+        sent[chosen] = True
+        rank_of = np.empty(len(ranked.seqs), dtype=np.int64)
+        rank_of[chosen] = np.arange(len(chosen))
+        batches: list[Batch] = []
+        offset = 0
+        for c, r in zip(cands, ranks, strict=True):
+            mine = sent[offset : offset + c.n]
+            take = np.flatnonzero(mine)
+            take = take[np.argsort(rank_of[offset + take], kind="stable")]
+            offset += c.n
+            covered = _covered(store.knowledge((c.table, c.part)).vector, c, ~mine)
+            k = request.knowledge.get((c.table, c.part), Knowledge())
+            if len(take) == 0 and k.vector.dominates(covered):
+                continue
+            batches.append(
+                Batch(
+                    c.table,
+                    c.part,
+                    c.keys[take],
+                    c.epochs[take],
+                    c.origins[take],
+                    c.seqs[take],
+                    c.publish_times[take],
+                    store.row_values(c.table, c.rows[take]),
+                    r.classes[take],
+                    covered,
+                )
+            )
+        for shard, k in idle:
+            vouched = store.knowledge(shard).vector
+            if not k.vector.dominates(vouched):
+                empty = np.zeros(0, dtype=np.int64)
+                batches.append(
+                    Batch(
+                        shard[0],
+                        shard[1],
+                        empty,
+                        empty.copy(),
+                        empty.copy(),
+                        empty.copy(),
+                        np.zeros(0),
+                        np.zeros((0, store.spec(shard[0]).dim), dtype=np.float32),
+                        np.zeros(0, dtype=np.uint8),
+                        vouched,
+                    )
+                )
+        backlog = int((~sent).sum())
+        self.last_backlog[request.peer] = backlog
+        return PullResponse(store.specs(), tuple(batches), backlog == 0, backlog)
+
+
+def _covered(vector: VersionVector, c: Candidates, unsent: npt.NDArray[np.bool_]) -> VersionVector:
+    """What a response may vouch for: the responder's vector, cut below the oldest unsent row of
+    each source (every row of that source up to there was sent, or the peer already held it)."""
+    if not unsent.any():
+        return vector
+    out = vector.as_dict()
+    for (e, o), s in list(out.items()):
+        m = unsent & (c.epochs == e) & (c.origins == o)
+        if m.any():
+            out[(e, o)] = min(s, int(c.seqs[m].min()) - 1)
+    return VersionVector.of(out)
