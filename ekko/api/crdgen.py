@@ -30,7 +30,7 @@ from ekko.api.resources import (
     ServerAssignment,
     ServerPool,
 )
-from ekko.api.schema import ListSchema, PreserveUnknown, SchemaOverride
+from ekko.api.schema import FieldRule, ListSchema, PreserveUnknown, SchemaOverride
 
 
 class SchemaError(TypeError):
@@ -152,13 +152,22 @@ def schema_of_model(cls: type[BaseModel]) -> dict[str, Any]:
 
 
 def schema_of(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> dict[str, Any]:
-    """The structural schema of one annotated type."""
+    """The structural schema of one annotated type, with the CEL rules on its own value."""
     meta = list(metadata)
     tp = annotation
     while get_origin(tp) is typing.Annotated:
         base, *extra = get_args(tp)
         meta.extend(_flatten_meta(extra))
         tp = base
+    schema = _schema_of(tp, meta)
+    for rule in (item.cel() for item in meta if isinstance(item, FieldRule)):
+        rules = schema.setdefault("x-kubernetes-validations", [])
+        if rule not in rules:  # an optional field's rule is met once per union arm
+            rules.append(rule)
+    return schema
+
+
+def _schema_of(tp: Any, meta: list[Any]) -> dict[str, Any]:
     for item in meta:
         if isinstance(item, SchemaOverride):
             return copy.deepcopy(item.schema)
@@ -193,7 +202,9 @@ def schema_of(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> di
                 "description": "A Kubernetes object fragment, kept as written.",
                 "x-kubernetes-preserve-unknown-fields": True,
             }
-        return {"type": "object", "additionalProperties": schema_of(value_type)}
+        schema = {"type": "object", "additionalProperties": schema_of(value_type)}
+        _constrain(schema, meta, {"max_length": "maxProperties"})
+        return schema
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return schema_of_model(tp)
     return _scalar(tp, meta)

@@ -41,6 +41,11 @@ def _bounds(node: dict[str, Any]) -> str:
     ):
         if key in node:
             parts.append(f"{label} {node[key]}")
+    for rule in node.get("x-kubernetes-validations", []):
+        # A bound on the field's own value (units.quantity_range / duration_range): show the
+        # fixed part of its message, "must be a quantity from 1 to 1Pi (for example 64Gi)".
+        if "messageExpression" in rule:
+            parts.append(rule["messageExpression"].split("'")[1].removesuffix(", got "))
     return ", ".join(parts)
 
 
@@ -62,7 +67,8 @@ def _rows(node: dict[str, Any], prefix: str, required: set[str], out: list[str])
 
 def _rules(node: dict[str, Any], prefix: str, out: list[str]) -> None:
     for rule in node.get("x-kubernetes-validations", []):
-        out.append(f"- `{prefix or '(root)'}`: {rule['message']} — `{rule['rule']}`")
+        if "message" in rule:  # bounds of one field are shown in its row instead
+            out.append(f"- `{prefix or '(root)'}`: {rule['message']} — `{rule['rule']}`")
     for name, sub in node.get("properties", {}).items():
         target = sub.get("items", sub) if sub.get("type") == "array" else sub
         _rules(target, f"{prefix}.{name}" if prefix else name, out)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from ekko.api.conditions import CONDITION_PATTERN
 from ekko.api.meta import (
     ApiModel,
     Conditions,
@@ -22,11 +23,21 @@ from ekko.api.meta import (
     Resource,
 )
 from ekko.api.schema import CelRule, ListSchema
-from ekko.api.units import Duration, Quantity, quantity_bytes
+from ekko.api.units import Duration, Quantity, duration_range, quantity_range
 
 MAX_SHARD_BYTES = 16 * 2**40
 """No single shard may exceed 16 TiB: larger values are almost always a unit mistake (16Ti vs 16Gi)."""
 MAX_SHARD_QUANTITY = "16Ti"
+
+# Every number a user writes has bounds, in the CRD and in the Python twin alike, so that what
+# the API server admits the planner and the rollout can always use (no zero capacity, no float
+# that overflows or underflows to zero, no timer that spins or never fires).
+ServerMemory = Annotated[Quantity, quantity_range("1", "1Pi", "64Gi")]
+ServerCompute = Annotated[Quantity, quantity_range("1m", "1G", "100 or 500m")]
+ShardSize = Annotated[Quantity, quantity_range("1", MAX_SHARD_QUANTITY, "8Gi")]
+ShardLoad = Annotated[Quantity, quantity_range("0", "1G", "1 or 500m")]
+ContainerQuantity = Annotated[Quantity, quantity_range("0", "1Ei", "500m or 64Gi")]
+MAX_QPS = 10**9
 
 SloClass = Literal["critical", "standard", "batch"]
 Phase = Literal[
@@ -41,12 +52,15 @@ NoDataPolicy = Literal["Hold", "Fail", "Pass"]
 class ContainerResources(ApiModel):
     """Resource requests and limits of the inference server container."""
 
-    requests: dict[str, Quantity] = Field(
+    requests: dict[str, ContainerQuantity] = Field(
         default_factory=dict,
+        max_length=32,
         description="Resources the scheduler reserves for each server pod (cpu, memory, nvidia.com/gpu).",
     )
-    limits: dict[str, Quantity] = Field(
-        default_factory=dict, description="Upper limits for each server pod's container."
+    limits: dict[str, ContainerQuantity] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Upper limits for each server pod's container.",
     )
 
 
@@ -98,19 +112,20 @@ class ServerTemplate(ApiModel):
 class ServerCapacity(ApiModel):
     """What one server of the pool can hold for model shards."""
 
-    memory: Quantity = Field(
-        description="Memory for model shards on one server (for example 64Gi or 80Gi of GPU memory)."
+    memory: ServerMemory = Field(
+        description="Memory for model shards on one server (for example 64Gi or 80Gi of GPU memory); from 1 byte to 1Pi."
     )
-    compute: Quantity = Field(
-        description="Compute units one server serves (QPS, or CPU cores); shards' load uses the same unit."
+    compute: ServerCompute = Field(
+        description="Compute units one server serves (QPS, or CPU cores); shards' load uses the same unit. From 1m to 1G."
     )
 
 
 class PlacementPolicy(ApiModel):
     """How the optimiser places shards on this pool."""
 
-    solver_time_limit: Duration = Field(
-        default="10s", description="Deadline of one placement solve; the best plan found is used."
+    solver_time_limit: Annotated[Duration, duration_range("100ms", "5m")] = Field(
+        default="10s",
+        description="Deadline of one placement solve, from 100ms to 5m; the best plan found is used.",
     )
     migration_cost_weight: float = Field(
         default=0.5,
@@ -124,8 +139,9 @@ class PlacementPolicy(ApiModel):
         le=90,
         description="Percent of each server's memory and compute kept free.",
     )
-    replan_debounce: Duration = Field(
-        default="2s", description="Changes arriving within this window are planned together."
+    replan_debounce: Annotated[Duration, duration_range("0s", "1m")] = Field(
+        default="2s",
+        description="Changes arriving within this window are planned together; at most 1m.",
     )
 
 
@@ -218,10 +234,12 @@ class ServerPool(Resource):
 class ShardItem(ApiModel):
     """One shard given explicitly, for models whose shards differ in size or load."""
 
-    size: Quantity = Field(description="Bytes of memory the shard needs on a server.")
-    load: Quantity | None = Field(
+    size: ShardSize = Field(
+        description="Bytes of memory the shard needs on a server, from 1 to 16Ti."
+    )
+    load: ShardLoad | None = Field(
         default=None,
-        description="Compute units one replica of this shard takes; defaults to shards.load.",
+        description="Compute units one replica of this shard takes, at most 1G; defaults to shards.load.",
     )
 
 
@@ -234,24 +252,15 @@ class Shards(ApiModel):
             message="give either count and size, or items, but not both",
             check=lambda s: (s.items is not None) != (s.count is not None and s.size is not None),
         ),
-        CelRule(
-            rule="!has(self.size) || quantity(string(self.size)).compareTo(quantity('16Ti')) <= 0",
-            message="shard size must be at most 16Ti",
-            check=lambda s: s.size is None or quantity_bytes(s.size) <= MAX_SHARD_BYTES,
-        ),
-        CelRule(
-            rule="!has(self.items) || self.items.all(i, quantity(string(i.size)).compareTo(quantity('16Ti')) <= 0)",
-            message="every shard size must be at most 16Ti",
-            check=lambda s: (
-                s.items is None or all(quantity_bytes(i.size) <= MAX_SHARD_BYTES for i in s.items)
-            ),
-        ),
     )
 
     count: int | None = Field(default=None, ge=1, le=100000, description="Number of equal shards.")
-    size: Quantity | None = Field(default=None, description="Memory of each shard (with count).")
-    load: Quantity = Field(
-        default=1, description="Compute units one replica of one shard takes (QPS or cores)."
+    size: ShardSize | None = Field(
+        default=None, description="Memory of each shard (with count), from 1 to 16Ti."
+    )
+    load: ShardLoad = Field(
+        default=1,
+        description="Compute units one replica of one shard takes (QPS or cores), at most 1G.",
     )
     items: list[ShardItem] | None = Field(
         default=None, max_length=1024, description="Explicit shards, instead of count and size."
@@ -266,10 +275,13 @@ class Slo(ApiModel):
         alias="class",
         description="critical (kept apart from batch, capped utilisation), standard or batch.",
     )
-    latency_p99: Duration | None = Field(
-        default=None, description="Target 99th percentile latency, for analysis and reports."
+    latency_p99: Annotated[Duration, duration_range("1ms", "1h")] | None = Field(
+        default=None,
+        description="Target 99th percentile latency, for analysis and reports; from 1ms to 1h.",
     )
-    qps: int | None = Field(default=None, ge=0, description="Expected queries per second.")
+    qps: int | None = Field(
+        default=None, ge=0, le=MAX_QPS, description="Expected queries per second."
+    )
 
 
 class ModelSpec(ApiModel):
@@ -379,8 +391,9 @@ class Artifact(ApiModel):
 class Pause(ApiModel):
     """Wait before the next step: for a duration, or until promoted."""
 
-    duration: Duration | None = Field(
-        default=None, description="How long to wait; without it the rollout waits for promote."
+    duration: Annotated[Duration, duration_range("0s", "720h")] | None = Field(
+        default=None,
+        description="How long to wait, at most 720h; without it the rollout waits for promote.",
     )
 
 
@@ -392,8 +405,9 @@ class AnalysisStep(ApiModel):
         max_length=10,
         description="Names of spec.analysis.metrics to run; empty runs all.",
     )
-    duration: Duration | None = Field(
-        default=None, description="How long to analyse; defaults to count × interval."
+    duration: Annotated[Duration, duration_range("1s", "720h")] | None = Field(
+        default=None,
+        description="How long to analyse, from 1s to 720h; defaults to count × interval.",
     )
 
 
@@ -475,16 +489,18 @@ class AnalysisMetric(ApiModel):
     success_condition: str | None = Field(
         default=None,
         max_length=256,
-        pattern=r"^result\s*(<|<=|>|>=|==|!=)\s*[-+]?[0-9.eE+-]+$",
-        description="Condition on the query result that passes, for example 'result < 0.05'.",
+        pattern=CONDITION_PATTERN,
+        description="Condition on the query result that passes, for example 'result < 0.05': result, a comparison (<, <=, >, >=, ==, !=) and a decimal number (-1, 0.05, 2.5e-3).",
     )
     failure_condition: str | None = Field(
         default=None,
         max_length=256,
-        pattern=r"^result\s*(<|<=|>|>=|==|!=)\s*[-+]?[0-9.eE+-]+$",
-        description="Condition on the query result that fails, for example 'result >= 0.05'.",
+        pattern=CONDITION_PATTERN,
+        description="Condition on the query result that fails, for example 'result >= 0.05'; same grammar as successCondition.",
     )
-    interval: Duration = Field(default="30s", description="Time between measurements.")
+    interval: Annotated[Duration, duration_range("1s", "24h")] = Field(
+        default="30s", description="Time between measurements, from 1s to 24h."
+    )
     count: int | None = Field(
         default=None, ge=1, le=10000, description="Measurements to take; unlimited when unset."
     )
@@ -500,9 +516,9 @@ class AnalysisMetric(ApiModel):
     no_data: NoDataPolicy = Field(
         description="What an empty query result means: Hold (keep measuring until data arrives; after noDataTimeout without any, each empty result is inconclusive), Fail (a failed measurement) or Pass (a successful one)."
     )
-    no_data_timeout: Duration = Field(
+    no_data_timeout: Annotated[Duration, duration_range("0s", "24h")] = Field(
         default="2m",
-        description="With noData Hold: how long an analysis step waits for its first data before empty results count as inconclusive (which pauses the rollout once inconclusiveLimit is passed).",
+        description="With noData Hold: how long an analysis step waits for its first data before empty results count as inconclusive (which pauses the rollout once inconclusiveLimit is passed); at most 24h.",
     )
     prometheus: PrometheusProvider = Field(
         default_factory=PrometheusProvider, description="Prometheus to query."
@@ -641,7 +657,7 @@ class AssignedShard(ApiModel):
     shard: int = Field(ge=0, le=100000, description="Index of the shard in the model.")
     version: str = Field(max_length=63, description="Version of the model to load.")
     uri: str = Field(max_length=2048, description="Artifact URI of that version.")
-    bytes: int = Field(ge=0, description="Memory the shard takes.")
+    bytes: int = Field(ge=0, le=MAX_SHARD_BYTES, description="Memory the shard takes.")
     drain: bool = Field(
         default=False,
         description="The replica moves elsewhere: keep serving it until the operator removes it once its replacement is ready.",

@@ -11,6 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import PydanticCustomError, core_schema
+
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: the schema dict is not hashable
 class SchemaOverride:
@@ -49,3 +52,34 @@ class PreserveUnknown:
     """Keep arbitrary fields below this object (used for embedded Kubernetes objects)."""
 
     description_only: bool = field(default=False)
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity, like SchemaOverride
+class FieldRule:
+    """A CEL rule on one field's own value, with its Python twin.
+
+    Put in ``Annotated[...]`` after the field's type. ``rule`` and ``message_expression`` go
+    into the CRD as an ``x-kubernetes-validations`` entry on the field itself, so the API server
+    names the field in its refusal; ``check`` returns the same message (or ``None`` when the value
+    passes) and runs in pydantic after the type's own validation. Bounds on quantities and
+    durations are written this way (see :func:`ekko.api.units.quantity_range`).
+    """
+
+    rule: str
+    message_expression: str
+    check: Callable[[Any], str | None] = field(compare=False)
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def validate(value: Any) -> Any:
+            problem = self.check(value)
+            if problem is not None:
+                raise PydanticCustomError("field_rule", "{problem}", {"problem": problem})
+            return value
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
+
+    def cel(self) -> dict[str, str]:
+        """The ``x-kubernetes-validations`` entry."""
+        return {"rule": self.rule, "messageExpression": self.message_expression}

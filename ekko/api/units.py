@@ -15,16 +15,30 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator
 
-from ekko.api.schema import SchemaOverride
+from ekko.api.schema import FieldRule, SchemaOverride
 
 # Unsigned Kubernetes quantity: a number, then a binary suffix, a decimal suffix or an exponent.
 QUANTITY_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
-# One or more <number><unit> pairs, as Go's time.ParseDuration accepts (without negatives).
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# Hours, minutes, seconds and milliseconds, each at most once and in that order (1h30m, 90s,
+# 250ms), as Go's time.ParseDuration reads them. Each part has at most six integer digits and no
+# fraction finer than a nanosecond, so no duration this admits overflows Go's int64 nanoseconds
+# (the API server's CEL duration() would fail) or rounds differently in Go and here.
+_PART = r"[0-9]{1,6}(\.[0-9]{1,%d})?%s"
+DURATION_PATTERN = (
+    "^"
+    + "".join(
+        f"({_PART % (digits, unit)})?" for unit, digits in (("h", 9), ("m", 9), ("s", 9), ("ms", 6))
+    )
+    + "$"
+)
 
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 _DURATION_RE = re.compile(DURATION_PATTERN)
 _DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+# Beyond this many powers of ten a quantity is far outside every bound Ekko sets; clamping the
+# exponent keeps "1e999999999" from costing a billion-digit integer (the API server refuses it).
+_MAX_EXPONENT = 60
+_NANO = Fraction(1, 10**9)
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {
@@ -47,7 +61,9 @@ class UnitError(ValueError):
 
 
 def parse_quantity(value: str | int | float) -> Fraction:
-    """Return the exact value of a Kubernetes quantity (``"64Gi"`` -> 68719476736)."""
+    """Return the value of a Kubernetes quantity (``"64Gi"`` -> 68719476736) as the API server
+    holds it: exact, except that a non-zero value below one nano-unit is rounded up to 1n and
+    every value to a whole number of nano-units, upwards (Kubernetes' ``ParseQuantity``)."""
     if isinstance(value, bool):
         raise UnitError(f"expected a quantity such as 64Gi or 500m, got {value!r}")
     if isinstance(value, int):
@@ -58,8 +74,9 @@ def parse_quantity(value: str | int | float) -> Fraction:
         if value < 0:
             raise UnitError(f"quantity must not be negative, got {value}")
         return Fraction(Decimal(repr(value)))
-    text = value.strip()
-    if not _QUANTITY_RE.match(text):
+    # fullmatch, not match: Python's $ also matches before a final newline, Go's does not.
+    text = value
+    if not _QUANTITY_RE.fullmatch(text):
         raise UnitError(
             f"{value!r} is not a Kubernetes quantity; use a number with an optional suffix "
             "such as 64Gi, 1.5T, 500m or 2e9"
@@ -70,10 +87,18 @@ def parse_quantity(value: str | int | float) -> Fraction:
     except InvalidOperation as err:  # pragma: no cover - the pattern already guards this
         raise UnitError(f"{value!r} is not a Kubernetes quantity") from err
     if suffix in _BINARY:
-        return amount * _BINARY[suffix]
-    if suffix[:1] in ("e", "E"):
-        return amount * Fraction(10) ** int(suffix[1:])
-    return amount * _DECIMAL[suffix]
+        exact = amount * _BINARY[suffix]
+    elif suffix[:1] in ("e", "E"):
+        exponent = max(-_MAX_EXPONENT, min(_MAX_EXPONENT, int(suffix[1:])))
+        exact = amount * Fraction(10) ** exponent
+    else:
+        exact = amount * _DECIMAL[suffix]
+    return _round_up_to_nano(exact)
+
+
+def _round_up_to_nano(exact: Fraction) -> Fraction:
+    nanos = exact / _NANO
+    return Fraction(-(-nanos.numerator // nanos.denominator)) * _NANO
 
 
 def _split_quantity(text: str) -> tuple[str, str]:
@@ -96,17 +121,21 @@ def quantity_float(value: str | int | float) -> float:
 
 def parse_duration(value: str) -> float:
     """Return a duration string (``"1m30s"``, ``"250ms"``) in seconds."""
-    text = value.strip() if isinstance(value, str) else value
-    if not isinstance(text, str) or not _DURATION_RE.match(text):
+    return float(duration_seconds(value))
+
+
+def duration_seconds(value: str) -> Fraction:
+    """Return a duration string in seconds, exactly."""
+    text = value
+    if not isinstance(text, str) or not text or not _DURATION_RE.fullmatch(text):
         raise UnitError(
-            f"{value!r} is not a duration; use a number with a unit: ms, s, m or h "
-            "(for example 30s, 5m, 1h30m)"
+            f"{value!r} is not a duration; use numbers with units h, m, s or ms, in that order "
+            "(for example 30s, 5m, 1h30m, 250ms)"
         )
-    total = sum(
+    return sum(
         (Fraction(Decimal(num)) * _SECONDS[unit] for num, unit in _DURATION_PART_RE.findall(text)),
         start=Fraction(0),
     )
-    return float(total)
 
 
 def format_bytes(value: float) -> str:
@@ -125,12 +154,64 @@ def format_bytes(value: float) -> str:
 
 
 def _check_quantity(value: object) -> object:
-    if isinstance(value, float) and value == int(value):
+    if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise UnitError(f"expected a quantity such as 64Gi or 500m, got {value!r}")
-    parse_quantity(value)
+    if isinstance(value, str):
+        parse_quantity(value)
+    # A plain integer passes the pattern (which only applies to strings), as on the API server;
+    # its range (quantity_range, required on every quantity field) judges its sign and size.
     return value
+
+
+def quantity_range(minimum: str, maximum: str, example: str) -> FieldRule:
+    """Bounds of a quantity field: a CEL rule for the API server and its Python twin.
+
+    The rule refuses what the API server cannot parse as a quantity, so its twin refuses the
+    same (``1e9999999999`` is out of range here); an integer is judged like a string.
+    """
+    low, high = parse_quantity(minimum), parse_quantity(maximum)
+    accepted = f"must be a quantity from {minimum} to {maximum} (for example {example}), got "
+
+    def check(value: object) -> str | None:
+        shown = str(value)
+        try:
+            amount = Fraction(value) if isinstance(value, int) else parse_quantity(shown)
+        except UnitError:
+            return accepted + shown
+        return None if low <= amount <= high else accepted + shown
+
+    q = "quantity(string(self))"
+    return FieldRule(
+        rule=(
+            f"isQuantity(string(self)) && {q}.compareTo(quantity('{minimum}')) >= 0"
+            f" && {q}.compareTo(quantity('{maximum}')) <= 0"
+        ),
+        message_expression=f"'{accepted}' + string(self)",
+        check=check,
+    )
+
+
+def duration_range(minimum: str, maximum: str) -> FieldRule:
+    """Bounds of a duration field: a CEL rule for the API server and its Python twin.
+
+    A string that is no duration at all is left to the pattern, so the user sees one error.
+    """
+    low, high = duration_seconds(minimum), duration_seconds(maximum)
+    accepted = f"must be a duration from {minimum} to {maximum}, got "
+
+    def check(value: str) -> str | None:
+        return None if low <= duration_seconds(value) <= high else accepted + value
+
+    return FieldRule(
+        rule=(
+            f"!self.matches(r'{DURATION_PATTERN}') || (duration(self) >= duration('{minimum}')"
+            f" && duration(self) <= duration('{maximum}'))"
+        ),
+        message_expression=f"'{accepted}' + self",
+        check=check,
+    )
 
 
 def _check_duration(value: str) -> str:
@@ -151,11 +232,17 @@ Quantity = Annotated[
         }
     ),
 ]
-"""A Kubernetes quantity as the user wrote it: ``64Gi``, ``500m`` or a plain integer."""
+"""A Kubernetes quantity as the user wrote it: ``64Gi``, ``500m`` or a plain integer.
+
+Every field of this type also carries a :func:`quantity_range`: the pattern only covers strings,
+so without a range a negative integer would pass the API server."""
 
 Duration = Annotated[
     str,
     AfterValidator(_check_duration),
-    SchemaOverride({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 32}),
+    SchemaOverride(
+        {"type": "string", "pattern": DURATION_PATTERN, "minLength": 2, "maxLength": 32}
+    ),
 ]
-"""A duration string as the user wrote it: ``30s``, ``5m``, ``1h30m``."""
+"""A duration string as the user wrote it: ``30s``, ``5m``, ``1h30m``; every field of this type
+also carries a :func:`duration_range`."""

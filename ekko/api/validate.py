@@ -1,15 +1,20 @@
 """Check manifests offline the way the API server will: schema first, then the CEL rules.
 
-``ekko plan -f`` and the unit tests use this to reject bad manifests without a cluster, with the
-message a user would see from ``kubectl apply``: the schema errors are worded as the API server
-words them, and the CEL rules run as their Python twins (see :class:`ekko.api.schema.CelRule`).
-The e2e suite replays the same bad manifests against a real API server to keep the two honest.
+``ekko plan -f``, the admission webhook and the unit tests use this to reject bad manifests
+without a cluster, with the message a user would see from ``kubectl apply``: the schema errors are
+worded as the API server words them, and the CEL rules run as their Python twins (see
+:class:`ekko.api.schema.CelRule`). The e2e suite replays the same manifests against a real API
+server and requires the same verdict, case by case, to keep the two honest.
+
+:func:`field_errors` is the one way Ekko words a pydantic error for a user: the field as the user
+wrote it (``spec.shards.size``), the value, and what would be accepted; never pydantic's dump
+(``1 validation error for ModelSpec shard_bytes … For further information visit …``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
 
@@ -52,7 +57,7 @@ def check_manifest(doc: Any) -> list[str]:
     try:
         parse_resource(doc)
     except ValidationError as err:
-        return [_pydantic_message(e) for e in err.errors()]
+        return field_errors(err)
     return []
 
 
@@ -169,7 +174,52 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     return f"{path}: Invalid value: {error.message}"
 
 
-def _pydantic_message(error: Any) -> str:
-    path = _path(error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f'{path}: Invalid value: "object": {message}'
+def field_errors(
+    err: ValidationError, at: str = "", fields: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per problem: ``<field>: Invalid value: <value>: <what would be accepted>``.
+
+    ``at`` prefixes the paths (``spec`` when a spec was validated on its own); ``fields`` renames
+    the first path element, for types whose fields are not the user's (the solver's
+    ``shard_bytes`` is the user's ``spec.shards.size``).
+    """
+    out = []
+    for error in err.errors(include_url=False):
+        loc = list(error["loc"])
+        if fields and loc and str(loc[0]) in fields:
+            loc[0] = fields[str(loc[0])]
+        path = _path(([at] if at else []) + loc) or "(object)"
+        out.append(_field_message(path, error))
+    return out
+
+
+def _field_message(path: str, error: Any) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    value = error.get("input")
+    shown = (
+        f'"{_type_name(value)}"'
+        if isinstance(value, dict | list)
+        else _shown(value if not isinstance(value, str) else value[:80])
+    )
+    if kind == "missing":
+        return f"{path}: Required value"
+    if kind == "extra_forbidden":
+        return f'{path}: unknown field "{path}"'
+    accepted = {
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "greater_than": f"must be more than {ctx.get('gt')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "less_than": f"must be less than {ctx.get('lt')}",
+        "string_pattern_mismatch": f"must match '{ctx.get('pattern')}'",
+        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "string_too_short": f"must be at least {ctx.get('min_length')} characters",
+        "too_long": f"must have at most {ctx.get('max_length')} items",
+        "too_short": f"must have at least {ctx.get('min_length')} items",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+    }.get(kind)
+    if accepted is None:
+        # A CEL twin or a unit check (their messages say what is accepted), or a type error
+        # ("Input should be a valid integer" -> "must be a valid integer").
+        accepted = str(error["msg"]).removeprefix("Value error, ")
+        accepted = accepted.replace("Input should be", "must be", 1)
+    return f"{path}: Invalid value: {shown}: {accepted}"

@@ -4,6 +4,11 @@ Off unless ``ekko operator --webhook-port`` is given. kopf serves the webhook an
 ValidatingWebhookConfiguration named ``validate.ekko.dev`` pointing at it. Every handler ignores
 its own failures (failurePolicy Ignore): the CRD schema and CEL rules stay the first line, and an
 operator that is down must not block users from applying objects.
+
+Every refusal is worded by :mod:`ekko.api.validate` (the field as the user wrote it, the value,
+what would be accepted) or by :mod:`ekko.planning.admission`. When the webhook cannot check an
+object (the pool is unreadable or itself invalid) it admits it with a warning, which kubectl
+prints: the webhook only adds checks, it never blocks on its own trouble.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from cryptography import x509
@@ -22,12 +28,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ekko.api.meta import GROUP, VERSION
+from ekko.api.meta import GROUP, VERSION, Resource
 from ekko.api.resources import Model, ModelVersion
+from ekko.api.validate import check_manifest
+from ekko.kube.errors import KubeError
 from ekko.kube.fleet import Fleet
 from ekko.planning.admission import check_model, check_version
 
 CONFIGURATION = "validate.ekko.dev"
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=Resource)
 
 
 @dataclass(frozen=True)
@@ -99,19 +110,46 @@ def _refuse(errors: list[str]) -> None:
         raise kopf.AdmissionError("; ".join(errors), code=422)
 
 
+def _parsed(kind: type[R], body: kopf.Body) -> R:
+    """The object as its api type, or a refusal worded like the API server's own."""
+    doc = dict(body)
+    _refuse(check_manifest(doc))
+    return kind.model_validate(doc)
+
+
+_UNCHECKED: Any = object()
+"""What _read returns when the referred object could not be read (the warning is given)."""
+
+
+async def _read(what: str, warnings: list[str], read: Any, *args: str) -> Any:
+    """Read the object a new one refers to; _UNCHECKED, with a warning, when it cannot."""
+    try:
+        return await asyncio.to_thread(read, *args)
+    except KubeError as err:  # InvalidObjectError included: the worker reports that object
+        log.warning("Admission could not read %s: %s", what, err)
+        warnings.append(f"Ekko could not check this object against {what}: {err}")
+        return _UNCHECKED
+
+
 @kopf.on.validate(GROUP, VERSION, "models", operations=["CREATE", "UPDATE"], ignore_failures=True)
-async def validate_model(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    model = Model.model_validate(dict(body))
+async def validate_model(body: kopf.Body, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
+    model = _parsed(Model, body)
     fleet: Fleet = memo.fleet
     namespace = body.metadata.namespace or "default"
-    pool = await asyncio.to_thread(fleet.get_pool, namespace, model.spec.pool)
-    _refuse(check_model(model, pool))
+    pool = await _read(
+        f'pool "{model.spec.pool}"', warnings, fleet.get_pool, namespace, model.spec.pool
+    )
+    if pool is not _UNCHECKED:
+        _refuse(check_model(model, pool))
 
 
 @kopf.on.validate(GROUP, VERSION, "modelversions", operations=["CREATE"], ignore_failures=True)
-async def validate_version(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    version = ModelVersion.model_validate(dict(body))
+async def validate_version(body: kopf.Body, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
+    version = _parsed(ModelVersion, body)
     fleet: Fleet = memo.fleet
     namespace = body.metadata.namespace or "default"
-    model = await asyncio.to_thread(fleet.get_model, namespace, version.spec.model)
-    _refuse(check_version(version, model))
+    model = await _read(
+        f'model "{version.spec.model}"', warnings, fleet.get_model, namespace, version.spec.model
+    )
+    if model is not _UNCHECKED:
+        _refuse(check_version(version, model))

@@ -2,13 +2,37 @@
 
 The schema and CEL rules are the first line; these run in the operator's validating webhook
 (second line) and read the pool or model a new object refers to. Pure: the objects come in.
+Every refusal is a sentence for the user: the field as they wrote it, the value, what would be
+accepted; never a pydantic dump or a bare Python error.
 """
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from ekko.api.resources import Model, ModelVersion, ServerPool
+from ekko.api.validate import field_errors
 from ekko.planning.problem import model_spec, pool_of
 from ekko.solver import Problem, explain
+
+# The user's fields behind the solver's, for the (unexpected) case that a value the api types
+# admit is one the solver's types refuse: the message must still name what the user wrote.
+_POOL_FIELDS = {
+    "memory_bytes": "capacity.memory",
+    "compute_units": "capacity.compute",
+    "headroom": "placement.headroomPercent",
+    "max_servers": "maxServers",
+    "zones": "zones",
+}
+_MODEL_FIELDS = {
+    "shard_count": "shards.count",
+    "shard_bytes": "shards.size",
+    "shard_sizes": "shards.items",
+    "shard_loads": "shards.items",
+    "load": "shards.load",
+    "replicas": "replicas",
+    "reserve_factor": "keepPreviousResident",
+}
 
 
 def check_model(model: Model, pool: ServerPool | None) -> list[str]:
@@ -19,8 +43,24 @@ def check_model(model: Model, pool: ServerPool | None) -> list[str]:
             f'pool "{model.spec.pool}" does not exist in namespace "{namespace}"; '
             "create the ServerPool first or fix spec.pool"
         ]
-    problem = Problem(pool=pool_of(pool), models=(model_spec(model),))
-    return explain(problem)
+    try:
+        solver_pool = pool_of(pool)
+    except ValidationError as err:
+        return [
+            f'pool "{pool.metadata.name}" cannot hold models: {e}'
+            for e in field_errors(err, at="spec", fields=_POOL_FIELDS)
+        ]
+    try:
+        problem = Problem(pool=solver_pool, models=(model_spec(model),))
+        return explain(problem)
+    except ValidationError as err:
+        return field_errors(err, at="spec", fields=_MODEL_FIELDS)
+    except (ValueError, ArithmeticError) as err:
+        # The api types' bounds should make this unreachable; say what failed, not how.
+        return [
+            f'model "{model.metadata.name}" cannot be placed on pool "{pool.metadata.name}": '
+            f"its sizes and loads are out of range for the planner ({err})"
+        ]
 
 
 def check_version(version: ModelVersion, model: Model | None) -> list[str]:

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from ekko.api.conditions import Operator, parse_condition
 from ekko.api.resources import AnalysisMetric, AnalysisResult
 from ekko.api.units import parse_duration
 
 Verdict = Literal["Successful", "Failed", "Inconclusive", "Error"]
 
-_CONDITION = re.compile(r"^result\s*(<=|>=|==|!=|<|>)\s*([-+]?[0-9.eE+-]+)$")
-_OPS: dict[str, Callable[[float, float], bool]] = {
+_OPS: dict[Operator, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
     ">": operator.gt,
@@ -42,12 +41,10 @@ class Measurement:
 
 
 def holds(condition: str, value: float) -> bool:
-    """Whether ``result <op> number`` holds for value."""
-    match = _CONDITION.match(condition.strip())
-    if not match:
-        raise ValueError(f"condition {condition!r} is not of the form 'result < 0.05'")
-    op, threshold = match.groups()
-    return _OPS[op](value, float(threshold))
+    """Whether ``result <op> number`` holds for value (the grammar is the CRD's pattern, so a
+    condition the API server admitted always parses; raises ValueError otherwise)."""
+    op, threshold = parse_condition(condition.strip())
+    return _OPS[op](value, threshold)
 
 
 def evaluate(metric: AnalysisMetric, measurement: Measurement) -> Verdict:
