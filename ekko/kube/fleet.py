@@ -14,12 +14,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ValidationError
 from urllib3.exceptions import HTTPError
 
 from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import Model, ModelVersion, ServerAssignment, ServerPool
 from ekko.kube import pods
-from ekko.kube.errors import KubeError
+from ekko.kube.errors import InvalidObjectError, KubeError
 from ekko.planning.converge import (
     Action,
     CreateServer,
@@ -58,6 +59,29 @@ def converted(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(cls: type[M], body: dict[str, Any]) -> M:
+    """An api type from an object the API server returned; InvalidObjectError when it does not fit
+    (the schema admitted it but the Python twin does not: reported on the object, not a crash)."""
+    try:
+        return cls.model_validate(body)
+    except ValidationError as err:
+        meta = body.get("metadata") or {}
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'object'}: {e['msg']}"
+            for e in err.errors(include_url=False)[:3]
+        )
+        raise InvalidObjectError(
+            str(body.get("kind") or cls.__name__),
+            str(meta.get("namespace") or "default"),
+            str(meta.get("name") or "?"),
+            meta.get("uid"),
+            problems,
+        ) from err
+
+
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """An API client from a kubeconfig, or from the pod's service account in a cluster."""
     if kubeconfig:
@@ -91,21 +115,43 @@ class Fleet:
             if err.status == 404:
                 return None
             raise
-        return ServerPool.model_validate(body)
+        return parse(ServerPool, body)
 
     @converted
     def list_models(self, namespace: str) -> list[Model]:
         items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "models")[
             "items"
         ]
-        return [Model.model_validate(i) for i in items]
+        return [parse(Model, i) for i in items]
+
+    @converted
+    def list_models_checked(self, namespace: str) -> tuple[list[Model], list[InvalidObjectError]]:
+        """The namespace's models that Ekko can use, and the ones it cannot."""
+        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "models")[
+            "items"
+        ]
+        good: list[Model] = []
+        bad: list[InvalidObjectError] = []
+        for item in items:
+            try:
+                good.append(parse(Model, item))
+            except InvalidObjectError as err:
+                err.pool = str((item.get("spec") or {}).get("pool", ""))
+                bad.append(err)
+        return good, bad
 
     @converted
     def list_versions(self, namespace: str) -> list[ModelVersion]:
         items = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, "modelversions"
         )["items"]
-        return [ModelVersion.model_validate(i) for i in items]
+        out = []
+        for item in items:
+            try:
+                out.append(parse(ModelVersion, item))
+            except InvalidObjectError as err:  # its own rollout worker reports it
+                log.debug("%s", err)
+        return out
 
     @converted
     def get_version(self, namespace: str, name: str) -> ModelVersion | None:
@@ -117,7 +163,7 @@ class Fleet:
             if err.status == 404:
                 return None
             raise
-        return ModelVersion.model_validate(body)
+        return parse(ModelVersion, body)
 
     @converted
     def get_model(self, namespace: str, name: str) -> Model | None:
@@ -129,7 +175,7 @@ class Fleet:
             if err.status == 404:
                 return None
             raise
-        return Model.model_validate(body)
+        return parse(Model, body)
 
     @converted
     def model_servers(
@@ -144,16 +190,21 @@ class Fleet:
         namespace = pool.metadata.namespace or "default"
         name = pool.metadata.name
         selector = f"{POOL_LABEL}={name}"
+        usable, invalid = self.list_models_checked(namespace)
         models = tuple(
-            m
-            for m in self.list_models(namespace)
-            if m.spec.pool == name and m.metadata.deletion_timestamp is None
+            m for m in usable if m.spec.pool == name and m.metadata.deletion_timestamp is None
         )
+        rejected = {err.name: err.problem for err in invalid if err.pool == name}
         pod_list = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         raw = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, "serverassignments", label_selector=selector
         )["items"]
-        assignments = {a["metadata"]["name"]: ServerAssignment.model_validate(a) for a in raw}
+        assignments = {}
+        for a in raw:
+            try:
+                assignments[a["metadata"]["name"]] = parse(ServerAssignment, a)
+            except InvalidObjectError as err:  # rewritten by the next WriteAssignment
+                log.warning("%s", err)
         nodes = self.core.list_node().items
         key = pool.spec.topology_key
         node_zone = {n.metadata.name: (n.metadata.labels or {}).get(key, "") for n in nodes}
@@ -192,6 +243,7 @@ class Fleet:
             resident={m.metadata.name: resident_versions(m, versions) for m in models},
             servers=tuple(servers[k] for k in sorted(servers)),
             node_zones=tuple(sorted({z for z in node_zone.values() if z})),
+            rejected=rejected,
         )
 
     # -- writing ---------------------------------------------------------------------------
@@ -350,18 +402,38 @@ class Fleet:
         warning: bool = False,
     ) -> None:
         """Post a Kubernetes event on an object (short, past tense, names the object)."""
-        namespace = obj.metadata.namespace or "default"
+        self.event_on(
+            obj.kind,
+            obj.metadata.namespace or "default",
+            obj.metadata.name,
+            uid=obj.metadata.uid,
+            reason=reason,
+            message=message,
+            warning=warning,
+        )
+
+    @converted
+    def event_on(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None,
+        reason: str,
+        message: str,
+        warning: bool = False,
+    ) -> None:
+        """Post an event on an object known by reference (one Ekko cannot parse, too)."""
         now = dt.datetime.now(dt.UTC)
         body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{obj.metadata.name}.", namespace=namespace
-            ),
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}",
-                kind=obj.kind,
-                name=obj.metadata.name,
+                kind=kind,
+                name=name,
                 namespace=namespace,
-                uid=obj.metadata.uid,
+                uid=uid,
             ),
             reason=reason,
             message=message[:1024],

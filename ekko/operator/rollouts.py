@@ -12,14 +12,16 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import random
 from collections.abc import Callable
 from typing import Any
 
 from ekko.api.resources import ModelVersionStatus
-from ekko.kube.errors import KubeError
+from ekko.kube.errors import InvalidObjectError, KubeError
 from ekko.kube.fleet import Fleet
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
+from ekko.planning.status import failure_conditions
 from ekko.promql import measure, render
 from ekko.rollout.analysis import Measurement, evaluate
 from ekko.rollout.machine import Decision, Inputs, decide, metrics_due
@@ -49,30 +51,76 @@ class RolloutWorker:
         self.task: asyncio.Task[None] | None = None
         self.model: str | None = None
         self._last_status: dict[str, Any] | None = None
+        self._failure = ""
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
+        """Decide, write, wait; until the version is gone. Survives everything a pass raises:
+        logged (with the traceback unless it is an API error), posted as an event and a Degraded
+        condition on the version, retried with backoff and jitter."""
         backoff = 0.5
         while True:
+            requeue: float | bool | None
             try:
                 requeue = await self.run_pass()
                 backoff = 0.5
-            except KubeError as err:
-                log.warning(
-                    "ModelVersion %s/%s: pass failed: %s; retrying in %.1fs",
-                    *self.key,
-                    err,
-                    backoff,
-                )
-                requeue = backoff
-                backoff = min(backoff * 2, 30.0)
+                self._failure = ""
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                own = _own_spec_error(err)
+                delay = backoff * random.uniform(0.8, 1.2)
+                if own is not None:  # its own spec: no retry until it changes (an event wakes us)
+                    text = f"spec not usable: {own.problem}"
+                    requeue = None
+                else:
+                    text = f"rollout pass failed: {_describe(err)}; retrying in {delay:.1f}s"
+                    requeue = delay
+                    backoff = min(backoff * 2, 30.0)
+                if isinstance(err, KubeError):
+                    log.warning("ModelVersion %s/%s: %s", *self.key, text)
+                else:
+                    log.exception("ModelVersion %s/%s: %s", *self.key, text)
+                await self._report_failure(err, "InvalidSpec" if own else "RolloutPassFailed", text)
             if requeue is False:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=requeue)
             self._wake.clear()
+
+    async def _report_failure(self, err: Exception, reason: str, text: str) -> None:
+        """An event when the problem is new, and conditions; best effort."""
+        namespace, name = self.key
+        problem = text.split("; retrying", maxsplit=1)[0]
+        if problem == self._failure:
+            return
+        self._failure = problem
+        own = _own_spec_error(err)
+        try:
+            await asyncio.to_thread(
+                self.fleet.event_on,
+                "ModelVersion",
+                namespace,
+                name,
+                uid=own.uid if own is not None else None,
+                reason=reason,
+                message=text,
+                warning=True,
+            )
+            await asyncio.to_thread(
+                self.fleet.patch_status,
+                "modelversions",
+                namespace,
+                name,
+                {"conditions": failure_conditions(reason, text, None, dt.datetime.now(dt.UTC))},
+            )
+            self._last_status = None
+        except Exception as report_err:  # the API may be what failed; the log has it
+            log.warning(
+                "ModelVersion %s/%s: could not report the failure: %s", *self.key, report_err
+            )
 
     async def run_pass(self) -> float | bool | None:
         """One decision; the seconds until the next look, None to wait for an event, False to stop."""
@@ -151,6 +199,17 @@ class RolloutWorker:
             )
         if decision.rollback_seconds is not None:
             metrics.ROLLBACK_SECONDS.observe(decision.rollback_seconds)
+
+
+def _own_spec_error(err: Exception) -> InvalidObjectError | None:
+    """The error when it is about the ModelVersion's own spec."""
+    if isinstance(err, InvalidObjectError) and err.kind == "ModelVersion":
+        return err
+    return None
+
+
+def _describe(err: Exception) -> str:
+    return str(err) if isinstance(err, KubeError) else f"{type(err).__name__}: {err}"
 
 
 class Rollouts:

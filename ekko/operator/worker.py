@@ -11,15 +11,16 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ekko.api.resources import PlanSummary, ServerPool
+from ekko.api.resources import Model, PlanSummary, ServerPool
 from ekko.api.units import parse_duration
-from ekko.kube.errors import KubeError
+from ekko.kube.errors import InvalidObjectError, KubeError
 from ekko.kube.fleet import Fleet
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
@@ -27,7 +28,7 @@ from ekko.planning.converge import Desired, converge
 from ekko.planning.desired import desired_from_plan, desired_from_state, plan_inputs
 from ekko.planning.problem import build_problem, solve_config
 from ekko.planning.state import PoolState
-from ekko.planning.status import model_status, pool_status
+from ekko.planning.status import failure_conditions, model_status, pool_status
 from ekko.solver import Plan, Problem, explain, solve, violations
 
 log = logging.getLogger("ekko.operator")
@@ -61,6 +62,8 @@ class PoolWorker:
         self._replan = False
         self._first_change: float | None = None
         self._last_status: dict[str, object] = {}
+        self._failure = ""
+        self._last_good: dict[str, Model] = {}
         self.task: asyncio.Task[None] | None = None
 
     def wake(self, replan: bool) -> None:
@@ -71,26 +74,74 @@ class PoolWorker:
         self._wake.set()
 
     async def run(self) -> None:
+        """Pass after pass until the pool is gone. Survives everything a pass raises: the error
+        is logged (with its traceback when it is not an API error), posted as an event and a
+        Degraded condition on the pool, and the pass is retried with backoff and jitter."""
         backoff = 0.5
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 more = await self.run_pass()
-            except KubeError as err:
+            except asyncio.CancelledError:
+                raise
+            except InvalidObjectError as err:
+                # The pool's own spec: retrying cannot help until it changes (which wakes us).
                 metrics.RECONCILE_ERRORS.labels(self.key[1]).inc()
-                log.warning(
-                    "Pool %s/%s: pass failed: %s; retrying in %.1fs", *self.key, err, backoff
-                )
-                await asyncio.sleep(backoff)
+                log.warning("Pool %s/%s: %s; waiting for a fixed spec", *self.key, err.problem)
+                await self._report_failure(err, "InvalidSpec", f"spec not usable: {err.problem}")
+                continue
+            except Exception as err:
+                metrics.RECONCILE_ERRORS.labels(self.key[1]).inc()
+                delay = backoff * random.uniform(0.8, 1.2)
+                text = f"reconcile failed: {_describe(err)}; retrying in {delay:.1f}s"
+                if isinstance(err, KubeError):
+                    log.warning("Pool %s/%s: %s", *self.key, text)
+                else:
+                    log.exception("Pool %s/%s: %s", *self.key, text)
+                await self._report_failure(err, "ReconcileFailed", text)
+                await asyncio.sleep(delay)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 self._wake.set()
                 continue
             backoff = 0.5
+            self._failure = ""
             if more is None:
                 return  # the pool is gone
             if more:
                 asyncio.get_running_loop().call_later(FOLLOW_UP_SECONDS, self._wake.set)
+
+    async def _report_failure(self, err: Exception, reason: str, text: str) -> None:
+        """Say on the pool why its pass failed: an event when the problem is new, conditions.
+        Best effort: the API may be what failed."""
+        namespace, name = self.key
+        problem = text.split("; retrying", maxsplit=1)[0]
+        if problem == self._failure:
+            return
+        self._failure = problem
+        uid = err.uid if isinstance(err, InvalidObjectError) else None
+        now = dt.datetime.now(dt.UTC)
+        try:
+            await asyncio.to_thread(
+                self.fleet.event_on,
+                "ServerPool",
+                namespace,
+                name,
+                uid=uid,
+                reason=reason,
+                message=text,
+                warning=True,
+            )
+            await asyncio.to_thread(
+                self.fleet.patch_status,
+                "serverpools",
+                namespace,
+                name,
+                {"conditions": failure_conditions(reason, text, None, now)},
+            )
+            self._last_status.pop(f"serverpools/{name}", None)
+        except Exception as report_err:  # the API may be down; the log has it
+            log.warning("Pool %s/%s: could not report the failure: %s", *self.key, report_err)
 
     async def run_pass(self) -> bool | None:
         """One pass; True when more work is expected, None when the pool was deleted."""
@@ -107,7 +158,7 @@ class PoolWorker:
             delay = parse_duration(pool.spec.placement.replan_debounce)
             await asyncio.sleep(delay)  # changes arriving meanwhile join this re-plan
         self._replan = False
-        state = await asyncio.to_thread(self.fleet.observe, pool)
+        state = self._keep_last_good(await asyncio.to_thread(self.fleet.observe, pool))
         inputs = plan_inputs(state)
         if self.desired is None:
             recorded = pool.status.plan if pool.status else None
@@ -138,6 +189,15 @@ class PoolWorker:
             )
         await self._report(pool, state, desired)
         return bool(actions) or not _settled(state, desired)
+
+    def _keep_last_good(self, state: PoolState) -> PoolState:
+        """A model whose spec became unusable keeps its last usable spec in the plan (its
+        replicas keep serving; the bad edit is reported on it), and never stops the others."""
+        self._last_good = {m.metadata.name: m for m in state.models} | {
+            n: m for n, m in self._last_good.items() if n in state.rejected
+        }
+        kept = tuple(self._last_good[n] for n in sorted(state.rejected) if n in self._last_good)
+        return replace(state, models=state.models + kept) if kept else state
 
     async def _replan_pool(self, pool: ServerPool, state: PoolState, inputs: str) -> None:
         namespace, name = self.key
@@ -210,10 +270,33 @@ class PoolWorker:
         metrics.SERVERS.labels(name, "ready").set(status["serversReady"])
         await self._patch_if_changed("serverpools", name, status)
         for model in state.models:
+            if model.metadata.name in state.rejected:
+                continue  # reported below, on the spec as it stands
             why = self.outcome.excluded.get(model.metadata.name, "")
             await self._patch_if_changed(
                 "models", model.metadata.name, model_status(state, desired, model, now, why)
             )
+        for model_name, problem in sorted(state.rejected.items()):
+            kept = model_name in self._last_good
+            text = f"spec not usable: {problem}" + (
+                "; its replicas keep serving the last usable spec" if kept else ""
+            )
+            body: dict[str, object] = {
+                "conditions": failure_conditions("InvalidSpec", text, None, now)
+            }
+            if self._last_status.get(f"models/{model_name}") != body:
+                last = self._last_good.get(model_name)
+                await asyncio.to_thread(
+                    self.fleet.event_on,
+                    "Model",
+                    self.key[0],
+                    model_name,
+                    uid=last.metadata.uid if last else None,
+                    reason="InvalidSpec",
+                    message=text,
+                    warning=True,
+                )
+            await self._patch_if_changed("models", model_name, body)
 
     async def _patch_if_changed(self, plural: str, obj: str, status: dict[str, object]) -> None:
         key = f"{plural}/{obj}"
@@ -221,6 +304,11 @@ class PoolWorker:
             return
         await asyncio.to_thread(self.fleet.patch_status, plural, self.key[0], obj, status)
         self._last_status[key] = status
+
+
+def _describe(err: Exception) -> str:
+    """An error in one line for events and conditions."""
+    return str(err) if isinstance(err, KubeError) else f"{type(err).__name__}: {err}"
 
 
 def _settled(state: PoolState, desired: Desired) -> bool:

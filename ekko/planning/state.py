@@ -61,6 +61,8 @@ class PoolState:
     node_zones: tuple[str, ...] = ()
     resident: Mapping[str, tuple[ResidentVersion, ...]] = field(default_factory=dict)
     """Versions each model keeps loaded (stable first, then previous or canary)."""
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    """Models of this pool that Ekko cannot use (name -> the problem): left out of the plan."""
 
     @property
     def name(self) -> str:

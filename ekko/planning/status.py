@@ -129,3 +129,21 @@ def pool_status(
     if plan is not None:
         status["plan"] = plan.to_wire()
     return status
+
+
+def failure_conditions(
+    reason: str, message: str, generation: int | None, now: datetime
+) -> list[dict[str, Any]]:
+    """Conditions of an object whose reconcile failed or whose spec Ekko cannot use: not Ready,
+    Degraded, with the reason and the message a user acts on."""
+    return [
+        Condition(
+            type=kind,
+            status=value,
+            reason=reason,
+            message=message[:4000],
+            observed_generation=generation,
+            last_transition_time=now,
+        ).to_wire()
+        for kind, value in (("Degraded", "True"), ("Ready", "False"))
+    ]
