@@ -6,8 +6,10 @@ the operator runs them in a thread so the event loop never waits on the network.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
@@ -49,10 +51,7 @@ def converted(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ApiException as err:
-            reason = err.reason or ""
-            raise KubeError(
-                f"{fn.__name__}: {err.status} {reason}".strip(), err.status or 0
-            ) from err
+            raise KubeError(_api_message(fn.__name__, err), err.status or 0) from err
         except (HTTPError, OSError) as err:
             raise KubeError(f"{fn.__name__}: {err}") from err
 
@@ -80,6 +79,14 @@ def parse(cls: type[M], body: dict[str, Any]) -> M:
             meta.get("uid"),
             problems,
         ) from err
+
+
+def _api_message(call: str, err: ApiException) -> str:
+    """The API server's own words when it gave any (a 422 names the field and the rule)."""
+    text = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        text = str(json.loads(err.body or "{}").get("message", ""))
+    return f"{call}: {err.status} {err.reason or ''}".strip() + (f": {text}" if text else "")
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -301,23 +308,37 @@ class Fleet:
             if err.status != 409:
                 raise
 
-    def apply(self, pool: ServerPool, actions: Iterable[Action]) -> list[str]:
-        """Carry out actions in order; return what was done, as short past-tense lines."""
-        done = []
+    def apply(
+        self, pool: ServerPool, actions: Iterable[Action]
+    ) -> tuple[list[str], list[KubeError]]:
+        """Carry out actions in order; return what was done, as short past-tense lines, and the
+        errors of the actions that failed. One refused write (a pod the API server finds invalid,
+        an assignment over its item limit) does not stop the others; a lost connection does."""
+        done: list[str] = []
+        failed: list[KubeError] = []
         for action in actions:
-            if isinstance(action, CreateServer):
-                self.create_server(pool, action.name, action.zone)
-                done.append(f"created server {action.name} in zone {action.zone or '-'}")
-            elif isinstance(action, WriteAssignment):
-                self.write_assignment(pool, action)
-                done.append(f"assigned {len(action.shards)} shards to {action.server}")
-            elif isinstance(action, DeleteServer):
-                self.delete_server(pool, action.name)
-                done.append(f"deleted empty server {action.name}")
-            elif isinstance(action, RecreateServer):
-                self.delete_pod(pool, action.name)
-                done.append(f"deleted failed server pod {action.name} to recreate it")
-        return done
+            try:
+                done.extend(self._apply_one(pool, action))
+            except KubeError as err:
+                if not err.status or err.status in (409, 429) or err.status >= 500:
+                    raise  # the API is unwell or busy: the whole pass is retried
+                failed.append(err)
+        return done, failed
+
+    def _apply_one(self, pool: ServerPool, action: Action) -> list[str]:
+        if isinstance(action, CreateServer):
+            self.create_server(pool, action.name, action.zone)
+            return [f"created server {action.name} in zone {action.zone or '-'}"]
+        if isinstance(action, WriteAssignment):
+            self.write_assignment(pool, action)
+            return [f"assigned {len(action.shards)} shards to {action.server}"]
+        if isinstance(action, DeleteServer):
+            self.delete_server(pool, action.name)
+            return [f"deleted empty server {action.name}"]
+        if isinstance(action, RecreateServer):
+            self.delete_pod(pool, action.name)
+            return [f"deleted failed server pod {action.name} to recreate it"]
+        return []
 
     @converted
     def create_server(self, pool: ServerPool, name: str, zone: str) -> None:

@@ -63,6 +63,8 @@ class PoolWorker:
         self._first_change: float | None = None
         self._last_status: dict[str, object] = {}
         self._failure = ""
+        self._refused_text = ""
+        self._refused_backoff = FOLLOW_UP_SECONDS
         self._last_good: dict[str, Model] = {}
         self.task: asyncio.Task[None] | None = None
 
@@ -177,18 +179,40 @@ class PoolWorker:
             await self._replan_pool(pool, state, inputs)
         desired = self.desired or desired_from_state(state)
         actions = converge(state, desired)
+        refused: list[KubeError] = []
         if actions:
-            done = await asyncio.to_thread(self.fleet.apply, pool, actions)
+            done, refused = await asyncio.to_thread(self.fleet.apply, pool, actions)
             for action in actions:
                 metrics.ACTIONS.labels(name, type(action).__name__).inc()
-            log.info(
-                "Pool %s/%s: %s.",
-                namespace,
-                name,
-                "; ".join(done[:5]) + (" …" if len(done) > 5 else ""),
-            )
+            if done:
+                log.info(
+                    "Pool %s/%s: %s.",
+                    namespace,
+                    name,
+                    "; ".join(done[:5]) + (" …" if len(done) > 5 else ""),
+                )
+        await self._refused(pool, refused)
         await self._report(pool, state, desired)
+        if refused:
+            # Refused writes are retried (the object may be fixed) but slowly, and said so.
+            self._refused_backoff = min(self._refused_backoff * 2, MAX_BACKOFF_SECONDS)
+            asyncio.get_running_loop().call_later(self._refused_backoff, self._wake.set)
+            return False
+        self._refused_backoff = FOLLOW_UP_SECONDS
         return bool(actions) or not _settled(state, desired)
+
+    async def _refused(self, pool: ServerPool, refused: list[KubeError]) -> None:
+        """Writes the API server refused (4xx): an event when new, and Degraded on the pool."""
+        text = (
+            f"{len(refused)} write(s) refused by the API server: "
+            + "; ".join(str(e) for e in refused[:3])
+            if refused
+            else ""
+        )
+        if text and text != self._refused_text:
+            log.warning("Pool %s/%s: %s", *self.key, text)
+            await asyncio.to_thread(self.fleet.event, pool, "WriteRefused", text, True)
+        self._refused_text = text
 
     def _keep_last_good(self, state: PoolState) -> PoolState:
         """A model whose spec became unusable keeps its last usable spec in the plan (its
@@ -265,7 +289,12 @@ class PoolWorker:
     async def _report(self, pool: ServerPool, state: PoolState, desired: Desired) -> None:
         name = self.key[1]
         now = dt.datetime.now(dt.UTC)
-        status = pool_status(state, desired, self.outcome.summary, now, self.outcome.problem)
+        problem, reason = self.outcome.problem, "PlanFailed"
+        if self._refused_text:
+            problem, reason = self._refused_text, "WriteRefused"
+        status = pool_status(
+            state, desired, self.outcome.summary, now, problem, problem_reason=reason
+        )
         metrics.SERVERS.labels(name, "wanted").set(status["serversWanted"])
         metrics.SERVERS.labels(name, "ready").set(status["serversReady"])
         await self._patch_if_changed("serverpools", name, status)

@@ -85,8 +85,11 @@ def pool_status(
     plan: PlanSummary | None,
     now: datetime,
     problem: str = "",
+    *,
+    problem_reason: str = "PlanFailed",
 ) -> dict[str, Any]:
-    """A ServerPool's status: servers wanted and ready, the last plan, conditions."""
+    """A ServerPool's status: servers wanted and ready, the last plan, conditions; ``problem``
+    (with its one-word reason) makes it Degraded."""
     pool = state.pool
     ready_servers = sum(1 for s in state.servers if s.name in desired.servers and s.serving)
     wanted_servers = len(desired.servers)
@@ -114,7 +117,7 @@ def pool_status(
         Condition(
             type="Degraded",
             status="True" if problem else "False",
-            reason="PlanFailed" if problem else "PlanApplied",
+            reason=problem_reason if problem else "PlanApplied",
             message=problem[:4000],
             observed_generation=gen,
         ),

@@ -1,0 +1,61 @@
+"""A bad object's blast radius is that object (hostile-input issue, classes 2 and 3).
+
+A pool whose server pods the API server refuses says so (condition, event, the API server's own
+message) while a good pool next to it converges; the operator keeps running throughout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from e2e.agents import AgentFleet
+from e2e.objects import Api, converged, model_manifest, pool_manifest
+from e2e.operator_harness import OperatorProcess
+from e2e.waiting import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def events(api: Api, name: str, reason: str) -> list[Any]:
+    return [
+        e
+        for e in api.core.list_namespaced_event(api.ns).items
+        if e.involved_object.name == name and e.reason == reason
+    ]
+
+
+def test_a_pool_whose_pods_are_refused_says_why_and_its_neighbour_converges(
+    api: Api, fleet: AgentFleet, operator: OperatorProcess
+) -> None:
+    bad = pool_manifest("refused")
+    # Admitted by the CRD (tolerations are Kubernetes' own free-form type), refused by the API
+    # server when the operator creates a pod with it: a 422 that no retry can fix.
+    bad["spec"]["template"]["tolerations"] = [{"key": "k", "operator": "Sometimes"}]
+    api.create(bad)
+    api.create(model_manifest("stuck", 2, "8Gi", 1, pool="refused"))
+    api.create(pool_manifest())
+    api.create(model_manifest("fine", 4, "8Gi", 2))
+
+    wait_for(
+        lambda: converged(api, models=["fine"]),
+        "the good pool converged next to the refused one",
+        timeout=120,
+        describe=lambda: operator.logs()[-3000:],
+    )
+
+    def degraded() -> dict[str, Any] | None:
+        cond = api.condition("serverpools", "refused", "Degraded")
+        return cond if cond and cond["status"] == "True" else None
+
+    cond = wait_for(degraded, "the refused pool Degraded", timeout=60, describe=operator.logs)
+    assert cond["reason"] == "WriteRefused"
+    # The API server's own words reach the user: the field and the value it refused.
+    assert "Sometimes" in cond["message"] and "422" in cond["message"], cond["message"]
+    assert api.condition("serverpools", "refused")["status"] == "False"
+    refused = wait_for(
+        lambda: events(api, "refused", "WriteRefused"), "a WriteRefused event", timeout=30
+    )
+    assert "tolerations" in refused[0].message, refused[0].message
+    operator.check()  # still running
