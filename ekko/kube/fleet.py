@@ -467,6 +467,9 @@ class Fleet:
         self.core.create_namespaced_event(namespace, body)
 
 
+AGENT_PORT = 9400
+
+
 def owner_reference(pool: ServerPool) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -497,7 +500,9 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
     agent = {
         "name": "ekko-agent",
         "image": template.agent_image or operator_image,
-        "args": ["agent", "--engine", template.engine],
+        # The kubelet probes the pod IP and Prometheus scrapes it: the agent's loopback default
+        # would leave every server unready on a real node (kwok nodes never probe).
+        "args": ["agent", "--engine", template.engine, "--listen", f"0.0.0.0:{AGENT_PORT}"],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {
@@ -505,9 +510,14 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
         ],
-        "ports": [{"name": "agent", "containerPort": 9400}],
+        "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "agent"}, "periodSeconds": 2},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "agent"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -534,6 +544,13 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
                 **MANAGED_BY,
             },
             "ownerReferences": [owner_reference(pool)],
+            # For a Prometheus that discovers pods by annotation (the chart's PodMonitor or
+            # scrape config selects the same port by name).
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(AGENT_PORT),
+                "prometheus.io/path": "/metrics",
+            },
         },
         "spec": spec,
     }
