@@ -74,6 +74,8 @@ def test_examples_have_two_pools_four_models_and_a_canary() -> None:
         ("10", 10),
         (7, 7),
         (".5Ki", 512),
+        ("1E", 10**18),
+        ("2E3", 2000),
     ],
 )
 def test_quantities_parse_exactly(text: str | int, value: float) -> None:

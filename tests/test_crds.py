@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from ekko.api import crdgen
+from ekko.api.units import DURATION_PATTERN
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
 GENERATED = crdgen.all_crds()
@@ -113,7 +114,39 @@ def test_cel_rules_come_with_messages() -> None:
         for rule in node.get("x-kubernetes-validations", [])
     ]
     assert len(rules) >= 8
-    assert all(r["message"] and r["rule"] for r in rules)
+    assert all(r["rule"] and (r.get("message") or r.get("messageExpression")) for r in rules)
+
+
+def _spec(crd: dict[str, Any]) -> dict[str, Any]:
+    return _schema(crd)["properties"]["spec"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_every_number_a_user_writes_is_bounded(name: str) -> None:
+    """Issue 15 class 1: a value the schema admits is one the planner and the rollout can use.
+    Integers and floats carry minimum and maximum; quantities (int-or-string: the pattern only
+    covers the string branch) and durations carry a range rule on their own value."""
+    for path, node in _nodes(_spec(GENERATED[name]), "spec"):
+        rules = [r for r in node.get("x-kubernetes-validations", []) if "messageExpression" in r]
+        if node.get("type") in ("integer", "number"):
+            assert "minimum" in node and "maximum" in node, f"{name}: {path}"
+        elif node.get("x-kubernetes-int-or-string"):
+            assert rules and "isQuantity(string(self))" in rules[0]["rule"], f"{name}: {path}"
+        elif node.get("pattern") == DURATION_PATTERN:
+            assert rules and "duration(self) >=" in rules[0]["rule"], f"{name}: {path}"
+
+
+def test_range_rules_name_the_value_and_the_bounds() -> None:
+    rules = [
+        rule
+        for crd in GENERATED.values()
+        for _, node in _nodes(_schema(crd))
+        for rule in node.get("x-kubernetes-validations", [])
+        if "messageExpression" in rule
+    ]
+    assert len(rules) >= 12
+    for rule in rules:
+        assert " from " in rule["messageExpression"] and ", got ' + " in rule["messageExpression"]
 
 
 def test_generated_files_load_as_single_documents() -> None:

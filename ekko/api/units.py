@@ -88,7 +88,7 @@ def parse_quantity(value: str | int | float) -> Fraction:
         raise UnitError(f"{value!r} is not a Kubernetes quantity") from err
     if suffix in _BINARY:
         exact = amount * _BINARY[suffix]
-    elif suffix[:1] in ("e", "E"):
+    elif suffix[:1] in ("e", "E") and len(suffix) > 1:  # "E" alone is exa, "E3" an exponent
         exponent = max(-_MAX_EXPONENT, min(_MAX_EXPONENT, int(suffix[1:])))
         exact = amount * Fraction(10) ** exponent
     else:

@@ -43,7 +43,7 @@ class Measurement:
 def holds(condition: str, value: float) -> bool:
     """Whether ``result <op> number`` holds for value (the grammar is the CRD's pattern, so a
     condition the API server admitted always parses; raises ValueError otherwise)."""
-    op, threshold = parse_condition(condition.strip())
+    op, threshold = parse_condition(condition)
     return _OPS[op](value, threshold)
 
 
@@ -95,8 +95,8 @@ def record(
     began (for ``noData: Hold``'s bound; without it an empty result is never held)."""
     base = result or AnalysisResult(metric=metric.name, phase="Running")
     if holding(metric, result, measurement, since):
-        return base.model_copy(
-            update={
+        return base.evolve(
+            **{
                 "no_data": base.no_data + 1,
                 "last_value": "no data (holding)",
                 "last_measured": measurement.at,

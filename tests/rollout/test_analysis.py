@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from ekko.api.conditions import CONDITION_PATTERN, parse_condition
 from ekko.api.resources import AnalysisMetric
 from ekko.rollout.analysis import Measurement, due, evaluate, holds, record
 
@@ -31,6 +34,58 @@ def metric(**kw: Any) -> AnalysisMetric:
 )
 def test_conditions(cond: str, value: float, expected: bool) -> None:
     assert holds(cond, value) is expected
+
+
+# One grammar: every condition the CRD admits, the analysis can evaluate, and the other way round
+# (issue 13: `result < 1.2.3` passed the old pattern and raised ValueError in holds()).
+GOOD_CONDITIONS = [
+    "result < .5",
+    "result >= -1.5e-3",
+    "result\t!= +2E99",
+    "result == 1.",
+    "result > -0",
+    "result <= 123456789012345.123456789012345",
+    "result<1e-99",
+]
+BAD_CONDITIONS = [
+    "result < 1.2.3",
+    "result > -",
+    "result < 1e",
+    "result >= 5e+-3",
+    "result < 1e400",
+    "result == .",
+    "result\u00a0< 1",
+    "result < 1\n",
+    "result < 1234567890123456",
+    "result < nan",
+    "result < inf",
+    "errors are low",
+]
+
+
+@pytest.mark.parametrize("cond", GOOD_CONDITIONS)
+def test_admitted_conditions_evaluate_to_finite_thresholds(cond: str) -> None:
+    metric(successCondition=cond)  # the CRD pattern's twin admits it
+    _, threshold = parse_condition(cond)
+    assert math.isfinite(threshold)
+    assert threshold == 0 or abs(threshold) > 1e-300  # nothing non-zero underflows to zero
+    holds(cond, 0.5)
+
+
+@pytest.mark.parametrize("cond", BAD_CONDITIONS)
+def test_refused_conditions_are_refused_by_both(cond: str) -> None:
+    with pytest.raises(ValidationError, match="String should match pattern"):
+        metric(successCondition=cond)
+    with pytest.raises(ValueError, match="result <op> <number>"):
+        holds(cond, 0.5)
+
+
+def test_the_crd_pattern_is_the_analysis_grammar() -> None:
+    for name in ("success_condition", "failure_condition"):
+        [constraint] = [
+            m for m in AnalysisMetric.model_fields[name].metadata if hasattr(m, "pattern")
+        ]
+        assert constraint.pattern == CONDITION_PATTERN
 
 
 @pytest.mark.parametrize(
