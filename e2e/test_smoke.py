@@ -1,8 +1,10 @@
 """Smoke tests against a real API server: our CRDs, examples and rejections, and the fake fleet.
 
 These check what offline tests cannot: that the API server itself accepts the generated CRDs
-(structural schemas, CEL rules), the examples, and rejects the bad manifests with the message a
-user sees; and that the local cluster schedules pods like a real one.
+(structural schemas, CEL rules), the examples, and gives the same verdict as the offline check
+(``ekko.api.validate``: schema plus the CEL rules' Python twins) on every bad and every edge-case
+manifest in tests/data, so that a twin stricter than the CRD is caught as surely as a looser one;
+and that the local cluster schedules pods like a real one.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from kubernetes.utils import parse_quantity
 
 from e2e.conftest import REPO, Cluster, api_error_message, install_crds
 from e2e.waiting import wait_for
+from ekko.api.validate import check_manifest
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 BAD_MANIFESTS = REPO / "tests" / "data" / "bad_manifests.yaml"
+GOOD_MANIFESTS = REPO / "tests" / "data" / "good_manifests.yaml"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"  # never pulled on kwok nodes; tiny on kind
 
 
@@ -32,22 +36,10 @@ def _docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def _bad_cases() -> list[Any]:
-    if not BAD_MANIFESTS.exists():
-        return [
-            pytest.param(
-                None, marks=pytest.mark.skip(reason=f"{BAD_MANIFESTS} missing"), id="missing"
-            )
-        ]
-    cases = yaml.safe_load(BAD_MANIFESTS.read_text()) or []
-    params = []
-    for case in cases:
-        marks = []
-        # `apiserver_expect: null` documents a rule only the offline checker enforces.
-        if "apiserver_expect" in case and case["apiserver_expect"] is None:
-            marks.append(pytest.mark.skip(reason="apiserver_expect: null (offline-only rule)"))
-        params.append(pytest.param(case, marks=marks, id=case["name"]))
-    return params
+def _cases(path: Path) -> list[Any]:
+    # No case is skipped: a rule only one side enforces is exactly what this replay must catch.
+    cases = yaml.safe_load(path.read_text()) or []
+    return [pytest.param(case, id=case["name"]) for case in cases]
 
 
 def _create(cluster: Cluster, body: dict[str, Any], namespace: str, dry_run: bool = False) -> Any:
@@ -109,16 +101,40 @@ def test_example_is_accepted(cluster: Cluster, ekko_crds: Any, namespace: str, p
 # (3) ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", _bad_cases())
-def test_bad_manifest_is_rejected(
+@pytest.mark.parametrize("case", _cases(BAD_MANIFESTS))
+def test_bad_manifest_is_rejected_by_both(
     cluster: Cluster, ekko_crds: Any, namespace: str, case: dict[str, Any]
 ) -> None:
+    offline = check_manifest(case["manifest"])
     expect = case.get("apiserver_expect", case["expect"])
-    with pytest.raises(ApiException) as info:
+    try:
         _create(cluster, case["manifest"], namespace, dry_run=True)
-    message = api_error_message(info.value)
-    assert info.value.status in (400, 422), message
+    except ApiException as err:
+        message = api_error_message(err)
+        assert err.status in (400, 422), message
+    else:
+        pytest.fail(
+            f"the API server admitted {case['name']}; the offline check refused it with "
+            f"{offline}: the CRD is looser than its Python twin"
+        )
+    assert offline, f"the offline check admitted {case['name']}; the API server said: {message}"
     assert expect in message, f"expected {expect!r} in the API server's message:\n{message}"
+    assert any(case["expect"] in e for e in offline), offline
+
+
+@pytest.mark.parametrize("case", _cases(GOOD_MANIFESTS))
+def test_edge_manifest_is_accepted_by_both(
+    cluster: Cluster, ekko_crds: Any, namespace: str, case: dict[str, Any]
+) -> None:
+    offline = check_manifest(case["manifest"])
+    try:
+        _create(cluster, case["manifest"], namespace, dry_run=True)
+    except ApiException as err:
+        pytest.fail(
+            f"the API server refused {case['name']} (offline: {offline or 'accepted'}): "
+            + api_error_message(err)
+        )
+    assert offline == [], f"the offline check is stricter than the CRD: {offline}"
 
 
 # (4) ------------------------------------------------------------------------------------------

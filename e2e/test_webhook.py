@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.agents import free_port
+from e2e.conftest import REPO, api_error_message
 from e2e.objects import Api, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.test_rollout import version_manifest
@@ -18,6 +20,8 @@ from e2e.waiting import wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 CONFIGURATION = "validate.ekko.dev"
+BAD_MANIFESTS = REPO / "tests" / "data" / "bad_manifests.yaml"
+RAW = ("validation error for", "For further information", "Traceback", "[type=", "pydantic")
 
 
 @pytest.fixture
@@ -64,6 +68,7 @@ def test_cross_object_mistakes_are_rejected_at_admission(
     api.create(pool_manifest())
     message = rejection(api, model_manifest("huge", 2, "80Gi", 1))
     assert "huge/0 needs" in message and "hold 64" in message, message
+    assert not any(raw in message for raw in RAW), message
 
     message = rejection(api, version_manifest("v2", [{"setWeight": 10}], model="ghost"))
     assert "ghost" in message and "does not exist" in message, message
@@ -71,3 +76,36 @@ def test_cross_object_mistakes_are_rejected_at_admission(
     api.create(model_manifest("fine", 2, "8Gi", 1))  # a valid model passes
     api.create(version_manifest("v2", [{"setWeight": 10}], model="fine"))
     assert api.get("models", "fine")["spec"]["pool"] == "pool"
+
+
+def test_bad_manifests_are_refused_in_words_with_the_webhook_running(
+    api: Api, webhook_operator: OperatorProcess
+) -> None:
+    """The bad-manifest replay with the operator and its webhook up (test_smoke replays it with
+    the webhook down): the same refusal, never a pydantic dump or a bare Python error."""
+    cases = yaml.safe_load(BAD_MANIFESTS.read_text())
+    api.create(pool_manifest("cpu-large"))
+    api.create(model_manifest("ranking-dlrm", 2, "1Gi", 1, pool="cpu-large"))
+    wrong = []
+    for case in cases:
+        try:
+            doc = case["manifest"]
+            api.custom.create_namespaced_custom_object(
+                "ekko.dev",
+                "v1alpha1",
+                api.ns,
+                doc["kind"].lower() + "s",
+                doc,
+                dry_run="All",
+                field_validation="Strict",
+            )
+        except ApiException as err:
+            message = api_error_message(err)
+            expect = case.get("apiserver_expect", case["expect"])
+            if err.status not in (400, 422) or expect not in message:
+                wrong.append(f"{case['name']}: {err.status} {message}")
+            if any(raw in message for raw in RAW):
+                wrong.append(f"{case['name']}: raw error: {message}")
+        else:
+            wrong.append(f"{case['name']}: admitted")
+    assert not wrong, "\n".join(wrong)
