@@ -276,16 +276,23 @@ class Knowledge:
         )
 
     def dominates(self, other: Knowledge) -> bool:
-        """True when everything ``other`` covers is covered here too."""
+        """True when everything ``other`` covers is covered here too: a vector at least as far
+        along, and for each of ``other``'s exceptions an exception of the same key at least as
+        new (an exception also covers older versions from other sources, which no vector can)."""
         if not self.vector.dominates(other.vector):
             return False
         if other.n_exceptions == 0:
             return True
-        return bool(
-            self.covers_arrays(
-                other.exc_keys, other.exc_epochs, other.exc_origins, other.exc_seqs
-            ).all()
+        if self.n_exceptions == 0:
+            return False
+        idx = np.searchsorted(self.exc_keys, other.exc_keys)
+        idx_c = np.minimum(idx, len(self.exc_keys) - 1)
+        found = self.exc_keys[idx_c] == other.exc_keys
+        older = newer(
+            (other.exc_epochs, other.exc_origins, other.exc_seqs),
+            (self.exc_epochs[idx_c], self.exc_origins[idx_c], self.exc_seqs[idx_c]),
         )
+        return bool((found & ~older).all())
 
     def folded(self, max_exceptions: int = DEFAULT_MAX_EXCEPTIONS) -> Knowledge:
         """Drop exceptions the vector already covers, and the oldest beyond ``max_exceptions``."""
