@@ -51,24 +51,28 @@ DEBOUNCE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 ROLLOUTS = Counter(
-    "ekko_rollouts_total", "Rollouts that ended, by outcome.", ["outcome"], registry=REGISTRY
+    "ekko_rollouts_total",
+    "Rollouts that ended, by namespace, model and outcome.",
+    ["namespace", "model", "outcome"],
+    registry=REGISTRY,
 )
 ROLLOUT_SECONDS = Histogram(
     "ekko_rollout_duration_seconds",
-    "Time from the start of a rollout to its end, by outcome.",
-    ["outcome"],
+    "Time from the start of a rollout to its end, by namespace, model and outcome.",
+    ["namespace", "model", "outcome"],
     buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200),
     registry=REGISTRY,
 )
 ROLLBACK_SECONDS = Histogram(
     "ekko_rollback_seconds",
     "Time from a rollback's request (or detection) until every server applied it.",
+    ["namespace", "model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
     registry=REGISTRY,
 )
 ANALYSIS = Counter(
     "ekko_analysis_measurements_total",
-    "Analysis measurements taken, by metric and result.",
-    ["metric", "result"],
+    "Analysis measurements taken, by namespace, model, metric and result.",
+    ["namespace", "model", "metric", "result"],
     registry=REGISTRY,
 )

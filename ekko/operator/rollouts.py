@@ -168,7 +168,9 @@ class RolloutWorker:
             address = metric.prometheus.address or self.prometheus
             query = render(metric.query, spec.model, spec.version)
             result = await asyncio.to_thread(measure, address, metric.name, query, now)
-            metrics.ANALYSIS.labels(metric.name, evaluate(metric, result)).inc()
+            metrics.ANALYSIS.labels(
+                self.key[0], spec.model, metric.name, evaluate(metric, result)
+            ).inc()
             out.append(result)
         return out
 
@@ -192,13 +194,13 @@ class RolloutWorker:
                 self.fleet.event, mv, event.reason, event.message, event.warning
             )
         if decision.outcome is not None and decision.status.started_at is not None:
-            metrics.ROLLOUTS.labels(decision.outcome).inc()
+            metrics.ROLLOUTS.labels(namespace, model, decision.outcome).inc()
             ended = decision.status.finished_at or dt.datetime.now(dt.UTC)
-            metrics.ROLLOUT_SECONDS.labels(decision.outcome).observe(
+            metrics.ROLLOUT_SECONDS.labels(namespace, model, decision.outcome).observe(
                 (ended - decision.status.started_at).total_seconds()
             )
         if decision.rollback_seconds is not None:
-            metrics.ROLLBACK_SECONDS.observe(decision.rollback_seconds)
+            metrics.ROLLBACK_SECONDS.labels(namespace, model).observe(decision.rollback_seconds)
 
 
 def _own_spec_error(err: Exception) -> InvalidObjectError | None:

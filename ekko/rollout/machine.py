@@ -12,10 +12,11 @@ stays loaded (``previousVersion``) so rolling back a promoted version needs no l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
+from ekko.api.meta import Condition, set_condition
 from ekko.api.resources import (
     AnalysisMetric,
     AnalysisResult,
@@ -151,7 +152,66 @@ def _step_results(status: ModelVersionStatus) -> dict[str, AnalysisResult]:
 
 
 def decide(inp: Inputs) -> Decision:
-    """The next transition of a ModelVersion."""
+    """The next transition of a ModelVersion, with its conditions brought up to date."""
+    decision = _decide(inp)
+    status = decision.status
+    return replace(
+        decision,
+        status=status.evolve(conditions=conditions_of(status, inp.generation, inp.now)),
+    )
+
+
+def conditions_of(
+    status: ModelVersionStatus, generation: int | None, now: datetime
+) -> list[Condition]:
+    """Kubernetes conditions that say where a rollout is, for `kubectl wait --for=condition=…`:
+
+    - Progressing: True while it loads or walks its steps; False when paused or finished.
+    - Paused: True while it waits for a person (a manual pause step, inconclusive analysis, or a
+      pause request).
+    - Healthy / Degraded: whether the canary has failed (failed analysis or load, rolled back).
+    - Completed: True once it reached a terminal phase; the reason is that phase (Promoted,
+      RolledBack, Aborted or Failed), so a pipeline can wait for Completed, then read why.
+    """
+    phase = status.phase
+    failed = phase in ("RolledBack", "Failed") or any(
+        r.phase in ("Failed", "Error") for r in status.analysis
+    )
+    reason_paused = (
+        "PausedByUser"
+        if status.paused_by_user
+        else "AnalysisInconclusive"
+        if any(r.phase == "Inconclusive" for r in status.analysis)
+        else "ManualStep"
+    )
+    wanted = [
+        (
+            "Progressing",
+            phase in ("Pending", "Loading", "Progressing"),
+            reason_paused if phase == "Paused" else phase,
+        ),
+        ("Paused", phase == "Paused", reason_paused if phase == "Paused" else phase),
+        ("Healthy", not failed, phase if failed else "NoFailures"),
+        ("Degraded", failed, phase if failed else "NoFailures"),
+        ("Completed", phase in TERMINAL, phase),
+    ]
+    out = list(status.conditions)
+    for kind, holds, reason in wanted:
+        out = set_condition(
+            out,
+            Condition(
+                type=kind,
+                status="True" if holds else "False",
+                reason=reason,
+                message=status.message[:1024],
+                observed_generation=generation,
+            ),
+            now,
+        )
+    return out
+
+
+def _decide(inp: Inputs) -> Decision:
     status = inp.status.evolve(**{"observed_generation": inp.generation})
     request = inp.request if inp.request and inp.request.at != status.handled_request else None
     if request is not None:
@@ -182,8 +242,8 @@ def _pending(inp: Inputs, status: ModelVersionStatus) -> Decision:
         return Decision(status.evolve(**{"message": message}), requeue_after=5.0)
     if obs.stable == inp.spec.version:
         return Decision(
-            status.model_copy(
-                update={"phase": "Promoted", "weight": 100, "message": "already the stable version"}
+            status.evolve(
+                **{"phase": "Promoted", "weight": 100, "message": "already the stable version"}
             ),
             outcome="Promoted",
         )
@@ -240,8 +300,8 @@ def _progressing(inp: Inputs, status: ModelVersionStatus) -> Decision:
         want = split(stable, spec.version, step.set_weight)
         if tuple(obs.weights) != want:
             return Decision(
-                status.model_copy(
-                    update={
+                status.evolve(
+                    **{
                         "weight": step.set_weight,
                         "message": f"routing {step.set_weight}% to {spec.version}",
                     }
@@ -469,9 +529,7 @@ def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> De
             return refuse(
                 f"only an aborted, rolled back or failed rollout can be retried, this one is {phase}"
             )
-        reset = status.model_copy(
-            update={"phase": "Pending", "message": "retrying", "analysis": []}
-        )
+        reset = status.evolve(**{"phase": "Pending", "message": "retrying", "analysis": []})
         return Decision(
             reset,
             events=(Event("Retrying", f"Retrying the rollout of {spec.version}."),),

@@ -314,3 +314,54 @@ def test_weights_wait_for_every_agent_before_the_next_step() -> None:
     sim.obs = replace(sim.obs, routing_applied=True)
     sim.step()
     assert sim.status.current_step == 1
+
+
+def _conditions(status: ModelVersionStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_conditions_follow_the_rollout_for_kubectl_wait() -> None:
+    sim = Sim(spec([{"setWeight": 5}, {"analysis": {}}, {"pause": {}}, {"setWeight": 100}]))
+    sim.step()
+    c = _conditions(sim.status)
+    assert c["Progressing"] == ("True", "Loading") and c["Completed"] == ("False", "Loading")
+    for _ in range(3):
+        sim.step()
+    sim.step(5, 0.01)
+    sim.step(5, 0.01)
+    sim.step()
+    c = _conditions(sim.status)
+    assert sim.status.phase == "Paused"
+    assert c["Paused"] == ("True", "ManualStep") and c["Progressing"] == ("False", "ManualStep")
+    assert c["Healthy"] == ("True", "NoFailures") and c["Degraded"][0] == "False"
+    paused_since = next(x for x in sim.status.conditions if x.type == "Paused")
+    sim.step(1)
+    again = next(x for x in sim.status.conditions if x.type == "Paused")
+    assert again.last_transition_time == paused_since.last_transition_time  # no flapping
+    sim.step(0, request=Request("promote", "t1"))
+    for _ in range(3):
+        sim.step()
+    c = _conditions(sim.status)
+    assert sim.status.phase == "Promoted"
+    assert c["Completed"] == ("True", "Promoted") and c["Progressing"][0] == "False"
+    assert all(x.observed_generation is None for x in sim.status.conditions)
+
+
+def test_a_rolled_back_canary_is_completed_and_degraded() -> None:
+    sim = Sim(spec([{"setWeight": 20}, {"analysis": {}}]))
+    for _ in range(4):
+        sim.step()
+    sim.step(5, 0.5)
+    c = _conditions(sim.status)
+    assert c["Completed"] == ("True", "RolledBack")
+    assert c["Degraded"] == ("True", "RolledBack") and c["Healthy"] == ("False", "RolledBack")
+
+
+def test_inconclusive_analysis_pauses_with_its_reason() -> None:
+    s = spec([{"setWeight": 5}, {"analysis": {}}])
+    s = s.evolve(analysis=[s.analysis[0].evolve(no_data_timeout="5s")])
+    sim = Sim(s)
+    for _ in range(4):
+        sim.step()
+    sim.step(5, None)
+    assert _conditions(sim.status)["Paused"] == ("True", "AnalysisInconclusive")
