@@ -1,6 +1,6 @@
 """Update data-plane benchmark: how fresh, how cheap and how robust model updates are.
 
-    python -m bench.updates --mode sim --quick --json /tmp/u.json   # synthetic stream, 2 seeds, ~1 min
+    python -m bench.updates --mode sim --quick --json /tmp/u.json   # synthetic, 12k events, 2 seeds
     python -m bench.updates --mode sim --json /tmp/u.json           # MovieLens-100K, 3 seeds
     python -m bench.updates --mode sim --workload synthetic --events 60000 --seeds 0,1,2
 
@@ -40,12 +40,9 @@ import numpy as np
 
 from bench.updates_data import Stream, movielens_100k, synthetic_stream
 from bench.updates_sim import (
-    COMPRESSOR,
+    Sim,
     SimConfig,
     Writes,
-    compress,
-    decode_frame,
-    encode_frame,
     fixed_lag_log,
     frozen_log,
     periodic_sync_log,
@@ -54,6 +51,7 @@ from bench.updates_sim import (
     served_quality,
     train_writes,
 )
+from ekko.updates.codec import decode_response, encode_response
 from ekko.updates.scoring import auc
 
 CAPS = (1.0, 0.5, 0.25)
@@ -120,6 +118,10 @@ def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float
             flat_lags(f"{key}_", res, out)
             if policy == "priority":
                 out[f"lag_new_p99_{key}_s"] = res["lag_cross_region_by_class"]["new"]["p99_s"]
+    # ablation at 25%: the product's priority with significance since the peer's version and
+    # the rest class by score
+    res = run(replace(base_cfg, policy="priority_delta", wan_rate=0.25 * rate))
+    out["auc_loss_priority_delta_at_25pct"] = (base["auc"] - res["auc"]) / base["auc"]
     log = run(replace(base_cfg, policy="log"))
     out["wan_bytes_logfp32"] = log["wan_bytes"]
     out["auc_logfifo_uncapped"] = log["auc"]
@@ -167,32 +169,25 @@ def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float
 
 
 def codec_costs(stream: Stream, rate: float) -> dict[str, float]:
-    """Encode/decode CPU µs per row of the bench codec on 1024-row frames."""
+    """Encode/decode CPU µs per row of the product codec (ekko.updates.codec) on 1024-row frames
+    of user and item rows."""
     w: Writes = train_writes(stream.head(min(len(stream), 2000)), rate, 0)
-    wids = np.arange(min(len(w), 3 * 1024), dtype=np.int64)
-    wids = wids[w.table[wids] != 2][:1024]
-    counts = [int((w.table[wids] == t).sum()) for t in range(3)]
+    wids = np.arange(len(w), dtype=np.int64)
+    wids = wids[w.table != 2][:1024]
     out: dict[str, float] = {}
     reps = 30
     for codec in CODECS:
         for z in (False, True):
             key = f"{codec}_{'zstd' if z else 'none'}"
+            sim = Sim(w, SimConfig(codec=codec, zstd=z))
+            resp = sim._response(wids)
             t = time.perf_counter()
             for _ in range(reps):
-                data = encode_frame(w, wids, codec)
-                if z:
-                    data = compress(data)
+                blob = encode_response(resp, sim.encoding)
             enc = (time.perf_counter() - t) / reps / wids.size * 1e6
-            raw = encode_frame(w, wids, codec)
-            blob = compress(raw) if z else raw
             t = time.perf_counter()
             for _ in range(reps):
-                b = blob
-                if z:
-                    import zstandard
-
-                    b = zstandard.ZstdDecompressor().decompress(blob)
-                decode_frame(w, b, counts, codec)
+                decode_response(blob)
             dec = (time.perf_counter() - t) / reps / wids.size * 1e6
             out[f"codec_encode_us_per_row_{key}"] = enc
             out[f"codec_decode_us_per_row_{key}"] = dec
@@ -253,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--mode procs needs ekko.updates.node and ekko.updates.publisher", file=sys.stderr)
         return 2
     workload = a.workload or ("synthetic" if a.quick else "ml-100k")
-    events = a.events or (20_000 if a.quick and workload == "synthetic" else None)
+    events = a.events or (12_000 if a.quick and workload == "synthetic" else None)
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else ([0, 1] if a.quick else [0, 1, 2])
     opts = {
         "rate": a.rate,
@@ -276,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": workload,
         "events": len(stream),
         "seeds": seeds,
-        "config": {**opts, **asdict(SimConfig()), "compressor": COMPRESSOR},
+        "config": {**opts, **asdict(SimConfig())},
         **med,
         **codec_costs(stream, a.rate),
         "spread": spread,
@@ -323,6 +318,9 @@ def report(r: dict[str, Any]) -> None:
             for _, name in POLICIES
         )
         print(f"   cap {round(cap * 100):3d}%: {row}")
+    print(
+        f"   ablation at 25%, significance since the peer's version, rest by score: {f('auc_loss_priority_delta_at_25pct', 100, 2)}"
+    )
     print(f"   new-row lag p99 at 25% (priority): {f('lag_new_p99_priority_at_25pct_s')} s")
     print("4. compression vs log-style fp32: WAN bytes reduction %, ΔAUC, µs/row enc/dec")
     for codec in CODECS:

@@ -10,8 +10,11 @@ allows, and the puller applies idempotently and monotonically, then pulls again 
 per ``min_interval_s``). Topologies: ``p2p`` (one leader per region pulls across the WAN,
 followers pull from it over the LAN) and ``direct`` (every server pulls from the origin).
 Policies: ``priority`` (Ekko's ``p = (p_g + p_u) × p_m``: new rows first, then rows above the
-``high_pct`` percentile, then the rest), ``fifo`` (state-based, oldest unsent change first) and
-``log`` (every write in order, as a message log delivers).
+``high_pct`` percentile, then the rest), ``fifo`` (state-based, rows in version order) — both
+ranked by the product's scheduler, :mod:`ekko.updates.priority` — and ``log`` (every write in
+order, as a message log delivers). Rows are budgeted at the store's upper bound per row
+(:data:`ekko.updates.store.ROW_OVERHEAD_BYTES` plus the values) and, with zstd, at the measured
+size of the compressed frame.
 
 Each node logs what it applied when; :func:`served_quality` replays the evaluation events
 afterwards against what a node held at each event's time (progressive validation: a row
@@ -33,7 +36,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.updates_data import Stream
+from ekko.updates.codec import Encoding, encode_response
+from ekko.updates.priority import Policy, Ranked, Scheduler, SchedulerConfig, TableContext, order
 from ekko.updates.scoring import DENSE, ITEM, USER, LogisticMF, auc, logloss, row_logits
+from ekko.updates.store import (
+    ROW_OVERHEAD_BYTES,
+    Batch,
+    Candidates,
+    PullResponse,
+    TableSpec,
+    ValueDType,
+)
 
 try:  # the product codec uses zstandard; the bench falls back to zlib if it is not installed
     import zstandard
@@ -56,8 +69,9 @@ F32 = NDArray[np.float32]
 I64 = NDArray[np.int64]
 TABLES = (USER, ITEM, DENSE)
 FRAME_HEADER = 48  # bytes: magic, version, codec, table sections, row count
-ROW_META = 8 + 8 + 8  # key, version (seq), publish time
+ROW_META = ROW_OVERHEAD_BYTES  # key, version (seq), publish time, class, source
 CLASSES = ("new", "high", "rest")
+CODEC_DTYPES: dict[str, ValueDType] = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
 
 
 # -- trainer output ------------------------------------------------------------------------------
@@ -286,7 +300,7 @@ class SimConfig:
     uplink_rate: float | None = None  # the origin's shared egress (None: uncapped)
     burst_s: float = 0.25  # bucket depth, seconds of rate
     min_interval_s: float = 0.05
-    high_pct: float = 80.0
+    high_pct: float = 90.0  # the scheduler's default high percentile
     jitter: float = 0.1  # each message's delay is scaled by U(1, 1 + jitter)
     seed: int = 0
 
@@ -336,6 +350,10 @@ class Sim:
         self.uplink = Bucket(cfg.uplink_rate, burst)
         self.links: dict[str, Link] = {}
         self.ratio: dict[int, float] = {}
+        self.schedulers: dict[int, Scheduler] = {}
+        self.encoding = Encoding(CODEC_DTYPES[cfg.codec], cfg.zstd)
+        self.specs = tuple(TableSpec(name, wd) for name, wd in zip(TABLES, w.widths, strict=True))
+        self.responder = 0
         nk = w.n_keys
         self.nodes: list[Node] = [Node("origin", -1, -1, None, False, np.full(nk, -1, np.int64))]
         for r in range(cfg.regions):
@@ -415,6 +433,7 @@ class Sim:
             wids = np.arange(node.cursor, up.cursor, dtype=np.int64)
             classes = np.where(w.first_write[w.gkey[wids]] == wids, 0, 2).astype(np.int8)
         else:
+            self.responder = node.up
             cand = np.flatnonzero(up.ver > node.ver)
             if cand.size == 0:
                 self._wait_upstream(k, node.up, t)
@@ -428,7 +447,7 @@ class Sim:
         if math.isinf(budget):
             n = wids.size
         else:
-            ratio = self.ratio.get(k, 0.5) if cfg.zstd else 1.0
+            ratio = self.ratio.get(k, 0.5)
             n = int(np.searchsorted(sizes * ratio, budget, side="right"))
             if n == 0:
                 need = float(sizes[0]) * ratio
@@ -452,39 +471,84 @@ class Sim:
         self._push(t + self._delay(link), 1, k, (wids[:n], classes[:n]))
 
     def _frame_size(self, k: int, wids: I64, n: int, budget: float, sizes: I64) -> tuple[int, int]:
+        """Wire bytes of the first ``n`` rows, encoded by the product codec, and their raw
+        (uncompressed fp32 upper-bound) bytes."""
         raw = int(sizes[n - 1])
-        if not self.cfg.zstd:
-            return raw, raw
-        size = len(compress(encode_frame(self.w, wids[:n], self.cfg.codec)))
+        size = len(encode_response(self._response(wids[:n]), self.encoding))
         self.ratio[k] = 0.7 * self.ratio.get(k, 0.5) + 0.3 * size / raw
         return size, raw
 
+    def _response(self, wids: I64) -> PullResponse:
+        w = self.w
+        batches = []
+        tabs = w.table[wids]
+        for j, name in enumerate(TABLES):
+            sel = wids[tabs == j]
+            if sel.size == 0:
+                continue
+            batches.append(
+                Batch.of(
+                    name,
+                    0,
+                    w.gkey[sel] - w.offsets[j],
+                    epochs=0,
+                    origins=0,
+                    seqs=sel,
+                    publish_times=w.t[sel],
+                    values=w.values[sel, : w.widths[j]],
+                )
+            )
+        return PullResponse(self.specs, tuple(batches))
+
     def _order(self, keys: I64, have: I64, known: I64, t: float) -> tuple[I64, NDArray[np.int8]]:
-        """Rows to send (as write ids) in policy order, and their priority class."""
+        """Rows to send (as write ids) in policy order, and their priority class, ranked by the
+        product's scheduler (:mod:`ekko.updates.priority`): one scheduler (and quantile sketch)
+        per responder, rows ranked per table with the table's running mean magnitude."""
         w, cfg = self.w, self.cfg
-        new = known < 0
-        before = np.where(new[:, None], 0.0, w.values[np.maximum(known, 0)])
-        delta = np.linalg.norm(w.values[have] - before, axis=1)
+        sched = self.schedulers.get(self.responder)
+        if sched is None:
+            policy: Policy = "fifo" if cfg.policy == "fifo" else "ekko"
+            # "priority_delta" (an ablation): significance is the change since the version the
+            # peer holds, and the rest class goes by score too (the product sends it in seq order)
+            sched = Scheduler(SchedulerConfig(policy=policy, high_percentile=cfg.high_pct / 100))
+            self.schedulers[self.responder] = sched
         tab = w.key_table[keys]
         p_idx = min(self.pub, len(w))
         mean = w.cum_mag[p_idx] / np.maximum(w.cum_cnt[p_idx], 1.0)
-        p_g = delta / np.maximum(mean[tab], 1e-12)
-        p_m = 1.0
-        p = (p_g + new.astype(np.float64)) * p_m
-        classes = np.full(keys.size, 2, dtype=np.int8)
-        classes[new] = 0
-        old = ~new
-        if old.any():
-            thr = float(np.percentile(p[old], cfg.high_pct))
-            classes[old & (p >= thr)] = 1
-        if cfg.policy == "priority":
-            order = np.lexsort((-p, classes))
-        elif cfg.policy == "fifo":
-            first_dirty = np.where(new, w.first_write[keys], w.next_same[np.maximum(known, 0)])
-            order = np.argsort(first_dirty, kind="stable")
+        parts: list[Ranked] = []
+        idx: list[I64] = []
+        zeros = np.zeros(keys.size, dtype=np.int64)
+        mags = w.mag[have]
+        if cfg.policy == "priority_delta":
+            before = np.where((known < 0)[:, None], 0.0, w.values[np.maximum(known, 0)])
+            mags = np.linalg.norm(w.values[have] - before, axis=1)
+        for j, name in enumerate(TABLES):
+            m = np.flatnonzero(tab == j)
+            if m.size == 0:
+                continue
+            c = Candidates(
+                name,
+                0,
+                keys[m],
+                keys[m],
+                zeros[m],
+                zeros[m],
+                have[m],
+                w.t[have[m]],
+                mags[m],
+                known[m] < 0,
+            )
+            parts.append(sched.rank(c, TableContext(float(max(mean[j], 1e-12)), 1.0)))
+            idx.append(m)
+        ranked = Ranked.concat(parts)
+        perm = np.concatenate(idx)
+        if cfg.policy == "priority_delta":
+            ordered = perm[np.lexsort((ranked.seqs, -ranked.scores, ranked.classes))]
         else:
-            raise ValueError(f"unknown policy {cfg.policy!r}")
-        return have[order], classes[order]
+            ordered = perm[order(ranked, sched.config.policy)]
+        classes = np.empty(keys.size, dtype=np.int8)
+        classes[perm] = ranked.classes.astype(np.int8)
+        return have[ordered], classes[ordered]
 
     def _apply(self, k: int, t: float, payload: object) -> None:
         wids, classes = payload  # type: ignore[misc]
