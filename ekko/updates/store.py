@@ -184,6 +184,8 @@ class ApplyResult:
     seqs: I64
     publish_times: F64
     classes: U8
+    epochs: I64
+    origins: I64
 
 
 @dataclass(frozen=True, eq=False)
@@ -499,6 +501,8 @@ class Store:
             s[win],
             batch.publish_times[sel][win],
             batch.classes[sel][win],
+            e[win],
+            o[win],
         )
 
     def _touch(self, t: _Table, shard: _Shard, keys: I64) -> None:

@@ -1,0 +1,352 @@
+"""An update node: pulls rows from its upstreams, applies them, and serves its own downstreams.
+
+A node is a replica of the tables (held in a :class:`~ekko.updates.store.Store`) that other
+nodes pull from in turn, so dissemination is peer to peer: a region's leader pulls from the
+origin and other regions' leaders; its followers pull from it. Which is which is configuration
+here (part 2 lets the operator choose).
+
+Upstreams form an ordered list: the first is preferred and the next pulls only while every one
+before it is failing; a failed upstream is retried with backoff and takes over again when it
+answers. Each upstream link has a token bucket (and an emulated one-way delay for tests and the
+benchmark) whose level is the byte budget of the next pull, so a capped link carries what the
+responder's scheduler ranks highest.
+
+Optional: ``--state FILE.npz`` saves the store on stop (and every ``--save-every`` s) and
+resumes from it, so a restarted node pulls only what changed; ``--apply-log FILE`` appends one
+CSV line per applied row, ``apply_time,table,key,epoch,origin,seq``, for offline quality.
+
+    python -m ekko.updates.node --name eu-0 --region eu --listen 0.0.0.0:9500 \\
+        --upstream http://origin:9500 --upstream http://eu-1:9500 --rate 2e6 --delay 0.04
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from ekko.updates.codec import CodecError, decode_response, encode_request, fp32_bytes
+from ekko.updates.link import LinkSpec, TokenBucket
+from ekko.updates.priority import Policy, Scheduler, SchedulerConfig
+from ekko.updates.store import Batch, Store, TableSpec, ValueDType
+from ekko.updates.wire import (
+    DEFAULT_PORT,
+    PULL_PATH,
+    UpdateMetrics,
+    UpdateServer,
+    parse_listen,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A peer to pull from, with its link's cap and emulated one-way delay."""
+
+    url: str
+    link: LinkSpec = field(default_factory=LinkSpec)
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How a node pulls and serves. ``wait`` is the long-poll timeout; ``min_budget`` is the
+    smallest pull worth making (the puller waits for its bucket to hold that much)."""
+
+    name: str = "node"
+    region: str = ""
+    upstreams: tuple[Upstream, ...] = ()
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    dtype: ValueDType = "float32"
+    zstd: bool = False
+    wait: float = 10.0
+    min_budget: int = 4096
+    max_budget: int = 64 << 20
+    retry: float = 1.0
+    policy: Policy = "ekko"
+    high_percentile: float = 0.9
+    cache_capacity: int = 65536
+    state: Path | None = None
+    save_every: float = 0.0
+    apply_log: Path | None = None
+
+
+@dataclass
+class _UpstreamState:
+    spec: Upstream
+    bucket: TokenBucket | None
+    healthy: bool | None = None  # None: not tried yet
+    last_complete: float = field(default_factory=time.monotonic)
+
+
+class Node:
+    """A replica that pulls from its upstreams and serves downstreams."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        registry: CollectorRegistry | None = None,
+        store: Store | None = None,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.wall = wall
+        self.clock = clock
+        if store is None and config.state is not None and config.state.exists():
+            with np.load(config.state) as data:
+                store = Store.from_arrays(dict(data), cache_capacity=config.cache_capacity)
+            log.info("Node %s resumed from %s", config.name, config.state)
+        self.store = store or Store(cache_capacity=config.cache_capacity)
+        self.metrics = UpdateMetrics(registry or CollectorRegistry(), config.region)
+        self.server = UpdateServer(
+            self.store,
+            Scheduler(SchedulerConfig(config.policy, config.high_percentile)),
+            self.metrics,
+        )
+        now = clock()
+        self.upstreams = [
+            _UpstreamState(
+                u,
+                None if math.isinf(u.link.rate) else TokenBucket(u.link.rate, u.link.burst, now),
+            )
+            for u in config.upstreams
+        ]
+        for u in config.upstreams:
+            self.metrics.declare_upstream(u.url)
+            self.metrics.declare_peer(u.region or "unknown")
+        for spec in self.store.specs():
+            self.metrics.declare_model(spec.model)
+        self.port = 0
+        self.rows_pulled = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._log: IO[str] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Serve and start pulling; returns the bound port."""
+        if self.config.apply_log is not None:
+            new = not self.config.apply_log.exists()
+            self._log = self.config.apply_log.open("a", buffering=1 << 16)
+            if new:
+                self._log.write("apply_time,table,key,epoch,origin,seq\n")
+        host, port = parse_listen(self.config.listen)
+        self.port = await self.server.start(host, port)
+        self._session = aiohttp.ClientSession()
+        for i in range(len(self.upstreams)):
+            self._tasks.append(asyncio.create_task(self._puller(i), name=f"pull-{i}"))
+        if self.config.state is not None and self.config.save_every > 0:
+            self._tasks.append(asyncio.create_task(self._saver(), name="save"))
+        log.info("Node %s listening on %s:%d", self.config.name, host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.server.stop()
+        self.save()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def save(self) -> None:
+        if self.config.state is None:
+            return
+        tmp = self.config.state.with_suffix(".tmp.npz")
+        np.savez(tmp, **self.store.to_arrays())  # type: ignore[arg-type]
+        tmp.replace(self.config.state)
+
+    async def _saver(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.save_every)
+            try:
+                self.save()
+            except Exception:  # a loop that must survive: a failed save is retried next time
+                log.exception("Node %s failed to save its state", self.config.name)
+
+    # --- pulling -------------------------------------------------------------------------------
+
+    def active_upstream(self) -> int | None:
+        """The upstream pulling now: the first not known to be failing."""
+        for i, u in enumerate(self.upstreams):
+            if u.healthy is not False:
+                return i
+        return None
+
+    def _standing_by(self, i: int) -> bool:
+        return any(u.healthy is not False for u in self.upstreams[:i])
+
+    async def _puller(self, i: int) -> None:
+        up = self.upstreams[i]
+        url = up.spec.url.rstrip("/") + PULL_PATH
+        while True:
+            try:
+                if self._standing_by(i):
+                    await asyncio.sleep(min(self.config.retry, 0.2))
+                    continue
+                await self._pull_once(up, url)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a loop that must survive: mark failing, back off, retry
+                if up.healthy is not False:
+                    log.warning("Node %s: upstream %s failed: %s", self.config.name, up.spec.url, e)
+                up.healthy = False
+                self.metrics.pulls.labels(up.spec.url, "error").inc()
+                await asyncio.sleep(self.config.retry * (0.5 + random.random()))
+
+    async def _pull_once(self, up: _UpstreamState, url: str) -> None:
+        cfg = self.config
+        budget = cfg.max_budget
+        if up.bucket is not None:
+            need = min(cfg.min_budget, up.bucket.burst)
+            now = self.clock()
+            ready = up.bucket.ready_at(need, now)
+            if ready > now:
+                await asyncio.sleep(ready - now)
+            budget = min(budget, up.bucket.budget(self.clock()))
+        request = self.store.pull_request(budget, cfg.dtype, cfg.zstd, cfg.name, cfg.region)
+        body = encode_request(request)
+        delay = up.spec.link.delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=cfg.wait + 10.0, connect=2.0)
+        async with self._session.post(
+            url, data=body, params={"wait": str(cfg.wait)}, timeout=timeout
+        ) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+            data = await resp.read()
+        if up.bucket is not None:
+            up.bucket.consume(len(data), self.clock())
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            response = decode_response(data)
+        except CodecError as e:
+            raise RuntimeError(f"bad response frame: {e}") from e
+        if up.healthy is not True:
+            log.info("Node %s pulling from %s", self.config.name, up.spec.url)
+        up.healthy = True
+        peer = up.spec.region or "unknown"
+        self.metrics.observe_bytes("in", peer, len(data), fp32_bytes(response))
+        self._apply(response.tables, response.batches)
+        self.metrics.pulls.labels(up.spec.url, "rows" if response.n_rows else "empty").inc()
+        now = self.clock()
+        if response.complete:
+            up.last_complete = now
+        for model in {t.model for t in response.tables}:
+            self.metrics.staleness.labels(model).set(
+                0 if response.complete else now - up.last_complete
+            )
+
+    def _apply(self, tables: Sequence[TableSpec], batches: Sequence[Batch]) -> None:
+        changed = False
+        for spec in tables:
+            self.store.declare(spec)
+            self.metrics.declare_model(spec.model)
+        for b in batches:
+            before = self.store.changes
+            result = self.store.apply(b)
+            changed |= self.store.changes != before
+            now = self.wall()
+            self.metrics.observe_apply(self.store.spec(b.table).model, result, now)
+            self.rows_pulled += result.applied
+            if self._log is not None and result.applied:
+                self._log.writelines(
+                    f"{now:.6f},{b.table},{k},{e},{o},{s}\n"
+                    for k, e, o, s in zip(
+                        result.keys.tolist(),
+                        result.epochs.tolist(),
+                        result.origins.tolist(),
+                        result.seqs.tolist(),
+                        strict=True,
+                    )
+                )
+        if changed:
+            self.server.notifier.notify()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
+    p = argparse.ArgumentParser(
+        prog="python -m ekko.updates.node", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--name", default="node")
+    p.add_argument("--region", default="")
+    p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", help="data-plane host:port")
+    p.add_argument(
+        "--upstream", action="append", default=[], help="upstream URL; repeat, preferred first"
+    )
+    p.add_argument("--upstream-region", action="append", default=[], help="region of each upstream")
+    p.add_argument("--rate", type=float, default=math.inf, help="link cap in bytes/s per upstream")
+    p.add_argument("--burst", type=float, default=1 << 20, help="link burst in bytes")
+    p.add_argument("--delay", type=float, default=0.0, help="emulated one-way delay in seconds")
+    p.add_argument("--dtype", choices=["float32", "float16", "int8"], default="float32")
+    p.add_argument("--zstd", action="store_true")
+    p.add_argument("--wait", type=float, default=10.0, help="long-poll timeout in seconds")
+    p.add_argument("--policy", choices=["ekko", "fifo"], default="ekko")
+    p.add_argument("--high-percentile", type=float, default=0.9)
+    p.add_argument("--state", type=Path, default=None, help="npz file to resume from and save to")
+    p.add_argument("--save-every", type=float, default=0.0)
+    p.add_argument("--apply-log", type=Path, default=None)
+    a = p.parse_args(argv)
+    regions = list(a.upstream_region) + [""] * (len(a.upstream) - len(a.upstream_region))
+    link = LinkSpec(a.rate, a.burst, a.delay)
+    return NodeConfig(
+        name=a.name,
+        region=a.region,
+        upstreams=tuple(Upstream(u, link, r) for u, r in zip(a.upstream, regions, strict=False)),
+        listen=a.listen,
+        dtype=a.dtype,
+        zstd=a.zstd,
+        wait=a.wait,
+        policy=a.policy,
+        high_percentile=a.high_percentile,
+        state=a.state,
+        save_every=a.save_every,
+        apply_log=a.apply_log,
+    )
+
+
+async def _run(config: NodeConfig) -> None:
+    node = Node(config)
+    await node.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await node.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
