@@ -12,6 +12,7 @@ Decisions live in :mod:`ekko.cli.rolloutview` (pure); the API calls in :mod:`ekk
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any, cast
 
+import yaml
 from pydantic import ValidationError
 
+from ekko import __version__
 from ekko.api.resources import REQUEST_AT_ANNOTATION, Model, ModelVersionStatus, VersionWeight
 from ekko.api.units import UnitError, parse_duration
 from ekko.cli import rolloutview as view
@@ -39,7 +42,7 @@ WATCH_POLL = 1.0
 OPERATOR_GRACE = 5.0
 """Seconds a rollback --wait keeps looking for the operator's record once every agent applied it."""
 
-EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 # -- arguments ------------------------------------------------------------------------------
@@ -73,9 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         description="Watch Ekko rollouts and send requests to them. Requests are annotations on "
         "the ModelVersion (the spec is never edited).",
-        epilog="exit codes: 0 done (or goal reached), 1 refused or failed, 2 timed out or bad usage",
+        epilog="exit codes: 0 done (or goal reached, or the watched rollout promoted), 1 refused "
+        "or failed (or rolled back), 2 timed out or bad usage, 3 the watched rollout was aborted",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("version", help="print the plugin's version")
 
     status = sub.add_parser(
         "status",
@@ -85,8 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
         "servers loaded and the last rollback of a model; without MODEL one line per model.",
     )
     status.add_argument("model", nargs="?", metavar="MODEL")
-    status.add_argument("-w", "--watch", action="store_true", help="redraw on changes (Ctrl-C)")
-    status.add_argument("--timeout", type=_duration, help="stop watching after this long")
+    status.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="redraw on changes; with MODEL, exit when its rollout ends: 0 promoted, "
+        "1 rolled back or failed, 3 aborted",
+    )
+    status.add_argument(
+        "--timeout", type=_duration, help="stop watching after this long; exit 2 with MODEL"
+    )
+    status.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="table (default), or json/yaml for scripts (one document per change with --watch)",
+    )
 
     helps = {
         "promote": "move the canary past its pause or analysis step (--full: promote now)",
@@ -159,34 +180,64 @@ class Session:
 
 
 def run_status(s: Session, args: argparse.Namespace) -> int:
-    def draw() -> str:
+    output = getattr(args, "output", "table")
+
+    def draw() -> tuple[str, int | None]:
+        """The text to show, and the exit code if the watched rollout has ended."""
         versions = s.kube.list_versions(s.namespace)
         if args.model:
-            return view.render_model(s.model(args.model), versions)
+            model = s.model(args.model)
+            ended = view.finished(view.watched_version(model, versions))
+            if output != "table":
+                return _dump(view.status_document(model, versions), output), ended
+            return view.render_model(model, versions), ended
         models = s.kube.list_models(s.namespace)
-        return view.render_list(models, versions) or f"No models in namespace {s.namespace}.\n"
+        if output != "table":
+            return _dump([view.status_document(m, versions) for m in models], output), None
+        return (
+            view.render_list(models, versions) or f"No models in namespace {s.namespace}.\n"
+        ), None
 
     if not args.watch:
-        s.out.write(draw())
+        s.out.write(draw()[0])
         s.out.flush()
         return EXIT_OK
     deadline = s.monotonic() + args.timeout if args.timeout else None
-    tty = s.out.isatty()
+    tty = s.out.isatty() and output == "table"
     last = None
     while True:
-        text = draw()
+        text, ended = draw()
         if text != last:
             if tty:
                 s.out.write("\x1b[H\x1b[2J")
-            elif last is not None:
+            elif last is not None and output == "table":
                 s.out.write("\n")
-            stamp = s.now().astimezone(UTC).strftime("%H:%M:%S")
-            s.out.write(f"{text}(updated {stamp}; Ctrl-C to stop)\n")
+            if output == "table":
+                stamp = s.now().astimezone(UTC).strftime("%H:%M:%S")
+                s.out.write(f"{text}(updated {stamp}; Ctrl-C to stop)\n")
+            else:
+                s.out.write(text)
             s.out.flush()
             last = text
+        if ended is not None:
+            if ended != EXIT_OK:
+                s.fail(f"the rollout of {args.model} ended {_ENDED[ended]}")
+            return ended
         if deadline is not None and s.monotonic() >= deadline:
+            if args.model:
+                s.fail(f"timed out after {args.timeout:g}s; the rollout of {args.model} goes on")
+                return EXIT_TIMEOUT
             return EXIT_OK
         s.sleep(WATCH_POLL)
+
+
+_ENDED = {1: "rolled back or failed", 3: "aborted"}
+
+
+def _dump(doc: object, output: str) -> str:
+    if output == "json":
+        return json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+    return "---\n" + yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=True)
 
 
 def run_action(s: Session, args: argparse.Namespace) -> int:
@@ -300,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_FAILED
+    if args.command == "version":
+        print(f"{PROG} {__version__}")
+        return EXIT_OK
     try:
         from ekko.kube.rollouts import RolloutClient, connect  # noqa: PLC0415 (fast --help)
 

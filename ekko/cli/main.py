@@ -13,7 +13,7 @@ commands:
   operator   run the operator (kopf) against the current kube context
   agent      run the data-plane agent beside an inference server
   crds       write the CustomResourceDefinitions: ekko crds DIR
-  version    print the version
+  version    print the version (also: ekko --version)
 """
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         from ekko.api.crdgen import main as crds_main  # noqa: PLC0415
 
         return crds_main(rest)
-    if command == "version":
+    if command in ("version", "--version"):
         print(f"ekko {__version__}")
         return 0
     print(f"ekko: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")

@@ -528,3 +528,50 @@ def operator_seconds(mv: ModelVersion | None, at: datetime | None) -> float | No
     if at is not None and requested is not None and abs((requested - at).total_seconds()) > 0.001:
         return None  # a rollback recorded from an earlier request is not this one's
     return status.rollback_seconds
+
+
+# -- watching until a rollout ends, and machine-readable status --------------------------------
+
+EXIT_BY_PHASE: dict[str, int] = {"Promoted": 0, "RolledBack": 1, "Failed": 1, "Aborted": 3}
+"""Exit codes of `status --watch` when the watched rollout ends (2 is a timeout)."""
+
+
+def watched_version(model: Model, versions: Sequence[ModelVersion]) -> ModelVersion | None:
+    """The rollout `status --watch` follows to its end: the newest live one, else the newest
+    (just applied and not yet seen by the operator counts as live: it is Pending)."""
+    mine = versions_of(model.metadata.name, versions)
+    live = [v for v in mine if _phase(v) not in TERMINAL]
+    candidates = live or mine
+    return candidates[-1] if candidates else None
+
+
+def finished(mv: ModelVersion | None) -> int | None:
+    """The exit code once the rollout is over, None while it goes on."""
+    if mv is None:
+        return None
+    return EXIT_BY_PHASE.get(_phase(mv))
+
+
+def status_document(model: Model, versions: Sequence[ModelVersion]) -> dict[str, object]:
+    """`status -o json|yaml`: the same facts as the table, under stable names."""
+    status = model.status
+    mv = active_version(model, versions_of(model.metadata.name, versions))
+    doc: dict[str, object] = {
+        "model": model.metadata.name,
+        "namespace": model.metadata.namespace,
+        "pool": model.spec.pool,
+        "stableVersion": stable_of(model),
+        "canaryVersion": (status.canary_version if status else None) or None,
+        "previousVersion": (status.previous_version if status else None) or None,
+        "weights": [w.to_wire() for w in model_weights(model)],
+        "replicasReady": status.replicas_ready if status else 0,
+        "replicasWanted": status.replicas_wanted if status else 0,
+        "rollout": None,
+    }
+    if mv is not None:
+        doc["rollout"] = {
+            "name": mv.metadata.name,
+            "version": mv.spec.version,
+            **(mv.status or ModelVersionStatus()).to_wire(),
+        }
+    return doc

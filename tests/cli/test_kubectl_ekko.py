@@ -6,11 +6,13 @@ Objects are built with the api types; a fake client stands in for :mod:`ekko.kub
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
 
 from ekko.api.resources import (
     REQUEST_ANNOTATION,
@@ -604,8 +606,60 @@ def test_status_of_one_model_and_of_the_namespace() -> None:
 def test_status_watch_redraws_only_on_change_and_stops_at_the_timeout() -> None:
     kube = FakeKube(model(canary="v2", weights=[("v1", 70), ("v2", 30)]), [version(weight=30)])
     s, out, _ = session(kube)
-    assert cli.run_status(s, cli.parse_args(["status", "rank", "-w", "--timeout", "3s"])) == 0
+    assert cli.run_status(s, cli.parse_args(["status", "rank", "-w", "--timeout", "3s"])) == 2
     assert out.getvalue().count("Weights:") == 1
+
+
+class Unfolding(FakeKube):
+    """A rollout that moves through phases, one per look."""
+
+    def __init__(self, phases: list[str]) -> None:
+        super().__init__(model(canary="v2"), [version(phase=phases[0])])
+        self.phases = iter(phases)
+
+    def list_versions(self, namespace: str) -> list[ModelVersion]:
+        phase = next(self.phases, None)
+        if phase is not None:
+            self.versions = {"rank-v2": version(phase=phase)}
+        return list(self.versions.values())
+
+
+@pytest.mark.parametrize(
+    ("end", "code", "said"),
+    [("Promoted", 0, ""), ("RolledBack", 1, "rolled back"), ("Failed", 1, "failed"),
+     ("Aborted", 3, "aborted")],
+)  # fmt: skip
+def test_status_watch_exits_when_the_rollout_ends_with_a_code_per_outcome(
+    end: str, code: int, said: str
+) -> None:
+    s, out, err = session(Unfolding(["Pending", "Loading", "Progressing", "Paused", end]))
+    assert cli.run_status(s, cli.parse_args(["status", "rank", "--watch"])) == code
+    assert out.getvalue().count("Phase:") == 5  # every change drawn, then it stopped
+    assert said in err.getvalue()
+
+
+def test_status_as_json_and_yaml_for_scripts() -> None:
+    kube = FakeKube(model(canary="v2", weights=[("v1", 70), ("v2", 30)]), [version(weight=30)])
+    s, out, _ = session(kube)
+    assert cli.run_status(s, cli.parse_args(["status", "rank", "-o", "json"])) == 0
+    doc = json.loads(out.getvalue())
+    assert doc["stableVersion"] == "v1" and doc["canaryVersion"] == "v2"
+    assert doc["weights"] == [{"version": "v1", "weight": 70}, {"version": "v2", "weight": 30}]
+    assert doc["rollout"]["name"] == "rank-v2" and doc["rollout"]["phase"] == "Paused"
+    assert doc["rollout"]["weight"] == 30
+    s, out, _ = session(kube)
+    assert cli.run_status(s, cli.parse_args(["status", "-o", "yaml"])) == 0
+    docs = yaml.safe_load(out.getvalue())
+    assert [d["model"] for d in docs] == ["rank"]
+
+
+def test_version_of_the_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    from ekko import __version__
+
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out == f"kubectl ekko {__version__}\n"
+    assert cli.main(["--version"]) == 0
+    assert __version__ in capsys.readouterr().out
 
 
 def test_rollback_summary_gives_both_times_and_flags_whole_second_stamps() -> None:
