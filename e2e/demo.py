@@ -249,11 +249,18 @@ def main(argv: list[str] | None = None) -> int:
                     if line != last:
                         print(f"   {line}", flush=True)
                         last = line
-                    # Promote only at the manual pause step, never past inconclusive analysis.
-                    if status.get("phase") == "Paused" and status.get("message", "").startswith(
-                        "paused at step"
-                    ):
+                    # Promote only at the manual pause step, never past inconclusive analysis:
+                    # the Paused condition's reason says which (a field, not the message).
+                    paused = next(
+                        (c for c in status.get("conditions", []) if c["type"] == "Paused"), {}
+                    )
+                    if paused.get("status") == "True" and paused.get("reason") == "ManualStep":
                         run("kubectl", "ekko", "promote", "ranking-dlrm", "-n", NS)
+                    elif paused.get("status") == "True":
+                        raise SystemExit(
+                            f"demo: the healthy canary paused ({paused.get('reason')}): "
+                            f"{status.get('message')}"
+                        )
                     time.sleep(1)
                 run("kubectl", "ekko", "status", "ranking-dlrm", "-n", NS, check=False)
                 print(f"   ranking-dlrm-v2 ended {demo.phase('ranking-dlrm-v2')}")
