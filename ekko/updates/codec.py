@@ -86,7 +86,10 @@ def quantize_int8(values: npt.ArrayLike) -> tuple[I8, F32]:
 def dequantize_int8(q: npt.ArrayLike, scales: npt.ArrayLike) -> F32:
     qa = np.asarray(q, dtype=np.int8)
     s = np.asarray(scales, dtype=np.float32)
-    out: F32 = (qa.astype(np.float32) * s.reshape(-1, *([1] * (qa.ndim - 1)))).astype(np.float32)
+    with np.errstate(over="ignore"):  # a scale near float32's max may round up to inf
+        out: F32 = (qa.astype(np.float32) * s.reshape(-1, *([1] * (qa.ndim - 1)))).astype(
+            np.float32
+        )
     return out
 
 

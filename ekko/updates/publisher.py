@@ -183,12 +183,18 @@ def read_replay(path: Path) -> tuple[list[TableSpec], list[ReplayStep]]:
                     )
                 )
                 continue
+            if not {"t", "table", "values"} <= line.keys() or not {"key", "keys"} & line.keys():
+                raise ValueError("an update line needs t, table, key or keys, and values")
+            float(line["t"])
             if pending and (line["t"] != pending[0]["t"] or line["table"] != pending[0]["table"]):
                 flush()
             pending.append(line)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"{path}:{n}: bad replay line: {e}") from e
-    flush()
+    try:
+        flush()
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad replay line: {e}") from e
     return specs, steps
 
 
