@@ -13,6 +13,7 @@ commands:
   operator   run the operator (kopf) against the current kube context
   agent      run the data-plane agent beside an inference server
   crds       write the CustomResourceDefinitions: ekko crds DIR
+  publish    serve model updates as an origin: ekko publish --replay FILE [--listen HOST:PORT]
   version    print the version (also: ekko --version)
 """
 
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from ekko.agent.main import main as agent_main  # noqa: PLC0415
 
         return agent_main(rest)
+    if command == "publish":
+        from ekko.updates.publisher import main as publish_main  # noqa: PLC0415
+
+        return publish_main(rest)
     if command == "crds":
         from ekko.api.crdgen import main as crds_main  # noqa: PLC0415
 
