@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 from ekko.api.meta import Condition
 from ekko.api.resources import (
     AssignedShard,
+    FailedLoad,
     LoadedShard,
     ModelRouting,
     ServerAssignmentStatus,
@@ -266,6 +267,10 @@ def build_status(
         routing=routing,
         heartbeat=now,
         message=load_error_message(failed),
+        failed=[
+            FailedLoad(model=key.model, shard=key.shard, version=key.version, error=why[:512])
+            for key, why in sorted(failed.items())
+        ],
         conditions=[ready],
     )
 

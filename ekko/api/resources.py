@@ -694,6 +694,15 @@ class LoadedShard(ApiModel):
     bytes: int = Field(ge=0, description="Memory taken.")
 
 
+class FailedLoad(ApiModel):
+    """One shard replica the agent failed to load, and why."""
+
+    model: str = Field(max_length=63, description="Model name.")
+    shard: int = Field(ge=0, description="Shard index.")
+    version: str = Field(max_length=63, description="Version that failed to load.")
+    error: str = Field(default="", max_length=512, description="The engine's error, for people.")
+
+
 class ServerAssignmentStatus(ApiModel):
     """What the agent actually holds and applies; written by the agent."""
 
@@ -710,6 +719,11 @@ class ServerAssignmentStatus(ApiModel):
     )
     heartbeat: datetime | None = Field(default=None, description="Last time the agent reported.")
     message: str = Field(default="", max_length=4096, description="Last load error, if any.")
+    failed: Annotated[list[FailedLoad], ListSchema("atomic")] = Field(
+        default_factory=list,
+        max_length=20000,
+        description="Every shard replica whose load failed (what the operator acts on; message is for people).",
+    )
     conditions: Conditions = Field(default_factory=list)
 
 

@@ -70,9 +70,18 @@ def observe(
         held = {(s.model, s.shard) for s in have if s.version == mine}
         if ready and shards <= held:
             loaded += 1
-        message = assignment.status.message if assignment.status else ""
-        if message and mine in message and model.metadata.name in message:
-            errors.append(f"{assignment.metadata.name}: {message}")
+        failures = [
+            f
+            for f in (assignment.status.failed if assignment.status else [])
+            if f.model == model.metadata.name and f.version == mine
+        ]
+        if failures:
+            first = failures[0]
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            errors.append(
+                f"{assignment.metadata.name}: shard {first.shard} of {mine} failed to load: "
+                f"{first.error}{more}"
+            )
         if not ready:
             continue
         ready_servers += 1
