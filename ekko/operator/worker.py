@@ -156,10 +156,18 @@ class PoolWorker:
                 "Pool %s/%s is gone; its servers go with it (owner references).", namespace, name
             )
             return None
+        # Debounce without sleeping in the pass: until the debounce has passed since the first
+        # change, passes go on converging the current plan (and see every new change, a shorter
+        # debounce included); the re-plan waits for a wake at the due time.
+        debouncing = False
         if self._replan:
-            delay = parse_duration(pool.spec.placement.replan_debounce)
-            await asyncio.sleep(delay)  # changes arriving meanwhile join this re-plan
-        self._replan = False
+            first = self._first_change if self._first_change is not None else time.monotonic()
+            left = parse_duration(pool.spec.placement.replan_debounce) - (time.monotonic() - first)
+            if left > 0:
+                debouncing = True
+                asyncio.get_running_loop().call_later(left, self._wake.set)
+            else:
+                self._replan = False
         state = self._keep_last_good(await asyncio.to_thread(self.fleet.observe, pool))
         inputs = plan_inputs(state)
         if self.desired is None:
@@ -175,7 +183,7 @@ class PoolWorker:
                     name,
                     recorded.servers_used,
                 )
-        if self.desired is None or inputs != self.inputs:
+        if self.desired is None or (inputs != self.inputs and not debouncing):
             await self._replan_pool(pool, state, inputs)
         desired = self.desired or desired_from_state(state)
         actions = converge(state, desired)
