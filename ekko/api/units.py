@@ -18,7 +18,13 @@ from pydantic import AfterValidator, BeforeValidator
 from ekko.api.schema import FieldRule, SchemaOverride
 
 # Unsigned Kubernetes quantity: a number, then a binary suffix, a decimal suffix or an exponent.
-QUANTITY_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
+# The exponent has at most two digits: the API server's quantity parser truncates a longer one to
+# int32 and then computes 10^exponent in full, so "1e9999999999" in a CEL quantity() ties up the
+# API server until the request times out (seen with kube-apiserver 1.36). The range rules below
+# match this pattern before they parse, since CEL rules run even when the pattern has failed.
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,2}))?$"
+)
 # Hours, minutes, seconds and milliseconds, each at most once and in that order (1h30m, 90s,
 # 250ms), as Go's time.ParseDuration reads them. Each part has at most six integer digits and no
 # fraction finer than a nanosecond, so no duration this admits overflows Go's int64 nanoseconds
@@ -35,9 +41,6 @@ DURATION_PATTERN = (
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 _DURATION_RE = re.compile(DURATION_PATTERN)
 _DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-# Beyond this many powers of ten a quantity is far outside every bound Ekko sets; clamping the
-# exponent keeps "1e999999999" from costing a billion-digit integer (the API server refuses it).
-_MAX_EXPONENT = 60
 _NANO = Fraction(1, 10**9)
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -89,8 +92,7 @@ def parse_quantity(value: str | int | float) -> Fraction:
     if suffix in _BINARY:
         exact = amount * _BINARY[suffix]
     elif suffix[:1] in ("e", "E") and len(suffix) > 1:  # "E" alone is exa, "E3" an exponent
-        exponent = max(-_MAX_EXPONENT, min(_MAX_EXPONENT, int(suffix[1:])))
-        exact = amount * Fraction(10) ** exponent
+        exact = amount * Fraction(10) ** int(suffix[1:])
     else:
         exact = amount * _DECIMAL[suffix]
     return _round_up_to_nano(exact)
@@ -168,8 +170,9 @@ def _check_quantity(value: object) -> object:
 def quantity_range(minimum: str, maximum: str, example: str) -> FieldRule:
     """Bounds of a quantity field: a CEL rule for the API server and its Python twin.
 
-    The rule refuses what the API server cannot parse as a quantity, so its twin refuses the
-    same (``1e9999999999`` is out of range here); an integer is judged like a string.
+    The rule refuses what does not match the quantity pattern (a negative integer included) or
+    what the API server cannot parse, and only then parses: never a string that would make the
+    API server compute a huge power of ten. Its twin refuses the same.
     """
     low, high = parse_quantity(minimum), parse_quantity(maximum)
     accepted = f"must be a quantity from {minimum} to {maximum} (for example {example}), got "
@@ -177,7 +180,7 @@ def quantity_range(minimum: str, maximum: str, example: str) -> FieldRule:
     def check(value: object) -> str | None:
         shown = str(value)
         try:
-            amount = Fraction(value) if isinstance(value, int) else parse_quantity(shown)
+            amount = parse_quantity(value if isinstance(value, int) else shown)
         except UnitError:
             return accepted + shown
         return None if low <= amount <= high else accepted + shown
@@ -185,7 +188,8 @@ def quantity_range(minimum: str, maximum: str, example: str) -> FieldRule:
     q = "quantity(string(self))"
     return FieldRule(
         rule=(
-            f"isQuantity(string(self)) && {q}.compareTo(quantity('{minimum}')) >= 0"
+            f"string(self).matches(r'{QUANTITY_PATTERN}') && isQuantity(string(self))"
+            f" && {q}.compareTo(quantity('{minimum}')) >= 0"
             f" && {q}.compareTo(quantity('{maximum}')) <= 0"
         ),
         message_expression=f"'{accepted}' + string(self)",
