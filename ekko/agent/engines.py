@@ -6,6 +6,9 @@ The agent only sees the :class:`Engine` protocol. Two adapters live here:
   run hundreds of shards on a laptop.
 * ``reference`` really fetches ``<uri>/shard-<index>`` from ``file://`` or ``http(s)://``, checks
   its size (and sha256 when the assignment carries a digest) and keeps it in memory.
+* ``embedding`` serves a recommender from numpy embedding tables held in an
+  :class:`ekko.updates.store.Store` that the agent's update node (:mod:`ekko.updates.node`)
+  keeps fresh in place; ``/score`` answers (user, item) requests with a logistic MF scorer.
 
 docs/agent.md describes how a Triton-style model-control adapter plugs in.
 """
@@ -14,14 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import aiohttp
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter
 
 from ekko.agent.decide import ShardKey, key_of
 from ekko.api.resources import AssignedShard
+from ekko.updates.scoring import DENSE, ITEM, USER, logloss, score_rows
+from ekko.updates.store import Store
 
 CHUNK = 1 << 20
 
@@ -179,9 +188,190 @@ class ReferenceEngine:
         await asyncio.sleep(self.infer_latency_ms / 1000)
 
 
-def make_engine(kind: str, *, sim_bandwidth: float) -> Engine:
+LIVE_VIEW = "live"
+"""The view that serves today: the newest rows. Part 3 adds a baseline view (an older cut)."""
+
+
+class ScoreMetrics:
+    """Scoring series on the agent's registry, declared at zero per (model, view)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.scores = Counter(
+            "ekko_agent_scores_total",
+            "(user, item) pairs scored, by model and view.",
+            ["model", "view"],
+            registry=r,
+        )
+        self.labelled = Counter(
+            "ekko_agent_scores_labelled_total",
+            "Scored pairs that carried a label (click or not), by model and view.",
+            ["model", "view"],
+            registry=r,
+        )
+        self.logloss = Counter(
+            "ekko_agent_score_logloss_total",
+            "Sum of the logloss of labelled pairs; divided by ekko_agent_scores_labelled_total it is "
+            "the mean logloss, by model and view.",
+            ["model", "view"],
+            registry=r,
+        )
+        self.cold = Counter(
+            "ekko_agent_score_cold_keys_total",
+            "Keys scored as zero rows because this replica does not hold them yet, by model and table.",
+            ["model", "table"],
+            registry=r,
+        )
+        self._declared: set[tuple[str, str]] = set()
+
+    def declare(self, model: str, view: str = LIVE_VIEW) -> None:
+        if (model, view) in self._declared:
+            return
+        self._declared.add((model, view))
+        self.scores.labels(model, view)
+        self.labelled.labels(model, view)
+        self.logloss.labels(model, view)
+        for table in (USER, ITEM):
+            self.cold.labels(model, table)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores of a batch of pairs, and what the replica could not answer from held rows."""
+
+    model: str
+    view: str
+    scores: npt.NDArray[np.float64]
+    cold_users: int
+    cold_items: int
+    logloss: float | None = None
+    """Mean logloss of the labelled pairs, when some were labelled."""
+
+
+class ScoringError(Exception):
+    """A score request this engine cannot answer (unknown model, wrong shapes)."""
+
+
+def model_tables(store: Store, model: str) -> dict[str, str]:
+    """The model's tables by role (``user``, ``item``, ``dense``): a table belongs to a model
+    through its spec, and its role is its name or the last dot-separated part of it
+    (``ranker.user``), so several models share one store without colliding."""
+    found: dict[str, str] = {}
+    for spec in store.specs():
+        if spec.model != model:
+            continue
+        role = spec.name.rsplit(".", 1)[-1]
+        if role in (USER, ITEM, DENSE):
+            found[role] = spec.name
+    return found
+
+
+class EmbeddingEngine:
+    """Shards of recommender models whose rows live in one update store, scored with numpy.
+
+    A load registers the shard (its rows arrive through the update node, which writes into
+    :attr:`store` in place; no artifact bytes are copied); a model is servable once the agent
+    holds a shard of it and its ``user`` and ``item`` tables exist. Every replica keeps every row
+    of its models' tables (the update stream's key mapping is Replicated).
+    """
+
+    name = "embedding"
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        store: Store | None = None,
+        infer_latency_ms: float = 0.0,
+    ) -> None:
+        self.store = store or Store()
+        self.metrics = ScoreMetrics(registry or CollectorRegistry())
+        self.infer_latency_ms = infer_latency_ms
+        self._held: dict[ShardKey, int] = {}
+
+    async def inventory(self) -> dict[ShardKey, int]:
+        return {}  # the rows are re-pulled from peers after a restart
+
+    async def load(self, shard: AssignedShard) -> int:
+        self._held[key_of(shard)] = shard.bytes
+        self.metrics.declare(shard.model)
+        return shard.bytes
+
+    async def unload(self, key: ShardKey) -> None:
+        self._held.pop(key, None)
+
+    def holds(self, model: str) -> bool:
+        return any(k.model == model for k in self._held)
+
+    def score(
+        self,
+        model: str,
+        users: npt.ArrayLike,
+        items: npt.ArrayLike,
+        labels: npt.ArrayLike | None = None,
+        view: str = LIVE_VIEW,
+    ) -> Scored:
+        """Score pairs from the rows held now; count them (and the loss of labelled ones)."""
+        if view != LIVE_VIEW:
+            raise ScoringError(f"unknown view {view!r}; this agent serves {LIVE_VIEW!r}")
+        if not self.holds(model):
+            raise ScoringError(f"this server holds no shard of model {model!r}")
+        tables = model_tables(self.store, model)
+        if USER not in tables or ITEM not in tables:
+            raise ScoringError(f"model {model!r} has no user and item tables here yet")
+        us = np.asarray(users, dtype=np.int64).reshape(-1)
+        its = np.asarray(items, dtype=np.int64).reshape(-1)
+        if us.shape != its.shape:
+            raise ScoringError(f"{us.size} users but {its.size} items")
+        u, u_found = self.store.get(tables[USER], us)
+        v, v_found = self.store.get(tables[ITEM], its)
+        if u.shape[1] != v.shape[1]:
+            raise ScoringError(f"user rows have {u.shape[1]} floats, item rows {v.shape[1]}")
+        dense = None
+        if DENSE in tables:
+            dense = self._dense(tables[DENSE])
+        scores = score_rows(u, v, dense)
+        m = self.metrics
+        m.declare(model, view)
+        m.scores.labels(model, view).inc(us.size)
+        cold_u, cold_i = int((~u_found).sum()), int((~v_found).sum())
+        m.cold.labels(model, USER).inc(cold_u)
+        m.cold.labels(model, ITEM).inc(cold_i)
+        loss = None
+        if labels is not None:
+            ys = np.asarray(labels, dtype=np.float64).reshape(-1)
+            if ys.shape != us.shape:
+                raise ScoringError(f"{ys.size} labels for {us.size} pairs")
+            labelled = ~np.isnan(ys)
+            if labelled.any():
+                loss = logloss(ys[labelled], scores[labelled])
+                m.labelled.labels(model, view).inc(int(labelled.sum()))
+                m.logloss.labels(model, view).inc(loss * int(labelled.sum()))
+        return Scored(model, view, scores, cold_u, cold_i, loss)
+
+    def _dense(self, table: str) -> npt.NDArray[np.float32]:
+        spec = self.store.spec(table)
+        if spec.kind == "dense":
+            out: npt.NDArray[np.float32] = np.atleast_2d(self.store.dense(table))
+            return out
+        rows, found = self.store.get(table, np.arange(2))
+        return rows[: 2 if found[1] else 1]
+
+    async def infer(self, model: str, version: str) -> None:
+        # Read a row, so /infer also depends on the held tables (/score is the real path).
+        tables = model_tables(self.store, model)
+        if USER in tables:
+            self.store.get(tables[USER], [0])
+        if self.infer_latency_ms:
+            await asyncio.sleep(self.infer_latency_ms / 1000)
+
+
+def make_engine(
+    kind: str, *, sim_bandwidth: float, registry: CollectorRegistry | None = None
+) -> Engine:
     if kind == "sim":
         return SimEngine(bandwidth=sim_bandwidth)
     if kind == "reference":
         return ReferenceEngine()
-    raise ValueError(f"unknown engine {kind!r}; expected sim or reference")
+    if kind == "embedding":
+        return EmbeddingEngine(registry)
+    raise ValueError(f"unknown engine {kind!r}; expected sim, reference or embedding")

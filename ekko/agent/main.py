@@ -77,7 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, help=f"HTTP address (default {DEFAULT_LISTEN})"
     )
-    parser.add_argument("--engine", choices=("sim", "reference"), default="reference")
+    parser.add_argument("--engine", choices=("sim", "reference", "embedding"), default="reference")
     parser.add_argument(
         "--sim-bandwidth",
         default=DEFAULT_SIM_BANDWIDTH,
@@ -200,7 +200,7 @@ async def run(config: Config) -> int:
 
     writer = StatusWriter(patch, metrics)
     agent = Agent(
-        make_engine(config.engine, sim_bandwidth=config.sim_bandwidth),
+        make_engine(config.engine, sim_bandwidth=config.sim_bandwidth, registry=metrics.registry),
         writer,
         metrics,
         max_concurrent_loads=config.max_concurrent_loads,

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from ekko.agent import decide
 from ekko.agent.decide import Fault, FaultKey, ShardKey
-from ekko.agent.engines import Engine, LoadError
+from ekko.agent.engines import EmbeddingEngine, Engine, LoadError, ScoringError
 from ekko.agent.metrics import AgentMetrics
 from ekko.api.meta import Condition
 from ekko.api.resources import (
@@ -454,4 +454,33 @@ class Agent:
             self.metrics.request_errors.labels(model, version).inc()
             body["error"] = "injected fault"
             return 500, body
+        return 200, body
+
+    def score(
+        self,
+        model: str,
+        users: list[int],
+        items: list[int],
+        labels: list[float] | None = None,
+        view: str = "live",
+    ) -> tuple[int, dict[str, Any]]:
+        """Score (user, item) pairs on the embedding engine: (HTTP status, JSON body). Labelled
+        pairs (label 0 or 1; NaN for none) add their loss to the per-view metrics."""
+        if not isinstance(self.engine, EmbeddingEngine):
+            return 501, {
+                "error": f"the {self.engine.name} engine does not score; run --engine embedding"
+            }
+        try:
+            scored = self.engine.score(model, users, items, labels, view)
+        except ScoringError as err:
+            return 503, {"model": model, "error": str(err)}
+        body: dict[str, Any] = {
+            "model": model,
+            "view": scored.view,
+            "scores": [round(float(x), 6) for x in scored.scores],
+            "coldUsers": scored.cold_users,
+            "coldItems": scored.cold_items,
+        }
+        if scored.logloss is not None:
+            body["logloss"] = round(scored.logloss, 6)
         return 200, body

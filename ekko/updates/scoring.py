@@ -283,3 +283,43 @@ class LogisticMF:
         dense_keys = np.arange(dense.shape[0], dtype=np.int64)
         updates.append(RowUpdate(DENSE, dense_keys, dense.copy()))
         return preds, updates
+
+
+def head_width(dim: int, hidden: int) -> int:
+    """Floats of a flattened MLP head (``W1`` is ``hidden × dim``, then ``b1`` and ``w2``)."""
+    return hidden * dim + 2 * hidden
+
+
+def score_rows(
+    user_rows: NDArray[np.floating],
+    item_rows: NDArray[np.floating],
+    dense_rows: NDArray[np.floating] | None = None,
+) -> F64:
+    """Click probabilities from the rows a replica holds, the same maths as :class:`LogisticMF`.
+
+    ``user_rows`` and ``item_rows`` are ``[n, dim + 1]`` (embedding, bias); ``dense_rows`` is the
+    ``dense`` table (row 0: global bias in column 0; row 1, when present: the flattened MLP head,
+    its hidden width inferred from its length). Missing rows are zeros, as a cold key scores.
+    """
+    u = np.asarray(user_rows, dtype=np.float64)
+    v = np.asarray(item_rows, dtype=np.float64)
+    if u.shape != v.shape or u.ndim != 2 or u.shape[1] < 2:
+        raise ValueError(f"user rows {u.shape} and item rows {v.shape} must be [n, dim + 1] alike")
+    dim = u.shape[1] - 1
+    bias = 0.0
+    z: F64
+    if dense_rows is not None and np.size(dense_rows):
+        d = np.atleast_2d(np.asarray(dense_rows, dtype=np.float64))
+        bias = float(d[0, 0])
+        z = row_logits(u, v, bias)
+        if d.shape[0] > 1 and d.shape[1] % (dim + 2) == 0 and np.any(d[1]):
+            hidden = d.shape[1] // (dim + 2)
+            w = d[1]
+            w1 = w[: hidden * dim].reshape(hidden, dim)
+            b1 = w[hidden * dim : hidden * dim + hidden]
+            w2 = w[hidden * dim + hidden : head_width(dim, hidden)]
+            x = u[:, :-1] * v[:, :-1]
+            z = z + np.maximum(x @ w1.T + b1, 0.0) @ w2
+    else:
+        z = row_logits(u, v, bias)
+    return sigmoid(z)
