@@ -43,6 +43,8 @@ class Request:
     at: str
     at_time: datetime | None = None
     to: str | None = None
+    problem: str | None = None
+    """Why the request cannot be acted on (an unknown verb, no stamp); answered with an event."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,9 @@ def _decide(inp: Inputs) -> Decision:
     request = inp.request if inp.request and inp.request.at != status.handled_request else None
     if request is not None:
         status = status.evolve(**{"handled_request": request.at})
+        if request.problem is not None:
+            event = Event("RequestRefused", f"Ignored a request: {request.problem}.", True)
+            return Decision(status, events=(event,), requeue_after=0.0)
         handled = _on_request(inp, status, request)
         if handled is not None:
             return handled
@@ -490,6 +495,24 @@ def _terminal(inp: Inputs, status: ModelVersionStatus) -> Decision:
     return Decision(status)
 
 
+REQUEST_CLOCK_SKEW = 5.0
+"""Seconds a request's stamp may lie in the operator's future (clocks of two machines)."""
+REQUEST_MAX_AGE = 3600.0
+"""Seconds a request's stamp may lie in the past and still be where a rollback is timed from."""
+
+
+def plausible_request_time(at: datetime | None, now: datetime) -> datetime:
+    """When a request was made, for measuring a rollback: the user's stamp when plausible, else
+    the operator's own clock (a stamp in the future or at the epoch once gave "rolled back in
+    0.00 s" or "in 1795962338 s")."""
+    if at is None or at.tzinfo is None:
+        return now
+    ahead = (at - now).total_seconds()
+    if ahead > REQUEST_CLOCK_SKEW or -ahead > REQUEST_MAX_AGE:
+        return now
+    return min(at, now)
+
+
 def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision | None:
     """Act on a user request; None when the request leaves the normal flow to go on."""
     spec, phase = inp.spec, status.phase
@@ -518,7 +541,7 @@ def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> De
             inp,
             status,
             "requested",
-            requested_at=request.at_time or inp.now,
+            requested_at=plausible_request_time(request.at_time, inp.now),
             automatic=False,
             to=request.to,
         )

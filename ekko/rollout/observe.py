@@ -114,15 +114,43 @@ def observe(
     )
 
 
+REQUEST_KEY_LENGTH = 100
+"""Longest request stamp kept as the handled-request key (status.handledRequest holds 128)."""
+
+
 def request_of(version: ModelVersion) -> Request | None:
-    """The user's request in the annotations, if well-formed."""
+    """The user's request in the annotations. A malformed one is returned with its ``problem``
+    (so it is answered with an event once), never silently ignored; None when there is none."""
     notes = version.metadata.annotations
     verb = notes.get(REQUEST_ANNOTATION, "")
     at = notes.get(REQUEST_AT_ANNOTATION, "")
-    if verb not in REQUEST_VERBS or not at:
+    if not verb and not at:
         return None
+    key = at[:REQUEST_KEY_LENGTH] or f"no-stamp:{verb[:40]}"
+    if verb not in REQUEST_VERBS:
+        return Request(
+            verb="pause",  # never acted on: the problem is answered instead
+            at=key,
+            problem=f"unknown request {verb[:40]!r} in {REQUEST_ANNOTATION}; "
+            f"use one of {', '.join(REQUEST_VERBS)} (kubectl ekko writes them)",
+        )
+    if not at:
+        return Request(
+            verb=verb,  # type: ignore[arg-type]
+            at=key,
+            problem=f"{verb} has no {REQUEST_AT_ANNOTATION} stamp (RFC 3339, unique per request; "
+            "kubectl ekko writes it)",
+        )
+    if len(at) > REQUEST_KEY_LENGTH:
+        return Request(
+            verb=verb,  # type: ignore[arg-type]
+            at=key,
+            problem=f"{REQUEST_AT_ANNOTATION} is {len(at)} characters long; give an RFC 3339 time",
+        )
     try:
         when: datetime | None = datetime.fromisoformat(at.replace("Z", "+00:00"))
     except ValueError:
         when = None
+    if when is not None and when.tzinfo is None:
+        when = None  # a naive time is no instant: the operator's clock times the request
     return Request(verb=verb, at=at, at_time=when, to=notes.get(ROLLBACK_TO_ANNOTATION) or None)  # type: ignore[arg-type]

@@ -365,3 +365,40 @@ def test_inconclusive_analysis_pauses_with_its_reason() -> None:
         sim.step()
     sim.step(5, None)
     assert _conditions(sim.status)["Paused"] == ("True", "AnalysisInconclusive")
+
+
+def test_a_malformed_request_is_answered_once_with_an_event() -> None:
+    sim = Sim(spec([{"setWeight": 5}, {"pause": {}}]))
+    for _ in range(4):
+        sim.step()
+    phase = sim.status.phase
+    bad = Request("pause", "k1", problem="unknown request 'rollbak'")
+    d = sim.step(0, request=bad)
+    assert [e.reason for e in d.events] == ["RequestRefused"]
+    assert sim.status.handled_request == "k1" and sim.status.phase == phase
+    d = sim.step(1, request=bad)
+    assert "RequestRefused" not in [e.reason for e in d.events]  # answered once
+
+
+@pytest.mark.parametrize(
+    ("stamp", "measured_from"),
+    [
+        (T0 + timedelta(days=3650), "now"),  # in the future: "rolled back in 0.00 s"
+        (datetime(1970, 1, 1, tzinfo=UTC), "now"),  # the epoch: "in 1795962338 s"
+        (None, "now"),  # unparseable or naive
+        ("plausible", "stamp"),
+    ],
+)
+def test_a_rollback_is_timed_from_a_plausible_request_time(
+    stamp: datetime | str | None, measured_from: str
+) -> None:
+    sim = Sim(spec([{"setWeight": 20}, {"pause": {}}]))
+    for _ in range(5):
+        sim.step()
+    now = sim.now + timedelta(seconds=10)
+    at = now - timedelta(seconds=2) if stamp == "plausible" else stamp
+    assert not isinstance(at, str)
+    sim.step(10, request=Request("rollback", "r1", at_time=at))
+    assert sim.status.phase == "RolledBack"
+    expected = now if measured_from == "now" else now - timedelta(seconds=2)
+    assert sim.status.rollback_requested_at == expected

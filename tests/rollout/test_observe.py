@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ekko.api.resources import Model, ModelVersion, ServerAssignment
-from ekko.rollout.observe import observe
+from ekko.rollout.observe import observe, request_of
 
 
 def _model(name: str = "rank") -> Model:
@@ -83,3 +83,36 @@ def test_load_failures_are_matched_by_model_and_version_fields(
     message = "failed to load rank/0@v10: disk full; ranking/0@v1: disk full"
     seen = observe(_version(), _model(), [], [_server(failed, message)])
     assert seen.load_error == expected
+
+
+def _annotated(**notes: str) -> ModelVersion:
+    body = _version("v2").model_dump(by_alias=True, exclude_none=True)
+    body["metadata"]["annotations"] = notes
+    return ModelVersion.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("notes", "problem"),
+    [
+        ({"ekko.dev/request": "rollbak", "ekko.dev/request-at": "2026-11-29T12:00:00Z"}, "unknown request 'rollbak'"),
+        ({"ekko.dev/request": "rollback"}, "has no ekko.dev/request-at stamp"),
+        ({"ekko.dev/request": "abort", "ekko.dev/request-at": "2026-11-29T12:00:00Z" + "9" * 200}, "characters long"),
+        ({"ekko.dev/request-at": "2026-11-29T12:00:00Z"}, "unknown request ''"),
+    ],
+)  # fmt: skip
+def test_malformed_requests_are_answered_not_ignored(notes: dict[str, str], problem: str) -> None:
+    request = request_of(_annotated(**notes))
+    assert request is not None and request.problem is not None
+    assert problem in request.problem
+    assert len(request.at) <= 128  # fits status.handledRequest: the status patch cannot fail
+
+
+def test_a_naive_stamp_is_no_instant() -> None:
+    request = request_of(
+        _annotated(**{"ekko.dev/request": "rollback", "ekko.dev/request-at": "2026-11-29T12:00:00"})
+    )
+    assert request is not None and request.problem is None and request.at_time is None
+
+
+def test_no_request() -> None:
+    assert request_of(_version()) is None
