@@ -240,9 +240,17 @@ def test_scheduler_respects_memory(cluster: Cluster, namespace: str) -> None:
     events = wait_for(
         lambda: _failed_scheduling(core, namespace, "too-big"), "FailedScheduling event", timeout=60
     )
+    # The FailedScheduling event can be seen before the pod's PodScheduled condition is written.
+    scheduled = wait_for(
+        lambda: {
+            c.type: c
+            for c in core.read_namespaced_pod("too-big", namespace).status.conditions or []
+        }.get("PodScheduled"),
+        "PodScheduled condition on too-big",
+        timeout=30,
+    )
     pod = core.read_namespaced_pod("too-big", namespace)
     assert pod.status.phase == "Pending" and not pod.spec.node_name
-    scheduled = {c.type: c for c in pod.status.conditions or []}["PodScheduled"]
     assert (scheduled.status, scheduled.reason) == ("False", "Unschedulable")
     assert "Insufficient memory" in events[0].message, events[0].message
 
