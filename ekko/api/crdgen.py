@@ -29,6 +29,7 @@ from ekko.api.resources import (
     ModelVersion,
     ServerAssignment,
     ServerPool,
+    UpdateStream,
 )
 from ekko.api.schema import FieldRule, ListSchema, PreserveUnknown, SchemaOverride
 
@@ -110,6 +111,19 @@ CRDS: tuple[CrdInfo, ...] = (
             _col("Zone", ".spec.zone"),
             _col("Loaded", ".status.shardsLoaded", "integer", desc="Shard replicas loaded"),
             _col("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+            _AGE,
+        ),
+    ),
+    CrdInfo(
+        UpdateStream,
+        "updatestreams",
+        ("eus",),
+        (
+            _col("Model", ".spec.model"),
+            _col("State", ".status.state"),
+            _col("Lag-P99", ".status.freshness.p99Seconds", "number", desc="Seconds, all servers"),
+            _col("WAN/s", ".status.traffic.wanBytesPerSecond", "integer", desc="WAN bytes/s"),
+            _col("Epoch", ".status.epoch", "integer"),
             _AGE,
         ),
     ),

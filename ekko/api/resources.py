@@ -664,6 +664,64 @@ class AssignedShard(ApiModel):
     )
 
 
+UPDATE_URL_PATTERN = r"^https?://[^\s/]+(/.*)?$"
+UpdateUrl = Annotated[str, Field(min_length=8, max_length=2048, pattern=UPDATE_URL_PATTERN)]
+Region = Annotated[str, Field(max_length=63)]
+
+
+class UpdateUpstream(ApiModel):
+    """A peer one server pulls parameter updates from."""
+
+    url: UpdateUrl = Field(description="Data-plane URL of the peer (http://host:port).")
+    server: str = Field(
+        default="",
+        max_length=253,
+        description="Server pod of the peer; empty when the peer is the stream's source (the trainer).",
+    )
+    region: Region = Field(default="", description="Region of the peer (labels its bytes).")
+    bandwidth: int = Field(
+        default=0,
+        ge=0,
+        le=10**12,
+        description="Bytes per second this link may carry; 0 means uncapped.",
+    )
+
+
+class UpdateDuty(ApiModel):
+    """What one server does for one model's update stream; written by the operator."""
+
+    model: Name = Field(description="Model whose parameter rows the server keeps fresh.")
+    stream: Name = Field(description="UpdateStream (same namespace) this duty comes from.")
+    region: Region = Field(default="", description="Region the server is in.")
+    group: int = Field(
+        default=0, ge=0, le=100000, description="Shard group the duty is for (0 when Replicated)."
+    )
+    role: Literal["Leader", "Follower"] = Field(
+        description="Leader pulls from the source and other regions' leaders; Follower from its leader."
+    )
+    upstreams: Annotated[list[UpdateUpstream], ListSchema("atomic")] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Peers to pull from, preferred first; the next is used only while earlier ones fail.",
+    )
+    values: Literal["Float32", "Float16", "Int8"] = Field(
+        default="Float32", description="Value encoding to ask upstreams for."
+    )
+    codec: Literal["None", "Zstd"] = Field(
+        default="None", description="Frame compression to ask upstreams for."
+    )
+    policy: Literal["Ekko", "Fifo"] = Field(
+        default="Ekko", description="How this server orders rows for its own downstreams."
+    )
+    high_percentile: int = Field(
+        default=90, ge=50, le=99, description="Percentile of priority above which a row is high."
+    )
+    idle_pull_seconds: int = Field(
+        default=10, ge=1, le=300, description="Long-poll timeout of a pull with nothing new."
+    )
+    paused: bool = Field(default=False, description="Stop pulling; keep serving what is held.")
+
+
 class ServerAssignmentSpec(ApiModel):
     """What one server must hold; written by the operator, read by the server's agent."""
 
@@ -672,6 +730,11 @@ class ServerAssignmentSpec(ApiModel):
     zone: str = Field(default="", max_length=63, description="Zone the server was placed in.")
     shards: Annotated[list[AssignedShard], ListSchema("atomic")] = Field(
         default_factory=list, max_length=20000, description="Shard replicas to hold."
+    )
+    updates: Annotated[list[UpdateDuty], ListSchema("atomic")] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Update streams this server takes part in: per model, its region, role and upstreams.",
     )
 
 
@@ -724,6 +787,11 @@ class ServerAssignmentStatus(ApiModel):
         max_length=20000,
         description="Every shard replica whose load failed (what the operator acts on; message is for people).",
     )
+    update_address: str = Field(
+        default="",
+        max_length=2048,
+        description="Data-plane URL of the agent's update node (http://pod-ip:9500), empty when it runs none.",
+    )
     conditions: Conditions = Field(default_factory=list)
 
 
@@ -733,6 +801,268 @@ class ServerAssignment(Resource):
     kind: Literal["ServerAssignment"] = "ServerAssignment"
     spec: ServerAssignmentSpec = Field(description="What the server must hold.")
     status: ServerAssignmentStatus | None = Field(default=None, description="What it holds.")
+
+
+# ---------------------------------------------------------------------------------------------
+# UpdateStream
+
+UpdateState = Literal["Pending", "Streaming", "Degraded", "Paused"]
+LinkRate = Annotated[Quantity, quantity_range("1", "1T", "10Mi")]
+LinkBurst = Annotated[Quantity, quantity_range("1Ki", "1Gi", "1Mi")]
+
+
+class UpdateSource(ApiModel):
+    """Where the rows come from: the trainer-side publishers (``ekko.updates.publisher``)."""
+
+    endpoints: Annotated[list[UpdateUrl], ListSchema("atomic")] = Field(
+        min_length=1,
+        max_length=8,
+        description="Data-plane URLs of the publishers (http://host:9500), preferred first.",
+    )
+    region: Region = Field(
+        default="",
+        description="Region the publishers run in; pulls from other regions cross the WAN.",
+    )
+
+
+class UpdateTable(ApiModel):
+    """One parameter table the stream carries."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.kind == 'Dense' || !has(self.chunkSize)",
+            message="chunkSize applies only to Dense tables",
+            check=lambda t: t.kind == "Dense" or t.chunk_size is None,
+        ),
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="Table name as the trainer publishes it (for example ranker.user).",
+    )
+    kind: Literal["Embedding", "Dense"] = Field(
+        default="Embedding",
+        description="Embedding: rows keyed by id; Dense: a tensor cut into keyed chunks.",
+    )
+    dim: int = Field(ge=1, le=65536, description="Floats per row (per chunk for Dense tables).")
+    chunk_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1048576,
+        description="Dense tables: elements per chunk on the wire; defaults to dim.",
+    )
+
+
+class UpdateTopology(ApiModel):
+    """How servers are wired into a pull tree."""
+
+    region_label: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Node label whose values are regions; defaults to the pool's topologyKey.",
+    )
+    leader_per_region: bool = Field(
+        default=True,
+        description="One leader per region pulls across the WAN and the others pull from it; off: every server pulls from the source.",
+    )
+    idle_pull_interval: Annotated[Duration, duration_range("1s", "5m")] = Field(
+        default="10s",
+        description="How long a pull waits for news before returning empty (long poll); from 1s to 5m.",
+    )
+
+
+class LinkBudget(ApiModel):
+    """A bandwidth budget for the links from one region to another."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.fromRegion != self.toRegion",
+            message="an override is for links between two different regions",
+            check=lambda b: b.from_region != b.to_region,
+        ),
+    )
+
+    from_region: Region = Field(
+        description="Region of the upstream (the source's region for the source)."
+    )
+    to_region: Region = Field(description="Region of the pulling server.")
+    rate: LinkRate = Field(description="Bytes per second per link, from 1 to 1T.")
+
+
+class UpdateBandwidth(ApiModel):
+    """Per-link byte budgets: a link never carries more; the scheduler fills it by priority."""
+
+    wan: LinkRate | None = Field(
+        default=None, description="Bytes per second of each cross-region link; absent: uncapped."
+    )
+    lan: LinkRate | None = Field(
+        default=None, description="Bytes per second of each in-region link; absent: uncapped."
+    )
+    overrides: Annotated[list[LinkBudget], ListSchema("atomic")] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Budgets for particular region pairs, over wan.",
+    )
+
+
+class UpdatePriority(ApiModel):
+    """What goes first when a link is short: Ekko's p = (significance + freshness) × model weight."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.modelWeight == 'Fixed' || !has(self.weight)",
+            message="weight applies only when modelWeight is Fixed",
+            check=lambda p: p.model_weight == "Fixed" or p.weight is None,
+        ),
+    )
+
+    policy: Literal["Ekko", "Fifo"] = Field(
+        default="Ekko", description="Ekko: by priority; Fifo: oldest write first (the baseline)."
+    )
+    high_percentile: int = Field(
+        default=90, ge=50, le=99, description="Rows above this percentile of priority are high."
+    )
+    new_rows_high: bool = Field(
+        default=True, description="Rows a peer never received (new users and items) go first."
+    )
+    model_weight: Literal["Fixed", "TrafficShare"] = Field(
+        default="Fixed",
+        description="The model's weight p_m: Fixed (weight) or its share of traffic (reserved).",
+    )
+    weight: int | None = Field(
+        default=None, ge=1, le=100, description="Fixed model weight in percent; defaults to 100."
+    )
+
+
+class UpdateCompression(ApiModel):
+    """How rows are encoded on the wire."""
+
+    values: Literal["Float32", "Float16", "Int8"] = Field(
+        default="Float16",
+        description="Float32, Float16 (clipped to ±65504) or Int8 with a per-row scale.",
+    )
+    codec: Literal["None", "Zstd"] = Field(default="Zstd", description="Frame compression.")
+
+
+class UpdateStreamSpec(ApiModel):
+    """Streaming parameter updates for one Model, from its trainer to every server holding it."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.tables.all(t, self.tables.exists_one(u, u.name == t.name))",
+            message="table names must be unique",
+            check=lambda s: len({t.name for t in s.tables}) == len(s.tables),
+        ),
+    )
+
+    model: Name = Field(description="Model (same namespace) whose servers receive the updates.")
+    source: UpdateSource = Field(description="The publishers the rows come from.")
+    tables: Annotated[list[UpdateTable], ListSchema("atomic")] = Field(
+        min_length=1, max_length=64, description="Tables the stream carries."
+    )
+    key_mapping: Literal["Replicated", "Modulo"] = Field(
+        default="Replicated",
+        description="Replicated: every server of the model keeps every row (one pull tree per region); Modulo: key k belongs to model shard k mod shards (one pull tree per shard and region).",
+    )
+    topology: UpdateTopology = Field(
+        default_factory=UpdateTopology, description="How servers are wired."
+    )
+    bandwidth: UpdateBandwidth = Field(
+        default_factory=UpdateBandwidth, description="Per-link byte budgets."
+    )
+    priority: UpdatePriority = Field(
+        default_factory=UpdatePriority, description="What goes first on a short link."
+    )
+    compression: UpdateCompression = Field(
+        default_factory=UpdateCompression, description="Wire encoding."
+    )
+    paused: bool = Field(
+        default=False, description="Stop pulling everywhere; servers keep serving what they hold."
+    )
+
+
+class RegionFreshness(ApiModel):
+    """Freshness of one region."""
+
+    region: str = Field(max_length=63, description="Region.")
+    leader: str = Field(default="", max_length=253, description="Server leading the region.")
+    servers: int = Field(default=0, ge=0, description="Servers of the model in the region.")
+    lag_p50_seconds: float | None = Field(
+        default=None, ge=0, description="Median publish-to-apply lag in the region."
+    )
+    lag_p99_seconds: float | None = Field(
+        default=None, ge=0, description="99th percentile publish-to-apply lag in the region."
+    )
+
+
+class UpdateFreshness(ApiModel):
+    """How old the rows servers apply are when they arrive (publish at the source to apply)."""
+
+    p50_seconds: float | None = Field(default=None, ge=0, description="Median lag, all classes.")
+    p99_seconds: float | None = Field(
+        default=None, ge=0, description="99th percentile lag, all classes."
+    )
+    high_p99_seconds: float | None = Field(
+        default=None, ge=0, description="99th percentile lag of new and high-priority rows."
+    )
+    regions: Annotated[list[RegionFreshness], ListSchema("atomic")] = Field(
+        default_factory=list, max_length=64, description="Per region, with its leader."
+    )
+
+
+class UpdateTraffic(ApiModel):
+    """Bytes and rows the stream moves, over the last minutes."""
+
+    wan_bytes_per_second: int = Field(
+        default=0, ge=0, description="Frame bytes per second pulled across regions."
+    )
+    raw_bytes_per_second: int = Field(
+        default=0, ge=0, description="The same rows as uncompressed float32, per second."
+    )
+    compression_ratio: float | None = Field(
+        default=None, ge=0, description="Raw over wire bytes (all links)."
+    )
+    rows_per_second: float = Field(
+        default=0, ge=0, description="Rows applied per second, all servers."
+    )
+
+
+class UpdateStreamStatus(ApiModel):
+    """Observed state of an UpdateStream; written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status describes."
+    )
+    state: UpdateState = Field(
+        default="Pending",
+        description="Pending (no server wired yet), Streaming, Degraded (servers lagging or disconnected) or Paused.",
+    )
+    epoch: int = Field(default=0, ge=0, description="Epoch of the rows being streamed.")
+    freshness: UpdateFreshness = Field(
+        default_factory=UpdateFreshness, description="Publish-to-apply lag."
+    )
+    traffic: UpdateTraffic = Field(default_factory=UpdateTraffic, description="Bytes and rows.")
+    backlog_rows: int = Field(
+        default=0, ge=0, description="Rows downstreams lack that their last pull could not carry."
+    )
+    servers_wanted: int = Field(default=0, ge=0, description="Servers holding the model.")
+    servers_connected: int = Field(
+        default=0, ge=0, description="Servers whose agent reports an update address."
+    )
+    servers_lagging: int = Field(
+        default=0, ge=0, description="Servers whose lag p99 is over the Fresh threshold."
+    )
+    conditions: Conditions = Field(default_factory=list)
+
+
+class UpdateStream(Resource):
+    """Streaming parameter updates for a Model: policy in spec, freshness and traffic in status."""
+
+    kind: Literal["UpdateStream"] = "UpdateStream"
+    spec: UpdateStreamSpec = Field(description="Where updates come from and how they travel.")
+    status: UpdateStreamStatus | None = Field(default=None, description="Freshness and traffic.")
 
 
 def _non_decreasing(values: list[int]) -> bool:
@@ -747,7 +1077,13 @@ ROLLBACK_TO_ANNOTATION = "ekko.dev/rollback-to"
 """Optional version a rollback returns to (must still be resident)."""
 REQUEST_VERBS = ("promote", "promote-full", "pause", "resume", "abort", "rollback", "retry")
 
-RESOURCE_TYPES: tuple[type[Resource], ...] = (ServerPool, Model, ModelVersion, ServerAssignment)
+RESOURCE_TYPES: tuple[type[Resource], ...] = (
+    ServerPool,
+    Model,
+    ModelVersion,
+    ServerAssignment,
+    UpdateStream,
+)
 
 for _model in (ModelSpec, ServerAssignmentSpec):
     _model.model_rebuild()
