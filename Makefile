@@ -67,3 +67,14 @@ clean: ## Remove the venv and caches kept in the repository (not ~/.cache/ekko)
 
 bench-updates: install ## Update data-plane benchmark, quick sim (CI runs it)
 	$(BIN)/python -m bench.updates --mode sim --quick --json $(or $(JSON),/tmp/ekko-bench-updates.json)
+
+.PHONY: cluster-up-real image e2e-real
+cluster-up-real: tools ## The local control plane plus a real node (containerd, kubelet; root)
+	$(BIN)/python -m e2e.cluster up --real-node
+
+image: install ## The Ekko image without Docker (mmdebstrap + umoci; cached in ~/.cache/ekko/images)
+	$(BIN)/python -m e2e.image build
+
+e2e-real: tools image ## E2E tests on the real node (brings it up; leaves the cluster running)
+	$(BIN)/python -m e2e.cluster up --real-node
+	$(BIN)/python -m pytest e2e -m e2e --real-node $(PYTEST_ARGS) e2e/test_realnode.py

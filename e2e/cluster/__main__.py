@@ -1,4 +1,4 @@
-"""python -m e2e.cluster build|prune|up|down|status|env|demo — see docs/control-plane.md."""
+"""python -m e2e.cluster build|prune|up|down|node-down|status|env|demo — see docs/control-plane.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from e2e.cluster import build, control
+from e2e.cluster import build, control, hostpkgs, realnode
+from e2e.image import build as image
 
 
 def _env_lines() -> list[str]:
@@ -72,8 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("prune", help="delete the Go module/build caches of built components (~7 GB)")
     u = sub.add_parser("up", help="start a fresh cluster with the fleet's nodes")
     u.add_argument("--fleet", type=Path, default=control.FLEET_FILE)
+    u.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start a real node (containerd, kubelet, kube-proxy; needs root); a healthy"
+        " cluster is kept and only the node is added",
+    )
     d = sub.add_parser("down", help="stop the cluster (keeps logs and certs)")
     d.add_argument("--purge", action="store_true", help="also delete the state dir")
+    sub.add_parser(
+        "node-down", help="stop the real node only and restore the host (the cluster stays up)"
+    )
     sub.add_parser("status", help="print what runs, as JSON; exit 1 unless healthy")
     sub.add_parser("env", help='print shell exports: eval "$(python -m e2e.cluster env)"')
     m = sub.add_parser("demo", help="up (if needed) + install crds/ + apply examples/ + list")
@@ -91,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             if not build.is_built(build.component("kubernetes")):
                 build.build_all()
-            control.up(args.fleet)
+            if args.real_node:  # outside up's lock: others may start tests meanwhile
+                hostpkgs.ensure({**hostpkgs.NODE_PACKAGES, **hostpkgs.IMAGE_PACKAGES})
+                build.build_component(build.component("kubernetes"), node=True)
+                image.build_pause()
+            control.up(args.fleet, real_node=args.real_node)
             print(f"cluster ready in {time.monotonic() - started:.1f}s; to use it:")
             print("\n".join(_env_lines()))
         elif args.command == "down":
@@ -104,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
                     else f"; logs in {control.state_dir() / 'logs'}"
                 )
             )
+        elif args.command == "node-down":
+            with control.lock():
+                problems = realnode.down()
+            if problems:
+                return 1
         elif args.command == "status":
             st = control.status()
             print(json.dumps(st, indent=2))
@@ -114,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             if not build.is_built(build.component("kubernetes")):
                 build.build_all()
             demo(args.fleet, args.crds, args.examples)
-    except (build.BuildError, control.ClusterError) as err:
+    except (
+        build.BuildError,
+        control.ClusterError,
+        hostpkgs.PackageError,
+        image.ImageError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -62,6 +62,11 @@ class Component:
     # Files copied out of the module after download: path in module -> path under the tool dir.
     extra_files: dict[str, str] = field(default_factory=dict)
     replace_staging: bool = False
+    # Binaries only the real node needs (kubelet, kube-proxy): built on demand into the same bin/,
+    # so the control plane alone never waits for them.
+    node_binaries: dict[str, str] = field(default_factory=dict)
+    # Like extra_files, for the real node (the pause image's source).
+    node_files: dict[str, str] = field(default_factory=dict)
 
 
 def cache_root() -> Path:
@@ -130,6 +135,11 @@ def components() -> list[Component]:
             },
             ldflags=(),  # filled in at build time: buildDate comes from the proxy's .info
             replace_staging=True,
+            node_binaries={
+                "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+                "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+            },
+            node_files={"build/pause/linux/pause.c": "src/pause.c"},
         ),
         Component(
             name="helm",
@@ -160,6 +170,14 @@ def is_built(c: Component) -> bool:
     )
 
 
+def node_built(c: Component) -> bool:
+    return (
+        is_built(c)
+        and all((bin_dir(c) / b).exists() for b in c.node_binaries)
+        and all((tool_dir(c) / dest).exists() for dest in c.node_files.values())
+    )
+
+
 def tool_path() -> str:
     """The bin directories of all components, for PATH."""
     return os.pathsep.join(str(bin_dir(c)) for c in components())
@@ -167,7 +185,7 @@ def tool_path() -> str:
 
 def find_binary(name: str) -> Path:
     for c in components():
-        if name in c.binaries or name == c.name:
+        if name in c.binaries or name in c.node_binaries or name == c.name:
             path = bin_dir(c) / name
             if path.exists():
                 return path
@@ -288,7 +306,9 @@ def _write_wrapper(c: Component, upstream_gomod: str) -> Path:
         lines += ["replace (", *[f"\t{m} => {m} {published}" for m in staging], ")", ""]
         _log(c, f"replacing {len(staging)} staging modules with {published}")
     (wrapper / "go.mod").write_text("\n".join(lines))
-    imports = "\n".join(f'\t_ "{pkg}"' for pkg in sorted(set(c.binaries.values())))
+    # The node binaries too: their extra modules (kube-proxy needs a few) stay in go.mod.
+    packages = {*c.binaries.values(), *c.node_binaries.values()}
+    imports = "\n".join(f'\t_ "{pkg}"' for pkg in sorted(packages))
     (wrapper / "tools.go").write_text(
         "//go:build tools\n\n"
         "// Package tools keeps the upstream main packages in go.mod; it is never compiled.\n"
@@ -331,10 +351,17 @@ def _fmt(seconds: float) -> str:
     return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
 
-def build_component(c: Component, force: bool = False) -> None:
-    if is_built(c) and not force:
+def build_component(c: Component, force: bool = False, node: bool = False) -> None:
+    """Build the component's binaries (with ``node``, its node binaries too); a built component
+    gets only what is missing compiled into its bin/."""
+    done = node_built(c) if node else is_built(c)
+    if done and not force:
         _log(c, f"already built in {bin_dir(c)}")
         return
+    wanted = {**c.binaries, **(c.node_binaries if node else {})}
+    files = {**c.extra_files, **(c.node_files if node else {})}
+    if is_built(c) and not force:  # add the node binaries next to the built ones
+        wanted = {b: pkg for b, pkg in wanted.items() if not (bin_dir(c) / b).exists()}
     if shutil.which("go") is None:
         raise BuildError(
             "`go` is not on PATH; install Go >= 1.26 (the build uses GOTOOLCHAIN=local)"
@@ -361,7 +388,7 @@ def build_component(c: Component, force: bool = False) -> None:
     _run_go(c, ["mod", "tidy"], wrapper, "dependency download", log_file)
     _log(c, f"dependencies ready after {_fmt(time.monotonic() - started)}")
 
-    for src, dest in c.extra_files.items():
+    for src, dest in files.items():
         target = root / dest
         target.parent.mkdir(parents=True, exist_ok=True)
         source = Path(info["Dir"]) / src
@@ -380,7 +407,7 @@ def build_component(c: Component, force: bool = False) -> None:
     partial.mkdir()
     progress = root / "compile-progress.log"
     progress.write_text("")
-    for binary, package in c.binaries.items():
+    for binary, package in wanted.items():
         _log(c, f"compiling {binary} ({package})")
         with _Heartbeat(c, progress, started), progress.open("a") as out:
             proc = subprocess.run(
@@ -408,11 +435,16 @@ def build_component(c: Component, force: bool = False) -> None:
             raise BuildError(
                 f"compiling {binary} {c.version} failed:\n{tail}\nFull output: {progress}"
             )
-    shutil.rmtree(bin_dir(c), ignore_errors=True)
-    partial.rename(bin_dir(c))
     elapsed = time.monotonic() - started
-    (bin_dir(c) / ".complete").write_text(json.dumps({"seconds": round(elapsed)}))
-    _log(c, f"built {', '.join(c.binaries)} in {_fmt(elapsed)} -> {bin_dir(c)}")
+    if is_built(c) and not force:
+        for binary in wanted:
+            (partial / binary).rename(bin_dir(c) / binary)
+        partial.rmdir()
+    else:
+        shutil.rmtree(bin_dir(c), ignore_errors=True)
+        partial.rename(bin_dir(c))
+        (bin_dir(c) / ".complete").write_text(json.dumps({"seconds": round(elapsed)}))
+    _log(c, f"built {', '.join(wanted)} in {_fmt(elapsed)} -> {bin_dir(c)}")
 
 
 def prune() -> None:
@@ -425,12 +457,12 @@ def prune() -> None:
         _log(c, f"pruned; kept {bin_dir(c)}")
 
 
-def build_all(only: list[str] | None = None, force: bool = False) -> None:
+def build_all(only: list[str] | None = None, force: bool = False, node: bool = False) -> None:
     started = time.monotonic()
     for c in components():
         if only and c.name not in only:
             continue
-        build_component(c, force=force)
+        build_component(c, force=force, node=node)
     print(
         f"[build] all done in {_fmt(time.monotonic() - started)}; cache {cache_root() / 'tools'}",
         flush=True,

@@ -32,6 +32,11 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
 POD_CIDR = "10.244.0.0/16"  # kwok hands out pod IPs from here
 NODE_IP = "10.0.0.1"
+# A fixed, non-loopback host address the API server advertises (the `kubernetes` Service needs a
+# non-loopback endpoint for in-cluster clients) and the real node's kubelet uses as its node IP.
+# It sits on a dummy interface, or on `lo` where the kernel has no dummy driver (this VM).
+HOST_IP = "10.250.0.1"
+HOST_IF = "ekko0"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"  # kwok manages nodes annotated kwok.x-k8s.io/node=fake
 # Stop order: leaves first, storage last.
 COMPONENTS = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
@@ -111,8 +116,10 @@ def running(name: str) -> int | None:
     return pid if pid is not None and _alive(pid, name) else None
 
 
-def _start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-    binary = build.find_binary(name)
+def _start(
+    name: str, args: list[str], binary: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    binary = binary or build.find_binary(name)
     log = log_file(name)
     with log.open("ab") as out:
         out.write(
@@ -128,6 +135,7 @@ def _start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=state_dir(),
+            env=env,
         )
     _pid_file(name).write_text(str(proc.pid))
     return proc
@@ -158,6 +166,7 @@ class Endpoints:
     controller_manager: int
     scheduler: int
     kwok: int
+    advertise: str = "127.0.0.1"  # HOST_IP when the host address could be set up
 
     @property
     def server(self) -> str:
@@ -229,6 +238,44 @@ def _wait(
             pass
         time.sleep(0.1)
     raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}\n{_log_tail(component)}")
+
+
+def _run_ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+
+def host_address_device() -> str | None:
+    """The interface carrying HOST_IP, if any."""
+    out = _run_ip("-o", "-4", "addr", "show").stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if f"{HOST_IP}/32" in fields:
+            return fields[1]
+    return None
+
+
+def ensure_host_address() -> bool:
+    """Put HOST_IP on a dummy interface (or `lo` without the dummy driver); False if we may not
+    (not root): the API server then stays on loopback and a real node cannot join."""
+    if host_address_device() is not None:
+        return True
+    if os.geteuid() != 0:
+        return False
+    if _run_ip("link", "add", HOST_IF, "type", "dummy").returncode == 0:
+        _run_ip("link", "set", HOST_IF, "up")
+        device = HOST_IF
+    else:  # "Unknown device type": this kernel has no dummy driver
+        device = "lo"
+    added = _run_ip("addr", "add", f"{HOST_IP}/32", "dev", device, "label", f"{device}:ekko")
+    return added.returncode == 0 or host_address_device() is not None
+
+
+def remove_host_address() -> None:
+    device = host_address_device()
+    if device is not None:
+        _run_ip("addr", "del", f"{HOST_IP}/32", "dev", device)
+    if _run_ip("link", "show", HOST_IF).returncode == 0:
+        _run_ip("link", "del", HOST_IF)
 
 
 def _http_ok(url_port: int, path: str) -> bool:
@@ -319,10 +366,21 @@ def _kwok_config(path: Path) -> None:
     path.write_text("\n---\n".join(docs) + "\n")
 
 
-def up(fleet: Path = FLEET_FILE, quiet: bool = False) -> Endpoints:
-    """Start a fresh cluster (stopping an old one from this state dir first)."""
+def up(fleet: Path = FLEET_FILE, quiet: bool = False, real_node: bool = False) -> Endpoints:
+    """Start a fresh cluster (stopping an old one from this state dir first).
+
+    With ``real_node`` a healthy cluster that advertises HOST_IP is kept (others may be running
+    tests on it) and only the real node is added, if it is not running already.
+    """
     with lock():
-        return _up_with_retry(fleet, quiet)
+        ep = load_endpoints()
+        if not (real_node and healthy() and ep is not None and ep.advertise == HOST_IP):
+            ep = _up_with_retry(fleet, quiet)
+        if real_node:
+            from e2e.cluster import realnode  # here: realnode imports this module
+
+            realnode.up(ep, quiet=quiet)
+        return ep
 
 
 def ensure_up(fleet: Path = FLEET_FILE, quiet: bool = False) -> bool:
@@ -365,8 +423,9 @@ def _up_once(fleet: Path, quiet: bool) -> Endpoints:
     etcd_data = root / "etcd-data"
     subprocess.run(["rm", "-rf", str(etcd_data)], check=True)
     p = root / "pki"
-    pki.ensure_pki(p, SERVICE_IP)
-    ep = Endpoints(*(_free_port() for _ in range(6)))
+    advertise = HOST_IP if ensure_host_address() else "127.0.0.1"
+    pki.ensure_pki(p, SERVICE_IP, (HOST_IP,))
+    ep = Endpoints(*(_free_port() for _ in range(6)), advertise=advertise)
     _endpoints_file().write_text(json.dumps(ep.__dict__))
     kubeconfigs = {}
     for client in pki.CLIENTS:
@@ -400,9 +459,15 @@ def _up_once(fleet: Path, quiet: bool) -> Endpoints:
             "kube-apiserver",
             [
                 f"--etcd-servers=http://127.0.0.1:{ep.etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                # Pods reach the API server through the `kubernetes` Service, whose endpoint
+                # is the advertised address: it may not be loopback.
+                f"--bind-address={'0.0.0.0' if advertise != '127.0.0.1' else '127.0.0.1'}",
+                f"--advertise-address={advertise}",
                 f"--secure-port={ep.apiserver}",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                # The real node's name does not resolve; kwok nodes have no kubelet to dial.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 f"--cert-dir={p}",
                 f"--tls-cert-file={p / 'apiserver.crt'}",
                 f"--tls-private-key-file={p / 'apiserver.key'}",
@@ -426,6 +491,7 @@ def _up_once(fleet: Path, quiet: bool) -> Endpoints:
             apiserver,
         )
         say("kube-apiserver ready")
+        _bind_kubelet_client(api)
 
         kcm = _start(
             "kube-controller-manager",
@@ -498,6 +564,35 @@ def _up_once(fleet: Path, quiet: bool) -> Endpoints:
     return ep
 
 
+def _bind_kubelet_client(api: Api) -> None:
+    """Let the API server's kubelet client use the kubelet API (logs, exec, port-forward): the
+    real node's kubelet authorises requests by webhook, as kubeadm clusters do."""
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "ekko-e2e:kube-apiserver-kubelet-client"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:kubelet-api-admin",
+        },
+        "subjects": [
+            {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "User",
+                "name": pki.APISERVER_KUBELET_CLIENT.common_name,
+            }
+        ],
+    }
+    status, body = api.request(
+        "POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding
+    )
+    if status >= 300 and status != 409:
+        raise ClusterError(
+            f"creating the kubelet-client ClusterRoleBinding failed: {status} {body}"
+        )
+
+
 def down(quiet: bool = False, purge: bool = False) -> None:
     """Stop every component; keep logs and PKI unless purge."""
     with lock():
@@ -508,12 +603,17 @@ def down(quiet: bool = False, purge: bool = False) -> None:
 
 def _down(quiet: bool = False) -> None:
     root = state_dir()
+    from e2e.cluster import realnode  # here: realnode imports this module
+
+    realnode.down(quiet=quiet)  # first: it drains its pods through the API server
     for name in COMPONENTS:
         if not quiet and running(name):
             print(f"stopping {name}", flush=True)
         _stop(name)
     subprocess.run(["rm", "-rf", str(root / "etcd-data")], check=True)
     _endpoints_file().unlink(missing_ok=True)
+    if os.geteuid() == 0:
+        remove_host_address()
 
 
 def status() -> dict[str, Any]:
@@ -523,5 +623,6 @@ def status() -> dict[str, Any]:
         "kubeconfig": str(kubeconfig_path()),
         "server": ep.server if ep else None,
         "processes": {name: running(name) for name in COMPONENTS},
+        "real_node": {name: running(name) for name in ("containerd", "kubelet", "kube-proxy")},
         "healthy": healthy(),
     }

@@ -34,6 +34,17 @@ CLIENTS = (
     ClientCert("kube-controller-manager", "system:kube-controller-manager"),
     ClientCert("kube-scheduler", "system:kube-scheduler"),
 )
+# Identities of the real node (e2e/cluster/realnode.py) and of the API server towards kubelets:
+# the Node authorizer grants system:node:<name> in system:nodes its node's objects, the default
+# system:node-proxier role is bound to system:kube-proxy, and the API server's kubelet client is
+# bound to system:kubelet-api-admin by `up` (the kubelet authorises it by webhook).
+APISERVER_KUBELET_CLIENT = ClientCert("apiserver-kubelet-client", "kube-apiserver-kubelet-client")
+KUBE_PROXY = ClientCert("kube-proxy", "system:kube-proxy")
+
+
+def node_client(node: str) -> ClientCert:
+    return ClientCert(f"kubelet-{node}", f"system:node:{node}", "system:nodes")
+
 
 APISERVER_SANS = (
     "DNS:localhost",
@@ -95,11 +106,56 @@ def _signed(pki: Path, name: str, subject: str, extensions: str) -> None:
     (pki / f"{name}.ext").unlink()
 
 
-def ensure_pki(pki: Path, service_ip: str) -> None:
-    """Create the CA, serving cert, client certs and service-account key pair if missing."""
+def _sans(pki: Path) -> set[str]:
+    proc = subprocess.run(
+        ["openssl", "x509", "-in", str(pki / "apiserver.crt"), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    text = proc.stdout.replace("IP Address:", "IP:")
+    return {part.strip() for line in text.splitlines()[1:] for part in line.split(",")}
+
+
+def _serving_cert(pki: Path, sans: str) -> None:
+    _signed(
+        pki,
+        "apiserver",
+        "/CN=kube-apiserver",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n",
+    )
+
+
+def client_cert(pki: Path, client: ClientCert) -> None:
+    """Make <name>.crt/.key for a client identity signed by the CA, unless present."""
+    if (pki / f"{client.name}.crt").exists() and (pki / f"{client.name}.key").exists():
+        return
+    subject = f"/CN={client.common_name}" + (
+        f"/O={client.organization}" if client.organization else ""
+    )
+    _signed(
+        pki,
+        client.name,
+        subject,
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n",
+    )
+
+
+def ensure_pki(pki: Path, service_ip: str, host_ips: tuple[str, ...] = ()) -> None:
+    """Create the CA, serving cert, client certs and service-account key pair if missing.
+
+    ``host_ips`` are extra addresses the API server is reached at (the fixed host address pods
+    and the kubelet use); a kept serving cert without them is re-signed with the same CA.
+    """
     pki.mkdir(parents=True, exist_ok=True)
     marker = pki / ".complete"
+    sans = ",".join((*APISERVER_SANS, f"IP:{service_ip}", *(f"IP:{ip}" for ip in host_ips)))
     if marker.exists():
+        if not set(sans.split(",")) <= _sans(pki):
+            _serving_cert(pki, sans)
+        client_cert(pki, APISERVER_KUBELET_CLIENT)
         return
     _key(pki / "ca.key")
     _openssl(
@@ -121,25 +177,9 @@ def ensure_pki(pki: Path, service_ip: str) -> None:
         "ca.crt",
         cwd=pki,
     )
-    sans = ",".join((*APISERVER_SANS, f"IP:{service_ip}"))
-    _signed(
-        pki,
-        "apiserver",
-        "/CN=kube-apiserver",
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n",
-    )
-    for client in CLIENTS:
-        subject = f"/CN={client.common_name}" + (
-            f"/O={client.organization}" if client.organization else ""
-        )
-        _signed(
-            pki,
-            client.name,
-            subject,
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=clientAuth\n",
-        )
+    _serving_cert(pki, sans)
+    for client in (*CLIENTS, APISERVER_KUBELET_CLIENT):
+        client_cert(pki, client)
     # Service-account tokens are signed by the apiserver and checked with the public key.
     _key(pki / "sa.key")
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)

@@ -1,0 +1,1 @@
+"""The Ekko image and the pause image, built without Docker (see build.py)."""
