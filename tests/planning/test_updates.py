@@ -1,0 +1,193 @@
+"""The update pull topology: one sticky leader per group and region, followers behind it with a
+deputy and the source as fallbacks, every replica with a path to the source."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ekko.api.resources import UpdateStreamSpec
+from ekko.planning.updates import (
+    StreamServer,
+    Topology,
+    link_rate,
+    merge_duties,
+    path_to_source,
+    plan_topology,
+    previous_leaders,
+)
+
+SOURCE = "http://trainer:9500"
+
+
+def spec(**extra: object) -> UpdateStreamSpec:
+    body: dict[str, object] = {
+        "model": "ranker",
+        "source": {"endpoints": [SOURCE], "region": "train"},
+        "tables": [{"name": "ranker.user", "dim": 17}],
+        **extra,
+    }
+    return UpdateStreamSpec.model_validate(body)
+
+
+def srv(
+    name: str, region: str, ready: bool = True, shards: frozenset[int] = frozenset({0})
+) -> StreamServer:
+    return StreamServer(name, region, shards, ready, f"http://{name}:9500" if ready else "")
+
+
+def upstream_names(t: Topology, server: str) -> list[str]:
+    return [u.server or "source" for u in t.duties[server][0].upstreams]
+
+
+FLEET = [srv("a0", "eu"), srv("a1", "eu"), srv("a2", "eu"), srv("b0", "us"), srv("b1", "us")]
+
+
+def test_leaders_pull_from_source_then_other_leaders_followers_from_leader() -> None:
+    t = plan_topology("s", spec(), FLEET)
+    assert t.leaders == {(0, "eu"): "a0", (0, "us"): "b0"}
+    assert t.deputies == {(0, "eu"): "a1", (0, "us"): "b1"}
+    assert upstream_names(t, "a0") == ["source", "b0"]
+    assert upstream_names(t, "b0") == ["source", "a0"]
+    assert upstream_names(t, "a1") == ["a0", "source"]  # the deputy falls back to the source
+    assert upstream_names(t, "a2") == ["a0", "a1", "source"]
+    assert [d.role for d in t.duties["a0"]] == ["Leader"]
+    assert [d.role for d in t.duties["a2"]] == ["Follower"]
+    assert all(path_to_source(t, s.name, "s") for s in FLEET)
+
+
+@pytest.mark.parametrize(
+    ("previous", "fleet", "leader"),
+    [
+        ({(0, "eu"): "a2"}, FLEET, "a2"),  # sticky while ready
+        ({(0, "eu"): "a2"}, [srv("a0", "eu"), srv("a1", "eu"), srv("a2", "eu", ready=False)], "a1"),
+        ({}, [srv("a0", "eu", ready=False), srv("a1", "eu")], "a1"),
+        ({(0, "eu"): "gone"}, FLEET, "a1"),  # the previous deputy takes over
+    ],
+)
+def test_leader_is_sticky_and_replaced_when_lost(
+    previous: dict[tuple[int, str], str], fleet: list[StreamServer], leader: str
+) -> None:
+    t = plan_topology("s", spec(), fleet, previous, {(0, "eu"): "a1"})
+    assert t.leaders[(0, "eu")] == leader
+
+
+def test_leader_loss_repoints_followers_and_keeps_other_regions() -> None:
+    before = plan_topology("s", spec(), FLEET)
+    after_fleet = [s for s in FLEET if s.name != "a0"]
+    after = plan_topology("s", spec(), after_fleet, before.leaders, before.deputies)
+    assert after.leaders == {(0, "eu"): "a1", (0, "us"): "b0"}
+    assert after.leader_changes(before.leaders) == {(0, "eu"): "a1"}
+    assert upstream_names(after, "a2") == ["a1", "source"]
+    assert after.duties["b0"] != before.duties["b0"]  # its fallback leader moved
+    assert after.duties["b1"] == before.duties["b1"]  # untouched
+
+
+def test_replan_of_an_unchanged_fleet_changes_nothing() -> None:
+    t1 = plan_topology("s", spec(), FLEET)
+    t2 = plan_topology("s", spec(), list(reversed(FLEET)), t1.leaders, t1.deputies)
+    assert t1.duties == t2.duties
+
+
+def test_unreachable_region_pulls_from_source_without_a_leader() -> None:
+    t = plan_topology("s", spec(), [srv("a0", "eu", ready=False), srv("a1", "eu", ready=False)])
+    assert t.leaders == {}
+    assert upstream_names(t, "a0") == ["source"]
+    assert t.duties["a0"][0].role == "Follower"
+
+
+def test_no_leaders_when_disabled() -> None:
+    t = plan_topology("s", spec(topology={"leaderPerRegion": False}), FLEET)
+    assert t.leaders == {}
+    assert all(upstream_names(t, s.name) == ["source"] for s in FLEET)
+
+
+def test_modulo_groups_by_shard() -> None:
+    fleet = [
+        srv("a0", "eu", shards=frozenset({0, 1})),
+        srv("a1", "eu", shards=frozenset({1})),
+        srv("a2", "eu", shards=frozenset({0})),
+    ]
+    t = plan_topology("s", spec(keyMapping="Modulo"), fleet)
+    assert t.leaders == {(0, "eu"): "a0", (1, "eu"): "a0"}
+    assert [d.group for d in t.duties["a0"]] == [0, 1]
+    assert upstream_names(t, "a2") == ["a0", "source"]
+
+
+def test_budgets_and_settings_reach_the_duties() -> None:
+    s = spec(
+        bandwidth={
+            "wan": "1Mi",
+            "lan": "10Mi",
+            "overrides": [{"fromRegion": "train", "toRegion": "us", "rate": "2Mi"}],
+        },
+        compression={"values": "Int8", "codec": "Zstd"},
+        topology={"idlePullInterval": "30s"},
+        paused=True,
+    )
+    assert link_rate(s, "train", "eu") == 1 << 20
+    assert link_rate(s, "train", "us") == 2 << 20
+    assert link_rate(s, "eu", "eu") == 10 << 20
+    t = plan_topology("s", s, FLEET)
+    d = t.duties["a2"][0]
+    assert [u.bandwidth for u in d.upstreams] == [10 << 20, 10 << 20, 1 << 20]
+    assert (d.values, d.codec, d.idle_pull_seconds, d.paused) == ("Int8", "Zstd", 30, True)
+    assert [u.bandwidth for u in t.duties["b0"][0].upstreams] == [2 << 20, 1 << 20]
+
+
+def test_previous_leaders_and_merge() -> None:
+    t = plan_topology("s", spec(), FLEET)
+    assert previous_leaders(t.duties, "s") == t.leaders
+    other = plan_topology("t", spec(), FLEET).duties["a0"]
+    merged = merge_duties([*other, *t.duties["a0"]], "s", [])
+    assert merged == list(other)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["eu", "us", "ap"]),
+            st.booleans(),
+            st.sets(st.integers(0, 2), min_size=1),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.booleans(),
+    st.data(),
+)
+def test_properties(
+    rows: list[tuple[str, bool, set[int]]], modulo: bool, data: st.DataObject
+) -> None:
+    fleet = [
+        StreamServer(f"s{i}", r, frozenset(sh), ok, f"http://s{i}:9500" if ok else "")
+        for i, (r, ok, sh) in enumerate(rows)
+    ]
+    s = spec(keyMapping="Modulo" if modulo else "Replicated")
+    t = plan_topology("st", s, fleet)
+    # Exactly one leader per (group, region) that has a candidate, and it is a candidate.
+    for (g, r), name in t.leaders.items():
+        roles = [
+            d
+            for n, ds in t.duties.items()
+            for d in ds
+            if d.group == g and d.region == r and d.role == "Leader"
+        ]
+        assert len(roles) == 1
+        assert next(x for x in fleet if x.name == name).candidate
+    groups = {
+        (g, x.region) for x in fleet for g in (sorted(x.shards) if modulo else [0]) if x.candidate
+    }
+    assert set(t.leaders) == groups
+    # Every replica reaches the source by first upstreams, without a cycle.
+    assert all(path_to_source(t, x.name, "st") for x in fleet)
+    # Losing any one server: a re-plan keeps every other leader (stickiness) and paths hold.
+    lost = data.draw(st.sampled_from(fleet))
+    rest = [x for x in fleet if x.name != lost.name]
+    t2 = plan_topology("st", s, rest, t.leaders, t.deputies)
+    for key, name in t.leaders.items():
+        if name != lost.name and key in t2.leaders:
+            assert t2.leaders[key] == name
+    assert all(path_to_source(t2, x.name, "st") for x in rest)
