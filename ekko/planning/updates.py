@@ -116,8 +116,8 @@ def plan_topology(
     leaders: dict[GroupRegion, StreamServer] = {}
     deputies: dict[GroupRegion, StreamServer] = {}
     if spec.topology.leader_per_region:
-        for key, group in members.items():
-            candidates = [s for s in group if s.candidate]
+        for key, in_group in members.items():
+            candidates = [s for s in in_group if s.candidate]
             leader = _choose(candidates, previous.get(key), previous_deputies.get(key))
             if leader is None:
                 continue
@@ -155,7 +155,8 @@ def plan_topology(
         "paused": spec.paused,
     }
     duties: dict[str, list[UpdateDuty]] = defaultdict(list)
-    for (group, region), group_servers in sorted(members.items()):
+    for group, region in sorted(members):
+        group_servers = members[(group, region)]
         leader = leaders.get((group, region))
         deputy = deputies.get((group, region))
         for s in group_servers:
