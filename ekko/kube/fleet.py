@@ -21,6 +21,7 @@ from urllib3.exceptions import HTTPError
 
 from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import Model, ModelVersion, ServerAssignment, ServerPool
+from ekko.api.validate import field_errors
 from ekko.kube import pods
 from ekko.kube.errors import InvalidObjectError, KubeError
 from ekko.planning.converge import (
@@ -68,10 +69,7 @@ def parse(cls: type[M], body: dict[str, Any]) -> M:
         return cls.model_validate(body)
     except ValidationError as err:
         meta = body.get("metadata") or {}
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'object'}: {e['msg']}"
-            for e in err.errors(include_url=False)[:3]
-        )
+        problems = "; ".join(field_errors(err)[:3])
         raise InvalidObjectError(
             str(body.get("kind") or cls.__name__),
             str(meta.get("namespace") or "default"),
