@@ -59,3 +59,31 @@ def test_a_pool_whose_pods_are_refused_says_why_and_its_neighbour_converges(
     )
     assert "tolerations" in refused[0].message, refused[0].message
     operator.check()  # still running
+
+
+def test_a_users_pod_with_the_pool_label_is_not_taken_for_a_server(
+    api: Api, fleet: AgentFleet, operator: OperatorProcess
+) -> None:
+    # Labelled like a server of the pool, but not created by it (no owner reference): the
+    # operator must neither count it, nor delete it as a surplus or failed server.
+    api.core.create_namespaced_pod(
+        api.ns,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "users-own-pod", "labels": {"ekko.dev/pool": "pool"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1"}]},
+        },
+    )
+    api.create(pool_manifest())
+    api.create(model_manifest("fine", 2, "8Gi", 1))
+    wait_for(
+        lambda: converged(api, models=["fine"]),
+        "the pool converged",
+        timeout=120,
+        describe=lambda: operator.logs()[-3000:],
+    )
+    pod = api.core.read_namespaced_pod("users-own-pod", api.ns)
+    assert pod.metadata.deletion_timestamp is None
+    status = api.get("serverpools", "pool")["status"]
+    assert status["serversReady"] == status["serversWanted"] == len(api.pods()) - 1

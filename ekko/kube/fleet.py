@@ -200,7 +200,13 @@ class Fleet:
             m for m in usable if m.spec.pool == name and m.metadata.deletion_timestamp is None
         )
         rejected = {err.name: err.problem for err in invalid if err.pool == name}
-        pod_list = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        # Only the pool's own pods: a user's pod that merely carries the label is not a server
+        # (once, one was deleted as a "failed server").
+        pod_list = [
+            p
+            for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items
+            if owned_by(p, pool)
+        ]
         raw = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, "serverassignments", label_selector=selector
         )["items"]
@@ -466,6 +472,14 @@ class Fleet:
 
 
 AGENT_PORT = 9400
+
+
+def owned_by(pod: Any, pool: ServerPool) -> bool:
+    """Whether the pool's controller owner reference is on the pod (it creates every server)."""
+    refs = pod.metadata.owner_references or []
+    return any(
+        r.kind == "ServerPool" and r.uid == pool.metadata.uid and r.controller for r in refs
+    )
 
 
 def owner_reference(pool: ServerPool) -> dict[str, Any]:

@@ -31,3 +31,18 @@ def test_the_agent_listens_where_the_kubelet_probes_and_prometheus_scrapes() -> 
     assert agent["readinessProbe"]["httpGet"]["port"] == agent["ports"][0]["name"]
     assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(AGENT_PORT)
+
+
+def test_only_the_pools_own_pods_are_its_servers() -> None:
+    from types import SimpleNamespace as Ns
+
+    from ekko.kube.fleet import owned_by
+
+    def pod(*refs: object) -> object:
+        return Ns(metadata=Ns(owner_references=list(refs)))
+
+    ours = Ns(kind="ServerPool", uid="u", controller=True)
+    assert owned_by(pod(ours), pool())
+    assert not owned_by(pod(), pool())  # a user's pod with the label
+    assert not owned_by(pod(Ns(kind="ServerPool", uid="other", controller=True)), pool())
+    assert not owned_by(pod(Ns(kind="ReplicaSet", uid="u", controller=True)), pool())
