@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -19,9 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from ekko.agent.decide import Fault, FaultKey, parse_fault
-from ekko.agent.engines import make_engine
+from ekko.agent.engines import EmbeddingEngine, make_engine
 from ekko.agent.metrics import AgentMetrics
-from ekko.agent.runtime import Agent, StatusWriter
+from ekko.agent.runtime import Agent, StatusWriter, UpdatePlane
 from ekko.agent.server import make_app
 from ekko.api.units import UnitError, parse_quantity
 from ekko.kube.agentio import AgentKube, KubeError
@@ -30,6 +31,22 @@ log = logging.getLogger("ekko.agent")
 
 DEFAULT_LISTEN = "127.0.0.1:9400"
 DEFAULT_SIM_BANDWIDTH = "20Gi"
+DEFAULT_UPDATE_LISTEN = "0.0.0.0:9500"
+
+
+def advertised_update_url(listen: str, advertise: str, pod_ip: str | None) -> str:
+    """The URL other pods pull updates from: --update-advertise, else the pod IP (downward API
+    env POD_IP, else what the pod's hostname resolves to, as /etc/hosts maps it in a pod) with
+    the listen port, else empty (the node then reports its loopback URL)."""
+    if advertise:
+        return advertise
+    host, port = parse_listen(listen)
+    if host not in ("0.0.0.0", "::"):
+        return f"http://{host}:{port}"
+    if not pod_ip:
+        with contextlib.suppress(OSError):
+            pod_ip = socket.gethostbyname(socket.gethostname())
+    return f"http://{pod_ip}:{port}" if pod_ip else ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,8 @@ class Config:
     max_concurrent_loads: int
     enable_fault_injection: bool
     faults: tuple[tuple[FaultKey, Fault], ...] = ()
+    update_listen: str = DEFAULT_UPDATE_LISTEN
+    update_advertise: str = ""
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -101,12 +120,24 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "(repeatable; needs --enable-fault-injection). A harness that starts agents after setting "
         "a fault passes it here, so a version is faulty wherever it is loaded.",
     )
+    parser.add_argument(
+        "--update-listen",
+        default=DEFAULT_UPDATE_LISTEN,
+        help="data-plane address of the update node, run when the assignment lists update duties "
+        f"(default {DEFAULT_UPDATE_LISTEN}: reachable from other pods)",
+    )
+    parser.add_argument(
+        "--update-advertise",
+        default="",
+        help="URL peers pull updates from (default http://$POD_IP:<port of --update-listen>)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("EKKO_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.pod_name or not args.namespace:
         parser.error("--pod-name and --namespace (or POD_NAME and POD_NAMESPACE) are required")
     try:
         host, port = parse_listen(args.listen)
+        parse_listen(args.update_listen)
         bandwidth = float(parse_quantity(args.sim_bandwidth))
     except (ValueError, UnitError) as err:
         parser.error(str(err))
@@ -141,6 +172,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         max_concurrent_loads=args.max_concurrent_loads,
         enable_fault_injection=args.enable_fault_injection,
         faults=tuple(faults),
+        update_listen=args.update_listen,
+        update_advertise=advertised_update_url(
+            args.update_listen, args.update_advertise, os.environ.get("POD_IP")
+        ),
     )
 
 
@@ -199,11 +234,22 @@ async def run(config: Config) -> int:
         await asyncio.to_thread(kube.patch_status, body)
 
     writer = StatusWriter(patch, metrics)
+    engine = make_engine(
+        config.engine, sim_bandwidth=config.sim_bandwidth, registry=metrics.registry
+    )
+    updates = UpdatePlane(
+        config.pod_name,
+        config.update_listen,
+        config.update_advertise,
+        metrics.registry,
+        engine.store if isinstance(engine, EmbeddingEngine) else None,
+    )
     agent = Agent(
-        make_engine(config.engine, sim_bandwidth=config.sim_bandwidth, registry=metrics.registry),
+        engine,
         writer,
         metrics,
         max_concurrent_loads=config.max_concurrent_loads,
+        updates=updates,
     )
     agent.faults.update(config.faults)
     for key, size in (await agent.engine.inventory()).items():
@@ -251,6 +297,7 @@ async def run(config: Config) -> int:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await runner.cleanup()
+    await updates.stop()
     # The watch threads are daemons blocked on a socket; they end with the process.
     return code
 

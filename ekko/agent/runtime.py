@@ -12,6 +12,9 @@ Two paths matter:
   ``routing`` is queued. No listing, no other work.
 * **Shards.** A reconcile pass loads newly assigned shards (bounded concurrency), reports, then
   unloads what is no longer assigned, and reports again. Failed loads are retried with backoff.
+* **Updates.** When the assignment lists update duties, the agent runs an update node
+  (:class:`ekko.updates.node.Node`) in-process over the engine's store, re-wires it when the
+  duties change, and reports its data-plane address in status.
 """
 
 from __future__ import annotations
@@ -39,9 +42,13 @@ from ekko.api.resources import (
     ModelRouting,
     ModelStatus,
     ServerAssignment,
+    UpdateDuty,
     VersionWeight,
 )
 from ekko.kube.agentio import KubeError, NotFoundError
+from ekko.updates.link import LinkSpec
+from ekko.updates.node import Node, NodeConfig, Upstream
+from ekko.updates.store import Store, ValueDType
 
 log = logging.getLogger("ekko.agent")
 
@@ -115,6 +122,94 @@ class StatusWriter:
                     future.set_result(None)
 
 
+_DTYPES: dict[str, ValueDType] = {"Float32": "float32", "Float16": "float16", "Int8": "int8"}
+MIN_BURST = 1 << 20
+
+
+def node_config(name: str, listen: str, duties: list[UpdateDuty]) -> NodeConfig:
+    """The update node's configuration for the assignment's duties (pure).
+
+    One node serves every table the agent holds and pulls from one ordered upstream list, so it
+    follows the first duty (one stream per server today; a later duty is logged and ignored by
+    the caller). No duty, or a paused one: no upstreams (keep serving, pull nothing).
+    """
+    if not duties or duties[0].paused:
+        return NodeConfig(name=name, region=duties[0].region if duties else "", listen=listen)
+    duty = duties[0]
+    upstreams = tuple(
+        Upstream(
+            u.url,
+            LinkSpec(
+                rate=float(u.bandwidth) if u.bandwidth else float("inf"),
+                burst=float(max(MIN_BURST, u.bandwidth)),
+            ),
+            u.region,
+        )
+        for u in duty.upstreams
+    )
+    return NodeConfig(
+        name=name,
+        region=duty.region,
+        upstreams=upstreams,
+        listen=listen,
+        dtype=_DTYPES[duty.values],
+        zstd=duty.codec == "Zstd",
+        wait=float(duty.idle_pull_seconds),
+        policy="fifo" if duty.policy == "Fifo" else "ekko",
+        high_percentile=duty.high_percentile / 100,
+    )
+
+
+class UpdatePlane:
+    """The agent's update node: started when the assignment first lists a duty, re-wired when
+    the duties change, stopped with the agent. Its store is the engine's when the engine keeps
+    one (``embedding``), so applied rows are what ``/score`` reads."""
+
+    def __init__(
+        self, name: str, listen: str, advertise: str, registry: Any, store: Store | None = None
+    ) -> None:
+        self.name = name
+        self.listen = listen
+        self.advertise = advertise
+        self.registry = registry
+        self.store = store
+        self.node: Node | None = None
+        self.config: NodeConfig | None = None
+
+    @property
+    def address(self) -> str:
+        """The URL peers pull from, once the node runs (empty before)."""
+        if self.node is None:
+            return ""
+        return self.advertise or f"http://127.0.0.1:{self.node.port}"
+
+    async def apply(self, duties: list[UpdateDuty]) -> str:
+        if not duties and self.node is None:
+            return ""
+        if len({(d.stream, d.group) for d in duties}) > 1:
+            log.warning(
+                "%d update duties assigned; the update node follows the first (%s)",
+                len(duties),
+                duties[0].stream,
+            )
+        config = node_config(self.name, self.listen, duties)
+        if config == self.config:
+            return self.address
+        if self.node is None:
+            self.node = Node(config, self.registry, self.store)
+            await self.node.start()
+            log.info("started the update node on %s (%s)", self.listen, self.address)
+        else:
+            await self.node.reconfigure(config)
+        self.config = config
+        return self.address
+
+    async def stop(self) -> None:
+        if self.node is not None:
+            await self.node.stop()
+            self.node = None
+
+
 @dataclass
 class LoadFailure:
     attempts: int
@@ -137,8 +232,12 @@ class Agent:
         rand: Callable[[], float] = random.random,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
+        updates: UpdatePlane | None = None,
     ) -> None:
         self.engine = engine
+        self.updates = updates
+        self.update_duties: list[UpdateDuty] = []
+        self.update_address = ""
         self.writer = writer
         self.metrics = metrics
         self._clock = clock
@@ -193,6 +292,7 @@ class Agent:
         self.seen = True
         self.generation = generation
         self.assigned = list(assignment.spec.shards)
+        self.update_duties = list(assignment.spec.updates)
         log.info(
             "observed ServerAssignment generation %s with %d shards", generation, len(self.assigned)
         )
@@ -302,8 +402,19 @@ class Agent:
     def wake(self) -> None:
         self._wake.set()
 
+    async def _sync_updates(self) -> None:
+        """Start or re-wire the update node for the current duties; a failure is logged and
+        retried on the next pass (the shards keep serving)."""
+        if self.updates is None:
+            return
+        try:
+            self.update_address = await self.updates.apply(self.update_duties)
+        except Exception:  # a loop that must survive: the next pass tries again
+            log.exception("could not start or re-wire the update node")
+
     async def reconcile(self) -> None:
         """One pass: load what is new (bounded, concurrent), report, unload what is gone, report."""
+        await self._sync_updates()
         to_load, _ = decide.diff(self.assigned, self.loaded)
         assigned_keys = {decide.key_of(s) for s in self.assigned}
         for key in [k for k in self.failures if k not in assigned_keys]:
@@ -402,6 +513,7 @@ class Agent:
         )
         body = status.to_wire()
         body.pop("heartbeat", None)  # the writer stamps every patch
+        body["updateAddress"] = self.update_address
         body.setdefault("observedGeneration", None)
         return body
 

@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -170,6 +170,46 @@ class Node:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    async def reconfigure(self, config: NodeConfig) -> None:
+        """Pull from new upstreams with new settings, keeping the store, the served endpoint and
+        the metrics (the agent calls this when the operator re-wires the topology). The listen
+        address, state file and apply log stay as they were started."""
+        for t in self._tasks:
+            if t.get_name().startswith("pull-"):
+                t.cancel()
+        for t in self._tasks:
+            if t.get_name().startswith("pull-"):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        self._tasks = [t for t in self._tasks if not t.get_name().startswith("pull-")]
+        self.config = replace(
+            config,
+            listen=self.config.listen,
+            state=self.config.state,
+            save_every=self.config.save_every,
+            apply_log=self.config.apply_log,
+        )
+        self.server.scheduler = Scheduler(SchedulerConfig(config.policy, config.high_percentile))
+        now = self.clock()
+        self.upstreams = [
+            _UpstreamState(
+                u,
+                None if math.isinf(u.link.rate) else TokenBucket(u.link.rate, u.link.burst, now),
+            )
+            for u in config.upstreams
+        ]
+        for u in config.upstreams:
+            self.metrics.declare_upstream(u.url)
+            self.metrics.declare_peer(u.region or "unknown")
+        if self._session is not None:
+            for i in range(len(self.upstreams)):
+                self._tasks.append(asyncio.create_task(self._puller(i), name=f"pull-{i}"))
+        log.info(
+            "Node %s now pulls from %s",
+            config.name,
+            ", ".join(u.url for u in config.upstreams) or "nobody",
+        )
 
     def save(self) -> None:
         if self.config.state is None:
