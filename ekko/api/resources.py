@@ -465,7 +465,7 @@ class PrometheusProvider(ApiModel):
         default=None,
         max_length=2048,
         pattern=r"^https?://.+$",
-        description="Prometheus base URL; defaults to the operator's --prometheus-url.",
+        description="Prometheus base URL; defaults to the operator's --prometheus-url. Any other address must be allowed by the operator's --allow-prometheus-address, else each measurement is an error.",
     )
 
 

@@ -43,6 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         help="Prometheus for analysis metrics that name no address (env EKKO_PROMETHEUS_URL).",
     )
     parser.add_argument(
+        "--allow-prometheus-address",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="A Prometheus base URL (prefix) that a ModelVersion's analysis may name in "
+        "prometheus.address (repeatable; env EKKO_PROMETHEUS_ALLOW). Others are refused: "
+        "analysis only queries the operator's own Prometheus by default.",
+    )
+    parser.add_argument(
         "--webhook-port",
         type=int,
         default=0,
@@ -90,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.prometheus_url:
         os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
+    if args.allow_prometheus_address:
+        os.environ["EKKO_PROMETHEUS_ALLOW"] = ",".join(args.allow_prometheus_address)
     memo = kopf.Memo()
     memo.peering_namespaces = args.namespace if args.peering else None
     # One identity for kopf's peering and for the workers' own pause check (ekko.operator.peering).

@@ -23,7 +23,7 @@ from ekko.operator import metrics
 from ekko.operator.peering import Gate
 from ekko.planning.status import failure_conditions
 from ekko.promql import measure, render
-from ekko.rollout.analysis import Measurement, evaluate
+from ekko.rollout.analysis import Measurement, address_allowed, evaluate
 from ekko.rollout.machine import Decision, Inputs, decide, metrics_due
 from ekko.rollout.observe import observe, request_of
 
@@ -47,6 +47,7 @@ class RolloutWorker:
         self.fleet = fleet
         self.wake_pool = wake_pool
         self.prometheus = prometheus
+        self.allowed = allowed_addresses()
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.model: str | None = None
@@ -167,7 +168,15 @@ class RolloutWorker:
             metric = next(m for m in spec.analysis if m.name == metric_name)
             address = metric.prometheus.address or self.prometheus
             query = render(metric.query, spec.model, spec.version)
-            result = await asyncio.to_thread(measure, address, metric.name, query, now)
+            if address_allowed(address, self.prometheus, self.allowed):
+                result = await asyncio.to_thread(measure, address, metric.name, query, now)
+            else:
+                result = Measurement(
+                    metric.name,
+                    now,
+                    error=f"prometheus address {address} is not allowed; the operator queries "
+                    f"{self.prometheus} and addresses under --allow-prometheus-address",
+                )
             metrics.ANALYSIS.labels(
                 self.key[0], spec.model, metric.name, evaluate(metric, result)
             ).inc()
@@ -201,6 +210,13 @@ class RolloutWorker:
             )
         if decision.rollback_seconds is not None:
             metrics.ROLLBACK_SECONDS.labels(namespace, model).observe(decision.rollback_seconds)
+
+
+def allowed_addresses() -> tuple[str, ...]:
+    """Prometheus addresses a ModelVersion may name besides the operator's own (env
+    EKKO_PROMETHEUS_ALLOW, comma-separated prefixes; set by --allow-prometheus-address)."""
+    raw = os.environ.get("EKKO_PROMETHEUS_ALLOW", "")
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
 
 
 def _own_spec_error(err: Exception) -> InvalidObjectError | None:

@@ -159,3 +159,16 @@ def due(
     if result is not None and result.phase != "Running":
         return False
     return seconds_until_due(metric, result, now, since) <= 0.05
+
+
+def address_allowed(address: str, default: str, allowed: tuple[str, ...]) -> bool:
+    """Whether analysis may query ``address``: the operator's own Prometheus, or one under a
+    prefix the operator was started with (``--allow-prometheus-address``). Without the check a
+    ModelVersion author could make the operator GET any URL and promote on the answer."""
+    if address.rstrip("/") == default.rstrip("/"):
+        return True
+    return any(
+        address.startswith(prefix.rstrip("/") + "/") or address == prefix.rstrip("/")
+        for prefix in allowed
+        if prefix
+    )

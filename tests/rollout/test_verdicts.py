@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ekko.api.resources import AnalysisMetric, AnalysisResult
-from ekko.rollout.analysis import Measurement, record
+from ekko.rollout.analysis import Measurement, address_allowed, record
 
 STEP = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -75,3 +75,22 @@ def test_a_held_result_keeps_the_metric_running() -> None:
     assert r is not None and r.no_data == 5 and r.last_value == "no data (holding)"
     r = record(metric("Hold"), r, after(30), since=STEP)
     assert r.phase == "Inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed", "ok"),
+    [
+        ("http://prom:9090", (), True),  # the operator's own
+        ("http://prom:9090/", (), True),
+        ("http://evil.example/api", (), False),
+        ("http://169.254.169.254/latest/meta-data", (), False),
+        ("https://thanos.monitoring:9091", ("https://thanos.monitoring:9091",), True),
+        ("https://thanos.monitoring:9091/tenant-a", ("https://thanos.monitoring:9091",), True),
+        ("https://thanos.monitoring:90910", ("https://thanos.monitoring:9091",), False),
+        ("https://thanos.monitoring:9091.evil.example", ("https://thanos.monitoring:9091",), False),
+    ],
+)
+def test_analysis_queries_only_allowed_prometheus_addresses(
+    address: str, allowed: tuple[str, ...], ok: bool
+) -> None:
+    assert address_allowed(address, "http://prom:9090", allowed) is ok
