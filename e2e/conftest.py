@@ -42,6 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"run the e2e suite against this kube context instead of the local {CLUSTER_NAME} "
         f"cluster (or set {ALLOW_ENV})",
     )
+    parser.addoption(
+        "--real-node",
+        action="store_true",
+        default=False,
+        help="bring up the real node (kubelet + containerd) for tests marked realnode"
+        " (or set EKKO_E2E_REAL_NODE=1); without it they run only when the node is up",
+    )
 
 
 @dataclass
@@ -232,3 +239,54 @@ def operator(cluster: Cluster, namespace: str, ekko_crds: Any) -> Iterator[Opera
     """The operator as a process, watching the test namespace."""
     with OperatorProcess(cluster.kubeconfig, namespace) as proc:
         yield proc
+
+
+# -- the real node (e2e/cluster/realnode.py): containerd + kubelet next to the kwok fleet -------
+
+REAL_NODE_ENV = "EKKO_E2E_REAL_NODE"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "realnode: runs pods on the real node (kubelet + containerd); skipped unless it is up"
+        f" or --real-node / {REAL_NODE_ENV}=1 asks the suite to bring it up",
+    )
+
+
+def _real_node_wanted(config: pytest.Config) -> bool:
+    return bool(config.getoption("--real-node", default=False) or os.environ.get(REAL_NODE_ENV))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from e2e.cluster import realnode  # here: only this hook needs it
+
+    if _real_node_wanted(config) or realnode.running():
+        return
+    skip = pytest.mark.skip(
+        reason="the real node is not up (python -m e2e.cluster up --real-node, or --real-node)"
+    )
+    for item in items:
+        if "realnode" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster, request: pytest.FixtureRequest) -> str:
+    """The real node's name, Ready; started (never the control plane restarted) when asked."""
+    from e2e.cluster import realnode  # here: only real-node tests need it
+
+    if not cluster.managed:
+        pytest.skip("the real node runs only next to the local control plane")
+    ep = control.load_endpoints()
+    if ep is None or ep.advertise != control.HOST_IP:
+        pytest.skip(
+            "the running control plane does not advertise the host address; restart it with"
+            " `python -m e2e.cluster up --real-node`"
+        )
+    if not realnode.node_ready(control.Api(ep.apiserver)):
+        if not _real_node_wanted(request.config):
+            pytest.skip("the real node is not Ready")
+        with control.lock():
+            realnode.up(ep)
+    return realnode.NODE_NAME
