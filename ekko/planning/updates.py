@@ -18,12 +18,27 @@ duty per group). No clock, no API: the operator passes in what it observed.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from math import ceil
+from typing import Any
 
-from ekko.api.resources import UpdateDuty, UpdateStreamSpec, UpdateUpstream
+from prometheus_client.parser import text_string_to_metric_families
+
+from ekko.api.meta import Condition, set_condition
+from ekko.api.resources import (
+    RegionFreshness,
+    UpdateDuty,
+    UpdateFreshness,
+    UpdateState,
+    UpdateStreamSpec,
+    UpdateStreamStatus,
+    UpdateTraffic,
+    UpdateUpstream,
+)
 from ekko.api.units import duration_seconds, parse_quantity
 
 GroupRegion = tuple[int, str]
@@ -222,3 +237,207 @@ def path_to_source(topology: Topology, server: str, stream: str) -> bool:
                 return False
             current = nxt[0]
     return True
+
+
+# --- status: freshness and traffic from the agents' update metrics ----------------------------
+
+LAG_THRESHOLD_SECONDS = 5.0
+"""A server whose lag p99 (or staleness) is above this is lagging; the stream is not Fresh."""
+HIGH_CLASSES = ("new", "high")
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One server's update series for one model, as read from its /metrics (cumulative)."""
+
+    lag: Mapping[tuple[str, float], float] = field(default_factory=dict)
+    """``(priority class, le)`` → cumulative count of the lag histogram."""
+    wire_in: Mapping[str, float] = field(default_factory=dict)
+    """peer region → frame bytes pulled from it."""
+    raw_in: Mapping[str, float] = field(default_factory=dict)
+    rows: float = 0.0
+    backlog: float = 0.0
+    staleness: float = 0.0
+
+
+def parse_scrape(text: str, model: str) -> Scrape:
+    """The update series of ``model`` in a Prometheus text exposition."""
+    lag: dict[tuple[str, float], float] = {}
+    wire: dict[str, float] = {}
+    raw: dict[str, float] = {}
+    rows = backlog = staleness = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = s.labels
+            if s.name == "ekko_update_lag_seconds_bucket" and labels.get("model") == model:
+                key = (labels.get("priority_class", ""), float(labels["le"]))
+                lag[key] = lag.get(key, 0.0) + s.value
+            elif s.name == "ekko_update_wire_bytes_total" and labels.get("direction") == "in":
+                wire[labels.get("peer_region", "")] = s.value
+            elif s.name == "ekko_update_raw_bytes_total" and labels.get("direction") == "in":
+                raw[labels.get("peer_region", "")] = s.value
+            elif s.name == "ekko_update_rows_applied_total" and labels.get("model") == model:
+                rows += s.value
+            elif s.name == "ekko_update_backlog_rows":
+                backlog += s.value
+            elif s.name == "ekko_update_staleness_seconds" and labels.get("model") == model:
+                staleness = max(staleness, s.value)
+    return Scrape(lag, wire, raw, rows, backlog, staleness)
+
+
+def _delta(now: Mapping[Any, float], before: Mapping[Any, float] | None) -> dict[Any, float]:
+    before = before or {}
+    out = {}
+    for k, v in now.items():
+        d = v - before.get(k, 0.0)
+        out[k] = v if d < 0 else d  # a counter reset: the agent restarted
+    return out
+
+
+def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus' ``histogram_quantile`` over cumulative ``le → count`` (None without data)."""
+    les = sorted(buckets)
+    if not les:
+        return None
+    total = buckets[les[-1]] if math.isinf(les[-1]) else max(buckets.values())
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le in les:
+        count = buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return les[-1] if not math.isinf(les[-1]) else prev_le
+
+
+def _merge(
+    into: dict[float, float],
+    lag: Mapping[tuple[str, float], float],
+    classes: tuple[str, ...] | None,
+) -> None:
+    for (c, le), v in lag.items():
+        if classes is None or c in classes:
+            into[le] = into.get(le, 0.0) + v
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def stream_status(
+    spec: UpdateStreamSpec,
+    *,
+    generation: int | None,
+    topology: Topology,
+    servers: Iterable[StreamServer],
+    scrapes: Mapping[str, Scrape],
+    baselines: Mapping[str, Scrape],
+    window_seconds: float,
+    previous: list[Condition],
+    now: datetime,
+) -> UpdateStreamStatus:
+    """The stream's status from each connected server's metrics now and at the start of the
+    window (``baselines``; a server without one counts from zero)."""
+    servers = list(servers)
+    region_of = {s.name: s.region for s in servers}
+    overall: dict[float, float] = {}
+    high: dict[float, float] = {}
+    per_region: dict[str, dict[float, float]] = defaultdict(dict)
+    wan = raw = wire = rows = backlog = 0.0
+    lagging = 0
+    for name, scrape in scrapes.items():
+        base = baselines.get(name)
+        lag = _delta(scrape.lag, base.lag if base else None)
+        _merge(overall, lag, None)
+        _merge(high, lag, HIGH_CLASSES)
+        _merge(per_region[region_of.get(name, "")], lag, None)
+        wire_d = _delta(scrape.wire_in, base.wire_in if base else None)
+        raw_d = _delta(scrape.raw_in, base.raw_in if base else None)
+        own = region_of.get(name, "")
+        wan += sum(v for peer, v in wire_d.items() if peer != own)
+        wire += sum(wire_d.values())
+        raw += sum(raw_d.values())
+        rows += _delta({0: scrape.rows}, {0: base.rows} if base else None)[0]
+        backlog += scrape.backlog
+        mine: dict[float, float] = {}
+        _merge(mine, lag, None)
+        p99 = quantile(0.99, mine)
+        if scrape.staleness > LAG_THRESHOLD_SECONDS or (
+            p99 is not None and p99 > LAG_THRESHOLD_SECONDS
+        ):
+            lagging += 1
+    window = max(window_seconds, 1e-3)
+    wanted = len(servers)
+    connected = sum(1 for s in servers if s.address and s.name in scrapes)
+    regions = sorted({s.region for s in servers})
+    p99 = quantile(0.99, overall)
+    if spec.paused:
+        state: UpdateState = "Paused"
+    elif connected == 0:
+        state = "Pending"
+    elif lagging or connected < wanted:
+        state = "Degraded"
+    else:
+        state = "Streaming"
+    conditions = set_condition(
+        previous,
+        Condition(
+            type="Connected",
+            status="True" if wanted and connected == wanted else "False",
+            reason="AllConnected" if wanted and connected == wanted else "ServersNotConnected",
+            message=f"{connected} of {wanted} servers report an update node",
+        ),
+        now,
+    )
+    if p99 is None and not lagging:
+        fresh = Condition(
+            type="Fresh", status="Unknown", reason="NoRecentRows", message="no rows applied lately"
+        )
+    else:
+        ok = lagging == 0 and (p99 is None or p99 <= LAG_THRESHOLD_SECONDS)
+        fresh = Condition(
+            type="Fresh",
+            status="True" if ok else "False",
+            reason="LagWithinThreshold" if ok else "LagOverThreshold",
+            message=f"lag p99 {p99 if p99 is None else round(p99, 3)}s, {lagging} servers lagging (threshold {LAG_THRESHOLD_SECONDS}s)",
+        )
+    conditions = set_condition(conditions, fresh, now)
+    return UpdateStreamStatus(
+        observed_generation=generation,
+        state=state,
+        epoch=0,
+        freshness=UpdateFreshness(
+            p50_seconds=_round(quantile(0.5, overall)),
+            p99_seconds=_round(p99),
+            high_p99_seconds=_round(quantile(0.99, high)),
+            regions=[
+                RegionFreshness(
+                    region=r,
+                    leader=next(
+                        (n for (_, rr), n in sorted(topology.leaders.items()) if rr == r), ""
+                    ),
+                    servers=sum(1 for s in servers if s.region == r),
+                    lag_p50_seconds=_round(quantile(0.5, per_region.get(r, {}))),
+                    lag_p99_seconds=_round(quantile(0.99, per_region.get(r, {}))),
+                )
+                for r in regions
+            ],
+        ),
+        traffic=UpdateTraffic(
+            wan_bytes_per_second=round(wan / window),
+            raw_bytes_per_second=round(raw / window),
+            compression_ratio=round(raw / wire, 2) if wire > 0 else None,
+            rows_per_second=round(rows / window, 2),
+        ),
+        backlog_rows=round(backlog),
+        servers_wanted=wanted,
+        servers_connected=connected,
+        servers_lagging=lagging,
+        conditions=conditions,
+    )

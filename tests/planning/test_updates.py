@@ -191,3 +191,106 @@ def test_properties(
         if name != lost.name and key in t2.leaders:
             assert t2.leaders[key] == name
     assert all(path_to_source(t2, x.name, "st") for x in rest)
+
+
+# --- status -----------------------------------------------------------------------------------
+
+METRICS = """
+# TYPE ekko_update_lag_seconds histogram
+ekko_update_lag_seconds_bucket{model="ranker",region="eu",priority_class="new",le="0.1"} 2
+ekko_update_lag_seconds_bucket{model="ranker",region="eu",priority_class="new",le="1.0"} 4
+ekko_update_lag_seconds_bucket{model="ranker",region="eu",priority_class="new",le="+Inf"} 4
+ekko_update_lag_seconds_bucket{model="ranker",region="eu",priority_class="rest",le="0.1"} 0
+ekko_update_lag_seconds_bucket{model="ranker",region="eu",priority_class="rest",le="1.0"} 4
+ekko_update_lag_seconds_bucket{model="ranker",region="eu",priority_class="rest",le="+Inf"} 4
+ekko_update_lag_seconds_bucket{model="other",region="eu",priority_class="rest",le="+Inf"} 99
+ekko_update_lag_seconds_count{model="ranker",region="eu",priority_class="new"} 4
+ekko_update_lag_seconds_sum{model="ranker",region="eu",priority_class="new"} 1
+# TYPE ekko_update_wire_bytes_total counter
+ekko_update_wire_bytes_total{direction="in",peer_region="train"} 1000
+ekko_update_wire_bytes_total{direction="out",peer_region="eu"} 5000
+# TYPE ekko_update_raw_bytes_total counter
+ekko_update_raw_bytes_total{direction="in",peer_region="train"} 4000
+# TYPE ekko_update_rows_applied_total counter
+ekko_update_rows_applied_total{model="ranker",priority_class="new"} 8
+# TYPE ekko_update_backlog_rows gauge
+ekko_update_backlog_rows{downstream="a1"} 3
+# TYPE ekko_update_staleness_seconds gauge
+ekko_update_staleness_seconds{model="ranker"} 0
+"""
+
+
+def test_parse_scrape_and_quantiles() -> None:
+    from ekko.planning.updates import parse_scrape, quantile
+
+    s = parse_scrape(METRICS, "ranker")
+    assert s.lag[("new", 0.1)] == 2 and s.lag[("rest", 1.0)] == 4
+    assert ("rest", float("inf")) in s.lag and s.lag[("rest", float("inf"))] == 4
+    assert s.wire_in == {"train": 1000} and s.raw_in == {"train": 4000}
+    assert (s.rows, s.backlog) == (8, 3)
+    assert quantile(0.5, {0.1: 2, 1.0: 4, float("inf"): 4}) == pytest.approx(0.1)
+    assert quantile(0.99, {0.1: 2, 1.0: 4, float("inf"): 4}) == pytest.approx(0.1 + 0.9 * 1.96 / 2)
+    assert quantile(0.5, {0.1: 0, float("inf"): 0}) is None
+
+
+def test_stream_status_from_scrapes() -> None:
+    import datetime as dt
+
+    from ekko.planning.updates import Scrape, parse_scrape, stream_status
+
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    fleet = [srv("a0", "eu"), srv("a1", "eu"), srv("b0", "us", ready=False)]
+    t = plan_topology("s", spec(), fleet)
+    scrape = parse_scrape(METRICS, "ranker")
+    status = stream_status(
+        spec(),
+        generation=3,
+        topology=t,
+        servers=fleet,
+        scrapes={"a0": scrape, "a1": scrape},
+        baselines={"a1": Scrape(wire_in={"train": 500}, raw_in={"train": 1000}, rows=4)},
+        window_seconds=10,
+        previous=[],
+        now=now,
+    )
+    assert status.observed_generation == 3
+    assert (status.servers_wanted, status.servers_connected, status.servers_lagging) == (3, 2, 0)
+    assert status.state == "Degraded"  # b0 is not connected
+    assert status.traffic.wan_bytes_per_second == 150  # (1000 + 500) / 10 s
+    assert status.traffic.compression_ratio == pytest.approx(7000 / 1500, rel=1e-2)
+    assert status.traffic.rows_per_second == pytest.approx(1.2)
+    assert status.backlog_rows == 6
+    assert status.freshness.p99_seconds is not None and status.freshness.p99_seconds < 1.0
+    assert [(r.region, r.leader, r.servers) for r in status.freshness.regions] == [
+        ("eu", "a0", 2),
+        ("us", "", 1),
+    ]
+    kinds = {c.type: c.status for c in status.conditions}
+    assert kinds == {"Connected": "False", "Fresh": "True"}
+    paused = stream_status(
+        spec(paused=True),
+        generation=3,
+        topology=t,
+        servers=fleet[:2],
+        scrapes={"a0": scrape, "a1": scrape},
+        baselines={},
+        window_seconds=10,
+        previous=status.conditions,
+        now=now,
+    )
+    assert paused.state == "Paused"
+    assert {c.type: c.status for c in paused.conditions}["Connected"] == "True"
+    stale = Scrape(staleness=30.0)
+    lagging = stream_status(
+        spec(),
+        generation=3,
+        topology=t,
+        servers=fleet[:2],
+        scrapes={"a0": scrape, "a1": stale},
+        baselines={},
+        window_seconds=10,
+        previous=[],
+        now=now,
+    )
+    assert lagging.state == "Degraded" and lagging.servers_lagging == 1
+    assert {c.type: c.status for c in lagging.conditions}["Fresh"] == "False"
