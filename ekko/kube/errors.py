@@ -10,14 +10,6 @@ class KubeError(RuntimeError):
         super().__init__(message)
         self.status = status
 
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
 
 class InvalidObjectError(KubeError):
     """An object the API server stored but Ekko cannot use (its body fails the api types, e.g.

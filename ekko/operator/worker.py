@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -453,12 +453,9 @@ class Workers:
             self.model_pools[key] = pool
             self.wake(namespace, pool, replan=True)
 
-    def wake_all(
-        self, replan: bool = False, where: Callable[[PoolKey], bool] = lambda _: True
-    ) -> None:
+    def wake_all(self, replan: bool = False) -> None:
         for key in list(self.workers):
-            if where(key):
-                self.wake(*key, replan=replan)
+            self.wake(*key, replan=replan)
 
     async def stop(self) -> None:
         tasks = [w.task for w in self.workers.values() if w.task is not None]

@@ -12,7 +12,7 @@ stays loaded (``previousVersion``) so rolling back a promoted version needs no l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -118,7 +118,6 @@ class Inputs:
     request: Request | None = None
     name: str = ""
     generation: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def split(stable: str, canary: str, weight: int) -> tuple[VersionWeight, ...]:
