@@ -384,7 +384,7 @@ class Artifact(ApiModel):
         default=None,
         max_length=71,
         pattern=r"^sha256:[0-9a-f]{64}$",
-        description="sha256:<hex> digest of the artifact manifest, checked by the agent.",
+        description="sha256:<hex> digest of the artifact, recorded with the version. Not verified by the agent yet: it checks each shard's size only.",
     )
 
 

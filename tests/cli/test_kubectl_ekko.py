@@ -336,11 +336,15 @@ def test_request_annotations_clear_a_stale_rollback_target() -> None:
     assert view.request_annotations("rollback", "t", "v1")[ROLLBACK_TO_ANNOTATION] == "v1"
 
 
-def test_rollback_routing_patch() -> None:
-    assert view.rollback_routing("v1") == {
-        "weights": [{"version": "v1", "weight": 100}],
-        "canaryWeight": 0,
-    }
+def test_rollback_routing_patch_is_a_valid_status_that_routes_everything_back() -> None:
+    from ekko.rollout.observe import current_weights
+
+    before = model(canary="v2", weights=[("v1", 70), ("v2", 30)])
+    body = before.model_dump(by_alias=True, mode="json", exclude_none=True)
+    body["status"] |= view.rollback_routing("v1")  # a merge patch of the status subresource
+    after = Model.model_validate(body)
+    assert current_weights(after) == (VersionWeight(version="v1", weight=100),)
+    assert after.status is not None and after.status.canary_weight == 0
 
 
 # -- --wait judgement ---------------------------------------------------------------------

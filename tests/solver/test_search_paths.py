@@ -41,8 +41,9 @@ def test_lns_replan_keeps_shards_in_place() -> None:
     assert violations(again, plan) == []
     # Moves are only made to save servers: servers + migration cost never exceeds staying put.
     assert plan.objective <= first.servers_used + 1e-9
-    if plan.servers_used == first.servers_used:
-        assert plan.bytes_moved == 0
+    assert plan.servers_used <= first.servers_used
+    # Every byte moved bought a server: either nothing moved, or the plan uses fewer servers.
+    assert plan.bytes_moved == 0 or plan.servers_used < first.servers_used
 
 
 def test_wrap_around_spreads_over_zones() -> None:
