@@ -13,7 +13,9 @@ from typing import Any
 import kopf
 
 from ekko.api.meta import GROUP, VERSION
+from ekko.kube.updates import UpdateKube
 from ekko.operator.settings import configure
+from ekko.operator.updates import UpdateStreams
 
 POOL_LABEL = f"{GROUP}/pool"
 
@@ -26,12 +28,13 @@ async def startup(
     **_: Any,
 ) -> None:
     configure(settings, memo)
+    memo.streams = UpdateStreams(UpdateKube(memo.fleet.custom.api_client), memo.workers.gate)
     logger.info("Ekko operator started.")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("workers", "rollouts"):
+    for name in ("workers", "rollouts", "streams"):
         group = memo.get(name)
         if group is not None:
             await group.stop()
@@ -75,6 +78,7 @@ async def assignment_event(
     # Agents heartbeat every few seconds; only a change in what they hold or apply matters.
     if not memo.workers.assignment_changed(body, deleted=event["type"] == "DELETED"):
         return
+    memo.streams.wake_namespace(body.metadata.namespace)  # an agent's update address, a move
     pool = body.spec.get("pool")
     if pool:
         memo.workers.wake(body.metadata.namespace, pool)
@@ -85,6 +89,14 @@ async def assignment_event(
 @kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
 async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.workers.wake(body.metadata.namespace, body.metadata.labels[POOL_LABEL])
+    memo.streams.wake_namespace(body.metadata.namespace)  # a server lost or ready: re-wire
+
+
+@kopf.on.event(GROUP, VERSION, "updatestreams")
+async def stream_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # Created, changed or deleted: the stream's worker re-reads it (and removes its duties when
+    # it is gone); status writes wake it too, which costs one idempotent pass.
+    memo.streams.wake(body.metadata.namespace, body.metadata.name)
 
 
 @kopf.on.event("", "v1", "nodes")

@@ -103,6 +103,20 @@ def previous_leaders(
     return out
 
 
+def previous_deputies(
+    assignments: Mapping[str, Iterable[UpdateDuty]], stream: str
+) -> dict[GroupRegion, str]:
+    """The deputies the current assignments name: a follower's second upstream when it is a
+    server (so a restarted operator keeps them, and no follower is re-pointed)."""
+    out: dict[GroupRegion, str] = {}
+    for _, duties in sorted(assignments.items()):
+        for d in duties:
+            wired = len(d.upstreams) > 1 and d.upstreams[0].server and d.upstreams[1].server
+            if d.stream == stream and d.role == "Follower" and wired:
+                out.setdefault((d.group, d.region), d.upstreams[1].server)
+    return out
+
+
 def _choose(
     candidates: list[StreamServer], previous: str | None, deputy: str | None
 ) -> StreamServer | None:

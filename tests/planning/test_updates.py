@@ -294,3 +294,16 @@ def test_stream_status_from_scrapes() -> None:
     )
     assert lagging.state == "Degraded" and lagging.servers_lagging == 1
     assert {c.type: c.status for c in lagging.conditions}["Fresh"] == "False"
+
+
+def test_a_restarted_operator_reads_leaders_and_deputies_back() -> None:
+    from ekko.planning.updates import previous_deputies
+
+    t = plan_topology("s", spec(), FLEET)
+    leaders = previous_leaders(t.duties, "s")
+    deputies = previous_deputies(t.duties, "s")
+    assert leaders == dict(t.leaders)
+    # A region of two names its deputy nowhere; choosing it again gives the same wiring.
+    assert deputies == {(0, "eu"): "a1"}
+    again = plan_topology("s", spec(), FLEET, leaders, deputies)
+    assert again.duties == t.duties

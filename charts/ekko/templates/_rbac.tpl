@@ -31,6 +31,14 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: ["ekko.dev"]
   resources: ["modelversions/status"]
   verbs: ["patch"]
+# ekko/kube/updates.py observe; kopf on.event(updatestreams) list/watch.
+- apiGroups: ["ekko.dev"]
+  resources: ["updatestreams"]
+  verbs: ["get", "list", "watch"]
+# ekko/kube/updates.py patch_status (freshness and traffic).
+- apiGroups: ["ekko.dev"]
+  resources: ["updatestreams/status"]
+  verbs: ["patch"]
 # Server pods and assignments carry ownerReferences with blockOwnerDeletion to their pool; API
 # servers with OwnerReferencesPermissionEnforcement require update on the owner's finalizers.
 - apiGroups: ["ekko.dev"]

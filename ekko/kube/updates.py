@@ -1,0 +1,163 @@
+"""Kubernetes I/O of update streams: read streams, models and assignments; write update duties
+into assignments and freshness into UpdateStream status; post events.
+
+Duties are written with a JSON merge patch of ``spec.updates`` alone, so they never race the pool
+worker's assignment writes (which patch ``pool``, ``server``, ``zone`` and ``shards`` and leave
+``updates`` untouched). Calls are synchronous; the operator runs them in a thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from ekko.api.meta import GROUP, VERSION
+from ekko.api.resources import Model, ServerAssignment, UpdateDuty, UpdateStream
+from ekko.kube import pods
+from ekko.kube.errors import InvalidObjectError, KubeError
+from ekko.kube.fleet import parse
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def converted(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn the client's exceptions into KubeError with a one-line message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as err:
+            raise KubeError(f"{fn.__name__}: {err.reason} ({err.status})", err.status or 0) from err
+        except (HTTPError, OSError) as err:
+            raise KubeError(f"{fn.__name__}: {err}") from err
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class StreamObservation:
+    """What one pass of a stream needs: the stream, its model and every assignment of the
+    namespace (with whether its pod serves)."""
+
+    stream: UpdateStream | None
+    model: Model | None
+    assignments: tuple[tuple[ServerAssignment, bool], ...]
+    regions: dict[str, str]
+    """Server → value of the stream's regionLabel on its node (only when regionLabel is set;
+    otherwise a server's region is the zone of its assignment)."""
+
+
+class UpdateKube:
+    """Reads and writes what update streams need."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        # Typed as Any: the client's annotations disagree with the dict bodies it accepts.
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.core: Any = client.CoreV1Api(api)
+
+    def _get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return body
+
+    @converted
+    def observe(self, namespace: str, name: str) -> StreamObservation:
+        raw = self._get("updatestreams", namespace, name)
+        stream = parse(UpdateStream, raw) if raw is not None else None
+        model = None
+        if stream is not None:
+            body = self._get("models", namespace, stream.spec.model)
+            model = parse(Model, body) if body is not None else None
+        items = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "serverassignments"
+        )["items"]
+        pod_list = self.core.list_namespaced_pod(namespace, label_selector=pods.POOL_LABEL).items
+        by_name = {p.metadata.name: p for p in pod_list}
+        assignments = []
+        for item in items:
+            try:
+                a = parse(ServerAssignment, item)
+            except InvalidObjectError as err:  # rewritten by the pool worker
+                log.warning("%s", err)
+                continue
+            pod = by_name.get(a.metadata.name)
+            serving = (
+                pod is not None and pod.metadata.deletion_timestamp is None and pods.pod_ready(pod)
+            )
+            assignments.append((a, serving))
+        regions: dict[str, str] = {}
+        label = stream.spec.topology.region_label if stream is not None else None
+        if label:
+            nodes = {
+                n.metadata.name: (n.metadata.labels or {}).get(label, "")
+                for n in self.core.list_node().items
+            }
+            for pod in pod_list:
+                regions[pod.metadata.name] = nodes.get(pod.spec.node_name or "", "")
+        return StreamObservation(stream, model, tuple(assignments), regions)
+
+    @converted
+    def write_duties(self, namespace: str, server: str, duties: list[UpdateDuty]) -> None:
+        """Replace the assignment's ``spec.updates`` (a 404 is ignored: the server is gone)."""
+        body = {"spec": {"updates": [d.model_dump(by_alias=True, mode="json") for d in duties]}}
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "serverassignments", server, body
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    @converted
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "updatestreams", name, {"status": status}
+            )
+        except ApiException as err:
+            if err.status != 404:  # deleted meanwhile
+                raise
+
+    @converted
+    def event(self, stream: UpdateStream, reason: str, message: str, warning: bool = False) -> None:
+        """Post a Kubernetes event on the stream (short, past tense, names the object)."""
+        now = dt.datetime.now(dt.UTC)
+        namespace = stream.metadata.namespace or "default"
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{stream.metadata.name}.", namespace=namespace
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind="UpdateStream",
+                name=stream.metadata.name,
+                namespace=namespace,
+                uid=stream.metadata.uid,
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="ekko-operator"),
+        )
+        self.core.create_namespaced_event(namespace, body)

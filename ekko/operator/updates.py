@@ -1,0 +1,248 @@
+"""Update streams: one worker per UpdateStream wires its servers and reports its freshness.
+
+Each pass observes the stream, its model and the namespace's assignments, plans the pull topology
+(:func:`ekko.planning.updates.plan_topology`, leaders kept from what the assignments already say,
+so a restarted operator churns nothing), writes the duties that changed into the assignments'
+``spec.updates``, posts an event when a leader changes, and at most every ``STATUS_SECONDS``
+reads each connected agent's update metrics (its data-plane ``/metrics``) and writes
+``UpdateStream.status``. A deleted stream has its duties removed (placement is not touched).
+
+The data plane never needs the operator: agents keep pulling from the upstreams they were given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections import deque
+from typing import Any
+
+import aiohttp
+
+from ekko.api.resources import UpdateStream
+from ekko.kube.errors import KubeError
+from ekko.kube.updates import StreamObservation, UpdateKube
+from ekko.operator.peering import Gate
+from ekko.planning.updates import (
+    Scrape,
+    StreamServer,
+    Topology,
+    merge_duties,
+    parse_scrape,
+    plan_topology,
+    previous_deputies,
+    previous_leaders,
+    stream_status,
+)
+
+log = logging.getLogger(__name__)
+
+PASS_SECONDS = 2.0
+"""A pass at least this often: pod readiness and agent addresses are re-read."""
+STATUS_SECONDS = 5.0
+"""Status is written at most this often (it is telemetry; nothing waits on it)."""
+WINDOW_SECONDS = 60.0
+"""Rates and lag quantiles are over about this window."""
+SCRAPE_TIMEOUT = 2.0
+MAX_BACKOFF_SECONDS = 30.0
+
+StreamKey = tuple[str, str]
+
+
+def servers_of(obs: StreamObservation) -> list[StreamServer]:
+    """The servers holding the stream's model (pool and shards from their assignments)."""
+    if obs.stream is None or obs.model is None:
+        return []
+    model = obs.model.metadata.name
+    pool = obs.model.spec.pool
+    label = obs.stream.spec.topology.region_label
+    out = []
+    for a, serving in obs.assignments:
+        shards = frozenset(s.shard for s in a.spec.shards if s.model == model)
+        if a.spec.pool != pool or not shards:
+            continue
+        name = a.metadata.name
+        out.append(
+            StreamServer(
+                name=name,
+                region=obs.regions.get(name, "") if label else a.spec.zone,
+                shards=shards,
+                ready=serving,
+                address=a.status.update_address if a.status else "",
+            )
+        )
+    return out
+
+
+async def scrape(session: aiohttp.ClientSession, address: str, model: str) -> Scrape | None:
+    """One agent's update series, or None when it does not answer."""
+    url = address.rstrip("/") + "/metrics"
+    try:
+        timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)
+        async with session.get(url, timeout=timeout) as resp:
+            if resp.status != 200:
+                return None
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    return parse_scrape(text, model)
+
+
+class StreamWorker:
+    """Keeps one stream wired and its status current."""
+
+    def __init__(self, key: StreamKey, kube: UpdateKube, gate: Gate) -> None:
+        self.key = key
+        self.kube = kube
+        self.gate = gate
+        self.task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.topology: Topology | None = None
+        self._history: dict[str, deque[tuple[float, Scrape]]] = {}
+        self._status_at = 0.0
+        self._last_status: dict[str, Any] | None = None
+        self._reported: str = ""
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                if await self.run_pass() is None:
+                    return
+                backoff = 1.0
+                self._reported = ""
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a loop that must survive: log, back off, retry
+                text = f"{type(err).__name__}: {err}"
+                if text != self._reported:
+                    if isinstance(err, KubeError):
+                        log.warning("UpdateStream %s/%s: pass failed: %s", *self.key, err)
+                    else:
+                        log.exception("UpdateStream %s/%s: pass failed", *self.key)
+                    self._reported = text
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PASS_SECONDS)
+            self._wake.clear()
+
+    async def run_pass(self) -> bool | None:
+        """One pass; None when the stream is gone (its duties removed)."""
+        namespace, name = self.key
+        if not await self.gate.allowed(namespace):
+            return True
+        obs = await asyncio.to_thread(self.kube.observe, namespace, name)
+        stream = obs.stream
+        if stream is None or stream.metadata.deletion_timestamp is not None:
+            await self._write(obs, Topology(duties={}))
+            log.info("UpdateStream %s/%s is gone; its update duties were removed.", *self.key)
+            return None
+        servers = servers_of(obs)
+        current = {a.metadata.name: a.spec.updates for a, _ in obs.assignments}
+        before = self.topology
+        leaders = before.leaders if before else previous_leaders(current, name)
+        deputies = before.deputies if before else previous_deputies(current, name)
+        topology = plan_topology(name, stream.spec, servers, leaders, deputies)
+        await self._write(obs, topology)
+        for (group, region), leader in topology.leader_changes(leaders).items():
+            old = leaders.get((group, region))
+            where = f"region {region or '(none)'}" + (f" group {group}" if group else "")
+            text = f"Chose {leader} to lead {where}" + (f" (was {old})" if old else "")
+            log.info("UpdateStream %s/%s: %s.", namespace, name, text)
+            await asyncio.to_thread(self.kube.event, stream, "LeaderChosen", text)
+        self.topology = topology
+        if time.monotonic() - self._status_at >= STATUS_SECONDS:
+            await self._report(stream, topology, servers)
+        return True
+
+    async def _write(self, obs: StreamObservation, topology: Topology) -> None:
+        name = self.key[1]
+        for a, _ in obs.assignments:
+            mine = topology.duties.get(a.metadata.name, ())
+            new = merge_duties(a.spec.updates, name, mine)
+            if new != list(a.spec.updates):
+                await asyncio.to_thread(self.kube.write_duties, self.key[0], a.metadata.name, new)
+
+    async def _report(
+        self, stream: UpdateStream, topology: Topology, servers: list[StreamServer]
+    ) -> None:
+        self._status_at = time.monotonic()
+        now = time.monotonic()
+        connected = [s for s in servers if s.address]
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(
+                *(scrape(session, s.address, stream.spec.model) for s in connected)
+            )
+        scrapes: dict[str, Scrape] = {}
+        baselines: dict[str, Scrape] = {}
+        window = 0.0
+        for s, result in zip(connected, results, strict=True):
+            if result is None:
+                continue
+            scrapes[s.name] = result
+            history = self._history.setdefault(s.name, deque())
+            while history and now - history[0][0] > WINDOW_SECONDS:
+                history.popleft()
+            if history:
+                baselines[s.name] = history[0][1]
+                window = max(window, now - history[0][0])
+            history.append((now, result))
+        for gone in set(self._history) - {s.name for s in servers}:
+            del self._history[gone]
+        previous = stream.status.conditions if stream.status else []
+        status = stream_status(
+            stream.spec,
+            generation=stream.metadata.generation,
+            topology=topology,
+            servers=servers,
+            scrapes=scrapes,
+            baselines=baselines,
+            window_seconds=window or STATUS_SECONDS,
+            previous=list(previous),
+            now=dt.datetime.now(dt.UTC),
+        )
+        body = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+        if body != self._last_status:
+            await asyncio.to_thread(self.kube.patch_status, self.key[0], self.key[1], body)
+            self._last_status = body
+
+
+class UpdateStreams:
+    """The workers of every stream, created on first wake."""
+
+    def __init__(self, kube: UpdateKube, gate: Gate) -> None:
+        self.kube = kube
+        self.gate = gate
+        self.workers: dict[StreamKey, StreamWorker] = {}
+
+    def wake(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        worker = self.workers.get(key)
+        if worker is None or worker.task is None or worker.task.done():
+            worker = StreamWorker(key, self.kube, self.gate)
+            self.workers[key] = worker
+            worker.task = asyncio.get_running_loop().create_task(
+                worker.run(), name=f"updatestream {namespace}/{name}"
+            )
+        worker.wake()
+
+    def wake_namespace(self, namespace: str | None) -> None:
+        """Something its streams depend on changed (an assignment or a server pod)."""
+        for key, worker in list(self.workers.items()):
+            if key[0] == namespace and worker.task is not None and not worker.task.done():
+                worker.wake()
+
+    async def stop(self) -> None:
+        tasks = [w.task for w in self.workers.values() if w.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
