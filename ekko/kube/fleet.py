@@ -409,10 +409,22 @@ class Fleet:
                 raise
 
     @converted
-    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> None:
+        """Merge-patch an object's status; with ``resource_version``, only if the object is still
+        at that version (409 Conflict otherwise)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": status}
+                GROUP, VERSION, namespace, plural, name, body
             )
         except ApiException as err:
             if err.status != 404:  # deleted meanwhile: nothing to report on
@@ -477,9 +489,7 @@ AGENT_PORT = 9400
 def owned_by(pod: Any, pool: ServerPool) -> bool:
     """Whether the pool's controller owner reference is on the pod (it creates every server)."""
     refs = pod.metadata.owner_references or []
-    return any(
-        r.kind == "ServerPool" and r.uid == pool.metadata.uid and r.controller for r in refs
-    )
+    return any(r.kind == "ServerPool" and r.uid == pool.metadata.uid and r.controller for r in refs)
 
 
 def owner_reference(pool: ServerPool) -> dict[str, Any]:

@@ -93,18 +93,18 @@ class PoolWorker:
                 log.warning("Pool %s/%s: %s; waiting for a fixed spec", *self.key, err.problem)
                 await self._report_failure(err, "InvalidSpec", f"spec not usable: {err.problem}")
                 continue
-            except Exception as err:
-                metrics.RECONCILE_ERRORS.labels(self.key[1]).inc()
-                delay = backoff * random.uniform(0.8, 1.2)
-                text = f"reconcile failed: {_describe(err)}; retrying in {delay:.1f}s"
-                if isinstance(err, KubeError):
-                    log.warning("Pool %s/%s: %s", *self.key, text)
-                else:
-                    log.exception("Pool %s/%s: %s", *self.key, text)
-                await self._report_failure(err, "ReconcileFailed", text)
-                await asyncio.sleep(delay)
+            except KubeError as err:
+                if err.status == 409:
+                    # Someone wrote first (a precondition failed): observe again, no failure.
+                    log.info("Pool %s/%s: %s; observing again", *self.key, err)
+                    self._wake.set()
+                    continue
+                await self._failed_pass(err, backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                self._wake.set()
+                continue
+            except Exception as err:
+                await self._failed_pass(err, backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
             backoff = 0.5
             self._failure = ""
@@ -112,6 +112,19 @@ class PoolWorker:
                 return  # the pool is gone
             if more:
                 asyncio.get_running_loop().call_later(FOLLOW_UP_SECONDS, self._wake.set)
+
+    async def _failed_pass(self, err: Exception, backoff: float) -> None:
+        """Log, report and sleep after a pass that raised; the caller retries."""
+        metrics.RECONCILE_ERRORS.labels(self.key[1]).inc()
+        delay = backoff * random.uniform(0.8, 1.2)
+        text = f"reconcile failed: {_describe(err)}; retrying in {delay:.1f}s"
+        if isinstance(err, KubeError):
+            log.warning("Pool %s/%s: %s", *self.key, text)
+        else:
+            log.exception("Pool %s/%s: %s", *self.key, text)
+        await self._report_failure(err, "ReconcileFailed", text)
+        await asyncio.sleep(delay)
+        self._wake.set()
 
     async def _report_failure(self, err: Exception, reason: str, text: str) -> None:
         """Say on the pool why its pass failed: an event when the problem is new, conditions.
@@ -310,18 +323,21 @@ class PoolWorker:
             if model.metadata.name in state.rejected:
                 continue  # reported below, on the spec as it stands
             why = self.outcome.excluded.get(model.metadata.name, "")
-            await self._patch_if_changed(
-                "models", model.metadata.name, model_status(state, desired, model, now, why)
-            )
+            body = model_status(state, desired, model, now, why)
+            # stableVersion belongs to the rollout; the pool worker only initialises it, and only
+            # on the status it observed (a resourceVersion precondition: a promote written
+            # meanwhile makes this write conflict and the pass retry, instead of undoing it).
+            precondition = model.metadata.resource_version if "stableVersion" in body else None
+            await self._patch_if_changed("models", model.metadata.name, body, precondition)
         for model_name, problem in sorted(state.rejected.items()):
             kept = model_name in self._last_good
             text = f"spec not usable: {problem}" + (
                 "; its replicas keep serving the last usable spec" if kept else ""
             )
-            body: dict[str, object] = {
+            rejected: dict[str, object] = {
                 "conditions": failure_conditions("InvalidSpec", text, None, now)
             }
-            if self._last_status.get(f"models/{model_name}") != body:
+            if self._last_status.get(f"models/{model_name}") != rejected:
                 last = self._last_good.get(model_name)
                 await asyncio.to_thread(
                     self.fleet.event_on,
@@ -333,13 +349,21 @@ class PoolWorker:
                     message=text,
                     warning=True,
                 )
-            await self._patch_if_changed("models", model_name, body)
+            await self._patch_if_changed("models", model_name, rejected)
 
-    async def _patch_if_changed(self, plural: str, obj: str, status: dict[str, object]) -> None:
+    async def _patch_if_changed(
+        self,
+        plural: str,
+        obj: str,
+        status: dict[str, object],
+        resource_version: str | None = None,
+    ) -> None:
         key = f"{plural}/{obj}"
         if self._last_status.get(key) == status:
             return
-        await asyncio.to_thread(self.fleet.patch_status, plural, self.key[0], obj, status)
+        await asyncio.to_thread(
+            self.fleet.patch_status, plural, self.key[0], obj, status, resource_version
+        )
         self._last_status[key] = status
 
 

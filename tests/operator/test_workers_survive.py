@@ -115,3 +115,15 @@ def test_a_rollout_worker_survives_any_exception_and_reports_it() -> None:
     assert [(k, r) for k, r, _ in fleet.events] == [("ModelVersion", "RolloutPassFailed")]
     assert "result < 1.2.3" in fleet.events[0][2]
     assert conditions(fleet.statuses[0][1])["Degraded"] == ("True", "RolloutPassFailed")
+
+
+def test_a_conflict_is_observed_again_not_reported_as_a_failure() -> None:
+    fleet = Recorder(KubeError("patch_status: 409 Conflict", 409))
+    w = PoolWorker(("ns", "pool"), fleet, None, gate())  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        w.wake(replan=False)
+        await asyncio.wait_for(w.run(), timeout=10)
+
+    asyncio.run(scenario())
+    assert fleet.calls == 2 and fleet.events == [] and fleet.statuses == []
