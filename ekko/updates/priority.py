@@ -2,16 +2,23 @@
 
 Ekko's priority of a row is ``p = (p_g + p_u) × p_m``:
 
-- ``p_g`` (significance): the row's last update magnitude (L2 of the change) over the table's
-  running mean magnitude;
+- ``p_g`` (significance): how far the row has moved since the version the downstreams hold (L2
+  of the current value minus the value at the responder's *drift cut*, the pointwise minimum of
+  its live downstreams' version vectors; see :meth:`~ekko.updates.store.Store.set_base_cut`) over
+  the table's running mean update magnitude. A row written many times since the peer's copy
+  outranks one written once, and a row that oscillated back does not (the last write's magnitude
+  alone, the fallback when a store keeps no baseline, sees neither);
 - ``p_u`` (freshness): a large constant for rows the downstream has never received (new users and
   items are useless to a server until their first row arrives);
 - ``p_m``: the model's weight (its traffic share).
 
 Rows are classed **new** (never received), **high** (priority at or above a user-set percentile,
 estimated with :class:`QuantileSketch`) and **rest**, and sent in that order. Within new and high
-the highest priority goes first; the rest go in seq order, which lets the downstream's version
-vector advance (a priority-ordered tail would leave it stuck and its exception set growing).
+the highest priority goes first. Within rest, the highest-scored rows go first **up to an
+exception budget** (``SchedulerConfig.exception_budget`` minus the exceptions the peer already
+holds), then the others in seq order: rows sent out of seq order become the peer's exceptions
+(they travel in every pull request), while seq order lets the peer's version vector advance. The
+budget bounds what the score-ordered part of the rest can add to the peer's exception set.
 ``fifo`` is the alternative policy (every row in seq order), and any :data:`PriorityFn` can
 replace Ekko's formula. :meth:`Scheduler.respond` turns a :class:`~ekko.updates.store.PullRequest`
 into a :class:`~ekko.updates.store.PullResponse` that never exceeds the request's byte budget.
@@ -36,7 +43,7 @@ from ekko.updates.store import (
     Store,
     row_wire_bytes,
 )
-from ekko.updates.versions import Knowledge, VersionVector
+from ekko.updates.versions import EMPTY_VECTOR, Knowledge, VersionVector
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -120,8 +127,10 @@ PriorityFn = Callable[[Candidates, TableContext], F64]
 
 
 def ekko_priority(c: Candidates, ctx: TableContext) -> F64:
-    """``(p_g + p_u) × p_m`` (see the module docstring)."""
-    p_g = c.magnitudes / max(ctx.mean_magnitude, 1e-12)
+    """``(p_g + p_u) × p_m`` (see the module docstring): significance is the drift since the
+    downstreams' version when the store tracks it, else the last write's magnitude."""
+    sig = c.magnitudes if c.drift is None else c.drift
+    p_g = sig / max(ctx.mean_magnitude, 1e-12)
     p_u = np.where(c.new, NEW_BONUS, 0.0)
     out: F64 = (p_g + p_u) * ctx.weight
     return out
@@ -136,15 +145,24 @@ def fifo_priority(c: Candidates, ctx: TableContext) -> F64:
 @dataclass(frozen=True)
 class SchedulerConfig:
     """``policy`` orders rows; ``high_percentile`` sets the high class (rows whose priority is at
-    or above that quantile of recent priorities); ``priority_fn`` replaces Ekko's formula."""
+    or above that quantile of recent priorities); ``priority_fn`` replaces Ekko's formula.
+
+    ``exception_budget`` bounds the rest-class rows a response sends by score (out of seq order):
+    at most ``exception_budget`` minus the exceptions the peer's request already carries (0: the
+    rest go in seq order only). ``peer_ttl`` is how many responses a downstream that stopped
+    pulling still holds the drift cut back."""
 
     policy: Policy = "ekko"
     high_percentile: float = 0.9
     priority_fn: PriorityFn | None = None
+    exception_budget: int = 1024
+    peer_ttl: int = 256
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.high_percentile <= 1.0:
             raise ValueError("high_percentile must lie in [0, 1]")
+        if self.exception_budget < 0 or self.peer_ttl < 1:
+            raise ValueError("exception_budget must be >= 0 and peer_ttl >= 1")
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,27 +184,39 @@ class Ranked:
         )
 
 
-def order(ranked: Ranked, policy: Policy = "ekko") -> I64:
+def order(ranked: Ranked, policy: Policy = "ekko", rest_by_score: int = 0) -> I64:
     """Indices in sending order. ``ekko``: new, then high, then rest; by score within new and
-    high, by seq within rest. ``fifo``: by seq. Ties break by seq, then index (deterministic)."""
+    high; within rest, the ``rest_by_score`` highest-scored rows by score, then the others by
+    seq. ``fifo``: by seq. Ties break by seq, then index (deterministic)."""
     idx = np.arange(len(ranked.seqs), dtype=np.int64)
     if policy == "fifo":
         out: I64 = np.lexsort((idx, ranked.seqs))
         return out
     rest = ranked.classes == REST
-    by_score = np.where(rest, 0.0, -ranked.scores)
-    by_seq = np.where(rest, ranked.seqs, 0)
-    out = np.lexsort((idx, ranked.seqs, by_seq, by_score, ranked.classes))
+    # Tier: 0 new, 1 high, 2 the rest sent by score (within the budget), 3 the rest by seq.
+    tier = np.where(rest, 3, ranked.classes.astype(np.int64))
+    if rest_by_score > 0 and rest.any():
+        r_idx = np.flatnonzero(rest)
+        top = r_idx[np.lexsort((r_idx, ranked.seqs[r_idx], -ranked.scores[r_idx]))]
+        tier[top[:rest_by_score]] = 2
+    by_seq = tier == 3
+    by_score = np.where(by_seq, 0.0, -ranked.scores)
+    seq_key = np.where(by_seq, ranked.seqs, 0)
+    out = np.lexsort((idx, ranked.seqs, seq_key, by_score, tier))
     return out
 
 
 def fill(
-    ranked: Ranked, budget_bytes: int, row_bytes: int | npt.ArrayLike, policy: Policy = "ekko"
+    ranked: Ranked,
+    budget_bytes: int,
+    row_bytes: int | npt.ArrayLike,
+    policy: Policy = "ekko",
+    rest_by_score: int = 0,
 ) -> I64:
     """The rows to send, in order: the longest prefix of :func:`order` whose bytes fit the
     budget. Never exceeds ``budget_bytes``; a prefix (not a knapsack) keeps the order promise —
     no row is sent while a higher one waits."""
-    ordered = order(ranked, policy)
+    ordered = order(ranked, policy, rest_by_score)
     if len(ordered) == 0 or budget_bytes <= 0:
         return ordered[:0]
     per_row = np.broadcast_to(np.asarray(row_bytes, dtype=np.int64), ranked.seqs.shape)
@@ -204,6 +234,8 @@ class Scheduler:
         self.sketch = QuantileSketch()
         self.last_backlog: dict[str, int] = {}
         """Candidate rows left unsent by the last response to each peer (the backlog metric)."""
+        self._responses = 0
+        self._peers: dict[str, tuple[int, dict[ShardId, VersionVector]]] = {}
 
     def threshold(self) -> float:
         return self.sketch.quantile(self.config.high_percentile)
@@ -229,6 +261,7 @@ class Scheduler:
         ranks: list[Ranked] = []
         row_bytes: list[I64] = []
         idle: list[tuple[ShardId, Knowledge]] = []
+        self._track_peer(store, request)
         for shard in store.shards():
             k = request.knowledge.get(shard, Knowledge())
             if store.nothing_newer(shard, k):
@@ -241,11 +274,13 @@ class Scheduler:
             ranks.append(self.rank(c, ctx))
             row_bytes.append(np.full(c.n, row_wire_bytes(spec.dim, request.dtype), dtype=np.int64))
         ranked = Ranked.concat(ranks)
+        held = sum(k.n_exceptions for k in request.knowledge.values())
         chosen = fill(
             ranked,
             request.budget_bytes,
             np.concatenate(row_bytes) if row_bytes else 0,
             self.config.policy,
+            max(0, self.config.exception_budget - held),
         )
         sent = np.zeros(len(ranked.seqs), dtype=np.bool_)
         sent[chosen] = True
@@ -297,6 +332,33 @@ class Scheduler:
         backlog = int((~sent).sum())
         self.last_backlog[request.peer] = backlog
         return PullResponse(store.specs(), tuple(batches), backlog == 0, backlog)
+
+    def _track_peer(self, store: Store, request: PullRequest) -> None:
+        """Remember what each live downstream holds and set the store's drift cut to the
+        pointwise minimum (what every live downstream holds at least)."""
+        self._responses += 1
+        now = self._responses
+        self._peers[request.peer] = (
+            now,
+            {s: k.vector for s, k in request.knowledge.items()},
+        )
+        ttl = self.config.peer_ttl
+        for peer in [p for p, (seen, _) in self._peers.items() if now - seen > ttl]:
+            del self._peers[peer]
+        views = [v for _, v in self._peers.values()]
+        for shard in store.shards():
+            vectors = [v.get(shard, EMPTY_VECTOR) for v in views]
+            store.set_base_cut(shard, _pointwise_min(vectors))
+
+
+def _pointwise_min(vectors: Sequence[VersionVector]) -> VersionVector:
+    """The greatest vector every one of ``vectors`` dominates (a source absent anywhere is 0)."""
+    if not vectors:
+        return EMPTY_VECTOR
+    out = vectors[0].as_dict()
+    for v in vectors[1:]:
+        out = {src: min(s, v.get(*src)) for src, s in out.items() if v.get(*src) > 0}
+    return VersionVector.of(out)
 
 
 def _covered(vector: VersionVector, c: Candidates, unsent: npt.NDArray[np.bool_]) -> VersionVector:

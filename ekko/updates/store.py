@@ -193,7 +193,10 @@ class Candidates:
     """Rows of one shard newer than a peer's knowledge: the scheduler chooses among them.
 
     ``rows`` index the store's table; ``new`` marks rows the peer has never received;
-    ``magnitudes`` is each row's last update size (L2 of the change).
+    ``magnitudes`` is each row's last update size (L2 of the change); ``drift`` (when the store
+    tracks it) is how far each row moved since the store's drift cut, the version every live
+    downstream holds (L2 of the current value minus the value at the cut; see
+    :meth:`Store.set_base_cut`).
     """
 
     table: str
@@ -207,6 +210,7 @@ class Candidates:
     magnitudes: F64
     new: Bools
     full_scan: bool = False
+    drift: F64 | None = None
 
     @property
     def n(self) -> int:
@@ -270,6 +274,7 @@ class _Shard:
     cache: OrderedDict[int, None] = field(default_factory=OrderedDict)
     floor: dict[Source, int] = field(default_factory=dict)
     high_water: dict[Source, int] = field(default_factory=dict)
+    base_cut: VersionVector = EMPTY_VECTOR
 
 
 def _dominates(vector: VersionVector, other: Mapping[Source, int]) -> bool:
@@ -295,6 +300,7 @@ class _Table:
         self.publish_times = np.zeros(cap, dtype=np.float64)
         self.magnitudes = np.zeros(cap, dtype=np.float64)
         self.values = np.zeros((cap, spec.dim), dtype=np.float32)
+        self.base_values = np.zeros((cap, spec.dim), dtype=np.float32)
         self.mean_magnitude = 0.0
         self.shards = [_Shard() for _ in range(spec.shards)]
 
@@ -310,6 +316,7 @@ class _Table:
         "publish_times",
         "magnitudes",
         "values",
+        "base_values",
     )
 
     def reserve(self, extra: int) -> None:
@@ -402,6 +409,18 @@ class Store:
         """The newest seq held per source in the shard (rows may sit beyond the knowledge)."""
         return VersionVector.of(self._shard(shard).high_water)
 
+    def set_base_cut(self, shard: ShardId, cut: VersionVector) -> None:
+        """Set the shard's drift cut: a version every downstream of this replica holds (the
+        scheduler passes the pointwise minimum of its live peers' vectors). From now on, when a
+        row whose held version the cut covers is overwritten, its old value becomes the row's
+        baseline, so :attr:`Candidates.drift` measures how far the row moved since the
+        downstreams' copy (exactly, for the slowest downstream). Costs one more copy of the
+        values."""
+        self._shard(shard).base_cut = cut
+
+    def base_cut(self, shard: ShardId) -> VersionVector:
+        return self._shard(shard).base_cut
+
     def floor(self, shard: ShardId) -> VersionVector:
         return VersionVector.of(self._shard(shard).floor)
 
@@ -468,6 +487,13 @@ class Store:
         win = fresh | newer((e, o, s), (t.epochs[idx], t.origins[idx], t.seqs[idx]))
         w = idx[win]
         if len(w):
+            # The drift baseline: a row held at a version every downstream holds keeps that
+            # value as its baseline before it is overwritten (a row new here starts from zero).
+            at_cut = ~fresh[win] & shard.base_cut.covers_arrays(
+                t.epochs[w], t.origins[w], t.seqs[w]
+            )
+            t.base_values[w[at_cut]] = t.values[w[at_cut]]
+            t.base_values[w[fresh[win]]] = 0.0
             old = np.where(fresh[win, None], 0.0, t.values[w])
             mags = np.linalg.norm(vals[win].astype(np.float64) - old, axis=1)
             t.values[w] = vals[win]
@@ -598,6 +624,9 @@ class Store:
             t.magnitudes[rows],
             new,
             full,
+            np.linalg.norm(t.values[rows].astype(np.float64) - t.base_values[rows], axis=1).astype(
+                np.float64
+            ),
         )
 
     def row_values(self, table: str, rows: npt.ArrayLike) -> F32:
@@ -694,7 +723,9 @@ class Store:
             n = len(arrays[f"t{ti}.keys"])
             t.reserve(n)
             for col in _Table._COLUMNS:
-                getattr(t, col)[:n] = arrays[f"t{ti}.{col}"]
+                # Files saved before the drift baseline existed: the baseline is the value.
+                src = col if f"t{ti}.{col}" in arrays or col != "base_values" else "values"
+                getattr(t, col)[:n] = arrays[f"t{ti}.{src}"]
             t.n = n
             t.index = {k: i for i, k in enumerate(t.keys[:n].tolist())}
             t.mean_magnitude = float(arrays["mean_magnitudes"][ti])
