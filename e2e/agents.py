@@ -96,6 +96,7 @@ class AgentFleet:
         extra_args: Sequence[str] = (),
         log_dir: Path | None = None,
         fault_injection: bool = True,
+        engine: str = "sim",
     ) -> None:
         self.kubeconfig = (
             kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
@@ -103,6 +104,7 @@ class AgentFleet:
         self.namespace = namespace
         self.extra_args = list(extra_args)
         self.fault_injection = fault_injection
+        self.engine = engine
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if log_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"ekko-agents-{namespace}-")
@@ -278,8 +280,11 @@ class AgentFleet:
                 "--pod-name", pod,
                 "--namespace", self.namespace,
                 "--kubeconfig", self.kubeconfig,
-                "--engine", "sim",
+                "--engine", self.engine,
                 "--listen", f"127.0.0.1:{port}",
+                # The update node (run only when the assignment lists update duties): its own
+                # loopback port, advertised as such to the other agents.
+                "--update-listen", f"127.0.0.1:{free_port()}",
                 *(["--enable-fault-injection"] if self.fault_injection else []),
                 *[a for f in self._faults.values() for a in ("--fault", json.dumps(f))],
                 *self.extra_args,

@@ -1,0 +1,343 @@
+"""Streaming parameter updates on a real API server: operator-chosen topology, real agents with
+the embedding engine running update nodes, a real publisher process.
+
+1. A pool, a model and an UpdateStream: the operator wires every server of the model (one leader
+   per region, followers behind it); every agent converges to the publisher's rows (checked by
+   what its /score answers, computed here from the same rows), and the stream's status shows
+   freshness and traffic read from the agents.
+2. The leader of a region loses its pod: a new leader is chosen, the followers re-point, the
+   replacement server catches up and rows published since reach everyone; the time is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from e2e.agents import AgentFleet, free_port
+from e2e.conftest import REPO, Cluster
+from e2e.objects import Api, converged, model_manifest, pool_manifest
+from e2e.operator_harness import OperatorProcess
+from e2e.waiting import wait_for
+from ekko.updates.scoring import score_rows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+log = logging.getLogger("e2e.updates")
+
+DIM = 8  # embedding floats; rows are [embedding, bias]
+USERS = ITEMS = 40
+TRICKLE_KEYS = range(1000, 1010)  # updated all along, for freshness; never scored
+PAIRS = [(u, (u * 7) % ITEMS) for u in range(USERS)]
+
+
+def _rows(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 0.3, (n, DIM + 1)).round(4)
+
+
+def write_replay(path: Path, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Phase rows for users and items at once, then a trickle on other keys every 0.25 s."""
+    users, items = _rows(1, USERS), _rows(2, ITEMS)
+    lines: list[dict[str, Any]] = [
+        {"declare": {"table": "ranker.user", "dim": DIM + 1, "model": "ranker"}},
+        {"declare": {"table": "ranker.item", "dim": DIM + 1, "model": "ranker"}},
+        {"t": 0.0, "table": "ranker.user", "keys": list(range(USERS)), "values": users.tolist()},
+        {"t": 0.0, "table": "ranker.item", "keys": list(range(ITEMS)), "values": items.tolist()},
+    ]
+    trickle = _rows(3, len(TRICKLE_KEYS))
+    steps = int(seconds / 0.25)
+    for j in range(steps):
+        lines.append(
+            {
+                "t": 0.5 + 0.25 * j,
+                "table": "ranker.user",
+                "keys": list(TRICKLE_KEYS),
+                "values": (trickle + 0.001 * j).round(4).tolist(),
+            }
+        )
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return users, items
+
+
+@pytest.fixture
+def publisher(tmp_path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """`ekko publish --replay` as a process: the origin of the stream."""
+    replay = tmp_path / "stream.jsonl"
+    users, items = write_replay(replay, seconds=540)
+    port = free_port()
+    log_path = tmp_path / "publisher.log"
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ekko.updates.publisher",
+                "--replay",
+                str(replay),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--origin",
+                "7",
+                "--region",
+                "train",
+            ],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _get(url + "/healthz") is not None, "publisher serving", timeout=30)
+        expected = score_rows(users[[u for u, _ in PAIRS]], items[[i for _, i in PAIRS]])
+        yield url, expected
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _score(url: str) -> dict[str, Any] | None:
+    body = json.dumps(
+        {"model": "ranker", "requests": [{"user": u, "item": i} for u, i in PAIRS]}
+    ).encode()
+    request = urllib.request.Request(
+        url + "/score", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as resp:
+            result: dict[str, Any] = json.loads(resp.read())
+            return result
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def stream_manifest(source: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "ekko.dev/v1alpha1",
+        "kind": "UpdateStream",
+        "metadata": {"name": "ranker"},
+        "spec": {
+            "model": "ranker",
+            "source": {"endpoints": [source], "region": "train"},
+            "tables": [
+                {"name": "ranker.user", "dim": DIM + 1},
+                {"name": "ranker.item", "dim": DIM + 1},
+            ],
+            # Exact values on the wire, so every replica can be compared with the publisher.
+            "compression": {"values": "Float32", "codec": "Zstd"},
+            "topology": {"idlePullInterval": "5s"},
+        },
+    }
+
+
+def model_servers(api: Api) -> dict[str, Any]:
+    return {
+        a.metadata.name: a
+        for a in api.assignments()
+        if any(s.model == "ranker" for s in a.spec.shards)
+    }
+
+
+def wired(api: Api) -> dict[str, Any] | None:
+    """Every server of the model has its duty and reports an update address."""
+    servers = model_servers(api)
+    if not servers:
+        return None
+    for a in servers.values():
+        if not a.spec.updates or not (a.status and a.status.update_address):
+            return None
+    # Settled: the first wiring (before any agent had an address) pulled from the source
+    # directly; once addresses are in, every region has its leader.
+    regions = {a.spec.updates[0].region for a in servers.values()}
+    led = {d.region for a in servers.values() for d in a.spec.updates if d.role == "Leader"}
+    return servers if led == regions else None
+
+
+def converged_scores(api: Api, fleet: AgentFleet, expected: np.ndarray) -> list[str] | None:
+    """Names of the model's servers once every agent scores the pairs as the publisher's rows do."""
+    names = sorted(model_servers(api))
+    for name in names:
+        try:
+            url = fleet.url(name)
+        except KeyError:
+            return None
+        body = _score(url)
+        if body is None or "scores" not in body or body["coldUsers"] or body["coldItems"]:
+            return None
+        if not np.allclose(body["scores"], expected, atol=1e-6):
+            return None
+    return names
+
+
+def leaders(api: Api) -> dict[str, str]:
+    """Region → its leader."""
+    out = {}
+    for name, a in model_servers(api).items():
+        for d in a.spec.updates:
+            if d.role == "Leader":
+                out[d.region] = name
+    return out
+
+
+def test_stream_converges_reports_freshness_and_heals_a_lost_leader(
+    cluster: Cluster,
+    api: Api,
+    namespace: str,
+    operator: OperatorProcess,
+    publisher: tuple[str, np.ndarray],
+) -> None:
+    source, expected = publisher
+    with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
+        api.create(pool_manifest(memory="20Gi"))
+        api.create(model_manifest("ranker", 4, "8Gi", 2))
+        wait_for(
+            lambda: converged(api, models=["ranker"]),
+            "model placed and loaded",
+            timeout=120,
+            describe=operator.logs,
+        )
+        started = time.monotonic()
+        api.create(stream_manifest(source))
+        servers = wait_for(
+            lambda: wired(api),
+            "every server of the model wired with an update address",
+            timeout=60,
+            describe=lambda: ([a.spec.updates for a in api.assignments()], operator.logs()[-3000:]),
+        )
+        names = wait_for(
+            lambda: converged_scores(api, fleet, expected),
+            "every agent scoring from the publisher's rows",
+            timeout=60,
+            describe=lambda: {n: _score(fleet.url(n)) for n in model_servers(api)},
+        )
+        log.info(
+            "%d agents converged %.1fs after the stream was created",
+            len(names),
+            time.monotonic() - started,
+        )
+        regions = {a.spec.updates[0].region for a in servers.values()}
+        lead = leaders(api)
+        assert set(lead) == regions  # one leader per region
+        for name, a in servers.items():
+            duty = a.spec.updates[0]
+            if lead[duty.region] == name:
+                assert duty.upstreams[0].url == source
+            else:
+                assert duty.role == "Follower" and duty.upstreams[0].server == lead[duty.region]
+
+        def fresh() -> dict[str, Any] | None:
+            status = api.get("updatestreams", "ranker").get("status") or {}
+            p99 = (status.get("freshness") or {}).get("p99Seconds")
+            ok = status.get("state") == "Streaming" and p99 is not None
+            ok = ok and status.get("serversConnected") == status.get("serversWanted") == len(
+                servers
+            )
+            return status if ok else None
+
+        status = wait_for(
+            fresh,
+            "stream status Streaming with freshness",
+            timeout=60,
+            describe=lambda: api.get("updatestreams", "ranker").get("status"),
+        )
+        log.info(
+            "freshness p50 %.3fs p99 %.3fs; WAN %s B/s; compression %s; regions %s",
+            status["freshness"]["p50Seconds"],
+            status["freshness"]["p99Seconds"],
+            status["traffic"]["wanBytesPerSecond"],
+            status["traffic"].get("compressionRatio"),
+            [
+                (r["region"], r["leader"], r.get("lagP99Seconds"))
+                for r in status["freshness"]["regions"]
+            ],
+        )
+        assert status["freshness"]["p99Seconds"] < 2.4
+        assert {c["type"]: c["status"] for c in status["conditions"]}["Connected"] == "True"
+        assert {r["region"]: r["leader"] for r in status["freshness"]["regions"]} == lead
+
+        # 2. A leader with followers loses its pod.
+        counts = {
+            r: sum(1 for a in servers.values() if a.spec.updates[0].region == r) for r in regions
+        }
+        region = max(sorted(counts), key=lambda r: counts[r])
+        victim = lead[region]
+        lost_at = time.monotonic()
+        api.core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)
+        new = wait_for(
+            lambda: (leaders(api).get(region) not in (None, victim)) and leaders(api)[region],
+            f"a new leader in {region}",
+            timeout=60,
+            describe=operator.logs,
+        )
+        chosen_s = time.monotonic() - lost_at
+        wait_for(
+            lambda: (
+                wired(api) is not None
+                and all(
+                    a.spec.updates[0].upstreams[0].server
+                    in ("", leaders(api).get(a.spec.updates[0].region))
+                    for a in model_servers(api).values()
+                )
+            ),
+            "followers re-pointed",
+            timeout=60,
+        )
+        wait_for(
+            lambda: converged_scores(api, fleet, expected),
+            "every agent, the replacement included, scoring from the publisher's rows",
+            timeout=90,
+            describe=lambda: {n: _score(fleet.url(n)) for n in model_servers(api)},
+        )
+        healed_s = time.monotonic() - lost_at
+        wait_for(
+            fresh,
+            "stream fresh again",
+            timeout=60,
+            describe=lambda: api.get("updatestreams", "ranker").get("status"),
+        )
+        log.info(
+            "leader %s of %s lost: %s chosen after %.1fs; every replica converged after %.1fs",
+            victim, region, new, chosen_s, healed_s,
+        )  # fmt: skip
+        print(
+            f"\nleader loss: new leader after {chosen_s:.1f}s, all replicas converged after {healed_s:.1f}s"
+        )
+
+        # Deleting the stream stops streaming and leaves placement alone.
+        before = {n: [s.model_dump() for s in a.spec.shards] for n, a in model_servers(api).items()}
+        api.custom.delete_namespaced_custom_object(
+            "ekko.dev", "v1alpha1", namespace, "updatestreams", "ranker"
+        )
+        wait_for(
+            lambda: all(not a.spec.updates for a in api.assignments()),
+            "duties removed",
+            timeout=60,
+            describe=operator.logs,
+        )
+        after = {n: [s.model_dump() for s in a.spec.shards] for n, a in model_servers(api).items()}
+        assert after == before
+        assert math.isfinite(healed_s)
