@@ -279,6 +279,19 @@ def test_stream_converges_reports_freshness_and_heals_a_lost_leader(
         assert {c["type"]: c["status"] for c in status["conditions"]}["Connected"] == "True"
         assert {r["region"]: r["leader"] for r in status["freshness"]["regions"]} == lead
 
+        shown = subprocess.run(
+            [sys.executable, "-m", "ekko.cli.kubectl_ekko", "updates", "ranker", "-n", namespace],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "(model ranker): Streaming" in shown.stdout
+        assert all(leader in shown.stdout for leader in lead.values())
+        log.info("kubectl ekko updates ranker:\n%s", shown.stdout)
+
         # 2. A leader with followers loses its pod.
         counts = {
             r: sum(1 for a in servers.values() if a.spec.updates[0].region == r) for r in regions

@@ -24,7 +24,14 @@ import yaml
 from pydantic import ValidationError
 
 from ekko import __version__
-from ekko.api.resources import REQUEST_AT_ANNOTATION, Model, ModelVersionStatus, VersionWeight
+from ekko.api.resources import (
+    REQUEST_AT_ANNOTATION,
+    Model,
+    ModelVersionStatus,
+    UpdateStream,
+    UpdateStreamStatus,
+    VersionWeight,
+)
 from ekko.api.units import UnitError, parse_duration
 from ekko.cli import rolloutview as view
 from ekko.cli.rolloutview import RefusedError
@@ -107,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("table", "json", "yaml"),
         default="table",
         help="table (default), or json/yaml for scripts (one document per change with --watch)",
+    )
+
+    updates = sub.add_parser(
+        "updates",
+        parents=[common],
+        help="freshness of a model's streamed updates: lag per region, bytes, leaders",
+        description="State, lag (overall, high-priority, per region with its leader), WAN and "
+        "raw bytes, compression, backlog and servers of the model's UpdateStream.",
+    )
+    updates.add_argument("model", metavar="MODEL")
+    updates.add_argument("-w", "--watch", action="store_true", help="redraw on changes")
+    updates.add_argument("--timeout", type=_duration, help="stop watching after this long")
+    updates.add_argument(
+        "-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format"
     )
 
     helps = {
@@ -232,6 +253,84 @@ def run_status(s: Session, args: argparse.Namespace) -> int:
 
 
 _ENDED = {1: "rolled back or failed", 3: "aborted"}
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def _rate(value: float) -> str:
+    for unit, size in (("MiB/s", 2**20), ("KiB/s", 2**10)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B/s"
+
+
+def render_updates(stream: UpdateStream) -> str:
+    """The ``kubectl ekko updates MODEL`` table (pure)."""
+    st = stream.status or UpdateStreamStatus()
+    f, t = st.freshness, st.traffic
+    ratio = "-" if t.compression_ratio is None else f"{t.compression_ratio:.2f}x"
+    lines = [
+        f"UpdateStream {stream.metadata.name} (model {stream.spec.model}): {st.state}"
+        + (" (paused)" if stream.spec.paused and st.state != "Paused" else "")
+        + f", epoch {st.epoch}",
+        f"Lag:      p50 {_seconds(f.p50_seconds)}  p99 {_seconds(f.p99_seconds)}  "
+        f"high-priority p99 {_seconds(f.high_p99_seconds)}",
+        f"Traffic:  WAN {_rate(t.wan_bytes_per_second)}  raw {_rate(t.raw_bytes_per_second)}  "
+        f"compression {ratio}  {t.rows_per_second:g} rows/s  backlog {st.backlog_rows} rows",
+        f"Servers:  {st.servers_connected}/{st.servers_wanted} connected, "
+        f"{st.servers_lagging} lagging",
+    ]
+    if f.regions:
+        rows = [("REGION", "LEADER", "SERVERS", "LAG-P50", "LAG-P99")] + [
+            (
+                r.region or "-",
+                r.leader or "-",
+                str(r.servers),
+                _seconds(r.lag_p50_seconds),
+                _seconds(r.lag_p99_seconds),
+            )
+            for r in f.regions
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+    if st.conditions:
+        lines.append(
+            "Conditions: " + ", ".join(f"{c.type}={c.status} ({c.reason})" for c in st.conditions)
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_updates(s: Session, args: argparse.Namespace, find: Callable[[str, str], Any]) -> int:
+    def draw() -> str:
+        stream = find(s.namespace, args.model)
+        if stream is None:
+            raise RefusedError(
+                f'no UpdateStream for model "{args.model}" in namespace "{s.namespace}"'
+            )
+        if args.output != "table":
+            return _dump(
+                stream.model_dump(by_alias=True, mode="json", exclude_none=True), args.output
+            )
+        return render_updates(stream)
+
+    if not args.watch:
+        s.out.write(draw())
+        s.out.flush()
+        return EXIT_OK
+    deadline = s.monotonic() + args.timeout if args.timeout else None
+    last = None
+    while deadline is None or s.monotonic() < deadline:
+        text = draw()
+        if text != last:
+            s.out.write(text if last is None or args.output != "table" else "\n" + text)
+            s.out.flush()
+            last = text
+        s.sleep(WATCH_POLL)
+    return EXIT_OK
 
 
 def _dump(doc: object, output: str) -> str:
@@ -361,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         session = Session(kube=RolloutClient(api), namespace=args.namespace or default_ns)
         if args.command == "status":
             return run_status(session, args)
+        if args.command == "updates":
+            from ekko.kube.updates import UpdateKube  # noqa: PLC0415 (fast --help)
+
+            return run_updates(session, args, UpdateKube(api).find_stream)
         return run_action(session, args)
     except (RefusedError, KubeError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -375,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_FAILED
     except KeyboardInterrupt:
-        if args.command == "status" and args.watch:
+        if args.command in ("status", "updates") and args.watch:
             return EXIT_OK
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -161,3 +161,14 @@ class UpdateKube:
             source=client.V1EventSource(component="ekko-operator"),
         )
         self.core.create_namespaced_event(namespace, body)
+
+    @converted
+    def find_stream(self, namespace: str, model: str) -> UpdateStream | None:
+        """The UpdateStream of a model (``kubectl ekko updates``), or None."""
+        items = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "updatestreams"
+        )["items"]
+        for item in sorted(items, key=lambda i: str(i["metadata"]["name"])):
+            if (item.get("spec") or {}).get("model") == model:
+                return parse(UpdateStream, item)
+        return None
