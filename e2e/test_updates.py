@@ -31,6 +31,7 @@ from e2e.conftest import REPO, Cluster
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.waiting import wait_for
+from ekko.operator.updates import PASS_SECONDS
 from ekko.updates.scoring import score_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -132,6 +133,19 @@ def _score(url: str) -> dict[str, Any] | None:
             result: dict[str, Any] = json.loads(resp.read())
             return result
     except (urllib.error.URLError, OSError):
+        return None
+
+
+def _trickle_score(url: str) -> float | None:
+    """The score of a pair whose user row the publisher updates all along."""
+    body = json.dumps({"model": "ranker", "user": TRICKLE_KEYS[0], "item": 0}).encode()
+    request = urllib.request.Request(
+        url + "/score", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as resp:
+            return float(json.loads(resp.read())["scores"][0])
+    except (urllib.error.URLError, OSError, KeyError):
         return None
 
 
@@ -291,6 +305,27 @@ def test_stream_converges_reports_freshness_and_heals_a_lost_leader(
         assert "(model ranker): Streaming" in shown.stdout
         assert all(leader in shown.stdout for leader in lead.values())
         log.info("kubectl ekko updates ranker:\n%s", shown.stdout)
+
+        # 3. The operator restarts mid-stream: rows keep flowing (the data plane never needs
+        # it) and the restarted operator re-reads the leaders from the assignments: no churn.
+        wiring = {
+            n: [d.model_dump() for d in a.spec.updates] for n, a in model_servers(api).items()
+        }
+        follower = next(n for n, a in servers.items() if a.spec.updates[0].role == "Follower")
+        operator.stop(hard=True)
+        first = _trickle_score(fleet.url(follower))
+        wait_for(
+            lambda: _trickle_score(fleet.url(follower)) not in (None, first),
+            "rows flowing to a follower while the operator is down",
+            timeout=10,
+        )
+        operator.start()
+        wait_for(
+            lambda: "Ekko operator started" in operator.logs(), "operator restarted", timeout=60
+        )
+        time.sleep(3 * PASS_SECONDS)  # room for a churning operator to show itself
+        again = {n: [d.model_dump() for d in a.spec.updates] for n, a in model_servers(api).items()}
+        assert again == wiring
 
         # 2. A leader with followers loses its pod.
         counts = {
