@@ -132,6 +132,8 @@ def converged(api: Api, pool: str = "pool", models: list[str] | None = None) -> 
         if not cond or cond["status"] != "True":
             return False
     for a in api.assignments():
+        if a.spec.pool != pool:
+            continue  # another pool's servers
         want = {(s.model, s.shard, s.version) for s in a.spec.shards}
         have = {(s.model, s.shard, s.version) for s in (a.status.loaded if a.status else [])}
         if want != have or any(s.drain for s in a.spec.shards):

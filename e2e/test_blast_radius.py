@@ -87,3 +87,23 @@ def test_a_users_pod_with_the_pool_label_is_not_taken_for_a_server(
     assert pod.metadata.deletion_timestamp is None
     status = api.get("serverpools", "pool")["status"]
     assert status["serversReady"] == status["serversWanted"] == len(api.pods()) - 1
+
+
+def test_a_pool_whose_pods_no_node_fits_says_so_with_the_schedulers_words(
+    api: Api, fleet: AgentFleet, operator: OperatorProcess
+) -> None:
+    pool = pool_manifest()
+    pool["spec"]["template"]["nodeSelector"] = {"ekko.dev/node-class": "no-such-class"}
+    api.create(pool)
+    api.create(model_manifest("waiting", 2, "8Gi", 1))
+
+    def unschedulable() -> dict[str, Any] | None:
+        cond = api.condition("serverpools", "pool")
+        return cond if cond and cond["reason"] == "Unschedulable" else None
+
+    cond = wait_for(
+        unschedulable, "the pool to say its pods are unschedulable", timeout=90,
+        describe=lambda: api.get("serverpools", "pool").get("status"),
+    )  # fmt: skip
+    assert cond["status"] == "False"
+    assert "Pending, not schedulable" in cond["message"] and "node" in cond["message"]

@@ -237,6 +237,7 @@ class Fleet:
                 assignment_exists=assignment is not None,
                 spec_shards=tuple(assignment.spec.shards) if assignment else (),
                 loaded=_loaded(assignment, since=pod.metadata.creation_timestamp),
+                unschedulable=pods.unschedulable(pod),
             )
         for a_name, assignment in assignments.items():
             if a_name not in servers:

@@ -17,6 +17,16 @@ def pod_ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
+def unschedulable(pod: Any) -> str:
+    """The scheduler's message when the pod is Pending because no node fits it, else ""."""
+    if pod.status is None or pod.status.phase != "Pending":
+        return ""
+    for c in pod.status.conditions or []:
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            return str(c.message or "no node fits the pod")
+    return ""
+
+
 def model_servers(
     core: Any, custom: Any, namespace: str, model: str, pool: str
 ) -> list[tuple[ServerAssignment, bool]]:

@@ -31,6 +31,8 @@ class ServerObs:
     assignment_exists: bool = True
     spec_shards: tuple[AssignedShard, ...] = ()
     loaded: frozenset[ReplicaKey] = frozenset()
+    unschedulable: str = ""
+    """The scheduler's message while the pod cannot be placed on any node ("" otherwise)."""
 
     @property
     def alive(self) -> bool:

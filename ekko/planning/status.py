@@ -99,15 +99,22 @@ def pool_status(
         if any(x.drain for x in s.spec_shards) or (s.name not in desired.servers and s.alive)
     )
     converged = ready_servers == wanted_servers and pending == 0
+    stuck = [s for s in state.servers if s.unschedulable and s.name in desired.servers]
     old = list(pool.status.conditions) if pool.status else []
     gen = pool.metadata.generation
+    message = f"{ready_servers}/{wanted_servers} servers ready"
+    if stuck:
+        message += (
+            f"; {len(stuck)} server pod(s) Pending, not schedulable: {stuck[0].name}: "
+            f"{stuck[0].unschedulable}"
+        )
     conditions = set_condition(
         old,
         Condition(
             type="Ready",
             status="True" if converged and not problem else "False",
-            reason="Converged" if converged else "Migrating",
-            message=f"{ready_servers}/{wanted_servers} servers ready",
+            reason="Converged" if converged else "Unschedulable" if stuck else "Migrating",
+            message=message[:4000],
             observed_generation=gen,
         ),
         now,
