@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import logging
 import os
@@ -119,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+    code = 0
+    try:
         kopf.run(
             clusterwide=not args.namespace,
             namespaces=args.namespace,
@@ -131,12 +131,19 @@ def main(argv: list[str] | None = None) -> int:
             identity=memo.identity,
             memo=memo,
         )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except BaseException:
+        # kopf stopped on an error (e.g. the API server stayed away longer than the backoffs):
+        # say so and exit non-zero, so the pod restarts, instead of lingering on live threads.
+        logging.getLogger("ekko.operator").exception("The operator stopped on an error.")
+        code = 1
     # kopf has stopped and cleaned up. Blocking client calls still running in worker threads
     # would hold the interpreter open until the pod's grace period ends: leave now.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from ekko.operator.peering import PEERING_NAME, Gate
 from ekko.operator.rollouts import Rollouts
 from ekko.operator.worker import Workers
 
+API_OUTAGE_BACKOFFS: tuple[float, ...] = (0.5, 1, 2, 5, 10, *([15.0] * 24))
+"""Seconds between retries of a failed API call: ~6.5 minutes of API-server outage ridden out."""
+
 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     """Apply Ekko's kopf settings and put the fleet client and pool workers in the memo."""
@@ -28,8 +31,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 75
     settings.watching.connect_timeout = 10
-    # Short retries: an API hiccup should delay a rollback by a second, not a minute.
-    settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
+    # Short retries first (an API hiccup should delay a rollback by a second, not a minute), then
+    # every 15 s for six more minutes: kopf gives up once the list is exhausted, and with only the
+    # short part an API-server restart of ~20 s stopped the operator for good.
+    settings.networking.error_backoffs = API_OUTAGE_BACKOFFS
     settings.batching.error_delays = [0.5, 1, 2, 5, 10]
     settings.batching.idle_timeout = 30
     settings.batching.batch_window = 0.05
