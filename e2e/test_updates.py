@@ -306,6 +306,44 @@ def test_stream_converges_reports_freshness_and_heals_a_lost_leader(
         assert all(leader in shown.stdout for leader in lead.values())
         log.info("kubectl ekko updates ranker:\n%s", shown.stdout)
 
+        # Pause and resume through the plugin (an annotation; the spec is untouched).
+        def plugin(*words: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "-m", "ekko.cli.kubectl_ekko", "updates", *words, "-n", namespace],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        def duties_paused(value: bool) -> bool:
+            return all(
+                d.paused == value for a in model_servers(api).values() for d in a.spec.updates
+            )
+
+        plugin("pause", "ranker")
+        wait_for(
+            lambda: duties_paused(True), "every duty paused", timeout=30, describe=operator.logs
+        )
+        wait_for(
+            lambda: (
+                (api.get("updatestreams", "ranker").get("status") or {}).get("state") == "Paused"
+            ),
+            "status Paused",
+            timeout=30,
+        )
+        assert "spec" in api.get("updatestreams", "ranker") and not api.get(
+            "updatestreams", "ranker"
+        )["spec"].get("paused")
+        plugin("resume", "ranker")
+        wait_for(
+            lambda: duties_paused(False), "every duty resumed", timeout=30, describe=operator.logs
+        )
+        wait_for(fresh, "stream fresh after resume", timeout=60)
+
         # 3. The operator restarts mid-stream: rows keep flowing (the data plane never needs
         # it) and the restarted operator re-reads the leaders from the assignments: no churn.
         wiring = {

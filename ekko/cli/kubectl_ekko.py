@@ -119,11 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     updates = sub.add_parser(
         "updates",
         parents=[common],
-        help="freshness of a model's streamed updates: lag per region, bytes, leaders",
+        usage="%(prog)s [pause|resume] MODEL [options]",
+        help="freshness of a model's streamed updates; `updates pause|resume MODEL`",
         description="State, lag (overall, high-priority, per region with its leader), WAN and "
-        "raw bytes, compression, backlog and servers of the model's UpdateStream.",
+        "raw bytes, compression, backlog and servers of the model's UpdateStream. "
+        "`pause MODEL` / `resume MODEL` stop and restart pulling everywhere through an annotation "
+        "on the stream (the spec is never edited); servers keep serving what they hold.",
     )
-    updates.add_argument("model", metavar="MODEL")
+    updates.add_argument("words", nargs="+", metavar="MODEL", help="[pause|resume] MODEL")
     updates.add_argument("-w", "--watch", action="store_true", help="redraw on changes")
     updates.add_argument("--timeout", type=_duration, help="stop watching after this long")
     updates.add_argument(
@@ -163,6 +166,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name, default in (("watch", False), ("wait", False), ("full", False), ("to", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    if args.command == "updates":
+        words = args.words
+        if len(words) == 2 and words[0] in ("pause", "resume"):
+            args.action, args.model = words
+        elif len(words) == 1:
+            args.action, args.model = "show", words[0]
+        else:
+            argparse.ArgumentParser(prog=f"{PROG} updates").error(
+                f"give MODEL, or pause|resume MODEL (got {' '.join(words)!r})"
+            )
     return args
 
 
@@ -304,7 +317,30 @@ def render_updates(stream: UpdateStream) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_updates(s: Session, args: argparse.Namespace, find: Callable[[str, str], Any]) -> int:
+def run_updates(
+    s: Session,
+    args: argparse.Namespace,
+    find: Callable[[str, str], Any],
+    set_paused: Callable[[str, str, bool], None] | None = None,
+) -> int:
+    if args.action in ("pause", "resume"):
+        stream = find(s.namespace, args.model)
+        if stream is None:
+            raise RefusedError(
+                f'no UpdateStream for model "{args.model}" in namespace "{s.namespace}"'
+            )
+        assert set_paused is not None
+        set_paused(s.namespace, stream.metadata.name, args.action == "pause")
+        s.say(
+            f"UpdateStream {stream.metadata.name}: "
+            + (
+                "paused (servers keep serving what they hold)"
+                if args.action == "pause"
+                else "resumed"
+            )
+        )
+        return EXIT_OK
+
     def draw() -> str:
         stream = find(s.namespace, args.model)
         if stream is None:
@@ -463,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "updates":
             from ekko.kube.updates import UpdateKube  # noqa: PLC0415 (fast --help)
 
-            return run_updates(session, args, UpdateKube(api).find_stream)
+            kube = UpdateKube(api)
+            return run_updates(session, args, kube.find_stream, kube.set_paused)
         return run_action(session, args)
     except (RefusedError, KubeError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)

@@ -24,6 +24,7 @@ from ekko.api.resources import Model, ServerAssignment, UpdateDuty, UpdateStream
 from ekko.kube import pods
 from ekko.kube.errors import InvalidObjectError, KubeError
 from ekko.kube.fleet import parse
+from ekko.planning.updates import PAUSE_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +173,12 @@ class UpdateKube:
             if (item.get("spec") or {}).get("model") == model:
                 return parse(UpdateStream, item)
         return None
+
+    @converted
+    def set_paused(self, namespace: str, name: str, paused: bool) -> None:
+        """Set or clear the pause annotation (``kubectl ekko updates pause|resume``)."""
+        value = "true" if paused else None
+        body = {"metadata": {"annotations": {PAUSE_ANNOTATION: value}}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "updatestreams", name, body
+        )

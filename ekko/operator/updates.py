@@ -31,6 +31,7 @@ from ekko.planning.updates import (
     Scrape,
     StreamServer,
     Topology,
+    is_paused,
     merge_duties,
     parse_scrape,
     plan_topology,
@@ -151,7 +152,8 @@ class StreamWorker:
         before = self.topology
         leaders = before.leaders if before else previous_leaders(current, name)
         deputies = before.deputies if before else previous_deputies(current, name)
-        topology = plan_topology(name, stream.spec, servers, leaders, deputies)
+        paused = is_paused(stream.spec, stream.metadata.annotations)
+        topology = plan_topology(name, stream.spec, servers, leaders, deputies, paused=paused)
         await self._write(obs, topology)
         for (group, region), leader in topology.leader_changes(leaders).items():
             old = leaders.get((group, region))
@@ -161,7 +163,7 @@ class StreamWorker:
             await asyncio.to_thread(self.kube.event, stream, "LeaderChosen", text)
         self.topology = topology
         if time.monotonic() - self._status_at >= STATUS_SECONDS:
-            await self._report(stream, topology, servers)
+            await self._report(stream, topology, servers, paused)
         return True
 
     async def _write(self, obs: StreamObservation, topology: Topology) -> None:
@@ -173,7 +175,11 @@ class StreamWorker:
                 await asyncio.to_thread(self.kube.write_duties, self.key[0], a.metadata.name, new)
 
     async def _report(
-        self, stream: UpdateStream, topology: Topology, servers: list[StreamServer]
+        self,
+        stream: UpdateStream,
+        topology: Topology,
+        servers: list[StreamServer],
+        paused: bool,
     ) -> None:
         self._status_at = time.monotonic()
         now = time.monotonic()
@@ -209,6 +215,7 @@ class StreamWorker:
             window_seconds=window or STATUS_SECONDS,
             previous=list(previous),
             now=dt.datetime.now(dt.UTC),
+            paused=paused,
         )
         body = status.model_dump(by_alias=True, mode="json", exclude_none=True)
         if body != self._last_status:

@@ -43,6 +43,15 @@ from ekko.api.units import duration_seconds, parse_quantity
 
 GroupRegion = tuple[int, str]
 
+PAUSE_ANNOTATION = "ekko.dev/updates-paused"
+"""``"true"`` pauses a stream like ``spec.paused`` (``kubectl ekko updates pause``: an annotation,
+so GitOps tools that own the spec do not fight it)."""
+
+
+def is_paused(spec: UpdateStreamSpec, annotations: Mapping[str, str]) -> bool:
+    """Paused by the spec or by the annotation."""
+    return spec.paused or annotations.get(PAUSE_ANNOTATION) == "true"
+
 
 @dataclass(frozen=True)
 class StreamServer:
@@ -133,8 +142,11 @@ def plan_topology(
     servers: Iterable[StreamServer],
     previous: Mapping[GroupRegion, str] | None = None,
     previous_deputies: Mapping[GroupRegion, str] | None = None,
+    *,
+    paused: bool | None = None,
 ) -> Topology:
-    """Every server's update duties for one stream (see the module docstring)."""
+    """Every server's update duties for one stream (see the module docstring); ``paused``
+    overrides ``spec.paused`` (see :func:`is_paused`)."""
     previous = previous or {}
     previous_deputies = previous_deputies or {}
     members: dict[GroupRegion, list[StreamServer]] = defaultdict(list)
@@ -181,7 +193,7 @@ def plan_topology(
         "idle_pull_seconds": max(
             1, min(300, int(duration_seconds(spec.topology.idle_pull_interval)))
         ),
-        "paused": spec.paused,
+        "paused": spec.paused if paused is None else paused,
     }
     duties: dict[str, list[UpdateDuty]] = defaultdict(list)
     for group, region in sorted(members):
@@ -355,6 +367,7 @@ def stream_status(
     window_seconds: float,
     previous: list[Condition],
     now: datetime,
+    paused: bool | None = None,
 ) -> UpdateStreamStatus:
     """The stream's status from each connected server's metrics now and at the start of the
     window (``baselines``; a server without one counts from zero)."""
@@ -391,7 +404,7 @@ def stream_status(
     connected = sum(1 for s in servers if s.address and s.name in scrapes)
     regions = sorted({s.region for s in servers})
     p99 = quantile(0.99, overall)
-    if spec.paused:
+    if spec.paused if paused is None else paused:
         state: UpdateState = "Paused"
     elif connected == 0:
         state = "Pending"

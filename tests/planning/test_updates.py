@@ -307,3 +307,13 @@ def test_a_restarted_operator_reads_leaders_and_deputies_back() -> None:
     assert deputies == {(0, "eu"): "a1"}
     again = plan_topology("s", spec(), FLEET, leaders, deputies)
     assert again.duties == t.duties
+
+
+def test_pause_by_annotation() -> None:
+    from ekko.planning.updates import PAUSE_ANNOTATION, is_paused
+
+    assert not is_paused(spec(), {})
+    assert is_paused(spec(), {PAUSE_ANNOTATION: "true"})
+    assert is_paused(spec(paused=True), {})
+    t = plan_topology("s", spec(), FLEET, paused=True)
+    assert all(d.paused for ds in t.duties.values() for d in ds)

@@ -74,3 +74,20 @@ def test_documents_and_refusal(output: str) -> None:
 def test_help_lists_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "updates" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("verb", "paused"), [("pause", True), ("resume", False)])
+def test_pause_and_resume_set_the_annotation(verb: str, paused: bool) -> None:
+    out = io.StringIO()
+    session = Session(kube=None, namespace="default", out=out)
+    calls: list[tuple[str, str, bool]] = []
+    stream = UpdateStream.model_validate(STREAM)
+    args = parse_args(["updates", verb, "ranker"])
+    assert (args.action, args.model) == (verb, "ranker")
+    assert run_updates(session, args, lambda ns, m: stream, lambda *a: calls.append(a)) == 0
+    assert calls == [("default", "ranker-stream", paused)]
+    assert verb + "d" in out.getvalue()
+
+
+def test_bad_words_are_a_usage_error() -> None:
+    assert main(["updates", "a", "b", "c"]) == 2
