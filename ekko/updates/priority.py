@@ -2,9 +2,11 @@
 
 Ekko's priority of a row is ``p = (p_g + p_u) × p_m``:
 
-- ``p_g`` (significance): how far the row has moved since the version the downstreams hold (L2
-  of the current value minus the value at the responder's *drift cut*, the pointwise minimum of
-  its live downstreams' version vectors; see :meth:`~ekko.updates.store.Store.set_base_cut`) over
+- ``p_g`` (significance): how far the row has moved since the version the downstreams hold: L2
+  of the current value minus its *baseline*, the value at the newest version every live
+  downstream held (the scheduler tracks what its peers hold — their requests plus what it sent
+  them — and updates the baseline when it sends a row every peer then holds, and the store when
+  it overwrites a row every peer held; see :meth:`~ekko.updates.store.Store.set_downstreams`) over
   the table's running mean update magnitude. A row written many times since the peer's copy
   outranks one written once, and a row that oscillated back does not (the last write's magnitude
   alone, the fallback when a store keeps no baseline, sees neither);
@@ -43,7 +45,7 @@ from ekko.updates.store import (
     Store,
     row_wire_bytes,
 )
-from ekko.updates.versions import EMPTY_VECTOR, Knowledge, VersionVector
+from ekko.updates.versions import Knowledge, VersionVector
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -150,7 +152,7 @@ class SchedulerConfig:
     ``exception_budget`` bounds the rest-class rows a response sends by score (out of seq order):
     at most ``exception_budget`` minus the exceptions the peer's request already carries (0: the
     rest go in seq order only). ``peer_ttl`` is how many responses a downstream that stopped
-    pulling still holds the drift cut back."""
+    pulling still counts as live for the drift baseline."""
 
     policy: Policy = "ekko"
     high_percentile: float = 0.9
@@ -235,7 +237,7 @@ class Scheduler:
         self.last_backlog: dict[str, int] = {}
         """Candidate rows left unsent by the last response to each peer (the backlog metric)."""
         self._responses = 0
-        self._peers: dict[str, tuple[int, dict[ShardId, VersionVector]]] = {}
+        self._peers: dict[str, tuple[int, dict[ShardId, Knowledge]]] = {}
 
     def threshold(self) -> float:
         return self.sketch.quantile(self.config.high_percentile)
@@ -261,7 +263,7 @@ class Scheduler:
         ranks: list[Ranked] = []
         row_bytes: list[I64] = []
         idle: list[tuple[ShardId, Knowledge]] = []
-        self._track_peer(store, request)
+        peer_held = self._track_peer(store, request)
         for shard in store.shards():
             k = request.knowledge.get(shard, Knowledge())
             if store.nothing_newer(shard, k):
@@ -295,6 +297,24 @@ class Scheduler:
             offset += c.n
             covered = _covered(store.knowledge((c.table, c.part)).vector, c, ~mine)
             k = request.knowledge.get((c.table, c.part), Knowledge())
+            if len(take):
+                # Rows every live downstream now holds at their current version: that value is
+                # their new drift baseline (see Store.set_downstreams for the write-time half).
+                keys, e, o, q = c.keys[take], c.epochs[take], c.origins[take], c.seqs[take]
+                every = np.ones(len(take), dtype=np.bool_)
+                for p, (_, v) in self._peers.items():
+                    if p != request.peer:
+                        every &= v.get((c.table, c.part), _NOTHING).covers_arrays(keys, e, o, q)
+                store.rebase(c.table, c.rows[take][every])
+            if len(take):  # what the peer will hold once this arrives (for the drift baseline)
+                peer_held[(c.table, c.part)] = k.advance(
+                    covered,
+                    keys=c.keys[take],
+                    epochs=c.epochs[take],
+                    origins=c.origins[take],
+                    seqs=c.seqs[take],
+                    max_exceptions=store.max_exceptions,
+                )
             if len(take) == 0 and k.vector.dominates(covered):
                 continue
             batches.append(
@@ -333,42 +353,43 @@ class Scheduler:
         self.last_backlog[request.peer] = backlog
         return PullResponse(store.specs(), tuple(batches), backlog == 0, backlog)
 
-    def _track_peer(self, store: Store, request: PullRequest) -> None:
-        """Remember what each live downstream holds and set the store's drift cut to the
-        pointwise minimum (what every live downstream holds at least)."""
+    def _track_peer(self, store: Store, request: PullRequest) -> dict[ShardId, Knowledge]:
+        """Remember what each live downstream holds (its request's knowledge; :meth:`respond`
+        adds what it sends) and tell the store, for the drift baseline. Returns the peer's
+        entry to update."""
         self._responses += 1
         now = self._responses
-        self._peers[request.peer] = (
-            now,
-            {s: k.vector for s, k in request.knowledge.items()},
-        )
+        held = dict(request.knowledge)
+        self._peers[request.peer] = (now, held)
         ttl = self.config.peer_ttl
         for peer in [p for p, (seen, _) in self._peers.items() if now - seen > ttl]:
             del self._peers[peer]
         views = [v for _, v in self._peers.values()]
         for shard in store.shards():
-            vectors = [v.get(shard, EMPTY_VECTOR) for v in views]
-            store.set_base_cut(shard, _pointwise_min(vectors))
+            store.set_downstreams(shard, [v.get(shard, _NOTHING) for v in views])
+        return held
 
 
-def _pointwise_min(vectors: Sequence[VersionVector]) -> VersionVector:
-    """The greatest vector every one of ``vectors`` dominates (a source absent anywhere is 0)."""
-    if not vectors:
-        return EMPTY_VECTOR
-    out = vectors[0].as_dict()
-    for v in vectors[1:]:
-        out = {src: min(s, v.get(*src)) for src, s in out.items() if v.get(*src) > 0}
-    return VersionVector.of(out)
+_NOTHING = Knowledge()
 
 
 def _covered(vector: VersionVector, c: Candidates, unsent: npt.NDArray[np.bool_]) -> VersionVector:
     """What a response may vouch for: the responder's vector, cut below the oldest unsent row of
-    each source (every row of that source up to there was sent, or the peer already held it)."""
+    each source (every row of that source up to there was sent, or the peer already held it),
+    and below the born version of every unsent new row (so a row the peer never received stays
+    new to it, however often it was rewritten meanwhile)."""
     if not unsent.any():
         return vector
     out = vector.as_dict()
-    for (e, o), s in list(out.items()):
+    for (e, o), top in list(out.items()):
+        cut = top
         m = unsent & (c.epochs == e) & (c.origins == o)
         if m.any():
-            out[(e, o)] = min(s, int(c.seqs[m].min()) - 1)
+            cut = min(cut, int(c.seqs[m].min()) - 1)
+        if c.born is not None:
+            be, bo, bs = c.born
+            m = unsent & c.new & (be == e) & (bo == o)
+            if m.any():
+                cut = min(cut, int(bs[m].min()) - 1)
+        out[(e, o)] = cut
     return VersionVector.of(out)

@@ -211,6 +211,10 @@ class Candidates:
     new: Bools
     full_scan: bool = False
     drift: F64 | None = None
+    born: tuple[I64, I64, I64] | None = None
+    """``(epochs, origins, seqs)`` of the first version of each row this store held: a response
+    must not vouch past the born version of a new row it did not send, or the peer would stop
+    seeing that row as new."""
 
     @property
     def n(self) -> int:
@@ -274,7 +278,7 @@ class _Shard:
     cache: OrderedDict[int, None] = field(default_factory=OrderedDict)
     floor: dict[Source, int] = field(default_factory=dict)
     high_water: dict[Source, int] = field(default_factory=dict)
-    base_cut: VersionVector = EMPTY_VECTOR
+    downstreams: tuple[Knowledge, ...] = ()
 
 
 def _dominates(vector: VersionVector, other: Mapping[Source, int]) -> bool:
@@ -409,17 +413,28 @@ class Store:
         """The newest seq held per source in the shard (rows may sit beyond the knowledge)."""
         return VersionVector.of(self._shard(shard).high_water)
 
-    def set_base_cut(self, shard: ShardId, cut: VersionVector) -> None:
-        """Set the shard's drift cut: a version every downstream of this replica holds (the
-        scheduler passes the pointwise minimum of its live peers' vectors). From now on, when a
-        row whose held version the cut covers is overwritten, its old value becomes the row's
-        baseline, so :attr:`Candidates.drift` measures how far the row moved since the
+    def set_downstreams(self, shard: ShardId, knowledge: Sequence[Knowledge]) -> None:
+        """Tell the shard what its live downstreams hold (the scheduler passes each live peer's
+        knowledge: its last request plus what was sent to it since). From now on, when a row
+        whose held version *every* downstream holds is overwritten, its old value becomes the
+        row's baseline, so :attr:`Candidates.drift` measures how far the row moved since the
         downstreams' copy (exactly, for the slowest downstream). Costs one more copy of the
-        values."""
-        self._shard(shard).base_cut = cut
+        values. With no downstreams nothing is held below, and the baseline is zero."""
+        self._shard(shard).downstreams = tuple(knowledge)
 
-    def base_cut(self, shard: ShardId) -> VersionVector:
-        return self._shard(shard).base_cut
+    def set_base_cut(self, shard: ShardId, cut: VersionVector) -> None:
+        """:meth:`set_downstreams` with one downstream that holds exactly ``cut``."""
+        self.set_downstreams(shard, (Knowledge(cut),))
+
+    def rebase(self, table: str, rows: npt.ArrayLike) -> None:
+        """The drift baseline of ``rows`` becomes their current value (they were just sent to
+        the downstreams)."""
+        t = self._table(table)
+        r = _i64(rows)
+        t.base_values[r] = t.values[r]
+
+    def downstreams(self, shard: ShardId) -> tuple[Knowledge, ...]:
+        return self._shard(shard).downstreams
 
     def floor(self, shard: ShardId) -> VersionVector:
         return VersionVector.of(self._shard(shard).floor)
@@ -489,9 +504,9 @@ class Store:
         if len(w):
             # The drift baseline: a row held at a version every downstream holds keeps that
             # value as its baseline before it is overwritten (a row new here starts from zero).
-            at_cut = ~fresh[win] & shard.base_cut.covers_arrays(
-                t.epochs[w], t.origins[w], t.seqs[w]
-            )
+            at_cut = ~fresh[win] & bool(shard.downstreams)
+            for k in shard.downstreams:
+                at_cut &= k.covers_arrays(t.keys[w], t.epochs[w], t.origins[w], t.seqs[w])
             t.base_values[w[at_cut]] = t.values[w[at_cut]]
             t.base_values[w[fresh[win]]] = 0.0
             old = np.where(fresh[win, None], 0.0, t.values[w])
@@ -627,6 +642,7 @@ class Store:
             np.linalg.norm(t.values[rows].astype(np.float64) - t.base_values[rows], axis=1).astype(
                 np.float64
             ),
+            (t.born_epochs[rows], t.born_origins[rows], t.born_seqs[rows]),
         )
 
     def row_values(self, table: str, rows: npt.ArrayLike) -> F32:
