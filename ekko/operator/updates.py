@@ -19,10 +19,12 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 
+from ekko.api.meta import Condition
 from ekko.api.resources import UpdateStream
 from ekko.kube.errors import KubeError
 from ekko.kube.updates import StreamObservation, UpdateKube
@@ -76,6 +78,30 @@ def servers_of(obs: StreamObservation) -> list[StreamServer]:
                 address=a.status.update_address if a.status else "",
             )
         )
+    return out
+
+
+_EVENTS = {
+    ("Connected", "False"): ("Disconnected", True),
+    ("Connected", "True"): ("Connected", False),
+    ("Fresh", "False"): ("Lagging", True),
+    ("Fresh", "True"): ("Fresh", False),
+}
+
+
+def condition_events(
+    before: Sequence[Condition], after: Sequence[Condition]
+) -> list[tuple[str, str, bool]]:
+    """Events for conditions that changed: (reason, message, warning). A first True is quiet."""
+    old = {c.type: c.status for c in before}
+    out = []
+    for c in after:
+        was = old.get(c.type)
+        if was == c.status or (was is None and c.status == "True"):
+            continue
+        event = _EVENTS.get((c.type, c.status))
+        if event is not None:
+            out.append((event[0], c.message or c.reason, event[1]))
     return out
 
 
@@ -217,6 +243,10 @@ class StreamWorker:
             now=dt.datetime.now(dt.UTC),
             paused=paused,
         )
+        for change in condition_events(previous, status.conditions):
+            reason, text, warning = change
+            log.info("UpdateStream %s/%s: %s.", *self.key, text)
+            await asyncio.to_thread(self.kube.event, stream, reason, text, warning)
         body = status.model_dump(by_alias=True, mode="json", exclude_none=True)
         if body != self._last_status:
             await asyncio.to_thread(self.kube.patch_status, self.key[0], self.key[1], body)
