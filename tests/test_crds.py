@@ -160,3 +160,15 @@ def test_the_api_reference_is_current() -> None:
     from ekko.api import docgen
 
     assert (CRD_DIR.parent / "docs" / "api.md").read_text() == docgen.render(), "run `make crds`"
+
+
+def test_crds_help_prints_usage_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ekko.api.crdgen import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--help"]) == 0
+    assert "usage: ekko crds" in capsys.readouterr().out
+    assert main(["--bogus"]) == 2
+    assert list(tmp_path.iterdir()) == []  # no directory named --help or --bogus

@@ -402,6 +402,18 @@ def write(directory: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m ekko.api.crdgen DIR [DIR …]``: write the CRDs into each directory."""
     targets = (argv if argv is not None else sys.argv[1:]) or ["crds"]
+    if any(t in ("-h", "--help") for t in targets):
+        print(
+            "usage: ekko crds [DIR ...]\n\nWrite Ekko's CustomResourceDefinitions (and kopf's "
+            "peering CRDs) into each DIR (default: crds)."
+        )
+        return 0
+    options = [t for t in targets if t.startswith("-")]
+    if options:
+        print(
+            f"ekko crds: unknown option {options[0]}; usage: ekko crds [DIR ...]", file=sys.stderr
+        )
+        return 2
     for target in targets:
         for path in write(Path(target)):
             print(f"wrote {path} ({path.stat().st_size} bytes)")

@@ -11,9 +11,7 @@ manifests of group ekko.dev (``kind: ServerPool`` / ``kind: Model``), which
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -21,13 +19,15 @@ from typing import Any
 
 import yaml
 
+from ekko.api.units import UnitError
+from ekko.api.units import parse_duration as api_duration
+from ekko.planning import manifests
 from ekko.solver import GIB, SOLVERS, Plan, Problem, SolveConfig, violations
 from ekko.solver.io import ProblemFormatError, plan_to_dict, problem_from_dict
 
 EXIT_OK = 0
 EXIT_INFEASIBLE = 1
 EXIT_USAGE = 2
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)?\s*$")
 
 
 class UsageError(Exception):
@@ -35,19 +35,17 @@ class UsageError(Exception):
 
 
 def parse_duration(text: str) -> float:
-    """'10s', '500ms', '2m' or a plain number of seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise UsageError(f"--time-limit: expected a duration such as 10s, got {text!r}")
-    value = float(m.group(1))
-    unit = m.group(2) or "s"
-    seconds = value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+    """A duration as the CRD takes it ('10s', '500ms', '1m30s'), or a plain number of seconds."""
+    try:
+        seconds = float(text) if text.replace(".", "", 1).isdigit() else api_duration(text)
+    except UnitError as e:
+        raise UsageError(f"--time-limit: {e}") from None
     if seconds <= 0:
         raise UsageError("--time-limit must be positive")
     return seconds
 
 
-def load_problem(path: str) -> Problem:
+def read_docs(path: str) -> list[Any]:
     try:
         text = Path(path).read_text() if path != "-" else sys.stdin.read()
     except OSError as e:
@@ -58,19 +56,34 @@ def load_problem(path: str) -> Problem:
         raise UsageError(f"{path}: not valid YAML: {e}") from None
     if not docs:
         raise UsageError(f"{path}: no YAML document found")
+    return docs
+
+
+def load_problems(paths: list[str]) -> list[tuple[str, Problem]]:
+    """The problems in the files: one per ServerPool of the manifests (every file's Models
+    join), or the one problem of a problem file."""
+    per_file = [(path, read_docs(path)) for path in paths]
+    docs = [d for _, file_docs in per_file for d in file_docs]
     if any(isinstance(d, dict) and d.get("kind") in ("ServerPool", "Model") for d in docs):
-        # Imported lazily (and by name): the planning layer is only needed for manifests.
         try:
-            manifests = importlib.import_module("ekko.planning.manifests")
-        except ImportError as e:
-            raise UsageError(f"{path}: manifests need ekko.planning.manifests ({e})") from None
-        try:
-            problem = manifests.problem_from_manifests([d for d in docs if isinstance(d, dict)])
+            return manifests.problems_from_manifests([d for d in docs if isinstance(d, dict)])
         except (ValueError, KeyError, TypeError) as e:
-            raise UsageError(f"{path}: {e}") from None
-        if not isinstance(problem, Problem):
-            raise UsageError(f"{path}: manifests did not describe a placement problem")
-        return problem
+            raise UsageError(f"{', '.join(paths)}: {e}") from None
+    if len(paths) != 1:
+        raise UsageError("give one problem file, or several files of ServerPool/Model manifests")
+    return [("problem", load_problem_docs(paths[0], docs))]
+
+
+def load_problem(path: str) -> Problem:
+    """The one problem of a file (a problem file, or manifests of one pool)."""
+    problems = load_problems([path])
+    if len(problems) != 1:
+        names = ", ".join(name for name, _ in problems)
+        raise UsageError(f"{path}: expected exactly one ServerPool in the manifests, found {names}")
+    return problems[0][1]
+
+
+def load_problem_docs(path: str, docs: list[Any]) -> Problem:
     if len(docs) != 1:
         raise UsageError(f"{path}: a problem file holds exactly one YAML document")
     try:
@@ -204,10 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ekko plan", description="Place model shards on a server pool and print the plan."
     )
-    ap.add_argument("-f", "--filename", required=True, help="problem YAML or ekko.dev manifests")
+    ap.add_argument(
+        "-f",
+        "--filename",
+        required=True,
+        action="append",
+        help="problem YAML or ekko.dev manifests (repeatable; manifests are planned per pool)",
+    )
     ap.add_argument("-o", "--output", help="write the plan YAML here")
     ap.add_argument("--solver", default="ekko", choices=sorted(SOLVERS), help="default: ekko")
-    ap.add_argument("--time-limit", default="10s", help="deadline, e.g. 10s, 500ms (default 10s)")
+    ap.add_argument(
+        "--time-limit", default="10s", help="deadline, e.g. 10s, 500ms, 1m30s (default 10s)"
+    )
     ap.add_argument("--backend", default="cpsat", choices=("cpsat", "highs"))
     ap.add_argument("--plot", help="draw per-server utilisation to this PNG")
     ap.add_argument("--rows", type=int, default=20, help="servers listed in the summary")
@@ -222,26 +243,64 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if e.code == 0 else EXIT_USAGE
     try:
         limit = parse_duration(args.time_limit)
-        problem = load_problem(args.filename)
+        check_optional_dependencies(args)
+        problems = load_problems(args.filename)
     except UsageError as e:
         print(f"ekko plan: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     config = SolveConfig(time_limit=limit, backend=args.backend)
-    plan = SOLVERS[args.solver](problem, config)
-    try:
-        print(summary(problem, plan, args.rows), flush=True)
-    except BrokenPipeError:  # `ekko plan ... | head`: the reader left; still write the plan
-        # As the Python docs advise: point stdout at devnull so the exit flush stays quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    code = EXIT_OK
+    plans = []
+    for name, problem in problems:
+        plan = SOLVERS[args.solver](problem, config)
+        plans.append(plan_to_dict(plan))
+        try:
+            if len(problems) > 1:
+                print(f"== pool {name}", flush=True)
+            print(summary(problem, plan, args.rows), flush=True)
+        except BrokenPipeError:  # `ekko plan ... | head`: the reader left; still write the plan
+            # As the Python docs advise: point stdout at devnull so the exit flush stays quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            if args.plot and plan.status != "infeasible":
+                target = args.plot if len(problems) == 1 else _suffixed(args.plot, name)
+                plot(problem, plan, target)
+        except OSError as e:
+            print(f"ekko plan: error: cannot write output: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if plan.status == "infeasible":
+            code = EXIT_INFEASIBLE
     try:
         if args.output:
-            Path(args.output).write_text(yaml.safe_dump(plan_to_dict(plan), sort_keys=False))
-        if args.plot and plan.status != "infeasible":
-            plot(problem, plan, args.plot)
+            Path(args.output).write_text(
+                yaml.safe_dump_all(plans, sort_keys=False)
+                if len(plans) > 1
+                else yaml.safe_dump(plans[0], sort_keys=False)
+            )
     except OSError as e:
         print(f"ekko plan: error: cannot write output: {e}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_INFEASIBLE if plan.status == "infeasible" else EXIT_OK
+    return code
+
+
+def _suffixed(path: str, name: str) -> str:
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{name}{p.suffix}"))
+
+
+def check_optional_dependencies(args: argparse.Namespace) -> None:
+    """Refuse before a long solve what would fail after it: a missing optional package."""
+    import importlib.util  # noqa: PLC0415 (only to look, not to load)
+
+    for wanted, module, extra in (
+        (args.plot, "matplotlib", "plot"),
+        (args.backend == "highs", "highspy", "solver"),
+    ):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise UsageError(
+                f"{module} is not installed; install it (pip install {module}, or the "
+                f"ekko[{extra}] extra) or leave out the option that needs it"
+            )
 
 
 if __name__ == "__main__":

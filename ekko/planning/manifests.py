@@ -9,6 +9,19 @@ from ekko.planning.problem import model_spec, pool_of
 from ekko.solver import Problem
 
 
+def problems_from_manifests(docs: list[dict[str, Any]]) -> list[tuple[str, Problem]]:
+    """One problem per ServerPool in the manifests (with the Models that name it), in order."""
+    resources = [parse_resource(d) for d in docs if isinstance(d, dict) and d.get("kind")]
+    pools = [r for r in resources if isinstance(r, ServerPool)]
+    if not pools:
+        raise ValueError("no ServerPool in the manifests")
+    out = []
+    for pool in pools:
+        one = [d for d in docs if not (isinstance(d, dict) and d.get("kind") == "ServerPool")]
+        out.append((pool.metadata.name, problem_from_manifests([pool.to_wire(), *one])))
+    return out
+
+
 def problem_from_manifests(docs: list[dict[str, Any]]) -> Problem:
     """The problem a set of ServerPool and Model manifests describes (``ekko plan -f``).
 

@@ -92,3 +92,49 @@ def test_problem_round_trip_of_example() -> None:
     pr = problem_from_dict(yaml.safe_load(EXAMPLE.read_text()))
     assert pr.pool.max_servers == 16
     assert [m.num_shards for m in pr.models] == [8, 12, 4, 6]
+
+
+def test_durations_as_the_crd_takes_them() -> None:
+    assert parse_duration("1m30s") == 90
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("2") == 2
+
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_several_files_and_pools_plan_per_pool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "plans.yaml"
+    rc = main(
+        [
+            "-f", str(MANIFESTS / "serverpools.yaml"),
+            "-f", str(MANIFESTS / "models.yaml"),
+            "--solver", "ffd", "-o", str(out), "--rows", "0",
+        ]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "== pool gpu-a100" in text and "== pool cpu-large" in text
+    assert len(list(yaml.safe_load_all(out.read_text()))) == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "module"), [(["--plot", "x.png"], "matplotlib"), (["--backend", "highs"], "highspy")]
+)
+def test_a_missing_optional_package_is_refused_before_solving(
+    flags: list[str],
+    module: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)
+    )
+    assert main(["-f", str(EXAMPLE), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{module} is not installed" in err
