@@ -10,9 +10,19 @@ allows, and the puller applies idempotently and monotonically, then pulls again 
 per ``min_interval_s``). Topologies: ``p2p`` (one leader per region pulls across the WAN,
 followers pull from it over the LAN) and ``direct`` (every server pulls from the origin).
 Policies: ``priority`` (Ekko's ``p = (p_g + p_u) × p_m``: new rows first, then rows above the
-``high_pct`` percentile, then the rest), ``fifo`` (state-based, rows in version order) — both
-ranked by the product's scheduler, :mod:`ekko.updates.priority` — and ``log`` (every write in
-order, as a message log delivers). Rows are budgeted at the store's upper bound per row
+``high_pct`` percentile, then the rest), ``fifo`` (state-based, rows in version order) and ``log``
+(every write in order, as a message log delivers). ``priority`` and ``fifo`` run the product's
+path (``product=True``, the default): every replica is an :class:`ekko.updates.store.Store`, the
+origin's writes go through :meth:`~ekko.updates.store.Store.write`, every response is
+:meth:`ekko.updates.priority.Scheduler.respond` over the puller's real knowledge (version vector
+plus bounded exception set) and is applied with :meth:`~ekko.updates.store.Store.apply`; the sim
+only keeps per-key bookkeeping of what each replica applied when, for the quality replay.
+``product=False`` is the fast path: exact per-key knowledge, rows ranked by the product's
+``Scheduler.rank``/``order`` with the last write's magnitude as significance (what the product
+scheduler did before its drift baseline); the bench uses it where no link is capped (every
+candidate is sent, so the order does not matter) and as the "before" reference.
+``priority_delta`` is the earlier ablation (exact per-key knowledge, significance against the
+peer's own value, rest by score), kept as a reference. Rows are budgeted at the store's upper bound per row
 (:data:`ekko.updates.store.ROW_OVERHEAD_BYTES` plus the values) and, with zstd, at the measured
 size of the compressed frame.
 
@@ -44,6 +54,7 @@ from ekko.updates.store import (
     Batch,
     Candidates,
     PullResponse,
+    Store,
     TableSpec,
     ValueDType,
 )
@@ -303,6 +314,8 @@ class SimConfig:
     high_pct: float = 90.0  # the scheduler's default high percentile
     jitter: float = 0.1  # each message's delay is scaled by U(1, 1 + jitter)
     seed: int = 0
+    product: bool = False  # priority/fifo through the product's Store and Scheduler.respond
+    exception_budget: int = 1024  # the scheduler's rest-by-score budget (product path)
 
 
 @dataclass
@@ -319,6 +332,7 @@ class Node:
     log_t: list[F64] = field(default_factory=list)
     log_w: list[I64] = field(default_factory=list)
     log_c: list[NDArray[np.int8]] = field(default_factory=list)
+    store: Store | None = None
 
 
 @dataclass
@@ -367,6 +381,12 @@ class Sim:
                     link = self._link(f"lan:{r}.0->{r}.{s}", cfg.lan_delay_s, None, False)
                 node = Node(f"r{r}s{s}", r, up, link, is_leader, np.full(nk, -1, np.int64))
                 self.nodes.append(node)
+        self.product = cfg.product and cfg.policy in ("priority", "fifo")
+        if self.product:
+            for node in self.nodes:
+                node.store = Store()
+                for spec in self.specs:
+                    node.store.declare(spec)
 
     def _link(self, name: str, delay: float, rate: float | None, wan: bool) -> Link:
         if name not in self.links:
@@ -409,6 +429,21 @@ class Sim:
         if b > self.pub:
             ids = np.arange(self.pub, b, dtype=np.int64)
             np.maximum.at(self.nodes[0].ver, w.gkey[self.pub : b], ids)
+            origin = self.nodes[0].store
+            if origin is not None:  # the product path: the origin's Store.write (seq = id + 1)
+                tabs = w.table[ids]
+                for j, name in enumerate(TABLES):
+                    sel = ids[tabs == j]
+                    if sel.size:
+                        origin.write(
+                            name,
+                            w.gkey[sel] - w.offsets[j],
+                            w.values[sel, : w.widths[j]],
+                            epoch=0,
+                            origin=1,
+                            seqs=sel + 1,
+                            publish_time=float(w.t[sel[-1]]),
+                        )
             self.nodes[0].cursor = b
             self.pub = b
 
@@ -426,6 +461,9 @@ class Sim:
         link = node.link
         assert link is not None
         self._advance_origin(t)
+        if self.product:
+            self._respond_product(k, t)
+            return
         if cfg.policy == "log":
             if up.cursor <= node.cursor:
                 self._wait_upstream(k, node.up, t)
@@ -468,7 +506,69 @@ class Sim:
         link.sent_bytes += size
         link.raw_bytes += raw
         link.frames += 1
-        self._push(t + self._delay(link), 1, k, (wids[:n], classes[:n]))
+        self._push(t + self._delay(link), 1, k, (wids[:n], classes[:n]))  # fast path
+
+    def _respond_product(self, k: int, t: float) -> None:
+        """One pull answered by the product: ``Scheduler.respond`` over the puller's knowledge,
+        budgeted at the link's tokens (scaled by the observed compression ratio), encoded by the
+        product codec; shrunk and re-answered if the encoded frame would not fit."""
+        cfg, w = self.cfg, self.w
+        node = self.nodes[k]
+        up = self.nodes[node.up]
+        link = node.link
+        assert link is not None and node.store is not None and up.store is not None
+        if not (up.ver > node.ver).any():
+            self._wait_upstream(k, node.up, t)
+            return
+        sched = self.schedulers.get(node.up)
+        if sched is None:
+            policy: Policy = "fifo" if cfg.policy == "fifo" else "ekko"
+            sched = Scheduler(
+                SchedulerConfig(
+                    policy=policy,
+                    high_percentile=cfg.high_pct / 100,
+                    exception_budget=cfg.exception_budget,
+                )
+            )
+            self.schedulers[node.up] = sched
+        budget = link.bucket.available(t)
+        if node.up == 0:
+            budget = min(budget, self.uplink.available(t))
+        ratio = self.ratio.get(k, 0.5)
+        raw_budget = 1 << 50 if math.isinf(budget) else int(budget / ratio)
+        dtype = CODEC_DTYPES[cfg.codec]
+        for _ in range(6):
+            req = node.store.pull_request(raw_budget, dtype, cfg.zstd, peer=node.name)
+            resp = sched.respond(up.store, req)
+            if resp.n_rows == 0:
+                break
+            size = len(encode_response(resp, self.encoding))
+            if size <= budget:
+                break
+            raw_budget = int(raw_budget * budget / size * 0.95)
+        if resp.n_rows == 0 or size > budget:  # not even one row fits yet: wait for tokens
+            row_max = max(ROW_META + value_bytes(x, cfg.codec) for x in w.widths)
+            need = (FRAME_HEADER + row_max) * ratio
+            wait = max(link.bucket.wait_for(t, need), self.uplink.wait_for(t, need))
+            self._push(t + max(wait, 1e-4), 0, k, None)
+            return
+        wid_parts, cls_parts = [], []
+        raw = FRAME_HEADER
+        for b in resp.batches:
+            j = TABLES.index(b.table)
+            wid_parts.append(b.seqs - 1)
+            cls_parts.append(b.classes.astype(np.int8))
+            raw += b.n * (ROW_META + value_bytes(w.widths[j], "fp32"))
+        self.ratio[k] = 0.7 * ratio + 0.3 * size / raw
+        link.bucket.take(t, size)
+        if node.up == 0:
+            self.uplink.take(t, size)
+        link.sent_bytes += size
+        link.raw_bytes += raw
+        link.frames += 1
+        wids = np.concatenate(wid_parts)
+        classes = np.concatenate(cls_parts)
+        self._push(t + self._delay(link), 1, k, (wids, classes, resp))
 
     def _frame_size(self, k: int, wids: I64, n: int, budget: float, sizes: I64) -> tuple[int, int]:
         """Wire bytes of the first ``n`` rows, encoded by the product codec, and their raw
@@ -551,8 +651,11 @@ class Sim:
         return have[ordered], classes[ordered]
 
     def _apply(self, k: int, t: float, payload: object) -> None:
-        wids, classes = payload  # type: ignore[misc]
+        wids, classes, *resp = payload  # type: ignore[misc]
         node = self.nodes[k]
+        if resp and node.store is not None:
+            for b in resp[0].batches:
+                node.store.apply(b)
         keys = self.w.gkey[wids]
         if self.cfg.policy == "log":
             node.cursor = int(wids[-1]) + 1
