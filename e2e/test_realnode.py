@@ -104,7 +104,7 @@ def _container(pod: client.V1Pod, name: str) -> client.V1ContainerStatus:
 
 def _describe(api: Api, operator: OperatorProcess | None = None) -> str:
     lines = []
-    for p in api.pods():
+    for p in api.core.list_namespaced_pod(api.ns).items:
         statuses = [
             (c.name, c.ready, c.restart_count, c.state.to_dict())
             for c in p.status.container_statuses or []
@@ -242,6 +242,91 @@ def test_pod_to_ready_real_node_vs_kwok(cluster: Cluster, real_node: str, namesp
             assert (pod.spec.node_name == real_node) == real
         result[label] = samples
     _record("pause_pod_ready_s", result)
+
+
+def test_operator_in_cluster_from_the_chart_runs_pools_and_survives_its_pod_deletion(
+    cluster: Cluster,
+    real_node: str,
+    ekko_image: str,
+    api: Api,
+    namespace: str,
+) -> None:
+    """`helm install` with the local image: the operator runs in a pod on its ServiceAccount,
+    talks to the API server through the `kubernetes` Service, passes its probes, starts server
+    pods whose agent image is its own, and comes back after its pod is deleted."""
+    release = f"ekko-rn-{namespace[-6:]}"
+    repository, tag = ekko_image.rsplit(":", 1)
+    values = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "crds": {"install": False},  # the suite's CRDs (ekko_crds) are already installed
+        # Off: (1) ekko/operator/webhook.py puts the webhook host
+        # (<release>-webhook.<namespace>.svc, 77 characters here) into the certificate's CN,
+        # which X.509 caps at 64, so startup fails in a loop and the liveness probe kills the
+        # pod; (2) it registers a URL this host's API server cannot resolve (no cluster DNS).
+        "webhook": {"enabled": False},
+        "operator": {
+            "watchNamespaces": [namespace],
+            "nodeSelector": {realnode.NODE_LABEL: "true"},
+            "tolerations": [TOLERATION],
+        },
+    }
+    values_file = Path(f"/tmp/{release}-values.yaml")
+    values_file.write_text(yaml.safe_dump(values))
+    started = time.monotonic()
+    try:
+        helmtools.helm(
+            "install", release, str(helmtools.CHART), "-n", namespace, "-f", str(values_file),
+            "--wait", "--timeout", "180s", timeout=240,
+        )  # fmt: skip
+    except helmtools.ToolError as err:
+        raise AssertionError(f"{err}\n{_describe(api)}") from None
+    _record("helm_install_wait_s", round(time.monotonic() - started, 1))
+    try:
+        selector = "app.kubernetes.io/component=operator"
+
+        def operator_pod() -> client.V1Pod | None:
+            pods = api.core.list_namespaced_pod(namespace, label_selector=selector).items
+            live = [p for p in pods if p.metadata.deletion_timestamp is None and _ready(p)]
+            return live[0] if live else None
+
+        first = wait_for(operator_pod, "operator pod Ready", timeout=60)
+        assert first.spec.node_name == real_node
+        assert _container(first, "operator").restart_count == 0
+
+        pool = _real_pool(ekko_image, f"{release}-agent")
+        del pool["spec"]["template"]["agentImage"]  # the operator's own image (EKKO_IMAGE)
+        api.create(pool)
+        api.create(model_manifest("ranking", 2, "1Gi", 1, load="5"))
+        wait_for(
+            lambda: converged(api, models=["ranking"]),
+            "pool converged by the in-cluster operator",
+            timeout=240,
+            describe=lambda: _describe(api),
+        )
+        for pod in api.pods():
+            agent = next(c for c in pod.spec.containers if c.name == "ekko-agent")
+            assert agent.image == ekko_image
+
+        deleted = time.monotonic()
+        api.core.delete_namespaced_pod(first.metadata.name, namespace)
+        second = wait_for(
+            lambda: (p := operator_pod()) and p.metadata.uid != first.metadata.uid and p,
+            "a new operator pod Ready",
+            timeout=120,
+            describe=lambda: _describe(api),
+        )
+        _record("operator_pod_replaced_ready_s", round(time.monotonic() - deleted, 1))
+        assert second.spec.node_name == real_node
+        api.create(model_manifest("retrieval", 1, "1Gi", 1, load="5"))
+        wait_for(
+            lambda: converged(api, models=["ranking", "retrieval"]),
+            "the new operator placed and loaded a new model",
+            timeout=240,
+            describe=lambda: _describe(api),
+        )
+    finally:
+        helmtools.helm("uninstall", release, "-n", namespace, "--timeout", "120s")
+        values_file.unlink(missing_ok=True)
 
 
 def test_down_leaves_the_host_as_up_found_it(cluster: Cluster, real_node: str) -> None:

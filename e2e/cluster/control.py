@@ -270,7 +270,24 @@ def ensure_host_address() -> bool:
     return added.returncode == 0 or host_address_device() is not None
 
 
+def _host_address_in_use() -> bool:
+    """Whether a running API server (of another state dir) advertises HOST_IP."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if Path(argv[0]).name == "kube-apiserver" and f"--advertise-address={HOST_IP}" in argv:
+            return True
+    return False
+
+
 def remove_host_address() -> None:
+    """Remove HOST_IP (and the dummy interface) unless another cluster's API server uses it."""
+    if _host_address_in_use():
+        return
     device = host_address_device()
     if device is not None:
         _run_ip("addr", "del", f"{HOST_IP}/32", "dev", device)

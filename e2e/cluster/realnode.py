@@ -96,6 +96,19 @@ def containerd_root() -> Path:
     return build.cache_root() / "node" / "containerd"
 
 
+def _owner_file() -> Path:
+    return RUN / "owner"
+
+
+def owner() -> str | None:
+    """The state dir of the cluster the node belongs to (one real node per machine)."""
+    return _read(_owner_file())
+
+
+def _owned() -> bool:
+    return owner() in (None, str(control.state_dir()))
+
+
 def _before_file() -> Path:
     return node_dir() / "host-before.json"
 
@@ -424,10 +437,16 @@ def up(ep: control.Endpoints, quiet: bool = False) -> dict[str, float]:
         timings[name] = round(now - since, 1)
         return now
 
-    if ep.advertise != HOST_IP:
+    if ep.advertise != HOST_IP or not control.ensure_host_address():
         raise ClusterError(
             f"the API server advertises {ep.advertise}, not {HOST_IP}: a real node needs root"
             " (to put the host address on an interface); run `up --real-node` as root"
+        )
+    other = owner()
+    if other is not None and other != str(control.state_dir()) and RUN.exists():
+        raise ClusterError(
+            f"the real node belongs to the cluster in {other}; stop it there first"
+            f" (EKKO_CLUSTER_DIR={other} python -m e2e.cluster node-down)"
         )
     api = control.Api(ep.apiserver)
     if running() and node_ready(api):
@@ -454,6 +473,7 @@ def up(ep: control.Endpoints, quiet: bool = False) -> dict[str, float]:
         _before_file().write_text(json.dumps(host_state(), indent=1))
     for d in (RUN, VAR, containerd_root()):
         d.mkdir(parents=True, exist_ok=True)
+    _owner_file().write_text(str(control.state_dir()))
     paths = _write_configs(ep, image.PAUSE_REF)
 
     try:
@@ -512,11 +532,11 @@ def up(ep: control.Endpoints, quiet: bool = False) -> dict[str, float]:
 
 
 def _present() -> bool:
+    """Whether this state dir has a real node (or its leftovers) to take down."""
     return (
         any(control.running(name) for name in PROCS)
         or _before_file().exists()
-        or RUN.exists()
-        or VAR.exists()
+        or (_owned() and (RUN.exists() or VAR.exists()))
     )
 
 
