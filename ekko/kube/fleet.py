@@ -485,6 +485,7 @@ class Fleet:
 
 
 AGENT_PORT = 9400
+UPDATES_PORT = 9500
 
 
 def owned_by(pod: Any, pool: ServerPool) -> bool:
@@ -532,8 +533,13 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
+            # Peers pull model updates from this address (the agent's --update-advertise default).
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         ],
-        "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
+        "ports": [
+            {"name": "agent", "containerPort": AGENT_PORT},
+            {"name": "updates", "containerPort": UPDATES_PORT},
+        ],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "agent"}, "periodSeconds": 2},
         "livenessProbe": {

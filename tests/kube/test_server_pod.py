@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ekko.agent.main import parse_args
 from ekko.api.resources import ServerPool
-from ekko.kube.fleet import AGENT_PORT, server_pod
+from ekko.kube.fleet import AGENT_PORT, UPDATES_PORT, server_pod
 
 
 def pool() -> ServerPool:
@@ -31,6 +31,12 @@ def test_the_agent_listens_where_the_kubelet_probes_and_prometheus_scrapes() -> 
     assert agent["readinessProbe"]["httpGet"]["port"] == agent["ports"][0]["name"]
     assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(AGENT_PORT)
+    # The update data plane: declared, and the agent's default listen/advertise agree with it.
+    assert {"name": "updates", "containerPort": UPDATES_PORT} in agent["ports"]
+    assert config.update_listen.endswith(f":{UPDATES_PORT}")
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in agent[
+        "env"
+    ]
 
 
 def test_only_the_pools_own_pods_are_its_servers() -> None:
