@@ -585,9 +585,25 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
     }
 
 
-def _node_ready(node: Any) -> bool:
+NODE_LOST_AFTER = 60.0
+"""Seconds a node may be not Ready before its servers count as lost. A kubelet that cannot reach
+the API server (an API-server restart, a network blip) leaves its node NotReady/Unknown while
+its pods go on serving; replacing them at once turned a 20 s API outage into lost replicas."""
+
+
+def _node_ready(node: Any, now: dt.datetime | None = None) -> bool:
+    """Ready, or not Ready for less than NODE_LOST_AFTER seconds."""
     conditions = node.status.conditions if node.status else None
-    return any(c.type == "Ready" and c.status == "True" for c in conditions or [])
+    ready = next((c for c in conditions or [] if c.type == "Ready"), None)
+    if ready is None:
+        return False
+    if ready.status == "True":
+        return True
+    since = ready.last_transition_time
+    if since is None:
+        return False
+    now = now or dt.datetime.now(dt.UTC)
+    return (now - since).total_seconds() < NODE_LOST_AFTER
 
 
 def _loaded(
