@@ -393,6 +393,11 @@ def solve_cpsat(
     p.max_time_in_seconds = max(0.05, time_limit - (time.monotonic() - t0))
     p.num_workers = workers
     p.relative_gap_limit = gap
+    # Balance (12) is a tie-break worth at most 100: once servers and moves are proven, stop.
+    p.absolute_gap_limit = BALANCE_WEIGHT * 100 if sub.balance else 0.0
+    # Deterministic parallel search (same answer for a seed whatever the thread timing) when it
+    # finishes before the time limit.
+    p.interleave_search = True
     p.random_seed = seed
     p.log_search_progress = log
     st = solver.solve(m)
@@ -430,6 +435,8 @@ def solve_highs(
     h.setOptionValue("time_limit", max(0.05, time_limit - (time.monotonic() - t0)))
     h.setOptionValue("mip_rel_gap", gap if gap > 0 else 1e-9)
     h.setOptionValue("random_seed", seed)
+    if sub.balance:  # see solve_cpsat: stop once only the balance tie-break is open
+        h.setOptionValue("mip_abs_gap", float(BALANCE_WEIGHT * 100))
     n = len(lin.lb)
     inf = highspy.kHighsInf
     h.addVars(n, np.array(lin.lb, dtype=float), np.array(lin.ub, dtype=float))

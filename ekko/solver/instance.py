@@ -2,25 +2,61 @@
 
 Shards of one model with the same memory and load are interchangeable, so the optimiser counts
 them per server instead of placing each one.  A model with unequal shards is split into *items*
-(size classes); each item is treated as a model of equal shards.  Sizes are scaled so a server's
-usable memory and compute are about 10^6 units each; demands round up and capacities round down,
-so every integer solution is valid in bytes too.
+(size classes); each item is treated as a model of equal shards.
+
+Units are exact: decimals are read as the user wrote them (``exact``), scaled by a common
+denominator and divided by the gcd of the demands, so two loads of 30 fit under a cap of 60 after
+10% headroom exactly as they do on paper.  Only when that would need more than 2^40 units per
+server (loads with many decimals), or a model has more than 8 shard shapes, do demands round up
+(``Instance.exact`` is then False and the lower bound uses rounded-down demands instead).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
 from ortools.linear_solver import pywraplp
 
 from ekko.solver.types import GIB, ModelId, Problem, SloClassName
 
-SCALE = 1_000_000
+# A server holds at most this many units in either dimension (CP-SAT sums stay in int64).
+MAX_UNITS = 1 << 40
 # A model with more distinct (memory, load) shard shapes than this is quantised to a 3% grid.
 _MAX_EXACT_SHAPES = 8
 _GRID = 1.03
+
+
+def exact(x: float) -> Fraction:
+    """The number the user wrote: the shortest decimal that reads back as the float (0.1 is
+    1/10, not 0.1000000000000000055...)."""
+    return Fraction(repr(float(x)))
+
+
+def _scale(demands: Iterable[Fraction], caps: Iterable[Fraction]) -> tuple[Fraction, bool]:
+    """Units per unit of the input, and whether the scale is exact.
+
+    Exact: a common denominator of every demand and capacity, divided by the gcd of the
+    demands, so demands and capacities are integers and a sum of demands fits under a capacity
+    in units exactly when it does in the input.  When that would make a server hold more than
+    MAX_UNITS units (loads with many decimals), demands round up by less than 2^-40 of a server
+    (and capacities down): still valid, and a fit is lost only if its slack is below that."""
+    ds = {d for d in demands if d > 0}
+    cs = [c for c in caps if c > 0]
+    den = 1
+    for q in (*ds, *cs):
+        den = math.lcm(den, q.denominator)
+    g = 0
+    for d in ds:
+        g = math.gcd(g, int(d * den))
+    scale = Fraction(den, g or 1)
+    top = max(cs, default=Fraction(1))
+    if top * scale <= MAX_UNITS:
+        return scale, True
+    return Fraction(MAX_UNITS) / top, False
 
 
 @dataclass(frozen=True)
@@ -31,11 +67,13 @@ class Item:
     model: ModelId
     shards: tuple[int, ...]
     replicas: int
-    mem: int  # units per replica (reserve included), rounded up
-    cpu: int  # units per replica, rounded up
+    mem: int  # units per replica (reserve included); exact, or rounded up
+    cpu: int  # units per replica; exact, or rounded up
     mem_bytes: int  # bytes of the largest shard in the item, without reserve (move cost)
     slo: SloClassName
     zone_cap: int  # most replicas of one shard per zone
+    mem_lo: int = -1  # units rounded down (for the lower bound); -1: same as mem
+    cpu_lo: int = -1
 
     @property
     def num_shards(self) -> int:
@@ -45,12 +83,20 @@ class Item:
     def demand(self) -> int:
         return len(self.shards) * self.replicas
 
+    @property
+    def mem_low(self) -> int:
+        return self.mem if self.mem_lo < 0 else self.mem_lo
+
+    @property
+    def cpu_low(self) -> int:
+        return self.cpu if self.cpu_lo < 0 else self.cpu_lo
+
 
 @dataclass(frozen=True)
 class Instance:
     problem: Problem
     items: tuple[Item, ...]
-    mem_cap: int  # usable memory per server, in units
+    mem_cap: int  # usable memory per server, in units (rounded down)
     cpu_cap: dict[SloClassName, int]  # usable compute per server when the class is present
     cpu_full: int  # usable compute per server with no class cap
     mem_unit: float  # bytes per unit
@@ -58,6 +104,14 @@ class Instance:
     exclusive: tuple[tuple[SloClassName, SloClassName], ...]
     zones: tuple[str, ...]
     lower_bound: int
+    # Units are exact (no demand rounded, no shape quantised): the model's optimum and its
+    # proven bound are those of the problem.
+    exact: bool = True
+    # Capacities rounded up (equal to the ones above when exact), for the lower bound.
+    mem_cap_hi: int = 0
+    cpu_cap_hi: dict[SloClassName, int] = field(default_factory=dict)
+    cpu_full_hi: int = 0
+    bound_source: str = ""
 
     def items_of(self, model: ModelId) -> list[Item]:
         return [it for it in self.items if it.model == model]
@@ -70,29 +124,50 @@ def _grid_up(x: int) -> int:
     return max(x, math.ceil(_GRID**k))
 
 
+def _up(q: Fraction) -> int:
+    return math.ceil(q)
+
+
+def _down(q: Fraction) -> int:
+    return math.floor(q)
+
+
 def build_instance(problem: Problem) -> Instance:
+    """The problem in integer units (module docstring); ``exact`` says whether any fit was
+    rounded away."""
     pool = problem.pool
-    mem_eff = pool.usable_memory()
-    mem_unit = mem_eff / SCALE
-    cpu_eff = pool.usable_compute()
-    cpu_unit = cpu_eff / SCALE if cpu_eff > 0 else 1.0
-    mem_cap = math.floor(mem_eff / mem_unit + 1e-9)
-    cpu_full = math.floor(cpu_eff / cpu_unit + 1e-9)
-    cpu_cap = {
-        c.name: math.floor(pool.usable_compute(c.utilisation_cap) / cpu_unit + 1e-9)
-        for c in problem.slo_classes
-    }
-    items: list[Item] = []
+    keep = 1 - exact(pool.headroom)
+    mem_eff = pool.memory_bytes * keep
+    cpu = exact(pool.compute_units)
+    cpu_eff = cpu * keep
+    class_eff = {c.name: cpu * min(keep, exact(c.utilisation_cap)) for c in problem.slo_classes}
+    mem_q: dict[int, Fraction] = {}
+    load_q: dict[float, Fraction] = {}
+    per_model: list[list[tuple[Fraction, Fraction]]] = []
     for m in problem.models:
+        row = []
+        for k in range(m.num_shards):
+            b = m.memory_of(k)
+            ld = m.load_of(k)
+            if b not in mem_q:
+                mem_q[b] = Fraction(b)
+            if ld not in load_q:
+                load_q[ld] = exact(ld)
+            row.append((mem_q[b], load_q[ld]))
+        per_model.append(row)
+    mscale, m_exact = _scale(mem_q.values(), [mem_eff])
+    cscale, c_exact = _scale(load_q.values(), [cpu_eff, *class_eff.values()])
+    mem_cap = _down(mem_eff * mscale)
+    cpu_full = _down(cpu_eff * cscale)
+    cpu_cap = {c: _down(v * cscale) for c, v in class_eff.items()}
+    quantised = False
+    items: list[Item] = []
+    for m, row in zip(problem.models, per_model, strict=True):
         shapes: dict[tuple[int, int], list[int]] = defaultdict(list)
-        raw = [
-            (
-                math.ceil(m.memory_of(k) / mem_unit - 1e-9),
-                math.ceil(m.load_of(k) / cpu_unit - 1e-9),
-            )
-            for k in range(m.num_shards)
-        ]
+        raw = [(_up(mb * mscale), _up(ld * cscale)) for mb, ld in row]
+        low = [(_down(mb * mscale), _down(ld * cscale)) for mb, ld in row]
         quantise = len(set(raw)) > _MAX_EXACT_SHAPES
+        quantised = quantised or quantise
         for k, (mu, cu) in enumerate(raw):
             key = (_grid_up(mu), _grid_up(cu)) if quantise else (mu, cu)
             shapes[key].append(k)
@@ -108,6 +183,8 @@ def build_instance(problem: Problem) -> Instance:
                     mem_bytes=max(m.size_of(k) for k in shards),
                     slo=m.slo,
                     zone_cap=problem.spread_cap(m.replicas),
+                    mem_lo=max(0, min(low[k][0] for k in shards)),
+                    cpu_lo=max(0, min(low[k][1] for k in shards)),
                 )
             )
     names = [c.name for c in problem.slo_classes]
@@ -120,48 +197,67 @@ def build_instance(problem: Problem) -> Instance:
         mem_cap=mem_cap,
         cpu_cap=cpu_cap,
         cpu_full=cpu_full,
-        mem_unit=mem_unit,
-        cpu_unit=cpu_unit,
+        mem_unit=float(1 / mscale),
+        cpu_unit=float(1 / cscale),
         exclusive=exclusive,
         zones=tuple(pool.zones) if pool.zones else ("",),
         lower_bound=0,
+        exact=m_exact and c_exact and not quantised,
+        mem_cap_hi=_up(mem_eff * mscale),
+        cpu_cap_hi={c: _up(v * cscale) for c, v in class_eff.items()},
+        cpu_full_hi=_up(cpu_eff * cscale),
     )
-    return Instance(**{**inst.__dict__, "lower_bound": lower_bound(inst)})
+    lb, source = bound_with_source(inst)
+    return replace(inst, lower_bound=lb, bound_source=source)
 
 
 def lower_bound(inst: Instance) -> int:
     """A valid lower bound on servers (README, "Lower bound")."""
+    return bound_with_source(inst)[0]
+
+
+def bound_with_source(inst: Instance) -> tuple[int, str]:
+    """The lower bound and which argument produced it.  Demands are taken rounded down and
+    capacities rounded up, so the bound holds for the problem itself, not only for the units."""
     if not inst.items:
-        return 0
-    mem_total = sum(it.mem * it.demand for it in inst.items)
-    cpu_total = sum(it.cpu * it.demand for it in inst.items)
-    best = max(
-        math.ceil(mem_total / inst.mem_cap) if inst.mem_cap else 0,
-        math.ceil(cpu_total / inst.cpu_full) if inst.cpu_full else 0,
-        *(it.replicas for it in inst.items),
-    )
+        return 0, "empty"
+    mem_cap = inst.mem_cap_hi or inst.mem_cap
+    cpu_full = inst.cpu_full_hi or inst.cpu_full
+    cpu_cap = inst.cpu_cap_hi or inst.cpu_cap
+    mem_total = sum(it.mem_low * it.demand for it in inst.items)
+    cpu_total = sum(it.cpu_low * it.demand for it in inst.items)
+    found: dict[str, int] = {
+        "memory": -(-mem_total // mem_cap) if mem_cap else 0,
+        "compute": -(-cpu_total // cpu_full) if cpu_full else 0,
+        "replicas": max(it.replicas for it in inst.items),
+    }
     per_class: dict[SloClassName, int] = {}
-    for c in {it.slo for it in inst.items}:
+    for c in sorted({it.slo for it in inst.items}):
         mine = [it for it in inst.items if it.slo == c]
-        mem_c = sum(it.mem * it.demand for it in mine)
-        cpu_c = sum(it.cpu * it.demand for it in mine)
-        cap = inst.cpu_cap[c]
+        mem_c = sum(it.mem_low * it.demand for it in mine)
+        cpu_c = sum(it.cpu_low * it.demand for it in mine)
+        cap = cpu_cap[c]
         b_c = max(
-            math.ceil(mem_c / inst.mem_cap) if inst.mem_cap else 0,
-            math.ceil(cpu_c / cap) if cap else 0,
+            -(-mem_c // mem_cap) if mem_cap else 0,
+            -(-cpu_c // cap) if cap else 0,
             *(it.replicas for it in mine),
         )
         per_class[c] = b_c
         # Servers holding class c carry at most cap each; the rest at most cpu_full.
-        if inst.cpu_full:
-            best = max(best, math.ceil(b_c + (cpu_total - b_c * cap) / inst.cpu_full - 1e-9))
+        if cpu_full:
+            rest = max(0, cpu_total - b_c * cap)
+            found["class caps"] = max(found.get("class caps", 0), b_c + -(-rest // cpu_full))
     for a, b in inst.exclusive:
         if a in per_class and b in per_class:
-            best = max(best, per_class[a] + per_class[b])
+            found["exclusions"] = max(found.get("exclusions", 0), per_class[a] + per_class[b])
     # Replicas above half a server in one dimension never share a server with each other.
-    big_mem = sum(it.demand for it in inst.items if 2 * it.mem > inst.mem_cap)
-    big_cpu = sum(it.demand for it in inst.items if 2 * it.cpu > inst.cpu_cap[it.slo])
-    return max(best, big_mem, big_cpu, math.ceil(lp_bound(inst) - 1e-6))
+    found["big replicas"] = max(
+        sum(it.demand for it in inst.items if 2 * it.mem_low > mem_cap),
+        sum(it.demand for it in inst.items if 2 * it.cpu_low > cpu_cap[it.slo]),
+    )
+    found["LP over server types"] = math.ceil(lp_bound(inst) - 1e-6)
+    source = max(found, key=lambda k: found[k])
+    return found[source], source
 
 
 def _gib(x: float) -> str:
@@ -181,7 +277,7 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
     )
     for m in problem.models:
         worst = max(range(m.num_shards), key=m.memory_of)
-        if m.memory_of(worst) > mem_eff:
+        if m.memory_of(worst) > pool.memory_bytes * (1 - exact(pool.headroom)):
             extra = ""
             if m.reserve_factor or m.reserve_bytes:
                 extra = f" ({_gib(m.size_of(worst))} plus rollout reserve)"
@@ -192,7 +288,9 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         heavy = max(range(m.num_shards), key=m.load_of)
         cap = problem.slo(m.slo).utilisation_cap
         limit = pool.usable_compute(cap)
-        if m.load_of(heavy) > limit:
+        if exact(m.load_of(heavy)) > exact(pool.compute_units) * min(
+            1 - exact(pool.headroom), exact(cap)
+        ):
             out.append(
                 f"shard {m.id}/{heavy} needs {m.load_of(heavy):g} compute units per replica; "
                 f"servers in pool {pool.name} offer {pool.compute_units:g}, at most {limit:g} "
@@ -227,8 +325,10 @@ def lp_bound(inst: Instance) -> float:
     classes = sorted({it.slo for it in inst.items})
     if not classes:
         return 0.0
-    mem = {c: sum(it.mem * it.demand for it in inst.items if it.slo == c) for c in classes}
-    cpu = {c: sum(it.cpu * it.demand for it in inst.items if it.slo == c) for c in classes}
+    mem = {c: sum(it.mem_low * it.demand for it in inst.items if it.slo == c) for c in classes}
+    cpu = {c: sum(it.cpu_low * it.demand for it in inst.items if it.slo == c) for c in classes}
+    mem_cap = inst.mem_cap_hi or inst.mem_cap
+    cpu_cap = inst.cpu_cap_hi or inst.cpu_cap
     types = server_types(inst)
     lp = pywraplp.Solver.CreateSolver("GLOP")
     if lp is None:  # GLOP ships with OR-Tools; be safe anyway
@@ -238,8 +338,8 @@ def lp_bound(inst: Instance) -> float:
     for c in classes:
         lp.Add(sum(f[c, k] for k, t in enumerate(types) if c in t) == 1)
     for k, t in enumerate(types):
-        cap = min(inst.cpu_cap[c] for c in t)
-        lp.Add(sum(f[c, k] * (mem[c] / inst.mem_cap) for c in t) <= n[k])
+        cap = min(cpu_cap[c] for c in t)
+        lp.Add(sum(f[c, k] * (mem[c] / mem_cap) for c in t) <= n[k])
         if cap > 0:
             lp.Add(sum(f[c, k] * (cpu[c] / cap) for c in t) <= n[k])
     lp.Minimize(sum(n))

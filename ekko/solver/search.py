@@ -431,8 +431,32 @@ def _adopt_idle(problem: Problem, counts: Counts, zones: dict[ServerId, ZoneId])
     return {(i, rename.get(sid, sid)): k for (i, sid), k in counts.items()}
 
 
+def _portfolio(
+    inst: Instance, reps: list[greedy.Replica]
+) -> list[tuple[str, greedy.Choice, list[greedy.Replica], bool]]:
+    """Greedy starts from scratch, likeliest best first: every greedy of ``BASELINES`` (same
+    engine, orders and choices, so ekko is never worse than any of them when they all ran) and
+    the capped-classes-first variants.  (label, choice, order, dedicated)."""
+    capped = sorted(reps, key=greedy.capped_first(inst))
+    return [
+        ("best-fit, capped classes first", "best", capped, False),
+        ("first-fit decreasing", "first", reps, False),
+        ("best-fit decreasing", "best", reps, False),
+        ("first-fit, capped classes first", "first", capped, False),
+        ("most-allocated", "most", greedy.replicas_of(inst, {}), False),
+        ("dedicated", "first", reps, True),
+        ("least-allocated", "least", greedy.replicas_of(inst, {}), False),
+        ("seldon", "seldon", greedy.replicas_of(inst, {}), False),
+    ]
+
+
 def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
-    """Best plan found before ``config.time_limit``; never raises on infeasible input."""
+    """Best plan found before ``config.time_limit``; never raises on infeasible input.
+
+    The deadline bounds the whole call (building the instance, starts, optimiser, mapping and
+    the final check) except that the instance, its bound and one greedy start are always
+    computed: on inputs where those alone take longer than the limit the call overruns by them.
+    """
     config = config or SolveConfig()
     t0 = time.monotonic()
     deadline = t0 + config.time_limit
@@ -441,12 +465,16 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     if reasons:
         return infeasible_plan(NAME, reasons, inst.lower_bound, time.monotonic() - t0)
     current = current_placement(problem)
-    notes: list[str] = []
+    notes: list[str] = [f"lower bound {inst.lower_bound} from {inst.bound_source}"]
+    old = _counts(inst, current)
 
-    # 2. start plan
+    # 2. start plans: the current placement repaired, and (from scratch, or when the repair
+    # fails) a greedy portfolio.  Every start is deterministic; which ran depends on time only
+    # on inputs too large to run them all.
     reps = greedy.replicas_of(inst, current)
     reps.sort(key=greedy.decreasing(inst))
     starts: list[tuple[str, greedy.GreedyResult]] = []
+    t_start = time.monotonic()
     if current:
         starts.append(
             (
@@ -454,21 +482,20 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
                 greedy.run(inst, "best", reps, keep_current=True),
             )
         )
-    else:
-        # A small portfolio, cheapest and usually best first, while the time lasts.
-        capped = sorted(reps, key=greedy.capped_first(inst))
-        portfolio: list[tuple[str, greedy.Choice, list[greedy.Replica]]] = [
-            ("best-fit, capped classes first", "best", capped),
-            ("first-fit decreasing", "first", reps),
-            ("first-fit, capped classes first", "first", capped),
-            ("best-fit decreasing", "best", reps),
-        ]
-        for label, how, order in portfolio:
-            if starts and time.monotonic() - t0 > 0.1 * config.time_limit:
-                break
-            starts.append((label, greedy.run(inst, how, order)))
+    one_pass = 0.0
+    for label, how, order, dedicated in _portfolio(inst, reps):
+        at_bound = not current and any(
+            not r.unplaced and len(r.servers) <= inst.lower_bound for _, r in starts
+        )
+        if starts and (at_bound or time.monotonic() + one_pass - t0 > 0.3 * config.time_limit):
+            break
+        t1 = time.monotonic()
+        starts.append((label, greedy.run(inst, how, order, dedicated=dedicated)))
+        one_pass = max(one_pass, time.monotonic() - t1)
+    # Mapping back and checking cost about one greedy pass: keep that much of the deadline.
+    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + 1.5 * one_pass)
+    notes.append(f"{len(starts)} starts in {time.monotonic() - t_start:.2f} s")
     valid = [(n, r) for n, r in starts if not r.unplaced]
-    old = _counts(inst, current)
     start_name = ""
     start: greedy.GreedyResult | None = None
     if valid:
@@ -482,16 +509,19 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     if start:
         zones.update(dict(start.servers))
 
-    # 3. optimise
+    # 3. optimise (skipped when a start already meets the lower bound with nothing to move)
     ids = _Ids(set(zones))
     best: Counts | None = start_counts
     status: PlanStatus = "fallback"
     bound = inst.lower_bound
-    reserve = min(1.0, 0.1 * config.time_limit)
     opt_deadline = deadline - reserve
     holding = {sid for (_, sid) in old}
+    proven = start is not None and not old and len(start.servers) <= bound
     n_groups = _num_groups(inst, config.group_size, len(start.servers) if start else 2 * bound + 2)
-    if n_groups == 1:
+    if proven:
+        status = "optimal"
+        notes.append("start meets the lower bound: proven optimal")
+    elif n_groups == 1:
         target = len(start.servers) if start else min(problem.pool.max_servers, 2 * bound + 2)
         slots = _slots(inst, start_counts, zones, holding=holding, target_total=target, ids=ids)
         for s in slots:
@@ -507,7 +537,12 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             lb=bound,
             balance=True,
         )
-        res = _core(sub, opt_deadline - time.monotonic(), config)
+        # One worker: CP-SAT's parallel portfolio answers differently run to run even when it
+        # proves optimality; a single worker gives one answer per seed (and proved small.yaml
+        # optimal in 0.4 s where two workers took 0.2-2.9 s).
+        res = _core(
+            sub, opt_deadline - time.monotonic(), config.model_copy(update={"num_workers": 1})
+        )
         notes.append(
             f"monolithic {res.backend}: {res.status}, {res.servers} servers, {res.seconds:.2f} s"
         )
@@ -517,16 +552,19 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         ):
             best = res.counts
             status = "optimal" if res.status == "optimal" else "feasible"
-            if not old:
-                bound = max(
-                    bound,
-                    math.ceil(
-                        (res.bound - BALANCE_WEIGHT * 100) / (SERVER_WEIGHT + NEW_SERVER_EXTRA)
-                        - 1e-9
-                    ),
-                )
+        if inst.exact and not old and res.status != "none":
+            # CP-SAT's bound is the problem's only when the units are exact.
+            bound = max(
+                bound,
+                math.ceil(
+                    (res.bound - BALANCE_WEIGHT * 100) / (SERVER_WEIGHT + NEW_SERVER_EXTRA) - 1e-9
+                ),
+            )
     else:
-        if not current and 0.6 * (opt_deadline - t0) / n_groups >= GROUP_MIN_SECONDS:
+        per_group = 0.6 * (opt_deadline - t0) / n_groups
+        # Without a valid start the groups are the only way to a plan: run them whatever the
+        # share of time (each group then gets what is left, or its best-fit plan).
+        if not current and (per_group >= GROUP_MIN_SECONDS or start is None):
             got = _grouped(
                 inst,
                 config=config,
@@ -544,19 +582,21 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
                     zones.update(g_zones)
                     status = "feasible"
         if best is not None and config.lns:
+            # Over max_servers (groups without a start) the LNS drains servers until it fits.
             best, improved = _lns(
                 inst, best, zones, old=old, config=config, deadline=opt_deadline, notes=notes
             )
             if improved:
                 status = "feasible"
 
+    if best is not None and len({sid for (_, sid), k in best.items() if k}) > (
+        problem.pool.max_servers
+    ):
+        notes.append("the optimiser's plan stayed above max_servers")
+        best = start_counts
+        status = "fallback"
     if best is None:
-        why = [
-            "no valid placement was found before the deadline; the common causes were "
-            "checked and do not apply, so the pool is probably too tight: raise "
-            f"max_servers of pool {problem.pool.name} or the time limit"
-        ]
-        return infeasible_plan(NAME, why, bound, time.monotonic() - t0, notes)
+        return _no_plan(problem, bound, t0, notes)
     servers_used = len({sid for (_, sid), k in best.items() if k})
     if servers_used <= bound and not old and status != "optimal":
         status = "optimal"
@@ -596,5 +636,15 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             lower_bound=bound,
             notes=[*notes, "returned the start plan"],
         )
-    assert plan is not None
+    if plan is None:
+        return _no_plan(problem, bound, t0, notes)
     return plan
+
+
+def _no_plan(problem: Problem, bound: int, t0: float, notes: list[str]) -> Plan:
+    why = [
+        "no valid placement was found before the deadline; the common causes were "
+        "checked and do not apply, so the pool is probably too tight: raise "
+        f"max_servers of pool {problem.pool.name} (the lower bound is {bound}) or the time limit"
+    ]
+    return infeasible_plan(NAME, why, bound, time.monotonic() - t0, notes)
