@@ -77,4 +77,4 @@ image: install ## The Ekko image without Docker (mmdebstrap + umoci; cached in ~
 
 e2e-real: tools image ## E2E tests on the real node (brings it up; leaves the cluster running)
 	$(BIN)/python -m e2e.cluster up --real-node
-	$(BIN)/python -m pytest e2e -m e2e --real-node $(PYTEST_ARGS) e2e/test_realnode.py
+	$(BIN)/python -m pytest e2e/test_realnode.py -m e2e --real-node $(PYTEST_ARGS)

@@ -278,6 +278,8 @@ def real_node(cluster: Cluster, request: pytest.FixtureRequest) -> str:
 
     if not cluster.managed:
         pytest.skip("the real node runs only next to the local control plane")
+    if os.geteuid() != 0:
+        pytest.skip("the real node needs root (containerd, kubelet, iptables, mounts)")
     ep = control.load_endpoints()
     if ep is None or ep.advertise != control.HOST_IP:
         pytest.skip(
