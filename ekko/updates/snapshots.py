@@ -1,0 +1,388 @@
+"""Snapshots as cuts: a view of the model at an earlier moment without a second copy of it.
+
+A *cut* is a moment of a replica's state, named by the version vector the publisher announced
+(per shard: the newest seq per source the state holds). From the moment a cut is taken, the
+replica keeps, for every row it overwrites, the row's *first* pre-image after the cut (an undo
+log). A view at the cut reads the undo log first, then the live table: rows not overwritten since
+the cut are the same in both, so the view costs only the rows that changed (the notes measure ~3%
+of parameters per hour in production).
+
+The :class:`CutLog` wraps a :class:`~ekko.updates.store.Store` from the outside, through its public
+reads and writes: the node calls :meth:`CutLog.before_apply` with each batch before
+``Store.apply`` (or :meth:`CutLog.before_write` before ``Store.write``). A pre-image is recorded for
+every key of the batch not logged yet; a row that then turns out not to change (a duplicate or
+stale row) keeps a pre-image equal to its live value, which is harmless and costs a few bytes.
+
+Memory is bounded: every logged row costs its value plus its key and a flag (``row_bytes``), the
+total is :attr:`CutLog.bytes`, and when a record would pass ``cap_bytes`` the oldest cut is dropped
+(counted in :attr:`CutLog.drops`), never the newest.
+
+:meth:`CutLog.restore` writes the pre-images back through ``Store.write`` at a new epoch, so they
+beat every row of the old epoch; :func:`fence` then drops old-epoch rows above the cut that are
+still in flight from peers (:class:`Fence`). Rows that did not exist at the cut are written as
+zeros (the Store cannot delete a row; a cold key scores as a zero row anyway).
+
+Pure: no I/O and no clock (times are passed in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ekko.updates.store import ApplyResult, Batch, ShardId, Store
+from ekko.updates.versions import Knowledge, VersionVector
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+Bools = npt.NDArray[np.bool_]
+
+KEY_BYTES = 8
+FLAG_BYTES = 1
+
+RESTORE_ORIGIN = 0x7E57
+"""The origin id of rows written by a restore (every replica restores with the same versions,
+so restored replicas agree on versions as well as values)."""
+
+
+def row_bytes(dim: int) -> int:
+    """Undo-log bytes of one row of ``dim`` float32 values (value, key and the found flag)."""
+    return 4 * dim + KEY_BYTES + FLAG_BYTES
+
+
+class _TableLog:
+    """Pre-images of one table for one cut: growable arrays and a key → slot index."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.index: dict[int, int] = {}
+        self.n = 0
+        self.keys = np.zeros(16, dtype=np.int64)
+        self.values = np.zeros((16, dim), dtype=np.float32)
+        self.found = np.zeros(16, dtype=np.bool_)
+
+    def missing(self, keys: I64) -> I64:
+        """Keys (unique, in order) not logged yet."""
+        index = self.index
+        return np.fromiter(
+            (k for k in dict.fromkeys(keys.tolist()) if k not in index), dtype=np.int64
+        )
+
+    def add(self, keys: I64, values: F32, found: Bools) -> None:
+        need = self.n + len(keys)
+        if need > len(self.keys):
+            cap = max(need, 2 * len(self.keys))
+            for name in ("keys", "values", "found"):
+                old = getattr(self, name)
+                new = np.zeros((cap, *old.shape[1:]), dtype=old.dtype)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        sl = slice(self.n, need)
+        self.keys[sl], self.values[sl], self.found[sl] = keys, values, found
+        for i, k in enumerate(keys.tolist(), start=self.n):
+            self.index[k] = i
+        self.n = need
+
+    def lookup(self, keys: I64) -> I64:
+        get = self.index.get
+        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A retained cut: its id, when it was taken (seconds, passed in) and its vectors per shard."""
+
+    id: int
+    taken_at: float
+    vectors: Mapping[ShardId, VersionVector] = field(default_factory=dict)
+
+
+@dataclass
+class _CutState:
+    cut: Cut
+    tables: dict[str, _TableLog] = field(default_factory=dict)
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Fence:
+    """After a restore at ``epoch``: rows of an older epoch are accepted only at or below the
+    cut's vector of their shard (writes made before the cut that a replica had not received)."""
+
+    epoch: int
+    vectors: Mapping[ShardId, VersionVector]
+
+    def admits(self, batch: Batch) -> Bools:
+        """Which rows of ``batch`` are admitted."""
+        ok: Bools = batch.epochs >= self.epoch
+        vec = self.vectors.get(batch.shard)
+        if vec is not None:
+            ok |= vec.covers_arrays(batch.epochs, batch.origins, batch.seqs)
+        return ok
+
+
+def fence(batch: Batch, fence: Fence | None) -> Batch:
+    """``batch`` without the rows ``fence`` rejects, and without a claim to cover old-epoch writes
+    beyond the cut (so the receiver's knowledge never vouches for a fenced row)."""
+    if fence is None:
+        return batch
+    keep = fence.admits(batch)
+    vec = fence.vectors.get(batch.shard, VersionVector())
+    covered = VersionVector.of(
+        {
+            (e, o): (s if e >= fence.epoch else min(s, vec.get(e, o)))
+            for e, o, s in batch.covered.entries
+        }
+    )
+    if keep.all() and covered == batch.covered:
+        return batch
+    return Batch.of(
+        batch.table,
+        batch.part,
+        batch.keys[keep],
+        epochs=batch.epochs[keep],
+        origins=batch.origins[keep],
+        seqs=batch.seqs[keep],
+        publish_times=batch.publish_times[keep],
+        values=batch.values[keep].reshape(int(keep.sum()), batch.values.shape[1]),
+        classes=batch.classes[keep],
+        covered=covered,
+    )
+
+
+def max_epoch(store: Store) -> int:
+    """The newest epoch any row of ``store`` carries (0 for an empty store)."""
+    epochs = [e for s in store.shards() for e, _, _ in store.high_water(s).entries]
+    return max(epochs, default=0)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What :meth:`CutLog.restore` did: the new epoch, the fence to apply to incoming batches,
+    the rows written back per table and the store's apply results."""
+
+    cut: Cut
+    epoch: int
+    fence: Fence
+    rows: Mapping[str, int]
+    results: tuple[ApplyResult, ...]
+
+
+class CutLog:
+    """Retained cuts of one store and their undo logs, bounded by ``cap_bytes``."""
+
+    def __init__(self, cap_bytes: int = 256 << 20) -> None:
+        if cap_bytes < 0:
+            raise ValueError("cap_bytes must be non-negative")
+        self.cap_bytes = cap_bytes
+        self._cuts: dict[int, _CutState] = {}
+        self.bytes = 0
+        """Bytes held by every retained cut's undo log (a gauge)."""
+        self.drops = 0
+        """Cuts dropped because the cap was hit (a counter)."""
+        self.peak_bytes = 0
+
+    # --- cuts ----------------------------------------------------------------------------------
+
+    def take(
+        self,
+        store: Store,
+        cut_id: int,
+        now: float,
+        vectors: Mapping[ShardId, VersionVector] | None = None,
+    ) -> Cut:
+        """Start a cut at the store's current state. ``vectors`` is what the publisher announced;
+        by default the store's high-water vectors (what the state holds). Ids must increase."""
+        if self._cuts and cut_id <= max(self._cuts):
+            raise ValueError(f"cut {cut_id} is not newer than cut {max(self._cuts)}")
+        vecs = (
+            dict(vectors)
+            if vectors is not None
+            else {s: store.high_water(s) for s in store.shards()}
+        )
+        cut = Cut(cut_id, now, vecs)
+        self._cuts[cut_id] = _CutState(cut)
+        return cut
+
+    def cuts(self) -> tuple[Cut, ...]:
+        """Retained cuts, oldest first."""
+        return tuple(self._cuts[i].cut for i in sorted(self._cuts))
+
+    def cut(self, cut_id: int) -> Cut:
+        return self._state(cut_id).cut
+
+    def has(self, cut_id: int) -> bool:
+        return cut_id in self._cuts
+
+    def cut_bytes(self, cut_id: int) -> int:
+        return self._state(cut_id).bytes
+
+    def drop(self, cut_id: int) -> None:
+        """Forget a cut (a person or the baseline policy no longer needs it)."""
+        st = self._cuts.pop(cut_id, None)
+        if st is not None:
+            self.bytes -= st.bytes
+
+    def _state(self, cut_id: int) -> _CutState:
+        try:
+            return self._cuts[cut_id]
+        except KeyError:
+            raise KeyError(f"no retained cut {cut_id}") from None
+
+    # --- recording -----------------------------------------------------------------------------
+
+    def before_apply(self, store: Store, batch: Batch) -> None:
+        """Record pre-images of the rows ``batch`` may overwrite (call before ``store.apply``)."""
+        if not self._cuts or batch.n == 0 or not store.has_table(batch.table):
+            return
+        # Every key of the batch, even one the shard's knowledge covers: a covered version may
+        # still be newer than the held one (knowledge vouches for writes, not for each row).
+        self.before_write(store, batch.table, batch.keys)
+
+    def before_write(self, store: Store, table: str, keys: npt.ArrayLike) -> None:
+        """Record pre-images of ``keys`` of ``table`` (call before ``store.write``)."""
+        if not self._cuts or not store.has_table(table):
+            return
+        k = np.asarray(keys, dtype=np.int64).reshape(-1)
+        if len(k) == 0:
+            return
+        dim = store.spec(table).dim
+        per_row = row_bytes(dim)
+        for cut_id in sorted(self._cuts):
+            st = self._cuts.get(cut_id)
+            if st is None:  # dropped by the cap while recording an older cut
+                continue
+            tlog = st.tables.get(table)
+            if tlog is None:
+                tlog = st.tables[table] = _TableLog(dim)
+            new = tlog.missing(k)
+            if len(new) == 0:
+                continue
+            cost = per_row * len(new)
+            # The cap: drop the oldest cuts until this record fits; a cut whose record alone
+            # exceeds the cap is dropped itself (it could not give a complete view).
+            while self.bytes + cost > self.cap_bytes and self._cuts:
+                oldest = min(self._cuts)
+                self.drop(oldest)
+                self.drops += 1
+                if oldest == cut_id:
+                    break
+            if cut_id not in self._cuts:
+                continue
+            values, found = store.get(table, new)
+            tlog.add(new, values, found)
+            st.bytes += cost
+            self.bytes += cost
+            self.peak_bytes = max(self.peak_bytes, self.bytes)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def view(self, store: Store, cut_id: int) -> CutView:
+        """The store as it was at cut ``cut_id``."""
+        return CutView(store, self._state(cut_id))
+
+    # --- restoring -----------------------------------------------------------------------------
+
+    def restore(
+        self,
+        store: Store,
+        cut_id: int,
+        *,
+        now: float,
+        epoch: int | None = None,
+        origin: int = RESTORE_ORIGIN,
+    ) -> RestoreResult:
+        """Write the cut's pre-images back at a new ``epoch`` (default: one past the store's
+        newest) and return the fence for incoming batches. Cuts newer than ``cut_id`` are
+        dropped (they saw the state being undone); the cut itself is kept with an empty log, as
+        the live state now is its state."""
+        st = self._state(cut_id)
+        new_epoch = max_epoch(store) + 1 if epoch is None else epoch
+        if new_epoch <= max_epoch(store):
+            raise ValueError(f"epoch {new_epoch} does not fence epoch {max_epoch(store)}")
+        for newer_id in [i for i in self._cuts if i > cut_id]:
+            self.drop(newer_id)
+        rows: dict[str, int] = {}
+        results: list[ApplyResult] = []
+        for table, tlog in st.tables.items():
+            if tlog.n == 0:
+                continue
+            keys = tlog.keys[: tlog.n].copy()
+            values = tlog.values[: tlog.n].copy()
+            values[~tlog.found[: tlog.n]] = 0.0
+            # Older cuts must keep the first pre-image of what the restore overwrites.
+            self.before_write(store, table, keys)
+            results.extend(
+                store.write(
+                    table, keys, values, epoch=new_epoch, origin=origin, seqs=1, publish_time=now
+                )
+            )
+            rows[table] = len(keys)
+        cleared = _CutState(st.cut)
+        self.bytes -= st.bytes
+        self._cuts[cut_id] = cleared
+        return RestoreResult(
+            st.cut, new_epoch, Fence(new_epoch, st.cut.vectors), rows, tuple(results)
+        )
+
+
+class CutView:
+    """Reads of a store as it was at a cut: the undo log, then the live table."""
+
+    def __init__(self, store: Store, state: _CutState) -> None:
+        self.store = store
+        self._state = state
+
+    @property
+    def cut(self) -> Cut:
+        return self._state.cut
+
+    def get(self, table: str, keys: npt.ArrayLike) -> tuple[F32, Bools]:
+        """Values of ``keys`` at the cut (zeros where absent) and which were present."""
+        k = np.asarray(keys, dtype=np.int64).reshape(-1)
+        values, found = self.store.get(table, k)
+        tlog = self._state.tables.get(table)
+        if tlog is not None and tlog.n and len(k):
+            slot = tlog.lookup(k)
+            hit = slot >= 0
+            values[hit] = tlog.values[slot[hit]]
+            found[hit] = tlog.found[slot[hit]]
+            values[hit & ~found] = 0.0
+        return values, found
+
+    def dense(self, table: str) -> F32:
+        """A dense tensor at the cut, reassembled from its chunks."""
+        spec = self.store.spec(table)
+        if spec.kind != "dense":
+            raise ValueError(f"table {table!r} is not dense")
+        vals, _ = self.get(table, np.arange(spec.n_chunks))
+        size = int(np.prod(spec.shape))
+        out: F32 = vals.reshape(-1)[:size].reshape(spec.shape)
+        return out
+
+
+def knowledge_at(vectors: Iterable[Knowledge]) -> VersionVector:
+    """The pointwise minimum of replicas' vectors: the newest cut every replica has reached (what
+    a publisher may announce as a cut all of them can view)."""
+    ks = list(vectors)
+    if not ks:
+        return VersionVector()
+    sources = set.intersection(*(set(k.vector.sources()) for k in ks))
+    return VersionVector.of({src: min(k.vector.get(*src) for k in ks) for src in sources})
+
+
+__all__: Sequence[str] = (
+    "RESTORE_ORIGIN",
+    "Cut",
+    "CutLog",
+    "CutView",
+    "Fence",
+    "RestoreResult",
+    "fence",
+    "knowledge_at",
+    "max_epoch",
+    "row_bytes",
+)

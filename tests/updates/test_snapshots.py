@@ -1,0 +1,245 @@
+"""Cuts and undo logs: a view at a cut equals a full copy taken at the cut, restore gives the cut
+back at a new epoch, the fence keeps old-epoch rows above the cut out, the cap is respected."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ekko.updates.snapshots import CutLog, Fence, fence, knowledge_at, max_epoch, row_bytes
+from ekko.updates.store import Batch, Store, TableSpec
+from ekko.updates.versions import Knowledge, VersionVector
+
+DIM = 3
+KEYS = 12
+TABLES = (TableSpec("user", DIM, shards=2), TableSpec("item", DIM))
+
+
+def _store() -> Store:
+    s = Store()
+    for spec in TABLES:
+        s.declare(spec)
+    return s
+
+
+def _copy(store: Store) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A full copy of every table over the whole key space (values, found)."""
+    keys = np.arange(KEYS)
+    return {spec.name: tuple(x.copy() for x in store.get(spec.name, keys)) for spec in TABLES}  # type: ignore[misc]
+
+
+class Writer:
+    """The origin: writes through the CutLog hook, with increasing seqs."""
+
+    def __init__(self, store: Store, log: CutLog) -> None:
+        self.store, self.log, self.seq, self.epoch = store, log, 0, 0
+
+    def write(self, table: str, keys: list[int], values: np.ndarray) -> None:
+        self.seq += 1
+        self.log.before_write(self.store, table, keys)
+        self.store.write(
+            table, keys, values, epoch=self.epoch, origin=1, seqs=self.seq, publish_time=0.0
+        )
+
+
+op = st.one_of(
+    st.tuples(
+        st.just("w"),
+        st.sampled_from([t.name for t in TABLES]),
+        st.lists(st.integers(0, KEYS - 1), min_size=1, max_size=5, unique=True),
+        st.floats(-10, 10, allow_nan=False, width=32),
+    ),
+    st.tuples(st.just("cut")),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(op, min_size=1, max_size=30))
+def test_view_at_cut_equals_full_copy(ops: list[tuple[object, ...]]) -> None:
+    store, log = _store(), CutLog()
+    w = Writer(store, log)
+    copies: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for o in ops:
+        if o[0] == "cut":
+            cid = len(copies) + 1
+            log.take(store, cid, now=float(cid))
+            copies[cid] = _copy(store)
+        else:
+            _, table, keys, x = o
+            assert isinstance(table, str) and isinstance(keys, list) and isinstance(x, float)
+            w.write(table, keys, np.full((len(keys), DIM), x, dtype=np.float32) + np.arange(DIM))
+    for cid, copy in copies.items():
+        view = log.view(store, cid)
+        for name, (values, found) in copy.items():
+            got, got_found = view.get(name, np.arange(KEYS))
+            np.testing.assert_array_equal(got, values)
+            np.testing.assert_array_equal(got_found, found)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(op, min_size=1, max_size=25),
+    st.lists(op, min_size=1, max_size=25),
+)
+def test_restore_gives_back_the_cut(
+    before: list[tuple[object, ...]], after: list[tuple[object, ...]]
+) -> None:
+    store, log = _store(), CutLog()
+    w = Writer(store, log)
+
+    def run(ops: list[tuple[object, ...]]) -> None:
+        for o in ops:
+            if o[0] == "w":
+                _, table, keys, x = o
+                assert isinstance(table, str) and isinstance(keys, list) and isinstance(x, float)
+                w.write(table, keys, np.full((len(keys), DIM), x, dtype=np.float32))
+
+    run(before)
+    log.take(store, 1, now=1.0)
+    expected = _copy(store)
+    run(after)
+    epoch_before = max_epoch(store)
+    result = log.restore(store, 1, now=2.0)
+    assert result.epoch == epoch_before + 1
+    for name, (values, _) in expected.items():
+        got, _ = store.get(name, np.arange(KEYS))
+        np.testing.assert_array_equal(got, values)  # rows born after the cut read as zeros
+    # The view at the restored cut is the live state again, at no cost.
+    assert log.cut_bytes(1) == 0
+    # Restore is idempotent: a second restore to the same cut changes nothing.
+    again = log.restore(store, 1, now=3.0)
+    for name, (values, _) in expected.items():
+        np.testing.assert_array_equal(store.get(name, np.arange(KEYS))[0], values)
+    assert sum(again.rows.values()) == 0
+
+
+def test_restore_keeps_older_cuts_and_drops_newer() -> None:
+    store, log = _store(), CutLog()
+    w = Writer(store, log)
+    w.write("item", [0, 1], np.ones((2, DIM), dtype=np.float32))
+    log.take(store, 1, now=1.0)
+    c1 = _copy(store)
+    w.write("item", [1, 2], 2 * np.ones((2, DIM), dtype=np.float32))
+    log.take(store, 2, now=2.0)
+    c2 = _copy(store)
+    w.write("item", [2, 3], 3 * np.ones((2, DIM), dtype=np.float32))
+    log.take(store, 3, now=3.0)
+    w.write("item", [0], 4 * np.ones((1, DIM), dtype=np.float32))
+    log.restore(store, 2, now=4.0)
+    assert [c.id for c in log.cuts()] == [1, 2]
+    np.testing.assert_array_equal(store.get("item", np.arange(KEYS))[0], c2["item"][0])
+    np.testing.assert_array_equal(log.view(store, 1).get("item", np.arange(KEYS))[0], c1["item"][0])
+
+
+def test_epoch_fences_old_rows_above_the_cut() -> None:
+    store, log = _store(), CutLog()
+    w = Writer(store, log)
+    w.write("item", [0], np.ones((1, DIM), dtype=np.float32))  # seq 1
+    log.take(store, 1, now=1.0)
+    w.write("item", [0, 1], 5 * np.ones((2, DIM), dtype=np.float32))  # seq 2: harmful
+    result = log.restore(store, 1, now=2.0)
+    assert result.fence == Fence(1, result.cut.vectors)
+    # A straggler of the old epoch above the cut (seq 3) and a late pre-cut write (seq 1).
+    straggler = Batch.of(
+        "item",
+        0,
+        [1, 2, 3],
+        epochs=0,
+        origins=1,
+        seqs=[3, 3, 1],
+        publish_times=0.0,
+        values=np.full((3, DIM), 7.0),
+        covered=VersionVector.of({(0, 1): 3}),
+    )
+    kept = fence(straggler, result.fence)
+    assert kept.keys.tolist() == [3]
+    assert kept.covered == VersionVector.of({(0, 1): 1})
+    store.apply(kept)
+    vals, found = store.get("item", [0, 1, 2, 3])
+    assert vals[:, 0].tolist() == [1.0, 0.0, 0.0, 7.0]
+    assert found.tolist() == [True, True, False, True]
+    # New-epoch rows pass the fence untouched.
+    fresh = Batch.of(
+        "item", 0, [0], epochs=1, origins=1, seqs=9, publish_times=0.0, values=np.zeros((1, DIM))
+    )
+    assert fence(fresh, result.fence) is fresh
+    assert fence(fresh, None) is fresh
+
+
+def test_before_apply_records_what_a_batch_overwrites() -> None:
+    store, log = _store(), CutLog()
+    Writer(store, log).write("user", [0, 2], np.ones((2, DIM), dtype=np.float32))
+    log.take(store, 1, now=0.0)
+    batch = Batch.of(
+        "user", 0, [0, 4], epochs=0, origins=2, seqs=5, publish_times=0.0, values=np.zeros((2, DIM))
+    )
+    log.before_apply(store, batch)
+    store.apply(batch)
+    vals, found = log.view(store, 1).get("user", [0, 2, 4])
+    assert vals[:, 0].tolist() == [1.0, 1.0, 0.0]
+    assert found.tolist() == [True, True, False]
+    assert log.bytes == 2 * row_bytes(DIM)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, KEYS - 1), min_size=1, max_size=6), min_size=1, max_size=20),
+    st.integers(0, 12),
+    st.integers(1, 4),
+)
+def test_cap_is_respected_and_oldest_dropped(
+    writes: list[list[int]], cap_rows: int, every: int
+) -> None:
+    cap = cap_rows * row_bytes(DIM)
+    store, log = _store(), CutLog(cap_bytes=cap)
+    w = Writer(store, log)
+    cid = 0
+    for i, keys in enumerate(writes):
+        if i % every == 0:
+            cid += 1
+            log.take(store, cid, now=float(i))
+            copy = _copy(store)
+            newest = cid
+        w.write("item", keys, np.full((len(keys), DIM), float(i), dtype=np.float32))
+        assert log.bytes <= cap
+        assert log.bytes == sum(log.cut_bytes(c.id) for c in log.cuts())
+        ids = [c.id for c in log.cuts()]
+        # Dropped cuts are always the oldest: what remains is a suffix of the cuts taken.
+        assert ids == list(range(cid - len(ids) + 1, cid + 1))
+    if log.has(newest):
+        np.testing.assert_array_equal(
+            log.view(store, newest).get("item", np.arange(KEYS))[0], copy["item"][0]
+        )
+    assert log.peak_bytes <= cap
+
+
+def test_cut_ids_increase_and_unknown_cut_is_an_error() -> None:
+    store, log = _store(), CutLog()
+    log.take(store, 5, now=0.0)
+    with pytest.raises(ValueError, match="not newer"):
+        log.take(store, 5, now=1.0)
+    with pytest.raises(KeyError, match="no retained cut"):
+        log.view(store, 4)
+    with pytest.raises(ValueError, match="does not fence"):
+        Writer(store, log).write("item", [0], np.ones((1, DIM), dtype=np.float32))
+        log.restore(store, 5, now=1.0, epoch=0)
+
+
+def test_knowledge_at_is_the_pointwise_minimum() -> None:
+    a = Knowledge(VersionVector.of({(0, 1): 5, (0, 2): 3}))
+    b = Knowledge(VersionVector.of({(0, 1): 4}))
+    assert knowledge_at([a, b]) == VersionVector.of({(0, 1): 4})
+    assert knowledge_at([]) == VersionVector()
+
+
+def test_dense_view() -> None:
+    store, log = Store(), CutLog()
+    store.declare(TableSpec("dense", 2, kind="dense", shape=(3,)))
+    store.write("dense", [0, 1], np.ones((2, 2)), epoch=0, origin=1, seqs=1, publish_time=0.0)
+    log.take(store, 1, now=0.0)
+    log.before_write(store, "dense", [1])
+    store.write("dense", [1], np.full((1, 2), 9.0), epoch=0, origin=1, seqs=2, publish_time=0.0)
+    assert log.view(store, 1).dense("dense").tolist() == [1.0, 1.0, 1.0]
+    assert store.dense("dense").tolist() == [1.0, 1.0, 9.0]
