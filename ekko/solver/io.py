@@ -32,6 +32,7 @@ A problem file is one YAML document (keys in camelCase, sizes as Kubernetes quan
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -74,13 +75,33 @@ def parse_bytes(value: Any, where: str) -> int:
     """A Kubernetes-style quantity ("64Gi", "500M", 1024) in bytes."""
     if isinstance(value, bool):
         raise ProblemFormatError(f"{where}: expected a size such as 64Gi, got {value!r}")
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
         return int(value)
     if isinstance(value, str):
         m = _QUANTITY.match(value)
         if m and m.group(2) in _SUFFIX:
             return int(float(m.group(1)) * _SUFFIX[m.group(2)])
     raise ProblemFormatError(f"{where}: expected a size such as 64Gi, got {value!r}")
+
+
+def number(value: Any, where: str) -> float:
+    """A finite number (int or float; YAML's .inf and .nan are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProblemFormatError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ProblemFormatError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def whole(value: Any, where: str) -> int:
+    """A whole number (2 or 2.0; 2.7, 'three' and .inf are refused, never truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProblemFormatError(f"{where}: expected a whole number, got {value!r}")
+    if isinstance(value, float) and not (math.isfinite(value) and value == int(value)):
+        raise ProblemFormatError(f"{where}: expected a whole number, got {value!r}")
+    return int(value)
 
 
 def _get(d: dict[str, Any], key: str, where: str) -> Any:
@@ -150,9 +171,9 @@ def _parse(doc: dict[str, Any]) -> Problem:
     pool = Pool(
         name=str(_get(p, "name", "pool")),
         memory_bytes=parse_bytes(_get(p, "memory", "pool"), "pool.memory"),
-        compute_units=float(_get(p, "compute", "pool")),
-        headroom=float(p.get("headroom", 0.1)),
-        max_servers=int(_get(p, "maxServers", "pool")),
+        compute_units=number(_get(p, "compute", "pool"), "pool.compute"),
+        headroom=number(p.get("headroom", 0.1), "pool.headroom"),
+        max_servers=whole(_get(p, "maxServers", "pool"), "pool.maxServers"),
         zones=tuple(ZoneId(str(z)) for z in _list(p.get("zones", []), "pool.zones")),
         servers=tuple(servers),
     )
@@ -165,7 +186,9 @@ def _parse(doc: dict[str, Any]) -> Problem:
             parsed.append(
                 SloClass(
                     name=SloClassName(str(_get(c, "name", f"sloClasses[{i}]"))),
-                    utilisation_cap=float(c.get("utilisationCap", 1.0)),
+                    utilisation_cap=number(
+                        c.get("utilisationCap", 1.0), f"sloClasses[{i}].utilisationCap"
+                    ),
                     exclusive_with=tuple(
                         SloClassName(str(x))
                         for x in _list(c.get("exclusiveWith", []), f"sloClasses[{i}].exclusiveWith")
@@ -190,20 +213,23 @@ def _parse(doc: dict[str, Any]) -> Problem:
             )
         loads = None
         if "shardLoads" in m:
-            loads = tuple(float(x) for x in _list(m["shardLoads"], f"{where}.shardLoads"))
+            loads = tuple(
+                number(x, f"{where}.shardLoads[{k}]")
+                for k, x in enumerate(_list(m["shardLoads"], f"{where}.shardLoads"))
+            )
         models.append(
             ModelSpec(
                 id=ModelId(str(_get(m, "id", where))),
-                shard_count=int(m["shards"]) if "shards" in m else None,
+                shard_count=whole(m["shards"], f"{where}.shards") if "shards" in m else None,
                 shard_bytes=parse_bytes(m["shardSize"], f"{where}.shardSize")
                 if "shardSize" in m
                 else None,
                 shard_sizes=sizes,
                 shard_loads=loads,
-                replicas=int(m.get("replicas", 1)),
-                load=float(m.get("load", 0.0)),
+                replicas=whole(m.get("replicas", 1), f"{where}.replicas"),
+                load=number(m.get("load", 0.0), f"{where}.load"),
                 slo=SloClassName(str(m.get("slo", "standard"))),
-                reserve_factor=float(m.get("reserveFactor", 0.0)),
+                reserve_factor=number(m.get("reserveFactor", 0.0), f"{where}.reserveFactor"),
                 reserve_bytes=parse_bytes(m.get("reserveBytes", 0), f"{where}.reserveBytes"),
             )
         )

@@ -493,7 +493,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         starts.append((label, greedy.run(inst, how, order, dedicated=dedicated)))
         one_pass = max(one_pass, time.monotonic() - t1)
     # Mapping back and checking cost about one greedy pass: keep that much of the deadline.
-    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + 1.5 * one_pass)
+    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + 2.5 * one_pass)
     notes.append(f"{len(starts)} starts in {time.monotonic() - t_start:.2f} s")
     valid = [(n, r) for n, r in starts if not r.unplaced]
     start_name = ""
@@ -508,21 +508,37 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     zones: dict[ServerId, ZoneId] = {s.id: s.zone for s in problem.pool.servers}
     if start:
         zones.update(dict(start.servers))
+    else:
+        # No start fits under max_servers: start from the best greedy with the cap lifted (the
+        # plan the uncapped solve starts from) and let the optimiser bring it under the cap.
+        lifted = problem.pool.model_copy(update={"max_servers": problem.total_replicas + 1})
+        over = greedy.run(
+            replace(inst, problem=problem.model_copy(update={"pool": lifted})),
+            "best",
+            sorted(reps, key=greedy.capped_first(inst)),
+            keep_current=bool(current),
+        )
+        if not over.unplaced:
+            start_counts = _counts(inst, over.placed)
+            zones.update(dict(over.servers))
+            notes.append(f"start above max_servers: {len(over.servers)} servers")
 
     # 3. optimise (skipped when a start already meets the lower bound with nothing to move)
     ids = _Ids(set(zones))
     best: Counts | None = start_counts
+    over_cap = start is None and start_counts is not None
     status: PlanStatus = "fallback"
     bound = inst.lower_bound
     opt_deadline = deadline - reserve
     holding = {sid for (_, sid) in old}
     proven = start is not None and not old and len(start.servers) <= bound
-    n_groups = _num_groups(inst, config.group_size, len(start.servers) if start else 2 * bound + 2)
+    n_start = len({sid for (_, sid) in start_counts}) if start_counts else 2 * bound + 2
+    n_groups = _num_groups(inst, config.group_size, n_start)
     if proven:
         status = "optimal"
         notes.append("start meets the lower bound: proven optimal")
     elif n_groups == 1:
-        target = len(start.servers) if start else min(problem.pool.max_servers, 2 * bound + 2)
+        target = min(problem.pool.max_servers, n_start)
         slots = _slots(inst, start_counts, zones, holding=holding, target_total=target, ids=ids)
         for s in slots:
             zones.setdefault(s.id, s.zone)
@@ -548,6 +564,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         )
         if res.status != "none" and (
             best is None
+            or over_cap
             or _objective(inst, res.counts, old, config) <= _objective(inst, best, old, config)
         ):
             best = res.counts
@@ -564,7 +581,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         per_group = 0.6 * (opt_deadline - t0) / n_groups
         # Without a valid start the groups are the only way to a plan: run them whatever the
         # share of time (each group then gets what is left, or its best-fit plan).
-        if not current and (per_group >= GROUP_MIN_SECONDS or start is None):
+        if not current and per_group >= GROUP_MIN_SECONDS:
             got = _grouped(
                 inst,
                 config=config,
@@ -577,7 +594,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
                 g_counts, g_zones = got
                 g_servers = len({sid for (_, sid) in g_counts})
                 notes.append(f"groups: {g_servers} servers")
-                if best is None or g_servers < len({sid for (_, sid) in best}):
+                if best is None or over_cap or g_servers < len({sid for (_, sid) in best}):
                     best = g_counts
                     zones.update(g_zones)
                     status = "feasible"
@@ -586,14 +603,14 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             best, improved = _lns(
                 inst, best, zones, old=old, config=config, deadline=opt_deadline, notes=notes
             )
-            if improved:
+            if improved or over_cap:
                 status = "feasible"
 
     if best is not None and len({sid for (_, sid), k in best.items() if k}) > (
         problem.pool.max_servers
     ):
         notes.append("the optimiser's plan stayed above max_servers")
-        best = start_counts
+        best = start_counts if start is not None else None
         status = "fallback"
     if best is None:
         return _no_plan(problem, bound, t0, notes)

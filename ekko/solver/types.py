@@ -75,7 +75,9 @@ class Pool(_Frozen):
 
     name: str = Field(description="Pool name, used in messages and for new server names.")
     memory_bytes: int = Field(gt=0, description="Memory per server available for shards.")
-    compute_units: float = Field(gt=0, description="Compute per server (QPS, cores, ...).")
+    compute_units: float = Field(
+        gt=0, allow_inf_nan=False, description="Compute per server (QPS, cores, ...)."
+    )
     headroom: float = Field(
         default=0.1,
         ge=0.0,
@@ -112,11 +114,14 @@ class ModelSpec(_Frozen):
         default=None, description="Explicit per-replica load of each shard (defaults to load)."
     )
     replicas: int = Field(default=1, ge=1, description="Replicas of every shard.")
-    load: float = Field(default=0.0, ge=0.0, description="Compute units per shard replica.")
+    load: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="Compute units per shard replica."
+    )
     slo: SloClassName = Field(default=SloClassName("standard"), description="SLO class name.")
     reserve_factor: float = Field(
         default=0.0,
         ge=0.0,
+        allow_inf_nan=False,
         description="Extra memory per replica as a fraction of the shard size, for the resident "
         "previous version and the canary (1.0 = one extra copy).",
     )
@@ -137,8 +142,8 @@ class ModelSpec(_Frozen):
         if self.shard_loads is not None:
             if len(self.shard_loads) != self.num_shards:
                 raise ValueError(f"model {self.id}: shard_loads must have one entry per shard")
-            if min(self.shard_loads) < 0:
-                raise ValueError(f"model {self.id}: shard_loads must not be negative")
+            if not all(math.isfinite(x) and x >= 0 for x in self.shard_loads):
+                raise ValueError(f"model {self.id}: shard_loads must be finite and not negative")
         return self
 
     @property
