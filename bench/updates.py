@@ -109,7 +109,7 @@ def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float
     out["wan_rate_uncapped_per_link_Bps"] = rate
 
     # 3. congestion
-    for cap in CAPS:
+    for cap in CAPS if not opts.get("congestion_only") else (0.25,):
         for policy, name in POLICIES:
             # priority runs the product's path (Store + Scheduler.respond, real knowledge)
             product = policy == "priority"
@@ -127,6 +127,9 @@ def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float
     out["auc_loss_priority_lastwrite_at_25pct"] = (base["auc"] - res["auc"]) / base["auc"]
     res = run(replace(base_cfg, policy="priority_delta", wan_rate=0.25 * rate))
     out["auc_loss_priority_delta_at_25pct"] = (base["auc"] - res["auc"]) / base["auc"]
+    if opts.get("congestion_only"):
+        out["seed_wall_s"] = time.perf_counter() - t0
+        return out
     log = run(replace(base_cfg, policy="log"))
     out["wan_bytes_logfp32"] = log["wan_bytes"]
     out["auc_logfifo_uncapped"] = log["auc"]
@@ -247,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uplink-cap-links", type=float, default=4.0)
     ap.add_argument("--warmup", type=float, default=0.2, help="share of events before evaluation")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--congestion-only",
+        action="store_true",
+        help="only the uncapped reference and the 25%% cap (priority, FIFO, log, references)",
+    )
     ap.add_argument("--json", default=None, help="write every figure to this file")
     a = ap.parse_args(argv)
     if a.mode == "procs":
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "interval": a.interval,
         "uplink_cap_links": a.uplink_cap_links,
         "warmup": a.warmup,
+        "congestion_only": a.congestion_only,
     }
     t0 = time.perf_counter()
     jobs = [(workload, events, s, opts) for s in seeds]
