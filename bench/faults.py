@@ -43,20 +43,46 @@ def wait(probe: Any, timeout: float, interval: float = 0.2) -> float | None:
     return None
 
 
-def apiserver_outage(seconds: float) -> float:
-    """Stop kube-apiserver for ``seconds`` and start it again as it was; seconds until healthy."""
-    pid = control.running("kube-apiserver")
+SUPERVISED = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def _cmdline(name: str) -> list[str]:
+    pid = control.running(name)
     if pid is None:
-        raise SystemExit("bench: kube-apiserver is not running")
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    args = [a.decode() for a in argv]
+        raise SystemExit(f"bench: {name} is not running")
+    return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+
+
+def apiserver_outage(seconds: float) -> float:
+    """Stop kube-apiserver for ``seconds`` and start it again as it was; seconds until healthy.
+
+    The scheduler and controller-manager exit when they cannot renew their leases; as a kubelet
+    restarts such static pods, they are started again here (the outage is the API server's)."""
+    argv = {name: _cmdline(name) for name in SUPERVISED}
+    _LAST.update(argv)
     control._stop("kube-apiserver")
     time.sleep(seconds)
-    control._start("kube-apiserver", args[1:], binary=Path(args[0]))
+    api_args = argv["kube-apiserver"]
+    control._start("kube-apiserver", api_args[1:], binary=Path(api_args[0]))
     back = wait(control.healthy, 120)
     if back is None:
         raise SystemExit("bench: kube-apiserver did not come back in 120 s")
+    for name in SUPERVISED[1:]:
+        if control.running(name) is None:
+            print(f"restarting {name} (it exited during the outage)", flush=True)
+            control._start(name, argv[name][1:], binary=Path(argv[name][0]))
     return back
+
+
+def supervise() -> None:
+    """Restart the scheduler or controller-manager if it exits later (lease lost on return)."""
+    for name in SUPERVISED[1:]:
+        if control.running(name) is None and name in _LAST:
+            print(f"restarting {name} (it exited)", flush=True)
+            control._start(name, _LAST[name][1:], binary=Path(_LAST[name][0]))
+
+
+_LAST: dict[str, list[str]] = {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +170,7 @@ def _patch_once(api: Api, replicas: int) -> bool:
 
 def _served(api: Api, replicas: int) -> bool:
     """The pool converged on the changed model: every shard at the new replica count."""
+    supervise()
     status = api.get("models", "rank").get("status") or {}
     return converged(api, models=["rank"]) and status.get("replicasReady") == 4 * replicas
 

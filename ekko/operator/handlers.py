@@ -7,6 +7,7 @@ harmless.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,11 +30,31 @@ async def startup(
 ) -> None:
     configure(settings, memo)
     memo.streams = UpdateStreams(UpdateKube(memo.fleet.custom.api_client), memo.workers.gate)
+    memo.resync = asyncio.get_running_loop().create_task(resync(memo), name="resync")
     logger.info("Ekko operator started.")
+
+
+RESYNC_SECONDS = 60.0
+
+
+async def resync(memo: kopf.Memo) -> None:
+    """Wake every known pool and rollout worker once a minute, as informers resync: a pass that
+    finds nothing to do costs a few reads, and one missed event can never strand a pool (after
+    an API-server restart, watch events were lost and a pool stayed half-converged)."""
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        try:
+            memo.workers.wake_all()
+            memo.rollouts.wake_all()
+        except Exception:  # never let the resync die; the next round tries again
+            logging.getLogger("ekko.operator").exception("Resync failed.")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
     for name in ("workers", "rollouts", "streams"):
         group = memo.get(name)
         if group is not None:

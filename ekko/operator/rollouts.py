@@ -257,6 +257,12 @@ class Rollouts:
             )
         worker.wake()
 
+    def wake_all(self) -> None:
+        """Wake every live rollout worker (a resync)."""
+        for worker in list(self.workers.values()):
+            if worker.task and not worker.task.done():
+                worker.wake()
+
     def wake_model(self, namespace: str, model: str | None = None) -> None:
         """Wake the workers of a model's versions (all of a namespace's when model is None)."""
         for (ns, _), worker in list(self.workers.items()):
