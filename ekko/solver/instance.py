@@ -25,6 +25,7 @@ from ekko.solver.types import GIB, ModelId, Problem, SloClassName
 
 # A server holds at most this many units in either dimension (CP-SAT sums stay in int64).
 MAX_UNITS = 1 << 40
+_DEN_GIVE_UP = 1 << 120
 # A model with more distinct (memory, load) shard shapes than this is quantised to a 3% grid.
 _MAX_EXACT_SHAPES = 8
 _GRID = 1.03
@@ -49,6 +50,8 @@ def _scale(demands: Iterable[Fraction], caps: Iterable[Fraction]) -> tuple[Fract
     den = 1
     for q in (*ds, *cs):
         den = math.lcm(den, q.denominator)
+        if den > _DEN_GIVE_UP:  # the gcd would never bring this back under MAX_UNITS
+            break
     g = 0
     for d in ds:
         g = math.gcd(g, int(d * den))
@@ -143,29 +146,31 @@ def build_instance(problem: Problem) -> Instance:
     class_eff = {c.name: cpu * min(keep, exact(c.utilisation_cap)) for c in problem.slo_classes}
     mem_q: dict[int, Fraction] = {}
     load_q: dict[float, Fraction] = {}
-    per_model: list[list[tuple[Fraction, Fraction]]] = []
+    per_model: list[list[tuple[int, float]]] = []
     for m in problem.models:
-        row = []
-        for k in range(m.num_shards):
-            b = m.memory_of(k)
-            ld = m.load_of(k)
+        row = [(m.memory_of(k), m.load_of(k)) for k in range(m.num_shards)]
+        for b, ld in set(row):
             if b not in mem_q:
                 mem_q[b] = Fraction(b)
             if ld not in load_q:
                 load_q[ld] = exact(ld)
-            row.append((mem_q[b], load_q[ld]))
         per_model.append(row)
     mscale, m_exact = _scale(mem_q.values(), [mem_eff])
     cscale, c_exact = _scale(load_q.values(), [cpu_eff, *class_eff.values()])
     mem_cap = _down(mem_eff * mscale)
     cpu_full = _down(cpu_eff * cscale)
     cpu_cap = {c: _down(v * cscale) for c, v in class_eff.items()}
+    # Per distinct value, not per shard: shards of a model mostly repeat one size and load.
+    mem_up = {b: _up(q * mscale) for b, q in mem_q.items()}
+    mem_down = {b: _down(q * mscale) for b, q in mem_q.items()}
+    cpu_up = {ld: _up(q * cscale) for ld, q in load_q.items()}
+    cpu_down = {ld: _down(q * cscale) for ld, q in load_q.items()}
     quantised = False
     items: list[Item] = []
     for m, row in zip(problem.models, per_model, strict=True):
         shapes: dict[tuple[int, int], list[int]] = defaultdict(list)
-        raw = [(_up(mb * mscale), _up(ld * cscale)) for mb, ld in row]
-        low = [(_down(mb * mscale), _down(ld * cscale)) for mb, ld in row]
+        raw = [(mem_up[mb], cpu_up[ld]) for mb, ld in row]
+        low = [(mem_down[mb], cpu_down[ld]) for mb, ld in row]
         quantise = len(set(raw)) > _MAX_EXACT_SHAPES
         quantised = quantised or quantise
         for k, (mu, cu) in enumerate(raw):

@@ -12,7 +12,17 @@ from conftest import model, pool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ekko.solver import BASELINES, GIB, Plan, Problem, SolveConfig, search, solve, violations
+from ekko.solver import (
+    BASELINES,
+    GIB,
+    Plan,
+    Problem,
+    SolveConfig,
+    greedy,
+    search,
+    solve,
+    violations,
+)
 from ekko.solver.instance import build_instance
 from ekko.solver.io import ProblemFormatError, problem_from_dict
 
@@ -81,6 +91,8 @@ def test_bug3_over_tight_cap_is_a_value(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_bug4_deadline_bounds_the_call() -> None:
+    # The contract (solve's docstring): the limit bounds the call, except that the instance and
+    # one greedy start are always built; on a loaded machine those dominate, so measure them.
     models = tuple(
         model(f"m{i}", 8 + i % 9, 0.5 + (i % 7) * 0.7, replicas=1 + i % 3, load=1 + i % 11,
               slo=("critical", "standard", "batch")[i % 3])
@@ -88,10 +100,17 @@ def test_bug4_deadline_bounds_the_call() -> None:
     )  # fmt: skip
     pr = Problem(pool=pool(max_servers=10_000), models=models)
     t = time.monotonic()
+    inst = build_instance(pr)
+    reps = greedy.replicas_of(inst, {})
+    greedy.run(inst, "best", sorted(reps, key=greedy.capped_first(inst)))
+    fixed = time.monotonic() - t
+    if fixed > 0.3:
+        pytest.skip(f"machine too loaded to time a 1 s deadline (fixed costs {fixed:.2f} s)")
+    t = time.monotonic()
     plan = solve(pr, SolveConfig(time_limit=1.0))
     took = time.monotonic() - t
     assert violations(pr, plan) == []
-    assert took <= 1.0 * 1.05 + 0.3, took  # + scheduling noise on a loaded machine
+    assert took <= 1.0 * 1.05, (took, fixed)
 
 
 @pytest.mark.parametrize(
