@@ -2,6 +2,8 @@
 
     python -m bench.placement --sizes S,M,L --seeds 3           # the full table
     python -m bench.placement --sizes S,M --seeds 1             # quick run (< 2 minutes)
+    python -m bench.placement --families compute,small-models,large-shards,zone-tight,fleet \
+        --sizes S,M --seeds 3                                   # hard families (issue 17)
 
 Instances look like large recommendation fleets: lognormal shard sizes (embedding tables split
 into equal shards, some models with explicit unequal shards), per-replica load that is not
@@ -93,6 +95,70 @@ def generate(replicas: int, seed: int) -> Problem:
     return Problem(pool=pool, models=tuple(models))
 
 
+FAMILIES = ("fleet", "compute", "small-models", "large-shards", "zone-tight")
+
+
+def generate_family(family: str, replicas: int, seed: int) -> Problem:
+    """Instance families where packing is hard (issue 17), about ``replicas`` shard replicas.
+
+    - fleet: :func:`generate` (the original family);
+    - compute: compute-bound pool (loads of 5-35% of a server per replica, sizes of 1-4%),
+      decimal loads such as 12.5 that fit exactly under the caps;
+    - small-models: very many models of 1-3 small shards;
+    - large-shards: few shards per server (a third to a half of usable memory);
+    - zone-tight: 3 replicas over 3 zones, mid-size shards.
+    """
+    if family == "fleet":
+        return generate(replicas, seed)
+    rng = random.Random(seed * 7919 + FAMILIES.index(family))
+    pool = Pool(
+        name="p",
+        memory_bytes=128 * GIB,
+        compute_units=1000.0,
+        headroom=0.1,
+        max_servers=100_000,
+        zones=(ZoneId("a"), ZoneId("b"), ZoneId("c")),
+    )
+    usable = 128 * 0.9
+    models: list[ModelSpec] = []
+    total = 0
+    while total < replicas:
+        k = len(models)
+        slo = rng.choice(("critical", "standard", "batch"))
+        reps = {"critical": 3, "standard": 2, "batch": 1}[slo]
+        if family == "compute":
+            shards = rng.randint(1, 16)
+            gib = rng.uniform(1.0, 5.0)
+            load = rng.choice((50, 75, 100, 125, 150, 200, 250, 300, 350)) + rng.choice(
+                (0, 12.5, 25)
+            )
+        elif family == "small-models":
+            shards = rng.randint(1, 3)
+            gib = rng.uniform(0.2, 6.0)
+            load = round(rng.uniform(1, 40), 1)
+        elif family == "large-shards":
+            shards = rng.randint(1, 8)
+            gib = usable * rng.uniform(0.3, 0.5)
+            load = round(rng.uniform(10, 150), 1)
+        else:  # zone-tight
+            reps = 3
+            shards = rng.randint(2, 12)
+            gib = rng.uniform(5.0, 30.0)
+            load = round(rng.uniform(5, 90), 1)
+        models.append(
+            ModelSpec(
+                id=ModelId(f"m{k:05d}"),
+                shard_count=shards,
+                shard_bytes=int(gib * GIB),
+                replicas=reps,
+                load=load,
+                slo=SloClassName(slo),
+            )
+        )
+        total += shards * reps
+    return Problem(pool=pool, models=tuple(models))
+
+
 def perturb_load(problem: Problem, plan: Plan, seed: int) -> Problem:
     """+-5% load on 10% of the models; the plan becomes the current placement."""
     rng = random.Random(seed + 1000)
@@ -152,7 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="cpsat", help="ekko backends: cpsat,highs")
     ap.add_argument("--no-replan", action="store_true", help="skip the re-plan experiments")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply time limits")
+    ap.add_argument(
+        "--families",
+        default="",
+        help=f"comma list of {','.join(FAMILIES)}: run only the per-family table (ekko vs the "
+        "best baseline, gap to the bound, time and overshoot of the deadline)",
+    )
     args = ap.parse_args(argv)
+    if args.families:
+        fams = [f.strip() for f in args.families.split(",") if f.strip()]
+        sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+        return _families(fams, sizes, args.seeds, args.time_scale)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     rows: dict[tuple[str, str], Row] = {}
@@ -214,6 +290,42 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
     _print_tables(rows, replan, sizes, backends)
+    return 0
+
+
+def _families(fams: list[str], sizes: list[str], seeds: int, scale: float) -> int:
+    print(
+        "| family | size | replicas | ekko servers | best baseline | ekko - best | gap to LB "
+        "| LB from | time s | overshoot s | violations |"
+    )
+    print("|" + "---|" * 11)
+    for fam in fams:
+        for size in sizes:
+            limit = LIMITS[size] * scale
+            for seed in range(seeds):
+                prob = generate_family(fam, SIZES[size], seed)
+                cfg = SolveConfig(time_limit=limit, seed=seed)
+                t = time.monotonic()
+                plan = SOLVERS["ekko"](prob, cfg)
+                secs = time.monotonic() - t
+                bad = len(violations(prob, plan)) + (plan.status == "infeasible")
+                base: dict[str, int] = {}
+                for name in BASELINE_NAMES:
+                    bp = SOLVERS[name](prob, cfg)
+                    bad += len(violations(prob, bp))
+                    if bp.status != "infeasible":
+                        base[name] = bp.servers_used
+                best = min(base, key=lambda n: base[n])
+                source = next((n for n in plan.notes if n.startswith("lower bound")), "")
+                gap = 100.0 * (plan.servers_used - plan.lower_bound) / max(plan.servers_used, 1)
+                print(
+                    f"| {fam} | {size} | {prob.total_replicas} | {plan.servers_used} | "
+                    f"{base[best]} ({best}) | {plan.servers_used - base[best]:+d} | {gap:.1f}% | "
+                    f"{source.rsplit(' from ', 1)[-1]} | {secs:.1f} | {max(0.0, secs - limit):.2f} "
+                    f"| {bad} |",
+                    flush=True,
+                )
+                print(f"# {fam} {size} seed={seed}: {'; '.join(plan.notes)}", file=sys.stderr)
     return 0
 
 
