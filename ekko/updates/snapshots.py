@@ -15,7 +15,10 @@ stale row) keeps a pre-image equal to its live value, which is harmless and cost
 
 Memory is bounded: every logged row costs its value plus its key and a flag (``row_bytes``), the
 total is :attr:`CutLog.bytes`, and when a record would pass ``cap_bytes`` the oldest cut is dropped
-(counted in :attr:`CutLog.drops`), never the newest.
+(counted in :attr:`CutLog.drops`), never the newest. A pre-image is kept once, in the log of the
+newest cut when the row was first overwritten; a view at an older cut reads the logs from its cut
+forward and takes the first pre-image it finds (a row unchanged between two cuts has the same
+value at both), so retaining more cuts costs only the rows that changed between them.
 
 :meth:`CutLog.restore` writes the pre-images back through ``Store.write`` at a new epoch, so they
 beat every row of the old epoch; :func:`fence` then drops old-epoch rows above the cut that are
@@ -221,10 +224,31 @@ class CutLog:
         return self._state(cut_id).bytes
 
     def drop(self, cut_id: int) -> None:
-        """Forget a cut (a person or the baseline policy no longer needs it)."""
+        """Forget a cut (a person or the baseline policy no longer needs it). The pre-images an
+        older cut still reads through it move to the next older cut's log."""
         st = self._cuts.pop(cut_id, None)
-        if st is not None:
-            self.bytes -= st.bytes
+        if st is None:
+            return
+        self.bytes -= st.bytes
+        older = [i for i in self._cuts if i < cut_id]
+        if not older:
+            return
+        prev = self._cuts[max(older)]
+        for table, tlog in st.tables.items():
+            plog = prev.tables.get(table)
+            if plog is None:
+                plog = prev.tables[table] = _TableLog(tlog.dim)
+            keys = tlog.keys[: tlog.n]
+            move = plog.lookup(keys) < 0
+            if move.any():
+                plog.add(keys[move], tlog.values[: tlog.n][move], tlog.found[: tlog.n][move])
+                cost = row_bytes(tlog.dim) * int(move.sum())
+                prev.bytes += cost
+                self.bytes += cost
+
+    def _drop_oldest(self) -> None:
+        st = self._cuts.pop(min(self._cuts))
+        self.bytes -= st.bytes
 
     def _state(self, cut_id: int) -> _CutState:
         try:
@@ -243,46 +267,47 @@ class CutLog:
         self.before_write(store, batch.table, batch.keys)
 
     def before_write(self, store: Store, table: str, keys: npt.ArrayLike) -> None:
-        """Record pre-images of ``keys`` of ``table`` (call before ``store.write``)."""
+        """Record pre-images of ``keys`` of ``table`` (call before ``store.write``).
+
+        Only the newest cut's log records: a row unchanged since an older cut has the same value
+        at both, so a view at an older cut reads the logs from its own cut forward and takes the
+        first pre-image it finds (each pre-image is kept once, not once per cut)."""
         if not self._cuts or not store.has_table(table):
             return
         k = np.asarray(keys, dtype=np.int64).reshape(-1)
         if len(k) == 0:
             return
         dim = store.spec(table).dim
-        per_row = row_bytes(dim)
-        for cut_id in sorted(self._cuts):
-            st = self._cuts.get(cut_id)
-            if st is None:  # dropped by the cap while recording an older cut
-                continue
-            tlog = st.tables.get(table)
-            if tlog is None:
-                tlog = st.tables[table] = _TableLog(dim)
-            new = tlog.missing(k)
-            if len(new) == 0:
-                continue
-            cost = per_row * len(new)
-            # The cap: drop the oldest cuts until this record fits; a cut whose record alone
-            # exceeds the cap is dropped itself (it could not give a complete view).
-            while self.bytes + cost > self.cap_bytes and self._cuts:
-                oldest = min(self._cuts)
-                self.drop(oldest)
-                self.drops += 1
-                if oldest == cut_id:
-                    break
-            if cut_id not in self._cuts:
-                continue
-            values, found = store.get(table, new)
-            tlog.add(new, values, found)
-            st.bytes += cost
-            self.bytes += cost
-            self.peak_bytes = max(self.peak_bytes, self.bytes)
+        newest = max(self._cuts)
+        st = self._cuts[newest]
+        tlog = st.tables.get(table)
+        if tlog is None:
+            tlog = st.tables[table] = _TableLog(dim)
+        new = tlog.missing(k)
+        if len(new) == 0:
+            return
+        cost = row_bytes(dim) * len(new)
+        # The cap: drop the oldest cuts until this record fits; when the newest alone cannot
+        # hold it, it is dropped too (it could not give a complete view).
+        while self.bytes + cost > self.cap_bytes and self._cuts:
+            oldest = min(self._cuts)
+            self._drop_oldest()
+            self.drops += 1
+            if oldest == newest:
+                return
+        values, found = store.get(table, new)
+        tlog.add(new, values, found)
+        st.bytes += cost
+        self.bytes += cost
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     # --- reading -------------------------------------------------------------------------------
 
     def view(self, store: Store, cut_id: int) -> CutView:
         """The store as it was at cut ``cut_id``."""
-        return CutView(store, self._state(cut_id))
+        self._state(cut_id)
+        chain = [self._cuts[i] for i in sorted(self._cuts) if i >= cut_id]
+        return CutView(store, chain)
 
     # --- restoring -----------------------------------------------------------------------------
 
@@ -303,54 +328,71 @@ class CutLog:
         new_epoch = max_epoch(store) + 1 if epoch is None else epoch
         if new_epoch <= max_epoch(store):
             raise ValueError(f"epoch {new_epoch} does not fence epoch {max_epoch(store)}")
+        view = self.view(store, cut_id)
+        tables: dict[str, list[I64]] = {}
+        for later in view.chain:
+            for table, tlog in later.tables.items():
+                tables.setdefault(table, []).append(tlog.keys[: tlog.n])
+        writes = []
+        for table, parts in tables.items():
+            keys = np.unique(np.concatenate(parts))
+            if len(keys):
+                values, _ = view.get(table, keys)  # absent at the cut: zeros
+                writes.append((table, keys, values))
+        # The cut becomes the newest, with an empty log: the live state is its state from now on
+        # (older cuts read through live for the rows the dropped logs held, and live now holds
+        # exactly those values).
         for newer_id in [i for i in self._cuts if i > cut_id]:
-            self.drop(newer_id)
+            st_newer = self._cuts.pop(newer_id)
+            self.bytes -= st_newer.bytes
+        self.bytes -= st.bytes
+        self._cuts[cut_id] = _CutState(st.cut)
         rows: dict[str, int] = {}
         results: list[ApplyResult] = []
-        for table, tlog in st.tables.items():
-            if tlog.n == 0:
-                continue
-            keys = tlog.keys[: tlog.n].copy()
-            values = tlog.values[: tlog.n].copy()
-            values[~tlog.found[: tlog.n]] = 0.0
-            # Older cuts must keep the first pre-image of what the restore overwrites.
-            self.before_write(store, table, keys)
+        for table, keys, values in writes:
             results.extend(
                 store.write(
                     table, keys, values, epoch=new_epoch, origin=origin, seqs=1, publish_time=now
                 )
             )
             rows[table] = len(keys)
-        cleared = _CutState(st.cut)
-        self.bytes -= st.bytes
-        self._cuts[cut_id] = cleared
         return RestoreResult(
             st.cut, new_epoch, Fence(new_epoch, st.cut.vectors), rows, tuple(results)
         )
 
 
 class CutView:
-    """Reads of a store as it was at a cut: the undo log, then the live table."""
+    """Reads of a store as it was at a cut: the undo logs from the cut forward (the first
+    pre-image found wins), then the live table."""
 
-    def __init__(self, store: Store, state: _CutState) -> None:
+    def __init__(self, store: Store, chain: Sequence[_CutState]) -> None:
         self.store = store
-        self._state = state
+        self.chain = tuple(chain)
 
     @property
     def cut(self) -> Cut:
-        return self._state.cut
+        return self.chain[0].cut
 
     def get(self, table: str, keys: npt.ArrayLike) -> tuple[F32, Bools]:
         """Values of ``keys`` at the cut (zeros where absent) and which were present."""
         k = np.asarray(keys, dtype=np.int64).reshape(-1)
         values, found = self.store.get(table, k)
-        tlog = self._state.tables.get(table)
-        if tlog is not None and tlog.n and len(k):
-            slot = tlog.lookup(k)
+        todo = np.ones(len(k), dtype=np.bool_)
+        for st in self.chain:
+            tlog = st.tables.get(table)
+            if tlog is None or tlog.n == 0:
+                continue
+            slot = np.full(len(k), -1, dtype=np.int64)
+            slot[todo] = tlog.lookup(k[todo])
             hit = slot >= 0
+            if not hit.any():
+                continue
             values[hit] = tlog.values[slot[hit]]
             found[hit] = tlog.found[slot[hit]]
-            values[hit & ~found] = 0.0
+            todo &= ~hit
+            if not todo.any():
+                break
+        values[~found] = 0.0
         return values, found
 
     def dense(self, table: str) -> F32:

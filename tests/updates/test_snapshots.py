@@ -52,24 +52,35 @@ op = st.one_of(
         st.floats(-10, 10, allow_nan=False, width=32),
     ),
     st.tuples(st.just("cut")),
+    st.tuples(st.just("drop"), st.integers(0, 5)),
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.lists(op, min_size=1, max_size=30))
 def test_view_at_cut_equals_full_copy(ops: list[tuple[object, ...]]) -> None:
     store, log = _store(), CutLog()
     w = Writer(store, log)
     copies: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    taken: list[int] = []
     for o in ops:
         if o[0] == "cut":
-            cid = len(copies) + 1
+            cid = len(taken) + 1
+            taken.append(cid)
             log.take(store, cid, now=float(cid))
             copies[cid] = _copy(store)
+        elif o[0] == "drop":
+            # Any retained cut, the middle ones too: older cuts must keep reading through it.
+            assert isinstance(o[1], int)
+            if copies:
+                gone = sorted(copies)[o[1] % len(copies)]
+                log.drop(gone)
+                del copies[gone]
         else:
             _, table, keys, x = o
             assert isinstance(table, str) and isinstance(keys, list) and isinstance(x, float)
             w.write(table, keys, np.full((len(keys), DIM), x, dtype=np.float32) + np.arange(DIM))
+    assert [c.id for c in log.cuts()] == sorted(copies)
     for cid, copy in copies.items():
         view = log.view(store, cid)
         for name, (values, found) in copy.items():
