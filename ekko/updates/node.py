@@ -15,6 +15,10 @@ Optional: ``--state FILE.npz`` saves the store on stop (and every ``--save-every
 resumes from it, so a restarted node pulls only what changed; ``--apply-log FILE`` appends one
 CSV line per applied row, ``apply_time,table,key,epoch,origin,seq``, for offline quality.
 
+The node keeps cuts (:mod:`ekko.updates.snapshots`): ``POST /v1/updates/cut`` starts one and
+``POST /v1/updates/restore`` writes its pre-images back at a new epoch and fences old-epoch rows
+above it; every pulled batch passes the fence and the cut log before it is applied.
+
     python -m ekko.updates.node --name eu-0 --region eu --listen 0.0.0.0:9500 \\
         --upstream http://origin:9500 --upstream http://eu-1:9500 --rate 2e6 --delay 0.04
 """
@@ -31,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 import numpy as np
@@ -40,6 +44,7 @@ from prometheus_client import CollectorRegistry
 from ekko.updates.codec import CodecError, decode_response, encode_request, fp32_bytes
 from ekko.updates.link import LinkSpec, TokenBucket
 from ekko.updates.priority import Policy, Scheduler, SchedulerConfig
+from ekko.updates.snapshots import Cut, CutLog, Fence, RestoreResult, fence
 from ekko.updates.store import Batch, Store, TableSpec, ValueDType
 from ekko.updates.wire import (
     DEFAULT_PORT,
@@ -82,6 +87,8 @@ class NodeConfig:
     state: Path | None = None
     save_every: float = 0.0
     apply_log: Path | None = None
+    undo_cap_bytes: int = 256 << 20
+    """Bound of the cut log's undo memory (the oldest cut is dropped when it is hit)."""
 
 
 @dataclass
@@ -130,6 +137,9 @@ class Node:
             self.metrics.declare_peer(u.region or "unknown")
         for spec in self.store.specs():
             self.metrics.declare_model(spec.model)
+        self.cuts = CutLog(config.undo_cap_bytes)
+        self.fence: Fence | None = None
+        self.server.control = self
         self.port = 0
         self.rows_pulled = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -302,12 +312,41 @@ class Node:
                 0 if response.complete else now - up.last_complete
             )
 
+    # --- cuts and restore -----------------------------------------------------------------------
+
+    def take_cut(self, cut_id: int) -> dict[str, Any]:
+        """Start cut ``cut_id`` at the store's current state (the cut endpoint calls this; the
+        same id again answers the cut already taken)."""
+        if self.cuts.has(cut_id):
+            return _cut_json(self.cuts.cut(cut_id), self.cuts)
+        cut = self.cuts.take(self.store, cut_id, now=self.wall())
+        log.info("Node %s took cut %d", self.config.name, cut_id)
+        return _cut_json(cut, self.cuts)
+
+    def restore(self, cut_id: int, epoch: int | None = None) -> dict[str, Any]:
+        """Restore the tables to cut ``cut_id`` at ``epoch`` (default: the next) and fence
+        old-epoch rows above the cut; KeyError for an unknown cut, ValueError for an epoch that
+        does not fence the store's newest."""
+        result: RestoreResult = self.cuts.restore(self.store, cut_id, now=self.wall(), epoch=epoch)
+        self.fence = result.fence
+        self.server.notifier.notify()
+        log.info(
+            "Node %s restored cut %d at epoch %d (%d rows)",
+            self.config.name,
+            cut_id,
+            result.epoch,
+            sum(result.rows.values()),
+        )
+        return {"cut": cut_id, "epoch": result.epoch, "rows": dict(result.rows)}
+
     def _apply(self, tables: Sequence[TableSpec], batches: Sequence[Batch]) -> None:
         changed = False
         for spec in tables:
             self.store.declare(spec)
             self.metrics.declare_model(spec.model)
-        for b in batches:
+        for pulled in batches:
+            b = fence(pulled, self.fence)
+            self.cuts.before_apply(self.store, b)
             before = self.store.changes
             result = self.store.apply(b)
             changed |= self.store.changes != before
@@ -327,6 +366,19 @@ class Node:
                 )
         if changed:
             self.server.notifier.notify()
+
+
+def _cut_json(cut: Cut, cuts: CutLog) -> dict[str, Any]:
+    return {
+        "cut": cut.id,
+        "takenAt": cut.taken_at,
+        "vectors": [
+            {"table": t, "part": p, "vector": [list(e) for e in v.entries]}
+            for (t, p), v in sorted(cut.vectors.items())
+        ],
+        "undoBytes": cuts.bytes,
+        "retained": [c.id for c in cuts.cuts()],
+    }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:

@@ -128,19 +128,13 @@ class Fence:
 
 
 def fence(batch: Batch, fence: Fence | None) -> Batch:
-    """``batch`` without the rows ``fence`` rejects, and without a claim to cover old-epoch writes
-    beyond the cut (so the receiver's knowledge never vouches for a fenced row)."""
+    """``batch`` without the rows ``fence`` rejects. What the batch vouches for (``covered``) is
+    kept: the receiver then counts the fenced rows as seen and does not pull them again and again
+    while its upstream has not restored yet (they would be fenced every time)."""
     if fence is None:
         return batch
     keep = fence.admits(batch)
-    vec = fence.vectors.get(batch.shard, VersionVector())
-    covered = VersionVector.of(
-        {
-            (e, o): (s if e >= fence.epoch else min(s, vec.get(e, o)))
-            for e, o, s in batch.covered.entries
-        }
-    )
-    if keep.all() and covered == batch.covered:
+    if keep.all():
         return batch
     return Batch.of(
         batch.table,
@@ -152,7 +146,7 @@ def fence(batch: Batch, fence: Fence | None) -> Batch:
         publish_times=batch.publish_times[keep],
         values=batch.values[keep].reshape(int(keep.sum()), batch.values.shape[1]),
         classes=batch.classes[keep],
-        covered=covered,
+        covered=batch.covered,
     )
 
 

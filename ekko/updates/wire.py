@@ -4,14 +4,21 @@
 :mod:`ekko.updates.codec`) and answers with a response frame as soon as there is something the
 caller lacks, or after ``?wait=`` seconds with an empty one. Rows are chosen by the responder's
 :class:`~ekko.updates.priority.Scheduler`; a malformed request is a 400.
+
+When a :class:`StateControl` is attached (a node's cut log), ``POST /v1/updates/cut``
+(``{"cut": 7}``) starts a cut and ``POST /v1/updates/restore`` (``{"cut": 7, "epoch": 3}``)
+restores the tables to it at the new epoch; both answer JSON. An unknown cut is a 404, a bad body
+a 400, an epoch that does not fence the current one a 409; without a control, both are 404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +45,8 @@ from ekko.updates.store import ApplyResult, Store
 log = logging.getLogger(__name__)
 
 PULL_PATH = "/v1/updates/pull"
+CUT_PATH = "/v1/updates/cut"
+RESTORE_PATH = "/v1/updates/restore"
 DEFAULT_PORT = 9500
 MAX_WAIT_S = 60.0
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 2.4, 3, 5, 10, 30, 60, 300)
@@ -157,6 +166,14 @@ class Notifier:
         self._event = asyncio.Event()
 
 
+class StateControl(Protocol):
+    """What the cut and restore endpoints call (a node implements it over its cut log)."""
+
+    def take_cut(self, cut_id: int) -> dict[str, Any]: ...
+
+    def restore(self, cut_id: int, epoch: int | None) -> dict[str, Any]: ...
+
+
 STORE_KEY: web.AppKey[UpdateServer] = web.AppKey("update_server")
 
 
@@ -177,11 +194,15 @@ class UpdateServer:
         self._runner: web.AppRunner | None = None
         self._scans_seen = 0
         self.port = 0
+        self.control: StateControl | None = None
+        """Set by a node that keeps cuts; serves the cut and restore endpoints."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 << 20)
         app[STORE_KEY] = self
         app.router.add_post(PULL_PATH, _pull)
+        app.router.add_post(CUT_PATH, _cut)
+        app.router.add_post(RESTORE_PATH, _restore)
         app.router.add_get("/metrics", _metrics)
         app.router.add_get("/healthz", _healthz)
         return app
@@ -243,6 +264,49 @@ async def _pull(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/octet-stream")
 
 
+async def _control_body(request: web.Request) -> tuple[int, int | None]:
+    """``(cut, epoch)`` from a JSON body; ValueError when malformed."""
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    cut, epoch = body.get("cut"), body.get("epoch")
+    if not isinstance(cut, int) or isinstance(cut, bool) or cut < 0:
+        raise ValueError('"cut" must be a non-negative integer')
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
+        raise ValueError('"epoch" must be an integer')
+    return cut, epoch
+
+
+async def _cut(request: web.Request) -> web.Response:
+    control = request.app[STORE_KEY].control
+    if control is None:
+        return web.json_response({"error": "this server keeps no cuts"}, status=404)
+    try:
+        cut, _ = await _control_body(request)
+        return web.json_response(control.take_cut(cut))
+    except ValueError as e:
+        return web.json_response({"error": str(e)}, status=400)
+
+
+async def _restore(request: web.Request) -> web.Response:
+    control = request.app[STORE_KEY].control
+    if control is None:
+        return web.json_response({"error": "this server keeps no cuts"}, status=404)
+    try:
+        cut, epoch = await _control_body(request)
+    except ValueError as e:
+        return web.json_response({"error": str(e)}, status=400)
+    try:
+        return web.json_response(control.restore(cut, epoch))
+    except KeyError as e:
+        return web.json_response({"error": str(e.args[0]) if e.args else "no such cut"}, status=404)
+    except ValueError as e:
+        return web.json_response({"error": str(e)}, status=409)
+
+
 async def _metrics(request: web.Request) -> web.Response:
     server = request.app[STORE_KEY]
     return web.Response(body=server.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -262,9 +326,12 @@ def parse_listen(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int
 
 
 __all__: Sequence[str] = (
+    "CUT_PATH",
     "DEFAULT_PORT",
     "PULL_PATH",
+    "RESTORE_PATH",
     "Notifier",
+    "StateControl",
     "UpdateMetrics",
     "UpdateServer",
     "parse_listen",

@@ -166,7 +166,7 @@ def test_epoch_fences_old_rows_above_the_cut() -> None:
     )
     kept = fence(straggler, result.fence)
     assert kept.keys.tolist() == [3]
-    assert kept.covered == VersionVector.of({(0, 1): 1})
+    assert kept.covered == straggler.covered  # seen, so not pulled again and again
     store.apply(kept)
     vals, found = store.get("item", [0, 1, 2, 3])
     assert vals[:, 0].tolist() == [1.0, 0.0, 0.0, 7.0]
@@ -254,3 +254,82 @@ def test_dense_view() -> None:
     store.write("dense", [1], np.full((1, 2), 9.0), epoch=0, origin=1, seqs=2, publish_time=0.0)
     assert log.view(store, 1).dense("dense").tolist() == [1.0, 1.0, 1.0]
     assert store.dense("dense").tolist() == [1.0, 1.0, 9.0]
+
+
+# --- the node's cut and restore endpoints, on loopback ----------------------------------------
+
+
+def test_node_cut_and_restore_over_http() -> None:
+    import asyncio
+
+    import aiohttp
+    from prometheus_client import CollectorRegistry
+
+    from ekko.updates.node import Node, NodeConfig, Upstream
+    from ekko.updates.publisher import Publisher
+    from ekko.updates.wire import CUT_PATH, RESTORE_PATH
+
+    spec = TableSpec("emb", 4, shards=2, model="ranker")
+
+    async def until(cond: object, timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not cond():  # type: ignore[operator]
+            assert loop.time() < deadline, "timed out"
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> None:
+        pub = Publisher(1, [spec], registry=CollectorRegistry())
+        port = await pub.start("127.0.0.1", 0)
+        cfg = NodeConfig(
+            name="n",
+            upstreams=(Upstream(f"http://127.0.0.1:{port}"),),
+            listen="127.0.0.1:0",
+            wait=0.5,
+            retry=0.1,
+        )
+        node = Node(cfg, CollectorRegistry())
+        nport = await node.start()
+        base = f"http://127.0.0.1:{nport}"
+        keys = np.arange(20)
+        try:
+            async with aiohttp.ClientSession() as http:
+                pub.publish("emb", keys, np.ones((20, 4)))
+                await until(lambda: node.store.same_state(pub.store))
+                good = node.store.get("emb", keys)[0].copy()
+                async with http.post(base + CUT_PATH, json={"cut": 1}) as r:
+                    assert r.status == 200
+                    body = await r.json()
+                    assert body["cut"] == 1 and body["retained"] == [1]
+                # A harmful update reaches the node.
+                pub.publish("emb", keys[:10], np.full((10, 4), 50.0))
+                await until(lambda: node.store.same_state(pub.store))
+                async with http.post(base + RESTORE_PATH, json={"cut": 1, "epoch": 1}) as r:
+                    assert r.status == 200
+                    assert await r.json() == {"cut": 1, "epoch": 1, "rows": {"emb": 10}}
+                np.testing.assert_array_equal(node.store.get("emb", keys)[0], good)
+                # The publisher has not restored yet: its old-epoch rows above the cut are fenced.
+                pub.publish("emb", keys[10:12], np.full((2, 4), 70.0))
+                await asyncio.sleep(0.3)
+                np.testing.assert_array_equal(node.store.get("emb", keys)[0], good)
+                # Resumed at the new epoch (from the trainer's checkpoint): rows flow again.
+                pub.epoch = 1
+                pub.publish("emb", keys[:1], np.full((1, 4), 2.0))
+                await until(lambda: float(node.store.get("emb", [0])[0][0, 0]) == 2.0)
+                # Errors: unknown cut, bad body, an epoch that fences nothing.
+                async with http.post(base + RESTORE_PATH, json={"cut": 9}) as r:
+                    assert r.status == 404
+                async with http.post(base + RESTORE_PATH, data=b"[") as r:
+                    assert r.status == 400
+                async with http.post(base + CUT_PATH, json={"cut": "x"}) as r:
+                    assert r.status == 400
+                async with http.post(base + RESTORE_PATH, json={"cut": 1, "epoch": 0}) as r:
+                    assert r.status == 409
+                # The publisher keeps no cuts.
+                async with http.post(f"http://127.0.0.1:{port}{CUT_PATH}", json={"cut": 1}) as r:
+                    assert r.status == 404
+        finally:
+            await node.stop()
+            await pub.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
