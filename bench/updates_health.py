@@ -1,0 +1,545 @@
+"""Model-state manager benchmark: are harmful updates caught, quickly, without false alarms?
+
+    python -m bench.updates_health --quick --json /tmp/h.json       # synthetic, 1 seed, 6 + 6
+    python -m bench.updates_health --json /tmp/h.json               # synthetic + MovieLens, 3 seeds
+
+One in-process run per (workload, seed): a trainer (online logistic MF, ``ekko.updates.scoring``)
+writes its changed rows into a replica :class:`~ekko.updates.store.Store` after every mini-batch,
+through a :class:`~ekko.updates.snapshots.CutLog` that takes a cut every ``cut_every`` events. Every
+labelled request is scored by the live tables (served) and by the baseline view (the newest cut
+at least ``age`` old, advanced only while Healthy; shadow-scored on a ``shadow`` fraction); the
+paired logloss differences of each ``window`` feed :func:`ekko.updates.health.decide`, and its
+commands are carried out: serve the baseline view, restore the tables (and the trainer) to the
+cut at the next epoch, serve live again.
+
+After a warm-up, the run alternates *episodes* of ``episode`` events in a seeded random order:
+``harmful`` episodes start with one injected harmful update, rotating through
+
+- ``flip``: a biased batch — the last ``flip_events`` events arrive again with flipped labels and
+  are trained on at once;
+- ``explode``: exploding gradients — an ``explode_share`` of the recent items, drawn from the most
+  popular, is scaled ×``explode_scale`` and published;
+- ``zero``: a feature-logging bug — the rows (embedding and bias) of the ``zero_share`` most popular
+  recent items are published as zeros;
+
+and ``clean`` episodes inject nothing. Each episode is preceded by ``settle`` events (the model and
+the baseline move on; an alarm there counts as a false alarm too). Reported per workload: caught /
+harmful, false alarms / clean, time from the harmful update to the Corrupted decision (events,
+and seconds at ``rate`` labelled events per second), served AUC before, during (injection →
+decision) and after the restore, the undo log's peak bytes against the model's, and the wall time
+of a restore. Traffic-switch and restore latencies across servers belong to the processes/cluster
+run; here the switch is immediate.
+
+A benchmark measures and prints; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from bench.updates_data import Stream, movielens_100k, synthetic_stream
+from ekko.updates.health import (
+    DetectorSpec,
+    HealthState,
+    Observation,
+    Window,
+    choose_baseline,
+    decide,
+)
+from ekko.updates.scoring import DENSE, ITEM, USER, LogisticMF, auc, logloss, score_rows
+from ekko.updates.snapshots import CutLog
+from ekko.updates.store import Store, TableSpec
+
+Harm = Literal["flip", "explode", "zero"]
+HARMS: tuple[Harm, ...] = ("flip", "explode", "zero")
+
+
+@dataclass(frozen=True)
+class Config:
+    dim: int = 16
+    lr: float = 0.05
+    batch: int = 20
+    """Events per trainer mini-batch (one write to the replica each)."""
+    rate: float = 200.0
+    """Labelled events per second (converts event counts to seconds)."""
+    window: int = 200
+    cut_every: int = 200
+    age: int = 1000
+    """Baseline age, events."""
+    shadow: float = 1.0
+    """Share of labelled requests the baseline shadow-scores."""
+    warmup: int = 4000
+    settle: int = 1000
+    episode: int = 1000
+    harmful: int = 20
+    clean: int = 20
+    flip_events: int = 2000
+    explode_scale: float = 50.0
+    explode_share: float = 0.05
+    zero_share: float = 0.3
+    cap_bytes: int = 64 << 20
+    detector: DetectorSpec = field(
+        default_factory=lambda: DetectorSpec(
+            min_samples=100,
+            uncertain=0.02,
+            corrupted=0.05,
+            z=2.0,
+            confirmations=2,
+            hysteresis=0.01,
+            recover_windows=2,
+            cusum_k=0.01,
+            cusum_h=8.0,
+            repeat_window=0.0,
+        )
+    )
+
+    @property
+    def events_needed(self) -> int:
+        return self.warmup + (self.harmful + self.clean) * (self.settle + self.episode)
+
+
+@dataclass
+class Episode:
+    kind: str
+    start: int
+    caught: bool = False
+    decided_at: int | None = None
+    alarms: int = 0
+    auc_before: float = float("nan")
+    auc_during: float = float("nan")
+    auc_after: float = float("nan")
+    loss_before: float = float("nan")
+    loss_during: float = float("nan")
+    harm_nats: float = float("nan")
+    """Logloss of the harmed model minus the clean twin's over the first window."""
+    auc_clean: float = float("nan")
+    auc_unprotected: float = float("nan")
+    auc_served: float = float("nan")
+    window_means: list[float] = field(default_factory=list)
+    """Mean paired loss difference of each window that closed in the episode."""
+
+    @property
+    def delay_events(self) -> int | None:
+        return None if self.decided_at is None else self.decided_at - self.start
+
+
+class Run:
+    """One workload and seed: trainer, replica, cut log, detector."""
+
+    def __init__(self, stream: Stream, seed: int, cfg: Config) -> None:
+        self.s, self.cfg, self.seed = stream, cfg, seed
+        self.rng = np.random.default_rng(seed + 1000)
+        self.model = LogisticMF(cfg.dim, lr=cfg.lr, seed=seed, capacity=1024)
+        self.store = Store(cache_capacity=1 << 20)
+        self.store.declare(TableSpec(USER, cfg.dim + 1))
+        self.store.declare(TableSpec(ITEM, cfg.dim + 1))
+        self.store.declare(TableSpec(DENSE, 1, kind="dense", shape=(1,)))
+        self.log = CutLog(cap_bytes=cfg.cap_bytes)
+        self.state = HealthState()
+        self.epoch = 0
+        self.seq = 0
+        self.cut_id = 0
+        self.serving_baseline = False
+        self.served = np.zeros(len(stream), dtype=np.float64)
+        self.diffs: list[float] = []
+        self.decisions: list[tuple[int, str]] = []  # (event, phase) on every Corrupted decision
+        self.restores: list[float] = []
+        self.restore_rows: list[int] = []
+        self.cuts_taken = 0
+        self.windows: list[tuple[int, float, str]] = []
+        # Counterfactual twins during a harmful episode: the trainer without the harm, and the
+        # harmed trainer never rolled back (what serving would be without protection).
+        self.twins: dict[str, LogisticMF] = {}
+        self.twin_scores = {
+            "clean": np.full(len(stream), np.nan),
+            "unprotected": np.full(len(stream), np.nan),
+        }
+
+    # --- the data plane ------------------------------------------------------------------------
+
+    def _publish(self, table: str, keys: np.ndarray, values: np.ndarray, now: float) -> None:
+        self.seq += 1
+        self.log.before_write(self.store, table, keys)
+        self.store.write(
+            table, keys, values, epoch=self.epoch, origin=1, seqs=self.seq, publish_time=now
+        )
+
+    def _scores(self, users: np.ndarray, items: np.ndarray, baseline: bool) -> np.ndarray:
+        if baseline and self.state.baseline is not None and self.log.has(self.state.baseline):
+            view = self.log.view(self.store, self.state.baseline)
+            u, _ = view.get(USER, users)
+            v, _ = view.get(ITEM, items)
+            d, _ = view.get(DENSE, [0])
+        else:
+            u, _ = self.store.get(USER, users)
+            v, _ = self.store.get(ITEM, items)
+            d, _ = self.store.get(DENSE, [0])
+        return score_rows(u, v, d)
+
+    # --- harms ---------------------------------------------------------------------------------
+
+    def inject(self, harm: Harm, at: int) -> None:
+        m, cfg, now = self.model, self.cfg, at / self.cfg.rate
+        if harm == "flip":
+            # A biased batch: the last ``flip_events`` events arrive again with flipped labels.
+            lo = max(0, at - cfg.flip_events)
+            s = self.s
+            flipped = 1.0 - s.labels[lo:at].astype(np.float64)
+            _, updates = m.train_batch(s.users[lo:at], s.items[lo:at], flipped)
+            for u in updates:
+                self._publish(u.table, u.keys, u.values, now)
+            return
+        # Both hit the most popular items of the last 2,000 events (what a bug hurts most).
+        recent = self.s.items[max(0, at - 2000) : at]
+        ids, counts = np.unique(recent, return_counts=True)
+        by_traffic = ids[np.argsort(-counts, kind="stable")]
+        if harm == "explode":
+            n = max(1, int(cfg.explode_share * ids.size))
+            rows = self.rng.choice(by_traffic[: 4 * n], size=n, replace=False)
+            m.tables[ITEM][rows] *= cfg.explode_scale
+        else:
+            rows = by_traffic[: max(1, int(cfg.zero_share * ids.size))]
+            m.tables[ITEM][rows] = 0.0
+        self._publish(ITEM, rows, m.tables[ITEM][rows].copy(), now)
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def _restore(self, cut: int, epoch: int, now: float) -> None:
+        t0 = time.perf_counter()
+        view = self.log.view(self.store, cut)
+        # The trainer resumes from the cut too (the publisher restores its own tables).
+        for table in (USER, ITEM):
+            cap = self.model.tables[table].shape[0]
+            vals, found = view.get(table, np.arange(cap))
+            self.model.tables[table][:] = vals
+            self.model.known[table][:] = found
+        self.model.tables[DENSE][0, 0] = view.get(DENSE, [0])[0][0, 0]
+        result = self.log.restore(self.store, cut, now=now, epoch=epoch)
+        self.epoch = result.epoch
+        self.restores.append(time.perf_counter() - t0)
+        self.restore_rows.append(sum(result.rows.values()))
+
+    def _carry_out(self, commands: tuple[Any, ...], at: int) -> None:
+        for c in commands:
+            if c.kind == "ServeBaseline":
+                self.serving_baseline = True
+            elif c.kind == "Restore":
+                self._restore(c.cut, c.epoch, at / self.cfg.rate)
+            elif c.kind == "ServeLive":
+                self.serving_baseline = False
+
+    def _step_rollback(self, at: int) -> None:
+        """Drive the sequence while it runs: one server, so each step is confirmed at once."""
+        now = at / self.cfg.rate
+        for _ in range(3):
+            if self.state.step not in ("ServingBaseline", "Restoring"):
+                return
+            obs = Observation(
+                servers=1,
+                serving_baseline=int(self.serving_baseline),
+                server_epochs=(self.epoch,),
+            )
+            d = decide(self.cfg.detector, self.state, obs, now)
+            self.state = d.state
+            self._carry_out(d.commands, at)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def advance(self, start: int, stop: int) -> None:
+        cfg, s = self.cfg, self.s
+        for lo in range(start, stop, cfg.batch):
+            hi = min(stop, lo + cfg.batch)
+            us, its, ys = s.users[lo:hi], s.items[lo:hi], s.labels[lo:hi].astype(np.float64)
+            now = lo / cfg.rate
+            live = self._scores(us, its, baseline=False)
+            base = self._scores(us, its, baseline=True) if self.state.baseline else None
+            self.served[lo:hi] = base if self.serving_baseline and base is not None else live
+            if base is not None:
+                sample = self.rng.random(hi - lo) < cfg.shadow
+                lp = np.clip(live, 1e-7, 1 - 1e-7)
+                bp = np.clip(base, 1e-7, 1 - 1e-7)
+                l_live = -(ys * np.log(lp) + (1 - ys) * np.log(1 - lp))
+                l_base = -(ys * np.log(bp) + (1 - ys) * np.log(1 - bp))
+                self.diffs.extend((l_live - l_base)[sample].tolist())
+            for name, twin in self.twins.items():
+                self.twin_scores[name][lo:hi] = twin.score_many(us, its)
+                twin.train_batch(us, its, ys)
+            _, updates = self.model.train_batch(us, its, ys)
+            for u in updates:
+                self._publish(u.table, u.keys, u.values, now)
+            # Cuts, baseline, windows.
+            if hi // cfg.cut_every != lo // cfg.cut_every:
+                self.cut_id += 1
+                self.log.take(self.store, self.cut_id, now=hi / cfg.rate)
+                self.cuts_taken += 1
+            cuts = [(c.id, c.taken_at) for c in self.log.cuts()]
+            baseline = choose_baseline(
+                cuts, self.state.baseline, self.state.phase, hi / cfg.rate, cfg.age / cfg.rate
+            )
+            if baseline != self.state.baseline:
+                self.state = replace(self.state, baseline=baseline)
+                for c in self.log.cuts():  # cuts older than the baseline are no longer needed
+                    if baseline is not None and c.id < baseline:
+                        self.log.drop(c.id)
+            if hi // cfg.window != lo // cfg.window:
+                win = Window.of(self.diffs)
+                self.diffs = []
+                before = self.state.phase
+                d = decide(cfg.detector, self.state, Observation(window=win), hi / cfg.rate)
+                self.state = d.state
+                self.windows.append((hi, win.mean, d.state.phase))
+                if d.state.phase == "Corrupted" and before != "Corrupted":
+                    self.decisions.append((hi, d.state.phase))
+                self._carry_out(d.commands, hi)
+                self._step_rollback(hi)
+
+
+def _quality(run: Run, lo: int, hi: int) -> tuple[float, float]:
+    lo, hi = max(0, lo), min(len(run.s), hi)
+    y = run.s.labels[lo:hi]
+    p = run.served[lo:hi]
+    if hi - lo < 20:
+        return float("nan"), float("nan")
+    return auc(y, p), logloss(y, p)
+
+
+def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    run = Run(stream, seed, cfg)
+    run.advance(0, cfg.warmup)
+    kinds = ["clean"] * cfg.clean + [HARMS[i % len(HARMS)] for i in range(cfg.harmful)]
+    order = np.random.default_rng(seed).permutation(len(kinds))
+    episodes: list[Episode] = []
+    pos = cfg.warmup
+    for j in order.tolist():
+        kind = kinds[j]
+        settle_decisions = len(run.decisions)
+        run.advance(pos, pos + cfg.settle)
+        pos += cfg.settle
+        ep = Episode(kind, pos)
+        ep.alarms = len(run.decisions) - settle_decisions  # alarms while settling
+        if kind != "clean":
+            run.twins["clean"] = copy.deepcopy(run.model)
+            run.inject(kind, pos)  # type: ignore[arg-type]
+            run.twins["unprotected"] = copy.deepcopy(run.model)
+        n0 = len(run.decisions)
+        run.advance(pos, pos + cfg.episode)
+        new = run.decisions[n0:]
+        ep.window_means = [round(m, 4) for at, m, _ in run.windows if pos < at <= pos + cfg.episode]
+        if kind == "clean":
+            ep.alarms += len(new)
+        else:
+            ep.caught = bool(new)
+            ep.decided_at = new[0][0] if new else None
+        ep.auc_before, ep.loss_before = _quality(run, pos - cfg.settle, pos)
+        end = ep.decided_at if ep.decided_at is not None else pos + cfg.episode
+        ep.auc_during, ep.loss_during = _quality(run, pos, end)
+        if ep.decided_at is not None:
+            ep.auc_after, _ = _quality(run, end, pos + cfg.episode)
+        if kind != "clean":
+            y = stream.labels[pos : pos + cfg.episode]
+            clean_p = run.twin_scores["clean"][pos : pos + cfg.episode]
+            harmed_p = run.twin_scores["unprotected"][pos : pos + cfg.episode]
+            w = cfg.window
+            ep.harm_nats = logloss(y[:w], harmed_p[:w]) - logloss(y[:w], clean_p[:w])
+            ep.auc_clean = auc(y, clean_p)
+            ep.auc_unprotected = auc(y, harmed_p)
+            ep.auc_served = auc(y, run.served[pos : pos + cfg.episode])
+            run.twins.clear()
+        pos += cfg.episode
+        episodes.append(ep)
+    harmful = [e for e in episodes if e.kind != "clean"]
+    clean = [e for e in episodes if e.kind == "clean"]
+    delays = [e.delay_events for e in harmful if e.delay_events is not None]
+    model_bytes = sum(4 * run.store.n_rows(t) * run.store.spec(t).dim for t in (USER, ITEM, DENSE))
+    per_kind = {
+        k: {
+            "caught": sum(e.caught for e in harmful if e.kind == k),
+            "runs": sum(e.kind == k for e in harmful),
+            "delay_events_median": _median(
+                [e.delay_events for e in harmful if e.kind == k and e.delay_events is not None]
+            ),
+            "harm_nats_median": _median([e.harm_nats for e in harmful if e.kind == k]),
+            "auc_loss_unprotected_median": _median(
+                [e.auc_clean - e.auc_unprotected for e in harmful if e.kind == k]
+            ),
+            "auc_loss_served_median": _median(
+                [e.auc_clean - e.auc_served for e in harmful if e.kind == k]
+            ),
+        }
+        for k in HARMS
+    }
+    return {
+        "workload": stream.name,
+        "seed": seed,
+        "events": pos,
+        "harmful_caught": sum(e.caught for e in harmful),
+        "harmful_runs": len(harmful),
+        "false_alarms": sum(e.alarms > 0 for e in episodes) - 0,
+        "false_alarm_episodes_clean": sum(e.alarms > 0 for e in clean),
+        "clean_runs": len(clean),
+        "alarms_while_settling": sum(e.alarms for e in harmful),
+        "detect_events": delays,
+        "detect_events_p50": _median(delays),
+        "detect_events_max": max(delays, default=None),
+        "auc_before_median": _median([e.auc_before for e in harmful]),
+        "auc_during_median": _median([e.auc_during for e in harmful]),
+        "auc_after_median": _median([e.auc_after for e in harmful]),
+        "episodes": [asdict(e) for e in episodes],
+        "loss_increase_during_median": _median([e.loss_during - e.loss_before for e in harmful]),
+        "per_kind": per_kind,
+        "undo_peak_bytes": run.log.peak_bytes,
+        "undo_drops": run.log.drops,
+        "model_bytes": model_bytes,
+        "restore_wall_s_max": max(run.restores, default=0.0),
+        "restore_rows_median": _median([float(r) for r in run.restore_rows]),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _median(xs: list[float] | list[int]) -> float | None:
+    vals = [float(x) for x in xs if x is not None and np.isfinite(x)]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(runs: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    delays = [d for r in runs for d in r["detect_events"]]
+    out: dict[str, Any] = {
+        "mode": "sim",
+        "seeds": sorted({r["seed"] for r in runs}),
+        "workload": sorted({r["workload"].split("-s")[0] for r in runs}),
+        "harmful_caught": sum(r["harmful_caught"] for r in runs),
+        "harmful_runs": sum(r["harmful_runs"] for r in runs),
+        "false_rollbacks": sum(r["false_alarm_episodes_clean"] for r in runs),
+        "clean_runs": sum(r["clean_runs"] for r in runs),
+        "alarms_while_settling": sum(r["alarms_while_settling"] for r in runs),
+        "detect_p50_events": _median(delays),
+        "detect_max_events": max(delays, default=None),
+        "detect_p50_s": None if not delays else _median(delays) / cfg.rate,  # type: ignore[operator]
+        "detect_max_s": None if not delays else max(delays) / cfg.rate,
+        "traffic_switch_p99_s": 0.0 if delays else None,
+        "restore_p99_s": max((r["restore_wall_s_max"] for r in runs), default=None),
+        "undo_peak_bytes_max": max(r["undo_peak_bytes"] for r in runs),
+        "model_bytes_max": max(r["model_bytes"] for r in runs),
+        "undo_drops": sum(r["undo_drops"] for r in runs),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "detector"},
+        "detector": asdict(cfg.detector),
+        "runs": runs,
+    }
+    return out
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def report(out: dict[str, Any]) -> str:
+    cfg = out["config"]
+    lines = [
+        f"workloads {out['workload']} seeds {out['seeds']}; window {cfg['window']} events, "
+        f"rate {cfg['rate']:.0f}/s, cut every {cfg['cut_every']}, baseline age {cfg['age']}",
+        f"caught {out['harmful_caught']}/{out['harmful_runs']}, "
+        f"false rollbacks {out['false_rollbacks']}/{out['clean_runs']} "
+        f"(alarms while settling after an incident: {out['alarms_while_settling']})",
+        f"detection p50 {_fmt(out['detect_p50_events'], '.0f')} events = "
+        f"{_fmt(out['detect_p50_s'], '.2f')} s, max {_fmt(out['detect_max_events'], '.0f')} events"
+        f" = {_fmt(out['detect_max_s'], '.2f')} s; restore wall max {_fmt(out['restore_p99_s'], '.4f')} s",
+        f"undo log peak {out['undo_peak_bytes_max'] / 1e6:.2f} MB vs model "
+        f"{out['model_bytes_max'] / 1e6:.2f} MB, cuts dropped at the cap {out['undo_drops']}",
+    ]
+    for r in out["runs"]:
+        kinds = ", ".join(
+            f"{k} {v['caught']}/{v['runs']} (p50 {_fmt(v['delay_events_median'], '.0f')} ev, "
+            f"harm {_fmt(v['harm_nats_median'])} nats, AUC loss unprotected/served "
+            f"{_fmt(v['auc_loss_unprotected_median'])}/{_fmt(v['auc_loss_served_median'])})"
+            for k, v in r["per_kind"].items()
+        )
+        lines.append(
+            f"  {r['workload']} seed {r['seed']}: caught {r['harmful_caught']}/{r['harmful_runs']}"
+            f", false {r['false_alarm_episodes_clean']}/{r['clean_runs']}; AUC before/during/after"
+            f" {_fmt(r['auc_before_median'])}/{_fmt(r['auc_during_median'])}/"
+            f"{_fmt(r['auc_after_median'])}; {kinds}; {r['wall_s']:.1f} s"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--quick", action="store_true", help="synthetic stream, 1 seed, 6 harmful + 6 clean"
+    )
+    ap.add_argument("--workload", choices=("synthetic", "ml-100k", "both"), default=None)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds")
+    ap.add_argument("--harmful", type=int, default=None)
+    ap.add_argument("--clean", type=int, default=None)
+    ap.add_argument("--rate", type=float, default=200.0, help="labelled events per second")
+    ap.add_argument("--window", type=int, default=200, help="detector window, events")
+    ap.add_argument("--confirmations", type=int, default=2)
+    ap.add_argument("--age", type=int, default=1000, help="baseline age, events")
+    ap.add_argument("--cusum-k", type=float, default=0.01, help="CUSUM slack, nats per sample")
+    ap.add_argument("--cusum-h", type=float, default=8.0, help="CUSUM alarm level, nats")
+    ap.add_argument("--cut-every", type=int, default=200, help="events between cuts")
+    ap.add_argument("--json", default=None, help="write every figure to this file")
+    a = ap.parse_args(argv)
+    workload = a.workload or ("synthetic" if a.quick else "both")
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else ([0] if a.quick else [0, 1, 2])
+    per_kind = 6 if a.quick else 20
+    cfg = Config(
+        rate=a.rate,
+        window=a.window,
+        age=a.age,
+        cut_every=a.cut_every,
+        harmful=a.harmful if a.harmful is not None else per_kind,
+        clean=a.clean if a.clean is not None else per_kind,
+    )
+    cfg = replace(
+        cfg,
+        detector=replace(
+            cfg.detector, confirmations=a.confirmations, cusum_k=a.cusum_k, cusum_h=a.cusum_h
+        ),
+    )
+    runs = []
+    for w in ("synthetic", "ml-100k") if workload == "both" else (workload,):
+        for seed in seeds:
+            if w == "synthetic":
+                stream = synthetic_stream(cfg.events_needed, seed=seed)
+            else:
+                stream = movielens_100k()
+                if len(stream) < cfg.events_needed:
+                    scale = len(stream) / cfg.events_needed
+                    print(f"ml-100k has {len(stream)} events; episodes scaled by {scale:.2f}")
+            r = run_one(stream, seed, _fit(cfg, len(stream)))
+            runs.append(r)
+            print(
+                f"{r['workload']} seed {seed}: caught {r['harmful_caught']}/{r['harmful_runs']},"
+                f" false {r['false_alarm_episodes_clean']}/{r['clean_runs']} ({r['wall_s']:.1f} s)",
+                file=sys.stderr,
+            )
+    out = summarize(runs, cfg)
+    print(report(out))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
+def _fit(cfg: Config, n: int) -> Config:
+    """Shrink settle/episode lengths so the run fits a stream of ``n`` events."""
+    if cfg.events_needed <= n:
+        return cfg
+    per = (n - cfg.warmup) // (cfg.harmful + cfg.clean)
+    settle = max(cfg.window * 2, per // 2)
+    return replace(cfg, settle=settle, episode=per - settle)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
