@@ -18,9 +18,14 @@ from ekko.rollout.analysis import Measurement
 TIMEOUT_SECONDS = 5.0
 
 
-def render(query: str, model: str, version: str) -> str:
-    """The query with ``{{model}}`` and ``{{version}}`` filled in."""
-    return query.replace("{{model}}", model).replace("{{version}}", version)
+def render(query: str, model: str, version: str, stable: str = "") -> str:
+    """The query with ``{{model}}``, ``{{version}}`` (the canary) and ``{{stable}}`` (the version
+    it is compared with) filled in."""
+    return (
+        query.replace("{{model}}", model)
+        .replace("{{version}}", version)
+        .replace("{{stable}}", stable)
+    )
 
 
 def measure(address: str, metric: str, query: str, now: datetime) -> Measurement:

@@ -484,7 +484,7 @@ class AnalysisMetric(ApiModel):
     query: str = Field(
         min_length=1,
         max_length=4096,
-        description="PromQL query; {{version}} and {{model}} are replaced before it runs.",
+        description="PromQL query; {{model}}, {{version}} (this version) and {{stable}} (the version it is compared with) are replaced before it runs.",
     )
     success_condition: str | None = Field(
         default=None,

@@ -144,7 +144,7 @@ class RolloutWorker:
         observed = observe(mv, model, siblings, servers)
         status = mv.status or ModelVersionStatus()
         now = dt.datetime.now(dt.UTC)
-        measurements = await self._measure(mv.spec, status, now)
+        measurements = await self._measure(mv.spec, status, now, observed.stable or "")
         decision = decide(
             Inputs(
                 spec=mv.spec,
@@ -161,13 +161,13 @@ class RolloutWorker:
         return decision.requeue_after
 
     async def _measure(
-        self, spec: Any, status: ModelVersionStatus, now: dt.datetime
+        self, spec: Any, status: ModelVersionStatus, now: dt.datetime, stable: str
     ) -> list[Measurement]:
         out = []
         for metric_name in metrics_due(spec, status, now):
             metric = next(m for m in spec.analysis if m.name == metric_name)
             address = metric.prometheus.address or self.prometheus
-            query = render(metric.query, spec.model, spec.version)
+            query = render(metric.query, spec.model, spec.version, stable)
             if address_allowed(address, self.prometheus, self.allowed):
                 result = await asyncio.to_thread(measure, address, metric.name, query, now)
             else:
