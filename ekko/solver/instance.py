@@ -6,7 +6,7 @@ them per server instead of placing each one.  A model with unequal shards is spl
 
 Units are exact: decimals are read as the user wrote them (``exact``), scaled by a common
 denominator and divided by the gcd of the demands, so two loads of 30 fit under a cap of 60 after
-10% headroom exactly as they do on paper.  Only when that would need more than 2^40 units per
+10% headroom exactly as they do on paper.  Only when that would need more than 2^24 units per
 server (loads with many decimals), or a model has more than 8 shard shapes, do demands round up
 (``Instance.exact`` is then False and the lower bound uses rounded-down demands instead).
 """
@@ -23,8 +23,10 @@ from ortools.linear_solver import pywraplp
 
 from ekko.solver.types import GIB, ModelId, Problem, SloClassName
 
-# A server holds at most this many units in either dimension (CP-SAT sums stay in int64).
-MAX_UNITS = 1 << 40
+# A server holds at most this many units in either dimension: exact scales beyond it are given
+# up, because big coefficients stall CP-SAT's presolve (at 2^40 units per server a 1k-replica
+# model did not get past presolve in 2 s).
+MAX_UNITS = 1 << 24
 _DEN_GIVE_UP = 1 << 120
 # A model with more distinct (memory, load) shard shapes than this is quantised to a 3% grid.
 _MAX_EXACT_SHAPES = 8
@@ -43,8 +45,9 @@ def _scale(demands: Iterable[Fraction], caps: Iterable[Fraction]) -> tuple[Fract
     Exact: a common denominator of every demand and capacity, divided by the gcd of the
     demands, so demands and capacities are integers and a sum of demands fits under a capacity
     in units exactly when it does in the input.  When that would make a server hold more than
-    MAX_UNITS units (loads with many decimals), demands round up by less than 2^-40 of a server
-    (and capacities down): still valid, and a fit is lost only if its slack is below that."""
+    MAX_UNITS units (loads with many decimals, byte sizes with no common factor), demands round up
+    by less than 2^-24 of a server (and capacities down): still valid, and a fit is lost only if
+    its slack is below that."""
     ds = {d for d in demands if d > 0}
     cs = [c for c in caps if c > 0]
     den = 1

