@@ -263,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     time.sleep(1)
                 run("kubectl", "ekko", "status", "ranking-dlrm", "-n", NS, check=False)
-                print(f"   ranking-dlrm-v2 ended {demo.phase('ranking-dlrm-v2')}")
+                ended = demo.phase("ranking-dlrm-v2")
+                print(f"   ranking-dlrm-v2 ended {ended}")
+                if ended != "Promoted":  # a healthy version must never be rolled back
+                    status = demo.get("modelversions", "ranking-dlrm-v2").get("status") or {}
+                    raise SystemExit(
+                        f"demo: the healthy version v2 ended {ended}, not Promoted: "
+                        f"{status.get('message', '')}"
+                    )
 
                 say("A faulty version: 20% of ranking-dlrm v3's requests fail; analysis catches it")
                 agents.set_fault("v3", error_rate=0.2)
@@ -277,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: demo.phase("ranking-dlrm-v3") in ("RolledBack", "Failed", "Promoted"),
                     240,
                 )
+                if demo.phase("ranking-dlrm-v3") != "RolledBack":
+                    raise SystemExit(
+                        f"demo: the faulty version v3 ended {demo.phase('ranking-dlrm-v3')}, "
+                        "not RolledBack"
+                    )
                 status = wait(
                     "the rollback to be applied everywhere",
                     lambda: (
