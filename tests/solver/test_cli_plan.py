@@ -138,3 +138,27 @@ def test_a_missing_optional_package_is_refused_before_solving(
     assert main(["-f", str(EXAMPLE), *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{module} is not installed" in err
+
+
+@pytest.mark.parametrize(
+    ("pool_line", "model_line", "field"),
+    [
+        ("compute: .inf", "replicas: 1", "pool.compute"),
+        ("compute: 100", "reserveFactor: .inf", "models[0].reserveFactor"),
+        ("compute: 100", "replicas: 2.7", "models[0].replicas"),
+        ("compute: 100", "replicas: three", "models[0].replicas"),
+        ("compute: 100", "load: .nan", "models[0].load"),
+    ],
+)
+def test_non_finite_and_fractional_values_exit_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pool_line: str, model_line: str, field: str
+) -> None:
+    # Issue 17, bug 5: these crashed solve (exit 1 with a traceback) or were truncated.
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        f"pool: {{name: p, memory: 64Gi, {pool_line}, maxServers: 4}}\n"
+        f"models: [{{id: m, shards: 2, shardSize: 1Gi, {model_line}}}]\n"
+    )
+    assert main(["-f", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
