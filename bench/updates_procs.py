@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -60,7 +61,7 @@ def save_writes(w: Writes, path: Path) -> None:
 
 
 async def _origin(
-    writes: Path, listen: str, log: Path, *, start_at: float, tick: float, hold: float
+    writes: Path, listen: str, log: Path, *, start_file: Path, tick: float, hold: float
 ) -> None:
     from ekko.updates.publisher import Publisher
 
@@ -73,6 +74,9 @@ async def _origin(
     await pub.start(host, int(port))
     seqs = np.zeros(len(gkey), dtype=np.int64)
     wall = np.zeros(len(gkey), dtype=np.float64)
+    while not start_file.exists():  # the orchestrator writes it once every node is up
+        await asyncio.sleep(0.05)
+    start_at = float(start_file.read_text())
     await asyncio.sleep(max(0.0, start_at - time.time()))
     i, n = 0, len(gkey)
     while i < n:
@@ -113,7 +117,7 @@ class ProcsConfig:
     tick_s: float = 0.01
 
 
-def _wait_http(url: str, timeout: float = 20.0) -> None:
+def _wait_http(url: str, timeout: float = 120.0) -> None:
     end = time.time() + timeout
     while time.time() < end:
         try:
@@ -144,14 +148,16 @@ def run_procs(w: Writes, cfg: ProcsConfig, workdir: Path, eval_from: int) -> dic
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     duration = float(w.t[-1]) + 1.0
     origin_port = _free_port()
-    start_at = time.time() + 4.0 + 0.5 * cfg.regions * cfg.servers
+    start_file = workdir / "start"
+    start_file.unlink(missing_ok=True)
+    start_at = math.inf
     olog = workdir / "origin.npz"
     olog.unlink(missing_ok=True)
     nodes: list[tuple[str, int, bool, int]] = []  # name, port, leader, region
     try:
         cmd = [PY, "-m", "bench.updates_procs", "origin", "--writes", str(wfile)]
         cmd += ["--listen", f"127.0.0.1:{origin_port}", "--log", str(olog)]
-        cmd += ["--start-at", repr(start_at), "--tick", str(cfg.tick_s), "--hold", "30"]
+        cmd += ["--start-file", str(start_file), "--tick", str(cfg.tick_s), "--hold", "60"]
         procs.append(subprocess.Popen(cmd, env=env, stderr=(workdir / "origin.err").open("wb")))
         _wait_http(f"http://127.0.0.1:{origin_port}/healthz")
         for r in range(cfg.regions):
@@ -180,8 +186,10 @@ def run_procs(w: Writes, cfg: ProcsConfig, workdir: Path, eval_from: int) -> dic
                 procs.append(subprocess.Popen(node, env=env, stderr=err))
                 nodes.append((name, port, s == 0, r))
                 _wait_http(f"http://127.0.0.1:{port}/healthz")
+        start_at = time.time() + 1.0
+        start_file.write_text(repr(start_at))
         time.sleep(max(0.0, start_at - time.time()) + duration + 2.0)
-        for _ in range(100):  # the origin writes its log when the replay is done
+        for _ in range(300):  # the origin writes its log when the replay is done
             if olog.exists():
                 break
             time.sleep(0.2)
@@ -297,13 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--writes", type=Path, required=True)
     o.add_argument("--listen", required=True)
     o.add_argument("--log", type=Path, required=True)
-    o.add_argument("--start-at", type=float, required=True)
+    o.add_argument("--start-file", type=Path, required=True, help="holds the start wall time")
     o.add_argument("--tick", type=float, default=0.01)
     o.add_argument("--hold", type=float, default=30.0)
     a = ap.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
-            _origin(a.writes, a.listen, a.log, start_at=a.start_at, tick=a.tick, hold=a.hold)
+            _origin(a.writes, a.listen, a.log, start_file=a.start_file, tick=a.tick, hold=a.hold)
         )
     return 0
 
