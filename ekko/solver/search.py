@@ -496,7 +496,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         starts.append((label, greedy.run(inst, how, order, dedicated=dedicated)))
         one_pass = max(one_pass, time.monotonic() - t1)
     # Mapping back and checking cost about one greedy pass: keep that much of the deadline.
-    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + 2.5 * one_pass)
+    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + one_pass)
     notes.append(f"{len(starts)} starts in {time.monotonic() - t_start:.2f} s")
     valid = [(n, r) for n, r in starts if not r.unplaced]
     start_name = ""

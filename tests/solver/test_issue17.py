@@ -96,7 +96,7 @@ def test_bug4_deadline_bounds_the_call() -> None:
     models = tuple(
         model(f"m{i}", 8 + i % 9, 0.5 + (i % 7) * 0.7, replicas=1 + i % 3, load=1 + i % 11,
               slo=("critical", "standard", "batch")[i % 3])
-        for i in range(300)
+        for i in range(120)
     )  # fmt: skip
     pr = Problem(pool=pool(max_servers=10_000), models=models)
     t = time.monotonic()
