@@ -56,7 +56,7 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.lists(op, min_size=1, max_size=30))
 def test_view_at_cut_equals_full_copy(ops: list[tuple[object, ...]]) -> None:
     store, log = _store(), CutLog()
@@ -89,7 +89,7 @@ def test_view_at_cut_equals_full_copy(ops: list[tuple[object, ...]]) -> None:
             np.testing.assert_array_equal(got_found, found)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     st.lists(op, min_size=1, max_size=25),
     st.lists(op, min_size=1, max_size=25),
