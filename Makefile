@@ -35,8 +35,8 @@ tools: install ## Build/install the control plane binaries (cached in ~/.cache/e
 	$(BIN)/python -m e2e.cluster build
 	bash e2e/install-prometheus.sh
 
-e2e: tools ## End-to-end tests against the local control plane (starts it if needed)
-	$(BIN)/python -m pytest e2e -m e2e $(PYTEST_ARGS)
+e2e: tools ## End-to-end tests against the local control plane (starts it and, as root, the real node)
+	$(BIN)/python -m pytest e2e -m e2e --real-node $(PYTEST_ARGS)
 
 test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e tests
 

@@ -50,6 +50,7 @@ ENV = {
     "TMPDIR": "/tmp",
 }
 IMAGE_NAME = "localhost/ekko"
+KEEP = 3  # Ekko images kept (archives in the cache, refs in containerd); each is ~180 MB/600 MB
 PAUSE_VERSION = "3.10.2"
 PAUSE_REF = f"registry.k8s.io/pause:{PAUSE_VERSION}"
 
@@ -316,6 +317,9 @@ def build_ekko(force: bool = False) -> tuple[Path, str]:
         _run("umoci", "tag", "--image", image, "dev")
         _export(layout, {key, "dev"}, out)
     _log(f"ekko image built in {time.monotonic() - started:.1f}s -> {out}")
+    archives = sorted(images_dir().glob("ekko-*.tar"), key=lambda p: p.stat().st_mtime)
+    for old in archives[:-KEEP]:
+        old.unlink(missing_ok=True)
     return out, ekko_ref(key)
 
 
@@ -338,4 +342,17 @@ def import_image(archive: Path, ref: str) -> float:
     realnode.ctr("images", "import", "--base-name", ref.rsplit(":", 1)[0], str(archive))
     if not image_present(ref):
         raise ImageError(f"imported {archive} but containerd has no image {ref}")
+    if ref.startswith(IMAGE_NAME + ":"):  # drop older Ekko images; containerd frees their layers
+        keep = {
+            f"{IMAGE_NAME}:{p.stem.removeprefix('ekko-')}" for p in images_dir().glob("ekko-*.tar")
+        }
+        keep |= {ref, f"{IMAGE_NAME}:dev"}
+        listing = realnode.ctr("images", "ls", check=False).stdout.splitlines()[1:]
+        # ref -> manifest digest; the CRI plugin also names each image by its id (sha256:...)
+        digests = {row[0]: row[2] for row in (line.split() for line in listing) if len(row) > 2}
+        stale = [r for r in digests if r.startswith(IMAGE_NAME + ":") and r not in keep]
+        named = {d for r, d in digests.items() if not r.startswith("sha256:") and r not in stale}
+        stale += [r for r, d in digests.items() if r.startswith("sha256:") and d not in named]
+        if stale:
+            realnode.ctr("images", "rm", *stale, check=False)
     return time.monotonic() - started
