@@ -38,7 +38,7 @@ tools: install ## Build/install the control plane binaries (cached in ~/.cache/e
 e2e: tools ## End-to-end tests against the local control plane (starts it and, as root, the real node)
 	$(BIN)/python -m pytest e2e -m e2e --real-node $(PYTEST_ARGS)
 
-test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e tests
+test: lint unit bench-updates e2e ## Everything CI runs: lint, unit tests, the quick update-plane bench, e2e tests
 
 crds: install ## Regenerate crds/ from the api types (and the Helm chart's copies)
 	$(BIN)/python -m ekko.api.crdgen crds
