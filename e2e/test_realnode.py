@@ -15,6 +15,7 @@ import datetime as dt
 import ipaddress
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +203,14 @@ def test_server_pods_on_the_real_node_load_report_and_survive_an_agent_kill(
         timeout=60,
         describe=lambda: _describe(api, operator),
     )
-    # The agent serves /metrics on the pod IP (what Prometheus scrapes by annotation).
+    # The agent serves /metrics on the pod IP and the annotated port: what a Prometheus on this
+    # host (or a PodMonitor) scrapes.
     pod = api.core.read_namespaced_pod(victim.metadata.name, namespace)
-    assert pod.metadata.annotations["prometheus.io/port"] == "9400"
+    port = pod.metadata.annotations["prometheus.io/port"]
+    url = f"http://{pod.status.pod_ip}:{port}{pod.metadata.annotations['prometheus.io/path']}"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body = resp.read().decode()
+    assert "ekko_agent_" in body, body[:500]
 
 
 def _pause_pod(name: str, real: bool) -> dict[str, Any]:
