@@ -9,42 +9,21 @@ worker's assignment writes (which patch ``pool``, ``server``, ``zone`` and ``sha
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
 from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import Model, ServerAssignment, UpdateDuty, UpdateStream
 from ekko.kube import pods
-from ekko.kube.errors import InvalidObjectError, KubeError
-from ekko.kube.fleet import parse
+from ekko.kube.errors import InvalidObjectError
+from ekko.kube.fleet import converted, parse
 from ekko.planning.updates import PAUSE_ANNOTATION
 
 log = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def converted(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn the client's exceptions into KubeError with a one-line message."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except ApiException as err:
-            raise KubeError(f"{fn.__name__}: {err.reason} ({err.status})", err.status or 0) from err
-        except (HTTPError, OSError) as err:
-            raise KubeError(f"{fn.__name__}: {err}") from err
-
-    return wrapper
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,10 @@ class Options:
 def self_signed(host: str, directory: Path) -> tuple[Path, Path]:
     """A self-signed serving certificate for ``host`` (its own CA), valid for a year."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    # X.509 caps a CN at 64 characters and `<release>-webhook.<namespace>.svc` can be longer
+    # (startup then failed in a loop): the CN is short, the host name is in the SAN, which is
+    # what TLS clients check.
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ekko-webhook")])
     try:
         san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
