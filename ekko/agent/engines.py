@@ -122,14 +122,36 @@ def _read_file(path: Path, limit: int) -> tuple[bytes, str]:
     return bytes(buf), digest.hexdigest()
 
 
+DEFAULT_ARTIFACT_ROOT = Path("/var/lib/ekko/artifacts")
+
+
+def confined(path: Path, root: Path) -> Path:
+    """The file a file:// URI names, if it lies under ``root`` once resolved (symlinks and
+    ``..`` included); LoadError otherwise. Without it any ModelVersion author could make the
+    agent read any file it can (``file:///…/../../etc/shadow``)."""
+    real, base = path.resolve(), root.resolve()
+    if real != base and base not in real.parents:
+        raise LoadError(
+            f"{path} is outside the artifact root {root}: file:// artifacts must lie under the "
+            "agent's --artifact-root"
+        )
+    return real
+
+
 class ReferenceEngine:
     """Loads shard files from file:// or http(s):// and keeps them in memory."""
 
     name = "reference"
 
-    def __init__(self, infer_latency_ms: float = 1.0, http_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        infer_latency_ms: float = 1.0,
+        http_timeout: float = 300.0,
+        artifact_root: Path = DEFAULT_ARTIFACT_ROOT,
+    ) -> None:
         self.infer_latency_ms = infer_latency_ms
         self.http_timeout = http_timeout
+        self.artifact_root = artifact_root
         self._data: dict[ShardKey, bytes] = {}
 
     async def inventory(self) -> dict[ShardKey, int]:
@@ -139,7 +161,8 @@ class ReferenceEngine:
         location = shard_location(shard.uri, shard.shard)
         parsed = urlparse(location)
         if parsed.scheme == "file":
-            data, hexdigest = await self._load_file(Path(unquote(parsed.path)), shard.bytes)
+            path = confined(Path(unquote(parsed.path)), self.artifact_root)
+            data, hexdigest = await self._load_file(path, shard.bytes)
         elif parsed.scheme in ("http", "https"):
             data, hexdigest = await self._load_http(location, shard.bytes)
         else:
@@ -366,12 +389,16 @@ class EmbeddingEngine:
 
 
 def make_engine(
-    kind: str, *, sim_bandwidth: float, registry: CollectorRegistry | None = None
+    kind: str,
+    *,
+    sim_bandwidth: float,
+    registry: CollectorRegistry | None = None,
+    artifact_root: Path = DEFAULT_ARTIFACT_ROOT,
 ) -> Engine:
     if kind == "sim":
         return SimEngine(bandwidth=sim_bandwidth)
     if kind == "reference":
-        return ReferenceEngine()
+        return ReferenceEngine(artifact_root=artifact_root)
     if kind == "embedding":
         return EmbeddingEngine(registry)
     raise ValueError(f"unknown engine {kind!r}; expected sim, reference or embedding")

@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ekko.agent.decide import Fault, FaultKey, parse_fault
-from ekko.agent.engines import EmbeddingEngine, make_engine
+from ekko.agent.engines import DEFAULT_ARTIFACT_ROOT, EmbeddingEngine, make_engine
 from ekko.agent.metrics import AgentMetrics
 from ekko.agent.runtime import Agent, StatusWriter, UpdatePlane
 from ekko.agent.server import make_app
@@ -64,6 +65,7 @@ class Config:
     faults: tuple[tuple[FaultKey, Fault], ...] = ()
     update_listen: str = DEFAULT_UPDATE_LISTEN
     update_advertise: str = ""
+    artifact_root: str = str(DEFAULT_ARTIFACT_ROOT)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -131,6 +133,12 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         default="",
         help="URL peers pull updates from (default http://$POD_IP:<port of --update-listen>)",
     )
+    parser.add_argument(
+        "--artifact-root",
+        default=str(DEFAULT_ARTIFACT_ROOT),
+        help="file:// artifacts are read only under this directory (default "
+        f"{DEFAULT_ARTIFACT_ROOT})",
+    )
     parser.add_argument("--log-level", default=os.environ.get("EKKO_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.pod_name or not args.namespace:
@@ -173,6 +181,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         enable_fault_injection=args.enable_fault_injection,
         faults=tuple(faults),
         update_listen=args.update_listen,
+        artifact_root=args.artifact_root,
         update_advertise=advertised_update_url(
             args.update_listen, args.update_advertise, os.environ.get("POD_IP")
         ),
@@ -235,7 +244,10 @@ async def run(config: Config) -> int:
 
     writer = StatusWriter(patch, metrics)
     engine = make_engine(
-        config.engine, sim_bandwidth=config.sim_bandwidth, registry=metrics.registry
+        config.engine,
+        sim_bandwidth=config.sim_bandwidth,
+        registry=metrics.registry,
+        artifact_root=Path(config.artifact_root),
     )
     updates = UpdatePlane(
         config.pod_name,

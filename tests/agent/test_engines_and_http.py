@@ -59,7 +59,7 @@ def test_reference_engine_loads_files(tmp_path: Path) -> None:
     (tmp_path / "shard-1").write_bytes(b"hello world")
 
     async def scenario() -> None:
-        engine = ReferenceEngine(infer_latency_ms=0)
+        engine = ReferenceEngine(infer_latency_ms=0, artifact_root=tmp_path)
         assert await engine.load(shard(tmp_path.as_uri(), 0)) == 5
         with pytest.raises(LoadError, match="size mismatch"):
             await engine.load(shard(tmp_path.as_uri(), 1))
@@ -70,6 +70,28 @@ def test_reference_engine_loads_files(tmp_path: Path) -> None:
         await engine.infer("m", "v1")
         await engine.unload(ShardKey("m", 0, "v1"))
         await engine.unload(ShardKey("m", 0, "v1"))  # twice is fine
+
+    run(scenario)
+
+
+def test_file_artifacts_are_confined_to_the_artifact_root(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    (root / "m").mkdir(parents=True)
+    (root / "m" / "shard-0").write_bytes(b"hello")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "shard-0").write_bytes(b"hello")
+    (root / "link").symlink_to(tmp_path / "secret")
+
+    async def scenario() -> None:
+        engine = ReferenceEngine(infer_latency_ms=0, artifact_root=root)
+        assert await engine.load(shard((root / "m").as_uri(), 0)) == 5
+        for outside in (
+            (tmp_path / "secret").as_uri(),  # another directory
+            (root / "m").as_uri() + "/../../secret",  # climbing out with ..
+            (root / "link").as_uri(),  # a symlink pointing out
+        ):
+            with pytest.raises(LoadError, match="outside the artifact root"):
+                await engine.load(shard(outside, 0))
 
     run(scenario)
 
