@@ -107,3 +107,22 @@ def test_a_pool_whose_pods_no_node_fits_says_so_with_the_schedulers_words(
     )  # fmt: skip
     assert cond["status"] == "False"
     assert "Pending, not schedulable" in cond["message"] and "node" in cond["message"]
+
+
+def test_models_of_a_deleted_pool_stop_saying_ready(
+    api: Api, fleet: AgentFleet, operator: OperatorProcess
+) -> None:
+    api.create(pool_manifest())
+    api.create(model_manifest("orphan", 2, "8Gi", 1))
+    wait_for(lambda: converged(api, models=["orphan"]), "placed", timeout=120)
+    api.custom.delete_namespaced_custom_object(
+        "ekko.dev", "v1alpha1", api.ns, "serverpools", "pool"
+    )
+
+    def pool_not_found() -> dict[str, Any] | None:
+        cond = api.condition("models", "orphan")
+        return cond if cond and cond["reason"] == "PoolNotFound" else None
+
+    cond = wait_for(pool_not_found, "the model to say its pool is gone", timeout=60,
+                    describe=lambda: api.get("models", "orphan").get("status"))  # fmt: skip
+    assert cond["status"] == "False" and "pool pool does not exist" in cond["message"]

@@ -168,6 +168,7 @@ class PoolWorker:
             log.info(
                 "Pool %s/%s is gone; its servers go with it (owner references).", namespace, name
             )
+            await self._report_orphans()
             return None
         # Debounce without sleeping in the pass: until the debounce has passed since the first
         # change, passes go on converging the current plan (and see every new change, a shorter
@@ -234,6 +235,33 @@ class PoolWorker:
             log.warning("Pool %s/%s: %s", *self.key, text)
             await asyncio.to_thread(self.fleet.event, pool, "WriteRefused", text, True)
         self._refused_text = text
+
+    async def _report_orphans(self) -> None:
+        """Models naming a pool that does not exist (deleted under them, or never created) say
+        so, instead of keeping a Ready=True from when they had servers."""
+        namespace, name = self.key
+        models, _ = await asyncio.to_thread(self.fleet.list_models_checked, namespace)
+        now = dt.datetime.now(dt.UTC)
+        for model in models:
+            if model.spec.pool != name or model.metadata.deletion_timestamp is not None:
+                continue
+            text = f"pool {name} does not exist; no server holds this model"
+            ready = next((c for c in (model.status.conditions if model.status else [])
+                          if c.type == "Ready"), None)  # fmt: skip
+            if ready is not None and ready.reason == "PoolNotFound":
+                continue
+            await asyncio.to_thread(
+                self.fleet.patch_status,
+                "models",
+                namespace,
+                model.metadata.name,
+                {
+                    "conditions": failure_conditions("PoolNotFound", text, None, now),
+                    "replicasReady": 0,
+                    "ready": f"0/{model.status.replicas_wanted if model.status else 0}",
+                },
+            )
+            await asyncio.to_thread(self.fleet.event, model, "PoolNotFound", text, True)
 
     def _keep_last_good(self, state: PoolState) -> PoolState:
         """A model whose spec became unusable keeps its last usable spec in the plan (its

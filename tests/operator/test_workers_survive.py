@@ -35,6 +35,9 @@ class Recorder:
     get_pool = _next
     get_version = _next
 
+    def list_models_checked(self, namespace: str) -> tuple[list[Any], list[Any]]:
+        return [], []  # no model names the deleted pool
+
     def event_on(self, kind: str, namespace: str, name: str, **kw: Any) -> None:
         self.events.append((kind, kw["reason"], kw["message"]))
 
