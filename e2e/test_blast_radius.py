@@ -126,3 +126,27 @@ def test_models_of_a_deleted_pool_stop_saying_ready(
     cond = wait_for(pool_not_found, "the model to say its pool is gone", timeout=60,
                     describe=lambda: api.get("models", "orphan").get("status"))  # fmt: skip
     assert cond["status"] == "False" and "pool pool does not exist" in cond["message"]
+
+
+def test_versions_cannot_be_edited_in_place(api: Api) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from e2e.test_rollout import version_manifest
+
+    api.create(pool_manifest())
+    api.create(model_manifest("rank", 2, "8Gi", 1))
+    api.create(version_manifest("v2", [{"setWeight": 50}]))
+    for plural, name, patch, words in (
+        (
+            "models",
+            "rank",
+            {"spec": {"version": "v9"}},
+            "roll a new version out with a ModelVersion",
+        ),
+        ("modelversions", "rank-v2", {"spec": {"version": "v3"}}, "create a new ModelVersion"),
+        ("modelversions", "rank-v2", {"spec": {"model": "other"}}, "create a new ModelVersion"),
+    ):
+        with pytest.raises(ApiException) as refused:
+            api.patch(plural, name, patch)
+        assert refused.value.status == 422 and words in str(refused.value.body), refused.value.body
+    api.patch("models", "rank", {"spec": {"replicas": 2}})  # other fields stay editable

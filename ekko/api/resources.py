@@ -293,6 +293,15 @@ class ModelSpec(ApiModel):
             message="minReadyReplicas must not exceed replicas",
             check=lambda s: s.min_ready_replicas is None or s.min_ready_replicas <= s.replicas,
         ),
+        # A transition rule (oldSelf): the API server checks it on update; offline there is no
+        # old object, so its twin accepts. Editing the version in place swapped every replica
+        # to it with no canary while status still named the old one.
+        CelRule(
+            rule="self.version == oldSelf.version",
+            message="spec.version is the version the model started with and cannot be changed; "
+            "roll a new version out with a ModelVersion (see examples/modelversion.yaml)",
+            check=lambda s: True,
+        ),
     )
 
     pool: Name = Field(description="Name of the ServerPool (same namespace) that serves the model.")
@@ -529,6 +538,12 @@ class ModelVersionSpec(ApiModel):
     """One version of a Model and how to roll it out."""
 
     __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(  # a transition rule, as on ModelSpec.version
+            rule="self.model == oldSelf.model && self.version == oldSelf.version",
+            message="spec.model and spec.version of a ModelVersion cannot be changed (a rollout "
+            "in flight would route to a version no server holds); create a new ModelVersion",
+            check=lambda s: True,
+        ),
         CelRule(
             # Written without filter(): the API server's cost estimate for filter() inside nested
             # comprehensions exceeds its budget by over 100x; all() with a guard does not.
