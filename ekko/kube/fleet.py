@@ -450,6 +450,23 @@ class Fleet:
             warning=warning,
         )
 
+    def report_failure(
+        self,
+        kind: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None,
+        reason: str,
+        message: str,
+        conditions: list[dict[str, Any]],
+    ) -> None:
+        """A warning event on the object and its conditions set (Degraded, not Ready): how a
+        worker says why its pass failed. Raises KubeError; callers treat it as best effort."""
+        self.event_on(kind, namespace, name, uid=uid, reason=reason, message=message, warning=True)
+        self.patch_status(plural, namespace, name, {"conditions": conditions})
+
     @converted
     def event_on(
         self,

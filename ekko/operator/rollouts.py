@@ -101,21 +101,15 @@ class RolloutWorker:
         own = _own_spec_error(err)
         try:
             await asyncio.to_thread(
-                self.fleet.event_on,
+                self.fleet.report_failure,
                 "ModelVersion",
+                "modelversions",
                 namespace,
                 name,
                 uid=own.uid if own is not None else None,
                 reason=reason,
                 message=text,
-                warning=True,
-            )
-            await asyncio.to_thread(
-                self.fleet.patch_status,
-                "modelversions",
-                namespace,
-                name,
-                {"conditions": failure_conditions(reason, text, None, dt.datetime.now(dt.UTC))},
+                conditions=failure_conditions(reason, text, None, dt.datetime.now(dt.UTC)),
             )
             self._last_status = None
         except Exception as report_err:  # the API may be what failed; the log has it

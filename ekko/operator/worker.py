@@ -138,21 +138,15 @@ class PoolWorker:
         now = dt.datetime.now(dt.UTC)
         try:
             await asyncio.to_thread(
-                self.fleet.event_on,
+                self.fleet.report_failure,
                 "ServerPool",
+                "serverpools",
                 namespace,
                 name,
                 uid=uid,
                 reason=reason,
                 message=text,
-                warning=True,
-            )
-            await asyncio.to_thread(
-                self.fleet.patch_status,
-                "serverpools",
-                namespace,
-                name,
-                {"conditions": failure_conditions(reason, text, None, now)},
+                conditions=failure_conditions(reason, text, None, now),
             )
             self._last_status.pop(f"serverpools/{name}", None)
         except Exception as report_err:  # the API may be down; the log has it

@@ -44,6 +44,10 @@ class Recorder:
     def patch_status(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None:
         self.statuses.append((plural, body))
 
+    def report_failure(self, kind: str, plural: str, namespace: str, name: str, **kw: Any) -> None:
+        self.event_on(kind, namespace, name, reason=kw["reason"], message=kw["message"])
+        self.patch_status(plural, namespace, name, {"conditions": kw["conditions"]})
+
 
 def gate() -> Gate:
     return Gate(None, "test", 0, False, enabled=False)  # type: ignore[arg-type]
