@@ -168,9 +168,35 @@ def _patch_once(api: Api, replicas: int) -> bool:
     return True
 
 
+def kubelet_readiness(api: Api) -> None:
+    """Play the kubelet for pod readiness: after the outage the node controller marks the pods of
+    nodes whose leases lapsed not Ready, and a real kubelet sets them Ready again once its node
+    is back; kwok does not, so the pods would stay unready for ever."""
+    for pod in api.pods():
+        conditions = pod.status.conditions or []
+        ready = next((c for c in conditions if c.type == "Ready"), None)
+        containers = next((c for c in conditions if c.type == "ContainersReady"), None)
+        if (
+            ready is not None
+            and ready.status != "True"
+            and containers
+            and containers.status == "True"
+        ):
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            patched = [
+                {"type": c.type, "status": "True" if c.type == "Ready" else c.status,
+                 "lastTransitionTime": now if c.type == "Ready" else c.last_transition_time}
+                for c in conditions
+            ]  # fmt: skip
+            api.core.patch_namespaced_pod_status(
+                pod.metadata.name, api.ns, {"status": {"conditions": patched}}
+            )
+
+
 def _served(api: Api, replicas: int) -> bool:
     """The pool converged on the changed model: every shard at the new replica count."""
     supervise()
+    kubelet_readiness(api)
     status = api.get("models", "rank").get("status") or {}
     return converged(api, models=["rank"]) and status.get("replicasReady") == 4 * replicas
 
