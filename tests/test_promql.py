@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from ekko.promql import render
+import json
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+from ekko.promql import PrometheusAuth, measure, render
 
 
 def test_the_canary_and_the_stable_version_are_filled_in() -> None:
@@ -11,3 +17,40 @@ def test_the_canary_and_the_stable_version_are_filled_in() -> None:
         render(query, "rank", "v3", "v2")
         == 'a{model="rank",version="v3"} / a{model="rank",version="v2"}'
     )
+
+
+def test_queries_carry_tenant_headers_and_a_fresh_bearer_token(tmp_path: Path) -> None:
+    """Against a real HTTP server on loopback, as a Mimir/Thanos front end would see it."""
+    seen: list[tuple[str | None, str | None]] = []  # (tenant, authorization)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.headers.get("X-Scope-OrgID"), self.headers.get("Authorization")))
+            ok = self.headers.get("Authorization") == f"Bearer {token.read_text().strip()}"
+            body = {"status": "success", "data": {"resultType": "vector",
+                    "result": [{"value": [0, "0.25"]}]}}  # fmt: skip
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"http://127.0.0.1:{server.server_port}"
+        auth = PrometheusAuth(headers=(("X-Scope-OrgID", "team-a"),), bearer_token_file=str(token))
+        now = datetime(2026, 11, 29, tzinfo=UTC)
+        assert measure(address, "m", "up", now, auth).value == 0.25
+        token.write_text("rotated")  # read again on the next query
+        assert measure(address, "m", "up", now, auth).value == 0.25
+        refused = measure(address, "m", "up", now)  # no token
+        assert refused.error == "query failed: HTTP 401 Unauthorized"
+    finally:
+        server.shutdown()
+    assert [tenant for tenant, _ in seen] == ["team-a", "team-a", None]
+    assert seen[1][1] == "Bearer rotated"

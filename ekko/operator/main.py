@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import os
 import secrets
@@ -40,6 +41,22 @@ def main(argv: list[str] | None = None) -> int:
         "--prometheus-url",
         default=None,
         help="Prometheus for analysis metrics that name no address (env EKKO_PROMETHEUS_URL).",
+    )
+    parser.add_argument(
+        "--prometheus-header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a header sent with every analysis query, e.g. X-Scope-OrgID=team-a for Mimir or "
+        "Cortex tenants (repeatable)",
+    )
+    parser.add_argument(
+        "--prometheus-bearer-token-file",
+        default=None,
+        help="send 'Authorization: Bearer <token>' read from this file (re-read on every query)",
+    )
+    parser.add_argument(
+        "--prometheus-ca-file", default=None, help="CA bundle that signs Prometheus's certificate"
     )
     parser.add_argument(
         "--allow-prometheus-address",
@@ -98,6 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.prometheus_url:
         os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
+    headers = {}
+    for item in args.prometheus_header:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            parser.error(f"--prometheus-header wants NAME=VALUE, got {item!r}")
+        headers[name.strip()] = value
+    if headers:
+        os.environ["EKKO_PROMETHEUS_HEADERS"] = json.dumps(headers)
+    if args.prometheus_bearer_token_file:
+        os.environ["EKKO_PROMETHEUS_TOKEN_FILE"] = args.prometheus_bearer_token_file
+    if args.prometheus_ca_file:
+        os.environ["EKKO_PROMETHEUS_CA_FILE"] = args.prometheus_ca_file
     if args.allow_prometheus_address:
         os.environ["EKKO_PROMETHEUS_ALLOW"] = ",".join(args.allow_prometheus_address)
     memo = kopf.Memo()

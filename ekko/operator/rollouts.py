@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ from ekko.kube.fleet import Fleet
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
 from ekko.planning.status import failure_conditions
-from ekko.promql import measure, render
+from ekko.promql import PrometheusAuth, measure, render
 from ekko.rollout.analysis import Measurement, address_allowed, evaluate
 from ekko.rollout.machine import Decision, Inputs, decide, metrics_due
 from ekko.rollout.observe import observe, request_of
@@ -48,6 +49,7 @@ class RolloutWorker:
         self.wake_pool = wake_pool
         self.prometheus = prometheus
         self.allowed = allowed_addresses()
+        self.auth = prometheus_auth()
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.model: str | None = None
@@ -163,7 +165,9 @@ class RolloutWorker:
             address = metric.prometheus.address or self.prometheus
             query = render(metric.query, spec.model, spec.version, stable)
             if address_allowed(address, self.prometheus, self.allowed):
-                result = await asyncio.to_thread(measure, address, metric.name, query, now)
+                result = await asyncio.to_thread(
+                    measure, address, metric.name, query, now, self.auth
+                )
             else:
                 result = Measurement(
                     metric.name,
@@ -211,6 +215,17 @@ def allowed_addresses() -> tuple[str, ...]:
     EKKO_PROMETHEUS_ALLOW, comma-separated prefixes; set by --allow-prometheus-address)."""
     raw = os.environ.get("EKKO_PROMETHEUS_ALLOW", "")
     return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def prometheus_auth() -> PrometheusAuth:
+    """Headers, bearer token file and CA for analysis queries (env EKKO_PROMETHEUS_HEADERS as
+    JSON, EKKO_PROMETHEUS_TOKEN_FILE, EKKO_PROMETHEUS_CA_FILE; set by the operator's flags)."""
+    headers = json.loads(os.environ.get("EKKO_PROMETHEUS_HEADERS") or "{}")
+    return PrometheusAuth(
+        headers=tuple(sorted((str(k), str(v)) for k, v in headers.items())),
+        bearer_token_file=os.environ.get("EKKO_PROMETHEUS_TOKEN_FILE") or None,
+        ca_file=os.environ.get("EKKO_PROMETHEUS_CA_FILE") or None,
+    )
 
 
 def _own_spec_error(err: Exception) -> InvalidObjectError | None:
