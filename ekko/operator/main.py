@@ -15,7 +15,10 @@ import sys
 import kopf
 from prometheus_client import start_http_server
 
-from ekko.operator import handlers  # registers the handlers with kopf
+from ekko.operator import (
+    handlers,  # registers the handlers with kopf
+    logformat,
+)
 from ekko.operator.metrics import REGISTRY
 
 __all__ = ["handlers", "main"]
@@ -104,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         help="Create the peering object 'ekko' if missing, so that a second operator pauses (the chart sets this).",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="Debug logging.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default) or json: one JSON object per line",
     )
+    args = parser.parse_args(argv)
+    logformat.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     # kopf logs every handler run at INFO; ours are wake-ups, so only problems are worth a line.
