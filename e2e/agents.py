@@ -118,12 +118,14 @@ class AgentFleet:
         self._core = client.CoreV1Api(self._api)
         self._synced = threading.Event()
         self._faults: dict[str, dict[str, object]] = {}
+        self.restarts = 0
 
     # -- lifetime -----------------------------------------------------------------------------
 
     def __enter__(self) -> AgentFleet:
         self._thread = threading.Thread(target=self._watch, name="agent-fleet", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._supervise, name="agent-supervisor", daemon=True).start()
         if not self._synced.wait(30):
             self.close()
             raise RuntimeError(f"could not list pods in {self.namespace} within 30s")
@@ -220,6 +222,32 @@ class AgentFleet:
                         return agent.port
             time.sleep(0.05)
         raise TimeoutError(f"agent of pod {pod} did not answer /healthz within {timeout:.0f}s")
+
+    def _supervise(self) -> None:
+        """Restart an agent whose process exited while its pod exists, as a kubelet restarts a
+        container. On a busy machine a pre-picked port can be taken by another process before
+        the agent binds it ("address already in use"); the agent exits and, unrestarted, its
+        server never loads (a demo run once waited for a reranker replica that way)."""
+        while not self._stop.wait(1.0):
+            with self._lock:
+                dead = [a for a in self._agents.values() if not a.alive()]
+            for agent in dead:
+                if self._stop.is_set():
+                    return
+                tail = agent.log_path.read_text(errors="replace")[-300:].strip().splitlines()
+                log.warning(
+                    "agent of pod %s exited (%s): %s; restarting it",
+                    agent.pod,
+                    agent.process.returncode,
+                    tail[-1] if tail else "no log",
+                )
+                with self._lock:
+                    if self._agents.get(agent.pod) is not agent:
+                        continue  # its pod went away meanwhile: the watch stopped it
+                    del self._agents[agent.pod]
+                agent.stop()
+                self._start_agent(agent.pod)
+                self.restarts += 1
 
     # -- the watch ----------------------------------------------------------------------------
 
