@@ -105,6 +105,19 @@ def owner() -> str | None:
     return _read(_owner_file())
 
 
+def _alive_in(state: Path) -> bool:
+    """Whether a node process of the cluster in ``state`` still runs: an owner whose processes
+    all died (its session ended) is stale, and a new cluster may take the node over."""
+    for name in PROCS:
+        try:
+            pid = int((state / "pids" / f"{name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if control._alive(pid, name):
+            return True
+    return False
+
+
 def _owned() -> bool:
     return owner() in (None, str(control.state_dir()))
 
@@ -443,7 +456,12 @@ def up(ep: control.Endpoints, quiet: bool = False) -> dict[str, float]:
             " (to put the host address on an interface); run `up --real-node` as root"
         )
     other = owner()
-    if other is not None and other != str(control.state_dir()) and RUN.exists():
+    if (
+        other is not None
+        and other != str(control.state_dir())
+        and RUN.exists()
+        and _alive_in(Path(other))
+    ):
         raise ClusterError(
             f"the real node belongs to the cluster in {other}; stop it there first"
             f" (EKKO_CLUSTER_DIR={other} python -m e2e.cluster node-down)"
