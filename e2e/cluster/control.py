@@ -66,8 +66,8 @@ def lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _pid_file(name: str) -> Path:
-    return state_dir() / "pids" / f"{name}.pid"
+def _pid_file(name: str, state: Path | None = None) -> Path:
+    return (state or state_dir()) / "pids" / f"{name}.pid"
 
 
 def log_file(name: str) -> Path:
@@ -93,9 +93,9 @@ def _log_tail(name: str, lines: int = 40) -> str:
 # --- processes ----------------------------------------------------------------------------
 
 
-def _read_pid(name: str) -> int | None:
+def _read_pid(name: str, state: Path | None = None) -> int | None:
     try:
-        return int(_pid_file(name).read_text().strip())
+        return int(_pid_file(name, state).read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -111,9 +111,22 @@ def _alive(pid: int, binary: str) -> bool:
     return Path(cmdline).name == binary and state != "Z"
 
 
-def running(name: str) -> int | None:
-    pid = _read_pid(name)
+def running(name: str, state: Path | None = None) -> int | None:
+    """The pid of a component of the cluster in ``state`` (default: this one) if it runs."""
+    pid = _read_pid(name, state)
     return pid if pid is not None and _alive(pid, name) else None
+
+
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, argv) of every process of the machine that can still be read."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        yield int(proc.name), argv
 
 
 def _start(
@@ -272,16 +285,10 @@ def ensure_host_address() -> bool:
 
 def _host_address_in_use() -> bool:
     """Whether a running API server (of another state dir) advertises HOST_IP."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if Path(argv[0]).name == "kube-apiserver" and f"--advertise-address={HOST_IP}" in argv:
-            return True
-    return False
+    return any(
+        Path(argv[0]).name == "kube-apiserver" and f"--advertise-address={HOST_IP}" in argv
+        for _, argv in processes()
+    )
 
 
 def remove_host_address() -> None:

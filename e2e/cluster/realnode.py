@@ -108,14 +108,7 @@ def owner() -> str | None:
 def _alive_in(state: Path) -> bool:
     """Whether a node process of the cluster in ``state`` still runs: an owner whose processes
     all died (its session ended) is stale, and a new cluster may take the node over."""
-    for name in PROCS:
-        try:
-            pid = int((state / "pids" / f"{name}.pid").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if control._alive(pid, name):
-            return True
-    return False
+    return any(control.running(name, state) for name in PROCS)
 
 
 def _owned() -> bool:
@@ -596,16 +589,10 @@ def _remove_containers() -> None:
 
 
 def _kill_shims() -> None:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
+    for pid, argv in control.processes():
         if Path(argv[0]).name == "containerd-shim-runc-v2" and str(SOCKET) in argv:
             with contextlib.suppress(OSError):
-                os.kill(int(proc.name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
 
 
 def _unmount_below(prefixes: list[str]) -> None:

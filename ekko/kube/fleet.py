@@ -23,6 +23,7 @@ from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import Model, ModelVersion, ServerAssignment, ServerPool
 from ekko.api.validate import field_errors
 from ekko.kube import pods
+from ekko.kube.calls import post_event
 from ekko.kube.errors import InvalidObjectError, KubeError
 from ekko.planning.converge import (
     Action,
@@ -480,25 +481,16 @@ class Fleet:
         warning: bool = False,
     ) -> None:
         """Post an event on an object known by reference (one Ekko cannot parse, too)."""
-        now = dt.datetime.now(dt.UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}",
-                kind=kind,
-                name=name,
-                namespace=namespace,
-                uid=uid,
-            ),
+        post_event(
+            self.core,
+            kind,
+            namespace,
+            name,
+            uid=uid,
             reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component="ekko-operator"),
+            message=message,
+            warning=warning,
         )
-        self.core.create_namespaced_event(namespace, body)
 
 
 AGENT_PORT = 9400

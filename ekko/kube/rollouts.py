@@ -19,6 +19,7 @@ from urllib3.exceptions import HTTPError, MaxRetryError
 from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import Model, ModelVersion, ServerAssignment
 from ekko.kube import pods
+from ekko.kube.calls import get_custom
 from ekko.kube.errors import KubeError
 
 FIELD_MANAGER = "kubectl-ekko"
@@ -116,15 +117,7 @@ class RolloutClient:
         self.core: Any = client.CoreV1Api(api)
 
     def _get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return body
+        return get_custom(self.custom, plural, namespace, name)
 
     @converted("read the model")
     def get_model(self, namespace: str, name: str) -> Model | None:

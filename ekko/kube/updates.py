@@ -8,7 +8,6 @@ worker's assignment writes (which patch ``pool``, ``server``, ``zone`` and ``sha
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import Model, ServerAssignment, UpdateDuty, UpdateStream
 from ekko.kube import pods
+from ekko.kube.calls import get_custom, post_event
 from ekko.kube.errors import InvalidObjectError
 from ekko.kube.fleet import converted, parse
 from ekko.planning.updates import PAUSE_ANNOTATION
@@ -48,15 +48,7 @@ class UpdateKube:
         self.core: Any = client.CoreV1Api(api)
 
     def _get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return body
+        return get_custom(self.custom, plural, namespace, name)
 
     @converted
     def observe(self, namespace: str, name: str) -> StreamObservation:
@@ -119,28 +111,16 @@ class UpdateKube:
     @converted
     def event(self, stream: UpdateStream, reason: str, message: str, warning: bool = False) -> None:
         """Post a Kubernetes event on the stream (short, past tense, names the object)."""
-        now = dt.datetime.now(dt.UTC)
-        namespace = stream.metadata.namespace or "default"
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{stream.metadata.name}.", namespace=namespace
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}",
-                kind="UpdateStream",
-                name=stream.metadata.name,
-                namespace=namespace,
-                uid=stream.metadata.uid,
-            ),
+        post_event(
+            self.core,
+            "UpdateStream",
+            stream.metadata.namespace or "default",
+            stream.metadata.name,
+            uid=stream.metadata.uid,
             reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component="ekko-operator"),
+            message=message,
+            warning=warning,
         )
-        self.core.create_namespaced_event(namespace, body)
 
     @converted
     def find_stream(self, namespace: str, model: str) -> UpdateStream | None:

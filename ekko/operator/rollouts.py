@@ -42,14 +42,17 @@ class RolloutWorker:
         wake_pool: Callable[[str, str], None],
         prometheus: str,
         gate: Gate,
+        *,
+        allowed: tuple[str, ...] = (),
+        auth: PrometheusAuth | None = None,
     ) -> None:
         self.key = key
         self.gate = gate
         self.fleet = fleet
         self.wake_pool = wake_pool
         self.prometheus = prometheus
-        self.allowed = allowed_addresses()
-        self.auth = prometheus_auth()
+        self.allowed = allowed
+        self.auth = auth or PrometheusAuth()
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.model: str | None = None
@@ -253,13 +256,24 @@ class Rollouts:
         self.fleet = fleet
         self.wake_pool = wake_pool
         self.prometheus = prometheus or os.environ.get("EKKO_PROMETHEUS_URL") or DEFAULT_PROMETHEUS
+        # Read once: every rollout worker queries with the same settings.
+        self.allowed = allowed_addresses()
+        self.auth = prometheus_auth()
         self.workers: dict[VersionKey, RolloutWorker] = {}
 
     def wake(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         worker = self.workers.get(key)
         if worker is None or worker.task is None or worker.task.done():
-            worker = RolloutWorker(key, self.fleet, self.wake_pool, self.prometheus, self.gate)
+            worker = RolloutWorker(
+                key,
+                self.fleet,
+                self.wake_pool,
+                self.prometheus,
+                self.gate,
+                allowed=self.allowed,
+                auth=self.auth,
+            )
             self.workers[key] = worker
             worker.task = asyncio.get_running_loop().create_task(
                 worker.run(), name=f"rollout {namespace}/{name}"
