@@ -201,6 +201,7 @@ class Node:
             apply_log=self.config.apply_log,
         )
         self.server.scheduler = Scheduler(SchedulerConfig(config.policy, config.high_percentile))
+        self.cuts.cap_bytes = config.undo_cap_bytes
         now = self.clock()
         self.upstreams = [
             _UpstreamState(

@@ -135,6 +135,8 @@ def test_refusals() -> None:
         engine.score("ranker", [1], [1])
     replicate(publisher_for(trained()), engine)
     with pytest.raises(ScoringError, match="unknown view"):
+        engine.score("ranker", [1], [1], view="yesterday")
+    with pytest.raises(ScoringError, match="no baseline view"):
         engine.score("ranker", [1], [1], view="baseline")
     with pytest.raises(ScoringError, match="labels"):
         engine.score("ranker", [1], [1], [1.0, 0.0])
