@@ -259,15 +259,15 @@ class ScoreMetrics:
             registry=r,
         )
         self.paired_diff = Gauge(
-            "ekko_update_paired_loss_difference_sum",
+            "ekko_update_paired_loss_difference",
             "Running sum of loss(live) − loss(baseline) over paired samples, in nats, by model (a "
-            "gauge: it falls when the live view is better; windows take its difference).",
+            "gauge: it falls when the live view is better; a window takes its difference).",
             ["model"],
             registry=r,
         )
-        self.paired_diff_sq = Counter(
-            "ekko_update_paired_loss_difference_squares_sum",
-            "Sum of the squared paired loss differences, by model (for the window's variance).",
+        self.paired_diff_sq = Gauge(
+            "ekko_update_paired_loss_difference_squared",
+            "Running sum of the squared paired loss differences, by model (the window's variance).",
             ["model"],
             registry=r,
         )

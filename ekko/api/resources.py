@@ -346,9 +346,7 @@ class ModelUpdateControl(ApiModel):
     restore_cut: int | None = Field(
         default=None, ge=0, description="Cut the state was restored to at this epoch."
     )
-    baseline_cut: int | None = Field(
-        default=None, ge=0, description="Cut the baseline view reads."
-    )
+    baseline_cut: int | None = Field(default=None, ge=0, description="Cut the baseline view reads.")
     view: Literal["Live", "Baseline"] = Field(
         default="Live",
         description="Live: the newest rows serve (the baseline a sliver); Baseline: every request is served from the baseline cut (during a rollback).",
@@ -1295,6 +1293,11 @@ class UpdateHealthStatus(ApiModel):
     last_window: HealthWindow | None = Field(default=None, description="The last window judged.")
     last_rollback: UpdateRollbackRecord | None = Field(
         default=None, description="The last rollback of the model's state."
+    )
+    handled_request: str = Field(
+        default="",
+        max_length=64,
+        description="The last request of a person (rollback or resume annotation value) acted on.",
     )
 
 

@@ -284,6 +284,8 @@ class Scrape:
     rows: float = 0.0
     backlog: float = 0.0
     staleness: float = 0.0
+    paired: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Paired shadow scores: (samples, sum of loss differences, sum of their squares)."""
 
 
 def parse_scrape(text: str, model: str) -> Scrape:
@@ -292,6 +294,7 @@ def parse_scrape(text: str, model: str) -> Scrape:
     wire: dict[str, float] = {}
     raw: dict[str, float] = {}
     rows = backlog = staleness = 0.0
+    paired = [0.0, 0.0, 0.0]
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
@@ -308,7 +311,16 @@ def parse_scrape(text: str, model: str) -> Scrape:
                 backlog += s.value
             elif s.name == "ekko_update_staleness_seconds" and labels.get("model") == model:
                 staleness = max(staleness, s.value)
-    return Scrape(lag, wire, raw, rows, backlog, staleness)
+            elif s.name in _PAIRED and labels.get("model") == model:
+                paired[_PAIRED[s.name]] = s.value
+    return Scrape(lag, wire, raw, rows, backlog, staleness, (paired[0], paired[1], paired[2]))
+
+
+_PAIRED = {
+    "ekko_update_paired_samples_total": 0,
+    "ekko_update_paired_loss_difference": 1,
+    "ekko_update_paired_loss_difference_squared": 2,
+}
 
 
 def _delta(now: Mapping[Any, float], before: Mapping[Any, float] | None) -> dict[Any, float]:
@@ -368,6 +380,8 @@ def stream_status(
     previous: list[Condition],
     now: datetime,
     paused: bool | None = None,
+    epoch: int = 0,
+    extra: Condition | None = None,
 ) -> UpdateStreamStatus:
     """The stream's status from each connected server's metrics now and at the start of the
     window (``baselines``; a server without one counts from zero)."""
@@ -435,10 +449,12 @@ def stream_status(
             message=f"lag p99 {p99 if p99 is None else round(p99, 3)}s, {lagging} servers lagging (threshold {LAG_THRESHOLD_SECONDS}s)",
         )
     conditions = set_condition(conditions, fresh, now)
+    if extra is not None:
+        conditions = set_condition(conditions, extra, now)
     return UpdateStreamStatus(
         observed_generation=generation,
         state=state,
-        epoch=0,
+        epoch=epoch,
         freshness=UpdateFreshness(
             p50_seconds=_round(quantile(0.5, overall)),
             p99_seconds=_round(p99),

@@ -315,13 +315,22 @@ class CutLog:
         origin: int = RESTORE_ORIGIN,
     ) -> RestoreResult:
         """Write the cut's pre-images back at a new ``epoch`` (default: one past the store's
-        newest) and return the fence for incoming batches. Cuts newer than ``cut_id`` are
+        newest; it must be above the cut's epoch and not below the store's newest) and return
+        the fence for incoming batches. Cuts newer than ``cut_id`` are
         dropped (they saw the state being undone); the cut itself is kept with an empty log, as
         the live state now is its state."""
         st = self._state(cut_id)
-        new_epoch = max_epoch(store) + 1 if epoch is None else epoch
-        if new_epoch <= max_epoch(store):
-            raise ValueError(f"epoch {new_epoch} does not fence epoch {max_epoch(store)}")
+        newest = max_epoch(store)
+        new_epoch = newest + 1 if epoch is None else epoch
+        at_cut = max((e for v in st.cut.vectors.values() for e, _, _ in v.entries), default=0)
+        # The new epoch must beat every row written since the cut (so it fences the cut's epoch)
+        # and not lose to rows already held. Equal to the newest is fine: those rows are of the
+        # new epoch already (an upstream restored first and this replica pulled its rows).
+        if new_epoch < newest or new_epoch <= at_cut:
+            raise ValueError(
+                f"epoch {new_epoch} does not fence epoch {max(newest, at_cut)} "
+                f"(rows of epoch {newest} are held; the cut is at epoch {at_cut})"
+            )
         view = self.view(store, cut_id)
         tables: dict[str, list[I64]] = {}
         for later in view.chain:

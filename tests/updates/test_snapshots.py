@@ -325,9 +325,32 @@ def test_node_cut_and_restore_over_http() -> None:
                     assert r.status == 400
                 async with http.post(base + RESTORE_PATH, json={"cut": 1, "epoch": 0}) as r:
                     assert r.status == 409
-                # The publisher keeps no cuts.
-                async with http.post(f"http://127.0.0.1:{port}{CUT_PATH}", json={"cut": 1}) as r:
-                    assert r.status == 404
+                # The publisher keeps cuts too: both cut, a harmful burst, both restore at
+                # epoch 2: each is back to its own state at the cut, and rows flow again.
+                pub_base = f"http://127.0.0.1:{port}"
+                for url in (pub_base, base):
+                    async with http.post(url + CUT_PATH, json={"cut": 2}) as r:
+                        assert r.status == 200
+                burst = keys[5:8]
+                node_clean = node.store.get("emb", burst)[0].copy()
+                pub_clean = pub.store.get("emb", burst)[0].copy()
+                pub.publish("emb", burst, np.full((3, 4), -40.0))
+                await until(lambda: float(node.store.get("emb", [5])[0][0, 0]) == -40.0)
+                for url in (pub_base, base):
+                    async with http.post(url + RESTORE_PATH, json={"cut": 2, "epoch": 2}) as r:
+                        assert r.status == 200, await r.text()
+                assert pub.epoch == 2
+                np.testing.assert_array_equal(pub.store.get("emb", burst)[0], pub_clean)
+                # Whichever restored first, the node ends with the source's restored rows (here
+                # they differ from its own cut: the publisher never undid the first burst).
+                await until(
+                    lambda: np.array_equal(
+                        node.store.get("emb", burst)[0], pub.store.get("emb", burst)[0]
+                    )
+                )
+                assert not np.array_equal(node_clean, pub_clean)
+                pub.publish("emb", keys[:1], np.full((1, 4), 3.0))  # at epoch 2: admitted
+                await until(lambda: float(node.store.get("emb", [0])[0][0, 0]) == 3.0)
         finally:
             await node.stop()
             await pub.stop()
