@@ -32,7 +32,7 @@ def pull(pub: Publisher, node: Node) -> None:
     for spec in pub.store.specs():
         node.store.declare(spec)
     response = Scheduler().respond(pub.store, node.store.pull_request(1 << 30))
-    node._apply(response.tables, response.batches)  # noqa: SLF001 - the puller's apply path
+    node._apply(response.tables, response.batches)
 
 
 def setup() -> tuple[Agent, EmbeddingEngine, Node, Publisher, ModelStates]:
@@ -88,8 +88,8 @@ def test_baseline_view_shadow_scores_switch_and_restore() -> None:
     assert status == 200 and body["view"] == LIVE_VIEW
     want = pair_logloss(labels, harmed) - pair_logloss(labels, clean)
     registry = engine.metrics.paired.labels("ranker")
-    assert registry._value.get() == len(USERS)  # noqa: SLF001
-    assert engine.metrics.paired_diff.labels("ranker")._value.get() == pytest.approx(  # noqa: SLF001
+    assert registry._value.get() == len(USERS)
+    assert engine.metrics.paired_diff.labels("ranker")._value.get() == pytest.approx(
         float(want.sum()), rel=1e-6
     )
     np.testing.assert_allclose(paired_differences(labels, harmed, clean), want)
