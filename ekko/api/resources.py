@@ -1350,6 +1350,14 @@ REQUEST_AT_ANNOTATION = "ekko.dev/request-at"
 """RFC 3339 time of the request; the operator acts once per distinct value."""
 ROLLBACK_TO_ANNOTATION = "ekko.dev/rollback-to"
 """Optional version a rollback returns to (must still be resident)."""
+RESUME_ANNOTATION = "ekko.dev/updates-resume-at"
+"""On an UpdateStream: RFC 3339 time of a person's resume of a model-state manager paused for a
+person (``kubectl ekko updates resume``); acted on once per value."""
+ROLLBACK_ANNOTATION = "ekko.dev/updates-rollback-at"
+"""On an UpdateStream: RFC 3339 time of a person's rollback of the model's state
+(``kubectl ekko updates rollback``); acted on once per value."""
+ROLLBACK_CUT_ANNOTATION = "ekko.dev/updates-rollback-to"
+"""On an UpdateStream: the cut a person's rollback goes back to (default: the baseline's)."""
 REQUEST_VERBS = ("promote", "promote-full", "pause", "resume", "abort", "rollback", "retry")
 
 RESOURCE_TYPES: tuple[type[Resource], ...] = (

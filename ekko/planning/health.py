@@ -22,6 +22,9 @@ from datetime import UTC, datetime
 
 from ekko.api.meta import Condition
 from ekko.api.resources import (
+    RESUME_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    ROLLBACK_CUT_ANNOTATION,
     CutRecord,
     HealthWindow,
     ModelUpdateControl,
@@ -40,14 +43,6 @@ from ekko.updates.health import (
     Verdict,
     Window,
 )
-
-RESUME_ANNOTATION = "ekko.dev/updates-resume-at"
-"""RFC 3339 time of a person's resume of a paused model-state manager (``kubectl ekko updates
-resume``); acted on once per value newer than the pause."""
-ROLLBACK_ANNOTATION = "ekko.dev/updates-rollback-at"
-"""RFC 3339 time of a person's state rollback (``kubectl ekko updates rollback``)."""
-ROLLBACK_CUT_ANNOTATION = "ekko.dev/updates-rollback-to"
-"""Cut a person's rollback goes back to (default: the baseline's)."""
 
 MAX_CUT_RECORDS = 64
 
