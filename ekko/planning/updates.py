@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ekko.api.meta import Condition, set_condition
 from ekko.api.resources import (
+    DutyHealth,
     RegionFreshness,
     UpdateDuty,
     UpdateFreshness,
@@ -39,7 +40,7 @@ from ekko.api.resources import (
     UpdateTraffic,
     UpdateUpstream,
 )
-from ekko.api.units import duration_seconds, parse_quantity
+from ekko.api.units import duration_seconds, parse_quantity, quantity_bytes
 
 GroupRegion = tuple[int, str]
 
@@ -195,6 +196,12 @@ def plan_topology(
         ),
         "paused": spec.paused if paused is None else paused,
     }
+    if spec.health is not None:
+        common["health"] = DutyHealth(
+            traffic_percent=spec.health.baseline.traffic_percent,
+            shadow_percent=spec.health.baseline.shadow_percent,
+            undo_log_bytes=quantity_bytes(spec.health.undo_log_bytes),
+        )
     duties: dict[str, list[UpdateDuty]] = defaultdict(list)
     for group, region in sorted(members):
         group_servers = members[(group, region)]
