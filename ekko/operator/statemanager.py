@@ -246,7 +246,8 @@ class StateManager:
                 else "Rollback requested but there is no baseline cut yet"
             )
             return replace(m, handled_request=request), [], [Event("RollbackRefused", text, True)]
-        m, command = person_rollback(m, cut, now, request)
+        at = parse_stamp(request)  # the person's time: switch and restore count from it
+        m, command = person_rollback(m, cut, min(at, now) if at is not None else now, request)
         return (
             m,
             [command],
