@@ -194,7 +194,7 @@ def test_state_rollback_refusals(argv: list[str], error: str) -> None:
     with pytest.raises(RefusedError, match=error):
         run_updates(session, args, lambda ns, m: stream, None, lambda *a: None)
     plain = UpdateStream.model_validate(STREAM)
-    with pytest.raises(RefusedError, match="no spec.health"):
+    with pytest.raises(RefusedError, match=r"no spec\.health"):
         run_updates(
             session,
             parse_args(["updates", "rollback", "ranker"]),
