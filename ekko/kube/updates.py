@@ -140,6 +140,20 @@ class UpdateKube:
         return None
 
     @converted
+    def streams(self, namespace: str) -> list[UpdateStream]:
+        """Every UpdateStream of the namespace that parses (admission: one stream per model)."""
+        items = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "updatestreams"
+        )["items"]
+        out = []
+        for item in items:
+            try:
+                out.append(parse(UpdateStream, item))
+            except InvalidObjectError as err:
+                log.warning("%s", err)
+        return out
+
+    @converted
     def set_paused(self, namespace: str, name: str, paused: bool) -> None:
         """Set or clear the pause annotation (``kubectl ekko updates pause|resume``)."""
         value = "true" if paused else None
