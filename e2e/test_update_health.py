@@ -15,185 +15,64 @@ shadow-score on the baseline view. Then:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
 
-from e2e.agents import AgentFleet, free_port
+from e2e.agents import AgentFleet
 from e2e.conftest import REPO, Cluster
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
+from e2e.statehelpers import (
+    DIM,
+    ITEMS,
+    PAIRS,
+    USERS,
+    LivePublisher,
+    Traffic,
+    clean_scores,
+    health_manifest,
+    rows,
+    score,
+    start_publisher,
+)
 from e2e.waiting import wait_for
-from ekko.updates.publisher import Publisher
 from ekko.updates.scoring import score_rows
-from ekko.updates.store import TableSpec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 log = logging.getLogger("e2e.update_health")
 
-T = TypeVar("T")
-DIM = 8
-USERS = ITEMS = 40
-PAIRS = [(u, (u * 7 + 3) % ITEMS) for u in range(USERS)]
-TRICKLE = np.arange(1000, 1010)
-
-
-class LivePublisher:
-    """A publisher on its own event loop in a thread: the origin of the stream."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.pub = Publisher(
-            7,
-            [
-                TableSpec("ranker.user", DIM + 1, model="ranker"),
-                TableSpec("ranker.item", DIM + 1, model="ranker"),
-            ],
-            region="train",
-        )
-        port = free_port()
-        self.call(lambda: None)
-        asyncio.run_coroutine_threadsafe(self.pub.start("127.0.0.1", port), self.loop).result(10)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def call(self, fn: Callable[[], T]) -> T:
-        async def run() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def publish(self, table: str, keys: Any, values: Any) -> None:
-        self.call(lambda: self.pub.publish(table, keys, values))
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.pub.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-def rows(seed: int, n: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 0.4, (n, DIM + 1)).astype(np.float32)
-
 
 @pytest.fixture
 def publisher() -> Iterator[LivePublisher]:
-    live = LivePublisher()
-    stop = threading.Event()
-
-    def trickle() -> None:  # rows change all along (cuts differ), never the scored ones
-        j = 0
-        while not stop.wait(0.25):
-            j += 1
-            live.publish("ranker.user", TRICKLE, rows(3, len(TRICKLE)) + 0.001 * j)
-
-    thread = threading.Thread(target=trickle, daemon=True)
+    live, close = start_publisher()
     try:
-        live.publish("ranker.user", np.arange(USERS), rows(1, USERS))
-        live.publish("ranker.item", np.arange(ITEMS), rows(2, ITEMS))
-        thread.start()
         yield live
     finally:
-        stop.set()
-        thread.join(5)
-        live.close()
+        close()
 
 
-def clean_scores() -> np.ndarray:
-    u, i = zip(*PAIRS, strict=True)
-    return score_rows(rows(1, USERS)[list(u)], rows(2, ITEMS)[list(i)])
-
-
-LABELS = (clean_scores() > 0.5).astype(int)
-"""Labels the clean model gets mostly right: a harmful update shows as a loss increase."""
-
-
-def score(url: str, labelled: bool = True, view: str | None = None) -> dict[str, Any] | None:
-    body: dict[str, Any] = {
-        "model": "ranker",
-        "requests": [
-            {"user": u, "item": i, **({"label": int(y)} if labelled else {})}
-            for (u, i), y in zip(PAIRS, LABELS, strict=True)
-        ],
-    }
-    if view is not None:
-        body["view"] = view
-    request = urllib.request.Request(
-        url + "/score", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=2) as resp:
-            out: dict[str, Any] = json.loads(resp.read())
-            return out
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-class Traffic:
-    """Labelled /score requests to every server of the model, as an online service sends them."""
-
-    def __init__(self, urls: Callable[[], list[str]]) -> None:
-        self.urls = urls
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        while not self.stop.wait(0.1):
-            for url in self.urls():
-                score(url)
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
-
-
-def stream_manifest(source: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "ekko.dev/v1alpha1",
-        "kind": "UpdateStream",
-        "metadata": {"name": "ranker"},
-        "spec": {
-            "model": "ranker",
-            "source": {"endpoints": [source], "region": "train"},
-            "tables": [
-                {"name": "ranker.user", "dim": DIM + 1},
-                {"name": "ranker.item", "dim": DIM + 1},
-            ],
-            "compression": {"values": "Float32", "codec": "Zstd"},
-            "topology": {"idlePullInterval": "5s"},
-            "health": {
-                "action": "Rollback",
-                "snapshotInterval": "5s",
-                "baseline": {"age": "15s", "trafficPercent": 0.5, "shadowPercent": 100},
-                "detector": {
-                    "window": "2s",
-                    "minSamples": 40,
-                    "uncertain": 0.05,
-                    "corrupted": 0.2,
-                    "confirmations": 2,
-                },
-            },
-        },
-    }
+HEALTH = {
+    "action": "Rollback",
+    "snapshotInterval": "5s",
+    "baseline": {"age": "15s", "trafficPercent": 0.5, "shadowPercent": 100},
+    "detector": {
+        "window": "2s",
+        "minSamples": 40,
+        "uncertain": 0.05,
+        "corrupted": 0.2,
+        "confirmations": 2,
+    },
+}
 
 
 def holders(api: Api) -> list[str]:
@@ -247,7 +126,7 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
             timeout=120,
             describe=operator.logs,
         )
-        api.create(stream_manifest(publisher.url))
+        api.create(health_manifest(publisher.url, HEALTH))
         names = holders(api)
         wait_for(
             lambda: all_score(fleet, names, clean, "live"),
