@@ -29,15 +29,16 @@ TRICKLE = np.arange(1000, 1010)
 class LivePublisher:
     """A publisher on its own event loop in a thread: the origin of the stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = "ranker") -> None:
+        self.model = model
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.pub = Publisher(
             7,
             [
-                TableSpec("ranker.user", DIM + 1, model="ranker"),
-                TableSpec("ranker.item", DIM + 1, model="ranker"),
+                TableSpec(f"{model}.user", DIM + 1, model=model),
+                TableSpec(f"{model}.item", DIM + 1, model=model),
             ],
             region="train",
         )
@@ -74,9 +75,11 @@ LABELS = (clean_scores() > 0.5).astype(int)
 """Labels the clean model gets mostly right: a harmful update shows as a loss increase."""
 
 
-def score(url: str, labelled: bool = True, view: str | None = None) -> dict[str, Any] | None:
+def score(
+    url: str, labelled: bool = True, view: str | None = None, model: str = "ranker"
+) -> dict[str, Any] | None:
     body: dict[str, Any] = {
-        "model": "ranker",
+        "model": model,
         "requests": [
             {"user": u, "item": i, **({"label": int(y)} if labelled else {})}
             for (u, i), y in zip(PAIRS, LABELS, strict=True)
@@ -98,15 +101,16 @@ def score(url: str, labelled: bool = True, view: str | None = None) -> dict[str,
 class Traffic:
     """Labelled /score requests to every server of the model, as an online service sends them."""
 
-    def __init__(self, urls: Callable[[], list[str]]) -> None:
+    def __init__(self, urls: Callable[[], list[str]], model: str = "ranker") -> None:
         self.urls = urls
+        self.model = model
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
         while not self.stop.wait(0.1):
             for url in self.urls():
-                score(url)
+                score(url, model=self.model)
 
     def __enter__(self) -> Traffic:
         self.thread.start()
@@ -137,20 +141,20 @@ def health_manifest(source: str, health: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def start_publisher() -> tuple[LivePublisher, Callable[[], None]]:
+def start_publisher(model: str = "ranker") -> tuple[LivePublisher, Callable[[], None]]:
     """A publisher with the clean rows and a trickle on other keys every 0.25 s (so cuts differ);
     returns it and its stop function."""
-    live = LivePublisher()
+    live = LivePublisher(model)
     stop = threading.Event()
 
     def trickle() -> None:
         j = 0
         while not stop.wait(0.25):
             j += 1
-            live.publish("ranker.user", TRICKLE, rows(3, len(TRICKLE)) + 0.001 * j)
+            live.publish(f"{model}.user", TRICKLE, rows(3, len(TRICKLE)) + 0.001 * j)
 
-    live.publish("ranker.user", np.arange(USERS), rows(1, USERS))
-    live.publish("ranker.item", np.arange(ITEMS), rows(2, ITEMS))
+    live.publish(f"{model}.user", np.arange(USERS), rows(1, USERS))
+    live.publish(f"{model}.item", np.arange(ITEMS), rows(2, ITEMS))
     thread = threading.Thread(target=trickle, daemon=True)
     thread.start()
 

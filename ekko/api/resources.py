@@ -77,9 +77,9 @@ class ServerTemplate(ApiModel):
     image: str = Field(
         min_length=1, max_length=512, description="Image of the inference engine container."
     )
-    engine: Literal["reference", "sim"] = Field(
+    engine: Literal["reference", "sim", "embedding"] = Field(
         default="reference",
-        description="Engine adapter the agent uses: reference (loads shard files and checks their size) or sim (simulated loads, for tests and demos).",
+        description="Engine adapter the agent uses: reference (loads shard files and checks their size), sim (simulated loads, for tests and demos) or embedding (recommender rows kept fresh by an UpdateStream and scored on /score).",
     )
     args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, max_length=64, description="Arguments of the engine container."
