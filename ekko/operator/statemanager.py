@@ -227,7 +227,9 @@ class StateManager:
             await asyncio.to_thread(
                 self.kube.event, stream, event.reason, event.message, event.warning
             )
-        body = to_status(m).model_dump(by_alias=True, mode="json", exclude_none=True)
+        # Not exclude_none: a merge patch keeps keys it does not name, so a new rollback record
+        # must say null for the steps it has not reached (or the last rollback's times stay).
+        body = to_status(m).model_dump(by_alias=True, mode="json")
         if body != self._last_status:
             await asyncio.to_thread(self.kube.patch_status, namespace, name, {"health": body})
             self._last_status = body
