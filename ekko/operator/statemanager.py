@@ -62,13 +62,23 @@ log = logging.getLogger(__name__)
 CALL_TIMEOUT = 2.0
 
 
-async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> bool:
+async def _call(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """POST a JSON body; the JSON answer of a 200, else None."""
     try:
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
         async with session.post(url, json=body, timeout=timeout) as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return False
+            if resp.status != 200:
+                return None
+            answer = await resp.json()
+            return answer if isinstance(answer, dict) else {}
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> bool:
+    return await _call(session, url, body) is not None
 
 
 async def _paired(session: aiohttp.ClientSession, address: str, model: str) -> Paired | None:
@@ -269,13 +279,21 @@ class StateManager:
         if last is not None and now - last[1] < seconds(interval):
             return m
         cut_id = (last[0] + 1) if last else 1
-        targets = sources + [s.address for s in connected]
         if not connected:
             return m
-        ok = await asyncio.gather(
-            *(_post(session, url.rstrip("/") + CUT_PATH, {"cut": cut_id}) for url in targets)
+        # The publishers first: their vectors name the cut, so a server a few rows behind still
+        # counts the rows published before the cut as part of it.
+        answers = await asyncio.gather(
+            *(_call(session, url.rstrip("/") + CUT_PATH, {"cut": cut_id}) for url in sources)
         )
-        if not any(ok[len(sources) :]):
+        body: dict[str, Any] = {"cut": cut_id}
+        announced = [v for a in answers if a is not None for v in a.get("vectors") or []]
+        if announced:
+            body["vectors"] = announced
+        ok = await asyncio.gather(
+            *(_post(session, s.address.rstrip("/") + CUT_PATH, body) for s in connected)
+        )
+        if not any(ok):
             return m
         keep = [c for c in m.cuts if m.state.baseline is None or c[0] >= m.state.baseline]
         cuts = (*keep, (cut_id, now))[-MAX_CUT_RECORDS:]
