@@ -58,6 +58,10 @@ HEALTH: dict[str, Any] = {
         "uncertain": 0.05,
         "corrupted": 0.2,
         "confirmations": 2,
+        # A harm that lifts the loss by less than `corrupted` but for good (zeroed rows): the
+        # CUSUM adds n × (mean − 0.05) per window and declares Corrupted at 100.
+        "cusumSlack": 0.05,
+        "cusumThreshold": 100,
     },
 }
 KINDS = ("flip", "explode", "bias", "zero")
@@ -142,6 +146,7 @@ class Bench:
         wait("Healthy with a baseline newer than the last update",
              lambda: self.settled_after(self.updated_at), 120)  # fmt: skip
         before = self.last_decided()
+        users, items = self.users.copy(), self.items.copy()
         at = time.time()
         if harmful:
             self.harm(kind)
@@ -151,6 +156,10 @@ class Bench:
         try:
             wait("a decision", lambda: self.last_decided() > before, catch_within)
         except TimeoutError:
+            if harmful:  # missed: the trainer publishes the good rows again, as a person would
+                self.publish_users(users)
+                self.publish_items(items)
+                self.updated_at = time.time()
             return {"harmful": harmful, "kind": kind, "caught": False}
         rb = wait(
             "the rollback to finish",
