@@ -249,6 +249,7 @@ class Agent:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         updates: UpdatePlane | None = None,
+        unload_grace: float = 0.0,
     ) -> None:
         self.engine = engine
         self.updates = updates
@@ -271,6 +272,9 @@ class Agent:
         # What the engine holds and what failed.
         self.loaded: dict[ShardKey, int] = {}
         self.failures: dict[ShardKey, LoadFailure] = {}
+        self.unload_grace = unload_grace
+        self._unwanted_since: dict[ShardKey, float] = {}
+        """When each loaded replica left the assignment (it is unloaded after the grace)."""
         self.observed_generation: int | None = None
         # Routing: the Models' weights, and what is applied (served and reported).
         self.model_weights: dict[str, list[VersionWeight]] = {}
@@ -425,6 +429,12 @@ class Agent:
     def next_retry_in(self) -> float | None:
         assigned = {decide.key_of(s) for s in self.assigned}
         times = [f.retry_at for k, f in self.failures.items() if k in assigned]
+        now = self._clock()
+        times += [
+            t + self.unload_grace
+            for t in self._unwanted_since.values()
+            if t + self.unload_grace > now  # past due but withheld: no busy loop
+        ]
         if not times:
             return None
         return max(0.0, min(times) - self._clock())
@@ -471,7 +481,10 @@ class Agent:
             await self._report()
         _, to_unload = decide.diff(self.assigned, self.loaded)
         still_failing = [k for k in self.failures if k in {decide.key_of(s) for s in self.assigned}]
-        unloads = decide.safe_unloads(to_unload, still_failing)
+        ripe, self._unwanted_since = decide.due_unloads(
+            to_unload, self._unwanted_since, self._clock(), self.unload_grace
+        )
+        unloads = decide.safe_unloads(ripe, still_failing)
         for key in unloads:
             await self._unload(key)
         if unloads:
