@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 chosen = time.monotonic() - lost
 
-                def everyone_has_the_mark() -> bool:
+                def everyone_has_the_mark(want: float = want) -> bool:
                     names = holders()
                     if len(names) < a.replicas:
                         return False
