@@ -21,7 +21,9 @@ from e2e.objects import Api, G, V, converged, model_manifest, pool_manifest
 from e2e.operator_harness import REPO, OperatorProcess
 from e2e.waiting import wait_for
 
-pytestmark = pytest.mark.e2e
+# 20 agent processes start here: on a loaded 2-core machine that alone took a minute, and the
+# placement wait below allows 240 s, which the default 120 s test timeout cut short.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 MODEL = "rank"
 SERVERS = 20
