@@ -470,7 +470,21 @@ def test_pod_to_ready_real_node_vs_kwok(cluster: Cluster, real_node: str, namesp
     _record("pause_pod_ready_s", result)
 
 
-def test_operator_in_cluster_from_the_chart_runs_pools_and_survives_its_pod_deletion(
+def _rejected(api: Api, doc: dict[str, Any]) -> str | None:
+    """The API server's refusal of ``doc``, or None when it was admitted (then deleted again)."""
+    try:
+        api.create(doc)
+    except client.ApiException as err:
+        assert err.status in (400, 422), (err.status, err.body)
+        return str(json.loads(err.body)["message"])
+    plural = doc["kind"].lower() + "s"
+    api.custom.delete_namespaced_custom_object(
+        "ekko.dev", "v1alpha1", api.ns, plural, doc["metadata"]["name"]
+    )
+    return None
+
+
+def test_operator_in_cluster_from_the_chart_serves_its_webhook_runs_pools_and_survives_its_pod_deletion(
     cluster: Cluster,
     real_node: str,
     ekko_image: str,
@@ -478,18 +492,16 @@ def test_operator_in_cluster_from_the_chart_runs_pools_and_survives_its_pod_dele
     namespace: str,
 ) -> None:
     """`helm install` with the local image: the operator runs in a pod on its ServiceAccount,
-    talks to the API server through the `kubernetes` Service, passes its probes, starts server
-    pods whose agent image is its own, and comes back after its pod is deleted."""
+    talks to the API server through the `kubernetes` Service, passes its probes, serves the
+    admission webhook the chart registers through its Service (the API server dials the
+    Service's cluster IP; kube-proxy takes it to the pod on the real node), starts server pods
+    whose agent image is its own, and comes back after its pod is deleted. `helm uninstall`
+    leaves no webhook configuration behind."""
     release = f"ekko-rn-{namespace[-6:]}"
     repository, tag = ekko_image.rsplit(":", 1)
     values = {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "crds": {"install": False},  # the suite's CRDs (ekko_crds) are already installed
-        # Off: (1) ekko/operator/webhook.py puts the webhook host
-        # (<release>-webhook.<namespace>.svc, 77 characters here) into the certificate's CN,
-        # which X.509 caps at 64, so startup fails in a loop and the liveness probe kills the
-        # pod; (2) it registers a URL this host's API server cannot resolve (no cluster DNS).
-        "webhook": {"enabled": False},
         "operator": {
             "watchNamespaces": [namespace],
             "nodeSelector": {realnode.NODE_LABEL: "true"},
@@ -518,6 +530,30 @@ def test_operator_in_cluster_from_the_chart_runs_pools_and_survives_its_pod_dele
         first = wait_for(operator_pod, "operator pod Ready", timeout=60)
         assert first.spec.node_name == real_node
         assert _container(first, "operator").restart_count == 0
+
+        # The chart's registration is the only one, and it names the Service, not a URL.
+        admission = client.AdmissionregistrationV1Api(cluster.api)
+        configs = admission.list_validating_webhook_configuration(
+            label_selector=f"app.kubernetes.io/instance={release}"
+        ).items
+        assert [c.metadata.name for c in configs] == [f"{release}-validate"]
+        for hook in configs[0].webhooks:
+            assert hook.client_config.url is None
+            assert hook.client_config.service.name == f"{release}-webhook"
+        assert "validate.ekko.dev" not in {
+            c.metadata.name for c in admission.list_validating_webhook_configuration().items
+        }
+        # A Model naming a pool that does not exist passes the CRD schema; only the webhook
+        # refuses it. failurePolicy is Ignore, so until the webhook serves, it is admitted:
+        # wait for the first refusal, then read it.
+        orphan = model_manifest("orphan", 2, "1Gi", 1, pool="nope")
+        refusal = wait_for(
+            lambda: _rejected(api, orphan),
+            "the in-cluster webhook refusing a Model of a missing pool",
+            timeout=60,
+            describe=lambda: _describe(api),
+        )
+        assert 'pool "nope" does not exist' in refusal, refusal
 
         pool = _real_pool(ekko_image, f"{release}-agent")
         del pool["spec"]["template"]["agentImage"]  # the operator's own image (EKKO_IMAGE)
@@ -553,6 +589,10 @@ def test_operator_in_cluster_from_the_chart_runs_pools_and_survives_its_pod_dele
     finally:
         helmtools.helm("uninstall", release, "-n", namespace, "--timeout", "120s")
         values_file.unlink(missing_ok=True)
+    left = client.AdmissionregistrationV1Api(cluster.api).list_validating_webhook_configuration(
+        label_selector=f"app.kubernetes.io/instance={release}"
+    )
+    assert left.items == [], [c.metadata.name for c in left.items]
 
 
 def test_down_leaves_the_host_as_up_found_it(cluster: Cluster, real_node: str) -> None:
