@@ -322,6 +322,14 @@ def test_a_restricted_pool_on_the_real_node_rolls_a_faulty_canary_back(
             "--enable-fault-injection",
             f"--fault={json.dumps(fault)}",
         ]
+        # The agent's listen address is Ekko's (probes, ports and Prometheus depend on it): the
+        # CRD refuses it in agentArgs, in words.
+        overriding = json.loads(json.dumps(pool))
+        overriding["spec"]["template"]["agentArgs"].append("--listen=127.0.0.1:9400")
+        with pytest.raises(client.ApiException) as refusal:
+            api.create(overriding)
+        assert refusal.value.status == 422
+        assert "agentArgs must not set --listen" in json.loads(refusal.value.body)["message"]
         api.create(pool)
         model = model_manifest("rank", 2, "1Gi", 1, load="5")
         model["spec"]["keepPreviousResident"] = True
