@@ -548,17 +548,18 @@ def agent_container(template: ServerTemplate, operator_image: str) -> dict[str, 
         "name": "ekko-agent",
         "image": template.agent_image or operator_image,
         # The kubelet probes the pod IP and Prometheus scrapes it: the agent's loopback default
-        # would leave every server unready on a real node (kwok nodes never probe). Ekko's own
-        # flags come first; agentArgs cannot repeat them (a CEL rule on the pool refuses it).
+        # would leave every server unready on a real node (kwok nodes never probe). agentArgs
+        # may not name Ekko's flags (a CEL rule on the pool refuses them, in words); Ekko's come
+        # last anyway, so that an abbreviation argparse accepts (--lis) cannot win either.
         "args": [
             "agent",
+            *template.agent_args,
             "--engine",
             template.engine,
             "--listen",
             f"0.0.0.0:{AGENT_PORT}",
             "--update-listen",
             f"0.0.0.0:{UPDATES_PORT}",
-            *template.agent_args,
         ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

@@ -155,3 +155,13 @@ def test_agent_args_may_not_override_the_flags_ekko_sets(arg: str) -> None:
     assert any("agentArgs must not set --listen" in e for e in errors), errors
     body["spec"]["template"]["agentArgs"] = ["--sim-bandwidth=1Gi"]
     assert check_manifest(body) == []
+
+
+def test_an_abbreviated_flag_in_agent_args_cannot_move_the_agent_off_its_probed_port() -> None:
+    # argparse accepts unambiguous prefixes (--lis for --listen), which the CEL rule's prefix
+    # check does not see; Ekko's own flags come after agentArgs, and the last one wins.
+    agent = server_pod(
+        _pool_with(engine="sim", agentArgs=["--lis=127.0.0.1:1", "--eng=reference"]), "p-0", "", "e"
+    )["spec"]["containers"][1]
+    config = parse_args([*agent["args"][1:], "--pod-name", "p-0", "--namespace", "ns"])
+    assert (config.host, config.port, config.engine) == ("0.0.0.0", AGENT_PORT, "sim")
