@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -97,6 +97,7 @@ class AgentFleet:
         log_dir: Path | None = None,
         fault_injection: bool = True,
         engine: str = "sim",
+        engines: Mapping[str, str] | None = None,
     ) -> None:
         self.kubeconfig = (
             kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
@@ -105,6 +106,10 @@ class AgentFleet:
         self.extra_args = list(extra_args)
         self.fault_injection = fault_injection
         self.engine = engine
+        self.engines = dict(engines or {})
+        """Engine by pool (the pod's ekko.dev/pool label), over ``engine``: a pool's template
+        names its engine, as the operator's server pod passes it to the agent."""
+        self._pools: dict[str, str] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if log_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"ekko-agents-{namespace}-")
@@ -263,6 +268,8 @@ class AgentFleet:
                     names = {
                         p.metadata.name for p in pods.items if not p.metadata.deletion_timestamp
                     }
+                    for p in pods.items:
+                        self._pools[p.metadata.name] = (p.metadata.labels or {}).get(POOL_LABEL, "")
                     for name in self.pods():
                         if name not in names:
                             self._stop_agent(name)
@@ -283,6 +290,9 @@ class AgentFleet:
                     if event["type"] == "DELETED" or pod.metadata.deletion_timestamp:
                         self._stop_agent(pod.metadata.name)
                     elif event["type"] in ("ADDED", "MODIFIED"):
+                        self._pools[pod.metadata.name] = (pod.metadata.labels or {}).get(
+                            POOL_LABEL, ""
+                        )
                         self._start_agent(pod.metadata.name)
                     if self._stop.is_set():
                         stream.stop()
@@ -308,7 +318,7 @@ class AgentFleet:
                 "--pod-name", pod,
                 "--namespace", self.namespace,
                 "--kubeconfig", self.kubeconfig,
-                "--engine", self.engine,
+                "--engine", self.engines.get(self._pools.get(pod, ""), self.engine),
                 "--listen", f"127.0.0.1:{port}",
                 # The update node (run only when the assignment lists update duties): its own
                 # loopback port, advertised as such to the other agents.

@@ -7,7 +7,10 @@
 4. sends traffic, applies examples/modelversion.yaml and walks the canary (promoting it at its
    manual pause with `kubectl ekko promote`);
 5. rolls out a faulty version (20% errors) that analysis catches and rolls back, and prints the
-   measured detection and rollback times.
+   measured detection and rollback times;
+6. streams a recommender's parameter rows from a trainer (examples/updatestream.yaml): every
+   server stays fresh (lag per region), then a harmful update is caught by the model-state
+   manager and the model's state rolled back, with its times.
 
 Everything runs in the namespace `ekko-demo`; the cluster is left running (`make cluster-down`).
 """
@@ -15,6 +18,8 @@ Everything runs in the namespace `ekko-demo`; the cluster is left running (`make
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import json
 import os
 import subprocess
@@ -34,6 +39,8 @@ from e2e.helmtools import token_kubeconfig
 from e2e.objects import fresh_namespace
 from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
+from e2e.statehelpers import ITEMS, start_publisher
+from e2e.statehelpers import Traffic as StreamTraffic
 from e2e.traffic import Traffic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +164,95 @@ def plan_comparison() -> None:
             )
 
 
+def streamed_updates(demo: Demo, agents: AgentFleet, operator: OperatorProcess) -> None:
+    """Part 6: a trainer streams rows to every server of ranker-mf; a harmful update is caught
+    and the model's state rolled back."""
+    say("Streaming updates: examples/updatestream.yaml; a trainer publishes rows to every server")
+    publisher, close = start_publisher("ranker-mf")
+    try:
+        stream_docs = docs(REPO / "examples" / "updatestream.yaml")
+        for doc in stream_docs:
+            if doc["kind"] == "ServerPool":
+                doc["spec"]["template"]["serviceAccountName"] = f"{RELEASE}-agent"
+            if doc["kind"] == "UpdateStream":
+                doc["spec"]["source"]["endpoints"] = [publisher.url]  # the trainer, here
+            demo.apply(doc)
+        wait("ranker-mf placed and loaded", lambda: demo.ready("models", "ranker-mf"), 180)
+
+        def servers() -> list[str]:
+            return [
+                p.metadata.name
+                for p in demo.core.list_namespaced_pod(
+                    NS, label_selector="ekko.dev/pool=recsys"
+                ).items
+            ]
+
+        def streaming() -> dict[str, Any] | None:
+            st = demo.get("updatestreams", "ranker-mf").get("status") or {}
+            fresh = (st.get("freshness") or {}).get("p99Seconds") is not None
+            return st if st.get("state") == "Streaming" and fresh else None
+
+        wait("every server connected and fresh", streaming, 120)
+        run("kubectl", "ekko", "updates", "ranker-mf", "-n", NS)
+
+        def urls() -> list[str]:
+            out = []
+            for name in servers():
+                with contextlib.suppress(KeyError):
+                    out.append(agents.url(name))
+            return out
+
+        with StreamTraffic(urls, model="ranker-mf"):
+            print("   labelled /score traffic on every server; each scores a share of it on the "
+                  "baseline too (paired loss differences)")  # fmt: skip
+
+            def health() -> dict[str, Any]:
+                st = demo.get("updatestreams", "ranker-mf").get("status") or {}
+                out: dict[str, Any] = st.get("health") or {}
+                return out
+
+            wait(
+                "a baseline cut 30s old and a judged window",
+                lambda: (
+                    health().get("baselineCut") is not None
+                    and (health().get("lastWindow") or {}).get("verdict") in ("Good", "Hold")
+                ),
+                150,
+            )
+            h = health()
+            print(f"   Healthy; baseline cut {h['baselineCut']}; last window {h['lastWindow']}")
+            say("A harmful update: the trainer publishes every item row flipped and magnified")
+            items = publisher.call(
+                lambda: publisher.pub.store.get("ranker-mf.item", range(ITEMS))[0]
+            )
+            harmed_at = time.time()
+            publisher.publish("ranker-mf.item", range(ITEMS), -4 * items)
+            done = wait(
+                "the model-state manager to roll the state back",
+                lambda: h if ((h := health()).get("lastRollback") or {}).get("resumedAt") else None,
+                150,
+            )
+            rb = done["lastRollback"]
+            decided = _stamp(rb["decidedAt"]) - harmed_at
+            print(
+                f"   caught {decided:.1f}s after the harmful rows were published; every server "
+                f"served the baseline (cut {rb['cut']}) {rb['switchSeconds']}s after the decision "
+                f"and held the restored state at epoch {rb['epoch']} {rb['restoreSeconds']}s after it"
+            )
+            run("kubectl", "ekko", "updates", "ranker-mf", "-n", NS)
+            run(
+                "kubectl", "get", "events", "-n", NS, "--field-selector",
+                "involvedObject.kind=UpdateStream", "--sort-by=.lastTimestamp", check=False,
+            )  # fmt: skip
+            operator.check()
+    finally:
+        close()
+
+
+def _stamp(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.demo", description=__doc__)
     parser.parse_args(argv)
@@ -172,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     with (
         Prometheus() as prom,
         AgentFleet(
-            str(control.kubeconfig_path()), NS, extra_args=["--kubeconfig", str(agent_kubeconfig)]
+            str(control.kubeconfig_path()),
+            NS,
+            extra_args=["--kubeconfig", str(agent_kubeconfig)],
+            engines={"recsys": "embedding"},
         ) as agents,
         prom.follow(agents),
         OperatorProcess(
@@ -317,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--sort-by=.lastTimestamp",
                     check=False,
                 )
+            streamed_updates(demo, agents, operator)
         except BaseException:
             print(operator.logs()[-4000:], file=sys.stderr)
             raise

@@ -77,6 +77,24 @@ def test_cross_object_mistakes_are_rejected_at_admission(
     api.create(version_manifest("v2", [{"setWeight": 10}], model="fine"))
     assert api.get("models", "fine")["spec"]["pool"] == "pool"
 
+    def stream(name: str, model: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "ekko.dev/v1alpha1",
+            "kind": "UpdateStream",
+            "metadata": {"name": name},
+            "spec": {
+                "model": model,
+                "source": {"endpoints": ["http://trainer:9500"]},
+                "tables": [{"name": "t.user", "dim": 9}],
+            },
+        }
+
+    message = rejection(api, stream("orphan", "ghost"))
+    assert "ghost" in message and "does not exist" in message, message
+    api.create(stream("first", "fine"))
+    message = rejection(api, stream("second", "fine"))
+    assert "already has an UpdateStream (first)" in message, message
+
 
 def test_bad_manifests_are_refused_in_words_with_the_webhook_running(
     api: Api, webhook_operator: OperatorProcess

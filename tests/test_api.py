@@ -45,10 +45,11 @@ def test_every_example_is_valid_offline(doc: dict[str, Any]) -> None:
     assert parsed.metadata.name == doc["metadata"]["name"]
 
 
-def test_examples_have_two_pools_four_models_and_a_canary() -> None:
+def test_examples_have_three_pools_five_models_a_canary_and_a_stream() -> None:
     kinds = [d["kind"] for d in _example_docs()]
-    assert kinds.count("ServerPool") == 2
-    assert kinds.count("Model") == 4
+    assert kinds.count("ServerPool") == 3
+    assert kinds.count("Model") == 5
+    assert kinds.count("UpdateStream") == 1
     versions = [parse_resource(d) for d in _example_docs() if d["kind"] == "ModelVersion"]
     assert len(versions) == 1
     mv = versions[0]

@@ -67,6 +67,19 @@ def safe_unloads(to_unload: Iterable[ShardKey], failed: Iterable[ShardKey]) -> l
     return [key for key in to_unload if (key.model, key.shard) not in failing]
 
 
+def due_unloads(
+    unwanted: Iterable[ShardKey], since: Mapping[ShardKey, float], now: float, grace: float
+) -> tuple[list[ShardKey], dict[ShardKey, float]]:
+    """The unwanted replicas whose grace has passed, and when each still-unwanted one became so.
+
+    A replica leaves the assignment when the operator has its replacement ready, or by a hand
+    edit or a bad write the operator undoes within a second; waiting ``grace`` seconds before
+    unloading keeps the second kind from leaving a shard with nothing serving it."""
+    keys = list(unwanted)
+    started = {k: since.get(k, now) for k in keys}
+    return [k for k in keys if now - started[k] >= grace], started
+
+
 def backoff_seconds(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
     """Delay before retry number ``attempt`` (1 = first retry) of a failed load: doubling, capped."""
     if attempt < 1:

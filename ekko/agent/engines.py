@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlparse
 import aiohttp
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ekko.agent.decide import ShardKey, key_of
 from ekko.api.resources import AssignedShard
@@ -212,7 +212,19 @@ class ReferenceEngine:
 
 
 LIVE_VIEW = "live"
-"""The view that serves today: the newest rows. Part 3 adds a baseline view (an older cut)."""
+"""The view of the newest rows."""
+BASELINE_VIEW = "baseline"
+"""The view of the model's state at the baseline cut (the model-state manager's)."""
+
+
+class RowReader(Protocol):
+    """Where a view reads rows: the live store, or a :class:`~ekko.updates.snapshots.CutView`."""
+
+    def get(
+        self, table: str, keys: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]: ...
+
+    def dense(self, table: str) -> npt.NDArray[np.float32]: ...
 
 
 class ScoreMetrics:
@@ -239,6 +251,26 @@ class ScoreMetrics:
             ["model", "view"],
             registry=r,
         )
+        self.paired = Counter(
+            "ekko_update_paired_samples_total",
+            "Labelled requests scored on both the live and the baseline view (the model-state "
+            "manager's paired comparison), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.paired_diff = Gauge(
+            "ekko_update_paired_loss_difference",
+            "Running sum of loss(live) − loss(baseline) over paired samples, in nats, by model (a "
+            "gauge: it falls when the live view is better; a window takes its difference).",
+            ["model"],
+            registry=r,
+        )
+        self.paired_diff_sq = Gauge(
+            "ekko_update_paired_loss_difference_squared",
+            "Running sum of the squared paired loss differences, by model (the window's variance).",
+            ["model"],
+            registry=r,
+        )
         self.cold = Counter(
             "ekko_agent_score_cold_keys_total",
             "Keys scored as zero rows because this replica does not hold them yet, by model and table.",
@@ -256,6 +288,14 @@ class ScoreMetrics:
         self.logloss.labels(model, view)
         for table in (USER, ITEM):
             self.cold.labels(model, table)
+
+    def observe_paired(self, model: str, diffs: npt.NDArray[np.float64]) -> None:
+        """Count paired loss differences (``loss(live) − loss(baseline)`` per labelled pair)."""
+        if diffs.size == 0:
+            return
+        self.paired.labels(model).inc(int(diffs.size))
+        self.paired_diff.labels(model).inc(float(diffs.sum()))
+        self.paired_diff_sq.labels(model).inc(float((diffs * diffs).sum()))
 
 
 @dataclass(frozen=True)
@@ -332,10 +372,17 @@ class EmbeddingEngine:
         items: npt.ArrayLike,
         labels: npt.ArrayLike | None = None,
         view: str = LIVE_VIEW,
+        *,
+        reader: RowReader | None = None,
+        count: bool = True,
     ) -> Scored:
-        """Score pairs from the rows held now; count them (and the loss of labelled ones)."""
-        if view != LIVE_VIEW:
-            raise ScoringError(f"unknown view {view!r}; this agent serves {LIVE_VIEW!r}")
+        """Score pairs from the rows of a view (``reader``: the live store by default); count
+        them and the loss of labelled ones unless ``count`` is off (a shadow score)."""
+        if view not in (LIVE_VIEW, BASELINE_VIEW):
+            raise ScoringError(f"unknown view {view!r}; use {LIVE_VIEW!r} or {BASELINE_VIEW!r}")
+        if view == BASELINE_VIEW and reader is None:
+            raise ScoringError(f"this server keeps no baseline view of model {model!r}")
+        rows: RowReader = reader if reader is not None else self.store
         if not self.holds(model):
             raise ScoringError(f"this server holds no shard of model {model!r}")
         tables = model_tables(self.store, model)
@@ -345,18 +392,20 @@ class EmbeddingEngine:
         its = np.asarray(items, dtype=np.int64).reshape(-1)
         if us.shape != its.shape:
             raise ScoringError(f"{us.size} users but {its.size} items")
-        u, u_found = self.store.get(tables[USER], us)
-        v, v_found = self.store.get(tables[ITEM], its)
+        u, u_found = rows.get(tables[USER], us)
+        v, v_found = rows.get(tables[ITEM], its)
         if u.shape[1] != v.shape[1]:
             raise ScoringError(f"user rows have {u.shape[1]} floats, item rows {v.shape[1]}")
         dense = None
         if DENSE in tables:
-            dense = self._dense(tables[DENSE])
+            dense = self._dense(rows, tables[DENSE])
         scores = score_rows(u, v, dense)
+        cold_u, cold_i = int((~u_found).sum()), int((~v_found).sum())
+        if not count:
+            return Scored(model, view, scores, cold_u, cold_i)
         m = self.metrics
         m.declare(model, view)
         m.scores.labels(model, view).inc(us.size)
-        cold_u, cold_i = int((~u_found).sum()), int((~v_found).sum())
         m.cold.labels(model, USER).inc(cold_u)
         m.cold.labels(model, ITEM).inc(cold_i)
         loss = None
@@ -371,13 +420,13 @@ class EmbeddingEngine:
                 m.logloss.labels(model, view).inc(loss * int(labelled.sum()))
         return Scored(model, view, scores, cold_u, cold_i, loss)
 
-    def _dense(self, table: str) -> npt.NDArray[np.float32]:
+    def _dense(self, rows: RowReader, table: str) -> npt.NDArray[np.float32]:
         spec = self.store.spec(table)
         if spec.kind == "dense":
-            out: npt.NDArray[np.float32] = np.atleast_2d(self.store.dense(table))
+            out: npt.NDArray[np.float32] = np.atleast_2d(rows.dense(table))
             return out
-        rows, found = self.store.get(table, np.arange(2))
-        return rows[: 2 if found[1] else 1]
+        values, found = rows.get(table, np.arange(2))
+        return values[: 2 if found[1] else 1]
 
     async def infer(self, model: str, version: str) -> None:
         # Read a row, so /infer also depends on the held tables (/score is the real path).

@@ -62,6 +62,7 @@ class Config:
     heartbeat_seconds: float
     max_concurrent_loads: int
     enable_fault_injection: bool
+    unload_grace: float = 2.0
     faults: tuple[tuple[FaultKey, Fault], ...] = ()
     update_listen: str = DEFAULT_UPDATE_LISTEN
     update_advertise: str = ""
@@ -107,6 +108,13 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument("--heartbeat-seconds", type=float, default=10.0)
     parser.add_argument(
         "--max-concurrent-loads", type=int, default=4, help="shards loaded at once (default 4)"
+    )
+    parser.add_argument(
+        "--unload-grace",
+        type=float,
+        default=2.0,
+        help="seconds a replica that left the assignment keeps serving before it is unloaded, "
+        "so a hand edit the operator undoes never leaves a shard unserved (default 2)",
     )
     parser.add_argument(
         "--enable-fault-injection",
@@ -155,6 +163,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         parser.error("--heartbeat-seconds must be positive")
     if args.max_concurrent_loads < 1:
         parser.error("--max-concurrent-loads must be at least 1")
+    if not 0 <= args.unload_grace <= 3600:
+        parser.error("--unload-grace must be between 0 and 3600 seconds")
     if args.fault and not args.enable_fault_injection:
         parser.error("--fault needs --enable-fault-injection")
     faults = []
@@ -178,6 +188,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         sim_bandwidth=bandwidth,
         heartbeat_seconds=args.heartbeat_seconds,
         max_concurrent_loads=args.max_concurrent_loads,
+        unload_grace=args.unload_grace,
         enable_fault_injection=args.enable_fault_injection,
         faults=tuple(faults),
         update_listen=args.update_listen,
@@ -261,6 +272,7 @@ async def run(config: Config) -> int:
         writer,
         metrics,
         max_concurrent_loads=config.max_concurrent_loads,
+        unload_grace=config.unload_grace,
         updates=updates,
     )
     agent.faults.update(config.faults)

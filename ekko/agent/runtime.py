@@ -34,8 +34,16 @@ from pydantic import ValidationError
 
 from ekko.agent import decide
 from ekko.agent.decide import Fault, FaultKey, ShardKey
-from ekko.agent.engines import EmbeddingEngine, Engine, LoadError, ScoringError
+from ekko.agent.engines import (
+    BASELINE_VIEW,
+    LIVE_VIEW,
+    EmbeddingEngine,
+    Engine,
+    LoadError,
+    ScoringError,
+)
 from ekko.agent.metrics import AgentMetrics
+from ekko.agent.modelstate import ModelStates, paired_differences
 from ekko.api.meta import Condition
 from ekko.api.resources import (
     AssignedShard,
@@ -133,8 +141,15 @@ def node_config(name: str, listen: str, duties: list[UpdateDuty]) -> NodeConfig:
     follows the first duty (one stream per server today; a later duty is logged and ignored by
     the caller). No duty, or a paused one: no upstreams (keep serving, pull nothing).
     """
+    health = duties[0].health if duties else None
+    undo = health.undo_log_bytes if health is not None else NodeConfig.undo_cap_bytes
     if not duties or duties[0].paused:
-        return NodeConfig(name=name, region=duties[0].region if duties else "", listen=listen)
+        return NodeConfig(
+            name=name,
+            region=duties[0].region if duties else "",
+            listen=listen,
+            undo_cap_bytes=undo,
+        )
     duty = duties[0]
     upstreams = tuple(
         Upstream(
@@ -157,6 +172,7 @@ def node_config(name: str, listen: str, duties: list[UpdateDuty]) -> NodeConfig:
         wait=float(duty.idle_pull_seconds),
         policy="fifo" if duty.policy == "Fifo" else "ekko",
         high_percentile=duty.high_percentile / 100,
+        undo_cap_bytes=undo,
     )
 
 
@@ -233,11 +249,15 @@ class Agent:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         updates: UpdatePlane | None = None,
+        unload_grace: float = 0.0,
     ) -> None:
         self.engine = engine
         self.updates = updates
         self.update_duties: list[UpdateDuty] = []
         self.update_address = ""
+        self.states = ModelStates(
+            lambda: self.updates.node if self.updates is not None else None, now, rand
+        )
         self.writer = writer
         self.metrics = metrics
         self._clock = clock
@@ -252,6 +272,9 @@ class Agent:
         # What the engine holds and what failed.
         self.loaded: dict[ShardKey, int] = {}
         self.failures: dict[ShardKey, LoadFailure] = {}
+        self.unload_grace = unload_grace
+        self._unwanted_since: dict[ShardKey, float] = {}
+        """When each loaded replica left the assignment (it is unloaded after the grace)."""
         self.observed_generation: int | None = None
         # Routing: the Models' weights, and what is applied (served and reported).
         self.model_weights: dict[str, list[VersionWeight]] = {}
@@ -293,6 +316,7 @@ class Agent:
         self.generation = generation
         self.assigned = list(assignment.spec.shards)
         self.update_duties = list(assignment.spec.updates)
+        self.states.health = self.update_duties[0].health if self.update_duties else None
         log.info(
             "observed ServerAssignment generation %s with %d shards", generation, len(self.assigned)
         )
@@ -308,10 +332,30 @@ class Agent:
         for obj in items:
             self._cache_model("ADDED", obj)
         self._apply_routing(observed_at)
+        for obj in items:
+            self._apply_control("ADDED", obj)
 
     def on_model(self, kind: str, obj: dict[str, Any], observed_at: float) -> None:
         if self._cache_model(kind, obj):
             self._apply_routing(observed_at)
+        self._apply_control(kind, obj)
+
+    def _apply_control(self, kind: str, obj: dict[str, Any]) -> None:
+        """Apply the Model's update control block (serving view, epoch); report what changed."""
+        name = (obj.get("metadata") or {}).get("name")
+        if not isinstance(name, str):
+            return
+        control = None
+        if kind != "DELETED":
+            try:
+                control = ModelStatus.model_validate(obj.get("status") or {}).updates
+            except ValidationError:
+                return  # logged by _cache_model
+        if self.states.on_control(name, control) and self.seen:
+            self.writer.submit({"updates": self._updates_wire()})
+
+    def _updates_wire(self) -> list[dict[str, Any]]:
+        return [u.model_dump(by_alias=True, mode="json") for u in self.states.report()]
 
     def _cache_model(self, kind: str, obj: dict[str, Any]) -> bool:
         """Update the weight cache; True when the model's weights changed."""
@@ -385,6 +429,12 @@ class Agent:
     def next_retry_in(self) -> float | None:
         assigned = {decide.key_of(s) for s in self.assigned}
         times = [f.retry_at for k, f in self.failures.items() if k in assigned]
+        now = self._clock()
+        times += [
+            t + self.unload_grace
+            for t in self._unwanted_since.values()
+            if t + self.unload_grace > now  # past due but withheld: no busy loop
+        ]
         if not times:
             return None
         return max(0.0, min(times) - self._clock())
@@ -408,7 +458,10 @@ class Agent:
         if self.updates is None:
             return
         try:
+            had_node = self.updates.node is not None
             self.update_address = await self.updates.apply(self.update_duties)
+            if not had_node and self.updates.node is not None:
+                self.states.on_node_change()
         except Exception:  # a loop that must survive: the next pass tries again
             log.exception("could not start or re-wire the update node")
 
@@ -428,7 +481,10 @@ class Agent:
             await self._report()
         _, to_unload = decide.diff(self.assigned, self.loaded)
         still_failing = [k for k in self.failures if k in {decide.key_of(s) for s in self.assigned}]
-        unloads = decide.safe_unloads(to_unload, still_failing)
+        ripe, self._unwanted_since = decide.due_unloads(
+            to_unload, self._unwanted_since, self._clock(), self.unload_grace
+        )
+        unloads = decide.safe_unloads(ripe, still_failing)
         for key in unloads:
             await self._unload(key)
         if unloads:
@@ -514,6 +570,7 @@ class Agent:
         body = status.to_wire()
         body.pop("heartbeat", None)  # the writer stamps every patch
         body["updateAddress"] = self.update_address
+        body["updates"] = self._updates_wire()
         body.setdefault("observedGeneration", None)
         return body
 
@@ -574,16 +631,32 @@ class Agent:
         users: list[int],
         items: list[int],
         labels: list[float] | None = None,
-        view: str = "live",
+        view: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Score (user, item) pairs on the embedding engine: (HTTP status, JSON body). Labelled
-        pairs (label 0 or 1; NaN for none) add their loss to the per-view metrics."""
+        pairs (label 0 or 1; NaN for none) add their loss to the per-view metrics. Without a
+        view asked for, the model-state manager chooses (live, or the baseline during a rollback
+        and for its traffic sliver); a labelled live request may also be shadow-scored on the
+        baseline, which gives the detector its paired loss differences."""
         if not isinstance(self.engine, EmbeddingEngine):
             return 501, {
                 "error": f"the {self.engine.name} engine does not score; run --engine embedding"
             }
+        chosen = self.states.choose_view(model, view)
+        reader = self.states.baseline_reader(model) if chosen == BASELINE_VIEW else None
         try:
-            scored = self.engine.score(model, users, items, labels, view)
+            scored = self.engine.score(model, users, items, labels, chosen, reader=reader)
+            shadow = (
+                self.states.shadow(model)
+                if labels is not None and chosen == LIVE_VIEW and view is None
+                else None
+            )
+            if shadow is not None and labels is not None:
+                base = self.engine.score(
+                    model, users, items, None, BASELINE_VIEW, reader=shadow, count=False
+                )
+                diffs = paired_differences(labels, scored.scores, base.scores)
+                self.engine.metrics.observe_paired(model, diffs)
         except ScoringError as err:
             return 503, {"model": model, "error": str(err)}
         body: dict[str, Any] = {

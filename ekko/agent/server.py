@@ -63,7 +63,9 @@ async def infer(request: web.Request) -> web.Response:
 MAX_SCORE_PAIRS = 10000
 
 
-def parse_score_request(body: Any) -> tuple[str, str, list[int], list[int], list[float] | None]:
+def parse_score_request(
+    body: Any,
+) -> tuple[str, str | None, list[int], list[int], list[float] | None]:
     """``{"model": m, "view": "live", "requests": [{"user": u, "item": i, "label": 0|1}, ...]}``
     (or one pair at the top level) -> (model, view, users, items, labels or None). Raises
     ValueError with a message for the caller."""
@@ -72,9 +74,9 @@ def parse_score_request(body: Any) -> tuple[str, str, list[int], list[int], list
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ValueError('give the model: {"model": "<name>", "requests": [...]}')
-    view = body.get("view", "live")
-    if not isinstance(view, str):
-        raise ValueError("view must be a string")
+    view = body.get("view")
+    if view is not None and view not in ("live", "baseline"):
+        raise ValueError('view must be "live", "baseline" or absent (the agent chooses)')
     pairs = body.get("requests")
     if pairs is None:
         pairs = [body]

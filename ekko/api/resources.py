@@ -98,9 +98,9 @@ class ServerTemplate(ApiModel):
     image: str = Field(
         min_length=1, max_length=512, description="Image of the inference engine container."
     )
-    engine: Literal["reference", "sim"] = Field(
+    engine: Literal["reference", "sim", "embedding"] = Field(
         default="reference",
-        description="Engine adapter the agent uses: reference (loads shard files and checks their size) or sim (simulated loads, for tests and demos).",
+        description="Engine adapter the agent uses: reference (loads shard files and checks their size), sim (simulated loads, for tests and demos) or embedding (recommender rows kept fresh by an UpdateStream and scored on /score).",
     )
     args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list, max_length=64, description="Arguments of the engine container."
@@ -419,6 +419,25 @@ class VersionWeight(ApiModel):
     weight: int = Field(ge=0, le=100, description="Percent of traffic.")
 
 
+class ModelUpdateControl(ApiModel):
+    """What the agents of a model need fast from its update stream's state manager; written only
+    on transitions (every write wakes every agent that holds the model)."""
+
+    epoch: int = Field(
+        default=0,
+        ge=0,
+        description="Epoch of the model's rows: an agent holding an older one restores restoreCut at this epoch and refuses older-epoch rows above it.",
+    )
+    restore_cut: int | None = Field(
+        default=None, ge=0, description="Cut the state was restored to at this epoch."
+    )
+    baseline_cut: int | None = Field(default=None, ge=0, description="Cut the baseline view reads.")
+    view: Literal["Live", "Baseline"] = Field(
+        default="Live",
+        description="Live: the newest rows serve (the baseline a sliver); Baseline: every request is served from the baseline cut (during a rollback).",
+    )
+
+
 class ModelStatus(ApiModel):
     """Observed state of a Model."""
 
@@ -443,6 +462,10 @@ class ModelStatus(ApiModel):
         default_factory=list,
         max_length=8,
         description="Routing weights; every agent holding the model watches and applies them.",
+    )
+    updates: ModelUpdateControl | None = Field(
+        default=None,
+        description="The update stream's control block for the agents (epoch, serving view, baseline cut).",
     )
     replicas_wanted: int = Field(default=0, description="Shard replicas the model needs.")
     replicas_placed: int = Field(default=0, description="Shard replicas assigned to servers.")
@@ -787,6 +810,26 @@ class UpdateUpstream(ApiModel):
     )
 
 
+class DutyHealth(ApiModel):
+    """What one server does for the model-state manager."""
+
+    traffic_percent: float = Field(
+        default=0.5, ge=0, le=5, description="Percent of requests served from the baseline view."
+    )
+    shadow_percent: int = Field(
+        default=100,
+        ge=0,
+        le=100,
+        description="Percent of labelled live requests also scored on the baseline view.",
+    )
+    undo_log_bytes: int = Field(
+        default=256 << 20,
+        ge=1 << 20,
+        le=64 << 30,
+        description="Cap on the undo logs of retained cuts, in bytes.",
+    )
+
+
 class UpdateDuty(ApiModel):
     """What one server does for one model's update stream; written by the operator."""
 
@@ -820,6 +863,10 @@ class UpdateDuty(ApiModel):
         default=10, ge=1, le=300, description="Long-poll timeout of a pull with nothing new."
     )
     paused: bool = Field(default=False, description="Stop pulling; keep serving what is held.")
+    health: DutyHealth | None = Field(
+        default=None,
+        description="Keep cuts and a baseline view for the model-state manager; absent: off.",
+    )
 
 
 class ServerAssignmentSpec(ApiModel):
@@ -866,6 +913,26 @@ class FailedLoad(ApiModel):
     error: str = Field(default="", max_length=512, description="The engine's error, for people.")
 
 
+class ServerUpdateState(ApiModel):
+    """One model's update state on one server, as its agent reports it."""
+
+    model: Name = Field(description="Model.")
+    view: Literal["Live", "Baseline"] = Field(
+        default="Live", description="The view serving every request but the baseline sliver."
+    )
+    epoch: int = Field(default=0, ge=0, description="Epoch of the newest rows held.")
+    cuts: Annotated[list[int], ListSchema("atomic")] = Field(
+        default_factory=list, max_length=256, description="Cuts retained (oldest first)."
+    )
+    switched_at: datetime | None = Field(
+        default=None, description="When the serving view last changed."
+    )
+    restored_at: datetime | None = Field(
+        default=None, description="When the state was last restored to a cut."
+    )
+    message: str = Field(default="", max_length=1024, description="Why a step could not be done.")
+
+
 class ServerAssignmentStatus(ApiModel):
     """What the agent actually holds and applies; written by the agent."""
 
@@ -891,6 +958,11 @@ class ServerAssignmentStatus(ApiModel):
         default="",
         max_length=2048,
         description="Data-plane URL of the agent's update node (http://pod-ip:9500), empty when it runs none.",
+    )
+    updates: Annotated[list[ServerUpdateState], ListSchema("atomic")] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Per model with an update stream: the serving view, epoch and cuts held.",
     )
     conditions: Conditions = Field(default_factory=list)
 
@@ -1046,6 +1118,112 @@ class UpdateCompression(ApiModel):
     codec: Literal["None", "Zstd"] = Field(default="Zstd", description="Frame compression.")
 
 
+class UpdateBaseline(ApiModel):
+    """The baseline view: the model's state at a cut a few minutes old, read through the undo
+    log (no second copy of the model)."""
+
+    age: Annotated[Duration, duration_range("0s", "1h")] = Field(
+        default="2m",
+        description="The baseline is the newest cut at least this old; it advances only while the model is Healthy, so a harmful update never reaches it. From 0s to 1h.",
+    )
+    traffic_percent: float = Field(
+        default=0.5,
+        ge=0,
+        le=5,
+        description="Percent of requests served from the baseline view (0.5 by default, at most 5).",
+    )
+    shadow_percent: int = Field(
+        default=100,
+        ge=0,
+        le=100,
+        description="Percent of labelled live requests also scored on the baseline: the paired loss differences the detector judges.",
+    )
+
+
+class UpdateDetector(ApiModel):
+    """Judges windows of paired loss differences, loss(live) − loss(baseline), in nats."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.uncertain <= self.corrupted",
+            message="uncertain must not exceed corrupted",
+            check=lambda d: d.uncertain <= d.corrupted,
+        ),
+    )
+
+    window: Annotated[Duration, duration_range("2s", "10m")] = Field(
+        default="10s", description="Length of a window of paired differences; from 2s to 10m."
+    )
+    min_samples: int = Field(
+        default=100,
+        ge=2,
+        le=10**7,
+        description="A window with fewer paired samples is no data and changes nothing.",
+    )
+    uncertain: float = Field(
+        default=0.02, ge=0, le=10, description="Mean difference from which a window is Suspect."
+    )
+    corrupted: float = Field(
+        default=0.05,
+        ge=0,
+        le=10,
+        description="Mean difference from which a window is Bad (when also z standard errors above zero).",
+    )
+    z: float = Field(
+        default=2.0, ge=0, le=10, description="Standard errors a Bad window's mean must clear."
+    )
+    confirmations: int = Field(
+        default=2, ge=1, le=20, description="Consecutive Bad windows that make the model Corrupted."
+    )
+    hysteresis: float = Field(
+        default=0.01,
+        ge=0,
+        le=10,
+        description="A window is Good below uncertain minus this (in between nothing changes).",
+    )
+    recover_windows: int = Field(
+        default=2, ge=1, le=100, description="Good windows that bring Uncertain back to Healthy."
+    )
+    cusum_slack: float | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Slack per sample of a one-sided CUSUM over the differences (slow drifts); absent: off.",
+    )
+    cusum_threshold: float = Field(
+        default=10.0,
+        ge=0.001,
+        le=10**6,
+        description="The CUSUM declares Corrupted when its sum reaches this.",
+    )
+
+
+class UpdateHealth(ApiModel):
+    """The model-state manager: cuts, a baseline view, a detector, and what to do on Corrupted."""
+
+    action: Literal["Alert", "Pause", "Rollback"] = Field(
+        default="Rollback",
+        description="On Corrupted: Alert only reports; Pause stops updates and serves the baseline until a person resumes; Rollback serves the baseline, restores the state to its cut at the next epoch, then serves live again.",
+    )
+    snapshot_interval: Annotated[Duration, duration_range("5s", "1h")] = Field(
+        default="30s", description="How often a cut is taken on every replica; from 5s to 1h."
+    )
+    undo_log_bytes: Annotated[Quantity, quantity_range("1Mi", "64Gi", "256Mi")] = Field(
+        default="256Mi",
+        description="Per replica cap on the undo logs of retained cuts; past it the oldest cut is dropped.",
+    )
+    repeat_window: Annotated[Duration, duration_range("0s", "24h")] = Field(
+        default="10m",
+        description="Corrupted again this soon after a rollback: pause for a person instead of rolling back again.",
+    )
+    baseline: UpdateBaseline = Field(
+        default_factory=UpdateBaseline, description="The baseline view."
+    )
+    detector: UpdateDetector = Field(
+        default_factory=UpdateDetector, description="The detector's thresholds."
+    )
+
+
 class UpdateStreamSpec(ApiModel):
     """Streaming parameter updates for one Model, from its trainer to every server holding it."""
 
@@ -1080,6 +1258,10 @@ class UpdateStreamSpec(ApiModel):
     )
     paused: bool = Field(
         default=False, description="Stop pulling everywhere; servers keep serving what they hold."
+    )
+    health: UpdateHealth | None = Field(
+        default=None,
+        description="The model-state manager: catch a harmful update and roll the state back; absent: off.",
     )
 
 
@@ -1129,6 +1311,81 @@ class UpdateTraffic(ApiModel):
     )
 
 
+class HealthWindow(ApiModel):
+    """The last window the detector judged."""
+
+    samples: int = Field(default=0, ge=0, description="Paired samples in the window.")
+    mean_loss_difference: float | None = Field(
+        default=None, description="Mean of loss(live) − loss(baseline), in nats."
+    )
+    verdict: str = Field(
+        default="", max_length=16, description="NoData, Good, Hold, Suspect or Bad."
+    )
+    at: datetime | None = Field(default=None, description="When the window closed.")
+
+
+class UpdateRollbackRecord(ApiModel):
+    """The last rollback of the model's state and when each step finished."""
+
+    trigger: Literal["Detector", "Person"] = Field(description="Who decided.")
+    cut: int | None = Field(default=None, description="Cut the state went back to.")
+    epoch: int | None = Field(default=None, description="Epoch the restored state carries.")
+    decided_at: datetime = Field(description="When it was decided.")
+    switched_at: datetime | None = Field(
+        default=None, description="When the last server began serving the baseline."
+    )
+    restored_at: datetime | None = Field(
+        default=None, description="When the last server held the restored state."
+    )
+    resumed_at: datetime | None = Field(default=None, description="When live serving resumed.")
+    switch_seconds: float | None = Field(
+        default=None, ge=0, description="Decision to every server serving the baseline."
+    )
+    restore_seconds: float | None = Field(
+        default=None, ge=0, description="Decision to every server holding the restored state."
+    )
+    publisher_restored: bool | None = Field(
+        default=None,
+        description="Whether the publishers restored their own tables (otherwise their old-epoch rows above the cut are refused).",
+    )
+
+
+class CutRecord(ApiModel):
+    """A retained cut."""
+
+    id: int = Field(ge=0, description="Cut id.")
+    taken_at: datetime = Field(description="When it was taken.")
+
+
+class UpdateHealthStatus(ApiModel):
+    """The model-state manager's view: phase, baseline, last window and last rollback."""
+
+    phase: Literal["Healthy", "Uncertain", "Corrupted"] = Field(
+        default="Healthy", description="Healthy, Uncertain or Corrupted."
+    )
+    step: Literal["None", "ServingBaseline", "Restoring", "Paused"] = Field(
+        default="None",
+        description="Where a rollback is: ServingBaseline, Restoring, Paused (waits for a person) or None.",
+    )
+    since: datetime | None = Field(default=None, description="When the phase last changed.")
+    baseline_cut: int | None = Field(default=None, description="Cut the baseline view reads.")
+    cuts: Annotated[list[CutRecord], ListSchema("atomic")] = Field(
+        default_factory=list, max_length=256, description="Cuts taken and retained, oldest first."
+    )
+    bad_windows: int = Field(default=0, ge=0, description="Consecutive Bad windows.")
+    good_windows: int = Field(default=0, ge=0, description="Consecutive Good windows.")
+    cusum: float = Field(default=0.0, ge=0, description="The CUSUM's running sum.")
+    last_window: HealthWindow | None = Field(default=None, description="The last window judged.")
+    last_rollback: UpdateRollbackRecord | None = Field(
+        default=None, description="The last rollback of the model's state."
+    )
+    handled_request: str = Field(
+        default="",
+        max_length=64,
+        description="The last request of a person (rollback or resume annotation value) acted on.",
+    )
+
+
 class UpdateStreamStatus(ApiModel):
     """Observed state of an UpdateStream; written by the operator."""
 
@@ -1154,6 +1411,9 @@ class UpdateStreamStatus(ApiModel):
     servers_lagging: int = Field(
         default=0, ge=0, description="Servers whose lag p99 is over the Fresh threshold."
     )
+    health: UpdateHealthStatus | None = Field(
+        default=None, description="The model-state manager (when spec.health is set)."
+    )
     conditions: Conditions = Field(default_factory=list)
 
 
@@ -1175,6 +1435,14 @@ REQUEST_AT_ANNOTATION = "ekko.dev/request-at"
 """RFC 3339 time of the request; the operator acts once per distinct value."""
 ROLLBACK_TO_ANNOTATION = "ekko.dev/rollback-to"
 """Optional version a rollback returns to (must still be resident)."""
+RESUME_ANNOTATION = "ekko.dev/updates-resume-at"
+"""On an UpdateStream: RFC 3339 time of a person's resume of a model-state manager paused for a
+person (``kubectl ekko updates resume``); acted on once per value."""
+ROLLBACK_ANNOTATION = "ekko.dev/updates-rollback-at"
+"""On an UpdateStream: RFC 3339 time of a person's rollback of the model's state
+(``kubectl ekko updates rollback``); acted on once per value."""
+ROLLBACK_CUT_ANNOTATION = "ekko.dev/updates-rollback-to"
+"""On an UpdateStream: the cut a person's rollback goes back to (default: the baseline's)."""
 REQUEST_VERBS = ("promote", "promote-full", "pause", "resume", "abort", "rollback", "retry")
 
 RESOURCE_TYPES: tuple[type[Resource], ...] = (

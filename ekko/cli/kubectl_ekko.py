@@ -26,8 +26,13 @@ from pydantic import ValidationError
 from ekko import __version__
 from ekko.api.resources import (
     REQUEST_AT_ANNOTATION,
+    RESUME_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    ROLLBACK_CUT_ANNOTATION,
     Model,
+    ModelUpdateControl,
     ModelVersionStatus,
+    ServerAssignment,
     UpdateStream,
     UpdateStreamStatus,
     VersionWeight,
@@ -119,14 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     updates = sub.add_parser(
         "updates",
         parents=[common],
-        usage="%(prog)s [pause|resume] MODEL [options]",
-        help="freshness of a model's streamed updates; `updates pause|resume MODEL`",
+        usage="%(prog)s [pause|resume|rollback] MODEL [options]",
+        help="freshness and health of a model's streamed updates; "
+        "`updates pause|resume|rollback MODEL`",
         description="State, lag (overall, high-priority, per region with its leader), WAN and "
-        "raw bytes, compression, backlog and servers of the model's UpdateStream. "
-        "`pause MODEL` / `resume MODEL` stop and restart pulling everywhere through an annotation "
-        "on the stream (the spec is never edited); servers keep serving what they hold.",
+        "raw bytes, compression, backlog, servers and the model-state manager of the model's "
+        "UpdateStream. `pause MODEL` / `resume MODEL` stop and restart pulling everywhere "
+        "through an annotation on the stream (the spec is never edited); servers keep serving "
+        "what they hold; `resume` also resumes a model-state manager paused for a person. "
+        "`rollback MODEL [--to-cut N]` serves the baseline cut (or cut N) on every server at "
+        "once, even while the operator is down, and asks the operator to restore the state to "
+        "it at the next epoch.",
     )
-    updates.add_argument("words", nargs="+", metavar="MODEL", help="[pause|resume] MODEL")
+    updates.add_argument("words", nargs="+", metavar="MODEL", help="[pause|resume|rollback] MODEL")
+    updates.add_argument(
+        "--to-cut", type=int, metavar="N", help="rollback: the retained cut to go back to"
+    )
+    updates.add_argument(
+        "--wait", action="store_true", help="rollback: wait until the state is restored"
+    )
     updates.add_argument("-w", "--watch", action="store_true", help="redraw on changes")
     updates.add_argument("--timeout", type=_duration, help="stop watching after this long")
     updates.add_argument(
@@ -168,14 +184,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             setattr(args, name, default)
     if args.command == "updates":
         words = args.words
-        if len(words) == 2 and words[0] in ("pause", "resume"):
+        if len(words) == 2 and words[0] in ("pause", "resume", "rollback"):
             args.action, args.model = words
         elif len(words) == 1:
             args.action, args.model = "show", words[0]
         else:
             argparse.ArgumentParser(prog=f"{PROG} updates").error(
-                f"give MODEL, or pause|resume MODEL (got {' '.join(words)!r})"
+                f"give MODEL, or pause|resume|rollback MODEL (got {' '.join(words)!r})"
             )
+        if args.to_cut is not None and args.action != "rollback":
+            argparse.ArgumentParser(prog=f"{PROG} updates").error("--to-cut is for rollback")
     return args
 
 
@@ -310,6 +328,30 @@ def render_updates(stream: UpdateStream) -> str:
         lines += [
             "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
         ]
+    h = st.health
+    if h is not None:
+        w = h.last_window
+        window = (
+            f"last window {w.verdict} {w.mean_loss_difference:+.4f} over {w.samples}"
+            if w is not None and w.mean_loss_difference is not None
+            else "no window yet"
+        )
+        cuts = ",".join(str(c.id) for c in h.cuts[-5:]) or "-"
+        lines.append(
+            f"Health:   {h.phase}"
+            + (f", {h.step}" if h.step != "None" else "")
+            + f"; baseline cut {h.baseline_cut if h.baseline_cut is not None else '-'}"
+            + f" (cuts {cuts}); {window}"
+        )
+        rb = h.last_rollback
+        if rb is not None:
+            lines.append(
+                f"Last rollback ({rb.trigger}): cut {rb.cut}, epoch {rb.epoch}, decided "
+                f"{rb.decided_at.isoformat()}, switched {_seconds(rb.switch_seconds)}, "
+                f"restored {_seconds(rb.restore_seconds)}"
+                + ("" if rb.resumed_at else " (in progress)")
+                + (" (publisher not restored)" if rb.publisher_restored is False else "")
+            )
     if st.conditions:
         lines.append(
             "Conditions: " + ", ".join(f"{c.type}={c.status} ({c.reason})" for c in st.conditions)
@@ -322,7 +364,11 @@ def run_updates(
     args: argparse.Namespace,
     find: Callable[[str, str], Any],
     set_paused: Callable[[str, str, bool], None] | None = None,
+    annotate: Callable[[str, str, dict[str, str]], None] | None = None,
 ) -> int:
+    if args.action == "rollback":
+        assert annotate is not None
+        return run_state_rollback(s, args, find, annotate)
     if args.action in ("pause", "resume"):
         stream = find(s.namespace, args.model)
         if stream is None:
@@ -331,6 +377,12 @@ def run_updates(
             )
         assert set_paused is not None
         set_paused(s.namespace, stream.metadata.name, args.action == "pause")
+        health = stream.status.health if stream.status else None
+        if args.action == "resume" and annotate is not None and health is not None:
+            stamp = view.request_stamp(s.now(), None)
+            annotate(s.namespace, stream.metadata.name, {RESUME_ANNOTATION: stamp})
+            if health.step == "Paused":
+                s.say(f"UpdateStream {stream.metadata.name}: the model-state manager resumes")
         s.say(
             f"UpdateStream {stream.metadata.name}: "
             + (
@@ -367,6 +419,111 @@ def run_updates(
             last = text
         s.sleep(WATCH_POLL)
     return EXIT_OK
+
+
+def state_switch_progress(
+    servers: list[tuple[ServerAssignment, bool]], model: str, cut: int
+) -> tuple[int, int, list[str]]:
+    """(switched, serving servers, names still on live) after a state rollback to ``cut`` (pure):
+    a server counts as switched when it serves the baseline, or does not hold the cut (it says
+    so in its report and cannot do better)."""
+    done, pending, total = 0, [], 0
+    for a, serving in servers:
+        if not serving:
+            continue
+        total += 1
+        report = next((u for u in (a.status.updates if a.status else []) if u.model == model), None)
+        if report is not None and (report.view == "Baseline" or cut not in report.cuts):
+            done += 1
+        else:
+            pending.append(a.metadata.name)
+    return done, total, pending
+
+
+def run_state_rollback(
+    s: Session,
+    args: argparse.Namespace,
+    find: Callable[[str, str], Any],
+    annotate: Callable[[str, str, dict[str, str]], None],
+) -> int:
+    """Serve the baseline cut on every server now (the Model's control block, as the operator
+    would write it) and ask the operator to restore the state to it (an annotation)."""
+    stream = find(s.namespace, args.model)
+    if stream is None:
+        raise RefusedError(f'no UpdateStream for model "{args.model}" in namespace "{s.namespace}"')
+    if stream.spec.health is None:
+        raise RefusedError(
+            f"UpdateStream {stream.metadata.name} has no spec.health: no cuts are kept to roll "
+            "back to"
+        )
+    model = s.model(args.model)
+    health = stream.status.health if stream.status else None
+    control = (model.status.updates if model.status else None) or ModelUpdateControl()
+    if health is not None and health.step != "None":
+        raise RefusedError(
+            f"a rollback of {args.model}'s state is already under way (step {health.step})"
+        )
+    retained = [c.id for c in health.cuts] if health is not None else []
+    cut = args.to_cut if args.to_cut is not None else control.baseline_cut
+    if cut is None:
+        raise RefusedError(f"{args.model} has no baseline cut yet (retained cuts: none)")
+    if args.to_cut is not None and cut not in retained:
+        raise RefusedError(f"cut {cut} is not retained (retained: {retained or 'none'})")
+    stamp = view.request_stamp(s.now(), stream.metadata.annotations.get(ROLLBACK_ANNOTATION))
+    s.kube.patch_model_status(
+        s.namespace,
+        args.model,
+        {"updates": control.evolve(view="Baseline", baseline_cut=cut).to_wire()},
+    )
+    annotate(
+        s.namespace,
+        stream.metadata.name,
+        {ROLLBACK_ANNOTATION: stamp, ROLLBACK_CUT_ANNOTATION: str(cut)},
+    )
+    s.say(
+        f"rollback of {args.model}'s state requested: every server serves cut {cut} now; the "
+        "operator restores the state to it at the next epoch"
+    )
+    if not args.wait:
+        return EXIT_OK
+    timeout = args.timeout if args.timeout is not None else DEFAULT_WAIT
+    deadline = s.monotonic() + timeout
+    started = s.monotonic()
+    last = None
+    while True:
+        servers = s.kube.model_servers(s.namespace, args.model, model.spec.pool)
+        done, total, pending = state_switch_progress(servers, args.model, cut)
+        line = f"{done}/{total} servers serve cut {cut}"
+        if line != last:
+            s.say(f"  {line}")
+            last = line
+        if total and done == total:
+            s.say(f"every server serves cut {cut} ({s.monotonic() - started:.3f}s)")
+            break
+        if s.monotonic() >= deadline:
+            s.fail(f"timed out after {timeout:g}s: not yet on {', '.join(pending[:5])}")
+            return EXIT_TIMEOUT
+        s.sleep(ROLLBACK_POLL)
+    requested = view.parse_stamp(stamp)
+    grace = min(deadline, s.monotonic() + max(OPERATOR_GRACE, timeout / 2))
+    while True:
+        stream = find(s.namespace, args.model)
+        health = stream.status.health if stream is not None and stream.status else None
+        rb = health.last_rollback if health is not None else None
+        if rb is not None and rb.resumed_at is not None and rb.decided_at >= requested:
+            s.say(
+                f"restored to cut {rb.cut} at epoch {rb.epoch}; serving live again "
+                f"(switched {rb.switch_seconds}s, restored {rb.restore_seconds}s after the "
+                "operator's decision)"
+            )
+            return EXIT_OK
+        if s.monotonic() >= grace:
+            s.say(
+                "the operator has not restored the state yet (is it running?); traffic stays "
+                f"on cut {cut} until it does; `{PROG} updates {args.model}` shows it"
+            )
+            return EXIT_OK
+        s.sleep(POLL)
 
 
 def _dump(doc: object, output: str) -> str:
@@ -500,7 +657,9 @@ def main(argv: list[str] | None = None) -> int:
             from ekko.kube.updates import UpdateKube  # noqa: PLC0415 (fast --help)
 
             kube = UpdateKube(api)
-            return run_updates(session, args, kube.find_stream, kube.set_paused)
+            return run_updates(
+                session, args, kube.find_stream, kube.set_paused, kube.annotate_stream
+            )
         return run_action(session, args)
     except (RefusedError, KubeError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)

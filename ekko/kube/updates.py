@@ -16,7 +16,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ekko.api.meta import GROUP, VERSION
-from ekko.api.resources import Model, ServerAssignment, UpdateDuty, UpdateStream
+from ekko.api.resources import (
+    Model,
+    ModelUpdateControl,
+    ServerAssignment,
+    UpdateDuty,
+    UpdateStream,
+)
 from ekko.kube import pods
 from ekko.kube.calls import get_custom, post_event
 from ekko.kube.errors import InvalidObjectError
@@ -134,10 +140,47 @@ class UpdateKube:
         return None
 
     @converted
+    def streams(self, namespace: str) -> list[UpdateStream]:
+        """Every UpdateStream of the namespace that parses (admission: one stream per model)."""
+        items = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "updatestreams"
+        )["items"]
+        out = []
+        for item in items:
+            try:
+                out.append(parse(UpdateStream, item))
+            except InvalidObjectError as err:
+                log.warning("%s", err)
+        return out
+
+    @converted
     def set_paused(self, namespace: str, name: str, paused: bool) -> None:
         """Set or clear the pause annotation (``kubectl ekko updates pause|resume``)."""
         value = "true" if paused else None
         body = {"metadata": {"annotations": {PAUSE_ANNOTATION: value}}}
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, "updatestreams", name, body
+        )
+
+    @converted
+    def patch_model_control(
+        self, namespace: str, model: str, control: ModelUpdateControl | None
+    ) -> None:
+        """Write the Model's update control block (``status.updates``), which every agent
+        holding the model applies; only on transitions."""
+        body = None if control is None else control.model_dump(by_alias=True, mode="json")
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "models", model, {"status": {"updates": body}}
+        )
+
+    @converted
+    def annotate_stream(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Set annotations on the stream (a person's rollback or resume request)."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "updatestreams",
+            name,
+            {"metadata": {"annotations": annotations}},
         )

@@ -29,6 +29,7 @@ from ekko.api.resources import UpdateStream
 from ekko.kube.errors import KubeError
 from ekko.kube.updates import StreamObservation, UpdateKube
 from ekko.operator.peering import Gate
+from ekko.operator.statemanager import StateManager
 from ekko.planning.updates import (
     Scrape,
     StreamServer,
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 PASS_SECONDS = 2.0
 """A pass at least this often: pod readiness and agent addresses are re-read."""
+ROLLBACK_PASS_SECONDS = 0.25
+"""How often a pass runs while a rollback of the model's state is under way."""
 STATUS_SECONDS = 5.0
 """Status is written at most this often (it is telemetry; nothing waits on it)."""
 WINDOW_SECONDS = 60.0
@@ -133,6 +136,7 @@ class StreamWorker:
         self._status_at = 0.0
         self._last_status: dict[str, Any] | None = None
         self._reported: str = ""
+        self.health = StateManager(key, kube)
 
     def wake(self) -> None:
         self._wake.set()
@@ -158,8 +162,9 @@ class StreamWorker:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
+            pause = ROLLBACK_PASS_SECONDS if self.health.busy else PASS_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), PASS_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), pause)
             self._wake.clear()
 
     async def run_pass(self) -> bool | None:
@@ -178,7 +183,8 @@ class StreamWorker:
         before = self.topology
         leaders = before.leaders if before else previous_leaders(current, name)
         deputies = before.deputies if before else previous_deputies(current, name)
-        paused = is_paused(stream.spec, stream.metadata.annotations)
+        await self.health.step(stream, obs, servers)
+        paused = is_paused(stream.spec, stream.metadata.annotations) or self.health.paused
         topology = plan_topology(name, stream.spec, servers, leaders, deputies, paused=paused)
         await self._write(obs, topology)
         for (group, region), leader in topology.leader_changes(leaders).items():
@@ -242,6 +248,8 @@ class StreamWorker:
             previous=list(previous),
             now=dt.datetime.now(dt.UTC),
             paused=paused,
+            epoch=self.health.epoch,
+            extra=self.health.condition(),
         )
         for change in condition_events(previous, status.conditions):
             reason, text, warning = change

@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ekko.api.meta import GROUP, VERSION, Resource
-from ekko.api.resources import Model, ModelVersion
+from ekko.api.resources import Model, ModelVersion, UpdateStream
 from ekko.api.validate import check_manifest
 from ekko.kube.errors import KubeError
 from ekko.kube.fleet import Fleet
-from ekko.planning.admission import check_model, check_version
+from ekko.planning.admission import check_model, check_stream, check_version
 
 CONFIGURATION = "validate.ekko.dev"
 
@@ -178,3 +178,20 @@ async def validate_version(body: kopf.Body, memo: kopf.Memo, warnings: list[str]
     )
     if model is not _UNCHECKED:
         _refuse(check_version(version, model))
+
+
+@kopf.on.validate(
+    GROUP, VERSION, "updatestreams", operations=["CREATE", "UPDATE"], ignore_failures=True
+)
+async def validate_stream(body: kopf.Body, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
+    stream = _parsed(UpdateStream, body)
+    fleet: Fleet = memo.fleet
+    namespace = body.metadata.namespace or "default"
+    model = await _read(
+        f'model "{stream.spec.model}"', warnings, fleet.get_model, namespace, stream.spec.model
+    )
+    others = await _read(
+        "the namespace's UpdateStreams", warnings, memo.streams.kube.streams, namespace
+    )
+    if model is not _UNCHECKED and others is not _UNCHECKED:
+        _refuse(check_stream(stream, model, others))

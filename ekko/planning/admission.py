@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from ekko.api.resources import Model, ModelVersion, ServerPool
+from ekko.api.resources import Model, ModelVersion, ServerPool, UpdateStream
 from ekko.api.validate import field_errors
 from ekko.planning.problem import model_spec, pool_of
 from ekko.solver import Problem, explain
@@ -72,3 +72,28 @@ def check_version(version: ModelVersion, model: Model | None) -> list[str]:
             "a ModelVersion must name an existing Model in spec.model"
         ]
     return []
+
+
+def check_stream(
+    stream: UpdateStream, model: Model | None, others: list[UpdateStream]
+) -> list[str]:
+    """Why this UpdateStream cannot be accepted (empty: fine): its model must exist and have no
+    other stream (two streams would wire the same servers twice and fight over their cuts)."""
+    namespace = stream.metadata.namespace or "default"
+    errors = []
+    if model is None:
+        errors.append(
+            f'model "{stream.spec.model}" does not exist in namespace "{namespace}"; '
+            "an UpdateStream must name an existing Model in spec.model"
+        )
+    taken = sorted(
+        o.metadata.name
+        for o in others
+        if o.spec.model == stream.spec.model and o.metadata.name != stream.metadata.name
+    )
+    if taken:
+        errors.append(
+            f'model "{stream.spec.model}" already has an UpdateStream ({", ".join(taken)}); '
+            "one stream per model: add the tables to that stream or delete it first"
+        )
+    return errors

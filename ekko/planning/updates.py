@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ekko.api.meta import Condition, set_condition
 from ekko.api.resources import (
+    DutyHealth,
     RegionFreshness,
     UpdateDuty,
     UpdateFreshness,
@@ -39,7 +40,7 @@ from ekko.api.resources import (
     UpdateTraffic,
     UpdateUpstream,
 )
-from ekko.api.units import duration_seconds, parse_quantity
+from ekko.api.units import duration_seconds, parse_quantity, quantity_bytes
 
 GroupRegion = tuple[int, str]
 
@@ -195,6 +196,12 @@ def plan_topology(
         ),
         "paused": spec.paused if paused is None else paused,
     }
+    if spec.health is not None:
+        common["health"] = DutyHealth(
+            traffic_percent=spec.health.baseline.traffic_percent,
+            shadow_percent=spec.health.baseline.shadow_percent,
+            undo_log_bytes=quantity_bytes(spec.health.undo_log_bytes),
+        )
     duties: dict[str, list[UpdateDuty]] = defaultdict(list)
     for group, region in sorted(members):
         group_servers = members[(group, region)]
@@ -284,6 +291,8 @@ class Scrape:
     rows: float = 0.0
     backlog: float = 0.0
     staleness: float = 0.0
+    paired: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Paired shadow scores: (samples, sum of loss differences, sum of their squares)."""
 
 
 def parse_scrape(text: str, model: str) -> Scrape:
@@ -292,6 +301,7 @@ def parse_scrape(text: str, model: str) -> Scrape:
     wire: dict[str, float] = {}
     raw: dict[str, float] = {}
     rows = backlog = staleness = 0.0
+    paired = [0.0, 0.0, 0.0]
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
@@ -308,7 +318,16 @@ def parse_scrape(text: str, model: str) -> Scrape:
                 backlog += s.value
             elif s.name == "ekko_update_staleness_seconds" and labels.get("model") == model:
                 staleness = max(staleness, s.value)
-    return Scrape(lag, wire, raw, rows, backlog, staleness)
+            elif s.name in _PAIRED and labels.get("model") == model:
+                paired[_PAIRED[s.name]] = s.value
+    return Scrape(lag, wire, raw, rows, backlog, staleness, (paired[0], paired[1], paired[2]))
+
+
+_PAIRED = {
+    "ekko_update_paired_samples_total": 0,
+    "ekko_update_paired_loss_difference": 1,
+    "ekko_update_paired_loss_difference_squared": 2,
+}
 
 
 def _delta(now: Mapping[Any, float], before: Mapping[Any, float] | None) -> dict[Any, float]:
@@ -368,6 +387,8 @@ def stream_status(
     previous: list[Condition],
     now: datetime,
     paused: bool | None = None,
+    epoch: int = 0,
+    extra: Condition | None = None,
 ) -> UpdateStreamStatus:
     """The stream's status from each connected server's metrics now and at the start of the
     window (``baselines``; a server without one counts from zero)."""
@@ -435,10 +456,12 @@ def stream_status(
             message=f"lag p99 {p99 if p99 is None else round(p99, 3)}s, {lagging} servers lagging (threshold {LAG_THRESHOLD_SECONDS}s)",
         )
     conditions = set_condition(conditions, fresh, now)
+    if extra is not None:
+        conditions = set_condition(conditions, extra, now)
     return UpdateStreamStatus(
         observed_generation=generation,
         state=state,
-        epoch=0,
+        epoch=epoch,
         freshness=UpdateFreshness(
             p50_seconds=_round(quantile(0.5, overall)),
             p99_seconds=_round(p99),

@@ -32,7 +32,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -44,8 +44,9 @@ from prometheus_client import CollectorRegistry
 from ekko.updates.codec import CodecError, decode_response, encode_request, fp32_bytes
 from ekko.updates.link import LinkSpec, TokenBucket
 from ekko.updates.priority import Policy, Scheduler, SchedulerConfig
-from ekko.updates.snapshots import Cut, CutLog, Fence, RestoreResult, fence
-from ekko.updates.store import Batch, Store, TableSpec, ValueDType
+from ekko.updates.snapshots import Cut, CutLog, Fence, RestoreResult, fence, vectors_json
+from ekko.updates.store import Batch, ShardId, Store, TableSpec, ValueDType
+from ekko.updates.versions import VersionVector
 from ekko.updates.wire import (
     DEFAULT_PORT,
     PULL_PATH,
@@ -201,6 +202,7 @@ class Node:
             apply_log=self.config.apply_log,
         )
         self.server.scheduler = Scheduler(SchedulerConfig(config.policy, config.high_percentile))
+        self.cuts.cap_bytes = config.undo_cap_bytes
         now = self.clock()
         self.upstreams = [
             _UpstreamState(
@@ -314,12 +316,15 @@ class Node:
 
     # --- cuts and restore -----------------------------------------------------------------------
 
-    def take_cut(self, cut_id: int) -> dict[str, Any]:
-        """Start cut ``cut_id`` at the store's current state (the cut endpoint calls this; the
-        same id again answers the cut already taken)."""
+    def take_cut(
+        self, cut_id: int, vectors: Mapping[ShardId, VersionVector] | None = None
+    ) -> dict[str, Any]:
+        """Start cut ``cut_id`` named by the publisher's announced ``vectors`` (default: what this
+        store holds); rows those vectors cover that arrive later still belong to the cut (the cut
+        endpoint calls this; the same id again answers the cut already taken)."""
         if self.cuts.has(cut_id):
             return _cut_json(self.cuts.cut(cut_id), self.cuts)
-        cut = self.cuts.take(self.store, cut_id, now=self.wall())
+        cut = self.cuts.take(self.store, cut_id, now=self.wall(), vectors=vectors)
         log.info("Node %s took cut %d", self.config.name, cut_id)
         return _cut_json(cut, self.cuts)
 
@@ -372,10 +377,7 @@ def _cut_json(cut: Cut, cuts: CutLog) -> dict[str, Any]:
     return {
         "cut": cut.id,
         "takenAt": cut.taken_at,
-        "vectors": [
-            {"table": t, "part": p, "vector": [list(e) for e in v.entries]}
-            for (t, p), v in sorted(cut.vectors.items())
-        ],
+        "vectors": vectors_json(cut.vectors),
         "undoBytes": cuts.bytes,
         "retained": [c.id for c in cuts.cuts()],
     }

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,9 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
 from ekko.updates.priority import Scheduler, SchedulerConfig
-from ekko.updates.store import Store, TableSpec
+from ekko.updates.snapshots import SOURCE_RESTORE_SEQ, CutLog, vectors_json
+from ekko.updates.store import ShardId, Store, TableSpec
+from ekko.updates.versions import VersionVector
 from ekko.updates.wire import DEFAULT_PORT, UpdateMetrics, UpdateServer, parse_listen
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Publisher:
         scheduler: SchedulerConfig | None = None,
         cache_capacity: int = 65536,
         clock: Callable[[], float] = time.time,
+        undo_cap_bytes: int = 256 << 20,
     ) -> None:
         if origin < 0:
             raise ValueError("origin must be a non-negative integer")
@@ -68,6 +71,10 @@ class Publisher:
         self.store = Store(cache_capacity=cache_capacity)
         self.metrics = UpdateMetrics(registry or CollectorRegistry(), region)
         self.server = UpdateServer(self.store, Scheduler(scheduler), self.metrics)
+        self.cuts = CutLog(undo_cap_bytes)
+        """Cuts of the origin's own tables, so a rollback of the model's state restores the
+        source too (the model-state manager posts the same cut and restore as to the servers)."""
+        self.server.control = self
         self._seq = 0
         for spec in tables:
             self.declare(spec)
@@ -92,6 +99,7 @@ class Publisher:
         if len(k) == 0:
             return self._seq
         seqs = self._next_seqs(len(k))
+        self.cuts.before_write(self.store, table, k)
         self.store.write(
             table,
             k,
@@ -116,6 +124,32 @@ class Publisher:
         flat = np.zeros(spec.n_chunks * spec.dim, dtype=np.float32)
         flat[: t.size] = t.reshape(-1)
         return self.publish(name, np.arange(spec.n_chunks), flat.reshape(spec.n_chunks, spec.dim))
+
+    def take_cut(
+        self, cut_id: int, vectors: Mapping[ShardId, VersionVector] | None = None
+    ) -> dict[str, Any]:
+        """Start cut ``cut_id`` of the origin's tables (the same id again is a no-op) and answer
+        its vectors: what the servers' cuts are named by (announced ``vectors`` are ignored: the
+        origin's own state is the cut)."""
+        if not self.cuts.has(cut_id):
+            self.cuts.take(self.store, cut_id, now=self.clock())
+            log.info("Publisher took cut %d", cut_id)
+        return {
+            "cut": cut_id,
+            "vectors": vectors_json(self.cuts.cut(cut_id).vectors),
+            "retained": [c.id for c in self.cuts.cuts()],
+        }
+
+    def restore(self, cut_id: int, epoch: int | None = None) -> dict[str, Any]:
+        """Restore the origin's tables to cut ``cut_id`` at ``epoch`` and publish at that epoch
+        from now on (KeyError for an unknown cut, ValueError for an epoch that does not fence)."""
+        result = self.cuts.restore(
+            self.store, cut_id, now=self.clock(), epoch=epoch, seq=SOURCE_RESTORE_SEQ
+        )
+        self.epoch = result.epoch
+        self.server.notifier.notify()
+        log.info("Publisher restored cut %d at epoch %d", cut_id, result.epoch)
+        return {"cut": cut_id, "epoch": result.epoch, "rows": dict(result.rows)}
 
     async def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> int:
         """Serve the pull endpoint; returns the bound port."""

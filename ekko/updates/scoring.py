@@ -76,13 +76,18 @@ def auc(labels: ArrayLike, scores: ArrayLike) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def logloss(labels: ArrayLike, probs: ArrayLike) -> float:
-    """Mean binary cross-entropy, probabilities clipped to [EPS, 1 - EPS]."""
+def pair_logloss(labels: ArrayLike, probs: ArrayLike) -> F64:
+    """Binary cross-entropy of each pair, probabilities clipped to [EPS, 1 - EPS]."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), EPS, 1 - EPS)
-    if y.size == 0:
-        return float("nan")
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    out: F64 = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return out
+
+
+def logloss(labels: ArrayLike, probs: ArrayLike) -> float:
+    """Mean binary cross-entropy, probabilities clipped to [EPS, 1 - EPS]."""
+    losses = pair_logloss(labels, probs)
+    return float(losses.mean()) if losses.size else float("nan")
 
 
 def row_logits(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,8 +48,14 @@ KEY_BYTES = 8
 FLAG_BYTES = 1
 
 RESTORE_ORIGIN = 0x7E57
-"""The origin id of rows written by a restore (every replica restores with the same versions,
-so restored replicas agree on versions as well as values)."""
+"""The origin id of rows written by a restore."""
+REPLICA_RESTORE_SEQ = 1
+"""Seq of the rows a replica's restore writes."""
+SOURCE_RESTORE_SEQ = 2
+"""Seq of the rows the publisher's restore writes: they beat a replica's own restored rows, so
+every replica ends with exactly the source's state at the cut (a replica that was a few rows
+behind when a row was overwritten after the cut holds an older pre-image than the cut's; it
+serves that at once and takes the source's value with its next pull)."""
 
 
 def row_bytes(dim: int) -> int:
@@ -253,42 +260,73 @@ class CutLog:
     # --- recording -----------------------------------------------------------------------------
 
     def before_apply(self, store: Store, batch: Batch) -> None:
-        """Record pre-images of the rows ``batch`` may overwrite (call before ``store.apply``)."""
+        """Record pre-images of the rows ``batch`` may overwrite (call before ``store.apply``).
+
+        A row a cut's vector covers belongs to that cut's state even when it arrives after the
+        cut was taken (a replica a few rows behind the publisher's announcement): its pre-image
+        goes to the newest cut that does *not* cover it, or nowhere when every cut covers it. So
+        replicas that took the same announced cut at different moments view and restore the same
+        state, the publisher's at the cut."""
         if not self._cuts or batch.n == 0 or not store.has_table(batch.table):
             return
         # Every key of the batch, even one the shard's knowledge covers: a covered version may
         # still be newer than the held one (knowledge vouches for writes, not for each row).
-        self.before_write(store, batch.table, batch.keys)
+        ids = sorted(self._cuts)
+        shard = batch.shard
+        not_covering = np.zeros(batch.n, dtype=np.int64)
+        for cid in ids:  # vectors grow with the cut id: the cuts not covering a row are a prefix
+            vec = self._cuts[cid].cut.vectors.get(shard)
+            covered = (
+                vec.covers_arrays(batch.epochs, batch.origins, batch.seqs)
+                if vec is not None
+                else np.zeros(batch.n, dtype=np.bool_)
+            )
+            not_covering += ~covered
+        for pos in np.unique(not_covering):
+            if pos == 0:
+                continue  # every cut holds this row already: nothing to undo
+            rows = not_covering == pos
+            self.before_write(store, batch.table, batch.keys[rows], cut_id=ids[int(pos) - 1])
 
-    def before_write(self, store: Store, table: str, keys: npt.ArrayLike) -> None:
-        """Record pre-images of ``keys`` of ``table`` (call before ``store.write``).
+    def before_write(
+        self, store: Store, table: str, keys: npt.ArrayLike, cut_id: int | None = None
+    ) -> None:
+        """Record pre-images of ``keys`` of ``table`` (call before ``store.write``) in the log of
+        ``cut_id`` (default: the newest cut).
 
-        Only the newest cut's log records: a row unchanged since an older cut has the same value
-        at both, so a view at an older cut reads the logs from its own cut forward and takes the
-        first pre-image it finds (each pre-image is kept once, not once per cut)."""
+        A row unchanged since an older cut has the same value at both, so a view at an older
+        cut reads the logs from its own cut forward and takes the first pre-image it finds (each
+        pre-image is kept once, not once per cut): a key already logged at ``cut_id`` or a newer
+        cut is not logged again (its value at ``cut_id`` is that pre-image, or live)."""
         if not self._cuts or not store.has_table(table):
             return
         k = np.asarray(keys, dtype=np.int64).reshape(-1)
         if len(k) == 0:
             return
         dim = store.spec(table).dim
-        newest = max(self._cuts)
-        st = self._cuts[newest]
-        tlog = st.tables.get(table)
-        if tlog is None:
-            tlog = st.tables[table] = _TableLog(dim)
-        new = tlog.missing(k)
+        target = max(self._cuts) if cut_id is None else cut_id
+        if target not in self._cuts:
+            return
+        new = np.fromiter(dict.fromkeys(k.tolist()), dtype=np.int64)
+        for cid in sorted(i for i in self._cuts if i >= target):
+            tlog = self._cuts[cid].tables.get(table)
+            if tlog is not None and len(new):
+                new = tlog.missing(new)
         if len(new) == 0:
             return
         cost = row_bytes(dim) * len(new)
-        # The cap: drop the oldest cuts until this record fits; when the newest alone cannot
+        # The cap: drop the oldest cuts until this record fits; when the target itself cannot
         # hold it, it is dropped too (it could not give a complete view).
         while self.bytes + cost > self.cap_bytes and self._cuts:
             oldest = min(self._cuts)
             self._drop_oldest()
             self.drops += 1
-            if oldest == newest:
+            if oldest == target:
                 return
+        st = self._cuts[target]
+        tlog = st.tables.get(table)
+        if tlog is None:
+            tlog = st.tables[table] = _TableLog(dim)
         values, found = store.get(table, new)
         tlog.add(new, values, found)
         st.bytes += cost
@@ -313,15 +351,25 @@ class CutLog:
         now: float,
         epoch: int | None = None,
         origin: int = RESTORE_ORIGIN,
+        seq: int = REPLICA_RESTORE_SEQ,
     ) -> RestoreResult:
         """Write the cut's pre-images back at a new ``epoch`` (default: one past the store's
-        newest) and return the fence for incoming batches. Cuts newer than ``cut_id`` are
+        newest; it must be above the cut's epoch and not below the store's newest) and return
+        the fence for incoming batches. Cuts newer than ``cut_id`` are
         dropped (they saw the state being undone); the cut itself is kept with an empty log, as
         the live state now is its state."""
         st = self._state(cut_id)
-        new_epoch = max_epoch(store) + 1 if epoch is None else epoch
-        if new_epoch <= max_epoch(store):
-            raise ValueError(f"epoch {new_epoch} does not fence epoch {max_epoch(store)}")
+        newest = max_epoch(store)
+        new_epoch = newest + 1 if epoch is None else epoch
+        at_cut = max((e for v in st.cut.vectors.values() for e, _, _ in v.entries), default=0)
+        # The new epoch must beat every row written since the cut (so it fences the cut's epoch)
+        # and not lose to rows already held. Equal to the newest is fine: those rows are of the
+        # new epoch already (an upstream restored first and this replica pulled its rows).
+        if new_epoch < newest or new_epoch <= at_cut:
+            raise ValueError(
+                f"epoch {new_epoch} does not fence epoch {max(newest, at_cut)} "
+                f"(rows of epoch {newest} are held; the cut is at epoch {at_cut})"
+            )
         view = self.view(store, cut_id)
         tables: dict[str, list[I64]] = {}
         for later in view.chain:
@@ -346,7 +394,7 @@ class CutLog:
         for table, keys, values in writes:
             results.extend(
                 store.write(
-                    table, keys, values, epoch=new_epoch, origin=origin, seqs=1, publish_time=now
+                    table, keys, values, epoch=new_epoch, origin=origin, seqs=seq, publish_time=now
                 )
             )
             rows[table] = len(keys)
@@ -410,6 +458,32 @@ def knowledge_at(vectors: Iterable[Knowledge]) -> VersionVector:
     return VersionVector.of({src: min(k.vector.get(*src) for k in ks) for src in sources})
 
 
+def vectors_json(vectors: Mapping[ShardId, VersionVector]) -> list[dict[str, Any]]:
+    """A cut's vectors as JSON: ``[{"table", "part", "vector": [[epoch, origin, seq], ...]}]``."""
+    return [
+        {"table": t, "part": p, "vector": [list(e) for e in v.entries]}
+        for (t, p), v in sorted(vectors.items())
+    ]
+
+
+def vectors_from_json(raw: object) -> dict[ShardId, VersionVector]:
+    """The inverse of :func:`vectors_json`; ValueError with a message when malformed. Several
+    entries for one shard (several publishers' announcements) merge."""
+    if not isinstance(raw, list):
+        raise ValueError('"vectors" must be a list')
+    out: dict[ShardId, VersionVector] = {}
+    for i, item in enumerate(raw):
+        try:
+            shard = (str(item["table"]), int(item["part"]))
+            vec = VersionVector.of({(int(e), int(o)): int(q) for e, o, q in item["vector"]})
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"vectors[{i}] must be {{table, part, vector: [[e, o, s]]}}: {err}"
+            ) from None
+        out[shard] = out[shard].merge(vec) if shard in out else vec
+    return out
+
+
 __all__: Sequence[str] = (
     "RESTORE_ORIGIN",
     "Cut",
@@ -421,4 +495,6 @@ __all__: Sequence[str] = (
     "knowledge_at",
     "max_epoch",
     "row_bytes",
+    "vectors_from_json",
+    "vectors_json",
 )

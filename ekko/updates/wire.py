@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,7 +40,9 @@ from ekko.updates.codec import (
     fp32_bytes,
 )
 from ekko.updates.priority import CLASS_NAMES, Scheduler
-from ekko.updates.store import ApplyResult, Store
+from ekko.updates.snapshots import vectors_from_json
+from ekko.updates.store import ApplyResult, ShardId, Store
+from ekko.updates.versions import VersionVector
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +171,9 @@ class Notifier:
 class StateControl(Protocol):
     """What the cut and restore endpoints call (a node implements it over its cut log)."""
 
-    def take_cut(self, cut_id: int) -> dict[str, Any]: ...
+    def take_cut(
+        self, cut_id: int, vectors: Mapping[ShardId, VersionVector] | None = None
+    ) -> dict[str, Any]: ...
 
     def restore(self, cut_id: int, epoch: int | None) -> dict[str, Any]: ...
 
@@ -286,7 +290,9 @@ async def _cut(request: web.Request) -> web.Response:
         return web.json_response({"error": "this server keeps no cuts"}, status=404)
     try:
         cut, _ = await _control_body(request)
-        return web.json_response(control.take_cut(cut))
+        raw = json.loads(await request.read() or b"{}").get("vectors")
+        vectors = vectors_from_json(raw) if raw is not None else None
+        return web.json_response(control.take_cut(cut, vectors))
     except ValueError as e:
         return web.json_response({"error": str(e)}, status=400)
 

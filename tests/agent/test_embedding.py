@@ -135,6 +135,8 @@ def test_refusals() -> None:
         engine.score("ranker", [1], [1])
     replicate(publisher_for(trained()), engine)
     with pytest.raises(ScoringError, match="unknown view"):
+        engine.score("ranker", [1], [1], view="yesterday")
+    with pytest.raises(ScoringError, match="no baseline view"):
         engine.score("ranker", [1], [1], view="baseline")
     with pytest.raises(ScoringError, match="labels"):
         engine.score("ranker", [1], [1], [1.0, 0.0])
@@ -166,6 +168,7 @@ def test_make_engine_embedding() -> None:
         ({"model": "m", "requests": [{"user": -1, "item": 2}]}, "non-negative"),
         ({"model": "m", "requests": [{"user": 1, "item": "x"}]}, "integer"),
         ({"model": "m", "requests": [{"user": 1, "item": 2, "label": 0.5}]}, "label"),
+        ({"model": "m", "user": 1, "item": 2, "view": "old"}, "view must be"),
     ],
 )
 def test_parse_score_request_refuses(body: Any, error: str) -> None:
@@ -176,10 +179,13 @@ def test_parse_score_request_refuses(body: Any, error: str) -> None:
 def test_parse_score_request() -> None:
     assert parse_score_request({"model": "m", "user": 1, "item": 2}) == (
         "m",
-        "live",
+        None,  # the agent chooses: live, or the baseline during a rollback and for its sliver
         [1],
         [2],
         None,
+    )
+    assert parse_score_request({"model": "m", "user": 1, "item": 2, "view": "baseline"})[1] == (
+        "baseline"
     )
     _, _, users, items, labels = parse_score_request(
         {"model": "m", "requests": [{"user": 1, "item": 2, "label": 1}, {"user": 3, "item": 4}]}

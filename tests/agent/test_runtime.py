@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ekko.agent.decide import ShardKey, key_of
+from ekko.agent.decide import ShardKey, due_unloads, key_of
 from ekko.agent.engines import LoadError, SimEngine
 from ekko.agent.metrics import AgentMetrics
 from ekko.agent.runtime import Agent, StatusWriter
@@ -322,3 +322,40 @@ def test_infer_follows_weights_and_faults(weights: list[tuple[str, int]]) -> Non
             assert status == 503
 
     run(scenario)
+
+
+def test_a_replica_removed_and_restored_within_the_grace_is_never_unloaded() -> None:
+    """A hand edit empties the assignment; the operator restores it 0.1 s later: nothing was
+    unloaded. A removal that stays is unloaded once the grace has passed."""
+
+    async def scenario() -> None:
+        engine = FlakyEngine({})
+        async with started(engine, unload_grace=0.3) as (agent, rec):
+            shards = [("m", 0, "v1"), ("m", 1, "v1")]
+            agent.on_assignment("ADDED", assignment(shards))
+            await settle(lambda: rec.merged().get("observedGeneration") == 1)
+            engine.calls.clear()
+            agent.on_assignment("MODIFIED", assignment([], 2))  # someone emptied the spec
+            await asyncio.sleep(0.1)
+            agent.on_assignment("MODIFIED", assignment(shards, 3))  # the operator put it back
+            await settle(lambda: rec.merged().get("observedGeneration") == 3)
+            await asyncio.sleep(0.5)
+            assert engine.calls == []  # nothing unloaded, nothing reloaded
+            agent.on_assignment("MODIFIED", assignment([("m", 0, "v1")], 4))  # a real removal
+            await asyncio.sleep(0.1)
+            assert engine.calls == []  # still within the grace
+            await settle(lambda: engine.calls == ["unload m/1@v1"], timeout=3)
+            await settle(lambda: rec.merged().get("observedGeneration") == 4)
+
+    run(scenario)
+
+
+def test_due_unloads_waits_for_the_grace() -> None:
+    a, b = ShardKey("m", 0, "v1"), ShardKey("m", 1, "v1")
+    due, since = due_unloads([a], {}, now=10.0, grace=2.0)
+    assert due == [] and since == {a: 10.0}
+    due, since = due_unloads([a, b], since, now=12.0, grace=2.0)
+    assert due == [a] and since == {a: 10.0, b: 12.0}
+    due, since = due_unloads([b], since, now=12.5, grace=2.0)  # a is wanted again: forgotten
+    assert due == [] and since == {b: 12.0}
+    assert due_unloads([a], {}, now=0.0, grace=0.0)[0] == [a]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ekko.api.resources import ModelVersion
-from ekko.planning.admission import check_model, check_version
+from ekko.api.resources import ModelVersion, UpdateStream
+from ekko.planning.admission import check_model, check_stream, check_version
 from tests.planning.test_converge import POOL, model
 
 
@@ -41,3 +41,28 @@ def test_a_version_of_a_missing_model_is_refused() -> None:
         'model "ghost" does not exist in namespace "prod"; a ModelVersion must name an existing Model in spec.model'
     ]
     assert check_version(mv, model("ghost")) == []
+
+
+def _stream(name: str, model_name: str) -> UpdateStream:
+    return UpdateStream.model_validate(
+        {
+            "kind": "UpdateStream",
+            "metadata": {"name": name, "namespace": "prod"},
+            "spec": {
+                "model": model_name,
+                "source": {"endpoints": ["http://trainer:9500"]},
+                "tables": [{"name": "t.user", "dim": 9}],
+            },
+        }
+    )
+
+
+def test_a_stream_needs_its_model_and_is_the_only_one_for_it() -> None:
+    s = _stream("s", "ranker")
+    assert check_stream(s, None, []) == [
+        'model "ranker" does not exist in namespace "prod"; an UpdateStream must name an '
+        "existing Model in spec.model"
+    ]
+    assert check_stream(s, model("ranker"), [s, _stream("other", "scorer")]) == []  # itself: ok
+    (error,) = check_stream(s, model("ranker"), [_stream("first", "ranker")])
+    assert 'model "ranker" already has an UpdateStream (first)' in error

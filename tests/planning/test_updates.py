@@ -317,3 +317,23 @@ def test_pause_by_annotation() -> None:
     assert is_paused(spec(paused=True), {})
     t = plan_topology("s", spec(), FLEET, paused=True)
     assert all(d.paused for ds in t.duties.values() for d in ds)
+
+
+def test_duties_carry_the_baseline_shares_only_when_health_is_on() -> None:
+    plain = plan_topology("s", spec(), FLEET)
+    assert all(d.health is None for ds in plain.duties.values() for d in ds)
+    on = plan_topology(
+        "s",
+        spec(
+            health={
+                "baseline": {"trafficPercent": 0.25, "shadowPercent": 40},
+                "undoLogBytes": "64Mi",
+            }
+        ),
+        FLEET,
+    )
+    healths = [d.health for ds in on.duties.values() for d in ds]
+    assert len(healths) == len(FLEET) and all(h == healths[0] for h in healths)
+    h = healths[0]
+    assert h is not None
+    assert (h.traffic_percent, h.shadow_percent, h.undo_log_bytes) == (0.25, 40, 64 << 20)

@@ -91,3 +91,115 @@ def test_pause_and_resume_set_the_annotation(verb: str, paused: bool) -> None:
 
 def test_bad_words_are_a_usage_error() -> None:
     assert main(["updates", "a", "b", "c"]) == 2
+
+
+HEALTHY: dict[str, Any] = {
+    **STREAM,
+    "metadata": {**STREAM["metadata"], "annotations": {}},
+    "spec": {**STREAM["spec"], "health": {}},
+    "status": {
+        **STREAM["status"],
+        "health": {
+            "phase": "Healthy",
+            "baselineCut": 4,
+            "cuts": [
+                {"id": 4, "takenAt": "2026-11-29T10:00:00Z"},
+                {"id": 5, "takenAt": "2026-11-29T10:00:30Z"},
+            ],
+        },
+    },
+}
+
+
+class FakeKube:
+    """The plugin's client calls, recorded; servers switch when the control block says so."""
+
+    def __init__(self) -> None:
+        self.model_status: dict[str, Any] = {"updates": {"baselineCut": 4}}
+        self.patches: list[dict[str, Any]] = []
+
+    def get_model(self, namespace: str, name: str) -> Any:
+        from ekko.api.resources import Model
+
+        return Model.model_validate(
+            {
+                "apiVersion": "ekko.dev/v1alpha1",
+                "kind": "Model",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "pool": "pool",
+                    "version": "v1",
+                    "artifact": {"uri": "file:///artifacts/ranker/v1"},
+                    "shards": {"count": 1, "size": "1Gi", "load": "5"},
+                    "replicas": 1,
+                },
+                "status": self.model_status,
+            }
+        )
+
+    def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patches.append(status)
+        self.model_status = {**self.model_status, **status}
+
+    def model_servers(self, namespace: str, model: str, pool: str) -> list[Any]:
+        from ekko.api.resources import ServerAssignment
+
+        view = self.model_status["updates"].get("view", "Live")
+        out = []
+        for name, cuts in (("s0", [4, 5]), ("s1", [5])):  # s1 never held cut 4
+            a = ServerAssignment.model_validate(
+                {
+                    "apiVersion": "ekko.dev/v1alpha1",
+                    "kind": "ServerAssignment",
+                    "metadata": {"name": name},
+                    "spec": {"pool": "pool", "server": name},
+                    "status": {"updates": [{"model": model, "view": view, "cuts": cuts}]},
+                }
+            )
+            out.append((a, True))
+        return out
+
+
+def test_state_rollback_serves_the_cut_and_asks_the_operator() -> None:
+    out = io.StringIO()
+    kube = FakeKube()
+    session = Session(kube=kube, namespace="default", out=out, sleep=lambda s: None)
+    annotations: list[dict[str, str]] = []
+    stream = UpdateStream.model_validate(HEALTHY)
+    args = parse_args(["updates", "rollback", "ranker", "--wait", "--timeout", "1s"])
+    assert (
+        run_updates(
+            session, args, lambda ns, m: stream, None, lambda ns, n, a: annotations.append(a)
+        )
+        == 0
+    )
+    assert kube.patches == [{"updates": {"epoch": 0, "baselineCut": 4, "view": "Baseline"}}]
+    (asked,) = annotations
+    assert asked["ekko.dev/updates-rollback-to"] == "4"
+    text = out.getvalue()
+    assert "every server serves cut 4" in text
+    assert "has not restored the state yet" in text  # no operator record in this fake
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--to-cut", "2"], "cut 2 is not retained"),
+    ],
+)
+def test_state_rollback_refusals(argv: list[str], error: str) -> None:
+    session = Session(kube=FakeKube(), namespace="default", out=io.StringIO())
+    stream = UpdateStream.model_validate(HEALTHY)
+    args = parse_args(["updates", "rollback", "ranker", *argv])
+    with pytest.raises(RefusedError, match=error):
+        run_updates(session, args, lambda ns, m: stream, None, lambda *a: None)
+    plain = UpdateStream.model_validate(STREAM)
+    with pytest.raises(RefusedError, match=r"no spec\.health"):
+        run_updates(
+            session,
+            parse_args(["updates", "rollback", "ranker"]),
+            lambda ns, m: plain,
+            None,
+            lambda *a: None,
+        )
+    assert main(["updates", "ranker", "--to-cut", "3"]) == 2

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ekko.updates.snapshots import CutLog, Fence, fence, knowledge_at, max_epoch, row_bytes
+from ekko.updates.snapshots import (
+    SOURCE_RESTORE_SEQ,
+    CutLog,
+    Fence,
+    fence,
+    knowledge_at,
+    max_epoch,
+    row_bytes,
+)
 from ekko.updates.store import Batch, Store, TableSpec
 from ekko.updates.versions import Knowledge, VersionVector
 
@@ -325,11 +333,97 @@ def test_node_cut_and_restore_over_http() -> None:
                     assert r.status == 400
                 async with http.post(base + RESTORE_PATH, json={"cut": 1, "epoch": 0}) as r:
                     assert r.status == 409
-                # The publisher keeps no cuts.
-                async with http.post(f"http://127.0.0.1:{port}{CUT_PATH}", json={"cut": 1}) as r:
-                    assert r.status == 404
+                # The publisher keeps cuts too: both cut, a harmful burst, both restore at
+                # epoch 2: each is back to its own state at the cut, and rows flow again.
+                pub_base = f"http://127.0.0.1:{port}"
+                async with http.post(pub_base + CUT_PATH, json={"cut": 2}) as r:
+                    assert r.status == 200
+                    announced = (await r.json())["vectors"]
+                    assert announced and announced[0]["table"] == "emb"
+                async with http.post(base + CUT_PATH, json={"cut": 2, "vectors": "x"}) as r:
+                    assert r.status == 400 and "vectors" in (await r.json())["error"]
+                async with http.post(base + CUT_PATH, json={"cut": 2, "vectors": announced}) as r:
+                    assert r.status == 200
+                    assert (await r.json())["vectors"] == announced  # named by the publisher
+                burst = keys[5:8]
+                node_clean = node.store.get("emb", burst)[0].copy()
+                pub_clean = pub.store.get("emb", burst)[0].copy()
+                pub.publish("emb", burst, np.full((3, 4), -40.0))
+                await until(lambda: float(node.store.get("emb", [5])[0][0, 0]) == -40.0)
+                for url in (pub_base, base):
+                    async with http.post(url + RESTORE_PATH, json={"cut": 2, "epoch": 2}) as r:
+                        assert r.status == 200, await r.text()
+                assert pub.epoch == 2
+                np.testing.assert_array_equal(pub.store.get("emb", burst)[0], pub_clean)
+                # Whichever restored first, the node ends with the source's restored rows (here
+                # they differ from its own cut: the publisher never undid the first burst).
+                await until(
+                    lambda: np.array_equal(
+                        node.store.get("emb", burst)[0], pub.store.get("emb", burst)[0]
+                    )
+                )
+                assert not np.array_equal(node_clean, pub_clean)
+                pub.publish("emb", keys[:1], np.full((1, 4), 3.0))  # at epoch 2: admitted
+                await until(lambda: float(node.store.get("emb", [0])[0][0, 0]) == 3.0)
         finally:
             await node.stop()
             await pub.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def _pull(origin: Store, replica: Store, log: CutLog, budget: int, f: Fence | None = None) -> None:
+    """One pull of at most ``budget`` bytes, as a node applies it (fence, cut log, apply)."""
+    from ekko.updates.priority import Scheduler
+
+    for spec in origin.specs():
+        replica.declare(spec)
+    response = Scheduler().respond(origin, replica.pull_request(budget))
+    for pulled in response.batches:
+        b = fence(pulled, f)
+        log.before_apply(replica, b)
+        replica.apply(b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([t.name for t in TABLES]),
+            st.lists(st.integers(0, KEYS - 1), min_size=1, max_size=4, unique=True),
+        ),
+        min_size=2,
+        max_size=16,
+    ),
+    st.integers(0, 15),
+    st.lists(st.integers(40, 400), min_size=1, max_size=8),
+)
+def test_replicas_behind_the_announced_cut_end_with_the_publishers_state(
+    writes: list[tuple[str, list[int]]], cut_at: int, budgets: list[int]
+) -> None:
+    """The publisher announces cut 1 (its vectors); a replica that lags (small pulls) takes it
+    with those vectors; both restore at epoch 1. The publisher holds its state at the cut, and
+    after one pull the replica holds exactly the publisher's (its restored rows lose to the
+    source's, so a pre-image older than the cut's value is corrected)."""
+    origin, olog = _store(), CutLog()
+    replica, rlog = _store(), CutLog()
+    w = Writer(origin, olog)
+    cut_at %= len(writes)
+    at_cut = None
+    for n, (table, keys) in enumerate(writes):
+        if n == cut_at:
+            announced = olog.take(origin, 1, now=1.0)
+            at_cut = _copy(origin)
+            rlog.take(replica, 1, now=1.0, vectors=announced.vectors)
+        w.write(table, keys, np.full((len(keys), DIM), float(n + 1), dtype=np.float32))
+        _pull(origin, replica, rlog, budgets[n % len(budgets)])  # partial: the replica lags
+    assert at_cut is not None
+    olog.restore(origin, 1, now=2.0, epoch=1, seq=SOURCE_RESTORE_SEQ)
+    r = rlog.restore(replica, 1, now=2.0, epoch=1)
+    keys = np.arange(KEYS)
+    for spec in TABLES:
+        np.testing.assert_array_equal(origin.get(spec.name, keys)[0], at_cut[spec.name][0])
+    _pull(origin, replica, rlog, 1 << 30, r.fence)
+    for spec in TABLES:
+        np.testing.assert_array_equal(replica.get(spec.name, keys)[0], at_cut[spec.name][0])
+    assert replica.same_state(origin)

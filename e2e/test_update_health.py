@@ -1,0 +1,286 @@
+"""The model-state manager on a real API server with real agents and a real operator process.
+
+A publisher (in this process, so the test decides when the harmful update happens) streams a
+model's rows; agents with the embedding engine serve labelled /score traffic, which they also
+shadow-score on the baseline view. Then:
+
+1. A clean stream: windows are judged, cuts are taken, a baseline is chosen; nothing rolls back.
+2. A harmful update (every item row flipped and magnified): Uncertain → Corrupted → every server
+   serves the baseline; the operator is killed right after the decision and started again; the
+   state is restored at epoch 1 on every server and on the publisher; live serving resumes with
+   the clean rows, and new rows (of the new epoch) flow again.
+3. A person's rollback with ``kubectl ekko updates rollback --wait``: same sequence, trigger
+   Person, epoch 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pytest
+
+from e2e.agents import AgentFleet
+from e2e.conftest import REPO, Cluster
+from e2e.objects import Api, converged, model_manifest, pool_manifest
+from e2e.operator_harness import OperatorProcess
+from e2e.statehelpers import (
+    DIM,
+    ITEMS,
+    PAIRS,
+    USERS,
+    LivePublisher,
+    Traffic,
+    clean_scores,
+    health_manifest,
+    rows,
+    score,
+    start_publisher,
+)
+from e2e.waiting import wait_for
+from ekko.updates.scoring import score_rows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+log = logging.getLogger("e2e.update_health")
+
+
+@pytest.fixture
+def publisher() -> Iterator[LivePublisher]:
+    live, close = start_publisher()
+    try:
+        yield live
+    finally:
+        close()
+
+
+HEALTH = {
+    "action": "Rollback",
+    "snapshotInterval": "5s",
+    "baseline": {"age": "15s", "trafficPercent": 0.5, "shadowPercent": 100},
+    "detector": {
+        "window": "2s",
+        "minSamples": 40,
+        "uncertain": 0.05,
+        "corrupted": 0.2,
+        "confirmations": 2,
+    },
+}
+
+
+def holders(api: Api) -> list[str]:
+    return sorted(
+        a.metadata.name
+        for a in api.assignments()
+        if any(s.model == "ranker" for s in a.spec.shards)
+    )
+
+
+def all_score(fleet: AgentFleet, names: list[str], want: np.ndarray, view: str | None) -> bool:
+    for name in names:
+        body = score(fleet.url(name), labelled=False, view=view)
+        if body is None or "scores" not in body or body["coldUsers"] or body["coldItems"]:
+            return False
+        if not np.allclose(body["scores"], want, atol=1e-5):
+            return False
+    return True
+
+
+def health(api: Api) -> dict[str, Any]:
+    return (api.get("updatestreams", "ranker").get("status") or {}).get("health") or {}
+
+
+def control(api: Api) -> dict[str, Any]:
+    return (api.get("models", "ranker").get("status") or {}).get("updates") or {}
+
+
+def stream_events(api: Api) -> list[str]:
+    return [
+        e.reason
+        for e in api.core.list_namespaced_event(api.ns).items
+        if e.involved_object.kind == "UpdateStream"
+    ]
+
+
+def test_harmful_update_is_caught_and_the_state_rolled_back(
+    cluster: Cluster,
+    api: Api,
+    namespace: str,
+    operator: OperatorProcess,
+    publisher: LivePublisher,
+) -> None:
+    clean = clean_scores()
+    with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
+        api.create(pool_manifest(memory="20Gi"))
+        api.create(model_manifest("ranker", 2, "8Gi", 2))
+        wait_for(
+            lambda: converged(api, models=["ranker"]),
+            "model placed and loaded",
+            timeout=120,
+            describe=operator.logs,
+        )
+        api.create(health_manifest(publisher.url, HEALTH))
+        names = holders(api)
+        wait_for(
+            lambda: all_score(fleet, names, clean, "live"),
+            "every agent scoring from the publisher's rows",
+            timeout=90,
+            describe=lambda: (health(api), operator.logs()[-2000:]),
+        )
+
+        def urls() -> list[str]:
+            out = []
+            for n in names:
+                with contextlib.suppress(KeyError):  # a restarting agent
+                    out.append(fleet.url(n))
+            return out
+
+        with Traffic(urls):
+            # 1. Clean: cuts, a baseline 15 s old, windows judged Good, no rollback.
+            wait_for(
+                lambda: (
+                    health(api).get("baselineCut") is not None
+                    and (health(api).get("lastWindow") or {}).get("verdict") == "Good"
+                ),
+                "a baseline cut and a Good window",
+                timeout=90,
+                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
+            )
+            assert control(api).get("baselineCut") == health(api)["baselineCut"]
+            assert all_score(fleet, names, clean, "baseline")  # the baseline view is clean too
+            time.sleep(6)  # a few more clean windows
+            h = health(api)
+            assert h["phase"] == "Healthy" and "lastRollback" not in h, h
+            assert "Corrupted" not in stream_events(api)
+
+            # 2. A harmful update: every item row flipped and magnified.
+            items = publisher.call(lambda: publisher.pub.store.get("ranker.item", range(ITEMS))[0])
+            harmed_at = time.time()
+            publisher.publish("ranker.item", np.arange(ITEMS), -4 * items)
+            decided = wait_for(
+                lambda: h if (h := health(api)).get("step", "None") != "None" else None,
+                "the detector's decision",
+                timeout=60,
+                describe=lambda: (health(api), operator.logs()[-3000:]),
+            )
+            operator.stop(hard=True)  # right after the decision
+            log.info(
+                "decision %s; operator killed at step %s", decided["lastRollback"], decided["step"]
+            )
+            assert decided["phase"] == "Corrupted"
+            cut = decided["lastRollback"]["cut"]
+            assert cut == decided["baselineCut"]
+            # The agents serve the baseline (the control block was written with the decision;
+            # the restore may have been ordered too if the operator got that far).
+            wait_for(
+                lambda: all_score(fleet, names, clean, None),
+                "every agent serving the clean baseline with the operator down",
+                timeout=30,
+            )
+            operator.start()
+            done = wait_for(
+                lambda: (
+                    h if ((h := health(api)).get("lastRollback") or {}).get("resumedAt") else None
+                ),
+                "the state restored and live again",
+                timeout=90,
+                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
+            )
+            rb = done["lastRollback"]
+            log.info(
+                "harm → decision %.1fs; switch %ss, restore %ss after it; publisher restored %s",
+                _stamp(rb["decidedAt"]) - harmed_at,
+                rb.get("switchSeconds"),
+                rb.get("restoreSeconds"),
+                rb.get("publisherRestored"),
+            )
+            assert (rb["trigger"], rb["cut"], rb["epoch"]) == ("Detector", cut, 1)
+            assert rb["publisherRestored"] is True
+            assert control(api)["epoch"] == 1 and control(api)["view"] == "Live"
+            assert done["step"] == "None"
+            # Live serving is the clean state again, on every server, from the live view.
+            wait_for(
+                lambda: all_score(fleet, names, clean, "live"),
+                "every agent's live rows restored",
+                timeout=30,
+            )
+            for a in api.assignments():
+                if a.metadata.name in names:
+                    (report,) = [u for u in a.status.updates if u.model == "ranker"]
+                    assert report.epoch == 1 and report.view == "Live"
+            # New rows of the new epoch flow again (the publisher restored and moved on).
+            # (a benign change: the labels follow the clean model, so a large one would be a
+            # harmful update too and, this soon after a rollback, pause the stream for a person)
+            newer = rows(1, USERS) + np.random.default_rng(9).normal(0, 0.01, (USERS, DIM + 1))
+            publisher.publish("ranker.user", np.arange(USERS), newer)
+            u, i = zip(*PAIRS, strict=True)
+            fresh = score_rows(newer[list(u)], rows(2, ITEMS)[list(i)])
+            wait_for(
+                lambda: all_score(fleet, names, fresh, "live"),
+                "epoch-1 rows reaching every agent",
+                timeout=30,
+            )
+            fresh_at = time.time()
+            assert publisher.call(lambda: publisher.pub.epoch) == 1
+            reasons = stream_events(api)
+            for reason in ("Corrupted", "ServingBaseline", "Restoring", "Resumed"):
+                assert reason in reasons, reasons
+            wait_for(
+                lambda: (api.get("updatestreams", "ranker").get("status") or {}).get("epoch") == 1,
+                "the stream's status at epoch 1",
+                timeout=30,
+            )
+
+            # 3. A person's rollback through the plugin, with --wait, to a baseline that holds
+            # the epoch-1 rows: a small later change is undone, the epoch-1 rows are kept.
+            def baseline_after(t: float) -> bool:
+                h = health(api)
+                taken = {c["id"]: _stamp(c["takenAt"]) for c in h.get("cuts", [])}
+                b = h.get("baselineCut")
+                return h.get("phase") == "Healthy" and b in taken and taken[b] > t
+
+            wait_for(
+                lambda: baseline_after(fresh_at),
+                "a baseline cut taken after the epoch-1 rows arrived",
+                timeout=90,
+                describe=lambda: health(api),
+            )
+            nudged = newer + 0.01
+            publisher.publish("ranker.user", np.arange(USERS), nudged)
+            wait_for(
+                lambda: all_score(
+                    fleet, names, score_rows(nudged[list(u)], rows(2, ITEMS)[list(i)]), "live"
+                ),
+                "a small later change on every agent",
+                timeout=30,
+            )
+            started = time.monotonic()
+            done_plugin = subprocess.run(
+                [
+                    sys.executable, "-m", "ekko.cli.kubectl_ekko", "updates", "rollback",
+                    "ranker", "--wait", "--timeout", "90s", "-n", namespace,
+                ],
+                cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            log.info("plugin rollback (%.1fs):\n%s", time.monotonic() - started, done_plugin.stdout)
+            assert done_plugin.returncode == 0, done_plugin.stderr
+            assert "every server serves cut" in done_plugin.stdout
+            assert "restored to cut" in done_plugin.stdout
+            rb = health(api)["lastRollback"]
+            assert (rb["trigger"], rb["epoch"]) == ("Person", 2)
+            wait_for(
+                lambda: all_score(fleet, names, fresh, "live"),
+                "the state at the person's cut (the fresh rows were older than it)",
+                timeout=30,
+            )
+
+
+def _stamp(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

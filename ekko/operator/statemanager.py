@@ -1,0 +1,343 @@
+"""The model-state manager of one update stream: cuts, the baseline, the detector, the rollback.
+
+Runs inside the stream's worker, one step per pass (every two seconds, every quarter second while
+a rollback is under way):
+
+1. **Cuts.** Every ``snapshotInterval`` a new cut id is posted to the publishers and to every
+   connected server (``POST /v1/updates/cut``); each starts an undo log from its current state.
+2. **Baseline.** The newest cut at least ``baseline.age`` old, advanced only while Healthy
+   (:func:`ekko.updates.health.choose_baseline`), written to the Model's control block so every
+   agent serves its sliver from it and shadow-scores labelled requests on it.
+3. **Windows.** Every ``detector.window`` the servers' paired-score series are read (their
+   ``/metrics``) and the window since the last one goes to :func:`ekko.updates.health.decide`.
+4. **Commands.** ServeBaseline / Restore / ServeLive become the Model's control block (one write
+   per transition; the agents apply it from their watch); Restore also asks the publishers to
+   restore their own tables at the new epoch; PauseUpdates pauses the stream's topology.
+
+Everything the next step needs is in ``UpdateStream.status.health`` and the control block, so a
+restarted operator continues a rollback where the last one stopped. A person's request (the
+``kubectl ekko updates rollback`` and ``resume`` annotations) is acted on once per value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from ekko.api.meta import Condition
+from ekko.api.resources import ModelUpdateControl, ServerUpdateState, UpdateStream
+from ekko.kube.updates import StreamObservation, UpdateKube
+from ekko.planning.health import (
+    MAX_CUT_RECORDS,
+    RESUME_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    ROLLBACK_CUT_ANNOTATION,
+    Manager,
+    Paired,
+    apply_commands,
+    detector_spec,
+    from_status,
+    health_condition,
+    latest,
+    observe_servers,
+    paired_window,
+    parse_stamp,
+    person_rollback,
+    seconds,
+    to_status,
+    window_status,
+)
+from ekko.planning.updates import StreamServer, parse_scrape
+from ekko.updates.health import Command, Decision, Event, choose_baseline, decide
+from ekko.updates.wire import CUT_PATH, RESTORE_PATH
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 2.0
+
+
+async def _call(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """POST a JSON body; the JSON answer of a 200, else None."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
+        async with session.post(url, json=body, timeout=timeout) as resp:
+            if resp.status != 200:
+                return None
+            answer = await resp.json()
+            return answer if isinstance(answer, dict) else {}
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> bool:
+    return await _call(session, url, body) is not None
+
+
+async def _paired(session: aiohttp.ClientSession, address: str, model: str) -> Paired | None:
+    try:
+        timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
+        async with session.get(address.rstrip("/") + "/metrics", timeout=timeout) as resp:
+            if resp.status != 200:
+                return None
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    return parse_scrape(text, model).paired
+
+
+def _reports(
+    obs: StreamObservation, model: str, servers: list[StreamServer]
+) -> list[tuple[str, ServerUpdateState | None]]:
+    """Each connected server's report for the model (None when it has not reported yet)."""
+    by_name = {a.metadata.name: a for a, _ in obs.assignments}
+    out: list[tuple[str, ServerUpdateState | None]] = []
+    for s in servers:
+        if not s.address or not s.ready:
+            continue
+        a = by_name.get(s.name)
+        found = None
+        if a is not None and a.status is not None:
+            found = next((u for u in a.status.updates if u.model == model), None)
+        out.append((s.name, found))
+    return out
+
+
+class StateManager:
+    """One stream's model-state manager (see the module docstring)."""
+
+    def __init__(self, key: tuple[str, str], kube: UpdateKube) -> None:
+        self.key = key
+        self.kube = kube
+        self.m: Manager | None = None
+        self._window_at = time.monotonic()
+        self._window_base: dict[str, Paired] = {}
+        self._last_status: dict[str, Any] | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Updates stopped for a person (action Pause, or corrupted again after a rollback)."""
+        return self.m is not None and self.m.state.step == "Paused"
+
+    @property
+    def busy(self) -> bool:
+        """A rollback is under way: the worker passes again soon."""
+        return self.m is not None and self.m.state.step in ("ServingBaseline", "Restoring")
+
+    def condition(self) -> Condition | None:
+        """The stream's ``Healthy`` condition (None when the manager is off)."""
+        return health_condition(self.m) if self.m is not None else None
+
+    @property
+    def epoch(self) -> int:
+        return self.m.state.epoch if self.m is not None else 0
+
+    async def step(
+        self, stream: UpdateStream, obs: StreamObservation, servers: list[StreamServer]
+    ) -> None:
+        health = stream.spec.health
+        if health is None or obs.model is None:
+            self.m = None
+            return
+        model = obs.model
+        control = (model.status.updates if model.status else None) or ModelUpdateControl()
+        if self.m is None:
+            status = stream.status.health if stream.status else None
+            restoring = status is not None and status.step == "Restoring"
+            self.m = from_status(status, max(0, control.epoch - 1) if restoring else control.epoch)
+        m = self.m
+        now = time.time()
+        reports = _reports(obs, stream.spec.model, servers)
+        connected = [s for s in servers if s.address and s.ready]
+        sources = list(stream.spec.source.endpoints)
+        commands: list[Command] = []
+        events: list[Event] = []
+        async with aiohttp.ClientSession() as session:
+            # A person's requests.
+            annotations = stream.metadata.annotations
+            request = annotations.get(ROLLBACK_ANNOTATION, "")
+            resume = False
+            if request and request != m.handled_request and m.state.step == "None":
+                m, asked, said = self._person_rollback(m, request, annotations, now)
+                commands += asked
+                events += said
+            resume_at = annotations.get(RESUME_ANNOTATION, "")
+            if resume_at and resume_at != m.handled_request and m.state.step == "Paused":
+                stamp = parse_stamp(resume_at)
+                resume = stamp is not None and stamp >= m.state.since - 1
+                m = replace(m, handled_request=resume_at)
+            # Cuts and the baseline, outside a rollback.
+            if m.state.step == "None":
+                m = await self._cut_if_due(session, m, health.snapshot_interval, connected, sources)
+                baseline = choose_baseline(
+                    m.cuts, m.state.baseline, m.state.phase, now, seconds(health.baseline.age)
+                )
+                if baseline != m.state.baseline:
+                    m = replace(m, state=replace(m.state, baseline=baseline))
+            # A window of paired differences.
+            window = None
+            if m.state.step == "None" and not commands:
+                window = await self._window_if_due(
+                    session, health.detector.window, connected, model
+                )
+            decision: Decision = decide(
+                detector_spec(health),
+                m.state,
+                observe_servers(reports, control, window=window, resume=resume),
+                now,
+            )
+            m = self._stamp(m, decision, reports, now)
+            if window is not None:
+                m = replace(
+                    m, last_window=window_status(window, decision.verdict, datetime.now(UTC))
+                )
+            commands += decision.commands
+            events += decision.events
+            new_control = apply_commands(control, commands)
+            if m.state.step == "None" and new_control.view == "Live":
+                new_control = new_control.evolve(baseline_cut=m.state.baseline)
+            restore = next((c for c in commands if c.kind == "Restore"), None)
+            if restore is not None:
+                ok = await asyncio.gather(
+                    *(
+                        _post(
+                            session,
+                            url.rstrip("/") + RESTORE_PATH,
+                            {"cut": restore.cut, "epoch": restore.epoch},
+                        )
+                        for url in sources
+                    )
+                )
+                m = replace(m, publisher_restored=all(ok))
+                if not all(ok):
+                    events.append(
+                        Event(
+                            "PublisherNotRestored",
+                            f"A publisher did not restore cut {restore.cut} at epoch "
+                            f"{restore.epoch}; servers refuse its older-epoch rows above the cut "
+                            "until it publishes at the new epoch",
+                            warning=True,
+                        )
+                    )
+        self.m = m
+        namespace, name = self.key
+        if new_control != control or (model.status is None or model.status.updates is None):
+            await asyncio.to_thread(
+                self.kube.patch_model_control, namespace, stream.spec.model, new_control
+            )
+        for event in events:
+            log.info("UpdateStream %s/%s: %s: %s", namespace, name, event.reason, event.message)
+            await asyncio.to_thread(
+                self.kube.event, stream, event.reason, event.message, event.warning
+            )
+        # Not exclude_none: a merge patch keeps keys it does not name, so a new rollback record
+        # must say null for the steps it has not reached (or the last rollback's times stay).
+        body = to_status(m).model_dump(by_alias=True, mode="json")
+        if body != self._last_status:
+            await asyncio.to_thread(self.kube.patch_status, namespace, name, {"health": body})
+            self._last_status = body
+
+    def _person_rollback(
+        self, m: Manager, request: str, annotations: dict[str, str], now: float
+    ) -> tuple[Manager, list[Command], list[Event]]:
+        wanted = annotations.get(ROLLBACK_CUT_ANNOTATION, "")
+        cut = int(wanted) if wanted.isdigit() else m.state.baseline
+        held = {c for c, _ in m.cuts}
+        if cut is None or (wanted and cut not in held):
+            text = (
+                f"Rollback requested but cut {wanted} is not retained (retained: "
+                f"{sorted(held) or 'none'})"
+                if wanted
+                else "Rollback requested but there is no baseline cut yet"
+            )
+            return replace(m, handled_request=request), [], [Event("RollbackRefused", text, True)]
+        at = parse_stamp(request)  # the person's time: switch and restore count from it
+        m, command = person_rollback(m, cut, min(at, now) if at is not None else now, request)
+        return (
+            m,
+            [command],
+            [Event("RollbackRequested", f"A person rolled the state back to cut {cut}")],
+        )
+
+    async def _cut_if_due(
+        self,
+        session: aiohttp.ClientSession,
+        m: Manager,
+        interval: str,
+        connected: list[StreamServer],
+        sources: list[str],
+    ) -> Manager:
+        last = m.cuts[-1] if m.cuts else None
+        now = time.time()
+        if last is not None and now - last[1] < seconds(interval):
+            return m
+        cut_id = (last[0] + 1) if last else 1
+        if not connected:
+            return m
+        # The publishers first: their vectors name the cut, so a server a few rows behind still
+        # counts the rows published before the cut as part of it.
+        answers = await asyncio.gather(
+            *(_call(session, url.rstrip("/") + CUT_PATH, {"cut": cut_id}) for url in sources)
+        )
+        body: dict[str, Any] = {"cut": cut_id}
+        announced = [v for a in answers if a is not None for v in a.get("vectors") or []]
+        if announced:
+            body["vectors"] = announced
+        ok = await asyncio.gather(
+            *(_post(session, s.address.rstrip("/") + CUT_PATH, body) for s in connected)
+        )
+        if not any(ok):
+            return m
+        keep = [c for c in m.cuts if m.state.baseline is None or c[0] >= m.state.baseline]
+        cuts = (*keep, (cut_id, now))[-MAX_CUT_RECORDS:]
+        return replace(m, cuts=tuple(cuts))
+
+    async def _window_if_due(
+        self,
+        session: aiohttp.ClientSession,
+        length: str,
+        connected: list[StreamServer],
+        model: Any,
+    ) -> Any:
+        now = time.monotonic()
+        if now - self._window_at < seconds(length):
+            return None
+        name = model.metadata.name
+        results = await asyncio.gather(*(_paired(session, s.address, name) for s in connected))
+        current = {s.name: r for s, r in zip(connected, results, strict=True) if r is not None}
+        first = not self._window_base
+        window, *_ = paired_window(current, self._window_base)
+        self._window_base = {**self._window_base, **current}
+        self._window_at = now
+        return None if first else window  # the first read only sets where windows start
+
+    def _stamp(
+        self,
+        m: Manager,
+        decision: Decision,
+        reports: list[tuple[str, ServerUpdateState | None]],
+        now: float,
+    ) -> Manager:
+        """The new state, with the rollback's step times as the servers report them (when the
+        last server switched or restored), not when this pass noticed."""
+        before, after = m.state, decision.state
+        rb = after.last_rollback
+        if rb is not None and before.step == "ServingBaseline" and after.step == "Restoring":
+            switched = latest(reports, "switched_at")
+            rb = replace(rb, switched_at=min(now, switched) if switched else now)
+        if rb is not None and before.step == "Restoring" and after.step == "None":
+            restored = latest(reports, "restored_at")
+            rb = replace(rb, restored_at=min(now, restored) if restored else now, resumed_at=now)
+        if before.step == "None" and after.step != "None":  # the detector decided (a person's
+            m = replace(m, trigger="Detector", publisher_restored=None)  # starts at a step)
+        if before.step != "None" and after.step == "None":
+            self._window_base = {}  # windows start afresh after a rollback
+            self._window_at = time.monotonic()
+        return replace(m, state=replace(after, last_rollback=rb))

@@ -1,0 +1,335 @@
+"""The model-state manager's glue between the API and the pure detector (pure).
+
+:mod:`ekko.updates.health` decides (windows → Healthy / Uncertain / Corrupted → the rollback
+sequence); this module translates around it for the operator's stream worker:
+
+- the spec's ``health`` → a :class:`~ekko.updates.health.DetectorSpec`;
+- ``UpdateStream.status.health`` ↔ :class:`~ekko.updates.health.HealthState`, so a restarted
+  operator resumes a rollback where the last one left it;
+- the servers' reports (``ServerAssignment.status.updates``) → an
+  :class:`~ekko.updates.health.Observation`, and their cumulative paired-score series → a
+  :class:`~ekko.updates.health.Window`;
+- the detector's commands → the Model's control block (:class:`ModelUpdateControl`), which the
+  agents apply: serve the baseline, restore at an epoch, serve live.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from ekko.api.meta import Condition
+from ekko.api.resources import (
+    RESUME_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    ROLLBACK_CUT_ANNOTATION,
+    CutRecord,
+    HealthWindow,
+    ModelUpdateControl,
+    ServerUpdateState,
+    UpdateHealth,
+    UpdateHealthStatus,
+    UpdateRollbackRecord,
+)
+from ekko.api.units import parse_duration
+from ekko.updates.health import (
+    Command,
+    DetectorSpec,
+    HealthState,
+    Observation,
+    Rollback,
+    Verdict,
+    Window,
+)
+
+MAX_CUT_RECORDS = 64
+
+Paired = tuple[float, float, float]
+"""Cumulative (samples, sum of differences, sum of squares) of one server."""
+
+
+def detector_spec(health: UpdateHealth) -> DetectorSpec:
+    d = health.detector
+    return DetectorSpec(
+        min_samples=d.min_samples,
+        uncertain=d.uncertain,
+        corrupted=d.corrupted,
+        z=d.z,
+        confirmations=d.confirmations,
+        hysteresis=d.hysteresis,
+        recover_windows=d.recover_windows,
+        cusum_k=d.cusum_slack,
+        cusum_h=d.cusum_threshold,
+        action=health.action,
+        repeat_window=parse_duration(health.repeat_window),
+    )
+
+
+def seconds(value: str) -> float:
+    return parse_duration(value)
+
+
+def _ts(t: datetime | None) -> float | None:
+    return None if t is None else t.timestamp()
+
+
+def _dt(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
+
+
+@dataclass(frozen=True)
+class Manager:
+    """Everything the worker carries between passes, rebuilt from status after a restart."""
+
+    state: HealthState
+    cuts: tuple[tuple[int, float], ...] = ()
+    """Cuts taken: (id, wall time), oldest first."""
+    trigger: str = "Detector"
+    handled_request: str = ""
+    """The last person's request (annotation value) acted on."""
+    last_window: HealthWindow | None = None
+    publisher_restored: bool | None = None
+
+
+def from_status(status: UpdateHealthStatus | None, epoch: int) -> Manager:
+    """The manager's state as the last status recorded it."""
+    if status is None:
+        return Manager(HealthState(epoch=epoch))
+    rb = status.last_rollback
+    rollback = None
+    if rb is not None:
+        rollback = Rollback(
+            decided_at=rb.decided_at.timestamp(),
+            cut=rb.cut,
+            epoch=rb.epoch,
+            switched_at=_ts(rb.switched_at),
+            restored_at=_ts(rb.restored_at),
+            resumed_at=_ts(rb.resumed_at),
+        )
+    state = HealthState(
+        phase=status.phase,
+        step=status.step,
+        bad=status.bad_windows,
+        good=status.good_windows,
+        cusum=status.cusum,
+        since=_ts(status.since) or 0.0,
+        epoch=epoch,
+        baseline=status.baseline_cut,
+        last_rollback=rollback,
+    )
+    return Manager(
+        state,
+        cuts=tuple((c.id, c.taken_at.timestamp()) for c in status.cuts),
+        trigger=rb.trigger if rb is not None else "Detector",
+        handled_request=status.handled_request,
+        last_window=status.last_window,
+        publisher_restored=rb.publisher_restored if rb is not None else None,
+    )
+
+
+def to_status(m: Manager) -> UpdateHealthStatus:
+    s = m.state
+    rb = s.last_rollback
+    record = None
+    if rb is not None:
+        record = UpdateRollbackRecord(
+            trigger="Person" if m.trigger == "Person" else "Detector",
+            cut=rb.cut,
+            epoch=rb.epoch,
+            decided_at=_dt(rb.decided_at) or datetime.fromtimestamp(0, UTC),
+            switched_at=_dt(rb.switched_at),
+            restored_at=_dt(rb.restored_at),
+            resumed_at=_dt(rb.resumed_at),
+            switch_seconds=_after(rb.decided_at, rb.switched_at),
+            restore_seconds=_after(rb.decided_at, rb.restored_at),
+            publisher_restored=m.publisher_restored,
+        )
+    return UpdateHealthStatus(
+        phase=s.phase,
+        step=s.step,
+        since=_dt(s.since) if s.since else None,
+        baseline_cut=s.baseline,
+        cuts=[
+            CutRecord(id=i, taken_at=_dt(at) or datetime.fromtimestamp(0, UTC))
+            for i, at in m.cuts[-MAX_CUT_RECORDS:]
+        ],
+        bad_windows=s.bad,
+        good_windows=s.good,
+        cusum=round(s.cusum, 6),
+        last_window=m.last_window,
+        last_rollback=record,
+        handled_request=m.handled_request,
+    )
+
+
+def _after(start: float, end: float | None) -> float | None:
+    return None if end is None else round(max(0.0, end - start), 3)
+
+
+def health_condition(m: Manager) -> Condition:
+    s = m.state
+    if s.step == "Paused":
+        return Condition(
+            type="Healthy",
+            status="False",
+            reason="PausedForAPerson",
+            message="updates are paused after a corrupted state; `kubectl ekko updates resume` "
+            "continues",
+        )
+    if s.step in ("ServingBaseline", "Restoring"):
+        return Condition(
+            type="Healthy",
+            status="False",
+            reason="RollingBack",
+            message=f"serving the baseline (cut {s.baseline}); {s.step}",
+        )
+    if s.phase == "Healthy":
+        return Condition(type="Healthy", status="True", reason="Healthy", message=_window_text(m))
+    return Condition(type="Healthy", status="False", reason=s.phase, message=_window_text(m))
+
+
+def _window_text(m: Manager) -> str:
+    w = m.last_window
+    if w is None or w.mean_loss_difference is None:
+        return "no window judged yet"
+    return (
+        f"last window {w.verdict}: mean loss difference {w.mean_loss_difference:+.4f} "
+        f"over {w.samples} paired samples"
+    )
+
+
+# --- windows -------------------------------------------------------------------------------------
+
+
+def paired_window(
+    now: Mapping[str, Paired], before: Mapping[str, Paired]
+) -> tuple[Window, int, float, float]:
+    """The window since ``before`` over every server (a server seen for the first time, or whose
+    samples went down because its agent restarted, counts from zero). Also returns the totals
+    (n, sum, sum of squares) for the status."""
+    n = total = squares = 0.0
+    for server, (cn, cs, cq) in now.items():
+        bn, bs, bq = before.get(server, (0.0, 0.0, 0.0))
+        if cn < bn:
+            bn = bs = bq = 0.0
+        n += cn - bn
+        total += cs - bs
+        squares += cq - bq
+    count = round(n)
+    if count == 0:
+        return Window(0, math.nan, math.nan), 0, 0.0, 0.0
+    mean = total / n
+    var = (squares - total * total / n) / (n - 1) if count > 1 else math.nan
+    sd = math.sqrt(max(var, 0.0)) if not math.isnan(var) else math.nan
+    return Window(count, mean, sd), count, total, squares
+
+
+def window_status(window: Window, verdict: Verdict | None, at: datetime) -> HealthWindow:
+    mean = None if math.isnan(window.mean) else round(window.mean, 6)
+    return HealthWindow(samples=window.n, mean_loss_difference=mean, verdict=verdict or "", at=at)
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+def observe_servers(
+    reports: Iterable[tuple[str, ServerUpdateState | None]],
+    control: ModelUpdateControl | None,
+    *,
+    window: Window | None = None,
+    resume: bool = False,
+) -> Observation:
+    """What the servers of the model report, for :func:`ekko.updates.health.decide`. A server
+    that does not hold the baseline cut cannot serve it and counts as switched (it says so in its
+    report); one that has not reported yet counts as not switched and at epoch 0."""
+    baseline = control.baseline_cut if control is not None else None
+    servers = switched = 0
+    epochs = []
+    for _, report in reports:
+        servers += 1
+        if report is None:
+            epochs.append(0)
+            continue
+        epochs.append(report.epoch)
+        if report.view == "Baseline" or (baseline is not None and baseline not in report.cuts):
+            switched += 1
+    return Observation(
+        window=window,
+        servers=servers,
+        serving_baseline=switched,
+        server_epochs=tuple(epochs),
+        resume=resume,
+    )
+
+
+def latest(reports: Iterable[tuple[str, ServerUpdateState | None]], field: str) -> float | None:
+    """The newest ``switched_at`` or ``restored_at`` the servers report (wall seconds)."""
+    times = [
+        t.timestamp() for _, r in reports if r is not None and (t := getattr(r, field)) is not None
+    ]
+    return max(times, default=None)
+
+
+# --- commands → control block ----------------------------------------------------------------
+
+
+def apply_commands(control: ModelUpdateControl, commands: Sequence[Command]) -> ModelUpdateControl:
+    """The control block after the detector's commands (pause and resume act on the topology,
+    not here)."""
+    out = control
+    for c in commands:
+        if c.kind == "ServeBaseline":
+            out = out.evolve(view="Baseline", baseline_cut=c.cut)
+        elif c.kind == "ServeLive":
+            out = out.evolve(view="Live")
+        elif c.kind == "Restore" and c.epoch is not None:
+            out = out.evolve(epoch=c.epoch, restore_cut=c.cut)
+    return out
+
+
+def person_rollback(m: Manager, cut: int, now: float, request: str) -> tuple[Manager, Command]:
+    """A person's rollback to ``cut``: the sequence starts at ServingBaseline (the plugin already
+    switched the view, so this is idempotent)."""
+    state = replace(
+        m.state,
+        phase="Corrupted",
+        step="ServingBaseline",
+        baseline=cut,
+        bad=0,
+        good=0,
+        since=now,
+        last_rollback=Rollback(now, cut),
+    )
+    return (
+        replace(m, state=state, trigger="Person", handled_request=request, publisher_restored=None),
+        Command("ServeBaseline", cut=cut),
+    )
+
+
+def parse_stamp(value: str) -> float | None:
+    """Seconds since the epoch of an RFC 3339 annotation value, or None."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+__all__: Sequence[str] = (
+    "RESUME_ANNOTATION",
+    "ROLLBACK_ANNOTATION",
+    "ROLLBACK_CUT_ANNOTATION",
+    "Manager",
+    "apply_commands",
+    "detector_spec",
+    "from_status",
+    "health_condition",
+    "latest",
+    "observe_servers",
+    "paired_window",
+    "parse_stamp",
+    "person_rollback",
+    "to_status",
+    "window_status",
+)

@@ -1,0 +1,138 @@
+"""The operator's glue around the detector: windows from cumulative per-server series, the state
+round-tripped through status (a restarted operator resumes), servers' reports → observations,
+commands → the Model's control block, a person's rollback."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from ekko.api.resources import ModelUpdateControl, ServerUpdateState, UpdateHealth
+from ekko.planning.health import (
+    Manager,
+    apply_commands,
+    detector_spec,
+    from_status,
+    health_condition,
+    latest,
+    observe_servers,
+    paired_window,
+    person_rollback,
+    to_status,
+)
+from ekko.updates.health import Command, HealthState, Rollback, Window, decide
+
+
+def sums(d: np.ndarray) -> tuple[float, float, float]:
+    return (float(d.size), float(d.sum()), float((d * d).sum()))
+
+
+def test_window_over_servers_equals_the_pooled_samples() -> None:
+    rng = np.random.default_rng(1)
+    a0, a1, b1 = rng.normal(0, 1, 50), rng.normal(0.3, 1, 40), rng.normal(0.1, 2, 30)
+    before = {"a": sums(a0)}
+    now = {"a": sums(np.concatenate([a0, a1])), "b": sums(b1)}  # b: first seen, from zero
+    window, n, _, _ = paired_window(now, before)
+    pooled = np.concatenate([a1, b1])
+    assert n == window.n == 70
+    assert window.mean == pytest.approx(pooled.mean())
+    assert window.sd == pytest.approx(pooled.std(ddof=1))
+    # An agent restarted (its samples went down): it counts from zero, never negative.
+    restarted, n, _, _ = paired_window({"a": sums(a1)}, {"a": sums(np.concatenate([a0, a1]))})
+    assert n == 40 and restarted.mean == pytest.approx(a1.mean())
+    empty, n, _, _ = paired_window({}, {})
+    assert n == 0 and math.isnan(empty.mean)
+
+
+def test_state_round_trips_through_status() -> None:
+    rb = Rollback(decided_at=1000.0, cut=3, epoch=2, switched_at=1000.2, restored_at=1001.1)
+    state = HealthState(
+        phase="Corrupted",
+        step="Restoring",
+        bad=2,
+        cusum=1.5,
+        since=1000.0,
+        epoch=1,
+        baseline=3,
+        last_rollback=rb,
+    )
+    m = Manager(state, cuts=((3, 900.0), (4, 930.0)), trigger="Person", handled_request="x")
+    status = to_status(m)
+    assert status.last_rollback is not None
+    assert status.last_rollback.switch_seconds == pytest.approx(0.2)
+    assert status.last_rollback.restore_seconds == pytest.approx(1.1)
+    back = from_status(status, epoch=1)
+    assert back.state == state
+    assert back.cuts == m.cuts and back.trigger == "Person" and back.handled_request == "x"
+    assert health_condition(back).reason == "RollingBack"
+    assert from_status(None, epoch=5).state == HealthState(epoch=5)
+
+
+def report(view: str = "Live", epoch: int = 0, cuts: list[int] | None = None) -> ServerUpdateState:
+    return ServerUpdateState(model="m", view=view, epoch=epoch, cuts=cuts or [1, 2])  # type: ignore[arg-type]
+
+
+def test_observation_counts_switched_servers_and_epochs() -> None:
+    control = ModelUpdateControl(baseline_cut=2, view="Baseline")
+    reports = [
+        ("a", report("Baseline", 1)),
+        ("b", report("Live", 1, cuts=[3])),  # does not hold cut 2: cannot switch, counts as done
+        ("c", report("Live", 0)),  # holds it and has not switched yet
+        ("d", None),  # has not reported
+    ]
+    obs = observe_servers(reports, control)
+    assert (obs.servers, obs.serving_baseline, obs.server_epochs) == (4, 2, (1, 1, 0, 0))
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    stamped = [("a", report().evolve(switched_at=t)), ("b", None)]
+    assert latest(stamped, "switched_at") == t.timestamp()
+    assert latest(stamped, "restored_at") is None
+
+
+def test_commands_become_the_control_block() -> None:
+    c = ModelUpdateControl(baseline_cut=1)
+    c = apply_commands(c, [Command("ServeBaseline", cut=2)])
+    assert (c.view, c.baseline_cut) == ("Baseline", 2)
+    c = apply_commands(c, [Command("Restore", cut=2, epoch=3)])
+    assert (c.epoch, c.restore_cut, c.view) == (3, 2, "Baseline")
+    c = apply_commands(c, [Command("ServeLive"), Command("PauseUpdates")])
+    assert (c.view, c.epoch) == ("Live", 3)
+
+
+def test_a_person_rollback_runs_the_same_sequence() -> None:
+    health = UpdateHealth()
+    spec = detector_spec(health)
+    m = Manager(HealthState(epoch=4, baseline=2), cuts=((2, 0.0),))
+    m, command = person_rollback(m, 2, now=50.0, request="2026-11-29T00:00:00Z")
+    assert command == Command("ServeBaseline", cut=2)
+    assert (m.trigger, m.state.step, m.handled_request) == (
+        "Person",
+        "ServingBaseline",
+        m.handled_request,
+    )
+    # Every server switched → restore at epoch 5 → every server at 5 → live.
+    d = decide(spec, m.state, observe_servers([("a", report("Baseline", 4))], None), 51.0)
+    assert d.commands == (Command("Restore", cut=2, epoch=5),)
+    d = decide(spec, d.state, observe_servers([("a", report("Baseline", 5))], None), 52.0)
+    assert d.commands == (Command("ServeLive"),) and d.state.epoch == 5
+    assert d.state.step == "None" and d.state.phase == "Healthy"
+
+
+def test_detector_spec_follows_the_api() -> None:
+    h = UpdateHealth.model_validate(
+        {
+            "action": "Pause",
+            "repeatWindow": "90s",
+            "detector": {"minSamples": 30, "cusumSlack": 0.01},
+        }
+    )
+    spec = detector_spec(h)
+    assert (spec.action, spec.repeat_window, spec.min_samples, spec.cusum_k) == (
+        "Pause",
+        90.0,
+        30,
+        0.01,
+    )
+    assert Window(0, math.nan, math.nan).n == 0
