@@ -252,7 +252,10 @@ def _kopf_webhooks() -> list[dict[str, Any]]:
     handlers = kopf.get_default_registry()._webhooks.get_all_handlers()
     resources = [
         Resource("ekko.dev", "v1alpha1", plural, namespaced=True)
-        for plural in ("serverpools", "models", "modelversions", "serverassignments")
+        for plural in (  # every Ekko resource: a new validator of a new CRD is covered too
+            yaml.safe_load(f.read_text())["spec"]["names"]["plural"]
+            for f in sorted((REPO / "crds").glob("ekko.dev_*.yaml"))
+        )
     ]
     assert webhook.CONFIGURATION  # the managed name, unused by the chart
     return build_webhooks(

@@ -181,7 +181,12 @@ async def validate_version(body: kopf.Body, memo: kopf.Memo, warnings: list[str]
 
 
 @kopf.on.validate(
-    GROUP, VERSION, "updatestreams", operations=["CREATE", "UPDATE"], ignore_failures=True
+    GROUP,
+    VERSION,
+    "updatestreams",
+    id="validate-stream",
+    operations=["CREATE", "UPDATE"],
+    ignore_failures=True,
 )
 async def validate_stream(body: kopf.Body, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
     stream = _parsed(UpdateStream, body)
