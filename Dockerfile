@@ -34,6 +34,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 USER 10001:10001
 WORKDIR /home/ekko
 # 9300: operator /metrics, 8080: operator /healthz (kopf), 9400: agent HTTP and /metrics.
-EXPOSE 9300 8080 9400
+# 9300 operator metrics, 8080 operator health, 9443 admission webhook, 9400 agent, 9500 agent updates
+EXPOSE 9300 8080 9443 9400 9500
 ENTRYPOINT ["/opt/ekko/bin/ekko"]
 CMD ["operator", "--all-namespaces"]

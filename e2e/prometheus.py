@@ -64,9 +64,7 @@ class Prometheus:
 
     def start(self) -> None:
         self.set_targets({})
-        (self.dir / "prometheus.yml").write_text(
-            CONFIG.format(targets=json.dumps(str(self.targets_file)))
-        )
+        (self.dir / "prometheus.yml").write_text(self.config())
         log = (self.dir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
             dying_with_parent(
@@ -95,6 +93,11 @@ class Prometheus:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"prometheus not ready in 30s: {self.logs()}")
+
+    def config(self) -> str:
+        """prometheus.yml: agents on loopback from the targets file (a subclass may discover
+        them otherwise, e.g. pods on a real node)."""
+        return CONFIG.format(targets=json.dumps(str(self.targets_file)))
 
     def set_targets(self, targets: dict[str, int]) -> None:
         """Scrape these agents: pod name -> port on 127.0.0.1."""

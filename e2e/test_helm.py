@@ -237,10 +237,11 @@ def test_chart_rbac_is_enough_to_place_models(
     with (
         AgentFleet(cluster.kubeconfig, namespace, extra_args=["--kubeconfig", str(agent_kc)])
         as fleet,
-        OperatorProcess(  # the webhook on too: its configurations need their own grants
-            str(operator_kc),
+        OperatorProcess(  # the webhook on too, as the chart runs it: registered by the chart
+            str(operator_kc),  # (--webhook-unmanaged), so the operator needs no grants for it
             namespace,
-            ("--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1", "--peering"),
+            ("--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1",
+             "--webhook-unmanaged", "--peering"),
         ) as operator,
     ):  # fmt: skip
         api.create(pool)

@@ -1,4 +1,4 @@
-"""Simulated inference traffic through the agents (loopback only, bounded in rate and time)."""
+"""Simulated inference traffic through the agents (on this machine only, bounded in rate and time)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+
+def _address(target: int | str) -> str:
+    """A loopback port (an agent process), or host:port (an agent in a pod on the real node)."""
+    return f"127.0.0.1:{target}" if isinstance(target, int) else target
 
 
 class Traffic:
@@ -16,7 +21,7 @@ class Traffic:
 
     def __init__(
         self,
-        ports: Callable[[], list[int]],
+        ports: Callable[[], Sequence[int | str]],
         model: str,
         rate: float = 40.0,
         max_seconds: float = 600.0,
@@ -39,7 +44,7 @@ class Traffic:
                 port = rng.choice(ports)
                 try:
                     with urllib.request.urlopen(
-                        f"http://127.0.0.1:{port}/infer?model={self.model}", timeout=2
+                        f"http://{_address(port)}/infer?model={self.model}", timeout=2
                     ) as r:
                         self.results[("ok", r.status)] += 1
                 except urllib.error.HTTPError as err:

@@ -38,6 +38,15 @@ ShardSize = Annotated[Quantity, quantity_range("1", MAX_SHARD_QUANTITY, "8Gi")]
 ShardLoad = Annotated[Quantity, quantity_range("0", "1G", "1 or 500m")]
 ContainerQuantity = Annotated[Quantity, quantity_range("0", "1Ei", "500m or 64Gi")]
 MAX_QPS = 10**9
+RESERVED_AGENT_FLAGS = (
+    "--listen",
+    "--engine",
+    "--update-listen",
+    "--pod-name",
+    "--namespace",
+    "--kubeconfig",
+)
+"""Agent flags the operator sets itself (ports, probes and identity must agree with the pod)."""
 
 SloClass = Literal["critical", "standard", "batch"]
 Phase = Literal[
@@ -74,6 +83,18 @@ class EnvVar(ApiModel):
 class ServerTemplate(ApiModel):
     """The pod that runs one inference server and its Ekko agent sidecar."""
 
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!has(self.agentArgs) || self.agentArgs.all(a, "
+            + " && ".join(f"!a.startsWith('{flag}')" for flag in RESERVED_AGENT_FLAGS)
+            + ")",
+            message="agentArgs must not set "
+            + ", ".join(RESERVED_AGENT_FLAGS)
+            + ": Ekko sets them so that the agent's ports, probes and identity agree",
+            check=lambda s: not any(a.startswith(RESERVED_AGENT_FLAGS) for a in s.agent_args),
+        ),
+    )
+
     image: str = Field(
         min_length=1, max_length=512, description="Image of the inference engine container."
     )
@@ -106,6 +127,70 @@ class ServerTemplate(ApiModel):
     )
     service_account_name: str | None = Field(
         default=None, max_length=253, description="Service account of the server pods."
+    )
+    # The rest of a real server pod, kept verbatim as in a Pod spec (the API server checks each
+    # piece when the operator creates the pod; a refusal is reported on the pool).
+    labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra labels of the server pods; Ekko's own (ekko.dev/pool, ekko.dev/server, ekko.dev/zone, app.kubernetes.io/managed-by) win.",
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra annotations of the server pods (Ekko sets the prometheus.io scrape annotations of the agent).",
+    )
+    pod_security_context: EmbeddedObject = Field(
+        default_factory=dict,
+        description="Pod-level securityContext, as in a Pod spec (for the restricted Pod Security Standard: runAsNonRoot true, seccompProfile RuntimeDefault).",
+    )
+    security_context: EmbeddedObject = Field(
+        default_factory=dict,
+        description="securityContext of the engine container, as in a Pod spec (for the restricted Pod Security Standard: allowPrivilegeEscalation false, capabilities drop ALL). The agent sidecar always runs restricted.",
+    )
+    ports: list[EmbeddedObject] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Ports of the engine container, as in a Pod spec; 9400 and 9500 are the agent's.",
+    )
+    readiness_probe: EmbeddedObject = Field(
+        default_factory=dict,
+        description="Readiness probe of the engine container, as in a Pod spec; the pod serves only when the engine and the agent are both ready.",
+    )
+    liveness_probe: EmbeddedObject = Field(
+        default_factory=dict,
+        description="Liveness probe of the engine container, as in a Pod spec.",
+    )
+    volume_mounts: list[EmbeddedObject] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Volume mounts of the engine container, as in a Pod spec.",
+    )
+    volumes: list[EmbeddedObject] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Volumes of the server pods (secrets, config maps, model caches), as in a Pod spec.",
+    )
+    image_pull_secrets: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Names of the Secrets used to pull the engine and agent images.",
+    )
+    affinity: EmbeddedObject = Field(
+        default_factory=dict,
+        description="Affinity of the server pods, as in a Pod spec; Ekko adds the zone of each server to its nodeSelector.",
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the server pods."
+    )
+    agent_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra arguments of the Ekko agent sidecar, e.g. --sim-bandwidth=1Gi, --heartbeat-seconds=5, or --enable-fault-injection with --fault for tests and demos (see `ekko agent --help`). --listen, --engine, --update-listen, --pod-name, --namespace and --kubeconfig are Ekko's and refused here.",
+    )
+    agent_resources: ContainerResources = Field(
+        default_factory=lambda: ContainerResources(requests={"cpu": "50m", "memory": "64Mi"}),
+        description="Requests and limits of the agent sidecar (default: requests cpu 50m, memory 64Mi).",
     )
 
 

@@ -20,7 +20,14 @@ from pydantic import BaseModel, ValidationError
 from urllib3.exceptions import HTTPError
 
 from ekko.api.meta import GROUP, VERSION
-from ekko.api.resources import Model, ModelVersion, ServerAssignment, ServerPool
+from ekko.api.resources import (
+    ContainerResources,
+    Model,
+    ModelVersion,
+    ServerAssignment,
+    ServerPool,
+    ServerTemplate,
+)
 from ekko.api.validate import field_errors
 from ekko.kube import pods
 from ekko.kube.calls import post_event
@@ -514,28 +521,46 @@ def owner_reference(pool: ServerPool) -> dict[str, Any]:
     }
 
 
-def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> dict[str, Any]:
-    """The pod of one server: the engine container and the agent sidecar, pinned to its zone."""
-    template = pool.spec.template
-    node_selector = dict(template.node_selector)
-    if zone:
-        node_selector[pool.spec.topology_key] = zone
-    engine = {
-        "name": "engine",
-        "image": template.image,
-        "args": list(template.args),
-        "env": [{"name": e.name, "value": e.value} for e in template.env],
-        "resources": {
-            "requests": {k: str(v) for k, v in template.resources.requests.items()},
-            "limits": {k: str(v) for k, v in template.resources.limits.items()},
-        },
-    }
-    agent = {
+def _resources(res: ContainerResources) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if res.requests:
+        out["requests"] = {k: str(v) for k, v in res.requests.items()}
+    if res.limits:
+        out["limits"] = {k: str(v) for k, v in res.limits.items()}
+    return out
+
+
+AGENT_SECURITY_CONTEXT: dict[str, Any] = {
+    # The restricted Pod Security Standard, on the container itself so that the sidecar passes it
+    # whatever the pool's pod-level securityContext says. The image's user is numeric (10001), so
+    # the kubelet can check runAsNonRoot.
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def agent_container(template: ServerTemplate, operator_image: str) -> dict[str, Any]:
+    """The Ekko agent sidecar: its listen address, ports and probes agree (unit-tested)."""
+    return {
         "name": "ekko-agent",
         "image": template.agent_image or operator_image,
         # The kubelet probes the pod IP and Prometheus scrapes it: the agent's loopback default
-        # would leave every server unready on a real node (kwok nodes never probe).
-        "args": ["agent", "--engine", template.engine, "--listen", f"0.0.0.0:{AGENT_PORT}"],
+        # would leave every server unready on a real node (kwok nodes never probe). agentArgs
+        # may not name Ekko's flags (a CEL rule on the pool refuses them, in words); Ekko's come
+        # last anyway, so that an abbreviation argparse accepts (--lis) cannot win either.
+        "args": [
+            "agent",
+            *template.agent_args,
+            "--engine",
+            template.engine,
+            "--listen",
+            f"0.0.0.0:{AGENT_PORT}",
+            "--update-listen",
+            f"0.0.0.0:{UPDATES_PORT}",
+        ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {
@@ -549,33 +574,64 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
             {"name": "agent", "containerPort": AGENT_PORT},
             {"name": "updates", "containerPort": UPDATES_PORT},
         ],
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "resources": _resources(template.agent_resources),
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "agent"}, "periodSeconds": 2},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "agent"},
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": dict(AGENT_SECURITY_CONTEXT),
     }
+
+
+def engine_container(template: ServerTemplate) -> dict[str, Any]:
+    """The inference engine container, as the pool's template describes it."""
+    engine: dict[str, Any] = {
+        "name": "engine",
+        "image": template.image,
+        "args": list(template.args),
+        "env": [{"name": e.name, "value": e.value} for e in template.env],
+        "resources": _resources(template.resources),
+    }
+    optional = {
+        "ports": template.ports,
+        "volumeMounts": template.volume_mounts,
+        "readinessProbe": template.readiness_probe,
+        "livenessProbe": template.liveness_probe,
+        "securityContext": template.security_context,
+    }
+    engine.update({k: v for k, v in optional.items() if v})
+    return engine
+
+
+def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> dict[str, Any]:
+    """The pod of one server: the engine container and the agent sidecar, pinned to its zone."""
+    template = pool.spec.template
+    node_selector = dict(template.node_selector)
+    if zone:
+        node_selector[pool.spec.topology_key] = zone
     spec: dict[str, Any] = {
-        "containers": [engine, agent],
+        "containers": [engine_container(template), agent_container(template, operator_image)],
         "nodeSelector": node_selector,
         "tolerations": list(template.tolerations),
     }
-    if template.service_account_name:
-        spec["serviceAccountName"] = template.service_account_name
+    optional: dict[str, Any] = {
+        "serviceAccountName": template.service_account_name,
+        "securityContext": template.pod_security_context,
+        "volumes": template.volumes,
+        "imagePullSecrets": [{"name": n} for n in template.image_pull_secrets],
+        "affinity": template.affinity,
+        "priorityClassName": template.priority_class_name,
+    }
+    spec.update({k: v for k, v in optional.items() if v})
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
             "labels": {
+                **template.labels,
                 POOL_LABEL: pool.metadata.name,
                 SERVER_LABEL: name,
                 f"{GROUP}/zone": zone,
@@ -585,6 +641,7 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
             # For a Prometheus that discovers pods by annotation (the chart's PodMonitor or
             # scrape config selects the same port by name).
             "annotations": {
+                **template.annotations,
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(AGENT_PORT),
                 "prometheus.io/path": "/metrics",

@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Directory with tls.crt and tls.key; a self-signed pair is made there (or in a temp dir) if missing.",
     )
     parser.add_argument(
+        "--webhook-unmanaged",
+        action="store_true",
+        help="Serve the webhook but leave its ValidatingWebhookConfiguration to the installer "
+        "(the Helm chart registers one that calls the webhook Service).",
+    )
+    parser.add_argument(
         "--priority",
         type=int,
         default=0,
@@ -149,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         from ekko.operator import webhook  # noqa: PLC0415
 
         memo.webhook = webhook.Options(
-            args.webhook_port, args.webhook_host, args.webhook_address, args.webhook_cert_dir
+            args.webhook_port,
+            args.webhook_host,
+            args.webhook_address,
+            args.webhook_cert_dir,
+            managed=not args.webhook_unmanaged,
         )
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)

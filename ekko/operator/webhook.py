@@ -47,6 +47,10 @@ class Options:
     host: str
     addr: str
     cert_dir: str | None
+    # False when the ValidatingWebhookConfiguration is someone else's (the Helm chart installs
+    # one that calls the webhook Service, with the CA of the certificate it provides): kopf can
+    # only register a URL, which an API server without cluster DNS cannot resolve.
+    managed: bool = True
 
 
 def self_signed(host: str, directory: Path) -> tuple[Path, Path]:
@@ -105,7 +109,8 @@ def configure(settings: kopf.OperatorSettings, options: Options) -> None:
         pkeyfile=str(keyfile),
         cafile=str(certfile),
     )
-    settings.admission.managed = CONFIGURATION
+    if options.managed:
+        settings.admission.managed = CONFIGURATION
 
 
 def _refuse(errors: list[str]) -> None:
@@ -134,7 +139,17 @@ async def _read(what: str, warnings: list[str], read: Any, *args: str) -> Any:
         return _UNCHECKED
 
 
-@kopf.on.validate(GROUP, VERSION, "models", operations=["CREATE", "UPDATE"], ignore_failures=True)
+# Handler ids are the paths the API server calls. A Service reference (clientConfig.service, as
+# the chart registers it) only takes RFC 1123 path segments: kopf's default id, the function's
+# name, has an underscore and the API server refused the configuration.
+@kopf.on.validate(
+    GROUP,
+    VERSION,
+    "models",
+    id="validate-model",
+    operations=["CREATE", "UPDATE"],
+    ignore_failures=True,
+)
 async def validate_model(body: kopf.Body, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
     model = _parsed(Model, body)
     fleet: Fleet = memo.fleet
@@ -146,7 +161,14 @@ async def validate_model(body: kopf.Body, memo: kopf.Memo, warnings: list[str], 
         _refuse(check_model(model, pool))
 
 
-@kopf.on.validate(GROUP, VERSION, "modelversions", operations=["CREATE"], ignore_failures=True)
+@kopf.on.validate(
+    GROUP,
+    VERSION,
+    "modelversions",
+    id="validate-version",
+    operations=["CREATE"],
+    ignore_failures=True,
+)
 async def validate_version(body: kopf.Body, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
     version = _parsed(ModelVersion, body)
     fleet: Fleet = memo.fleet
@@ -159,7 +181,12 @@ async def validate_version(body: kopf.Body, memo: kopf.Memo, warnings: list[str]
 
 
 @kopf.on.validate(
-    GROUP, VERSION, "updatestreams", operations=["CREATE", "UPDATE"], ignore_failures=True
+    GROUP,
+    VERSION,
+    "updatestreams",
+    id="validate-stream",
+    operations=["CREATE", "UPDATE"],
+    ignore_failures=True,
 )
 async def validate_stream(body: kopf.Body, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
     stream = _parsed(UpdateStream, body)

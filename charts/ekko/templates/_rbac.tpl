@@ -65,18 +65,8 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list", "watch"]
-{{- if .Values.webhook.enabled }}
-# ekko/operator/webhook.py configure: kopf keeps the ValidatingWebhookConfiguration
-# validate.ekko.dev pointing at the operator's webhook (settings.admission.managed).
-- apiGroups: ["admissionregistration.k8s.io"]
-  resources: ["validatingwebhookconfigurations"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# kopf manages a mutating configuration next to it (empty: Ekko has no mutating handlers), and
-# stops the operator when it may not.
-- apiGroups: ["admissionregistration.k8s.io"]
-  resources: ["mutatingwebhookconfigurations"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-{{- end }}
+# No rights on webhook configurations: the chart registers the webhook itself
+# (templates/webhook.yaml) and the operator runs with --webhook-unmanaged.
 {{- if not .Values.operator.watchNamespaces }}
 # Cluster-wide (-A): the same for ClusterKopfPeering "ekko".
 - apiGroups: ["kopf.dev"]
