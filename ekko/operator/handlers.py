@@ -89,6 +89,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         group = memo.get(name)
         if group is not None:
             await group.stop()
+    fleet = memo.get("fleet")
+    if fleet is not None:
+        fleet.close()  # its write threads
     executor = memo.get("executor")
     if executor is not None:
         # Idle solver threads would otherwise keep the process alive after kopf stops.
@@ -101,7 +104,7 @@ async def version_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "models")
-async def model_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def model_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.rollouts.wake_model(body.metadata.namespace, body.metadata.name)
 
 
