@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -223,6 +224,7 @@ class Informer:
         self.synced = threading.Event()
         self.relists = 0
         """Lists made (the first one included): one more after every expiry or error."""
+        self.last_error = ""
         self._stop = threading.Event()
         self._response: Any = None
         self._thread: threading.Thread | None = None
@@ -257,6 +259,7 @@ class Informer:
             except Exception as err:
                 if self._stop.is_set():
                     return
+                self.last_error = str(err)[:200]
                 delay = backoff * random.uniform(0.8, 1.2)
                 log.warning(
                     "Watch of %s failed (%s); listing again in %.1fs.", self.kind.name, err, delay
@@ -416,7 +419,21 @@ class Cache:
 
     def wait_synced(self, timeout: float | None = None) -> bool:
         """Whether every informer has listed once (blocks up to ``timeout`` seconds)."""
-        return all(i.synced.wait(timeout) for i in self.informers)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for informer in self.informers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not informer.synced.wait(left):
+                return False
+        return True
+
+    def unsynced(self) -> list[str]:
+        """What has not listed yet, with the last error when there was one."""
+        return [
+            f"{i.kind.name} in {i.namespace or 'all namespaces'}"
+            + (f" ({i.last_error})" if i.last_error else "")
+            for i in self.informers
+            if not i.synced.is_set()
+        ]
 
     @property
     def synced(self) -> bool:

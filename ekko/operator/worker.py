@@ -34,6 +34,7 @@ log = logging.getLogger("ekko.operator")
 
 PoolKey = tuple[str, str]
 FOLLOW_UP_SECONDS = 1.0
+CACHE_SYNC_SECONDS = 30.0
 MIN_PASS_INTERVAL = 0.5
 """Seconds between the starts of two passes of one pool: however many events arrive meanwhile
 (pods turning Ready, agents reporting loads), they are seen by one pass."""
@@ -167,9 +168,15 @@ class PoolWorker:
         if not await self.gate.allowed(namespace):
             return True  # a peer acts; look again shortly, in case it goes away
         cache = getattr(self.fleet, "cache", None)
-        if cache is not None and not cache.synced:
-            # The first lists are still coming in: an observation now would see half the fleet.
-            await asyncio.to_thread(cache.wait_synced)
+        # While the first lists come in, an observation would see half the fleet: wait for them,
+        # and say so on the pool when they do not come (a list refused by RBAC would otherwise
+        # stall it silently).
+        if (
+            cache is not None
+            and not cache.synced
+            and not await asyncio.to_thread(cache.wait_synced, CACHE_SYNC_SECONDS)
+        ):
+            raise KubeError(f"cache not filled yet: {'; '.join(cache.unsynced())}")
         pool = await asyncio.to_thread(self.fleet.get_pool, namespace, name)
         if pool is None or pool.metadata.deletion_timestamp is not None:
             log.info(
