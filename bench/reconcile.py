@@ -613,6 +613,7 @@ def fmt_cpu(delta: dict[str, float], seconds: float) -> str:
 class OperatorCounts:
     verbs: dict[str, int]
     passes: float
+    wakes: dict[str, int] = field(default_factory=dict)
 
 
 def load() -> str:
@@ -640,8 +641,9 @@ class Bench:
                 f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10
             ).read()
         except OSError:
-            return OperatorCounts({}, 0.0)
+            return OperatorCounts({}, 0.0, {})
         verbs: Counter[str] = Counter()
+        wakes: Counter[str] = Counter()
         passes = 0.0
         for line in text.decode().splitlines():
             if line.startswith("ekko_api_requests_total{"):
@@ -650,7 +652,10 @@ class Bench:
                 verbs[verb] += int(float(value))
             elif line.startswith("ekko_pool_passes_total{"):
                 passes += float(line.rpartition(" ")[2])
-        return OperatorCounts(dict(verbs), passes)
+            elif line.startswith("ekko_pool_wakeups_total{"):
+                labels, _, value = line.partition("} ")
+                wakes[labels.split('kind="', 1)[1].split('"', 1)[0]] += int(float(value))
+        return OperatorCounts(dict(verbs), passes, dict(wakes))
 
     def add_requests(self, label: str, a: OperatorCounts, b: OperatorCounts) -> None:
         """API requests the operator made between two readings, and per pass."""
@@ -660,9 +665,12 @@ class Bench:
         }
         text = ", ".join(f"{v} {n}" for v, n in delta.items() if n) or "none"
         per_pass = sum(n for v, n in delta.items() if v != "watch") / passes if passes else 0.0
+        wakes = {k: b.wakes.get(k, 0) - a.wakes.get(k, 0) for k in sorted(b.wakes)}
+        woke = ", ".join(f"{k} {n}" for k, n in wakes.items() if n) or "none"
         self.results.add(
             f"{label}: operator API requests / passes",
-            f"{text}; {passes:.0f} passes, {per_pass:.1f} non-watch requests per pass",
+            f"{text}; {passes:.0f} passes, {per_pass:.1f} non-watch requests per pass; "
+            f"woken by {woke}",
         )
 
     def run(self) -> None:

@@ -91,6 +91,14 @@ PASSES = Counter(
     registry=REGISTRY,
 )
 
+WAKEUPS = Counter(
+    "ekko_pool_wakeups_total",
+    "Changes in the operator's cache that woke pool workers, by kind of object (heartbeats and "
+    "readiness-neutral node updates wake nothing and are not counted).",
+    ["kind"],
+    registry=REGISTRY,
+)
+
 
 class ClientCollector(Collector):
     """The API requests the operator's client made and what its cache holds, read at scrape

@@ -187,15 +187,16 @@ class PoolWorker:
         # Debounce without sleeping in the pass: until the debounce has passed since the first
         # change, passes go on converging the current plan (and see every new change, a shorter
         # debounce included); the re-plan waits for a wake at the due time.
-        debouncing = False
-        if self._replan:
-            first = self._first_change if self._first_change is not None else time.monotonic()
-            left = parse_duration(pool.spec.placement.replan_debounce) - (time.monotonic() - first)
-            if left > 0:
-                debouncing = True
-                asyncio.get_running_loop().call_later(left, self._wake.set)
-            else:
-                self._replan = False
+        left = debounce_left(
+            self._first_change if self._replan else None,
+            time.monotonic(),
+            parse_duration(pool.spec.placement.replan_debounce),
+        )
+        debouncing = left > 0
+        if debouncing:
+            asyncio.get_running_loop().call_later(left, self._wake.set)
+        else:
+            self._replan = False
         state = self._keep_last_good(await asyncio.to_thread(self.fleet.observe, pool))
         inputs = plan_inputs(state)
         if self.desired is None:
@@ -298,7 +299,10 @@ class PoolWorker:
         namespace, name = self.key
         if self._first_change is not None:
             metrics.DEBOUNCE_SECONDS.labels(name).observe(time.monotonic() - self._first_change)
-            self._first_change = None
+        # This plan covers every change observed so far; one arriving during the solve sets both
+        # again (and its inputs differ, so the next pass re-plans after its own debounce).
+        self._first_change = None
+        self._replan = False
         problem = build_problem(state)
         excluded = _unplaceable(problem)
         if excluded:
@@ -442,6 +446,16 @@ def _node_ready_status(node: Mapping[str, Any] | None) -> str:
     return next((str(c.get("status")) for c in conditions if c.get("type") == "Ready"), "")
 
 
+def debounce_left(first_change: float | None, now: float, debounce: float) -> float:
+    """Seconds a re-plan still waits: the debounce counts from the first change not planned yet
+    (None: no such change, no wait). Once a change was planned it never delays again; it once
+    did, re-arming a wake-up every debounce forever, so a converged pool ran two passes a
+    second."""
+    if first_change is None:
+        return 0.0
+    return max(0.0, debounce - (now - first_change))
+
+
 def _describe(err: Exception) -> str:
     """An error in one line for events and conditions."""
     return str(err) if isinstance(err, KubeError) else f"{type(err).__name__}: {err}"
@@ -583,6 +597,7 @@ class Workers:
                 self.wake_all()
             else:
                 return False
+        metrics.WAKEUPS.labels(kind).inc()
         return True
 
     def wake_namespace(self, namespace: str) -> None:
