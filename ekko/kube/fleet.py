@@ -508,6 +508,21 @@ class Fleet:
             if err.status != 404:  # deleted meanwhile: nothing to report on
                 raise
 
+    def patch_statuses(
+        self, plural: str, namespace: str, items: list[tuple[str, dict[str, Any], str | None]]
+    ) -> list[KubeError | None]:
+        """``patch_status`` of many objects, up to ``write_concurrency`` at once: (name, status,
+        resourceVersion precondition or None) each; the error of each write, or None."""
+
+        def one(item: tuple[str, dict[str, Any], str | None]) -> KubeError | None:
+            try:
+                self.patch_status(plural, namespace, item[0], item[1], item[2])
+            except KubeError as err:
+                return err
+            return None
+
+        return list(self._writers.map(one, items))
+
     @converted
     def event(
         self,
