@@ -41,19 +41,22 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from e2e import objects
-from e2e.agents import AgentFleet
+from e2e.agents import AgentFleet, free_port
 from e2e.cluster import build, control
 from e2e.objects import fresh_namespace
 from e2e.operator_harness import OperatorProcess
@@ -245,6 +248,115 @@ class Watched:
 
     def peaks(self) -> dict[str, int | None]:
         return {name: status_kib(pid, "VmHWM") for name, pid in self.pids.items()}
+
+
+class EchoAgents:
+    """A stand-in for the agents where their processes do not fit the machine (``--echo-agents``;
+    ~64 MiB and ~0.8 CPU-s of start-up each would need ~40 GiB for 600 servers). One thread
+    follows the ServerAssignments and the server pods and reports, for each server, its spec's
+    shards as loaded (as the sim engine would, without the load time), again for every new pod
+    of a server, plus a heartbeat every ``heartbeat`` seconds as each agent writes. It is not the
+    agent's code path: it measures the operator and the API server under the same load, nothing
+    about the agents."""
+
+    def __init__(self, kubeconfig: str, heartbeat: float) -> None:
+        api = config.new_client_from_config(config_file=kubeconfig)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.core: Any = client.CoreV1Api(api)
+        self.heartbeat = heartbeat
+        self.specs: dict[str, list[dict[str, Any]]] = {}
+        self.pod_uids: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.writes = 0
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="echo")
+        self.threads = [
+            threading.Thread(target=self._follow_assignments, daemon=True),
+            threading.Thread(target=self._follow_pods, daemon=True),
+            threading.Thread(target=self._beat, daemon=True),
+        ]
+
+    def __enter__(self) -> EchoAgents:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _report(self, name: str, heartbeat_only: bool = False) -> None:
+        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        with self.lock:
+            shards = self.specs.get(name)
+        if shards is None or name not in self.pod_uids:
+            return
+        status: dict[str, Any] = {"heartbeat": now}
+        if not heartbeat_only:
+            loaded = [
+                {
+                    "model": s["model"],
+                    "shard": s["shard"],
+                    "version": s["version"],
+                    "bytes": s["bytes"],
+                }
+                for s in shards
+            ]
+            status |= {
+                "loaded": loaded,
+                "shardsLoaded": len(loaded),
+                "bytesLoaded": sum(s["bytes"] for s in loaded),
+            }
+        with contextlib.suppress(ApiException):
+            self.custom.patch_namespaced_custom_object_status(
+                G, V, NS, "serverassignments", name, {"status": status}
+            )
+            self.writes += 1
+
+    def _follow_assignments(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):
+                for event in watch.Watch().stream(
+                    self.custom.list_namespaced_custom_object, G, V, NS, "serverassignments",
+                    timeout_seconds=60,
+                ):  # fmt: skip
+                    obj = event["object"]
+                    name = obj["metadata"]["name"]
+                    shards = list((obj.get("spec") or {}).get("shards") or [])
+                    with self.lock:
+                        if event["type"] == "DELETED":
+                            self.specs.pop(name, None)
+                            continue
+                        changed = self.specs.get(name) != shards
+                        self.specs[name] = shards
+                    if changed:
+                        self.pool.submit(self._report, name)
+
+    def _follow_pods(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):
+                for event in watch.Watch().stream(
+                    self.core.list_namespaced_pod, NS, label_selector=POOL_LABEL, timeout_seconds=60
+                ):
+                    pod = event["object"]
+                    name, uid = pod.metadata.name, pod.metadata.uid
+                    with self.lock:
+                        if event["type"] == "DELETED":
+                            if self.pod_uids.get(name) == uid:
+                                del self.pod_uids[name]
+                            continue
+                        new = self.pod_uids.get(name) != uid and bool(pod.spec.node_name)
+                        if pod.spec.node_name:
+                            self.pod_uids[name] = uid
+                    if new:  # a new agent starts: it reports what it loaded
+                        self.pool.submit(self._report, name)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.heartbeat):
+            with self.lock:
+                names = sorted(self.specs)
+            for name in names:
+                self.pool.submit(self._report, name, True)
 
 
 # --- observing the cluster --------------------------------------------------------------------
@@ -497,6 +609,19 @@ def fmt_cpu(delta: dict[str, float], seconds: float) -> str:
     return ", ".join(f"{k} {v:.1f}s" for k, v in delta.items()) + f" (wall {seconds:.1f}s)"
 
 
+@dataclass(frozen=True)
+class OperatorCounts:
+    verbs: dict[str, int]
+    passes: float
+    wakes: dict[str, int] = field(default_factory=dict)
+
+
+def load() -> str:
+    """The load average, as `uptime` shows it: the machine is shared, so every number says how
+    busy it was."""
+    return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 @dataclass
 class Bench:
     scale: Scale
@@ -505,6 +630,48 @@ class Bench:
     cluster: Cluster
     log_dir: Path
     results: Results = field(default_factory=Results)
+    echo_heartbeat: float = 0.0
+    """> 0: EchoAgents with this heartbeat instead of one agent process per server."""
+    metrics_port: int = field(default_factory=free_port)
+
+    def requests(self) -> OperatorCounts:
+        """The operator's own counters: API requests by verb, and pool passes."""
+        try:
+            text = urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10
+            ).read()
+        except OSError:
+            return OperatorCounts({}, 0.0, {})
+        verbs: Counter[str] = Counter()
+        wakes: Counter[str] = Counter()
+        passes = 0.0
+        for line in text.decode().splitlines():
+            if line.startswith("ekko_api_requests_total{"):
+                labels, _, value = line.partition("} ")
+                verb = labels.split('verb="', 1)[1].split('"', 1)[0]
+                verbs[verb] += int(float(value))
+            elif line.startswith("ekko_pool_passes_total{"):
+                passes += float(line.rpartition(" ")[2])
+            elif line.startswith("ekko_pool_wakeups_total{"):
+                labels, _, value = line.partition("} ")
+                wakes[labels.split('kind="', 1)[1].split('"', 1)[0]] += int(float(value))
+        return OperatorCounts(dict(verbs), passes, dict(wakes))
+
+    def add_requests(self, label: str, a: OperatorCounts, b: OperatorCounts) -> None:
+        """API requests the operator made between two readings, and per pass."""
+        passes = b.passes - a.passes
+        delta = {
+            v: b.verbs.get(v, 0) - a.verbs.get(v, 0) for v in sorted(set(a.verbs) | set(b.verbs))
+        }
+        text = ", ".join(f"{v} {n}" for v, n in delta.items() if n) or "none"
+        per_pass = sum(n for v, n in delta.items() if v != "watch") / passes if passes else 0.0
+        wakes = {k: b.wakes.get(k, 0) - a.wakes.get(k, 0) for k in sorted(b.wakes)}
+        woke = ", ".join(f"{k} {n}" for k, n in wakes.items() if n) or "none"
+        self.results.add(
+            f"{label}: operator API requests / passes",
+            f"{text}; {passes:.0f} passes, {per_pass:.1f} non-watch requests per pass; "
+            f"woken by {woke}",
+        )
 
     def run(self) -> None:
         scale, cluster, r = self.scale, self.cluster, self.results
@@ -519,17 +686,29 @@ class Bench:
             if (pid := control.running(name)) is not None
         }
         try:
-            with (
-                AgentFleet(
+            agents: EchoAgents | AgentFleet = (
+                EchoAgents(str(control.kubeconfig_path()), self.echo_heartbeat)
+                if self.echo_heartbeat > 0
+                else AgentFleet(
                     str(control.kubeconfig_path()),
                     NS,
                     fault_injection=False,
                     log_dir=self.log_dir,
-                ) as fleet,
-                OperatorProcess(str(control.kubeconfig_path()), NS) as operator,
+                )
+            )
+            with (
+                agents as fleet,
+                OperatorProcess(
+                    str(control.kubeconfig_path()),
+                    NS,
+                    ("--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"),
+                ) as operator,
             ):
                 assert operator.proc is not None
-                watched = Watched({"operator": operator.proc.pid, **pids}, fleet)
+                watched = Watched(
+                    {"operator": operator.proc.pid, **pids},
+                    fleet if isinstance(fleet, AgentFleet) else None,
+                )
                 try:
                     self.phases(watched, nodes)
                 except BaseException:
@@ -572,6 +751,7 @@ class Bench:
 
         # 1. apply -> all loaded
         start_usage = watched.sample()
+        counts = self.requests()
         t0 = time.monotonic()
         cluster.create(pool_manifest(max(2 * scale.servers, 20), scale.solver_time_limit))
         for m in models:
@@ -607,11 +787,16 @@ class Bench:
         r.add(
             "apply: CPU", fmt_cpu(cpu_delta(start_usage, end_usage), end_usage.at - start_usage.at)
         )
+        self.add_requests("apply", counts, self.requests())
+        r.add("apply: machine", load())
         time.sleep(3)
         idle0 = watched.sample()
+        counts = self.requests()
         time.sleep(10)
         idle1 = watched.sample()
         r.add("converged, idle (10 s)", fmt_cpu(cpu_delta(idle0, idle1), idle1.at - idle0.at))
+        self.add_requests("converged, idle (10 s)", counts, self.requests())
+        r.add("converged, idle: machine", load())
 
         # 2. a lost node
         snap = cluster.snapshot()
@@ -628,6 +813,7 @@ class Bench:
             if a["metadata"]["name"] in victims
         )
         before = watched.sample()
+        counts = self.requests()
         stamp = dt.datetime.now(dt.UTC).isoformat()
         t0 = time.monotonic()
         cluster.core.delete_node(victim)
@@ -673,6 +859,8 @@ class Bench:
             r.add(f"node loss: {label}", f"{at:.1f}s")
         r.add("node loss: every shard back to its replicas, pool Ready", f"{total:.1f}s")
         r.add("node loss: CPU", fmt_cpu(cpu_delta(before, after), after.at - before.at))
+        self.add_requests("node loss", counts, self.requests())
+        r.add("node loss: machine", load())
         nodes.remove(victim)
 
         # 4. a re-plan
@@ -683,6 +871,7 @@ class Bench:
         name, reps = target["metadata"]["name"], target["spec"]["replicas"] + 1
         shards = target["spec"]["shards"]
         before = watched.sample()
+        counts = self.requests()
         t0 = time.monotonic()
         cluster.custom.patch_namespaced_custom_object(
             G, V, NS, "models", name, {"spec": {"replicas": reps}}
@@ -721,6 +910,8 @@ class Bench:
             f"{(plan.get('bytesMoved') or 0) / GIB:.1f} GiB",
         )
         r.add("re-plan: CPU", fmt_cpu(cpu_delta(before, after), after.at - before.at))
+        self.add_requests("re-plan", counts, self.requests())
+        r.add("re-plan: machine", load())
 
         # 3. totals over the run
         peaks = watched.peaks()
@@ -771,6 +962,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, help="shard replicas over all models")
     ap.add_argument("--solver-time-limit", help="the pool's placement.solverTimeLimit")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--echo-agents",
+        type=float,
+        default=0.0,
+        metavar="HEARTBEAT_SECONDS",
+        help="no agent processes: one thread reports every assignment loaded and heartbeats "
+        "(for sizes whose agents do not fit the machine; measures the operator, not the agents)",
+    )
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
     ap.add_argument("--log-dir", type=Path, help="keep the agents' logs here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -792,7 +991,9 @@ def main(argv: list[str] | None = None) -> int:
         log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="ekko-bench-agents-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         print(f"# agent logs in {log_dir}", file=sys.stderr)
-        bench = Bench(scale, args.seed, args.interval, cluster, log_dir)
+        bench = Bench(
+            scale, args.seed, args.interval, cluster, log_dir, echo_heartbeat=args.echo_agents
+        )
         try:
             bench.run()
         finally:

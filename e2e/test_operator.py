@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import pytest
 
-from e2e.agents import AgentFleet
+from e2e.agents import AgentFleet, free_port
 from e2e.objects import (
     FOUR_MODELS,
     Api,
@@ -298,3 +299,72 @@ def test_a_deleted_model_is_unloaded_and_its_servers_freed(
         describe=lambda: (before, len(api.pods()), operator.logs()[-2000:]),
     )
     assert all(serving_replicas(api)[("keep", i)] == 1 for i in range(2))
+
+
+def _operator_metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The operator's /metrics as {(name, labels): value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        pairs = frozenset(
+            tuple(p.split("=", 1)) for p in labels.rstrip("}").replace('"', "").split(",") if p
+        )
+        out[(name, pairs)] = float(value)  # type: ignore[arg-type]
+    return out
+
+
+def _requests(
+    metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], verb: str
+) -> dict[str, float]:
+    """The operator's API requests of one verb, by resource."""
+    return {
+        dict(labels)["resource"]: v for (n, labels), v in metrics.items()
+        if n == "ekko_api_requests_total" and ("verb", verb) in labels
+    }  # fmt: skip
+
+
+def _passes(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+    return sum(v for (n, _), v in metrics.items() if n == "ekko_pool_passes_total")
+
+
+def test_a_converged_pool_lists_nothing_for_heartbeats_and_status_changes(
+    cluster: Any, api: Api, fleet: AgentFleet, namespace: str
+) -> None:
+    """Issue 18: the pool worker observes from its cache, so a pass after an assignment event
+    (and every agent heartbeat meanwhile) costs no list: the cache's watches carry the change.
+    The only read is the peering gate's GET of the peering object (at most one a second).
+    Counted by the operator's own request counter."""
+    port = free_port()
+    args = ("--metrics-port", str(port), "--metrics-address", "127.0.0.1")
+    with OperatorProcess(cluster.kubeconfig, namespace, args) as operator:
+        api.create(pool_manifest())
+        api.create(model_manifest("m", 4, "8Gi", 2))
+        wait_for(lambda: converged(api, models=["m"]), "model loaded", timeout=90,
+                 describe=operator.logs)  # fmt: skip
+        before = _operator_metrics(port)
+        # The cache's first lists and its watches: the counter counts.
+        assert {"pods", "serverassignments", "nodes", "models"} <= set(_requests(before, "list"))
+        assert _requests(before, "watch")
+        target = api.assignments()[0].metadata.name
+        passes = _passes(before)
+        # A status-only change an agent could make (not a heartbeat): it wakes the pool.
+        api.custom.patch_namespaced_custom_object_status(
+            "ekko.dev", "v1alpha1", namespace, "serverassignments", target,
+            {"status": {"message": "e2e: a status-only change"}},
+        )  # fmt: skip
+        wait_for(
+            lambda: _passes(_operator_metrics(port)) > passes,
+            "a pass after the assignment's status change",
+            timeout=60,
+            describe=operator.logs,
+        )
+        after = _operator_metrics(port)
+        assert _requests(after, "list") == _requests(before, "list")
+        gets = _requests(after, "get")
+        new_gets = {r: n - _requests(before, "get").get(r, 0) for r, n in gets.items()}
+        assert {r for r, n in new_gets.items() if n} <= {"kopfpeerings"}, new_gets
+        assert converged(api, models=["m"])

@@ -11,10 +11,13 @@ import datetime as dt
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 from urllib3.exceptions import HTTPError
@@ -29,8 +32,10 @@ from ekko.api.resources import (
     ServerTemplate,
 )
 from ekko.api.validate import field_errors
+from ekko.kube import observe as observe_
 from ekko.kube import pods
-from ekko.kube.calls import post_event
+from ekko.kube.cache import Cache, Obj
+from ekko.kube.calls import CountingApiClient, new_client, post_event
 from ekko.kube.errors import InvalidObjectError, KubeError
 from ekko.planning.converge import (
     Action,
@@ -39,7 +44,7 @@ from ekko.planning.converge import (
     RecreateServer,
     WriteAssignment,
 )
-from ekko.planning.state import PoolState, ServerObs, resident_versions
+from ekko.planning.state import PoolState
 
 log = logging.getLogger(__name__)
 
@@ -95,31 +100,92 @@ def _api_message(call: str, err: ApiException) -> str:
     return f"{call}: {err.status} {err.reason or ''}".strip() + (f": {text}" if text else "")
 
 
-def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """An API client from a kubeconfig, or from the pod's service account in a cluster."""
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+WRITE_CONCURRENCY = 16
+"""Writes of one pass in flight at once: enough to create a thousand servers in seconds, few
+enough not to flood the API server (kube-apiserver's default max-mutating-requests-inflight is
+200, shared by every client)."""
+
+
+def load_config(kubeconfig: str | None = None, pool_size: int = 0) -> CountingApiClient:
+    """An API client (counting its requests) from a kubeconfig, or from the pod's service
+    account in a cluster."""
+    return new_client(kubeconfig, pool_size)
+
+
+def _parse_pool(body: Obj) -> ServerPool:
+    return parse(ServerPool, body)
+
+
+def _parse_model(body: Obj) -> Model:
+    return parse(Model, body)
+
+
+def _parse_version(body: Obj) -> ModelVersion:
+    return parse(ModelVersion, body)
+
+
+def _parse_assignment(body: Obj) -> ServerAssignment:
+    return parse(ServerAssignment, body)
+
+
+def _heartbeat(assignment: Mapping[str, Any] | None) -> dt.datetime | None:
+    """The agent's last heartbeat in a raw assignment, None when it never reported."""
+    text = ((assignment or {}).get("status") or {}).get("heartbeat")
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        return dt.datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class Applied:
+    """What ``Fleet.apply`` did: short past-tense lines, and the errors of the actions that
+    failed, refused (4xx: retried slowly, reported) or retriable (the pass is retried)."""
+
+    done: list[str] = field(default_factory=list)
+    refused: list[KubeError] = field(default_factory=list)
+    retry: list[KubeError] = field(default_factory=list)
 
 
 class Fleet:
     """Reads and writes the objects of server pools."""
 
-    def __init__(self, api: client.ApiClient, operator_image: str = "ekko:latest") -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        operator_image: str = "ekko:latest",
+        cache: Cache | None = None,
+        write_concurrency: int = WRITE_CONCURRENCY,
+    ) -> None:
         # Typed as Any: pods and nodes are read field by field below, and the client's own
         # annotations disagree with the dict bodies it accepts.
         self.core: Any = client.CoreV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
         self.operator_image = operator_image
+        self.cache = cache
+        self.write_concurrency = max(1, write_concurrency)
+        self._writers = ThreadPoolExecutor(self.write_concurrency, thread_name_prefix="ekko-write")
+        self._stale_lock = threading.Lock()
+        self._stale: dict[tuple[str, str], tuple[str, dt.datetime | None]] = {}
+        """(namespace, server) -> (uid of its pod, heartbeat of its assignment when that pod
+        appeared in place of another)."""
+        if cache is not None:
+            cache.listen(self._on_cache_event)
+
+    def close(self) -> None:
+        self._writers.shutdown(wait=False, cancel_futures=True)
 
     # -- reading ---------------------------------------------------------------------------
 
     @converted
     def get_pool(self, namespace: str, name: str) -> ServerPool | None:
+        """The pool, from the cache when it holds it (a miss asks the API server: the cache may
+        not have seen a pool created a moment ago)."""
+        if self.cache is not None and self.cache.synced:
+            store = self.cache.store("serverpools")
+            cached = store.get(namespace, name)
+            if cached is not None:
+                return store.parsed(cached, _parse_pool)
         try:
             body = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, "serverpools", name
@@ -129,13 +195,6 @@ class Fleet:
                 return None
             raise
         return parse(ServerPool, body)
-
-    @converted
-    def list_models(self, namespace: str) -> list[Model]:
-        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "models")[
-            "items"
-        ]
-        return [parse(Model, i) for i in items]
 
     @converted
     def list_models_checked(self, namespace: str) -> tuple[list[Model], list[InvalidObjectError]]:
@@ -197,74 +256,91 @@ class Fleet:
         """Assignments of the pool's servers that hold the model, with whether the pod serves."""
         return pods.model_servers(self.core, self.custom, namespace, model, pool)
 
-    @converted
     def observe(self, pool: ServerPool) -> PoolState:
-        """Everything about one pool: its models, pods, assignments and the nodes' zones."""
+        """Everything about one pool: its models, pods, assignments and the nodes' zones.
+
+        Read from the cache when there is one (no API call; objects are validated once per
+        resource version), otherwise from one list of each kind."""
         namespace = pool.metadata.namespace or "default"
         name = pool.metadata.name
-        selector = f"{POOL_LABEL}={name}"
-        usable, invalid = self.list_models_checked(namespace)
-        models = tuple(
-            m for m in usable if m.spec.pool == name and m.metadata.deletion_timestamp is None
-        )
-        rejected = {err.name: err.problem for err in invalid if err.pool == name}
-        # Only the pool's own pods: a user's pod that merely carries the label is not a server
-        # (once, one was deleted as a "failed server").
-        pod_list = [
-            p
-            for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items
-            if owned_by(p, pool)
-        ]
-        raw = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, "serverassignments", label_selector=selector
-        )["items"]
-        assignments = {}
-        for a in raw:
+        view = self.cache if self.cache is not None else self._listed(namespace)
+        models_store = view.store("models")
+        models: list[Model] = []
+        rejected: dict[str, str] = {}
+        for item in models_store.items(namespace, index=name):
             try:
-                assignments[a["metadata"]["name"]] = parse(ServerAssignment, a)
+                models.append(models_store.parsed(item, _parse_model))
+            except InvalidObjectError as err:
+                rejected[err.name] = err.problem
+        assignments_store = view.store("serverassignments")
+        assignments: dict[str, ServerAssignment] = {}
+        for item in assignments_store.items(namespace, index=name):
+            try:
+                parsed = assignments_store.parsed(item, _parse_assignment)
             except InvalidObjectError as err:  # rewritten by the next WriteAssignment
                 log.warning("%s", err)
-        nodes = self.core.list_node().items
-        key = pool.spec.topology_key
-        node_zone = {n.metadata.name: (n.metadata.labels or {}).get(key, "") for n in nodes}
-        node_ready = {n.metadata.name: _node_ready(n) for n in nodes}
-        servers: dict[str, ServerObs] = {}
-        for pod in pod_list:
-            pod_name = pod.metadata.name
-            assignment = assignments.get(pod_name)
-            node = pod.spec.node_name
-            lost_node = node is not None and (node not in node_zone or not node_ready[node])
-            servers[pod_name] = ServerObs(
-                name=pod_name,
-                zone=(pod.metadata.labels or {}).get(f"{GROUP}/zone", ""),
-                pod_exists=True,
-                pod_ready=pods.pod_ready(pod) and not lost_node,
-                pod_failed=pod.status.phase in ("Failed", "Succeeded") or lost_node,
-                deleting=pod.metadata.deletion_timestamp is not None,
-                node=node,
-                assignment_exists=assignment is not None,
-                spec_shards=tuple(assignment.spec.shards) if assignment else (),
-                loaded=_loaded(assignment, since=pod.metadata.creation_timestamp),
-                unschedulable=pods.unschedulable(pod),
-            )
-        for a_name, assignment in assignments.items():
-            if a_name not in servers:
-                servers[a_name] = ServerObs(
-                    name=a_name,
-                    zone=assignment.spec.zone,
-                    pod_exists=False,
-                    spec_shards=tuple(assignment.spec.shards),
-                    loaded=frozenset(),
-                )
-        versions = self.list_versions(namespace)
-        return PoolState(
-            pool=pool,
+                continue
+            assignments[parsed.metadata.name] = parsed
+        versions_store = view.store("modelversions")
+        versions: list[ModelVersion] = []
+        for item in versions_store.items(namespace):
+            try:
+                versions.append(versions_store.parsed(item, _parse_version))
+            except InvalidObjectError as err:  # its own rollout worker reports it
+                log.debug("%s", err)
+        with self._stale_lock:
+            stale = {
+                server: heartbeat
+                for (ns, server), (_, heartbeat) in self._stale.items()
+                if ns == namespace and heartbeat is not None
+            }
+        return observe_.pool_state(
+            pool,
             models=models,
-            resident={m.metadata.name: resident_versions(m, versions) for m in models},
-            servers=tuple(servers[k] for k in sorted(servers)),
-            node_zones=tuple(sorted({z for z in node_zone.values() if z})),
             rejected=rejected,
+            pods=view.store("pods").items(namespace, index=name),
+            assignments=assignments,
+            nodes=view.store("nodes").items(),
+            versions=versions,
+            now=dt.datetime.now(dt.UTC),
+            stale=stale,
         )
+
+    @converted
+    def _listed(self, namespace: str) -> Cache:
+        """A cache filled by one list of each kind, for a fleet that follows no watches."""
+        listed = Cache(self.core.api_client, [namespace])
+        listed.list_once()
+        return listed
+
+    def first_report(self, namespace: str, server: str, before: Mapping[str, Any] | None) -> bool:
+        """Whether an assignment's status, as it was ``before`` this write, did not count (it was
+        the previous pod's): then even a heartbeat-only write is news, the new agent's first."""
+        heartbeat = _heartbeat(before)
+        if heartbeat is None:
+            return True
+        with self._stale_lock:
+            stale = self._stale.get((namespace, server))
+        if stale is not None and stale[1] is not None and heartbeat <= stale[1]:
+            return True
+        pod = self.cache.store("pods").get(namespace, server) if self.cache is not None else None
+        created = observe_.created(pod)
+        return created is not None and heartbeat < created
+
+    def _on_cache_event(self, kind: str, event: str, old: Obj | None, new: Obj | None) -> None:
+        """Remember, when a server's pod is replaced, the heartbeat its assignment carried then:
+        reports up to that heartbeat are the previous agent's (see ``observe.loaded``)."""
+        if kind != "pods" or event != "ADDED" or new is None or self.cache is None:
+            return
+        meta = new.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        uid = str(meta.get("uid") or "")
+        with self._stale_lock:
+            before = self._stale.get(key)
+            heartbeat = before[1] if before is not None else None
+            if before is not None and before[0] != uid:
+                heartbeat = _heartbeat(self.cache.store("serverassignments").get(*key))
+            self._stale[key] = (uid, heartbeat)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -321,22 +397,22 @@ class Fleet:
             if err.status != 409:
                 raise
 
-    def apply(
-        self, pool: ServerPool, actions: Iterable[Action]
-    ) -> tuple[list[str], list[KubeError]]:
-        """Carry out actions in order; return what was done, as short past-tense lines, and the
-        errors of the actions that failed. One refused write (a pod the API server finds invalid,
-        an assignment over its item limit) does not stop the others; a lost connection does."""
-        done: list[str] = []
-        failed: list[KubeError] = []
-        for action in actions:
+    def apply(self, pool: ServerPool, actions: Iterable[Action]) -> Applied:
+        """Carry out a pass's actions, up to ``write_concurrency`` at once. Each action stands
+        alone (converge only emits actions that are safe in any order), so one failure never
+        stops the others: refused writes (a pod the API server finds invalid, an assignment over
+        its item limit) and retriable errors (the API unwell or busy) are returned apart."""
+        result = Applied()
+        futures = [self._writers.submit(self._apply_one, pool, a) for a in actions]
+        for future in futures:
             try:
-                done.extend(self._apply_one(pool, action))
+                result.done.extend(future.result())
             except KubeError as err:
                 if not err.status or err.status in (409, 429) or err.status >= 500:
-                    raise  # the API is unwell or busy: the whole pass is retried
-                failed.append(err)
-        return done, failed
+                    result.retry.append(err)  # the whole pass is retried
+                else:
+                    result.refused.append(err)
+        return result
 
     def _apply_one(self, pool: ServerPool, action: Action) -> list[str]:
         if isinstance(action, CreateServer):
@@ -439,6 +515,21 @@ class Fleet:
             if err.status != 404:  # deleted meanwhile: nothing to report on
                 raise
 
+    def patch_statuses(
+        self, plural: str, namespace: str, items: list[tuple[str, dict[str, Any], str | None]]
+    ) -> list[KubeError | None]:
+        """``patch_status`` of many objects, up to ``write_concurrency`` at once: (name, status,
+        resourceVersion precondition or None) each; the error of each write, or None."""
+
+        def one(item: tuple[str, dict[str, Any], str | None]) -> KubeError | None:
+            try:
+                self.patch_status(plural, namespace, item[0], item[1], item[2])
+            except KubeError as err:
+                return err
+            return None
+
+        return list(self._writers.map(one, items))
+
     @converted
     def event(
         self,
@@ -502,12 +593,6 @@ class Fleet:
 
 AGENT_PORT = 9400
 UPDATES_PORT = 9500
-
-
-def owned_by(pod: Any, pool: ServerPool) -> bool:
-    """Whether the pool's controller owner reference is on the pod (it creates every server)."""
-    refs = pod.metadata.owner_references or []
-    return any(r.kind == "ServerPool" and r.uid == pool.metadata.uid and r.controller for r in refs)
 
 
 def owner_reference(pool: ServerPool) -> dict[str, Any]:
@@ -649,37 +734,3 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
         },
         "spec": spec,
     }
-
-
-NODE_LOST_AFTER = 60.0
-"""Seconds a node may be not Ready before its servers count as lost. A kubelet that cannot reach
-the API server (an API-server restart, a network blip) leaves its node NotReady/Unknown while
-its pods go on serving; replacing them at once turned a 20 s API outage into lost replicas."""
-
-
-def _node_ready(node: Any, now: dt.datetime | None = None) -> bool:
-    """Ready, or not Ready for less than NODE_LOST_AFTER seconds."""
-    conditions = node.status.conditions if node.status else None
-    ready = next((c for c in conditions or [] if c.type == "Ready"), None)
-    if ready is None:
-        return False
-    if ready.status == "True":
-        return True
-    since = ready.last_transition_time
-    if since is None:
-        return False
-    now = now or dt.datetime.now(dt.UTC)
-    return (now - since).total_seconds() < NODE_LOST_AFTER
-
-
-def _loaded(
-    assignment: ServerAssignment | None, since: dt.datetime | None = None
-) -> frozenset[tuple[str, int, str]]:
-    """What the server's agent reports loaded; nothing if the report predates the pod (a
-    recreated pod keeps its name, and its assignment still shows the previous agent's shards)."""
-    if assignment is None or assignment.status is None:
-        return frozenset()
-    heartbeat = assignment.status.heartbeat
-    if since is not None and (heartbeat is None or heartbeat < since):
-        return frozenset()
-    return frozenset((s.model, s.shard, s.version) for s in assignment.status.loaded)

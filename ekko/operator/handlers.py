@@ -1,4 +1,9 @@
-"""kopf handlers: glue only. Each turns an event into a wake-up of the pool worker concerned.
+"""kopf handlers and cache listeners: glue only. Each turns an event into wake-ups.
+
+The pool workers read pools, models, versions, pods, assignments and nodes from the operator's
+cache (``ekko.kube.cache``) and are woken by the cache itself, after it stored the change: woken
+by kopf's own watch, a pass could read the cache before the event reached it and miss the change.
+kopf's handlers wake the rollout and stream workers, which read the API.
 
 Event handlers (``on.event``) keep no state in the objects (no finalizers, no progress
 annotations): the workers re-read the cluster on every pass, so a missed or repeated event is
@@ -30,6 +35,13 @@ async def startup(
 ) -> None:
     configure(settings, memo)
     memo.streams = UpdateStreams(UpdateKube(memo.fleet.custom.api_client), memo.workers.gate)
+    loop = asyncio.get_running_loop()
+    memo.cache.listen(
+        lambda kind, event, old, new: loop.call_soon_threadsafe(
+            cache_event, memo, kind, event, old, new
+        )
+    )
+    memo.cache.start()
     memo.resync = asyncio.get_running_loop().create_task(resync(memo), name="resync")
     logger.info("Ekko operator started.")
 
@@ -50,29 +62,40 @@ async def resync(memo: kopf.Memo) -> None:
             logging.getLogger("ekko.operator").exception("Resync failed.")
 
 
+def cache_event(
+    memo: kopf.Memo, kind: str, event: str, old: dict[str, Any] | None, new: dict[str, Any] | None
+) -> None:
+    """A change the cache stored (on the event loop): wake the workers it concerns."""
+    if not memo.workers.cache_event(kind, event, old, new):
+        return  # a heartbeat, or a node's status that left it as ready as it was
+    body = new if new is not None else old
+    namespace = str(((body or {}).get("metadata") or {}).get("namespace") or "")
+    if kind in ("pods", "serverassignments"):
+        memo.streams.wake_namespace(namespace)  # a server lost or ready, an address: re-wire
+    if kind == "serverassignments":
+        # Agents report loads and applied routing here: rollouts waiting on them look again.
+        memo.rollouts.wake_model(namespace)
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("resync")
     if task is not None:
         task.cancel()
+    cache = memo.get("cache")
+    if cache is not None:
+        cache.stop()
     for name in ("workers", "rollouts", "streams"):
         group = memo.get(name)
         if group is not None:
             await group.stop()
+    fleet = memo.get("fleet")
+    if fleet is not None:
+        fleet.close()  # its write threads
     executor = memo.get("executor")
     if executor is not None:
         # Idle solver threads would otherwise keep the process alive after kopf stops.
         executor.shutdown(wait=False, cancel_futures=True)
-
-
-@kopf.on.event(GROUP, VERSION, "serverpools")
-async def pool_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.workers.pool_changed(
-        body.metadata.namespace,
-        body.metadata.name,
-        body.metadata.get("generation"),
-        deleted=event["type"] == "DELETED",
-    )
 
 
 @kopf.on.event(GROUP, VERSION, "modelversions")
@@ -81,36 +104,8 @@ async def version_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "models")
-async def model_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def model_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.rollouts.wake_model(body.metadata.namespace, body.metadata.name)
-    memo.workers.model_changed(
-        body.metadata.namespace,
-        body.metadata.name,
-        body.spec.get("pool"),
-        body.metadata.get("generation"),
-        deleted=event["type"] == "DELETED",
-    )
-
-
-@kopf.on.event(GROUP, VERSION, "serverassignments")
-async def assignment_event(
-    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
-) -> None:
-    # Agents heartbeat every few seconds; only a change in what they hold or apply matters.
-    if not memo.workers.assignment_changed(body, deleted=event["type"] == "DELETED"):
-        return
-    memo.streams.wake_namespace(body.metadata.namespace)  # an agent's update address, a move
-    pool = body.spec.get("pool")
-    if pool:
-        memo.workers.wake(body.metadata.namespace, pool)
-    # Agents report loads and applied routing here: rollouts waiting on them look again.
-    memo.rollouts.wake_model(body.metadata.namespace)
-
-
-@kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
-async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.workers.wake(body.metadata.namespace, body.metadata.labels[POOL_LABEL])
-    memo.streams.wake_namespace(body.metadata.namespace)  # a server lost or ready: re-wire
 
 
 @kopf.on.event(GROUP, VERSION, "updatestreams")
@@ -118,10 +113,3 @@ async def stream_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # Created, changed or deleted: the stream's worker re-reads it (and removes its duties when
     # it is gone); status writes wake it too, which costs one idempotent pass.
     memo.streams.wake(body.metadata.namespace, body.metadata.name)
-
-
-@kopf.on.event("", "v1", "nodes")
-async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    # A node lost or back changes which servers are alive; readiness flaps are cheap to recheck.
-    if event["type"] in ("DELETED", "ADDED"):
-        memo.workers.wake_all()

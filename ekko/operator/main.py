@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EKKO_PROMETHEUS_ALLOW"] = ",".join(args.allow_prometheus_address)
     memo = kopf.Memo()
     memo.peering_namespaces = args.namespace if args.peering else None
+    memo.namespaces = args.namespace  # the operator's cache lists and watches these (none: all)
     # One identity for kopf's peering and for the workers' own pause check (ekko.operator.peering).
     memo.identity = os.environ.get("POD_ID") or (
         f"{getpass.getuser()}@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ekko.kube.cache import Cache
+from ekko.kube.calls import CountingApiClient
 
 REGISTRY = CollectorRegistry()
 
@@ -76,3 +84,61 @@ ANALYSIS = Counter(
     ["namespace", "model", "metric", "result"],
     registry=REGISTRY,
 )
+PASSES = Counter(
+    "ekko_pool_passes_total",
+    "Reconcile passes of a pool (wake-ups are coalesced: at most one pass per interval).",
+    ["pool"],
+    registry=REGISTRY,
+)
+
+WAKEUPS = Counter(
+    "ekko_pool_wakeups_total",
+    "Changes in the operator's cache that woke pool workers, by kind of object (heartbeats and "
+    "readiness-neutral node updates wake nothing and are not counted).",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+
+class ClientCollector(Collector):
+    """The API requests the operator's client made and what its cache holds, read at scrape
+    time: ``ekko_api_requests_total`` divided by ``ekko_pool_passes_total`` is what a pass costs."""
+
+    def __init__(self) -> None:
+        self.clients: list[CountingApiClient] = []
+        self.caches: list[Cache] = []
+
+    def collect(self) -> Iterator[Any]:
+        requests = CounterMetricFamily(
+            "ekko_api_requests",
+            "Kubernetes API requests of the operator's client (kopf's own watches excluded), "
+            "by RBAC verb and resource.",
+            labels=["verb", "resource"],
+        )
+        totals: dict[tuple[str, str], int] = {}
+        for api in self.clients:
+            for key, count in api.snapshot().items():
+                totals[key] = totals.get(key, 0) + count
+        for (verb, resource), count in sorted(totals.items()):
+            requests.add_metric([verb, resource], count)
+        yield requests
+        objects = GaugeMetricFamily(
+            "ekko_cache_objects", "Objects in the operator's cache, by kind.", labels=["kind"]
+        )
+        relists = CounterMetricFamily(
+            "ekko_cache_lists",
+            "Lists made by the cache's informers (one at start, one after each expired or "
+            "failed watch), by kind.",
+            labels=["kind"],
+        )
+        for cache in self.caches:
+            for kind, store in sorted(cache.stores.items()):
+                objects.add_metric([kind], len(store))
+                count = sum(i.relists for i in cache.informers if i.kind.name == kind)
+                relists.add_metric([kind], count)
+        yield objects
+        yield relists
+
+
+CLIENT = ClientCollector()
+REGISTRY.register(CLIENT)

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 
-from ekko.kube.fleet import Fleet, load_config
+from ekko.kube.cache import Cache
+from ekko.kube.fleet import WRITE_CONCURRENCY, Fleet, load_config
+from ekko.operator import metrics
 from ekko.operator.peering import PEERING_NAME, Gate
 from ekko.operator.rollouts import Rollouts
 from ekko.operator.worker import Workers
@@ -40,8 +42,22 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     settings.batching.batch_window = 0.05
     # The solver runs in this pool (OR-Tools releases the GIL while it searches).
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ekko-solve")
-    api = load_config(os.environ.get("EKKO_KUBECONFIG") or os.environ.get("KUBECONFIG"))
-    fleet = Fleet(api, operator_image=os.environ.get("EKKO_IMAGE", "ghcr.io/ekko-dev/ekko:0.1.0"))
+    kubeconfig = os.environ.get("EKKO_KUBECONFIG") or os.environ.get("KUBECONFIG")
+    writes = int(os.environ.get("EKKO_WRITE_CONCURRENCY") or WRITE_CONCURRENCY)
+    # Room for every write of a pass in flight plus the workers' other calls; the watches of the
+    # cache hold their connections for minutes, so they get a client (and a pool) of their own.
+    api = load_config(kubeconfig, pool_size=writes + 8)
+    cache_api = load_config(kubeconfig)
+    cache = Cache(cache_api, list(memo.get("namespaces") or []) or None)
+    fleet = Fleet(
+        api,
+        operator_image=os.environ.get("EKKO_IMAGE", "ghcr.io/ekko-dev/ekko:0.1.0"),
+        cache=cache,
+        write_concurrency=writes,
+    )
+    metrics.CLIENT.clients[:] = [api, cache_api]
+    metrics.CLIENT.caches[:] = [cache]
+    memo.cache = cache
     memo.executor = executor
     memo.fleet = fleet
     if memo.get("peering_namespaces") is not None:  # --peering

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import random
 import time
@@ -35,6 +34,10 @@ log = logging.getLogger("ekko.operator")
 
 PoolKey = tuple[str, str]
 FOLLOW_UP_SECONDS = 1.0
+CACHE_SYNC_SECONDS = 30.0
+MIN_PASS_INTERVAL = 0.5
+"""Seconds between the starts of two passes of one pool: however many events arrive meanwhile
+(pods turning Ready, agents reporting loads), they are seen by one pass."""
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -66,6 +69,7 @@ class PoolWorker:
         self._refused_text = ""
         self._refused_backoff = FOLLOW_UP_SECONDS
         self._last_good: dict[str, Model] = {}
+        self._last_start = -MIN_PASS_INTERVAL
         self.task: asyncio.Task[None] | None = None
 
     def wake(self, replan: bool) -> None:
@@ -82,8 +86,14 @@ class PoolWorker:
         backoff = 0.5
         while True:
             await self._wake.wait()
+            # Coalesce: wake-ups until the interval is over are served by the next pass.
+            wait = self._last_start + MIN_PASS_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self._wake.clear()
+            self._last_start = time.monotonic()
             try:
+                metrics.PASSES.labels(self.key[1]).inc()
                 more = await self.run_pass()
             except asyncio.CancelledError:
                 raise
@@ -157,6 +167,16 @@ class PoolWorker:
         namespace, name = self.key
         if not await self.gate.allowed(namespace):
             return True  # a peer acts; look again shortly, in case it goes away
+        cache = getattr(self.fleet, "cache", None)
+        # While the first lists come in, an observation would see half the fleet: wait for them,
+        # and say so on the pool when they do not come (a list refused by RBAC would otherwise
+        # stall it silently).
+        if (
+            cache is not None
+            and not cache.synced
+            and not await asyncio.to_thread(cache.wait_synced, CACHE_SYNC_SECONDS)
+        ):
+            raise KubeError(f"cache not filled yet: {'; '.join(cache.unsynced())}")
         pool = await asyncio.to_thread(self.fleet.get_pool, namespace, name)
         if pool is None or pool.metadata.deletion_timestamp is not None:
             log.info(
@@ -167,15 +187,16 @@ class PoolWorker:
         # Debounce without sleeping in the pass: until the debounce has passed since the first
         # change, passes go on converging the current plan (and see every new change, a shorter
         # debounce included); the re-plan waits for a wake at the due time.
-        debouncing = False
-        if self._replan:
-            first = self._first_change if self._first_change is not None else time.monotonic()
-            left = parse_duration(pool.spec.placement.replan_debounce) - (time.monotonic() - first)
-            if left > 0:
-                debouncing = True
-                asyncio.get_running_loop().call_later(left, self._wake.set)
-            else:
-                self._replan = False
+        left = debounce_left(
+            self._first_change if self._replan else None,
+            time.monotonic(),
+            parse_duration(pool.spec.placement.replan_debounce),
+        )
+        debouncing = left > 0
+        if debouncing:
+            asyncio.get_running_loop().call_later(left, self._wake.set)
+        else:
+            self._replan = False
         state = self._keep_last_good(await asyncio.to_thread(self.fleet.observe, pool))
         inputs = plan_inputs(state)
         if self.desired is None:
@@ -193,13 +214,17 @@ class PoolWorker:
                 )
         if self.desired is None or (inputs != self.inputs and not debouncing):
             await self._replan_pool(pool, state, inputs)
+            if self.desired is not None:
+                # The plan is in status as soon as it is decided, not after the fleet converged.
+                await self._report_pool(state, self.desired)
         desired = self.desired or desired_from_state(state)
         actions = converge(state, desired)
         refused: list[KubeError] = []
         if actions:
-            done, refused = await asyncio.to_thread(self.fleet.apply, pool, actions)
+            applied = await asyncio.to_thread(self.fleet.apply, pool, actions)
             for action in actions:
                 metrics.ACTIONS.labels(name, type(action).__name__).inc()
+            done, refused = applied.done, applied.refused
             if done:
                 log.info(
                     "Pool %s/%s: %s.",
@@ -207,6 +232,10 @@ class PoolWorker:
                     name,
                     "; ".join(done[:5]) + (" …" if len(done) > 5 else ""),
                 )
+            if applied.retry:
+                # The API is unwell or busy: the pass is retried with backoff (the writes that
+                # succeeded are not repeated: the next observation includes them).
+                raise applied.retry[0]
         await self._refused(pool, refused)
         await self._report(pool, state, desired)
         if refused:
@@ -270,7 +299,10 @@ class PoolWorker:
         namespace, name = self.key
         if self._first_change is not None:
             metrics.DEBOUNCE_SECONDS.labels(name).observe(time.monotonic() - self._first_change)
-            self._first_change = None
+        # This plan covers every change observed so far; one arriving during the solve sets both
+        # again (and its inputs differ, so the next pass re-plans after its own debounce).
+        self._first_change = None
+        self._replan = False
         problem = build_problem(state)
         excluded = _unplaceable(problem)
         if excluded:
@@ -329,7 +361,7 @@ class PoolWorker:
             if target is not None:
                 await asyncio.to_thread(self.fleet.event, target, "Unplaceable", why, True)
 
-    async def _report(self, pool: ServerPool, state: PoolState, desired: Desired) -> None:
+    async def _report_pool(self, state: PoolState, desired: Desired) -> None:
         name = self.key[1]
         now = dt.datetime.now(dt.UTC)
         problem, reason = self.outcome.problem, "PlanFailed"
@@ -341,6 +373,11 @@ class PoolWorker:
         metrics.SERVERS.labels(name, "wanted").set(status["serversWanted"])
         metrics.SERVERS.labels(name, "ready").set(status["serversReady"])
         await self._patch_if_changed("serverpools", name, status)
+
+    async def _report(self, pool: ServerPool, state: PoolState, desired: Desired) -> None:
+        now = dt.datetime.now(dt.UTC)
+        await self._report_pool(state, desired)
+        writes: list[tuple[str, dict[str, Any], str | None]] = []
         for model in state.models:
             if model.metadata.name in state.rejected:
                 continue  # reported below, on the spec as it stands
@@ -350,7 +387,20 @@ class PoolWorker:
             # on the status it observed (a resourceVersion precondition: a promote written
             # meanwhile makes this write conflict and the pass retry, instead of undoing it).
             precondition = model.metadata.resource_version if "stableVersion" in body else None
-            await self._patch_if_changed("models", model.metadata.name, body, precondition)
+            if self._last_status.get(f"models/{model.metadata.name}") != body:
+                writes.append((model.metadata.name, body, precondition))
+        if writes:
+            # In parallel, like the pass's other writes: at 300 models one after another took
+            # minutes on a busy API server.
+            errors = await asyncio.to_thread(
+                self.fleet.patch_statuses, "models", self.key[0], writes
+            )
+            for (model_name, body, _), error in zip(writes, errors, strict=True):
+                if error is None:
+                    self._last_status[f"models/{model_name}"] = body
+            failed = [e for e in errors if e is not None]
+            if failed:
+                raise failed[0]  # a conflict observes again; anything else retries with backoff
         for model_name, problem in sorted(state.rejected.items()):
             kept = model_name in self._last_good
             text = f"spec not usable: {problem}" + (
@@ -387,6 +437,37 @@ class PoolWorker:
             self.fleet.patch_status, plural, self.key[0], obj, status, resource_version
         )
         self._last_status[key] = status
+
+
+POOL_LABEL = "ekko.dev/pool"
+
+
+def assignment_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether an assignment event changes anything but the agent's heartbeat (agents heartbeat
+    every few seconds; only a change in what they hold or apply matters)."""
+    if old is None or new is None:
+        return True
+
+    def essence(body: Mapping[str, Any]) -> tuple[Any, Any]:
+        status = {k: v for k, v in (body.get("status") or {}).items() if k != "heartbeat"}
+        return body.get("spec"), status
+
+    return essence(old) != essence(new)
+
+
+def _node_ready_status(node: Mapping[str, Any] | None) -> str:
+    conditions = ((node or {}).get("status") or {}).get("conditions") or []
+    return next((str(c.get("status")) for c in conditions if c.get("type") == "Ready"), "")
+
+
+def debounce_left(first_change: float | None, now: float, debounce: float) -> float:
+    """Seconds a re-plan still waits: the debounce counts from the first change not planned yet
+    (None: no such change, no wait). Once a change was planned it never delays again; it once
+    did, re-arming a wake-up every debounce forever, so a converged pool ran two passes a
+    second."""
+    if first_change is None:
+        return 0.0
+    return max(0.0, debounce - (now - first_change))
 
 
 def _describe(err: Exception) -> str:
@@ -435,7 +516,6 @@ class Workers:
         self.workers: dict[PoolKey, PoolWorker] = {}
         self.model_pools: dict[PoolKey, str] = {}
         self.generations: dict[tuple[str, str, str], int | None] = {}
-        self.assignments: dict[tuple[str, str], int] = {}
 
     def wake(self, namespace: str, pool: str, replan: bool = False) -> None:
         key = (namespace, pool)
@@ -447,20 +527,6 @@ class Workers:
                 worker.run(), name=f"pool {namespace}/{pool}"
             )
         worker.wake(replan)
-
-    def assignment_changed(self, body: Mapping[str, Any], deleted: bool) -> bool:
-        """Whether an assignment event changes anything but the agent's heartbeat."""
-        meta = body.get("metadata", {})
-        key = (str(meta.get("namespace")), str(meta.get("name")))
-        if deleted:
-            self.assignments.pop(key, None)
-            return True
-        status = {k: v for k, v in (body.get("status") or {}).items() if k != "heartbeat"}
-        seen = hash(json.dumps([body.get("spec"), status], sort_keys=True, default=str))
-        if self.assignments.get(key) == seen:
-            return False
-        self.assignments[key] = seen
-        return True
 
     def spec_changed(self, kind: str, namespace: str, name: str, generation: int | None) -> bool:
         """Whether this is a new spec generation (status writes, ours included, are not)."""
@@ -498,6 +564,60 @@ class Workers:
         if pool:
             self.model_pools[key] = pool
             self.wake(namespace, pool, replan=True)
+
+    def cache_event(
+        self, kind: str, event: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> bool:
+        """Wake the pool workers a change in the cache concerns; return whether it was more
+        than an agent's heartbeat (what other workers care about too)."""
+        body = new if new is not None else old
+        if body is None:
+            return False
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        deleted = event == "DELETED"
+        if kind == "serverpools":
+            self.pool_changed(namespace, name, meta.get("generation"), deleted)
+        elif kind == "models":
+            self.model_changed(
+                namespace,
+                name,
+                (body.get("spec") or {}).get("pool"),
+                meta.get("generation"),
+                deleted,
+            )
+            pool = (body.get("spec") or {}).get("pool")
+            if pool and not deleted:
+                # Status too: the rollout's stable/canary/previous versions are what servers hold.
+                self.wake(namespace, str(pool))
+        elif kind == "modelversions":
+            if deleted or (old or {}).get("spec") != (new or {}).get("spec"):
+                self.wake_namespace(namespace)
+        elif kind == "serverassignments":
+            if not assignment_changed(old, new) and not self.fleet.first_report(
+                namespace, name, old
+            ):
+                return False
+            pool = (body.get("spec") or {}).get("pool")
+            if pool:
+                self.wake(namespace, str(pool))
+        elif kind == "pods":
+            pool = (meta.get("labels") or {}).get(POOL_LABEL)
+            if pool:
+                self.wake(namespace, str(pool))
+        elif kind == "nodes":
+            # A node lost or back changes which servers are alive.
+            if event != "MODIFIED" or _node_ready_status(old) != _node_ready_status(new):
+                self.wake_all()
+            else:
+                return False
+        metrics.WAKEUPS.labels(kind).inc()
+        return True
+
+    def wake_namespace(self, namespace: str) -> None:
+        for key in list(self.workers):
+            if key[0] == namespace:
+                self.wake(*key)
 
     def wake_all(self, replan: bool = False) -> None:
         for key in list(self.workers):

@@ -41,41 +41,6 @@ def test_the_agent_listens_where_the_kubelet_probes_and_prometheus_scrapes() -> 
     ]
 
 
-def test_only_the_pools_own_pods_are_its_servers() -> None:
-    from types import SimpleNamespace as Ns
-
-    from ekko.kube.fleet import owned_by
-
-    def pod(*refs: object) -> object:
-        return Ns(metadata=Ns(owner_references=list(refs)))
-
-    ours = Ns(kind="ServerPool", uid="u", controller=True)
-    assert owned_by(pod(ours), pool())
-    assert not owned_by(pod(), pool())  # a user's pod with the label
-    assert not owned_by(pod(Ns(kind="ServerPool", uid="other", controller=True)), pool())
-    assert not owned_by(pod(Ns(kind="ReplicaSet", uid="u", controller=True)), pool())
-
-
-def test_a_node_counts_as_lost_only_after_a_grace_period() -> None:
-    from datetime import UTC, datetime, timedelta
-    from types import SimpleNamespace as Ns
-
-    from ekko.kube.fleet import NODE_LOST_AFTER, _node_ready
-
-    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
-
-    def node(status: str, seconds_ago: float) -> object:
-        since = now - timedelta(seconds=seconds_ago)
-        cond = Ns(type="Ready", status=status, last_transition_time=since)
-        return Ns(status=Ns(conditions=[cond]))
-
-    assert _node_ready(node("True", 1000), now)
-    assert _node_ready(node("Unknown", 20), now)  # a kubelet that lost the API for a moment
-    assert not _node_ready(node("Unknown", NODE_LOST_AFTER + 1), now)
-    assert not _node_ready(node("False", NODE_LOST_AFTER + 1), now)
-    assert not _node_ready(Ns(status=Ns(conditions=[])), now)
-
-
 def _pool_with(**template: object) -> ServerPool:
     body = pool().model_dump(by_alias=True, exclude_none=True)
     body["spec"]["template"].update(template)

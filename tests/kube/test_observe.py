@@ -1,0 +1,164 @@
+"""A pool's state from raw objects (ekko.kube.observe): which pods are servers, which nodes are
+lost, and when an agent's report counts as loaded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ekko.api.resources import ServerAssignment, ServerPool
+from ekko.kube.observe import NODE_LOST_AFTER, loaded, node_ready, owned_by, pool_state
+
+NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+
+def pool() -> ServerPool:
+    return ServerPool.model_validate(
+        {
+            "apiVersion": "ekko.dev/v1alpha1",
+            "kind": "ServerPool",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {
+                "template": {"image": "engine:1"},
+                "capacity": {"memory": "64Gi", "compute": "100"},
+                "maxServers": 4,
+            },
+        }
+    )
+
+
+def stamp(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def pod(
+    name: str = "p-0",
+    *refs: dict[str, Any],
+    node: str | None = "n1",
+    ready: bool = True,
+    created: datetime = NOW - timedelta(minutes=5),
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "labels": {"ekko.dev/pool": "p", "ekko.dev/zone": "zone-a"},
+            "ownerReferences": list(refs) or [OURS],
+            "creationTimestamp": stamp(created),
+        },
+        "spec": {"nodeName": node} if node else {},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+OURS = {"kind": "ServerPool", "uid": "u", "controller": True}
+
+
+def node(name: str = "n1", status: str = "True", seconds_ago: float = 1000) -> dict[str, Any]:
+    since = stamp(NOW - timedelta(seconds=seconds_ago))
+    return {
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+        "status": {
+            "conditions": [{"type": "Ready", "status": status, "lastTransitionTime": since}]
+        },
+    }
+
+
+def assignment(name: str = "p-0", heartbeat: datetime | None = NOW) -> ServerAssignment:
+    status: dict[str, Any] = {"loaded": [{"model": "m", "shard": 0, "version": "v1", "bytes": 1}]}
+    if heartbeat is not None:
+        status["heartbeat"] = stamp(heartbeat)
+    return ServerAssignment.model_validate(
+        {
+            "apiVersion": "ekko.dev/v1alpha1",
+            "kind": "ServerAssignment",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {
+                "pool": "p",
+                "server": name,
+                "shards": [
+                    {"model": "m", "shard": 0, "version": "v1", "uri": "s3://m", "bytes": 1}
+                ],
+            },
+            "status": status,
+        }
+    )
+
+
+def test_only_the_pools_own_pods_are_its_servers() -> None:
+    assert owned_by(pod("a", OURS), pool())
+    assert not owned_by({"metadata": {}}, pool())  # a user's pod with the label
+    assert not owned_by(
+        pod("a", {"kind": "ServerPool", "uid": "other", "controller": True}), pool()
+    )
+    assert not owned_by(pod("a", {"kind": "ReplicaSet", "uid": "u", "controller": True}), pool())
+    state = pool_state(
+        pool(),
+        models=[],
+        rejected={},
+        pods=[pod("p-0"), pod("x", {"kind": "ReplicaSet", "uid": "u", "controller": True})],
+        assignments={},
+        nodes=[node()],
+        versions=[],
+        now=NOW,
+    )
+    assert [s.name for s in state.servers] == ["p-0"]
+
+
+def test_a_node_counts_as_lost_only_after_a_grace_period() -> None:
+    assert node_ready(node(status="True"), NOW)
+    assert node_ready(node(status="Unknown", seconds_ago=20), NOW)  # a kubelet blinked
+    assert not node_ready(node(status="Unknown", seconds_ago=NODE_LOST_AFTER + 1), NOW)
+    assert not node_ready(node(status="False", seconds_ago=NODE_LOST_AFTER + 1), NOW)
+    assert not node_ready({"status": {"conditions": []}}, NOW)
+
+
+def test_servers_on_a_lost_or_missing_node_are_failed_and_not_ready() -> None:
+    state = pool_state(
+        pool(),
+        models=[],
+        rejected={},
+        pods=[pod("p-0", node="n1"), pod("p-1", node="gone"), pod("p-2", node="n2")],
+        assignments={},
+        nodes=[node("n1"), node("n2", status="False", seconds_ago=NODE_LOST_AFTER + 5)],
+        versions=[],
+        now=NOW,
+    )
+    by_name = {s.name: s for s in state.servers}
+    assert by_name["p-0"].serving
+    assert by_name["p-1"].pod_failed and not by_name["p-1"].pod_ready
+    assert by_name["p-2"].pod_failed and not by_name["p-2"].pod_ready
+
+
+def test_a_report_counts_only_when_it_is_the_current_pods() -> None:
+    created = NOW - timedelta(seconds=30)
+    assert loaded(assignment(heartbeat=NOW), since=created) == {("m", 0, "v1")}
+    # Written before the pod existed: the previous pod's agent.
+    assert loaded(assignment(heartbeat=created - timedelta(seconds=1)), since=created) == set()
+    assert loaded(assignment(heartbeat=None), since=created) == set()
+    # Within the pod's creation second, but not newer than what the assignment carried when the
+    # new pod appeared: still the previous agent's.
+    old = created + timedelta(milliseconds=400)
+    assert loaded(assignment(heartbeat=old), since=created, stale=old) == set()
+    newer = old + timedelta(milliseconds=1)
+    assert loaded(assignment(heartbeat=newer), since=created, stale=old) == {("m", 0, "v1")}
+
+
+def test_an_assignment_without_a_pod_is_a_server_with_nothing_loaded() -> None:
+    state = pool_state(
+        pool(),
+        models=[],
+        rejected={},
+        pods=[],
+        assignments={"p-3": assignment("p-3")},
+        nodes=[node()],
+        versions=[],
+        now=NOW,
+    )
+    (server,) = state.servers
+    assert server.name == "p-3" and not server.pod_exists and server.loaded == frozenset()
+    assert state.node_zones == ("zone-a",)
