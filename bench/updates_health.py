@@ -95,13 +95,13 @@ class Config:
         default_factory=lambda: DetectorSpec(
             min_samples=100,
             uncertain=0.02,
-            corrupted=0.05,
+            corrupted=0.03,
             z=2.0,
-            confirmations=2,
+            confirmations=1,
             hysteresis=0.01,
             recover_windows=2,
             cusum_k=0.01,
-            cusum_h=8.0,
+            cusum_h=6.0,
             repeat_window=0.0,
         )
     )
@@ -522,12 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean", type=int, default=None)
     ap.add_argument("--rate", type=float, default=200.0, help="labelled events per second")
     ap.add_argument("--window", type=int, default=200, help="detector window, events")
-    ap.add_argument("--confirmations", type=int, default=2)
+    ap.add_argument("--confirmations", type=int, default=1)
     ap.add_argument("--uncertain", type=float, default=0.02, help="Suspect window mean, nats")
-    ap.add_argument("--corrupted", type=float, default=0.05, help="Bad window mean, nats")
+    ap.add_argument("--corrupted", type=float, default=0.03, help="Bad window mean, nats")
     ap.add_argument("--age", type=int, default=1000, help="baseline age, events")
     ap.add_argument("--cusum-k", type=float, default=0.01, help="CUSUM slack, nats per sample")
-    ap.add_argument("--cusum-h", type=float, default=8.0, help="CUSUM alarm level, nats")
+    ap.add_argument("--cusum-h", type=float, default=6.0, help="CUSUM alarm level, nats")
     ap.add_argument("--cut-every", type=int, default=200, help="events between cuts")
     ap.add_argument("--json", default=None, help="write every figure to this file")
     a = ap.parse_args(argv)
