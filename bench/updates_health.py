@@ -87,17 +87,21 @@ class Config:
     explode_share: float = 0.05
     zero_share: float = 0.3
     cap_bytes: int = 64 << 20
+    material: float = 0.03
+    """An injected update whose harm over the first window (the unprotected twin's logloss minus
+    the clean twin's) is at least this many nats counts as *material*; smaller harms are within
+    the clean windows' own spread and are reported apart (they are still in the totals)."""
     detector: DetectorSpec = field(
         default_factory=lambda: DetectorSpec(
             min_samples=100,
             uncertain=0.02,
-            corrupted=0.05,
+            corrupted=0.03,
             z=2.0,
-            confirmations=2,
+            confirmations=1,
             hysteresis=0.01,
             recover_windows=2,
             cusum_k=0.01,
-            cusum_h=8.0,
+            cusum_h=6.0,
             repeat_window=0.0,
         )
     )
@@ -359,6 +363,12 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         episodes.append(ep)
     harmful = [e for e in episodes if e.kind != "clean"]
     clean = [e for e in episodes if e.kind == "clean"]
+    material = [e for e in harmful if e.harm_nats >= cfg.material]
+    buckets: dict[str, list[int]] = {name: [0, 0] for name, _ in HARM_BUCKETS}
+    for e in harmful:
+        b = _bucket(e.harm_nats)
+        buckets[b][0] += e.caught
+        buckets[b][1] += 1
     delays = [e.delay_events for e in harmful if e.delay_events is not None]
     model_bytes = sum(4 * run.store.n_rows(t) * run.store.spec(t).dim for t in (USER, ITEM, DENSE))
     per_kind = {
@@ -384,6 +394,9 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         "events": pos,
         "harmful_caught": sum(e.caught for e in harmful),
         "harmful_runs": len(harmful),
+        "material_caught": sum(e.caught for e in material),
+        "material_runs": len(material),
+        "harm_buckets": buckets,
         "false_alarms": sum(e.alarms > 0 for e in episodes) - 0,
         "false_alarm_episodes_clean": sum(e.alarms > 0 for e in clean),
         "clean_runs": len(clean),
@@ -406,6 +419,23 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
     }
 
 
+HARM_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("<0.01", 0.01),
+    ("0.01-0.03", 0.03),
+    ("0.03-0.1", 0.1),
+    (">=0.1", float("inf")),
+)
+"""Harm in the first window (nats, unprotected − clean twin): upper bounds of the report's
+buckets."""
+
+
+def _bucket(harm: float) -> str:
+    for name, upper in HARM_BUCKETS:
+        if harm < upper:
+            return name
+    return HARM_BUCKETS[-1][0]  # NaN (no window closed): the last bucket, visibly
+
+
 def _median(xs: list[float] | list[int]) -> float | None:
     vals = [float(x) for x in xs if x is not None and np.isfinite(x)]
     return statistics.median(vals) if vals else None
@@ -419,6 +449,12 @@ def summarize(runs: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
         "workload": sorted({r["workload"].split("-s")[0] for r in runs}),
         "harmful_caught": sum(r["harmful_caught"] for r in runs),
         "harmful_runs": sum(r["harmful_runs"] for r in runs),
+        "material_caught": sum(r["material_caught"] for r in runs),
+        "material_runs": sum(r["material_runs"] for r in runs),
+        "harm_buckets": {
+            name: [sum(r["harm_buckets"][name][i] for r in runs) for i in (0, 1)]
+            for name, _ in HARM_BUCKETS
+        },
         "false_rollbacks": sum(r["false_alarm_episodes_clean"] for r in runs),
         "clean_runs": sum(r["clean_runs"] for r in runs),
         "alarms_while_settling": sum(r["alarms_while_settling"] for r in runs),
@@ -450,6 +486,9 @@ def report(out: dict[str, Any]) -> str:
         f"caught {out['harmful_caught']}/{out['harmful_runs']}, "
         f"false rollbacks {out['false_rollbacks']}/{out['clean_runs']} "
         f"(alarms while settling after an incident: {out['alarms_while_settling']})",
+        f"material harms (>= {cfg['material']} nats in the first window) caught "
+        f"{out['material_caught']}/{out['material_runs']}; caught by harm: "
+        + ", ".join(f"{k} {c}/{n}" for k, (c, n) in out["harm_buckets"].items()),
         f"detection p50 {_fmt(out['detect_p50_events'], '.0f')} events = "
         f"{_fmt(out['detect_p50_s'], '.2f')} s, max {_fmt(out['detect_max_events'], '.0f')} events"
         f" = {_fmt(out['detect_max_s'], '.2f')} s; restore wall max {_fmt(out['restore_p99_s'], '.4f')} s",
@@ -483,10 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean", type=int, default=None)
     ap.add_argument("--rate", type=float, default=200.0, help="labelled events per second")
     ap.add_argument("--window", type=int, default=200, help="detector window, events")
-    ap.add_argument("--confirmations", type=int, default=2)
+    ap.add_argument("--confirmations", type=int, default=1)
+    ap.add_argument("--uncertain", type=float, default=0.02, help="Suspect window mean, nats")
+    ap.add_argument("--corrupted", type=float, default=0.03, help="Bad window mean, nats")
     ap.add_argument("--age", type=int, default=1000, help="baseline age, events")
     ap.add_argument("--cusum-k", type=float, default=0.01, help="CUSUM slack, nats per sample")
-    ap.add_argument("--cusum-h", type=float, default=8.0, help="CUSUM alarm level, nats")
+    ap.add_argument("--cusum-h", type=float, default=6.0, help="CUSUM alarm level, nats")
     ap.add_argument("--cut-every", type=int, default=200, help="events between cuts")
     ap.add_argument("--json", default=None, help="write every figure to this file")
     a = ap.parse_args(argv)
@@ -504,7 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(
         cfg,
         detector=replace(
-            cfg.detector, confirmations=a.confirmations, cusum_k=a.cusum_k, cusum_h=a.cusum_h
+            cfg.detector,
+            confirmations=a.confirmations,
+            uncertain=a.uncertain,
+            corrupted=a.corrupted,
+            cusum_k=a.cusum_k,
+            cusum_h=a.cusum_h,
         ),
     )
     runs = []

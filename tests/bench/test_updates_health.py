@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.updates_data import synthetic_stream
-from bench.updates_health import Config, Run, main, run_one, summarize
+from bench.updates_health import HARM_BUCKETS, Config, Run, _bucket, main, run_one, summarize
 
 TINY = Config(warmup=1500, settle=400, episode=600, harmful=2, clean=1, window=200, cut_every=200)
 
@@ -29,8 +29,15 @@ def test_tiny_run_reports_every_figure() -> None:
         "traffic_switch_p99_s",
         "restore_p99_s",
         "undo_peak_bytes_max",
+        "material_caught",
+        "material_runs",
+        "harm_buckets",
     ):
         assert key in out
+    # Every harmful episode lands in exactly one harm bucket; material ones are a subset.
+    assert sum(n for _, n in out["harm_buckets"].values()) == out["harmful_runs"]
+    assert sum(c for c, _ in out["harm_buckets"].values()) == out["harmful_caught"]
+    assert out["material_caught"] <= out["material_runs"] <= out["harmful_runs"]
     assert out["undo_peak_bytes_max"] <= cfg.cap_bytes
     json.dumps(out)  # serialisable as is
 
@@ -57,3 +64,12 @@ def test_main_writes_json(tmp_path: Path, argv: list[str], monkeypatch: pytest.M
     assert main([*argv, "--harmful", "1", "--clean", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["harmful_runs"] == 1 and data["workload"] == ["synthetic"]
+
+
+@pytest.mark.parametrize(
+    ("harm", "bucket"),
+    [(-0.2, "<0.01"), (0.0, "<0.01"), (0.01, "0.01-0.03"), (0.05, "0.03-0.1"), (0.1, ">=0.1")],
+)
+def test_harm_buckets(harm: float, bucket: str) -> None:
+    assert _bucket(harm) == bucket
+    assert bucket in dict(HARM_BUCKETS)
