@@ -316,6 +316,9 @@ class SimConfig:
     seed: int = 0
     product: bool = False  # priority/fifo through the product's Store and Scheduler.respond
     exception_budget: int = 1024  # the scheduler's rest-by-score budget (product path)
+    peer_rows: int = 65536  # rows per peer and table whose sent value the scheduler remembers
+    new_first: bool = True  # never-received rows in a class of their own, before high and rest
+    new_bonus: float = 1.0e6  # p_u of a never-received row
 
 
 @dataclass
@@ -528,6 +531,9 @@ class Sim:
                     policy=policy,
                     high_percentile=cfg.high_pct / 100,
                     exception_budget=cfg.exception_budget,
+                    peer_rows=cfg.peer_rows,
+                    new_first=cfg.new_first,
+                    new_bonus=cfg.new_bonus,
                 )
             )
             self.schedulers[node.up] = sched

@@ -76,6 +76,8 @@ class Encoding:
 def quantize_int8(values: npt.ArrayLike) -> tuple[I8, F32]:
     """Symmetric per-row int8: ``q = round(x / scale)`` with ``scale = max|x| / 127``."""
     x = np.asarray(values, dtype=np.float32)
+    if x.size == 0:  # no rows (a batch that only vouches for a vector): reshape(0, -1) fails
+        return np.zeros(x.shape, dtype=np.int8), np.zeros(len(x), dtype=np.float32)
     x2 = x.reshape(len(x), -1).astype(np.float64)
     scales = (np.abs(x2).max(axis=1, initial=0.0) / 127.0).astype(np.float32)
     safe = np.where(scales > 0, scales, 1.0).astype(np.float64)

@@ -204,3 +204,23 @@ def test_bad_frames_name_the_problem() -> None:
         decode_response(good[:-1])
     with pytest.raises(CodecError, match="kind"):
         decode_request(good)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_a_batch_without_rows_round_trips_in_every_dtype(dtype: str) -> None:
+    # A batch that only vouches for a vector (an idle shard): int8 once failed to reshape it.
+    b = Batch.of(
+        "t",
+        0,
+        np.zeros(0, dtype=np.int64),
+        epochs=0,
+        origins=0,
+        seqs=0,
+        publish_times=0.0,
+        values=np.zeros((0, 4), dtype=np.float32),
+        covered=VersionVector.of({(0, 1): 5}),
+    )
+    resp = PullResponse((TableSpec("t", 4),), (b,))
+    back = decode_response(encode_response(resp, Encoding(dtype, zstd=True)))  # type: ignore[arg-type]
+    assert back.batches[0].n == 0 and back.batches[0].covered == b.covered
+    assert back.batches[0].values.shape == (0, 4)
