@@ -33,6 +33,7 @@ from prometheus_client import (
 )
 
 from ekko.updates.codec import (
+    FORMAT_VERSION,
     CodecError,
     Encoding,
     decode_request,
@@ -236,7 +237,8 @@ class UpdateServer:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
-        data = encode_response(response, Encoding(request.dtype, request.zstd))
+        version = min(request.frame_version, FORMAT_VERSION)  # what the puller decodes
+        data = encode_response(response, Encoding(request.dtype, request.zstd, version=version))
         peer = request.region or "unknown"
         self.metrics.declare_peer(peer)
         self.metrics.observe_bytes("out", peer, len(data), fp32_bytes(response))
