@@ -515,9 +515,8 @@ class Sim:
         self._push(t + self._delay(link), 1, k, (wids[:n], classes[:n]))  # fast path
 
     def _respond_product(self, k: int, t: float) -> None:
-        """One pull answered by the product: ``Scheduler.respond`` over the puller's knowledge,
-        budgeted at the link's tokens (scaled by the observed compression ratio), encoded by the
-        product codec; shrunk and re-answered if the encoded frame would not fit."""
+        """One pull answered by the product: ``Scheduler.respond_encoded`` over the puller's
+        knowledge, budgeted at the link's tokens in encoded bytes, encoded by the product codec."""
         cfg, w = self.cfg, self.w
         node = self.nodes[k]
         up = self.nodes[node.up]
@@ -544,23 +543,26 @@ class Sim:
         if node.up == 0:
             budget = min(budget, self.uplink.available(t))
         ratio = self.ratio.get(k, 0.5)
-        raw_budget = 1 << 50 if math.isinf(budget) else int(budget / ratio)
         dtype = CODEC_DTYPES[cfg.codec]
-        for _ in range(6):
-            req = node.store.pull_request(raw_budget, dtype, cfg.zstd, peer=node.name)
-            resp = sched.respond(up.store, req)
-            if resp.n_rows == 0:
-                break
-            size = len(encode_response(resp, self.encoding))
-            if size <= budget:
-                break
-            raw_budget = int(raw_budget * budget / size * 0.95)
-        if resp.n_rows == 0 or size > budget:  # not even one row fits yet: wait for tokens
-            row_max = max(ROW_META + value_bytes(x, cfg.codec) for x in w.widths)
-            need = (FRAME_HEADER + row_max) * ratio
+        row_max = max(ROW_META + value_bytes(x, cfg.codec) for x in w.widths)
+        need = (FRAME_HEADER + row_max) * ratio
+        resp = None
+        if budget >= need:
+            # The product fills the budget in encoded bytes (Scheduler.respond_encoded: scaled
+            # by the peer's observed frame/upper-bound ratio, cut again while it does not fit).
+            req = node.store.pull_request(
+                1 << 62 if math.isinf(budget) else int(budget), dtype, cfg.zstd, peer=node.name
+            )
+            resp, frame = sched.respond_encoded(
+                up.store, req, lambda r: encode_response(r, self.encoding)
+            )
+        if resp is None or resp.n_rows == 0:  # not even one row fits yet: wait for tokens
             wait = max(link.bucket.wait_for(t, need), self.uplink.wait_for(t, need))
             self._push(t + max(wait, 1e-4), 0, k, None)
             return
+        # A frame a little over the tokens still goes (the bucket goes negative, as the
+        # node's does): the scheduler already recorded it as sent.
+        size = len(frame)
         wid_parts, cls_parts = [], []
         raw = FRAME_HEADER
         for b in resp.batches:

@@ -59,6 +59,9 @@ NEW, HIGH, REST = 0, 1, 2
 CLASS_NAMES: tuple[str, str, str] = ("new", "high", "rest")
 """Priority class names by class number (metric labels)."""
 
+FIT_TRIES = 6
+"""How often :meth:`Scheduler.respond` cuts a response again until it fits."""
+
 NEW_BONUS = 1.0e6
 """``p_u`` of a row the downstream has never received: above any plausible significance."""
 
@@ -270,6 +273,7 @@ class Scheduler:
         self._responses = 0
         self._peers: dict[str, tuple[int, dict[ShardId, Knowledge]]] = {}
         self._sent: dict[str, dict[str, _SentRows]] = {}
+        self._ratio: dict[str, float] = {}
 
     def threshold(self) -> float:
         return self.sketch.quantile(self.config.high_percentile)
@@ -291,9 +295,19 @@ class Scheduler:
             return Ranked(scores, classes, candidates.seqs)
         return Ranked(scores, classes, candidates.seqs, merit)
 
-    def respond(self, store: Store, request: PullRequest) -> PullResponse:
+    def respond(
+        self,
+        store: Store,
+        request: PullRequest,
+        fits: Callable[[PullResponse], bool] | None = None,
+    ) -> PullResponse:
         """Choose what one pull carries: every shard's candidates, ranked and cut to the budget,
-        with what the response vouches for per shard (see :class:`~ekko.updates.store.Batch`)."""
+        with what the response vouches for per shard (see :class:`~ekko.updates.store.Batch`).
+
+        With ``fits`` (e.g. "its encoded frame is within the link's tokens"), a response that
+        does not fit is cut again to a smaller budget, up to :data:`FIT_TRIES` times; the
+        scheduler's own bookkeeping (what each peer holds, the drift baselines) records only
+        the response returned."""
         cands: list[Candidates] = []
         ranks: list[Ranked] = []
         row_bytes: list[I64] = []
@@ -311,19 +325,79 @@ class Scheduler:
             ranks.append(self.rank(c, ctx))
             row_bytes.append(np.full(c.n, row_wire_bytes(spec.dim, request.dtype), dtype=np.int64))
         ranked = Ranked.concat(ranks)
+        sizes = np.concatenate(row_bytes) if row_bytes else np.zeros(0, dtype=np.int64)
         held = sum(k.n_exceptions for k in request.knowledge.values())
-        chosen = fill(
-            ranked,
-            request.budget_bytes,
-            np.concatenate(row_bytes) if row_bytes else 0,
-            self.config.policy,
-            max(0, self.config.exception_budget - held),
+        budget = request.budget_bytes
+        for attempt in range(FIT_TRIES + 1):
+            chosen = fill(
+                ranked,
+                budget,
+                sizes,
+                self.config.policy,
+                max(0, self.config.exception_budget - held),
+            )
+            response, commits = self._build(
+                store, request, chosen, cands=cands, ranks=ranks, idle=idle
+            )
+            if fits is None or len(chosen) == 0 or attempt == FIT_TRIES or fits(response):
+                break
+            # Shrink below what this response's rows cost (so the next one is smaller).
+            budget = int(sizes[chosen].sum()) * 9 // 10
+        for c, take in commits:
+            self._commit(store, request, peer_held, c=c, take=take)
+        self.last_backlog[request.peer] = response.backlog
+        return response
+
+    def respond_encoded(
+        self,
+        store: Store,
+        request: PullRequest,
+        encode: Callable[[PullResponse], bytes],
+    ) -> tuple[PullResponse, bytes]:
+        """:meth:`respond` with the budget in *encoded* bytes: rows are budgeted at their upper
+        bound (:func:`~ekko.updates.store.row_wire_bytes`), which overstates what a compact or
+        compressed frame costs (int8 + zstd frames are about half of it), so the budget is first
+        scaled by this peer's observed ratio of frame bytes to upper-bound bytes, and the
+        response is cut again while its frame exceeds the request's budget. Without this, a
+        capped link carrying compressed frames would run at half its rate."""
+        ratio = self._ratio.get(request.peer, 1.0)
+        scaled = request.budget_bytes
+        if scaled < (1 << 62):
+            scaled = int(scaled / max(ratio, 0.05))
+        frames: dict[int, bytes] = {}
+
+        def fits(r: PullResponse) -> bool:
+            frames[id(r)] = data = encode(r)
+            return len(data) <= request.budget_bytes
+
+        response = self.respond(store, replace(request, budget_bytes=scaled), fits)
+        data = frames.get(id(response)) or encode(response)
+        upper = sum(
+            b.n * row_wire_bytes(b.values.shape[1], request.dtype) for b in response.batches
         )
-        sent = np.zeros(len(ranked.seqs), dtype=np.bool_)
+        if upper > 0:
+            self._ratio[request.peer] = 0.7 * ratio + 0.3 * min(1.0, len(data) / upper)
+        return response, data
+
+    def _build(
+        self,
+        store: Store,
+        request: PullRequest,
+        chosen: I64,
+        *,
+        cands: list[Candidates],
+        ranks: list[Ranked],
+        idle: list[tuple[ShardId, Knowledge]],
+    ) -> tuple[PullResponse, list[tuple[Candidates, I64]]]:
+        """The response that sends ``chosen``, and per shard what :meth:`_commit` must record
+        once it is the one returned."""
+        n_all = sum(c.n for c in cands)
+        sent = np.zeros(n_all, dtype=np.bool_)
         sent[chosen] = True
-        rank_of = np.empty(len(ranked.seqs), dtype=np.int64)
+        rank_of = np.empty(n_all, dtype=np.int64)
         rank_of[chosen] = np.arange(len(chosen))
         batches: list[Batch] = []
+        commits: list[tuple[Candidates, I64]] = []
         offset = 0
         for c, r in zip(cands, ranks, strict=True):
             mine = sent[offset : offset + c.n]
@@ -333,24 +407,7 @@ class Scheduler:
             covered = _covered(store.knowledge((c.table, c.part)).vector, c, ~mine)
             k = request.knowledge.get((c.table, c.part), Knowledge())
             if len(take):
-                # Rows every live downstream now holds at their current version: that value is
-                # their new drift baseline (see Store.set_downstreams for the write-time half).
-                keys, e, o, q = c.keys[take], c.epochs[take], c.origins[take], c.seqs[take]
-                every = np.ones(len(take), dtype=np.bool_)
-                for p, (_, v) in self._peers.items():
-                    if p != request.peer:
-                        every &= v.get((c.table, c.part), _NOTHING).covers_arrays(keys, e, o, q)
-                store.rebase(c.table, c.rows[take][every])
-            if len(take):  # what the peer will hold once this arrives (for the drift baseline)
-                self._remember_sent(request.peer, store, c, take)
-                peer_held[(c.table, c.part)] = k.advance(
-                    covered,
-                    keys=c.keys[take],
-                    epochs=c.epochs[take],
-                    origins=c.origins[take],
-                    seqs=c.seqs[take],
-                    max_exceptions=store.max_exceptions,
-                )
+                commits.append((c, take))
             if len(take) == 0 and k.vector.dominates(covered):
                 continue
             batches.append(
@@ -385,9 +442,35 @@ class Scheduler:
                         vouched,
                     )
                 )
-        backlog = int((~sent).sum())
-        self.last_backlog[request.peer] = backlog
-        return PullResponse(store.specs(), tuple(batches), backlog == 0, backlog)
+        backlog = n_all - len(chosen)
+        return PullResponse(store.specs(), tuple(batches), backlog == 0, backlog), commits
+
+    def _commit(
+        self,
+        store: Store,
+        request: PullRequest,
+        peer_held: dict[ShardId, Knowledge],
+        *,
+        c: Candidates,
+        take: I64,
+    ) -> None:
+        """Record rows sent: the drift baseline of rows every live downstream now holds, the
+        per-peer memory of sent values, and what the peer will hold once this arrives."""
+        shard = (c.table, c.part)
+        keys, e, o, q = c.keys[take], c.epochs[take], c.origins[take], c.seqs[take]
+        every = np.ones(len(take), dtype=np.bool_)
+        for p, (_, v) in self._peers.items():
+            if p != request.peer:
+                every &= v.get(shard, _NOTHING).covers_arrays(keys, e, o, q)
+        store.rebase(c.table, c.rows[take][every])
+        self._remember_sent(request.peer, store, c, take)
+        k = request.knowledge.get(shard, Knowledge())
+        unsent = np.ones(c.n, dtype=np.bool_)
+        unsent[take] = False
+        covered = _covered(store.knowledge(shard).vector, c, unsent)
+        peer_held[shard] = k.advance(
+            covered, keys=keys, epochs=e, origins=o, seqs=q, max_exceptions=store.max_exceptions
+        )
 
     def _peer_drift(self, peer: str, store: Store, c: Candidates, k: Knowledge) -> Candidates:
         """Significance against the value this peer holds, where it is known: rows this

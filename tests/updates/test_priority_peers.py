@@ -137,3 +137,44 @@ def test_rest_label_is_kept_for_old_rows() -> None:
     c = origin.changes_since(("emb", 0), down.knowledge(("emb", 0)))
     r = sched.rank(c, _ctx(origin))
     assert r.classes.tolist() == [REST]
+
+
+def test_respond_encoded_fills_the_budget_in_frame_bytes_and_records_only_what_it_returns() -> None:
+    from ekko.updates.codec import Encoding, encode_response
+
+    rng = np.random.default_rng(5)
+    origin = Store()
+    origin.declare(TableSpec("emb", 16))
+    n = 3000
+    origin.write(
+        "emb",
+        np.arange(n),
+        rng.normal(size=(n, 16)),
+        epoch=0,
+        origin=1,
+        seqs=np.arange(1, n + 1),
+        publish_time=0.0,
+    )
+    enc = Encoding("int8", zstd=True)
+    budget = 6000
+    sched = Scheduler()
+    plain = sched.respond(origin, PullRequest({}, budget, "int8", True, peer="a"))
+    down = Store()
+    sent = 0
+    for _ in range(8):  # the ratio is learnt over a few pulls
+        resp, frame = sched.respond_encoded(
+            origin,
+            PullRequest(down.knowledge_map(), budget, "int8", True, peer="b"),
+            lambda r: encode_response(r, enc),
+        )
+        assert len(frame) <= budget
+        assert frame == encode_response(resp, enc)
+        deliver(down, resp)
+        sent = resp.n_rows
+    # Upper-bound budgeting leaves int8 + zstd frames far below the tokens; this fills them.
+    assert sent > 1.5 * plain.n_rows
+    # The peer memory holds exactly the rows returned to b (what b now holds), none of the
+    # larger cuts tried before them.
+    mem = sched._sent["b"]["emb"]
+    held = {int(k) for k in origin.snapshot("emb").keys if down.get("emb", [k])[1][0]}
+    assert {int(k) for k in mem.keys[: mem.n]} == held
