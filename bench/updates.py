@@ -17,7 +17,8 @@ min/max spread:
 2. P2P leaders vs the trainer sending to every server: trainer uplink bytes, lag p99 and AUC with
    the uplink capped at ``uplink_cap_links`` × one region's uncapped rate;
 3. congestion: WAN cap at 100/50/25% of the uncapped rate, served AUC loss relative to uncapped
-   for priority vs state-FIFO vs log-style FIFO (every delta in order);
+   for priority vs state-FIFO vs log-style FIFO (every delta in order); and the same 25% link
+   with every policy sending int8 + zstd (``auc_loss_*_int8_zstd_at_25pct``);
 4. compression: fp32/fp16/int8 × none/zstd vs log-style fp32: WAN bytes reduction, ΔAUC, codec
    encode/decode µs per row;
 6. staleness: AUC of replicas at fixed lags, of a minute-periodic full sync and of a frozen model.
