@@ -1,16 +1,23 @@
 """The wire format of pulls: a small header, JSON metadata, then raw numpy buffers.
 
-Rows dominate the bytes, so they travel as columns that compress well: keys sorted and
-delta-coded, seqs as 32-bit offsets from the section's smallest, publish times as float32 offsets,
-one small index per row into the section's ``(epoch, origin)`` list (omitted when there is one),
-and values as float32, float16 or int8 with a per-row float32 scale (symmetric: the error of each
-element is at most ``scale / 2``). The body may be zstd-compressed as a whole.
+Rows dominate the bytes, so they travel as columns that compress well. Response frame version 1:
+keys sorted and delta-coded (8 bytes), seqs as 32-bit offsets from the section's smallest,
+publish times as float32 offsets, a class byte, one small index per row into the section's
+``(epoch, origin)`` list (omitted when there is one), and values as float32, float16 or int8 with
+a per-row float32 scale (symmetric: the error of each element is at most ``scale / 2``). Version
+2 (the default; see :func:`_encode_v2`) puts the metadata inside the compressed body and narrows
+every column: key deltas and seq offsets in the narrowest of 1/2/4/8 bytes, publish times as a
+step table or whole milliseconds, classes only when they differ, int8 scales as float16. The
+decoder reads both versions (``Encoding(version=1)`` writes the old one). The body may be
+zstd-compressed as a whole.
 
 Frame layout (little-endian)::
 
     magic "EKUP" | version u8 | flags u8 (bit 0: zstd) | kind u16 (1 response, 2 request)
     | meta_len u32 | body_len u32 (uncompressed) | crc32 u32 (of meta and payload as sent)
     | meta (UTF-8 JSON) | payload (body, or zstd of body)
+
+    version 2 responses: meta_len is 0 and the body starts with ``len u32 | meta``.
 
 Anything malformed — truncated, corrupted, fuzzed, a decompression bomb — raises one
 :class:`CodecError`; no IndexError, ValueError or zstd error escapes :func:`decode_response` or
@@ -46,11 +53,14 @@ F32 = npt.NDArray[np.float32]
 I8 = npt.NDArray[np.int8]
 
 MAGIC: Final = b"EKUP"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+"""What :func:`encode_response` writes by default; :data:`SUPPORTED_VERSIONS` are decoded."""
+SUPPORTED_VERSIONS: Final = (1, 2)
 KIND_RESPONSE: Final = 1
 KIND_REQUEST: Final = 2
 FLAG_ZSTD: Final = 1
 _HEADER = struct.Struct("<4sBBHIII")
+_META_LEN = struct.Struct("<I")
 HEADER_BYTES: Final = _HEADER.size
 MAX_FRAME_BYTES: Final = 1 << 30
 """Frames (decompressed) above 1 GiB are refused: a corrupt length must not allocate memory."""
@@ -71,11 +81,15 @@ class Encoding:
     dtype: ValueDType = "float32"
     zstd: bool = False
     level: int = 3
+    version: int = FORMAT_VERSION
+    """Response frame version to write (1 for peers that predate version 2)."""
 
 
 def quantize_int8(values: npt.ArrayLike) -> tuple[I8, F32]:
     """Symmetric per-row int8: ``q = round(x / scale)`` with ``scale = max|x| / 127``."""
     x = np.asarray(values, dtype=np.float32)
+    if x.size == 0:  # no rows (a batch that only vouches for a vector): reshape(0, -1) fails
+        return np.zeros(x.shape, dtype=np.int8), np.zeros(len(x), dtype=np.float32)
     x2 = x.reshape(len(x), -1).astype(np.float64)
     scales = (np.abs(x2).max(axis=1, initial=0.0) / 127.0).astype(np.float32)
     safe = np.where(scales > 0, scales, 1.0).astype(np.float64)
@@ -102,25 +116,32 @@ def fp32_bytes(response: PullResponse) -> int:
 # --- frames -------------------------------------------------------------------------------------
 
 
-def _frame(kind: int, meta: dict[str, Any], body: bytes, zstd: bool, level: int) -> bytes:
+def _frame(
+    kind: int, meta: dict[str, Any], body: bytes, zstd: bool, level: int, *, version: int = 1
+) -> bytes:
     meta_b = json.dumps(meta, separators=(",", ":")).encode()
+    if version == 2:  # the metadata travels inside the (compressed) body
+        body = _META_LEN.pack(len(meta_b)) + meta_b + body
+        meta_b = b""
     payload = zstandard.ZstdCompressor(level=level).compress(body) if zstd else body
     crc = zlib.crc32(payload, zlib.crc32(meta_b))
     flags = FLAG_ZSTD if zstd else 0
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, kind, len(meta_b), len(body), crc)
+    head = _HEADER.pack(MAGIC, version, flags, kind, len(meta_b), len(body), crc)
     return head + meta_b + payload
 
 
-def _unframe(data: bytes, kind: int) -> tuple[dict[str, Any], memoryview]:
+def _unframe(
+    data: bytes, kind: int, versions: tuple[int, ...] = (1,)
+) -> tuple[dict[str, Any], memoryview, int]:
     if len(data) < HEADER_BYTES:
         raise CodecError(f"frame truncated: {len(data)} bytes, header needs {HEADER_BYTES}")
     magic, version, flags, got_kind, meta_len, body_len, crc = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CodecError("not an update frame (bad magic)")
-    if version != FORMAT_VERSION:
-        raise CodecError(f"frame version {version} is not supported (want {FORMAT_VERSION})")
     if got_kind != kind:
         raise CodecError(f"frame kind {got_kind}, expected {kind}")
+    if version not in versions:
+        raise CodecError(f"frame version {version} is not supported (want one of {versions})")
     if flags & ~FLAG_ZSTD:
         raise CodecError(f"unknown frame flags {flags:#x}")
     if meta_len > MAX_META_BYTES or body_len > MAX_FRAME_BYTES:
@@ -140,13 +161,21 @@ def _unframe(data: bytes, kind: int) -> tuple[dict[str, Any], memoryview]:
         body = payload
     if len(body) != body_len:
         raise CodecError(f"body is {len(body)} bytes, header says {body_len}")
+    if version == 2:
+        if meta_len != 0 or len(body) < _META_LEN.size:
+            raise CodecError("version 2 frame: metadata must lead the body")
+        (inner,) = _META_LEN.unpack_from(body)
+        if inner > min(MAX_META_BYTES, len(body) - _META_LEN.size):
+            raise CodecError("frame truncated inside its metadata")
+        meta_b = body[_META_LEN.size : _META_LEN.size + inner]
+        body = body[_META_LEN.size + inner :]
     try:
         meta = json.loads(meta_b.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CodecError(f"bad frame metadata: {e}") from e
     if not isinstance(meta, dict):
         raise CodecError("frame metadata is not an object")
-    return meta, memoryview(body)
+    return meta, memoryview(body), version
 
 
 class _Reader:
@@ -203,12 +232,21 @@ def _vector(raw: object) -> VersionVector:
 
 
 def encode_response(response: PullResponse, encoding: Encoding = Encoding()) -> bytes:
-    """One frame holding every batch of ``response``, values in ``encoding.dtype``."""
+    """One frame holding every batch of ``response``, values in ``encoding.dtype``, in frame
+    version ``encoding.version``."""
     if encoding.dtype not in VALUE_DTYPES:
         raise ValueError(f"unknown value dtype {encoding.dtype!r}")
     tables = [
         [t.name, t.dim, t.kind, t.shards, t.model, t.weight, list(t.shape)] for t in response.tables
     ]
+    if encoding.version == 1:
+        return _encode_v1(response, encoding, tables)
+    if encoding.version != 2:
+        raise ValueError(f"unknown frame version {encoding.version}")
+    return _encode_v2(response, encoding, tables)
+
+
+def _encode_v1(response: PullResponse, encoding: Encoding, tables: list[list[Any]]) -> bytes:
     sections: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for b in response.batches:
@@ -266,15 +304,235 @@ def encode_response(response: PullResponse, encoding: Encoding = Encoding()) -> 
     return _frame(KIND_RESPONSE, meta, b"".join(chunks), encoding.zstd, encoding.level)
 
 
+STEPS_DIV = 8
+_WIDTHS: Final = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
+
+
+def _narrow(values: npt.NDArray[np.integer[Any]]) -> tuple[int, bytes]:
+    """Non-negative integers in the narrowest of 1, 2, 4 or 8 bytes: ``(width, bytes)``."""
+    top = int(values.max()) if len(values) else 0
+    width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
+    return width, values.astype(_WIDTHS[width]).tobytes()
+
+
+def quantize_int8_fp16(values: npt.ArrayLike) -> tuple[I8, npt.NDArray[np.float16]]:
+    """Per-row int8 with the scale sent as float16, rounded *up* so no element clips: the error
+    of each element is at most half the transmitted step (``scale / 2``). Rows whose scale does
+    not fit float16 get ``inf`` (the caller falls back to float32 scales)."""
+    x = np.asarray(values, dtype=np.float32)
+    if x.size == 0:
+        return np.zeros(x.shape, dtype=np.int8), np.zeros(len(x), dtype=np.float16)
+    x2 = x.reshape(len(x), -1).astype(np.float64)
+    exact = np.abs(x2).max(axis=1, initial=0.0) / 127.0
+    with np.errstate(over="ignore"):
+        s16 = exact.astype(np.float16)
+    low = s16.astype(np.float64) < exact
+    s16[low] = np.nextafter(s16[low], np.float16(np.inf))
+    safe = np.where(s16 > 0, s16.astype(np.float64), 1.0)
+    with np.errstate(invalid="ignore"):
+        q = np.clip(np.rint(x2 / safe[:, None]), -127, 127)
+    q = np.nan_to_num(q).astype(np.int8)
+    return q.reshape(x.shape), s16
+
+
+def _encode_v2(response: PullResponse, encoding: Encoding, tables: list[list[Any]]) -> bytes:
+    """Version 2: metadata inside the (compressed) body, and narrower columns: keys as the first
+    key plus deltas, seqs as offsets, each in the narrowest of 1/2/4/8 bytes; publish times as a
+    step table (seq where the time changes, exact time) when they only grow with seq and change
+    at most every 8 rows (a trainer publishes in batches), else whole milliseconds after the
+    first in the narrowest width; classes omitted when one class; int8 scales as float16
+    (rounded up)."""
+    sections: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for b in response.batches:
+        order = np.argsort(b.keys, kind="stable")
+        keys = b.keys[order]
+        sec: dict[str, Any] = {
+            "t": b.table,
+            "p": b.part,
+            "n": b.n,
+            "d": int(b.values.shape[1]),
+            "v": encoding.dtype,
+            "c": [list(x) for x in b.covered.entries],
+        }
+        sections.append(sec)
+        if b.n == 0:
+            continue
+        pairs = sorted({(int(e), int(o)) for e, o in zip(b.epochs, b.origins, strict=True)})
+        sec["s"] = [list(p) for p in pairs]
+        sec["k0"] = int(keys[0])
+        # Sorted, so the deltas are non-negative; as uint64 they also survive any int64 span.
+        deltas: npt.NDArray[np.uint64] = np.diff(keys.view(np.uint64)).astype(np.uint64)
+        sec["kw"], raw = _narrow(deltas)
+        chunks.append(raw)
+        seqs = b.seqs[order]
+        sec["q0"] = seq_base = int(seqs.min())
+        sec["qw"], raw = _narrow(seqs - seq_base)
+        chunks.append(raw)
+        times = b.publish_times[order]
+        by_seq = np.lexsort((times, seqs))
+        ts, qs = times[by_seq], seqs[by_seq]
+        steps = np.ones(len(ts), dtype=np.bool_)
+        steps[1:] = ts[1:] != ts[:-1]
+        same_seq_same_time = not bool(np.any((qs[1:] == qs[:-1]) & steps[1:]))
+        monotone = same_seq_same_time and bool(np.all(np.diff(ts) >= 0))
+        if len(pairs) == 1 and monotone and int(steps.sum()) <= max(1, b.n // STEPS_DIV):
+            sec["ts"] = [
+                [int(q) - seq_base, float(t)] for q, t in zip(qs[steps], ts[steps], strict=True)
+            ]
+        else:  # whole milliseconds after the first (lag is measured in tens of ms)
+            sec["t0"] = t_base = float(times.min())
+            ms = np.rint((times - t_base) * 1000.0).astype(np.int64)
+            sec["tw"], raw = _narrow(ms)
+            chunks.append(raw)
+        classes = b.classes[order].astype(np.uint8)
+        if bool(np.all(classes == classes[0])):
+            sec["cl"] = int(classes[0])
+        else:
+            chunks.append(classes.tobytes())
+        if len(pairs) > 1:
+            src_index = {p: i for i, p in enumerate(pairs)}
+            idx = [
+                src_index[(int(e), int(o))]
+                for e, o in zip(b.epochs[order], b.origins[order], strict=True)
+            ]
+            chunks.append(np.asarray(idx, dtype="<u2").tobytes())
+        values = b.values[order]
+        if encoding.dtype == "float32":
+            chunks.append(values.astype("<f4").tobytes())
+        elif encoding.dtype == "float16":
+            chunks.append(np.clip(values, -FP16_MAX, FP16_MAX).astype("<f2").tobytes())
+        else:
+            q, s16 = quantize_int8_fp16(values)
+            if bool(np.all(np.isfinite(s16))):
+                sec["sw"] = 2
+                chunks.append(s16.astype("<f2").tobytes())
+            else:
+                sec["sw"] = 4
+                q, scales = quantize_int8(values)
+                chunks.append(scales.astype("<f4").tobytes())
+            chunks.append(q.tobytes())
+    meta: dict[str, Any] = {"tables": tables, "sections": sections}
+    if not response.complete or response.backlog:
+        meta["complete"] = response.complete
+        meta["backlog"] = response.backlog
+    return _frame(KIND_RESPONSE, meta, b"".join(chunks), encoding.zstd, encoding.level, version=2)
+
+
 def decode_response(data: bytes) -> PullResponse:
     """The response in ``data``; raises :class:`CodecError` on anything malformed."""
     return _guard(lambda: _decode_response(data))
 
 
 def _decode_response(data: bytes) -> PullResponse:
-    meta, body = _unframe(data, KIND_RESPONSE)
+    meta, body, version = _unframe(data, KIND_RESPONSE, SUPPORTED_VERSIONS)
+    tables = _tables(meta["tables"])
+    r = _Reader(body)
+    if version == 2:
+        batches = [_section_v2(s, r) for s in meta["sections"]]
+        r.done()
+        complete, backlog = meta.get("complete", True), meta.get("backlog", 0)
+        return PullResponse(tuple(tables), tuple(batches), bool(complete), _int(backlog))
+    batches = [_section_v1(s, r) for s in meta["sections"]]
+    r.done()
+    return PullResponse(
+        tuple(tables), tuple(batches), bool(meta["complete"]), _int(meta["backlog"])
+    )
+
+
+def _width(x: object) -> type[np.generic]:
+    if x not in _WIDTHS:
+        raise CodecError(f"bad column width {x!r}")
+    return np.dtype(_WIDTHS[x]).type
+
+
+def _section_v2(s: dict[str, Any], r: _Reader) -> Batch:
+    n = _int(s["n"], 0, MAX_FRAME_BYTES)
+    dim = _int(s["d"], 1, 1 << 24)
+    dtype = s["v"]
+    if dtype not in VALUE_DTYPES:
+        raise CodecError(f"unknown value dtype {dtype!r}")
+    if n * dim > MAX_FRAME_BYTES:
+        raise CodecError("section too large")
+    covered = _vector(s["c"])
+    table, part = str(s["t"]), _int(s["p"], 0, 1 << 20)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Batch(
+            table,
+            part,
+            empty,
+            empty.copy(),
+            empty.copy(),
+            empty.copy(),
+            np.zeros(0),
+            np.zeros((0, dim), dtype=np.float32),
+            np.zeros(0, dtype=np.uint8),
+            covered,
+        )
+    pairs = [(_int(e, -(1 << 62)), _int(o, -(1 << 62))) for e, o in s["s"]]
+    if not pairs:
+        raise CodecError("rows without a source")
+    k0 = _int(s["k0"], -(1 << 63), (1 << 63) - 1)
+    deltas = r.take(_width(s["kw"]), n - 1).astype(np.uint64)
+    steps = np.concatenate(([np.uint64(k0 & ((1 << 64) - 1))], deltas))
+    keys = np.cumsum(steps, dtype=np.uint64).view(np.int64)
+    seq_base = _int(s["q0"], -(1 << 62))
+    seqs = r.take(_width(s["qw"]), n).astype(np.int64) + seq_base
+    if "ts" in s:
+        table_ = s["ts"]
+        if not isinstance(table_, list) or not table_:
+            raise CodecError("bad publish-time steps")
+        at = np.asarray([_int(q, 0) for q, _ in table_], dtype=np.int64) + seq_base
+        when = np.asarray([float(t) for _, t in table_], dtype=np.float64)
+        idx = np.searchsorted(at, seqs, side="right") - 1
+        if bool(np.any(idx < 0)):
+            raise CodecError("a seq below the first publish-time step")
+        times = when[idx]
+    else:
+        ms = r.take(_width(s["tw"]), n).astype(np.float64)
+        times = float(s["t0"]) + ms / 1000.0
+    if "cl" in s:
+        classes = np.full(n, _int(s["cl"], 0, 255), dtype=np.uint8)
+    else:
+        classes = r.take(np.uint8, n)
+    if len(pairs) > 1:
+        idx = r.take(np.dtype("<u2").type, n).astype(np.int64)
+        if int(idx.max()) >= len(pairs):
+            raise CodecError("source index out of range")
+    else:
+        idx = np.zeros(n, dtype=np.int64)
+    src = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if dtype == "float32":
+        values = r.take(np.dtype("<f4").type, n * dim).astype(np.float32)
+    elif dtype == "float16":
+        values = r.take(np.dtype("<f2").type, n * dim).astype(np.float32)
+    else:
+        sw = s.get("sw")
+        if sw not in (2, 4):
+            raise CodecError(f"bad scale width {sw!r}")
+        scales = r.take(np.dtype("<f2" if sw == 2 else "<f4").type, n).astype(np.float32)
+        q = r.take(np.int8, n * dim).reshape(n, dim)
+        values = dequantize_int8(q, scales)
+    return Batch(
+        table,
+        part,
+        keys,
+        src[idx, 0],
+        src[idx, 1],
+        seqs,
+        times,
+        values.reshape(n, dim),
+        classes,
+        covered,
+    )
+
+
+def _tables(raw: object) -> list[TableSpec]:
+    if not isinstance(raw, list):
+        raise CodecError("bad table catalogue")
     tables = []
-    for t in meta["tables"]:
+    for t in raw:
         name, dim, kind, shards, model, weight, shape = t
         if kind not in ("embedding", "dense"):
             raise CodecError(f"unknown table kind {kind!r}")
@@ -289,59 +547,54 @@ def _decode_response(data: bytes) -> PullResponse:
                 tuple(_int(x) for x in shape),
             )
         )
-    r = _Reader(body)
-    batches = []
-    for s in meta["sections"]:
-        n = _int(s["n"], 0, MAX_FRAME_BYTES)
-        dim = _int(s["dim"], 1, 1 << 24)
-        dtype = s["dtype"]
-        if dtype not in VALUE_DTYPES:
-            raise CodecError(f"unknown value dtype {dtype!r}")
-        if n * dim > MAX_FRAME_BYTES:
-            raise CodecError("section too large")
-        pairs = [(_int(e, -(1 << 62)), _int(o, -(1 << 62))) for e, o in s["sources"]]
-        if n and not pairs:
-            raise CodecError("rows without a source")
-        keys = np.cumsum(r.take(np.dtype("<i8").type, n), dtype=np.int64)
-        seq_base = _int(s["seq_base"], -(1 << 62))
-        raw_seqs = r.take(np.dtype("<i8" if s["seq_wide"] else "<u4").type, n)
-        seqs = raw_seqs.astype(np.int64) + seq_base
-        times = r.take(np.dtype("<f4").type, n).astype(np.float64) + float(s["t_base"])
-        classes = r.take(np.uint8, n)
-        if len(pairs) > 1:
-            idx = r.take(np.dtype("<u2").type, n).astype(np.int64)
-            if n and int(idx.max()) >= len(pairs):
-                raise CodecError("source index out of range")
-        else:
-            idx = np.zeros(n, dtype=np.int64)
-        src = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        epochs = src[idx, 0] if n else np.zeros(0, dtype=np.int64)
-        origins = src[idx, 1] if n else np.zeros(0, dtype=np.int64)
-        if dtype == "float32":
-            values = r.take(np.dtype("<f4").type, n * dim).astype(np.float32)
-        elif dtype == "float16":
-            values = r.take(np.dtype("<f2").type, n * dim).astype(np.float32)
-        else:
-            scales = r.take(np.dtype("<f4").type, n)
-            q = r.take(np.int8, n * dim).reshape(n, dim)
-            values = dequantize_int8(q, scales)
-        batches.append(
-            Batch(
-                str(s["table"]),
-                _int(s["part"], 0, 1 << 20),
-                keys,
-                epochs,
-                origins,
-                seqs,
-                times,
-                values.reshape(n, dim),
-                classes,
-                _vector(s["covered"]),
-            )
-        )
-    r.done()
-    return PullResponse(
-        tuple(tables), tuple(batches), bool(meta["complete"]), _int(meta["backlog"])
+    return tables
+
+
+def _section_v1(s: dict[str, Any], r: _Reader) -> Batch:
+    n = _int(s["n"], 0, MAX_FRAME_BYTES)
+    dim = _int(s["dim"], 1, 1 << 24)
+    dtype = s["dtype"]
+    if dtype not in VALUE_DTYPES:
+        raise CodecError(f"unknown value dtype {dtype!r}")
+    if n * dim > MAX_FRAME_BYTES:
+        raise CodecError("section too large")
+    pairs = [(_int(e, -(1 << 62)), _int(o, -(1 << 62))) for e, o in s["sources"]]
+    if n and not pairs:
+        raise CodecError("rows without a source")
+    keys = np.cumsum(r.take(np.dtype("<i8").type, n), dtype=np.int64)
+    seq_base = _int(s["seq_base"], -(1 << 62))
+    raw_seqs = r.take(np.dtype("<i8" if s["seq_wide"] else "<u4").type, n)
+    seqs = raw_seqs.astype(np.int64) + seq_base
+    times = r.take(np.dtype("<f4").type, n).astype(np.float64) + float(s["t_base"])
+    classes = r.take(np.uint8, n)
+    if len(pairs) > 1:
+        idx = r.take(np.dtype("<u2").type, n).astype(np.int64)
+        if n and int(idx.max()) >= len(pairs):
+            raise CodecError("source index out of range")
+    else:
+        idx = np.zeros(n, dtype=np.int64)
+    src = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    epochs = src[idx, 0] if n else np.zeros(0, dtype=np.int64)
+    origins = src[idx, 1] if n else np.zeros(0, dtype=np.int64)
+    if dtype == "float32":
+        values = r.take(np.dtype("<f4").type, n * dim).astype(np.float32)
+    elif dtype == "float16":
+        values = r.take(np.dtype("<f2").type, n * dim).astype(np.float32)
+    else:
+        scales = r.take(np.dtype("<f4").type, n)
+        q = r.take(np.int8, n * dim).reshape(n, dim)
+        values = dequantize_int8(q, scales)
+    return Batch(
+        str(s["table"]),
+        _int(s["part"], 0, 1 << 20),
+        keys,
+        epochs,
+        origins,
+        seqs,
+        times,
+        values.reshape(n, dim),
+        classes,
+        _vector(s["covered"]),
     )
 
 
@@ -370,6 +623,7 @@ def encode_request(request: PullRequest, zstd: bool = False) -> bytes:
         "peer": request.peer,
         "region": request.region,
         "shards": shards,
+        "fv": request.frame_version,
     }
     return _frame(KIND_REQUEST, meta, b"".join(chunks), zstd, 3)
 
@@ -380,7 +634,7 @@ def decode_request(data: bytes) -> PullRequest:
 
 
 def _decode_request(data: bytes) -> PullRequest:
-    meta, body = _unframe(data, KIND_REQUEST)
+    meta, body, _ = _unframe(data, KIND_REQUEST)
     r = _Reader(body)
     knowledge: dict[ShardId, Knowledge] = {}
     for s in meta["shards"]:
@@ -402,4 +656,5 @@ def _decode_request(data: bytes) -> PullRequest:
         bool(meta["zstd"]),
         str(meta["peer"]),
         str(meta["region"]),
+        _int(meta.get("fv", 1), 1, 255),  # pullers that predate version 2 do not say
     )

@@ -9,7 +9,11 @@ Ekko's priority of a row is ``p = (p_g + p_u) × p_m``:
   it overwrites a row every peer held; see :meth:`~ekko.updates.store.Store.set_downstreams`) over
   the table's running mean update magnitude. A row written many times since the peer's copy
   outranks one written once, and a row that oscillated back does not (the last write's magnitude
-  alone, the fallback when a store keeps no baseline, sees neither);
+  alone, the fallback when a store keeps no baseline, sees neither). The shared baseline is the
+  *slowest* peer's copy, so for a fast peer a hot row looks far more drifted than it is; the
+  scheduler therefore also remembers, per peer and table, the last ``peer_rows`` rows it sent
+  (key, version, value) and measures a row against the value that peer was sent whenever the
+  peer's knowledge still covers that version (exact for every row it got from this responder);
 - ``p_u`` (freshness): a large constant for rows the downstream has never received (new users and
   items are useless to a server until their first row arrives);
 - ``p_m``: the model's weight (its traffic share).
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -54,6 +58,9 @@ U8 = npt.NDArray[np.uint8]
 NEW, HIGH, REST = 0, 1, 2
 CLASS_NAMES: tuple[str, str, str] = ("new", "high", "rest")
 """Priority class names by class number (metric labels)."""
+
+FIT_TRIES = 6
+"""How often :meth:`Scheduler.respond` cuts a response again until it fits."""
 
 NEW_BONUS = 1.0e6
 """``p_u`` of a row the downstream has never received: above any plausible significance."""
@@ -122,6 +129,8 @@ class TableContext:
 
     mean_magnitude: float
     weight: float
+    new_bonus: float = 1.0e6
+    """``p_u`` of a row the downstream has never received (:attr:`SchedulerConfig.new_bonus`)."""
 
 
 PriorityFn = Callable[[Candidates, TableContext], F64]
@@ -133,7 +142,7 @@ def ekko_priority(c: Candidates, ctx: TableContext) -> F64:
     downstreams' version when the store tracks it, else the last write's magnitude."""
     sig = c.magnitudes if c.drift is None else c.drift
     p_g = sig / max(ctx.mean_magnitude, 1e-12)
-    p_u = np.where(c.new, NEW_BONUS, 0.0)
+    p_u = np.where(c.new, ctx.new_bonus, 0.0)
     out: F64 = (p_g + p_u) * ctx.weight
     return out
 
@@ -152,19 +161,31 @@ class SchedulerConfig:
     ``exception_budget`` bounds the rest-class rows a response sends by score (out of seq order):
     at most ``exception_budget`` minus the exceptions the peer's request already carries (0: the
     rest go in seq order only). ``peer_ttl`` is how many responses a downstream that stopped
-    pulling still counts as live for the drift baseline."""
+    pulling still counts as live for the drift baseline.
+
+    ``peer_rows`` bounds the rows per peer and table whose sent value is remembered for the
+    per-peer significance (0: only the shared baseline; memory ``peer_rows × dim × 4`` bytes per
+    peer and table, plus 40 bytes of key and version). ``new_first`` puts never-received rows in
+    a class of their own before high and rest (the paper's order; the new-row lag target needs
+    it); off, they keep the label new but are ordered as high or rest by their score, with
+    ``new_bonus`` as ``p_u``."""
 
     policy: Policy = "ekko"
     high_percentile: float = 0.9
     priority_fn: PriorityFn | None = None
     exception_budget: int = 1024
     peer_ttl: int = 256
+    peer_rows: int = 65536
+    new_first: bool = True
+    new_bonus: float = NEW_BONUS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.high_percentile <= 1.0:
             raise ValueError("high_percentile must lie in [0, 1]")
         if self.exception_budget < 0 or self.peer_ttl < 1:
             raise ValueError("exception_budget must be >= 0 and peer_ttl >= 1")
+        if self.peer_rows < 0 or not math.isfinite(self.new_bonus) or self.new_bonus < 0:
+            raise ValueError("peer_rows must be >= 0 and new_bonus finite and >= 0")
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,15 +195,27 @@ class Ranked:
     scores: F64
     classes: U8
     seqs: I64
+    tiers: U8 | None = None
+    """The class each row is *ordered* in, when it differs from ``classes`` (the label): with
+    ``new_first`` off a never-received row keeps the label new but is ordered as high or rest
+    by its score."""
+
+    @property
+    def order_classes(self) -> U8:
+        return self.classes if self.tiers is None else self.tiers
 
     @classmethod
     def concat(cls, parts: Sequence[Ranked]) -> Ranked:
         if not parts:
             return cls(np.zeros(0), np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64))
+        tiers = None
+        if any(p.tiers is not None for p in parts):
+            tiers = np.concatenate([p.order_classes for p in parts])
         return cls(
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.classes for p in parts]),
             np.concatenate([p.seqs for p in parts]),
+            tiers,
         )
 
 
@@ -194,9 +227,10 @@ def order(ranked: Ranked, policy: Policy = "ekko", rest_by_score: int = 0) -> I6
     if policy == "fifo":
         out: I64 = np.lexsort((idx, ranked.seqs))
         return out
-    rest = ranked.classes == REST
+    classes = ranked.order_classes
+    rest = classes == REST
     # Tier: 0 new, 1 high, 2 the rest sent by score (within the budget), 3 the rest by seq.
-    tier = np.where(rest, 3, ranked.classes.astype(np.int64))
+    tier = np.where(rest, 3, classes.astype(np.int64))
     if rest_by_score > 0 and rest.any():
         r_idx = np.flatnonzero(rest)
         top = r_idx[np.lexsort((r_idx, ranked.seqs[r_idx], -ranked.scores[r_idx]))]
@@ -238,6 +272,8 @@ class Scheduler:
         """Candidate rows left unsent by the last response to each peer (the backlog metric)."""
         self._responses = 0
         self._peers: dict[str, tuple[int, dict[ShardId, Knowledge]]] = {}
+        self._sent: dict[str, dict[str, _SentRows]] = {}
+        self._ratio: dict[str, float] = {}
 
     def threshold(self) -> float:
         return self.sketch.quantile(self.config.high_percentile)
@@ -253,12 +289,25 @@ class Scheduler:
         # The sketch learns the priorities of rows competing on their merit (not new rows).
         self.sketch.add(scores[~candidates.new])
         high = scores >= self.threshold()
-        classes = np.where(candidates.new, NEW, np.where(high, HIGH, REST)).astype(np.uint8)
-        return Ranked(scores, classes, candidates.seqs)
+        merit = np.where(high, HIGH, REST).astype(np.uint8)
+        classes = np.where(candidates.new, NEW, merit).astype(np.uint8)
+        if self.config.new_first or self.config.policy == "fifo":
+            return Ranked(scores, classes, candidates.seqs)
+        return Ranked(scores, classes, candidates.seqs, merit)
 
-    def respond(self, store: Store, request: PullRequest) -> PullResponse:
+    def respond(
+        self,
+        store: Store,
+        request: PullRequest,
+        fits: Callable[[PullResponse], bool] | None = None,
+    ) -> PullResponse:
         """Choose what one pull carries: every shard's candidates, ranked and cut to the budget,
-        with what the response vouches for per shard (see :class:`~ekko.updates.store.Batch`)."""
+        with what the response vouches for per shard (see :class:`~ekko.updates.store.Batch`).
+
+        With ``fits`` (e.g. "its encoded frame is within the link's tokens"), a response that
+        does not fit is cut again to a smaller budget, up to :data:`FIT_TRIES` times; the
+        scheduler's own bookkeeping (what each peer holds, the drift baselines) records only
+        the response returned."""
         cands: list[Candidates] = []
         ranks: list[Ranked] = []
         row_bytes: list[I64] = []
@@ -269,26 +318,86 @@ class Scheduler:
             if store.nothing_newer(shard, k):
                 idle.append((shard, k))
                 continue
-            c = store.changes_since(shard, k)
+            c = self._peer_drift(request.peer, store, store.changes_since(shard, k), k)
             spec = store.spec(shard[0])
-            ctx = TableContext(store.mean_magnitude(shard[0]), spec.weight)
+            ctx = TableContext(store.mean_magnitude(shard[0]), spec.weight, self.config.new_bonus)
             cands.append(c)
             ranks.append(self.rank(c, ctx))
             row_bytes.append(np.full(c.n, row_wire_bytes(spec.dim, request.dtype), dtype=np.int64))
         ranked = Ranked.concat(ranks)
+        sizes = np.concatenate(row_bytes) if row_bytes else np.zeros(0, dtype=np.int64)
         held = sum(k.n_exceptions for k in request.knowledge.values())
-        chosen = fill(
-            ranked,
-            request.budget_bytes,
-            np.concatenate(row_bytes) if row_bytes else 0,
-            self.config.policy,
-            max(0, self.config.exception_budget - held),
+        budget = request.budget_bytes
+        for attempt in range(FIT_TRIES + 1):
+            chosen = fill(
+                ranked,
+                budget,
+                sizes,
+                self.config.policy,
+                max(0, self.config.exception_budget - held),
+            )
+            response, commits = self._build(
+                store, request, chosen, cands=cands, ranks=ranks, idle=idle
+            )
+            if fits is None or len(chosen) == 0 or attempt == FIT_TRIES or fits(response):
+                break
+            # Shrink below what this response's rows cost (so the next one is smaller).
+            budget = int(sizes[chosen].sum()) * 9 // 10
+        for c, take in commits:
+            self._commit(store, request, peer_held, c=c, take=take)
+        self.last_backlog[request.peer] = response.backlog
+        return response
+
+    def respond_encoded(
+        self,
+        store: Store,
+        request: PullRequest,
+        encode: Callable[[PullResponse], bytes],
+    ) -> tuple[PullResponse, bytes]:
+        """:meth:`respond` with the budget in *encoded* bytes: rows are budgeted at their upper
+        bound (:func:`~ekko.updates.store.row_wire_bytes`), which overstates what a compact or
+        compressed frame costs (int8 + zstd frames are about half of it), so the budget is first
+        scaled by this peer's observed ratio of frame bytes to upper-bound bytes, and the
+        response is cut again while its frame exceeds the request's budget. Without this, a
+        capped link carrying compressed frames would run at half its rate."""
+        ratio = self._ratio.get(request.peer, 1.0)
+        scaled = request.budget_bytes
+        if scaled < (1 << 62):
+            scaled = int(scaled / max(ratio, 0.05))
+        frames: dict[int, bytes] = {}
+
+        def fits(r: PullResponse) -> bool:
+            frames[id(r)] = data = encode(r)
+            return len(data) <= request.budget_bytes
+
+        response = self.respond(store, replace(request, budget_bytes=scaled), fits)
+        data = frames.get(id(response)) or encode(response)
+        upper = sum(
+            b.n * row_wire_bytes(b.values.shape[1], request.dtype) for b in response.batches
         )
-        sent = np.zeros(len(ranked.seqs), dtype=np.bool_)
+        if upper > 0:
+            self._ratio[request.peer] = 0.7 * ratio + 0.3 * min(1.0, len(data) / upper)
+        return response, data
+
+    def _build(
+        self,
+        store: Store,
+        request: PullRequest,
+        chosen: I64,
+        *,
+        cands: list[Candidates],
+        ranks: list[Ranked],
+        idle: list[tuple[ShardId, Knowledge]],
+    ) -> tuple[PullResponse, list[tuple[Candidates, I64]]]:
+        """The response that sends ``chosen``, and per shard what :meth:`_commit` must record
+        once it is the one returned."""
+        n_all = sum(c.n for c in cands)
+        sent = np.zeros(n_all, dtype=np.bool_)
         sent[chosen] = True
-        rank_of = np.empty(len(ranked.seqs), dtype=np.int64)
+        rank_of = np.empty(n_all, dtype=np.int64)
         rank_of[chosen] = np.arange(len(chosen))
         batches: list[Batch] = []
+        commits: list[tuple[Candidates, I64]] = []
         offset = 0
         for c, r in zip(cands, ranks, strict=True):
             mine = sent[offset : offset + c.n]
@@ -298,23 +407,7 @@ class Scheduler:
             covered = _covered(store.knowledge((c.table, c.part)).vector, c, ~mine)
             k = request.knowledge.get((c.table, c.part), Knowledge())
             if len(take):
-                # Rows every live downstream now holds at their current version: that value is
-                # their new drift baseline (see Store.set_downstreams for the write-time half).
-                keys, e, o, q = c.keys[take], c.epochs[take], c.origins[take], c.seqs[take]
-                every = np.ones(len(take), dtype=np.bool_)
-                for p, (_, v) in self._peers.items():
-                    if p != request.peer:
-                        every &= v.get((c.table, c.part), _NOTHING).covers_arrays(keys, e, o, q)
-                store.rebase(c.table, c.rows[take][every])
-            if len(take):  # what the peer will hold once this arrives (for the drift baseline)
-                peer_held[(c.table, c.part)] = k.advance(
-                    covered,
-                    keys=c.keys[take],
-                    epochs=c.epochs[take],
-                    origins=c.origins[take],
-                    seqs=c.seqs[take],
-                    max_exceptions=store.max_exceptions,
-                )
+                commits.append((c, take))
             if len(take) == 0 and k.vector.dominates(covered):
                 continue
             batches.append(
@@ -349,9 +442,72 @@ class Scheduler:
                         vouched,
                     )
                 )
-        backlog = int((~sent).sum())
-        self.last_backlog[request.peer] = backlog
-        return PullResponse(store.specs(), tuple(batches), backlog == 0, backlog)
+        backlog = n_all - len(chosen)
+        return PullResponse(store.specs(), tuple(batches), backlog == 0, backlog), commits
+
+    def _commit(
+        self,
+        store: Store,
+        request: PullRequest,
+        peer_held: dict[ShardId, Knowledge],
+        *,
+        c: Candidates,
+        take: I64,
+    ) -> None:
+        """Record rows sent: the drift baseline of rows every live downstream now holds, the
+        per-peer memory of sent values, and what the peer will hold once this arrives."""
+        shard = (c.table, c.part)
+        keys, e, o, q = c.keys[take], c.epochs[take], c.origins[take], c.seqs[take]
+        every = np.ones(len(take), dtype=np.bool_)
+        for p, (_, v) in self._peers.items():
+            if p != request.peer:
+                every &= v.get(shard, _NOTHING).covers_arrays(keys, e, o, q)
+        store.rebase(c.table, c.rows[take][every])
+        self._remember_sent(request.peer, store, c, take)
+        k = request.knowledge.get(shard, Knowledge())
+        unsent = np.ones(c.n, dtype=np.bool_)
+        unsent[take] = False
+        covered = _covered(store.knowledge(shard).vector, c, unsent)
+        peer_held[shard] = k.advance(
+            covered, keys=keys, epochs=e, origins=o, seqs=q, max_exceptions=store.max_exceptions
+        )
+
+    def _peer_drift(self, peer: str, store: Store, c: Candidates, k: Knowledge) -> Candidates:
+        """Significance against the value this peer holds, where it is known: rows this
+        scheduler sent the peer (at most ``peer_rows`` per peer and table, the most recent) whose
+        sent version the peer's knowledge still covers. Other rows keep the store's shared
+        baseline (the slowest live peer's copy), which overstates a fast peer's drift."""
+        sent = self._sent.get(peer, {}).get(c.table)
+        if sent is None or c.n == 0:
+            return c
+        slot = sent.lookup(c.keys)
+        hit = slot >= 0
+        if hit.any():
+            s = slot[hit]
+            hit[hit] = k.covers_arrays(c.keys[hit], sent.epochs[s], sent.origins[s], sent.seqs[s])
+        if not hit.any():
+            return c
+        base = c.magnitudes if c.drift is None else c.drift
+        drift = np.array(base, dtype=np.float64, copy=True)
+        now = store.row_values(c.table, c.rows[hit]).astype(np.float64)
+        drift[hit] = np.linalg.norm(now - sent.values[slot[hit]], axis=1)
+        return replace(c, drift=drift)
+
+    def _remember_sent(self, peer: str, store: Store, c: Candidates, take: I64) -> None:
+        cap = self.config.peer_rows
+        if cap == 0:
+            return
+        tables = self._sent.setdefault(peer, {})
+        sent = tables.get(c.table)
+        if sent is None:
+            sent = tables[c.table] = _SentRows(cap, store.spec(c.table).dim)
+        sent.put(
+            c.keys[take],
+            c.epochs[take],
+            c.origins[take],
+            c.seqs[take],
+            store.row_values(c.table, c.rows[take]),
+        )
 
     def _track_peer(self, store: Store, request: PullRequest) -> dict[ShardId, Knowledge]:
         """Remember what each live downstream holds (its request's knowledge; :meth:`respond`
@@ -364,6 +520,7 @@ class Scheduler:
         ttl = self.config.peer_ttl
         for peer in [p for p, (seen, _) in self._peers.items() if now - seen > ttl]:
             del self._peers[peer]
+            self._sent.pop(peer, None)
         views = [v for _, v in self._peers.values()]
         for shard in store.shards():
             store.set_downstreams(shard, [v.get(shard, _NOTHING) for v in views])
@@ -371,6 +528,71 @@ class Scheduler:
 
 
 _NOTHING = Knowledge()
+
+
+class _SentRows:
+    """The rows (key, version, value) recently sent to one peer for one table, at most
+    ``capacity``; when full, the least recently sent half is dropped."""
+
+    def __init__(self, capacity: int, dim: int) -> None:
+        self.capacity = capacity
+        self.slot: dict[int, int] = {}
+        self.n = 0
+        size = min(capacity, 1024)
+        self.keys = np.zeros(size, dtype=np.int64)
+        self.epochs = np.zeros(size, dtype=np.int64)
+        self.origins = np.zeros(size, dtype=np.int64)
+        self.seqs = np.zeros(size, dtype=np.int64)
+        self.stamps = np.zeros(size, dtype=np.int64)
+        self.values = np.zeros((size, dim), dtype=np.float32)
+        self.clock = 0
+
+    _COLUMNS = ("keys", "epochs", "origins", "seqs", "stamps", "values")
+
+    def lookup(self, keys: I64) -> I64:
+        get = self.slot.get
+        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+
+    def put(self, keys: I64, epochs: I64, origins: I64, seqs: I64, values: npt.ArrayLike) -> None:
+        self.clock += 1
+        slots = self.lookup(keys)
+        self.stamps[slots[slots >= 0]] = self.clock  # sent again: the most recent now
+        fresh = np.flatnonzero(slots < 0)
+        if len(fresh):
+            if self.n + len(fresh) > self.capacity:
+                # Eviction compacts the slots: look up again.
+                self._evict(max(self.capacity // 2, self.n + len(fresh) - self.capacity))
+                slots = self.lookup(keys)
+                fresh = np.flatnonzero(slots < 0)
+            if self.n + len(fresh) > len(self.keys):
+                self._grow(min(self.capacity, max(2 * len(self.keys), self.n + len(fresh))))
+            fresh = fresh[-(self.capacity - self.n) :] if self.capacity > self.n else fresh[:0]
+            new = np.arange(self.n, self.n + len(fresh), dtype=np.int64)
+            for k, i in zip(keys[fresh].tolist(), new.tolist(), strict=True):
+                self.slot[k] = i
+            slots[fresh] = new
+            self.n += len(fresh)
+        ok = slots >= 0
+        s = slots[ok]
+        self.keys[s], self.epochs[s], self.origins[s] = keys[ok], epochs[ok], origins[ok]
+        self.seqs[s] = seqs[ok]
+        self.values[s] = np.asarray(values, dtype=np.float32)[ok]
+        self.stamps[s] = self.clock
+
+    def _grow(self, size: int) -> None:
+        for name in self._COLUMNS:
+            old = getattr(self, name)
+            new = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def _evict(self, count: int) -> None:
+        keep = np.sort(np.argsort(self.stamps[: self.n], kind="stable")[count:])
+        for name in self._COLUMNS:
+            col = getattr(self, name)
+            col[: len(keep)] = col[keep]
+        self.n = len(keep)
+        self.slot = {k: i for i, k in enumerate(self.keys[: self.n].tolist())}
 
 
 def _covered(vector: VersionVector, c: Candidates, unsent: npt.NDArray[np.bool_]) -> VersionVector:

@@ -232,6 +232,8 @@ class PullRequest:
     zstd: bool = False
     peer: str = ""
     region: str = ""
+    frame_version: int = 2
+    """The newest response frame version the puller decodes (a request without it: 1)."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from prometheus_client import (
 )
 
 from ekko.updates.codec import (
+    FORMAT_VERSION,
     CodecError,
     Encoding,
     decode_request,
@@ -41,7 +42,7 @@ from ekko.updates.codec import (
 )
 from ekko.updates.priority import CLASS_NAMES, Scheduler
 from ekko.updates.snapshots import vectors_from_json
-from ekko.updates.store import ApplyResult, ShardId, Store
+from ekko.updates.store import ApplyResult, PullResponse, ShardId, Store
 from ekko.updates.versions import VersionVector
 
 log = logging.getLogger(__name__)
@@ -231,16 +232,22 @@ class UpdateServer:
         request = decode_request(body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        version = min(request.frame_version, FORMAT_VERSION)  # what the puller decodes
+        encoding = Encoding(request.dtype, request.zstd, version=version)
+
+        def encode(r: PullResponse) -> bytes:
+            return encode_response(r, encoding)
+
         while True:
             changed = self.notifier.current()
-            response = self.scheduler.respond(self.store, request)
+            # The budget is the puller's link tokens: filled in encoded bytes, not upper bounds.
+            response, data = self.scheduler.respond_encoded(self.store, request, encode)
             self._count_scans()
             remaining = deadline - loop.time()
             if response.batches or remaining <= 0:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
-        data = encode_response(response, Encoding(request.dtype, request.zstd))
         peer = request.region or "unknown"
         self.metrics.declare_peer(peer)
         self.metrics.observe_bytes("out", peer, len(data), fp32_bytes(response))
