@@ -22,11 +22,8 @@ import statistics
 import time
 from typing import Any
 
-import yaml
-from kubernetes import client, config
-
+from bench.clusterbench import bench_namespace
 from e2e.agents import AgentFleet
-from e2e.cluster import control
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
@@ -226,28 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--healthy-runs", type=int, default=5)
     args = parser.parse_args(argv)
 
-    control.ensure_up()
-    kubeconfig = str(control.kubeconfig_path())
-    api_client = config.new_client_from_config(config_file=kubeconfig)
-    core = client.CoreV1Api(api_client)
-    ns = f"bench-rollback-{int(time.time())}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    wait(
-        "default ServiceAccount",
-        lambda: any(
-            s.metadata.name == "default" for s in core.list_namespaced_service_account(ns).items
-        ),
-        30,
-    )
-    for path in sorted((control.REPO / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        ext = client.ApiextensionsV1Api(api_client)
-        try:
-            ext.create_custom_resource_definition(body)
-        except client.exceptions.ApiException as err:
-            if err.status != 409:
-                raise
-    api = Api(api_client, ns)
+    bc = bench_namespace("bench-rollback")
+    kubeconfig, core, ns = bc.kubeconfig, bc.core, bc.namespace
+    api = Api(bc.api_client, ns)
     bench = Bench(api, kubeconfig, ns)
     started = time.monotonic()
     try:

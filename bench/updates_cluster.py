@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from kubernetes import client, config
 
+from bench.clusterbench import bench_namespace, wait
 from e2e.agents import AgentFleet
-from e2e.cluster import control
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.statehelpers import DIM, PAIRS, LivePublisher, score
@@ -39,17 +37,6 @@ from ekko.updates.scoring import score_rows
 
 MODEL = "ranker"
 MARK_USER, MARK_ITEM = PAIRS[0]  # the first pair /score is asked for
-
-
-def wait(what: str, probe: Any, timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -100,31 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
 
-    control.ensure_up()
-    kubeconfig = str(control.kubeconfig_path())
-    api_client = config.new_client_from_config(config_file=kubeconfig)
-    core = client.CoreV1Api(api_client)
-    ns = f"bench-updates-{int(time.time())}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    wait(
-        "default ServiceAccount",
-        lambda: any(
-            s.metadata.name == "default" for s in core.list_namespaced_service_account(ns).items
-        ),
-        30,
-    )
-    ext = client.ApiextensionsV1Api(api_client)
-    for path in sorted((control.REPO / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        try:
-            ext.create_custom_resource_definition(body)
-        except client.exceptions.ApiException as err:
-            if err.status != 409:
-                raise
-            current = ext.read_custom_resource_definition(body["metadata"]["name"])
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-    api = Api(api_client, ns)
+    bc = bench_namespace("bench-updates")
+    kubeconfig, core, ns = bc.kubeconfig, bc.core, bc.namespace
+    api = Api(bc.api_client, ns)
     live = LivePublisher(MODEL)
     rng = np.random.default_rng(0)
     live.publish(f"{MODEL}.user", np.arange(a.keys), rng.normal(0, 0.3, (a.keys, DIM + 1)))
