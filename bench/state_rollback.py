@@ -40,9 +40,9 @@ from e2e.statehelpers import (
     USERS,
     LivePublisher,
     Traffic,
-    health_manifest,
     rows,
     start_publisher,
+    stream_manifest,
 )
 
 HEALTH: dict[str, Any] = {
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             api.create(pool_manifest(memory="20Gi"))
             api.create(model_manifest("ranker", args.shards, "8Gi", 2))
             wait("model loaded", lambda: converged(api, models=["ranker"]), 300, 1)
-            api.create(health_manifest(publisher.url, HEALTH))
+            api.create(stream_manifest(publisher.url, HEALTH))
             names = sorted(
                 a.metadata.name
                 for a in api.assignments()

@@ -121,9 +121,10 @@ class Traffic:
         self.thread.join(5)
 
 
-def health_manifest(source: str, health: dict[str, Any]) -> dict[str, Any]:
-    """An UpdateStream of the ``ranker`` model's user and item tables with ``spec.health``."""
-    return {
+def stream_manifest(source: str, health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An UpdateStream of the ``ranker`` model's user and item tables, exact values on the wire
+    (so every replica can be compared with the publisher), with ``spec.health`` when given."""
+    doc: dict[str, Any] = {
         "apiVersion": "ekko.dev/v1alpha1",
         "kind": "UpdateStream",
         "metadata": {"name": "ranker"},
@@ -136,9 +137,11 @@ def health_manifest(source: str, health: dict[str, Any]) -> dict[str, Any]:
             ],
             "compression": {"values": "Float32", "codec": "Zstd"},
             "topology": {"idlePullInterval": "5s"},
-            "health": health,
         },
     }
+    if health is not None:
+        doc["spec"]["health"] = health
+    return doc
 
 
 def start_publisher(model: str = "ranker") -> tuple[LivePublisher, Callable[[], None]]:

@@ -39,10 +39,10 @@ from e2e.statehelpers import (
     LivePublisher,
     Traffic,
     clean_scores,
-    health_manifest,
     rows,
     score,
     start_publisher,
+    stream_manifest,
 )
 from e2e.waiting import wait_for
 from ekko.updates.scoring import score_rows
@@ -126,7 +126,7 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
             timeout=120,
             describe=operator.logs,
         )
-        api.create(health_manifest(publisher.url, HEALTH))
+        api.create(stream_manifest(publisher.url, HEALTH))
         names = holders(api)
         wait_for(
             lambda: all_score(fleet, names, clean, "live"),

@@ -30,6 +30,7 @@ from e2e.agents import AgentFleet, free_port
 from e2e.conftest import REPO, Cluster
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
+from e2e.statehelpers import stream_manifest
 from e2e.waiting import wait_for
 from ekko.operator.updates import PASS_SECONDS
 from ekko.updates.scoring import score_rows
@@ -147,25 +148,6 @@ def _trickle_score(url: str) -> float | None:
             return float(json.loads(resp.read())["scores"][0])
     except (urllib.error.URLError, OSError, KeyError):
         return None
-
-
-def stream_manifest(source: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "ekko.dev/v1alpha1",
-        "kind": "UpdateStream",
-        "metadata": {"name": "ranker"},
-        "spec": {
-            "model": "ranker",
-            "source": {"endpoints": [source], "region": "train"},
-            "tables": [
-                {"name": "ranker.user", "dim": DIM + 1},
-                {"name": "ranker.item", "dim": DIM + 1},
-            ],
-            # Exact values on the wire, so every replica can be compared with the publisher.
-            "compression": {"values": "Float32", "codec": "Zstd"},
-            "topology": {"idlePullInterval": "5s"},
-        },
-    }
 
 
 def model_servers(api: Api) -> dict[str, Any]:
