@@ -12,26 +12,11 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ekko.api.resources import ServerPool
 from ekko.kube.fleet import Fleet
 from ekko.planning.converge import CreateServer, DeleteServer
+from tests.kube.pools import pool
 
 LIMIT = 3
-
-
-def pool() -> ServerPool:
-    return ServerPool.model_validate(
-        {
-            "apiVersion": "ekko.dev/v1alpha1",
-            "kind": "ServerPool",
-            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
-            "spec": {
-                "template": {"image": "engine:1"},
-                "capacity": {"memory": "64Gi", "compute": "100"},
-                "maxServers": 40,
-            },
-        }
-    )
 
 
 class Core:
@@ -81,7 +66,7 @@ def test_writes_run_in_parallel_up_to_the_limit_and_failures_stay_per_object() -
     core = Core({"s-4": 422, "s-7": 503})
     fleet.core, fleet.custom = core, Custom()
     actions = [CreateServer(f"s-{i}", "zone-a") for i in range(12)] + [DeleteServer("old")]
-    applied = fleet.apply(pool(), actions)
+    applied = fleet.apply(pool(40), actions)
     assert core.most == LIMIT  # parallel, never more than the limit
     assert sorted(core.created) == sorted(f"s-{i}" for i in range(12) if i not in (4, 7))
     assert core.deleted == ["old"]

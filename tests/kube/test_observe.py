@@ -6,25 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ekko.api.resources import ServerAssignment, ServerPool
+from ekko.api.resources import ServerAssignment
 from ekko.kube.observe import NODE_LOST_AFTER, loaded, node_ready, owned_by, pool_state
+from tests.kube.pools import pool
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
-
-
-def pool() -> ServerPool:
-    return ServerPool.model_validate(
-        {
-            "apiVersion": "ekko.dev/v1alpha1",
-            "kind": "ServerPool",
-            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
-            "spec": {
-                "template": {"image": "engine:1"},
-                "capacity": {"memory": "64Gi", "compute": "100"},
-                "maxServers": 4,
-            },
-        }
-    )
 
 
 def stamp(t: datetime) -> str:

@@ -7,21 +7,7 @@ import pytest
 from ekko.agent.main import parse_args
 from ekko.api.resources import ServerPool
 from ekko.kube.fleet import AGENT_PORT, UPDATES_PORT, server_pod
-
-
-def pool() -> ServerPool:
-    return ServerPool.model_validate(
-        {
-            "apiVersion": "ekko.dev/v1alpha1",
-            "kind": "ServerPool",
-            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
-            "spec": {
-                "template": {"image": "engine:1"},
-                "capacity": {"memory": "64Gi", "compute": "100"},
-                "maxServers": 4,
-            },
-        }
-    )
+from tests.kube.pools import pool
 
 
 def test_the_agent_listens_where_the_kubelet_probes_and_prometheus_scrapes() -> None:
