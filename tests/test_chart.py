@@ -349,3 +349,35 @@ def test_cert_manager_without_its_api_fails_with_a_clear_message() -> None:
     assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
         "ekko-system/ekko-webhook"
     )
+
+
+def test_alert_rules_query_only_metrics_ekko_exports() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from ekko.agent.engines import ScoreMetrics
+    from ekko.agent.metrics import AgentMetrics
+    from ekko.operator.metrics import REGISTRY
+    from ekko.updates.wire import UpdateMetrics
+
+    agent = AgentMetrics().registry
+    ScoreMetrics(agent).declare("m")
+    updates = CollectorRegistry()
+    UpdateMetrics(updates).declare_model("m")
+    known: set[str] = set()
+    for registry in (REGISTRY, agent, updates):
+        for family in registry.collect():
+            known.add(family.name)
+            known.update(s.name for s in family.samples)
+    known |= {
+        f"{n}_{suffix}" for n in list(known) for suffix in ("bucket", "count", "sum", "total")
+    }
+    apis = ["--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+    (rule,) = [
+        d
+        for d in _render("--set", "metrics.prometheusRule.enabled=true", *apis)
+        if d["kind"] == "PrometheusRule"
+    ]
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    used = {m for e in exprs for m in re.findall(r"\bekko_[a-z_]+", e)}
+    assert {"ekko_update_lag_seconds_bucket", "ekko_update_paired_samples_total"} <= used
+    assert used <= known, f"the alert rules query unknown metrics: {sorted(used - known)}"
