@@ -261,7 +261,13 @@ def _seed_job(args: tuple[str, int | None, int, dict[str, Any]]) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--mode", choices=("sim", "procs"), default="sim")
+    ap.add_argument(
+        "--mode",
+        choices=("sim", "procs", "cluster"),
+        default="sim",
+        help="sim: discrete events; procs: real processes on loopback; cluster: the local control "
+        "plane with the operator's topology (bench/updates_cluster.py, which has more options)",
+    )
     ap.add_argument("--quick", action="store_true", help="synthetic stream, 2 seeds, ~1 minute")
     ap.add_argument("--workload", choices=("synthetic", "ml-100k"), default=None)
     ap.add_argument("--events", type=int, default=None, help="use the first N events")
@@ -281,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.mode == "procs":
         return procs_main(a)
+    if a.mode == "cluster":
+        from bench.updates_cluster import main as cluster_main
+
+        return cluster_main(["--json", a.json] if a.json else [])
     workload = a.workload or ("synthetic" if a.quick else "ml-100k")
     events = a.events or (12_000 if a.quick and workload == "synthetic" else None)
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else ([0, 1] if a.quick else [0, 1, 2])
