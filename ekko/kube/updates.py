@@ -9,7 +9,7 @@ worker's assignment writes (which patch ``pool``, ``server``, ``zone`` and ``sha
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
@@ -43,6 +43,8 @@ class StreamObservation:
     regions: dict[str, str]
     """Server → value of the stream's regionLabel on its node (only when regionLabel is set;
     otherwise a server's region is the zone of its assignment)."""
+    uids: dict[str, str] = field(default_factory=dict)
+    """Server → UID of its current pod (a replaced pod has a new one and an empty store)."""
 
 
 class UpdateKube:
@@ -90,7 +92,8 @@ class UpdateKube:
             }
             for pod in pod_list:
                 regions[pod.metadata.name] = nodes.get(pod.spec.node_name or "", "")
-        return StreamObservation(stream, model, tuple(assignments), regions)
+        uids = {p.metadata.name: p.metadata.uid or "" for p in pod_list}
+        return StreamObservation(stream, model, tuple(assignments), regions, uids)
 
     @converted
     def write_duties(self, namespace: str, server: str, duties: list[UpdateDuty]) -> None:

@@ -137,6 +137,7 @@ class StreamWorker:
         self._last_status: dict[str, Any] | None = None
         self._reported: str = ""
         self.health = StateManager(key, kube)
+        self._uids: dict[str, str] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -183,9 +184,17 @@ class StreamWorker:
         before = self.topology
         leaders = before.leaders if before else previous_leaders(current, name)
         deputies = before.deputies if before else previous_deputies(current, name)
+        # A server whose pod was replaced (same name, new UID: the pool worker recreates a lost
+        # pod within a second) starts with an empty store: it loses its leadership even when no
+        # pass saw it missing or unready.
+        replaced = {n for n, uid in obs.uids.items() if self._uids.get(n, uid) != uid}
+        replaced |= set(self._uids) - set(obs.uids)
+        self._uids = dict(obs.uids)
+        sticky = {k: v for k, v in leaders.items() if v not in replaced}
+        deputies = {k: v for k, v in deputies.items() if v not in replaced}
         await self.health.step(stream, obs, servers)
         paused = is_paused(stream.spec, stream.metadata.annotations) or self.health.paused
-        topology = plan_topology(name, stream.spec, servers, leaders, deputies, paused=paused)
+        topology = plan_topology(name, stream.spec, servers, sticky, deputies, paused=paused)
         await self._write(obs, topology)
         for (group, region), leader in topology.leader_changes(leaders).items():
             old = leaders.get((group, region))
