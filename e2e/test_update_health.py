@@ -154,7 +154,11 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
                 describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
             )
             assert control(api).get("baselineCut") == health(api)["baselineCut"]
-            assert all_score(fleet, names, clean, "baseline")  # the baseline view is clean too
+            wait_for(  # the agents apply the control block from their watch: not instantly
+                lambda: all_score(fleet, names, clean, "baseline"),
+                "the baseline view served on every agent, as clean as live",
+                timeout=30,
+            )
             time.sleep(6)  # a few more clean windows
             h = health(api)
             assert h["phase"] == "Healthy" and "lastRollback" not in h, h
