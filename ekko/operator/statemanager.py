@@ -120,6 +120,9 @@ class StateManager:
         self._window_at = time.monotonic()
         self._window_base: dict[str, Paired] = {}
         self._last_status: dict[str, Any] | None = None
+        self.changed = False
+        """The last step changed the health status (the stream's condition and epoch follow at
+        once, not at the next telemetry write)."""
 
     @property
     def paused(self) -> bool:
@@ -142,6 +145,7 @@ class StateManager:
     async def step(
         self, stream: UpdateStream, obs: StreamObservation, servers: list[StreamServer]
     ) -> None:
+        self.changed = False
         health = stream.spec.health
         if health is None or obs.model is None:
             self.m = None
@@ -240,7 +244,8 @@ class StateManager:
         # Not exclude_none: a merge patch keeps keys it does not name, so a new rollback record
         # must say null for the steps it has not reached (or the last rollback's times stay).
         body = to_status(m).model_dump(by_alias=True, mode="json")
-        if body != self._last_status:
+        self.changed = body != self._last_status
+        if self.changed:
             await asyncio.to_thread(self.kube.patch_status, namespace, name, {"health": body})
             self._last_status = body
 

@@ -203,7 +203,7 @@ class StreamWorker:
             log.info("UpdateStream %s/%s: %s.", namespace, name, text)
             await asyncio.to_thread(self.kube.event, stream, "LeaderChosen", text)
         self.topology = topology
-        if time.monotonic() - self._status_at >= STATUS_SECONDS:
+        if time.monotonic() - self._status_at >= STATUS_SECONDS or self.health.changed:
             await self._report(stream, topology, servers, paused)
         return True
 
