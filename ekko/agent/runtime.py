@@ -49,6 +49,7 @@ from ekko.api.resources import (
     AssignedShard,
     ModelRouting,
     ModelStatus,
+    ModelUpdateControl,
     ServerAssignment,
     UpdateDuty,
     VersionWeight,
@@ -278,6 +279,8 @@ class Agent:
         self.observed_generation: int | None = None
         # Routing: the Models' weights, and what is applied (served and reported).
         self.model_weights: dict[str, list[VersionWeight]] = {}
+        self.model_controls: dict[str, ModelUpdateControl | None] = {}
+        """Each Model's update control block (status.updates), parsed once with its weights."""
         self.routing: dict[str, list[VersionWeight]] = {}
         # When each model's current weights were applied: the operator measures rollbacks with it.
         self.applied_at: dict[str, datetime] = {}
@@ -329,29 +332,25 @@ class Agent:
 
     def on_models_relist(self, items: list[dict[str, Any]], observed_at: float) -> None:
         self.model_weights = {}
+        self.model_controls = {}
         for obj in items:
             self._cache_model("ADDED", obj)
         self._apply_routing(observed_at)
         for obj in items:
-            self._apply_control("ADDED", obj)
+            self._apply_control(obj)
 
     def on_model(self, kind: str, obj: dict[str, Any], observed_at: float) -> None:
         if self._cache_model(kind, obj):
             self._apply_routing(observed_at)
-        self._apply_control(kind, obj)
+        self._apply_control(obj)
 
-    def _apply_control(self, kind: str, obj: dict[str, Any]) -> None:
-        """Apply the Model's update control block (serving view, epoch); report what changed."""
+    def _apply_control(self, obj: dict[str, Any]) -> None:
+        """Apply the Model's update control block as cached by :meth:`_cache_model` (serving
+        view, epoch); report what changed."""
         name = (obj.get("metadata") or {}).get("name")
         if not isinstance(name, str):
             return
-        control = None
-        if kind != "DELETED":
-            try:
-                control = ModelStatus.model_validate(obj.get("status") or {}).updates
-            except ValidationError:
-                return  # logged by _cache_model
-        if self.states.on_control(name, control) and self.seen:
+        if self.states.on_control(name, self.model_controls.get(name)) and self.seen:
             self.writer.submit({"updates": self._updates_wire()})
 
     def _updates_wire(self) -> list[dict[str, Any]]:
@@ -365,6 +364,7 @@ class Agent:
         before = self.model_weights.get(name)
         if kind == "DELETED":
             self.model_weights.pop(name, None)
+            self.model_controls.pop(name, None)
         else:
             try:
                 status = ModelStatus.model_validate(obj.get("status") or {})
@@ -372,6 +372,7 @@ class Agent:
                 log.error("Model %s has an invalid status; weights ignored: %s", name, err)
                 return False
             self.model_weights[name] = status.weights
+            self.model_controls[name] = status.updates
         return self.model_weights.get(name) != before
 
     # -- routing ------------------------------------------------------------------------------

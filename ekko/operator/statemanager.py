@@ -31,7 +31,8 @@ from typing import Any
 import aiohttp
 
 from ekko.api.meta import Condition
-from ekko.api.resources import ModelUpdateControl, ServerUpdateState, UpdateStream
+from ekko.api.resources import Model, ModelUpdateControl, ServerUpdateState, UpdateStream
+from ekko.api.units import parse_duration
 from ekko.kube.updates import StreamObservation, UpdateKube
 from ekko.planning.health import (
     MAX_CUT_RECORDS,
@@ -49,12 +50,11 @@ from ekko.planning.health import (
     paired_window,
     parse_stamp,
     person_rollback,
-    seconds,
     to_status,
     window_status,
 )
 from ekko.planning.updates import StreamServer, parse_scrape
-from ekko.updates.health import Command, Decision, Event, choose_baseline, decide
+from ekko.updates.health import Command, Decision, Event, Window, choose_baseline, decide
 from ekko.updates.wire import CUT_PATH, RESTORE_PATH
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,11 @@ class StateManager:
             if m.state.step == "None":
                 m = await self._cut_if_due(session, m, health.snapshot_interval, connected, sources)
                 baseline = choose_baseline(
-                    m.cuts, m.state.baseline, m.state.phase, now, seconds(health.baseline.age)
+                    m.cuts,
+                    m.state.baseline,
+                    m.state.phase,
+                    now,
+                    parse_duration(health.baseline.age),
                 )
                 if baseline != m.state.baseline:
                     m = replace(m, state=replace(m.state, baseline=baseline))
@@ -281,7 +285,7 @@ class StateManager:
     ) -> Manager:
         last = m.cuts[-1] if m.cuts else None
         now = time.time()
-        if last is not None and now - last[1] < seconds(interval):
+        if last is not None and now - last[1] < parse_duration(interval):
             return m
         cut_id = (last[0] + 1) if last else 1
         if not connected:
@@ -309,10 +313,10 @@ class StateManager:
         session: aiohttp.ClientSession,
         length: str,
         connected: list[StreamServer],
-        model: Any,
-    ) -> Any:
+        model: Model,
+    ) -> Window | None:
         now = time.monotonic()
-        if now - self._window_at < seconds(length):
+        if now - self._window_at < parse_duration(length):
             return None
         name = model.metadata.name
         results = await asyncio.gather(*(_paired(session, s.address, name) for s in connected))

@@ -67,10 +67,6 @@ def detector_spec(health: UpdateHealth) -> DetectorSpec:
     )
 
 
-def seconds(value: str) -> float:
-    return parse_duration(value)
-
-
 def _ts(t: datetime | None) -> float | None:
     return None if t is None else t.timestamp()
 
