@@ -97,7 +97,7 @@ def test_chart_lints(values: list[str]) -> None:
 
 def test_bad_values_fail_with_a_clear_message() -> None:
     with pytest.raises(ToolError, match=r"operator\.replicas"):
-        render("--set", "operator.replicas=2")
+        render("--set", "operator.replicas=0")
     with pytest.raises(ToolError, match=r"image\.tag"):
         render("--set", "image.tag=2")  # --set makes it an integer, not a string
 

@@ -113,7 +113,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("operator.replicas", 2, "operator.replicas: 1 was expected"),
+        ("operator.replicas", 0, "operator.replicas: 0 is less than the minimum of 1"),
         ("image.tag", 0.1, "image.tag: 0.1 is not of type 'string'"),
         ("operator.resources.requests.cpu", "-100m", "operator.resources.requests.cpu"),
         ("operator.resources.limits.memory", -1, "operator.resources.limits.memory"),
@@ -375,3 +375,19 @@ def test_alert_rules_query_only_metrics_ekko_exports() -> None:
     used = {m for e in exprs for m in re.findall(r"\bekko_[a-z_]+", e)}
     assert {"ekko_update_lag_seconds_bucket", "ekko_update_paired_samples_total"} <= used
     assert used <= known, f"the alert rules query unknown metrics: {sorted(used - known)}"
+
+
+def test_more_operator_replicas_are_hot_standbys_replaced_one_at_a_time() -> None:
+    def deployment(*values: str) -> dict[str, Any]:
+        return next(d for d in _render(*values) if d["kind"] == "Deployment")
+
+    one, three = deployment(), deployment("--set", "operator.replicas=3")
+    assert one["spec"]["strategy"] == {"type": "Recreate"}
+    assert three["spec"]["replicas"] == 3
+    assert three["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    for d in (one, three):
+        args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--peering" in args and "--priority=auto" in args
