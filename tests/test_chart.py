@@ -391,3 +391,18 @@ def test_more_operator_replicas_are_hot_standbys_replaced_one_at_a_time() -> Non
     for d in (one, three):
         args = d["spec"]["template"]["spec"]["containers"][0]["args"]
         assert "--peering" in args and "--priority=auto" in args
+
+
+def test_kopf_peering_crds_can_be_left_to_another_release() -> None:
+    def crds(*values: str) -> set[str]:
+        return {
+            d["metadata"]["name"]
+            for d in _render(*values)
+            if d["kind"] == "CustomResourceDefinition"
+        }
+
+    every = crds()
+    assert {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= every
+    without = crds("--set", "crds.kopfPeering=false")
+    assert without == {n for n in every if not n.endswith(".kopf.dev")}
+    assert "updatestreams.ekko.dev" in without
