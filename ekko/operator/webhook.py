@@ -33,7 +33,12 @@ from ekko.api.resources import Model, ModelVersion, UpdateStream
 from ekko.api.validate import check_manifest
 from ekko.kube.errors import KubeError
 from ekko.kube.fleet import Fleet
-from ekko.planning.admission import check_model, check_stream, check_version
+from ekko.planning.admission import (
+    check_assignment_write,
+    check_model,
+    check_stream,
+    check_version,
+)
 
 CONFIGURATION = "validate.ekko.dev"
 
@@ -205,3 +210,26 @@ async def validate_stream(body: kopf.Body, memo: kopf.Memo, warnings: list[str],
         )
     if model is not _UNCHECKED and others is not _UNCHECKED:
         _refuse(check_stream(stream, model, others, None if pool is _UNCHECKED else pool))
+
+
+@kopf.on.validate(
+    GROUP,
+    VERSION,
+    "serverassignments",
+    id="validate-assignment",
+    operations=["CREATE", "UPDATE"],
+    ignore_failures=True,
+)
+async def validate_assignment(memo: kopf.Memo, userinfo: kopf.UserInfo, **kwargs: Any) -> None:
+    """Assignment specs are the operator's alone (see ``check_assignment_write``)."""
+    old: dict[str, Any] = dict(kwargs.get("old") or {})
+    new: dict[str, Any] = dict(kwargs.get("new") or {})
+    errors = check_assignment_write(
+        str(kwargs.get("operation") or ""),
+        old.get("spec"),
+        new.get("spec"),
+        str(userinfo.get("username", "")),
+        memo.get("operator_user"),
+    )
+    if errors:
+        raise kopf.AdmissionError("; ".join(errors), code=403)
