@@ -118,6 +118,31 @@ def configure(settings: kopf.OperatorSettings, options: Options) -> None:
         settings.admission.managed = CONFIGURATION
 
 
+def webhooks(client_config: dict[str, Any], name_suffix: str = "ekko.dev") -> list[dict[str, Any]]:
+    """The ``webhooks`` of a ValidatingWebhookConfiguration that calls every validator here, as
+    kopf itself would register them (names, rules, failure policy), at ``client_config`` (a
+    ``service`` or a ``url`` whose path each hook extends with its handler id). For an installer
+    that registers the webhook itself (``--webhook-unmanaged``); the chart's template mirrors it
+    and ``tests/test_chart.py`` holds the two equal."""
+    from kopf._cogs.structs.references import Resource  # noqa: PLC0415
+    from kopf._core.engines.admission import build_webhooks  # noqa: PLC0415
+
+    from ekko.api.crdgen import CRDS  # noqa: PLC0415
+
+    handlers = [
+        h
+        for h in kopf.get_default_registry()._webhooks.get_all_handlers()
+        if h.fn.__module__ == __name__
+    ]
+    resources = [Resource(GROUP, VERSION, info.plural, namespaced=True) for info in CRDS]
+    return build_webhooks(
+        handlers,
+        resources=resources,
+        name_suffix=name_suffix,
+        client_config=client_config,  # type: ignore[arg-type]
+    )
+
+
 def _refuse(errors: list[str]) -> None:
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)
