@@ -21,7 +21,10 @@ min/max spread:
    with every policy sending int8 + zstd (``auc_loss_*_int8_zstd_at_25pct``);
 4. compression: fp32/fp16/int8 × none/zstd vs log-style fp32: WAN bytes reduction, ΔAUC, codec
    encode/decode µs per row;
-6. staleness: AUC of replicas at fixed lags, of a minute-periodic full sync and of a frozen model.
+6. staleness: AUC of replicas at fixed lags, of a minute-periodic full sync and of a frozen model;
+7. harmful updates (issue 12, in process, bench/updates_health.py): ``harmful_caught`` of
+   ``harmful_runs``, ``false_rollbacks`` of ``clean_runs`` (5 + 5 with ``--quick``, else 20 + 20),
+   ``detect_p50_s``, ``traffic_switch_p99_s``, ``restore_p99_s``.
 
 A benchmark measures and prints; it asserts nothing.
 """
@@ -40,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from bench.updates_data import Stream, movielens_100k, synthetic_stream
+from bench.updates_health import health_line, updates_bench_keys
 from bench.updates_sim import (
     Sim,
     SimConfig,
@@ -323,8 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         "per_seed": per_seed,
     }
     result["targets"] = verdicts(result)
+    # Issue 12: the model-state manager's keys (in-process; bench/updates_health.py says what).
+    result |= updates_bench_keys(a.quick, workload)
     result["wall_s"] = time.perf_counter() - t0
     report(result)
+    print(health_line(result))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(result, fh, indent=1, sort_keys=False)

@@ -75,6 +75,9 @@ class Config:
     cut_every: int = 200
     age: int = 1000
     """Baseline age, events."""
+    recent_age: int | None = 200
+    """Age of the recent view, events (one window; None: no recent view, the detector judges
+    only the baseline comparison)."""
     shadow: float = 1.0
     """Share of labelled requests the baseline shadow-scores."""
     warmup: int = 4000
@@ -103,6 +106,10 @@ class Config:
             cusum_k=0.01,
             cusum_h=6.0,
             repeat_window=0.0,
+            recent_uncertain=0.0015,
+            recent_corrupted=0.006,
+            recent_hysteresis=0.003,
+            recent_sigmas=4.0,
         )
     )
 
@@ -130,6 +137,8 @@ class Episode:
     auc_served: float = float("nan")
     window_means: list[float] = field(default_factory=list)
     """Mean paired loss difference of each window that closed in the episode."""
+    recent_means: list[float] = field(default_factory=list)
+    """The same against the recent view (empty without one)."""
 
     @property
     def delay_events(self) -> int | None:
@@ -155,11 +164,20 @@ class Run:
         self.serving_baseline = False
         self.served = np.zeros(len(stream), dtype=np.float64)
         self.diffs: list[float] = []
+        self.recent_diffs: list[float] = []
         self.decisions: list[tuple[int, str]] = []  # (event, phase) on every Corrupted decision
         self.restores: list[float] = []
+        self.switches: list[float] = []
+        """Wall seconds from the window's close (the decision) to the next requests scored by
+        the baseline view: the decision, carrying out the command and reading the view, in one
+        process (no fan-out to servers: that is the cluster bench's)."""
+        self._decided_wall = 0.0
         self.restore_rows: list[int] = []
         self.cuts_taken = 0
         self.windows: list[tuple[int, float, str]] = []
+        self.recent_means: list[tuple[int, float]] = []
+        self.window_log: list[tuple[int, float, float, int, float, float, int, str]] = []
+        """Every window: (event, baseline mean, sd, n, recent mean, sd, n, phase after)."""
         # Counterfactual twins during a harmful episode: the trainer without the harm, and the
         # harmed trainer never rolled back (what serving would be without protection).
         self.twins: dict[str, LogisticMF] = {}
@@ -177,9 +195,10 @@ class Run:
             table, keys, values, epoch=self.epoch, origin=1, seqs=self.seq, publish_time=now
         )
 
-    def _scores(self, users: np.ndarray, items: np.ndarray, baseline: bool) -> np.ndarray:
-        if baseline and self.state.baseline is not None and self.log.has(self.state.baseline):
-            view = self.log.view(self.store, self.state.baseline)
+    def _scores(self, users: np.ndarray, items: np.ndarray, cut: int | None) -> np.ndarray:
+        """Scores from the live tables, or from the view at ``cut`` when it is held."""
+        if cut is not None and self.log.has(cut):
+            view = self.log.view(self.store, cut)
             u, _ = view.get(USER, users)
             v, _ = view.get(ITEM, items)
             d, _ = view.get(DENSE, [0])
@@ -236,6 +255,10 @@ class Run:
         for c in commands:
             if c.kind == "ServeBaseline":
                 self.serving_baseline = True
+                # The switch: the next requests are scored by the baseline view.
+                nxt = slice(at, min(len(self.s), at + self.cfg.batch))
+                self._scores(self.s.users[nxt], self.s.items[nxt], c.cut)
+                self.switches.append(time.perf_counter() - self._decided_wall)
             elif c.kind == "Restore":
                 self._restore(c.cut, c.epoch, at / self.cfg.rate)
             elif c.kind == "ServeLive":
@@ -264,16 +287,16 @@ class Run:
             hi = min(stop, lo + cfg.batch)
             us, its, ys = s.users[lo:hi], s.items[lo:hi], s.labels[lo:hi].astype(np.float64)
             now = lo / cfg.rate
-            live = self._scores(us, its, baseline=False)
-            base = self._scores(us, its, baseline=True) if self.state.baseline else None
+            live = self._scores(us, its, None)
+            base = self._scores(us, its, self.state.baseline) if self.state.baseline else None
             self.served[lo:hi] = base if self.serving_baseline and base is not None else live
             if base is not None:
                 sample = self.rng.random(hi - lo) < cfg.shadow
-                lp = np.clip(live, 1e-7, 1 - 1e-7)
-                bp = np.clip(base, 1e-7, 1 - 1e-7)
-                l_live = -(ys * np.log(lp) + (1 - ys) * np.log(1 - lp))
-                l_base = -(ys * np.log(bp) + (1 - ys) * np.log(1 - bp))
-                self.diffs.extend((l_live - l_base)[sample].tolist())
+                l_live = _losses(live, ys)
+                self.diffs.extend((l_live - _losses(base, ys))[sample].tolist())
+                if self.state.recent is not None and self.log.has(self.state.recent):
+                    recent = self._scores(us, its, self.state.recent)
+                    self.recent_diffs.extend((l_live - _losses(recent, ys))[sample].tolist())
             for name, twin in self.twins.items():
                 self.twin_scores[name][lo:hi] = twin.score_many(us, its)
                 twin.train_batch(us, its, ys)
@@ -294,17 +317,41 @@ class Run:
                 for c in self.log.cuts():  # cuts older than the baseline are no longer needed
                     if baseline is not None and c.id < baseline:
                         self.log.drop(c.id)
+            if cfg.recent_age is not None:
+                recent = choose_baseline(
+                    cuts,
+                    self.state.recent,
+                    self.state.phase,
+                    hi / cfg.rate,
+                    cfg.recent_age / cfg.rate,
+                )
+                if recent != self.state.recent:
+                    self.state = replace(self.state, recent=recent)
             if hi // cfg.window != lo // cfg.window:
                 win = Window.of(self.diffs)
-                self.diffs = []
+                rwin = Window.of(self.recent_diffs) if cfg.recent_age is not None else None
+                self.diffs, self.recent_diffs = [], []
                 before = self.state.phase
-                d = decide(cfg.detector, self.state, Observation(window=win), hi / cfg.rate)
+                obs = Observation(window=win, recent=rwin)
+                self._decided_wall = time.perf_counter()
+                d = decide(cfg.detector, self.state, obs, hi / cfg.rate)
                 self.state = d.state
                 self.windows.append((hi, win.mean, d.state.phase))
+                if rwin is not None:
+                    self.recent_means.append((hi, rwin.mean))
+                r_ = rwin or Window(0, float("nan"), float("nan"))
+                self.window_log.append(
+                    (hi, win.mean, win.sd, win.n, r_.mean, r_.sd, r_.n, d.state.phase)
+                )
                 if d.state.phase == "Corrupted" and before != "Corrupted":
                     self.decisions.append((hi, d.state.phase))
                 self._carry_out(d.commands, hi)
                 self._step_rollback(hi)
+
+
+def _losses(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 def _quality(run: Run, lo: int, hi: int) -> tuple[float, float]:
@@ -339,6 +386,9 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         run.advance(pos, pos + cfg.episode)
         new = run.decisions[n0:]
         ep.window_means = [round(m, 4) for at, m, _ in run.windows if pos < at <= pos + cfg.episode]
+        ep.recent_means = [
+            round(m, 4) for at, m in run.recent_means if pos < at <= pos + cfg.episode
+        ]
         if kind == "clean":
             ep.alarms += len(new)
         else:
@@ -414,6 +464,19 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         "undo_drops": run.log.drops,
         "model_bytes": model_bytes,
         "restore_wall_s_max": max(run.restores, default=0.0),
+        "restore_wall_s": run.restores,
+        "switch_wall_s": run.switches,
+        "windows": [
+            [
+                w[0],
+                *(round(x, 5) if np.isfinite(x) else None for x in w[1:3]),
+                w[3],
+                *(round(x, 5) if np.isfinite(x) else None for x in w[4:6]),
+                w[6],
+                w[7],
+            ]
+            for w in run.window_log
+        ],
         "restore_rows_median": _median([float(r) for r in run.restore_rows]),
         "wall_s": time.perf_counter() - t0,
     }
@@ -434,6 +497,10 @@ def _bucket(harm: float) -> str:
         if harm < upper:
             return name
     return HARM_BUCKETS[-1][0]  # NaN (no window closed): the last bucket, visibly
+
+
+def _p99(xs: list[float]) -> float | None:
+    return float(np.percentile(xs, 99)) if xs else None
 
 
 def _median(xs: list[float] | list[int]) -> float | None:
@@ -462,8 +529,8 @@ def summarize(runs: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
         "detect_max_events": max(delays, default=None),
         "detect_p50_s": None if not delays else _median(delays) / cfg.rate,  # type: ignore[operator]
         "detect_max_s": None if not delays else max(delays) / cfg.rate,
-        "traffic_switch_p99_s": 0.0 if delays else None,
-        "restore_p99_s": max((r["restore_wall_s_max"] for r in runs), default=None),
+        "traffic_switch_p99_s": _p99([x for r in runs for x in r["switch_wall_s"]]),
+        "restore_p99_s": _p99([x for r in runs for x in r["restore_wall_s"]]),
         "undo_peak_bytes_max": max(r["undo_peak_bytes"] for r in runs),
         "model_bytes_max": max(r["model_bytes"] for r in runs),
         "undo_drops": sum(r["undo_drops"] for r in runs),
@@ -491,7 +558,7 @@ def report(out: dict[str, Any]) -> str:
         + ", ".join(f"{k} {c}/{n}" for k, (c, n) in out["harm_buckets"].items()),
         f"detection p50 {_fmt(out['detect_p50_events'], '.0f')} events = "
         f"{_fmt(out['detect_p50_s'], '.2f')} s, max {_fmt(out['detect_max_events'], '.0f')} events"
-        f" = {_fmt(out['detect_max_s'], '.2f')} s; restore wall max {_fmt(out['restore_p99_s'], '.4f')} s",
+        f" = {_fmt(out['detect_max_s'], '.2f')} s; traffic switch p99 {_fmt(out['traffic_switch_p99_s'], '.4f')} s, restore p99 {_fmt(out['restore_p99_s'], '.4f')} s (wall, in process)",
         f"undo log peak {out['undo_peak_bytes_max'] / 1e6:.2f} MB vs model "
         f"{out['model_bytes_max'] / 1e6:.2f} MB, cuts dropped at the cap {out['undo_drops']}",
     ]
@@ -529,6 +596,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cusum-k", type=float, default=0.01, help="CUSUM slack, nats per sample")
     ap.add_argument("--cusum-h", type=float, default=6.0, help="CUSUM alarm level, nats")
     ap.add_argument("--cut-every", type=int, default=200, help="events between cuts")
+    ap.add_argument(
+        "--recent-age", type=int, default=200, help="recent view age, events (0: no recent view)"
+    )
+    ap.add_argument("--recent-uncertain", type=float, default=0.0015)
+    ap.add_argument("--recent-hysteresis", type=float, default=0.003)
+    ap.add_argument("--recent-sigmas", type=float, default=4.0, help="learnt-scale multiplier")
+    ap.add_argument(
+        "--recent-corrupted",
+        type=float,
+        default=0.006,
+        help="Bad threshold against the recent view (negative: recorded, not judged)",
+    )
     ap.add_argument("--json", default=None, help="write every figure to this file")
     a = ap.parse_args(argv)
     workload = a.workload or ("synthetic" if a.quick else "both")
@@ -539,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         window=a.window,
         age=a.age,
         cut_every=a.cut_every,
+        recent_age=a.recent_age or None,
         harmful=a.harmful if a.harmful is not None else per_kind,
         clean=a.clean if a.clean is not None else per_kind,
     )
@@ -551,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
             corrupted=a.corrupted,
             cusum_k=a.cusum_k,
             cusum_h=a.cusum_h,
+            recent_uncertain=a.recent_uncertain,
+            recent_corrupted=a.recent_corrupted if a.recent_corrupted >= 0 else None,
+            recent_sigmas=a.recent_sigmas,
+            recent_hysteresis=a.recent_hysteresis,
         ),
     )
     runs = []
@@ -576,6 +660,60 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)
     return 0
+
+
+BENCH_KEYS: tuple[str, ...] = (
+    "harmful_caught",
+    "harmful_runs",
+    "false_rollbacks",
+    "clean_runs",
+    "detect_p50_s",
+    "traffic_switch_p99_s",
+    "restore_p99_s",
+)
+"""The model-state manager's keys in ``bench/updates.py``'s ``--json`` (issue 12)."""
+
+
+def updates_bench_keys(quick: bool, workload: str = "synthetic", seed: int = 0) -> dict[str, Any]:
+    """The model-state manager's figures for ``python -m bench.updates --mode sim``: one
+    in-process run (seed ``seed``) of this bench's default setting, 5 harmful + 5 clean episodes
+    on the synthetic stream with ``quick`` (what CI runs), else 20 + 20 on ``workload``.
+
+    ``detect_p50_s`` is the median time from the injected update to the Corrupted decision (events
+    ÷ ``rate``); ``traffic_switch_p99_s`` the wall time from a window's close to the next requests
+    scored by the baseline view (the decision, the command and the view read, in one process);
+    ``restore_p99_s`` the wall time of restoring the replica's tables and the trainer to the cut.
+    Neither includes a fan-out to servers: ``bench/state_rollback.py`` measures that on the
+    cluster. Everything else the run measured is under ``health``."""
+    n = 5 if quick else 20
+    cfg = Config(harmful=n, clean=n)
+    name = "synthetic" if quick else workload
+    stream = synthetic_stream(cfg.events_needed, seed=seed) if name == "synthetic" else None
+    if stream is None:
+        stream = movielens_100k()
+    r = run_one(stream, seed, _fit(cfg, len(stream)))
+    out = summarize([r], cfg)
+    detail = {
+        k: out[k] for k in ("workload", "seeds", "material_caught", "material_runs", "harm_buckets")
+    }
+    detail |= {
+        "per_kind": r["per_kind"],
+        "detect_max_s": out["detect_max_s"],
+        "detector": out["detector"],
+        "recent_age_events": cfg.recent_age,
+        "wall_s": r["wall_s"],
+    }
+    return {**{k: out[k] for k in BENCH_KEYS}, "health": detail}
+
+
+def health_line(r: dict[str, Any]) -> str:
+    """One report line of :func:`updates_bench_keys`' figures."""
+    return (
+        f"7. harmful updates (in process): caught {r['harmful_caught']}/{r['harmful_runs']}, "
+        f"false rollbacks {r['false_rollbacks']}/{r['clean_runs']}, detection p50 "
+        f"{_fmt(r['detect_p50_s'], '.2f')} s, switch p99 {_fmt(r['traffic_switch_p99_s'], '.4f')} s"
+        f", restore p99 {_fmt(r['restore_p99_s'], '.4f')} s"
+    )
 
 
 def _fit(cfg: Config, n: int) -> Config:

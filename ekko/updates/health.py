@@ -24,6 +24,26 @@ next epoch, (3) once every server reports that epoch, serve live again. Corrupte
 The baseline is the newest cut at least ``age`` old, advanced only while Healthy
 (:func:`choose_baseline`), so a harmful update never reaches it.
 
+**The recent view** (optional, ``recent_corrupted`` set): a second shadow view at a cut only a
+window or two old, chosen the same way (advanced only while Healthy, so it stays just before a
+harm while the detector makes up its mind). The paired difference against the baseline is
+``harm + freshness gain``, and the freshness gain of a minutes-old baseline swings by more than a
+subtle harm; against a near-fresh view the freshness term is near zero, so small harms stand
+out. Each window then carries a second summary, ``Observation.recent`` (online − recent view),
+judged with its own thresholds (``recent_uncertain``, ``recent_corrupted``,
+``recent_hysteresis``; same ``z``). While Uncertain the recent view is held, so the recent windows
+since leaving Healthy all compare against the same cut: they are pooled into one larger test (a
+sequential test: a harm too small to be significant in one window becomes so in two or three). The window's verdict is the worse of the two (the CUSUM stays on the baseline
+comparison). The recent thresholds can scale with the model's own noise: with
+``recent_sigmas > 0`` both are raised by ``recent_sigmas × scale``, where ``scale`` is the
+root-mean-square of the positive part of the recent windows' means, learnt while Healthy from
+windows the recent comparison did not judge Bad (an EWMA over ``recent_memory`` windows); the
+recent comparison judges nothing until ``recent_warmup`` windows have fed the scale. A model whose
+clean windows swing (MovieLens's bursts of new users) gets wider thresholds than a steady one,
+from the same spec. The rollback still goes to the baseline: the recent
+view is a yardstick, not a safe state (a harm may have reached it while it was Healthy). After a
+restore the cuts above the baseline are gone, so the recent view restarts at the baseline.
+
 Pure, like :mod:`ekko.rollout.machine`: ``decide(spec, state, observation, now) -> Decision``
 reads no clock and does no I/O; the caller observes, calls, and carries out the commands.
 """
@@ -63,10 +83,30 @@ class DetectorSpec:
     cusum_h: float = 10.0
     action: Action = "Rollback"
     repeat_window: float = 600.0
+    recent_uncertain: float = 0.0
+    """Suspect threshold of the online − recent-view window (only with ``recent_corrupted``)."""
+    recent_corrupted: float | None = None
+    """Bad threshold of the online − recent-view window; None: no recent view is judged."""
+    recent_hysteresis: float | None = None
+    """Good below ``recent_uncertain − recent_hysteresis`` (None: ``hysteresis``)."""
+    recent_sigmas: float = 0.0
+    """Raise both recent thresholds by this many times the learnt scale (0: fixed thresholds)."""
+    recent_memory: int = 50
+    """Windows the learnt scale remembers (EWMA weight ``1/recent_memory``)."""
+    recent_warmup: int = 5
+    """Windows that must feed the scale before the recent comparison judges (with sigmas > 0)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.uncertain <= self.corrupted:
             raise ValueError("need 0 <= uncertain <= corrupted")
+        if self.recent_corrupted is not None and not (
+            0 <= self.recent_uncertain <= self.recent_corrupted
+        ):
+            raise ValueError("need 0 <= recent_uncertain <= recent_corrupted")
+        if self.recent_hysteresis is not None and self.recent_hysteresis < 0:
+            raise ValueError("recent_hysteresis must be non-negative")
+        if self.recent_sigmas < 0 or self.recent_memory < 1 or self.recent_warmup < 0:
+            raise ValueError("need recent_sigmas >= 0, recent_memory >= 1, recent_warmup >= 0")
         if self.min_samples < 2 or self.confirmations < 1 or self.recover_windows < 1:
             raise ValueError("need min_samples >= 2, confirmations >= 1, recover_windows >= 1")
         if self.hysteresis < 0 or self.z < 0:
@@ -95,19 +135,71 @@ class Window:
     def stderr(self) -> float:
         return self.sd / math.sqrt(self.n) if self.n > 1 else math.inf
 
+    def merge(self, other: Window) -> Window:
+        """The summary of both windows' samples together (a window without samples adds
+        nothing)."""
+        if other.n == 0 or math.isnan(other.mean):
+            return self
+        if self.n == 0 or math.isnan(self.mean):
+            return other
+        n = self.n + other.n
+        mean = (self.n * self.mean + other.n * other.mean) / n
+        ss = sum(
+            (w.n - 1) * (0.0 if math.isnan(w.sd) else w.sd**2) + w.n * (w.mean - mean) ** 2
+            for w in (self, other)
+        )
+        return Window(n, mean, math.sqrt(ss / (n - 1)))
 
-def judge(spec: DetectorSpec, window: Window) -> Verdict:
-    """The verdict of one window (see the module docstring)."""
+
+def judge(
+    spec: DetectorSpec, window: Window, recent: Window | None = None, scale: float = 0.0
+) -> Verdict:
+    """The verdict of one window (see the module docstring): of the baseline comparison, or the
+    worse of it and the recent-view comparison when the spec judges one and it has data.
+    ``scale`` is the learnt scale of the recent windows (used with ``recent_sigmas``)."""
+    verdict = _judge(spec, window, spec.uncertain, spec.corrupted)
+    other = judge_recent(spec, recent, scale)
+    return max(verdict, other, key=_SEVERITY.index)
+
+
+def judge_recent(spec: DetectorSpec, recent: Window | None, scale: float = 0.0) -> Verdict:
+    """The verdict of the recent-view comparison alone (NoData when the spec judges none)."""
+    if recent is None or spec.recent_corrupted is None:
+        return "NoData"
+    lift = spec.recent_sigmas * scale
+    hysteresis = spec.hysteresis if spec.recent_hysteresis is None else spec.recent_hysteresis
+    return _judge(
+        spec, recent, spec.recent_uncertain + lift, spec.recent_corrupted + lift, hysteresis
+    )
+
+
+_SEVERITY: tuple[Verdict, ...] = ("NoData", "Good", "Hold", "Suspect", "Bad")
+
+
+def _judge(
+    spec: DetectorSpec,
+    window: Window,
+    uncertain: float,
+    corrupted: float,
+    hysteresis: float | None = None,
+) -> Verdict:
     if window.n < spec.min_samples or math.isnan(window.mean):
         return "NoData"
     lower = window.mean - spec.z * window.stderr
-    if window.mean >= spec.corrupted and lower > 0:
+    if window.mean >= corrupted and lower > 0:
         return "Bad"
-    if window.mean >= spec.uncertain:
+    if window.mean >= uncertain:
         return "Suspect"
-    if window.mean < spec.uncertain - spec.hysteresis:
+    if window.mean < uncertain - (spec.hysteresis if hysteresis is None else hysteresis):
         return "Good"
     return "Hold"
+
+
+def _excess(k: float, min_samples: int, window: Window | None) -> float | None:
+    """The CUSUM increment of one window, ``n × (mean − k)`` (None without data)."""
+    if window is None or window.n < min_samples or math.isnan(window.mean):
+        return None
+    return window.n * (window.mean - k)
 
 
 @dataclass(frozen=True)
@@ -137,6 +229,20 @@ class HealthState:
     """The model's epoch (a restore moves it to ``epoch + 1``)."""
     baseline: int | None = None
     """The cut the baseline view reads."""
+    recent: int | None = None
+    """The cut the recent view reads (None: no recent view)."""
+    recent_sq: float = 0.0
+    """EWMA of the squared positive part of the recent windows' means (the scale's square)."""
+    recent_fed: int = 0
+    """Windows that fed ``recent_sq``."""
+    recent_pool: Window | None = None
+    """While Uncertain: every recent window since leaving Healthy, pooled (they all compare
+    against the same held recent cut, so their samples add up to one larger test)."""
+
+    @property
+    def recent_scale(self) -> float:
+        return math.sqrt(self.recent_sq)
+
     last_rollback: Rollback | None = None
 
 
@@ -144,9 +250,11 @@ class HealthState:
 class Observation:
     """What the caller saw since the last decision. ``window`` is None when no window closed;
     ``server_epochs`` are the epochs the servers report; ``serving_baseline`` how many of them
-    serve the baseline view; ``resume`` is a person's resume."""
+    serve the baseline view; ``resume`` is a person's resume. ``recent`` is the same window's
+    paired differences against the recent view (online − recent), when there is one."""
 
     window: Window | None = None
+    recent: Window | None = None
     servers: int = 0
     serving_baseline: int = 0
     server_epochs: tuple[int, ...] = ()
@@ -176,16 +284,27 @@ class Decision:
 
 
 def _detect(
-    spec: DetectorSpec, state: HealthState, window: Window, now: float
+    spec: DetectorSpec, state: HealthState, window: Window, now: float, recent: Window | None
 ) -> tuple[HealthState, Verdict, tuple[Event, ...]]:
     """Move Healthy/Uncertain by one window; may enter Corrupted."""
-    verdict = judge(spec, window)
+    if spec.recent_corrupted is None:
+        recent = None
+    warming = spec.recent_sigmas > 0 and state.recent_fed < spec.recent_warmup
+    judged = None if warming else recent
+    if judged is not None and state.phase == "Uncertain" and state.recent_pool is not None:
+        judged = state.recent_pool.merge(judged)
+    verdict = judge(spec, window, judged, state.recent_scale)
+    state = _learn_scale(
+        spec, state, recent, "NoData" if warming else judge_recent(spec, recent, state.recent_scale)
+    )
     if verdict == "NoData":
         return state, verdict, ()
+    recent = judged  # what was judged (pooled while Uncertain), for the pool and the event
     cusum = state.cusum
     drift_alarm = False
     if spec.cusum_k is not None:
-        cusum = max(0.0, cusum + window.n * (window.mean - spec.cusum_k))
+        step = _excess(spec.cusum_k, spec.min_samples, window)
+        cusum = max(0.0, cusum + (step or 0.0))
         drift_alarm = cusum >= spec.cusum_h
     phase, bad, good = state.phase, state.bad, state.good
     if verdict == "Bad":
@@ -210,7 +329,12 @@ def _detect(
         events = (
             Event(
                 phase,
-                f"Became {phase}: {why}, mean loss difference {window.mean:+.4f} over {window.n}",
+                f"Became {phase}: {why}, mean loss difference {window.mean:+.4f} over {window.n}"
+                + (
+                    ""
+                    if recent is None
+                    else f" ({recent.mean:+.4f} over {recent.n} against the recent view)"
+                ),
                 warning=phase != "Healthy",
             ),
         )
@@ -220,13 +344,39 @@ def _detect(
         bad=bad,
         good=good,
         cusum=cusum,
+        recent_pool=recent if phase == "Uncertain" and recent is not None else None,
         since=now if phase != state.phase else state.since,
     )
     return new, verdict, events
 
 
+def _learn_scale(
+    spec: DetectorSpec, state: HealthState, recent: Window | None, verdict: Verdict
+) -> HealthState:
+    """Feed the recent window's mean to the learnt scale: only while Healthy, and not a window
+    the recent comparison found Bad (a harm must not widen the thresholds); every window while
+    warming up (nothing is judged yet)."""
+    if spec.recent_sigmas <= 0 or recent is None or state.phase != "Healthy":
+        return state
+    if recent.n < spec.min_samples or math.isnan(recent.mean) or verdict == "Bad":
+        return state
+    fed = state.recent_fed + 1
+    weight = 1.0 / min(fed, spec.recent_memory)
+    sq = state.recent_sq + weight * (max(0.0, recent.mean) ** 2 - state.recent_sq)
+    return replace(state, recent_sq=sq, recent_fed=fed)
+
+
 def _recovered(state: HealthState, now: float) -> HealthState:
-    return replace(state, phase="Healthy", step="None", bad=0, good=0, cusum=0.0, since=now)
+    return replace(
+        state,
+        phase="Healthy",
+        step="None",
+        bad=0,
+        good=0,
+        cusum=0.0,
+        since=now,
+        recent_pool=None,
+    )
 
 
 def decide(spec: DetectorSpec, state: HealthState, obs: Observation, now: float) -> Decision:
@@ -244,8 +394,10 @@ def decide(spec: DetectorSpec, state: HealthState, obs: Observation, now: float)
             epoch = state.epoch + 1
             rb = state.last_rollback
             rb = replace(rb, switched_at=now, epoch=epoch) if rb else None
+            # The restore drops the cuts above the baseline: the recent view restarts there.
+            recent = state.baseline if state.recent is not None else None
             return Decision(
-                replace(state, step="Restoring", last_rollback=rb),
+                replace(state, step="Restoring", last_rollback=rb, recent=recent),
                 commands=(Command("Restore", cut=state.baseline, epoch=epoch),),
                 events=(
                     Event(
@@ -269,7 +421,7 @@ def decide(spec: DetectorSpec, state: HealthState, obs: Observation, now: float)
         return Decision(state)
     if obs.window is None:
         return Decision(state)
-    new, verdict, events = _detect(spec, state, obs.window, now)
+    new, verdict, events = _detect(spec, state, obs.window, now, obs.recent)
     if new.phase != "Corrupted" or state.phase == "Corrupted":
         return Decision(new, verdict, events=events)
     # Entering Corrupted: act.

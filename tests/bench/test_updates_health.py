@@ -73,3 +73,36 @@ def test_main_writes_json(tmp_path: Path, argv: list[str], monkeypatch: pytest.M
 def test_harm_buckets(harm: float, bucket: str) -> None:
     assert _bucket(harm) == bucket
     assert bucket in dict(HARM_BUCKETS)
+
+
+def test_updates_bench_keys_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `python -m bench.updates --mode sim --quick` adds to its JSON (issue 12), on a tiny run.
+    import bench.updates_health as mod
+
+    monkeypatch.setattr(mod, "Config", lambda **kw: replace(TINY, **kw))
+    out = mod.updates_bench_keys(quick=True)
+    assert set(mod.BENCH_KEYS) <= set(out)
+    assert (out["harmful_runs"], out["clean_runs"]) == (5, 5)
+    assert 0 <= out["harmful_caught"] <= 5 and 0 <= out["false_rollbacks"] <= 5
+    assert out["health"]["recent_age_events"] == TINY.recent_age
+    json.dumps(out)
+    assert "caught" in mod.health_line(out)
+
+
+def test_recent_view_is_scored_and_the_rollback_is_timed() -> None:
+    cfg = TINY
+    stream = synthetic_stream(cfg.events_needed, seed=0)
+    run = Run(stream, 0, cfg)
+    run.advance(0, cfg.warmup)
+    # The recent view is a younger cut than the baseline, and every window records both.
+    assert run.state.recent is not None and run.state.baseline is not None
+    assert run.state.recent > run.state.baseline
+    assert run.window_log[-1][3] > 0 and run.window_log[-1][6] > 0
+    run.inject("explode", cfg.warmup)
+    run.advance(cfg.warmup, cfg.warmup + cfg.episode)
+    assert run.decisions
+    # One switch and one restore per rollback, each a positive wall time.
+    assert len(run.switches) == len(run.restores) == len(run.decisions)
+    assert min(run.switches) > 0 and min(run.restores) > 0
+    # After the restore the recent view reads a cut the log still holds.
+    assert run.state.recent is None or run.log.has(run.state.recent)

@@ -229,3 +229,163 @@ def test_tuned_isolated_high_clean_windows_do_not_accumulate() -> None:
         state = decide(TUNED, state, Observation(window=w(mean, sd=0.3)), now=1.0).state
         assert state.phase != "Corrupted"
     assert state.cusum < TUNED.cusum_h
+
+
+# --- the recent view: a second, near-fresh yardstick ---------------------------------------------
+
+RECENT = replace(
+    SPEC, recent_uncertain=0.004, recent_corrupted=0.008, recent_hysteresis=0.002, confirmations=1
+)
+R = replace(H, recent=7)
+
+
+@pytest.mark.parametrize(
+    ("window", "recent", "verdict"),
+    [
+        (w(0.0), None, "Good"),  # no recent window: the baseline comparison alone
+        (w(0.0), w(0.01, sd=0.01), "Bad"),  # the freshness gain no longer hides the harm
+        (w(-0.3), w(0.01, sd=0.01), "Bad"),
+        (w(0.0), w(0.01, sd=1.0), "Suspect"),  # large but not significant
+        (w(0.0), w(0.005), "Suspect"),
+        (w(0.0), w(0.003), "Hold"),  # inside the recent hysteresis band below recent_uncertain
+        (w(0.0), w(0.001), "Good"),
+        (w(0.0), w(-0.01), "Good"),
+        (w(0.0), w(0.5, n=10), "Good"),  # a recent window without data judges nothing
+        (w(0.5, n=10), w(0.01, sd=0.01), "Bad"),  # nor does a baseline window without data
+        (w(0.1), w(-0.01), "Bad"),  # the worse of the two
+        (w(0.03), w(-0.01), "Suspect"),
+    ],
+)
+def test_judge_with_a_recent_window(window: Window, recent: Window | None, verdict: str) -> None:
+    assert judge(RECENT, window, recent) == verdict
+
+
+def test_recent_window_ignored_unless_the_spec_judges_it() -> None:
+    assert judge(SPEC, w(0.0), w(1.0, sd=0.01)) == "Good"
+    d = decide(SPEC, R, Observation(window=w(0.0), recent=w(1.0, sd=0.01)), now=1.0)
+    assert d.state.phase == "Healthy" and not d.commands
+
+
+@pytest.mark.parametrize(
+    ("name", "state", "recent", "phase", "bad", "good"),
+    [
+        ("healthy, recent good", R, w(-0.01), "Healthy", 0, 0),
+        ("healthy, recent suspect", R, w(0.005), "Uncertain", 0, 0),
+        ("healthy, recent bad rolls back", R, w(0.01, sd=0.01), "Corrupted", 1, 0),
+        (
+            "uncertain, recent good counts",
+            replace(R, phase="Uncertain"),
+            w(-0.01),
+            "Uncertain",
+            0,
+            1,
+        ),
+        (
+            "uncertain, recent hold",
+            replace(R, phase="Uncertain", good=1),
+            w(0.003),
+            "Uncertain",
+            0,
+            0,
+        ),
+        (
+            "uncertain, recent good recovers",
+            replace(R, phase="Uncertain", good=1),
+            w(0.001),
+            "Healthy",
+            0,
+            0,
+        ),
+    ],
+)
+def test_recent_transitions(
+    name: str, state: HealthState, recent: Window, phase: str, bad: int, good: int
+) -> None:
+    d = decide(RECENT, state, Observation(window=w(0.0), recent=recent), now=5.0)
+    assert (d.state.phase, d.state.bad, d.state.good) == (phase, bad, good), name
+    if phase == "Corrupted":  # the rollback goes to the baseline, never to the recent view
+        assert d.commands == (Command("ServeBaseline", cut=3),)
+        assert "against the recent view" in d.events[0].message
+
+
+def test_restore_restarts_the_recent_view_at_the_baseline() -> None:
+    d = decide(RECENT, R, Observation(window=w(0.0), recent=w(0.01, sd=0.01)), now=1.0)
+    assert d.state.step == "ServingBaseline" and d.state.recent == 7
+    d = decide(RECENT, d.state, Observation(servers=2, serving_baseline=2), now=1.1)
+    # The restore drops every cut above the baseline: the recent view reads the baseline's cut.
+    assert d.commands == (Command("Restore", cut=3, epoch=1),)
+    assert (d.state.step, d.state.baseline, d.state.recent) == ("Restoring", 3, 3)
+    d = decide(
+        RECENT, replace(H, step="Restoring"), Observation(servers=1, serving_baseline=1), 1.2
+    )
+    assert d.state.recent is None  # no recent view, none made up
+
+
+def test_cusum_stays_on_the_baseline_comparison() -> None:
+    spec = replace(RECENT, cusum_k=0.005, cusum_h=5.0)
+    s = decide(spec, R, Observation(window=w(0.012), recent=w(-0.01)), now=1.0).state
+    assert s.cusum == pytest.approx(1.4)
+    s = decide(spec, R, Observation(window=w(-0.01), recent=w(0.003)), now=1.0).state
+    assert s.cusum == 0.0
+
+
+SCALED = replace(RECENT, recent_sigmas=2.0, recent_memory=4, recent_warmup=2)
+
+
+def test_learnt_scale_warms_up_before_judging() -> None:
+    # The first ``recent_warmup`` windows feed the scale and judge nothing, however high.
+    s = R
+    for mean in (0.05, 0.0):
+        d = decide(SCALED, s, Observation(window=w(0.0), recent=w(mean, sd=0.01)), now=1.0)
+        assert (d.verdict, d.state.phase) == ("Good", "Healthy")
+        s = d.state
+    assert s.recent_fed == 2
+    # Running mean while fewer than ``recent_memory`` windows: (0.05² + 0²) / 2.
+    assert s.recent_sq == pytest.approx(0.05**2 / 2)
+    # Now judged, with the thresholds lifted by 2 × scale ≈ 0.0707: 0.05 is Good...
+    d = decide(SCALED, s, Observation(window=w(0.0), recent=w(0.05, sd=0.01)), now=2.0)
+    assert d.state.phase == "Healthy"
+    # ...and 0.09 (> 0.008 + 0.0707) is Bad; a Bad window does not feed the scale.
+    d = decide(SCALED, s, Observation(window=w(0.0), recent=w(0.09, sd=0.01)), now=3.0)
+    assert d.state.phase == "Corrupted"
+    assert (d.state.recent_fed, d.state.recent_sq) == (s.recent_fed, s.recent_sq)
+
+
+def test_learnt_scale_only_while_healthy_and_from_the_positive_part() -> None:
+    s = replace(R, recent_fed=10, recent_sq=0.0001)
+    # Negative means (the online model learning) pull the scale down, never up.
+    d = decide(SCALED, s, Observation(window=w(0.0), recent=w(-0.5)), now=1.0)
+    assert d.state.recent_sq == pytest.approx(0.0001 * 0.75) and d.state.recent_fed == 11
+    # Uncertain: frozen.
+    u = replace(s, phase="Uncertain")
+    d = decide(SCALED, u, Observation(window=w(0.0), recent=w(0.015, sd=1.0)), now=1.0)
+    assert (d.state.recent_sq, d.state.recent_fed) == (0.0001, 10)
+    # No data: nothing fed.
+    d = decide(SCALED, s, Observation(window=w(0.0), recent=w(0.5, n=5)), now=1.0)
+    assert d.state.recent_fed == 10
+
+
+def test_recent_spec_checks() -> None:
+    with pytest.raises(ValueError, match="recent_uncertain"):
+        DetectorSpec(recent_uncertain=0.1, recent_corrupted=0.05)
+    with pytest.raises(ValueError, match="recent_sigmas"):
+        DetectorSpec(recent_corrupted=0.05, recent_sigmas=-1.0)
+    with pytest.raises(ValueError, match="recent_hysteresis"):
+        DetectorSpec(recent_hysteresis=-0.1)
+    with pytest.raises(ValueError, match="recent_memory"):
+        DetectorSpec(recent_memory=0)
+
+
+@pytest.mark.parametrize(
+    ("cuts", "current", "phase", "expected"),
+    [
+        ([(1, 0.0), (2, 50.0), (3, 95.0)], None, "Healthy", 2),  # 5 s old is not old enough
+        ([(1, 0.0), (2, 50.0), (3, 90.0)], 2, "Healthy", 3),
+        ([(1, 0.0), (2, 50.0), (3, 90.0)], 2, "Uncertain", 2),  # held just before a harm
+    ],
+)
+def test_choose_recent_view(
+    cuts: list[tuple[int, float]], current: int | None, phase: str, expected: int
+) -> None:
+    # The recent view is chosen like the baseline, only younger (here 10 s).
+    assert choose_baseline(cuts, current, phase, 100.0, age=10.0) == expected  # type: ignore[arg-type]
