@@ -422,6 +422,25 @@ def test_chart_rbac_is_enough_to_stream_updates_and_roll_the_state_back(
         assert not [w for w in DENIED if w in text], f"agent {pod}:\n{text[-3000:]}"
 
 
+def test_a_webhook_it_may_not_register_stops_the_operator_at_start_with_the_fix(
+    cluster: Any, namespace: str, namespaced_release: Release, tmp_path: Path
+) -> None:
+    """The chart's operator token may not register webhook configurations (the chart does):
+    run with a managed webhook (no --webhook-unmanaged) the operator stops at once, saying what
+    is missing and what to do, instead of kopf stopping it later at a moment of its own."""
+    operator_kc = token_kubeconfig(
+        cluster.api, namespace, namespaced_release.operator_sa, tmp_path / "op"
+    )
+    args = ("--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1")
+    with OperatorProcess(str(operator_kc), namespace, args) as operator:
+        assert operator.proc is not None
+        operator.proc.wait(timeout=120)
+        text = operator.logs()
+    assert operator.proc.returncode != 0
+    assert "create validatingwebhookconfigurations" in text, text[-3000:]
+    assert "--webhook-unmanaged" in text, text[-3000:]
+
+
 def test_people_with_the_built_in_edit_or_view_role_can_use_ekko(
     cluster: Any, namespace: str, namespaced_release: Release, tmp_path: Path
 ) -> None:

@@ -41,6 +41,23 @@ def whoami(api: client.ApiClient) -> str | None:
     return str(name) if name else None
 
 
+def may(api: client.ApiClient, verb: str, group: str, resource: str) -> bool:
+    """Whether these credentials may ``verb`` the cluster-scoped ``resource`` (a
+    SelfSubjectAccessReview; True when the server cannot say, so a check never blocks alone)."""
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                verb=verb, group=group, resource=resource
+            )
+        )
+    )
+    try:
+        answer: Any = client.AuthorizationV1Api(api).create_self_subject_access_review(review)
+    except (ApiException, OSError, ValueError):
+        return True
+    return bool(answer.status.allowed)
+
+
 def post_event(
     core: Any,
     kind: str,

@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 
 from ekko.api.meta import GROUP, VERSION
-from ekko.kube.calls import whoami
+from ekko.kube.calls import may, whoami
 from ekko.kube.updates import UpdateKube
 from ekko.operator.settings import configure
 from ekko.operator.updates import UpdateStreams
@@ -36,7 +36,26 @@ async def startup(
     **_: Any,
 ) -> None:
     configure(settings, memo)
-    if memo.get("webhook") is not None:
+    options = memo.get("webhook")
+    if options is not None and options.managed:
+        # kopf registers the webhook itself and stops the whole operator, at a moment of its
+        # choosing, when it may not: say so now, with the fix.
+        missing = [
+            f"{verb} {resource}"
+            for resource in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations")
+            for verb in ("create", "patch")
+            if not await asyncio.to_thread(
+                may, memo.fleet.custom.api_client, verb, "admissionregistration.k8s.io", resource
+            )
+        ]
+        if missing:
+            raise kopf.PermanentError(
+                "--webhook-port registers the webhook itself, which needs "
+                + ", ".join(missing)
+                + " (admissionregistration.k8s.io, cluster-wide); grant them, or register the "
+                "webhook yourself and pass --webhook-unmanaged (the Helm chart does)"
+            )
+    if options is not None:
         # The webhook lets only this user write ServerAssignment specs (the operator itself;
         # hot standbys share its ServiceAccount).
         memo.operator_user = await asyncio.to_thread(whoami, memo.fleet.custom.api_client)
