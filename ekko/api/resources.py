@@ -752,6 +752,11 @@ class ModelVersionStatus(ApiModel):
         max_length=128,
         description="The last request (ekko.dev/request-at annotation) the operator acted on.",
     )
+    request_refused: str = Field(
+        default="",
+        max_length=1024,
+        description="Why the operator refused the last request (handledRequest); empty when it carried it out.",
+    )
     paused_by_user: bool = Field(default=False, description="Paused by a pause request.")
     started_at: datetime | None = Field(default=None, description="When the rollout started.")
     finished_at: datetime | None = Field(

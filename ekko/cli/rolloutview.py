@@ -137,7 +137,7 @@ def check_request(
     The rules are the rollout machine's own: the request is run through
     :func:`ekko.rollout.machine.decide` on a copy of the status, and a ``RequestRefused`` event is
     a refusal. The plugin only adds what it must judge before it flips routing itself (rollback
-    targets).
+    targets). The decision's status says why (``requestRefused``), as the operator writes it.
     """
     status = mv.status or ModelVersionStatus()
     model_status = model.status
@@ -164,11 +164,8 @@ def check_request(
             name=mv.metadata.name,
         )
     )
-    for event in decision.events:
-        if event.reason == "RequestRefused":
-            # "Refused <verb> of <version>: <why>."
-            why = event.message.split(": ", 1)[-1].rstrip(".")
-            raise RefusedError(why)
+    if decision.status.handled_request == _CHECK_AT and decision.status.request_refused:
+        raise RefusedError(decision.status.request_refused)
 
 
 def rollback_target(model: Model, mv: ModelVersion, to: str | None = None) -> str:
@@ -416,11 +413,8 @@ def judge(verb: Verb, at: str, before: ModelVersionStatus, mv: ModelVersion | No
     if phase in TERMINAL and verb in ("promote", "promote-full", "abort") and handled:
         return Progress("failed", f"the rollout ended {phase}: {status.message or 'no message'}")
     if handled:
-        return Progress(
-            "failed",
-            f"the operator refused the request (kubectl describe modelversion"
-            f" {mv.metadata.name}); {describe(mv)}",
-        )
+        why = status.request_refused or "see kubectl describe modelversion " + mv.metadata.name
+        return Progress("failed", f"the operator refused the request: {why}; {describe(mv)}")
     return Progress("waiting", describe(mv))
 
 
@@ -509,11 +503,8 @@ def judge_rollback(at: str, mv: ModelVersion | None, routing: RoutingProgress) -
     line = f"applied on {routing.applied}/{routing.ready} servers"
     status = mv.status if mv else None
     if status and status.handled_request == at and status.phase != "RolledBack":
-        return Progress(
-            "failed",
-            f"the operator refused the rollback (kubectl describe modelversion"
-            f" {mv.metadata.name if mv else '?'}); it is {status.phase}",
-        )
+        why = status.request_refused or f"it is {status.phase}"
+        return Progress("failed", f"the operator refused the rollback: {why}")
     if routing.ready == 0:
         return Progress("waiting", "no ready server holds the model")
     return Progress("reached" if routing.done else "waiting", line)

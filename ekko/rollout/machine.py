@@ -216,9 +216,10 @@ def _decide(inp: Inputs) -> Decision:
     status = inp.status.evolve(**{"observed_generation": inp.generation})
     request = inp.request if inp.request and inp.request.at != status.handled_request else None
     if request is not None:
-        status = status.evolve(**{"handled_request": request.at})
+        status = status.evolve(**{"handled_request": request.at, "request_refused": ""})
         if request.problem is not None:
             event = Event("RequestRefused", f"Ignored a request: {request.problem}.", True)
+            status = status.evolve(**{"request_refused": request.problem})
             return Decision(status, events=(event,), requeue_after=0.0)
         handled = _on_request(inp, status, request)
         if handled is not None:
@@ -519,7 +520,7 @@ def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> De
 
     def refuse(why: str) -> Decision:
         return Decision(
-            status,
+            status.evolve(**{"request_refused": why}),
             events=(Event("RequestRefused", f"Refused {verb} of {spec.version}: {why}.", True),),
         )
 

@@ -406,7 +406,15 @@ def test_rollback_progress_counts_ready_servers_with_the_new_weights() -> None:
 def test_rollback_fails_when_the_operator_handled_it_without_rolling_back() -> None:
     p = view.routing_progress("rank", [VersionWeight(version="v1", weight=100)], [])
     mv = version(phase="Aborted", handledRequest=AT)
-    assert view.judge_rollback(AT, mv, p).state == "failed"
+    assert view.judge_rollback(AT, mv, p) == view.Progress(
+        "failed", "the operator refused the rollback: it is Aborted"
+    )
+    # The operator's own words, from the status field, when it wrote them.
+    why = "no previous version is still loaded to roll back to"
+    mv = version(phase="Promoted", handledRequest=AT, requestRefused=why)
+    assert view.judge_rollback(AT, mv, p) == view.Progress(
+        "failed", f"the operator refused the rollback: {why}"
+    )
     assert view.judge_rollback(AT, version(), p).state == "waiting"  # no ready server yet
 
 

@@ -136,7 +136,7 @@ def test_only_the_operator_writes_assignment_specs() -> None:
     # Someone else: metadata-only updates pass, spec changes and creations do not.
     assert check_assignment_write("UPDATE", spec, dict(spec), "alice", op) == []
     (edit,) = check_assignment_write("UPDATE", spec, {**spec, "shards": []}, "alice", op)
-    assert edit.startswith("user \"alice\" may not change a ServerAssignment's spec")
+    assert edit.startswith('user "alice" may not change a ServerAssignment\'s spec')
     assert op in edit and "change those instead" in edit
     (create,) = check_assignment_write("CREATE", None, spec, "alice", op)
     assert "may not create ServerAssignments" in create

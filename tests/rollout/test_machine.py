@@ -235,8 +235,14 @@ def test_abort_and_retry() -> None:
     assert sim.obs.weights == (VersionWeight(version="v1", weight=100),) and sim.obs.canary is None
     d = sim.step(0, request=Request("promote", "b"))
     assert d.events[0].reason == "RequestRefused"
+    # The refusal is a field of the status, for kubectl ekko and scripts (not only an event).
+    assert (sim.status.handled_request, sim.status.request_refused) == (
+        "b",
+        "the rollout is Aborted",
+    )
     sim.step(0, request=Request("retry", "c"))
     assert sim.status.phase == "Pending"
+    assert (sim.status.handled_request, sim.status.request_refused) == ("c", "")  # carried out
     sim.step()
     assert sim.status.phase == "Loading"
 
