@@ -60,10 +60,21 @@ Sample = tuple[dict[str, str], float]
 """One series of an instant vector: its labels and its value."""
 
 
+MAX_GET_QUERY = 4096
+"""Longer queries (a stream's pod matcher over hundreds of servers) are POSTed as a form, which
+Prometheus' query API takes too: request lines that long are refused by some proxies."""
+
+
 def _get(address: str, query: str, auth: PrometheusAuth) -> dict[str, object]:
-    url = f"{address.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    url = f"{address.rstrip('/')}/api/v1/query"
+    form = urllib.parse.urlencode({"query": query})
+    headers = auth.request_headers()
     try:
-        request = urllib.request.Request(url, headers=auth.request_headers())
+        if len(form) > MAX_GET_QUERY:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            request = urllib.request.Request(url, data=form.encode(), headers=headers)
+        else:
+            request = urllib.request.Request(f"{url}?{form}", headers=headers)
         with urllib.request.urlopen(
             request, timeout=TIMEOUT_SECONDS, context=auth.ssl_context()
         ) as response:

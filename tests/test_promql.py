@@ -66,3 +66,43 @@ def test_a_vector_query_that_cannot_be_answered_raises_with_the_reason() -> None
     server.server_close()  # nothing listens there now
     with pytest.raises(QueryError, match="query failed"):
         vector(f"http://127.0.0.1:{port}", "up")
+
+
+def test_a_long_query_is_posted_as_a_form() -> None:
+    """A stream's pod matcher over hundreds of servers makes a long query: it goes in the body."""
+    import urllib.parse
+
+    from ekko.promql import MAX_GET_QUERY, vector
+
+    seen: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self, query: str) -> None:
+            seen.append((self.command, query))
+            body = {"status": "success", "data": {"resultType": "vector", "result": [
+                {"metric": {"pod": "a"}, "value": [0, "1.5"]}]}}  # fmt: skip
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def do_GET(self) -> None:
+            self.answer(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["query"][0])
+
+        def do_POST(self) -> None:
+            form = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            self.answer(urllib.parse.parse_qs(form)["query"][0])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"http://127.0.0.1:{server.server_port}"
+        short = 'up{pod=~"a|b"}'
+        long = 'up{pod=~"' + "|".join(f"server-{i}" for i in range(MAX_GET_QUERY // 8)) + '"}'
+        assert vector(address, short) == [({"pod": "a"}, 1.5)]
+        assert vector(address, long) == [({"pod": "a"}, 1.5)]
+    finally:
+        server.shutdown()
+    assert seen == [("GET", short), ("POST", long)]
