@@ -12,6 +12,7 @@ stays loaded (``previousVersion``) so rolling back a promoted version needs no l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -513,107 +514,136 @@ def plausible_request_time(at: datetime | None, now: datetime) -> datetime:
     return min(at, now)
 
 
+class _RefusedError(Exception):
+    """A request the rollout's state does not allow; the message says why."""
+
+
 def _on_request(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision | None:
-    """Act on a user request; None when the request leaves the normal flow to go on."""
-    spec, phase = inp.spec, status.phase
-    verb = request.verb
-
-    def refuse(why: str) -> Decision:
-        return Decision(
-            status.evolve(**{"request_refused": why}),
-            events=(Event("RequestRefused", f"Refused {verb} of {spec.version}: {why}.", True),),
-        )
-
-    if verb == "rollback":
-        if phase == "Promoted":
-            target = request.to or inp.observed.previous
-            if not target:
-                return refuse("no previous version is still loaded to roll back to")
-            if request.to and request.to != inp.observed.previous:
-                return refuse(
-                    f"version {request.to} is not loaded; only {inp.observed.previous or 'none'} is"
-                )
-        elif phase in TERMINAL:
-            return refuse(f"the rollout is already {phase}")
-        elif phase == "Pending":
-            return refuse("nothing has been routed to it yet")
-        return _roll_back(
-            inp,
-            status,
-            "requested",
-            requested_at=plausible_request_time(request.at_time, inp.now),
-            automatic=False,
-            to=request.to,
-        )
-    if phase in TERMINAL and verb != "retry":
-        return refuse(f"the rollout is {phase}")
-    if verb == "retry":
-        if phase not in ("Aborted", "RolledBack", "Failed"):
-            return refuse(
-                f"only an aborted, rolled back or failed rollout can be retried, this one is {phase}"
-            )
-        reset = status.evolve(**{"phase": "Pending", "message": "retrying", "analysis": []})
-        return Decision(
-            reset,
-            events=(Event("Retrying", f"Retrying the rollout of {spec.version}."),),
-            requeue_after=0.0,
-        )
-    if verb == "abort":
-        patch = ModelPatch(
-            weights=(VersionWeight(version=inp.observed.stable or "", weight=100),), canary=""
-        )
-        update = {
-            "phase": "Aborted",
-            "weight": 0,
-            "finished_at": inp.now,
-            "message": "aborted by request",
-        }
-        return Decision(
-            status.evolve(**update),
-            model=patch,
-            events=(
-                Event(
-                    "Aborted",
-                    f"Aborted {spec.version}; all traffic back on {inp.observed.stable}.",
-                    True,
-                ),
+    """Act on a user request (one function per verb); None when the request leaves the normal
+    flow to go on. A refusal is an event and ``status.requestRefused``."""
+    handler = _VERBS.get(request.verb)
+    if handler is None:
+        return None
+    if status.phase in TERMINAL and request.verb not in ("retry", "rollback"):
+        why = f"the rollout is {status.phase}"
+    else:
+        try:
+            return handler(inp, status, request)
+        except _RefusedError as err:
+            why = str(err)
+    return Decision(
+        status.evolve(**{"request_refused": why}),
+        events=(
+            Event(
+                "RequestRefused",
+                f"Refused {request.verb} of {inp.spec.version}: {why}.",
+                True,
             ),
-            outcome="Aborted",
-        )
-    if verb == "pause":
-        update = {"phase": "Paused", "paused_by_user": True, "message": "paused by request"}
-        return Decision(
-            status.evolve(**update),
-            events=(Event("Paused", f"Paused {spec.version} by request."),),
-        )
-    if verb == "resume":
-        if phase != "Paused":
-            return refuse(f"it is {phase}, not Paused")
-        if status.paused_by_user:
-            update = {"phase": "Progressing", "paused_by_user": False, "message": "resumed"}
-            return Decision(status.evolve(**update), requeue_after=0.0)
-        return refuse("it waits for promote, not resume")
-    if verb in ("promote", "promote-full"):
-        if phase in ("Pending", "Loading"):
-            return refuse(f"it is still {phase}")
-        if verb == "promote-full":
-            return _promote(inp, status)
-        step = _step(spec, status)
-        if phase == "Paused" or (
-            step is not None and (step.pause is not None or step.analysis is not None)
-        ):
-            return _next_step(
-                inp,
-                status,
-                events=(
-                    Event(
-                        "Promoted",
-                        f"Moved {spec.version} past step {status.current_step} by request.",
-                    ),
-                ),
+        ),
+    )
+
+
+def _request_rollback(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision:
+    phase = status.phase
+    if phase == "Promoted":
+        if not (request.to or inp.observed.previous):
+            raise _RefusedError("no previous version is still loaded to roll back to")
+        if request.to and request.to != inp.observed.previous:
+            raise _RefusedError(
+                f"version {request.to} is not loaded; only {inp.observed.previous or 'none'} is"
             )
-        return refuse("the current step is not a pause or an analysis")
-    return None
+    elif phase in TERMINAL:
+        raise _RefusedError(f"the rollout is already {phase}")
+    elif phase == "Pending":
+        raise _RefusedError("nothing has been routed to it yet")
+    return _roll_back(
+        inp,
+        status,
+        "requested",
+        requested_at=plausible_request_time(request.at_time, inp.now),
+        automatic=False,
+        to=request.to,
+    )
+
+
+def _request_retry(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision:
+    if status.phase not in ("Aborted", "RolledBack", "Failed"):
+        raise _RefusedError(
+            "only an aborted, rolled back or failed rollout can be retried, "
+            f"this one is {status.phase}"
+        )
+    reset = status.evolve(**{"phase": "Pending", "message": "retrying", "analysis": []})
+    return Decision(
+        reset,
+        events=(Event("Retrying", f"Retrying the rollout of {inp.spec.version}."),),
+        requeue_after=0.0,
+    )
+
+
+def _request_abort(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision:
+    patch = ModelPatch(
+        weights=(VersionWeight(version=inp.observed.stable or "", weight=100),), canary=""
+    )
+    update = {
+        "phase": "Aborted",
+        "weight": 0,
+        "finished_at": inp.now,
+        "message": "aborted by request",
+    }
+    return Decision(
+        status.evolve(**update),
+        model=patch,
+        events=(
+            Event(
+                "Aborted",
+                f"Aborted {inp.spec.version}; all traffic back on {inp.observed.stable}.",
+                True,
+            ),
+        ),
+        outcome="Aborted",
+    )
+
+
+def _request_pause(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision:
+    update = {"phase": "Paused", "paused_by_user": True, "message": "paused by request"}
+    return Decision(
+        status.evolve(**update),
+        events=(Event("Paused", f"Paused {inp.spec.version} by request."),),
+    )
+
+
+def _request_resume(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision:
+    if status.phase != "Paused":
+        raise _RefusedError(f"it is {status.phase}, not Paused")
+    if not status.paused_by_user:
+        raise _RefusedError("it waits for promote, not resume")
+    update = {"phase": "Progressing", "paused_by_user": False, "message": "resumed"}
+    return Decision(status.evolve(**update), requeue_after=0.0)
+
+
+def _request_promote(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision:
+    if status.phase in ("Pending", "Loading"):
+        raise _RefusedError(f"it is still {status.phase}")
+    if request.verb == "promote-full":
+        return _promote(inp, status)
+    step = _step(inp.spec, status)
+    if status.phase != "Paused" and (
+        step is None or (step.pause is None and step.analysis is None)
+    ):
+        raise _RefusedError("the current step is not a pause or an analysis")
+    text = f"Moved {inp.spec.version} past step {status.current_step} by request."
+    return _next_step(inp, status, events=(Event("Promoted", text),))
+
+
+_VERBS: dict[str, Callable[[Inputs, ModelVersionStatus, Request], Decision]] = {
+    "rollback": _request_rollback,
+    "retry": _request_retry,
+    "abort": _request_abort,
+    "pause": _request_pause,
+    "resume": _request_resume,
+    "promote": _request_promote,
+    "promote-full": _request_promote,
+}
 
 
 # -- helpers --------------------------------------------------------------------------------
