@@ -6,6 +6,7 @@ can be table-tested without a cluster.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -71,7 +72,13 @@ class PoolState:
         return self.pool.metadata.name
 
     def server(self, name: str) -> ServerObs | None:
-        return next((s for s in self.servers if s.name == name), None)
+        return self._by_name.get(name)
+
+    @functools.cached_property
+    def _by_name(self) -> Mapping[str, ServerObs]:
+        # Built once per observation: converge looks every desired server up (it was a linear
+        # scan per lookup, quadratic in the pool's size).
+        return {s.name: s for s in self.servers}
 
     def versions(self, model: Model) -> tuple[ResidentVersion, ...]:
         """The versions of a model to hold; the model's own spec version when nothing says else."""
