@@ -13,12 +13,15 @@ server (loads with many decimals), or a model has more than 8 shard shapes, do d
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
+import numpy as np
+import numpy.typing as npt
 from ortools.linear_solver import pywraplp
 
 from ekko.solver.types import GIB, ModelId, Problem, SloClassName
@@ -211,9 +214,11 @@ def build_instance(problem: Problem) -> Instance:
         zones=tuple(pool.zones) if pool.zones else ("",),
         lower_bound=0,
         exact=m_exact and c_exact and not quantised,
-        mem_cap_hi=_up(mem_eff * mscale),
-        cpu_cap_hi={c: _up(v * cscale) for c, v in class_eff.items()},
-        cpu_full_hi=_up(cpu_eff * cscale),
+        # With exact (integer) demands a sum fits a capacity exactly when it fits its floor,
+        # so the bound may use the floor; rounded demands need the capacity rounded up.
+        mem_cap_hi=mem_cap if m_exact else _up(mem_eff * mscale),
+        cpu_cap_hi=cpu_cap if c_exact else {c: _up(v * cscale) for c, v in class_eff.items()},
+        cpu_full_hi=cpu_full if c_exact else _up(cpu_eff * cscale),
     )
     lb, source = bound_with_source(inst)
     return replace(inst, lower_bound=lb, bound_source=source)
@@ -239,17 +244,32 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
         "compute": -(-cpu_total // cpu_full) if cpu_full else 0,
         "replicas": max(it.replicas for it in inst.items),
     }
+    mem_s = np.array([it.mem_low for it in inst.items], dtype=np.int64)
+    cpu_s = np.array([it.cpu_low for it in inst.items], dtype=np.int64)
+    dem = np.array([it.demand for it in inst.items], dtype=np.int64)
+    slo = np.array([it.slo for it in inst.items])
+    # Bin packing in one dimension (dual-feasible functions): a server holds at most mem_cap
+    # of memory and cpu_full of compute whatever else is on it.
+    found["bin packing (memory)"] = dff_bound(mem_s, dem, mem_cap)
+    found["bin packing (compute)"] = dff_bound(cpu_s, dem, cpu_full)
+    found["replicas per server"] = cardinality_bound([(mem_s, mem_cap), (cpu_s, cpu_full)], dem)
     per_class: dict[SloClassName, int] = {}
     for c in sorted({it.slo for it in inst.items}):
         mine = [it for it in inst.items if it.slo == c]
         mem_c = sum(it.mem_low * it.demand for it in mine)
         cpu_c = sum(it.cpu_low * it.demand for it in mine)
         cap = cpu_cap[c]
+        sel = slo == c
         b_c = max(
             -(-mem_c // mem_cap) if mem_cap else 0,
             -(-cpu_c // cap) if cap else 0,
             *(it.replicas for it in mine),
+            # servers holding class c: its replicas alone, packed under c's own compute cap
+            dff_bound(mem_s[sel], dem[sel], mem_cap),
+            dff_bound(cpu_s[sel], dem[sel], cap),
+            cardinality_bound([(mem_s[sel], mem_cap), (cpu_s[sel], cap)], dem[sel]),
         )
+        found[f"bin packing (class {c})"] = b_c
         per_class[c] = b_c
         # Servers holding class c carry at most cap each; the rest at most cpu_full.
         if cpu_full:
@@ -337,6 +357,8 @@ def lp_bound(inst: Instance) -> float:
     cpu = {c: sum(it.cpu_low * it.demand for it in inst.items if it.slo == c) for c in classes}
     mem_cap = inst.mem_cap_hi or inst.mem_cap
     cpu_cap = inst.cpu_cap_hi or inst.cpu_cap
+    if mem_cap <= 0:  # nothing fits a server: explain() reports it
+        return 0.0
     types = server_types(inst)
     lp = pywraplp.Solver.CreateSolver("GLOP")
     if lp is None:  # GLOP ships with OR-Tools; be safe anyway
@@ -366,3 +388,115 @@ def server_types(inst: Instance) -> list[tuple[SloClassName, ...]]:
         if all(frozenset((a, b)) not in excl for a in t for b in t if a < b):
             types.append(t)
     return types
+
+
+# Dual-feasible functions (DFF) tried per dimension: u_k for k = 1..DFF_K, and the threshold
+# function U^e for at most DFF_THRESHOLDS thresholds e (README, "Lower bound").
+DFF_K = 8
+DFF_THRESHOLDS = 48
+
+
+def dff_bound(sizes: npt.NDArray[np.int64], counts: npt.NDArray[np.int64], cap: int) -> int:
+    """A bin-packing lower bound for ``counts[j]`` items of integer size ``sizes[j]`` in bins of
+    integer capacity ``cap``: ``ceil(sum f(s/cap))`` for dual-feasible functions f (any f on
+    [0, 1] with ``sum x <= 1 => sum f(x) <= 1``), maximised over Fekete and Schepers' families
+    u_k (``x`` if ``(k+1)x`` is whole, else ``floor((k+1)x)/k``), the threshold functions U^e
+    (1 above ``1-e``, 0 below ``e``, ``x`` between) and their compositions u_k(U^e).  Integer
+    arithmetic throughout, so the bound is exact (a bound on items of these sizes, whatever
+    else constrains them)."""
+    keep = (counts > 0) & (sizes > 0)
+    s, d = sizes[keep].astype(np.int64), counts[keep].astype(np.int64)
+    if cap <= 0 or len(s) == 0:
+        return 0
+    s = np.minimum(s, cap)
+    best = int(-(-int((s * d).sum()) // cap))
+    # Thresholds: distinct sizes up to half the bin (0 = no threshold), spread over the range.
+    small = np.unique(s[2 * s <= cap])
+    if len(small) > DFF_THRESHOLDS:
+        small = small[np.linspace(0, len(small) - 1, DFF_THRESHOLDS).astype(np.int64)]
+    for e in (0, *(int(x) for x in small)):
+        # U^e in units of cap: cap above cap - e, 0 below e, the size in between.
+        v = np.where(s > cap - e, cap, np.where(s < e, 0, s)) if e else s
+        best = max(best, int(-(-int((v * d).sum()) // cap)))
+        for k in range(1, DFF_K + 1):
+            # u_k(v/cap) * k * cap, exactly: k*v if (k+1)v is a multiple of cap, else
+            # floor((k+1)v/cap) * cap.
+            w = np.where(((k + 1) * v) % cap == 0, k * v, ((k + 1) * v // cap) * cap)
+            best = max(best, int(-(-int((w * d).sum()) // (k * cap))))
+    return best
+
+
+# Item counts per server checked one by one by the cardinality bound; larger counts share the
+# last one's limit (sound: the limits only fall as the count grows).
+CARD_J = 256
+
+
+class _Smallest:
+    """Sum of the r smallest of a multiset of integer sizes (sizes with multiplicities)."""
+
+    def __init__(self, sizes: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]) -> None:
+        order = np.argsort(sizes, kind="stable")
+        self.sizes = [int(x) for x in sizes[order]]
+        self.cum_n = [0]
+        self.cum_s = [0]
+        for s, c in zip(self.sizes, (int(x) for x in counts[order]), strict=True):
+            self.cum_n.append(self.cum_n[-1] + c)
+            self.cum_s.append(self.cum_s[-1] + c * s)
+
+    def __call__(self, r: int) -> int:
+        k = bisect.bisect_right(self.cum_n, r) - 1  # whole groups below r
+        if k >= len(self.sizes):
+            return self.cum_s[-1]
+        return self.cum_s[k] + (r - self.cum_n[k]) * self.sizes[k]
+
+
+def cardinality_bound(
+    dims: list[tuple[npt.NDArray[np.int64], int]], counts: npt.NDArray[np.int64]
+) -> int:
+    """Fewest servers for ``counts[j]`` replicas of item j, from how many replicas a server can
+    hold: with ``m_j`` servers holding at least j replicas, the j smallest replicas of each
+    such server fit its capacity, so the ``j*m_j`` smallest replicas of the whole input sum to
+    at most ``m_j * cap`` in every dimension (``dims``: sizes and capacity); that caps ``m_j``
+    at ``M_j``.  The replicas number ``sum_j m_j <= sum_j min(B, M_j)`` on B servers, so B is at
+    least the smallest value that reaches the replica count."""
+    n = int(counts.sum())
+    if n == 0:
+        return 0
+    smallest = [(_Smallest(s, counts), cap) for s, cap in dims]
+
+    def fits(r: int, m: int) -> bool:  # the r smallest replicas fit m servers in every dim
+        return all(f(r) <= m * cap for f, cap in smallest)
+
+    limits: list[int] = [n]  # M_1: no limit beyond the replica count
+    j = 2
+    while j <= min(CARD_J, n):
+        if not fits(j, 1):
+            break
+        lo, hi = 1, n // j  # largest m with fits(j*m, m); fits(j, 1) holds
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(j * mid, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        limits.append(lo)
+        j += 1
+    extra = 0  # counts above CARD_J share its limit
+    if j > CARD_J and j <= n:
+        k = j
+        step = CARD_J
+        while k <= n and fits(k, 1):
+            k += step  # coarse: how far counts still fit one server
+        extra = k - j
+
+    def reach(b: int) -> int:
+        return sum(min(b, m) for m in limits) + extra * min(b, limits[-1])
+
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reach(mid) >= n:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
