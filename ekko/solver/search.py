@@ -546,7 +546,12 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     valid = [st for st in starts if st.complete]
     start: _Start | None = None
     if valid:
-        start = min(valid, key=lambda st: _objective(inst, st.counts, old, config))
+        # Ties go to replica-by-replica starts: the LNS improved them more than whole-item
+        # plans of the same size (bench families, issue 17); whole items win only when better.
+        start = min(
+            valid,
+            key=lambda st: (_objective(inst, st.counts, old, config), st.placed is None),
+        )
         notes.append(f"start: {start.label}, {len(start.servers)} servers")
     start_counts = start.counts if start else None
     zones: dict[ServerId, ZoneId] = {s.id: s.zone for s in problem.pool.servers}
