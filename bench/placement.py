@@ -335,12 +335,19 @@ def _deadline(sizes: list[str], limits: list[float], seeds: int) -> int:
     return 0
 
 
+def _lns_steps(plan: Plan) -> str:
+    """'improving/tried' from the plan's LNS note (work done, whatever the machine's speed)."""
+    note = next((n for n in plan.notes if n.startswith("LNS: ")), "")
+    words = note.split()
+    return f"{words[1]}/{words[-1]}" if len(words) >= 6 else "—"
+
+
 def _families(fams: list[str], sizes: list[str], seeds: int, scale: float) -> int:
     print(
         "| family | size | replicas | ekko servers | best baseline | ekko - best | gap to LB "
-        "| LB from | time s | overshoot s | violations | load avg |"
+        "| LB from | time s | overshoot s | violations | LNS steps improving/tried | load avg |"
     )
-    print("|" + "---|" * 12)
+    print("|" + "---|" * 13)
     for fam in fams:
         for size in sizes:
             limit = LIMITS[size] * scale
@@ -364,7 +371,7 @@ def _families(fams: list[str], sizes: list[str], seeds: int, scale: float) -> in
                     f"| {fam} | {size} | {prob.total_replicas} | {plan.servers_used} | "
                     f"{base[best]} ({best}) | {plan.servers_used - base[best]:+d} | {gap:.1f}% | "
                     f"{source.rsplit(' from ', 1)[-1]} | {secs:.1f} | {max(0.0, secs - limit):.2f} "
-                    f"| {bad} | {os.getloadavg()[0]:.1f} |",
+                    f"| {bad} | {_lns_steps(plan)} | {os.getloadavg()[0]:.1f} |",
                     flush=True,
                 )
                 print(f"# {fam} {size} seed={seed}: {'; '.join(plan.notes)}", file=sys.stderr)
