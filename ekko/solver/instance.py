@@ -283,7 +283,7 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
         sum(it.demand for it in inst.items if 2 * it.mem_low > mem_cap),
         sum(it.demand for it in inst.items if 2 * it.cpu_low > cpu_cap[it.slo]),
     )
-    found["LP over server types"] = math.ceil(lp_bound(inst) - 1e-6)
+    found["LP over server types"] = math.ceil(lp_bound(inst, per_class) - 1e-6)
     source = max(found, key=lambda k: found[k])
     return found[source], source
 
@@ -346,32 +346,68 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
     return out
 
 
-def lp_bound(inst: Instance) -> float:
+# Most distinct (class, memory, load) shapes the LP over server types splits one by one.
+LP_SHAPES = 600
+
+
+def lp_bound(inst: Instance, per_class: dict[SloClassName, int] | None = None) -> float:
     """LP relaxation over server *types* (sets of SLO classes that may share a server): every
-    class's memory and compute is split over types, a type with classes T has compute cap
-    min_{c in T} CAP_c.  Returns the fractional number of servers (README, "Lower bound")."""
+    item's replicas are split over the types that contain its class (memory and compute in
+    the same proportion, as an item's replicas are alike), a type with classes T has compute
+    cap min_{c in T} CAP_c, and the servers holding class c number at least ``per_class[c]``.
+    Returns the fractional number of servers (README, "Lower bound").
+
+    The split is per item, not per class: one fraction for a whole class's memory and compute
+    claimed 4 servers where 3 suffice (a class's memory-heavy items on servers shared with a
+    capped class, its compute-heavy ones on servers of their own)."""
     classes = sorted({it.slo for it in inst.items})
     if not classes:
         return 0.0
-    mem = {c: sum(it.mem_low * it.demand for it in inst.items if it.slo == c) for c in classes}
-    cpu = {c: sum(it.cpu_low * it.demand for it in inst.items if it.slo == c) for c in classes}
     mem_cap = inst.mem_cap_hi or inst.mem_cap
     cpu_cap = inst.cpu_cap_hi or inst.cpu_cap
     if mem_cap <= 0:  # nothing fits a server: explain() reports it
         return 0.0
+    # Items of one class with the same memory and load per replica split alike: merge them.
+    # Beyond LP_SHAPES shapes, each class's memory and compute split independently instead (a
+    # weaker relaxation of the same LP, still sound, and small).
+    shapes: dict[tuple[SloClassName, int, int], int] = defaultdict(int)
+    for it in inst.items:
+        shapes[it.slo, it.mem_low, it.cpu_low] += it.demand
+    if len(shapes) > LP_SHAPES:
+        shapes = defaultdict(int)
+        for it in inst.items:
+            shapes[it.slo, -1, 0] += it.mem_low * it.demand  # the class's memory ...
+            shapes[it.slo, 0, -1] += it.cpu_low * it.demand  # ... and compute, split apart
+        shapes = {
+            (c, total if mem else 0, total if cpu else 0): 1
+            for (c, mem, cpu), total in shapes.items()
+        }
     types = server_types(inst)
     lp = pywraplp.Solver.CreateSolver("GLOP")
     if lp is None:  # GLOP ships with OR-Tools; be safe anyway
         return 0.0
     n = [lp.NumVar(0.0, lp.infinity(), "") for _ in types]
-    f = {(c, k): lp.NumVar(0.0, 1.0, "") for k, t in enumerate(types) for c in t}
-    for c in classes:
-        lp.Add(sum(f[c, k] for k, t in enumerate(types) if c in t) == 1)
-    for k, t in enumerate(types):
-        cap = min(cpu_cap[c] for c in t)
-        lp.Add(sum(f[c, k] * (mem[c] / mem_cap) for c in t) <= n[k])
-        if cap > 0:
-            lp.Add(sum(f[c, k] * (cpu[c] / cap) for c in t) <= n[k])
+    mem_k: list[list[object]] = [[] for _ in types]
+    cpu_k: list[list[object]] = [[] for _ in types]
+    for (c, mem, cpu), d in shapes.items():
+        parts = []
+        for k, t in enumerate(types):
+            if c in t:
+                g = lp.NumVar(0.0, 1.0, "")
+                parts.append(g)
+                mem_k[k].append(g * (mem * d / mem_cap))
+                cap = min(cpu_cap[x] for x in t)
+                if cap > 0:
+                    cpu_k[k].append(g * (cpu * d / cap))
+        lp.Add(sum(parts) == 1)
+    for k in range(len(types)):
+        if mem_k[k]:
+            lp.Add(sum(mem_k[k]) <= n[k])  # type: ignore[arg-type]
+        if cpu_k[k]:
+            lp.Add(sum(cpu_k[k]) <= n[k])  # type: ignore[arg-type]
+    # Servers that hold class c number at least its own bound B_c (per-class bin packing).
+    for c, b_c in (per_class or {}).items():
+        lp.Add(sum(n[k] for k, t in enumerate(types) if c in t) >= b_c)
     lp.Minimize(sum(n))
     if lp.Solve() != pywraplp.Solver.OPTIMAL:
         return 0.0

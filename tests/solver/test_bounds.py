@@ -101,3 +101,23 @@ def test_large_shards_bound_is_named_and_proves_the_plan_optimal() -> None:
     assert violations(pr, plan) == []
     assert (plan.servers_used, plan.status) == (8, "optimal")
     assert any(n.startswith(f"lower bound 8 from {inst.bound_source}") for n in plan.notes)
+
+
+def test_lp_over_server_types_splits_items_not_whole_classes() -> None:
+    # Two servers each hold a critical replica (load 60 = critical's cap) and a 99 GiB standard
+    # replica with no load; a third holds a standard replica of load 80.  3 servers.  The LP
+    # split each class's memory and compute in one proportion and claimed 4 (an unsound
+    # bound: the 3-server plan was "below the lower bound").
+    pr = Problem(
+        pool=pool(max_servers=20, zones=(), memory_bytes=100 * GIB, headroom=0.0),
+        models=(
+            model("a", 2, 1 / GIB, load=60, slo="critical"),
+            model("b1", 2, 99, load=0),
+            model("b2", 1, 1 / GIB, load=80),
+        ),
+    )
+    inst = build_instance(pr)
+    assert inst.lower_bound <= 3
+    plan = solve(pr, SolveConfig(time_limit=3))
+    assert violations(pr, plan) == []
+    assert (plan.servers_used, plan.status, plan.lower_bound) == (3, "optimal", 3)
