@@ -154,7 +154,10 @@ def build_instance(problem: Problem) -> Instance:
     load_q: dict[float, Fraction] = {}
     per_model: list[list[tuple[int, float]]] = []
     for m in problem.models:
-        row = [(m.memory_of(k), m.load_of(k)) for k in range(m.num_shards)]
+        if m.shard_sizes is None and m.shard_loads is None:  # equal shards: one shape
+            row = [(m.memory_of(0), m.load_of(0))] * m.num_shards
+        else:
+            row = [(m.memory_of(k), m.load_of(k)) for k in range(m.num_shards)]
         for b, ld in set(row):
             if b not in mem_q:
                 mem_q[b] = Fraction(b)
@@ -191,7 +194,9 @@ def build_instance(problem: Problem) -> Instance:
                     replicas=m.replicas,
                     mem=max(mu, 0),
                     cpu=max(cu, 0),
-                    mem_bytes=max(m.size_of(k) for k in shards),
+                    mem_bytes=m.size_of(0)
+                    if m.shard_sizes is None
+                    else max(m.size_of(k) for k in shards),
                     slo=m.slo,
                     zone_cap=problem.spread_cap(m.replicas),
                     mem_lo=max(0, min(low[k][0] for k in shards)),
@@ -304,7 +309,8 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         f"(after {pool.headroom:.0%} headroom: {_gib(mem_eff)})"
     )
     for m in problem.models:
-        worst = max(range(m.num_shards), key=m.memory_of)
+        uniform = m.shard_sizes is None and m.shard_loads is None
+        worst = 0 if uniform else max(range(m.num_shards), key=m.memory_of)
         if m.memory_of(worst) > pool.memory_bytes * (1 - exact(pool.headroom)):
             extra = ""
             if m.reserve_factor or m.reserve_bytes:
@@ -313,7 +319,7 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
                 f"shard {m.id}/{worst} needs {_gib(m.memory_of(worst))}{extra}; {hold}. "
                 "Split the model into more shards or use a pool with bigger servers."
             )
-        heavy = max(range(m.num_shards), key=m.load_of)
+        heavy = 0 if uniform else max(range(m.num_shards), key=m.load_of)
         cap = problem.slo(m.slo).utilisation_cap
         limit = pool.usable_compute(cap)
         if exact(m.load_of(heavy)) > exact(pool.compute_units) * min(
@@ -429,7 +435,7 @@ def server_types(inst: Instance) -> list[tuple[SloClassName, ...]]:
 # Dual-feasible functions (DFF) tried per dimension: u_k for k = 1..DFF_K, and the threshold
 # function U^e for at most DFF_THRESHOLDS thresholds e (README, "Lower bound").
 DFF_K = 8
-DFF_THRESHOLDS = 48
+DFF_THRESHOLDS = 24
 
 
 def dff_bound(sizes: npt.NDArray[np.int64], counts: npt.NDArray[np.int64], cap: int) -> int:
