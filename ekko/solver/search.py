@@ -473,9 +473,12 @@ class _Start:
     def of(label: str, inst: Instance, res: greedy.GreedyResult) -> _Start:
         return _Start(label, _counts(inst, res.placed), res.servers, res.placed, not res.unplaced)
 
-    def realise(self, inst: Instance) -> dict[tuple[str, int], list[ServerId]] | None:
+    def realise(
+        self, inst: Instance, current: Mapping[tuple[str, int], list[ServerId]]
+    ) -> dict[tuple[str, int], list[ServerId]] | None:
+        """The shard placement of the counts (kept where the current placement allows)."""
         if self.placed is None:
-            self.placed = realise(list(inst.items), self.counts, dict(self.servers), {})
+            self.placed = realise(list(inst.items), self.counts, dict(self.servers), current)
         return self.placed
 
 
@@ -579,7 +582,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     # (it is the plan returned when nothing better is found) and keep that much of the deadline.
     t_map = time.monotonic()
     if start is not None:
-        start.realise(inst)
+        start.realise(inst, current)
     t_map = time.monotonic() - t_map
     reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + 3 * t_map + one_pass)
 
@@ -705,11 +708,11 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         if bad:
             notes.append(f"optimised plan rejected by the checker: {bad[0].message}")
             plan = None
-    if plan is None and start is not None and start.realise(inst) is not None:
+    if plan is None and start is not None and start.realise(inst, current) is not None:
         plan = make_plan(
             problem,
             inst,
-            start.realise(inst) or {},
+            start.realise(inst, current) or {},
             zones,
             solver=NAME,
             status="fallback",
