@@ -4,6 +4,7 @@
     python -m bench.placement --sizes S,M --seeds 1             # quick run (< 2 minutes)
     python -m bench.placement --families compute,small-models,large-shards,zone-tight,fleet \
         --sizes S,M --seeds 3                                   # hard families (issue 17)
+    python -m bench.placement --deadline --sizes S,M,L,XL --limits 1,10   # the call vs its limit
 
 Instances look like large recommendation fleets: lognormal shard sizes (embedding tables split
 into equal shards, some models with explicit unequal shards), per-replica load that is not
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import statistics
 import sys
@@ -37,8 +39,8 @@ from ekko.solver import (
     violations,
 )
 
-SIZES = {"S": 1_000, "M": 8_000, "L": 25_000}
-LIMITS = {"S": 5.0, "M": 10.0, "L": 30.0}
+SIZES = {"S": 1_000, "M": 8_000, "L": 25_000, "XL": 30_000}
+LIMITS = {"S": 5.0, "M": 10.0, "L": 30.0, "XL": 30.0}
 BASELINE_NAMES = ("dedicated", "ffd", "bfd", "spread", "mostallocated", "seldon")
 
 
@@ -224,7 +226,18 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma list of {','.join(FAMILIES)}: run only the per-family table (ekko vs the "
         "best baseline, gap to the bound, time and overshoot of the deadline)",
     )
+    ap.add_argument(
+        "--deadline",
+        action="store_true",
+        help="run only the deadline table: ekko at each size with each of --limits, wall time "
+        "and overshoot beyond the limit, load average",
+    )
+    ap.add_argument("--limits", default="1", help="comma list of time limits for --deadline")
     args = ap.parse_args(argv)
+    if args.deadline:
+        sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+        limits = [float(x) for x in args.limits.split(",") if x.strip()]
+        return _deadline(sizes, limits, args.seeds)
     if args.families:
         fams = [f.strip() for f in args.families.split(",") if f.strip()]
         sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -293,12 +306,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _deadline(sizes: list[str], limits: list[float], seeds: int) -> int:
+    """Wall time of the whole call against its limit (issue 17: the limit bounds the call)."""
+    print(
+        "| size | replicas | limit s | wall s | overshoot s | overshoot % | servers | status "
+        "| start | load avg |"
+    )
+    print("|" + "---|" * 10)
+    for size in sizes:
+        for seed in range(seeds):
+            prob = generate(SIZES[size], seed)
+            for limit in limits:
+                t = time.monotonic()
+                plan = SOLVERS["ekko"](prob, SolveConfig(time_limit=limit, seed=seed))
+                secs = time.monotonic() - t
+                bad = len(violations(prob, plan))
+                start = next(
+                    (n[7:].split(",")[0] for n in plan.notes if n.startswith("start:")), ""
+                )
+                over = max(0.0, secs - limit)
+                print(
+                    f"| {size} | {prob.total_replicas} | {limit:g} | {secs:.2f} | {over:.2f} | "
+                    f"{100 * over / limit:.0f}% | {plan.servers_used} | {plan.status}"
+                    f"{f' ({bad} violations)' if bad else ''} | {start} | "
+                    f"{os.getloadavg()[0]:.1f} |",
+                    flush=True,
+                )
+    return 0
+
+
+def _lns_steps(plan: Plan) -> str:
+    """'improving/tried' from the plan's LNS note (work done, whatever the machine's speed)."""
+    note = next((n for n in plan.notes if n.startswith("LNS: ")), "")
+    words = note.split()
+    return f"{words[1]}/{words[-1]}" if len(words) >= 6 else "—"
+
+
 def _families(fams: list[str], sizes: list[str], seeds: int, scale: float) -> int:
     print(
         "| family | size | replicas | ekko servers | best baseline | ekko - best | gap to LB "
-        "| LB from | time s | overshoot s | violations |"
+        "| LB from | time s | overshoot s | violations | LNS steps improving/tried | load avg |"
     )
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 13)
     for fam in fams:
         for size in sizes:
             limit = LIMITS[size] * scale
@@ -322,7 +371,7 @@ def _families(fams: list[str], sizes: list[str], seeds: int, scale: float) -> in
                     f"| {fam} | {size} | {prob.total_replicas} | {plan.servers_used} | "
                     f"{base[best]} ({best}) | {plan.servers_used - base[best]:+d} | {gap:.1f}% | "
                     f"{source.rsplit(' from ', 1)[-1]} | {secs:.1f} | {max(0.0, secs - limit):.2f} "
-                    f"| {bad} |",
+                    f"| {bad} | {_lns_steps(plan)} | {os.getloadavg()[0]:.1f} |",
                     flush=True,
                 )
                 print(f"# {fam} {size} seed={seed}: {'; '.join(plan.notes)}", file=sys.stderr)

@@ -13,12 +13,15 @@ server (loads with many decimals), or a model has more than 8 shard shapes, do d
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
+import numpy as np
+import numpy.typing as npt
 from ortools.linear_solver import pywraplp
 
 from ekko.solver.types import GIB, ModelId, Problem, SloClassName
@@ -151,7 +154,10 @@ def build_instance(problem: Problem) -> Instance:
     load_q: dict[float, Fraction] = {}
     per_model: list[list[tuple[int, float]]] = []
     for m in problem.models:
-        row = [(m.memory_of(k), m.load_of(k)) for k in range(m.num_shards)]
+        if m.shard_sizes is None and m.shard_loads is None:  # equal shards: one shape
+            row = [(m.memory_of(0), m.load_of(0))] * m.num_shards
+        else:
+            row = [(m.memory_of(k), m.load_of(k)) for k in range(m.num_shards)]
         for b, ld in set(row):
             if b not in mem_q:
                 mem_q[b] = Fraction(b)
@@ -188,7 +194,9 @@ def build_instance(problem: Problem) -> Instance:
                     replicas=m.replicas,
                     mem=max(mu, 0),
                     cpu=max(cu, 0),
-                    mem_bytes=max(m.size_of(k) for k in shards),
+                    mem_bytes=m.size_of(0)
+                    if m.shard_sizes is None
+                    else max(m.size_of(k) for k in shards),
                     slo=m.slo,
                     zone_cap=problem.spread_cap(m.replicas),
                     mem_lo=max(0, min(low[k][0] for k in shards)),
@@ -211,9 +219,11 @@ def build_instance(problem: Problem) -> Instance:
         zones=tuple(pool.zones) if pool.zones else ("",),
         lower_bound=0,
         exact=m_exact and c_exact and not quantised,
-        mem_cap_hi=_up(mem_eff * mscale),
-        cpu_cap_hi={c: _up(v * cscale) for c, v in class_eff.items()},
-        cpu_full_hi=_up(cpu_eff * cscale),
+        # With exact (integer) demands a sum fits a capacity exactly when it fits its floor,
+        # so the bound may use the floor; rounded demands need the capacity rounded up.
+        mem_cap_hi=mem_cap if m_exact else _up(mem_eff * mscale),
+        cpu_cap_hi=cpu_cap if c_exact else {c: _up(v * cscale) for c, v in class_eff.items()},
+        cpu_full_hi=cpu_full if c_exact else _up(cpu_eff * cscale),
     )
     lb, source = bound_with_source(inst)
     return replace(inst, lower_bound=lb, bound_source=source)
@@ -239,17 +249,32 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
         "compute": -(-cpu_total // cpu_full) if cpu_full else 0,
         "replicas": max(it.replicas for it in inst.items),
     }
+    mem_s = np.array([it.mem_low for it in inst.items], dtype=np.int64)
+    cpu_s = np.array([it.cpu_low for it in inst.items], dtype=np.int64)
+    dem = np.array([it.demand for it in inst.items], dtype=np.int64)
+    slo = np.array([it.slo for it in inst.items])
+    # Bin packing in one dimension (dual-feasible functions): a server holds at most mem_cap
+    # of memory and cpu_full of compute whatever else is on it.
+    found["bin packing (memory)"] = dff_bound(mem_s, dem, mem_cap)
+    found["bin packing (compute)"] = dff_bound(cpu_s, dem, cpu_full)
+    found["replicas per server"] = cardinality_bound([(mem_s, mem_cap), (cpu_s, cpu_full)], dem)
     per_class: dict[SloClassName, int] = {}
     for c in sorted({it.slo for it in inst.items}):
         mine = [it for it in inst.items if it.slo == c]
         mem_c = sum(it.mem_low * it.demand for it in mine)
         cpu_c = sum(it.cpu_low * it.demand for it in mine)
         cap = cpu_cap[c]
+        sel = slo == c
         b_c = max(
             -(-mem_c // mem_cap) if mem_cap else 0,
             -(-cpu_c // cap) if cap else 0,
             *(it.replicas for it in mine),
+            # servers holding class c: its replicas alone, packed under c's own compute cap
+            dff_bound(mem_s[sel], dem[sel], mem_cap),
+            dff_bound(cpu_s[sel], dem[sel], cap),
+            cardinality_bound([(mem_s[sel], mem_cap), (cpu_s[sel], cap)], dem[sel]),
         )
+        found[f"bin packing (class {c})"] = b_c
         per_class[c] = b_c
         # Servers holding class c carry at most cap each; the rest at most cpu_full.
         if cpu_full:
@@ -263,7 +288,7 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
         sum(it.demand for it in inst.items if 2 * it.mem_low > mem_cap),
         sum(it.demand for it in inst.items if 2 * it.cpu_low > cpu_cap[it.slo]),
     )
-    found["LP over server types"] = math.ceil(lp_bound(inst) - 1e-6)
+    found["LP over server types"] = math.ceil(lp_bound(inst, per_class) - 1e-6)
     source = max(found, key=lambda k: found[k])
     return found[source], source
 
@@ -284,7 +309,8 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         f"(after {pool.headroom:.0%} headroom: {_gib(mem_eff)})"
     )
     for m in problem.models:
-        worst = max(range(m.num_shards), key=m.memory_of)
+        uniform = m.shard_sizes is None and m.shard_loads is None
+        worst = 0 if uniform else max(range(m.num_shards), key=m.memory_of)
         if m.memory_of(worst) > pool.memory_bytes * (1 - exact(pool.headroom)):
             extra = ""
             if m.reserve_factor or m.reserve_bytes:
@@ -293,7 +319,7 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
                 f"shard {m.id}/{worst} needs {_gib(m.memory_of(worst))}{extra}; {hold}. "
                 "Split the model into more shards or use a pool with bigger servers."
             )
-        heavy = max(range(m.num_shards), key=m.load_of)
+        heavy = 0 if uniform else max(range(m.num_shards), key=m.load_of)
         cap = problem.slo(m.slo).utilisation_cap
         limit = pool.usable_compute(cap)
         if exact(m.load_of(heavy)) > exact(pool.compute_units) * min(
@@ -326,30 +352,68 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
     return out
 
 
-def lp_bound(inst: Instance) -> float:
+# Most distinct (class, memory, load) shapes the LP over server types splits one by one.
+LP_SHAPES = 600
+
+
+def lp_bound(inst: Instance, per_class: dict[SloClassName, int] | None = None) -> float:
     """LP relaxation over server *types* (sets of SLO classes that may share a server): every
-    class's memory and compute is split over types, a type with classes T has compute cap
-    min_{c in T} CAP_c.  Returns the fractional number of servers (README, "Lower bound")."""
+    item's replicas are split over the types that contain its class (memory and compute in
+    the same proportion, as an item's replicas are alike), a type with classes T has compute
+    cap min_{c in T} CAP_c, and the servers holding class c number at least ``per_class[c]``.
+    Returns the fractional number of servers (README, "Lower bound").
+
+    The split is per item, not per class: one fraction for a whole class's memory and compute
+    claimed 4 servers where 3 suffice (a class's memory-heavy items on servers shared with a
+    capped class, its compute-heavy ones on servers of their own)."""
     classes = sorted({it.slo for it in inst.items})
     if not classes:
         return 0.0
-    mem = {c: sum(it.mem_low * it.demand for it in inst.items if it.slo == c) for c in classes}
-    cpu = {c: sum(it.cpu_low * it.demand for it in inst.items if it.slo == c) for c in classes}
     mem_cap = inst.mem_cap_hi or inst.mem_cap
     cpu_cap = inst.cpu_cap_hi or inst.cpu_cap
+    if mem_cap <= 0:  # nothing fits a server: explain() reports it
+        return 0.0
+    # Items of one class with the same memory and load per replica split alike: merge them.
+    # Beyond LP_SHAPES shapes, each class's memory and compute split independently instead (a
+    # weaker relaxation of the same LP, still sound, and small).
+    shapes: dict[tuple[SloClassName, int, int], int] = defaultdict(int)
+    for it in inst.items:
+        shapes[it.slo, it.mem_low, it.cpu_low] += it.demand
+    if len(shapes) > LP_SHAPES:
+        shapes = defaultdict(int)
+        for it in inst.items:
+            shapes[it.slo, -1, 0] += it.mem_low * it.demand  # the class's memory ...
+            shapes[it.slo, 0, -1] += it.cpu_low * it.demand  # ... and compute, split apart
+        shapes = {
+            (c, total if mem else 0, total if cpu else 0): 1
+            for (c, mem, cpu), total in shapes.items()
+        }
     types = server_types(inst)
     lp = pywraplp.Solver.CreateSolver("GLOP")
     if lp is None:  # GLOP ships with OR-Tools; be safe anyway
         return 0.0
     n = [lp.NumVar(0.0, lp.infinity(), "") for _ in types]
-    f = {(c, k): lp.NumVar(0.0, 1.0, "") for k, t in enumerate(types) for c in t}
-    for c in classes:
-        lp.Add(sum(f[c, k] for k, t in enumerate(types) if c in t) == 1)
-    for k, t in enumerate(types):
-        cap = min(cpu_cap[c] for c in t)
-        lp.Add(sum(f[c, k] * (mem[c] / mem_cap) for c in t) <= n[k])
-        if cap > 0:
-            lp.Add(sum(f[c, k] * (cpu[c] / cap) for c in t) <= n[k])
+    mem_k: list[list[object]] = [[] for _ in types]
+    cpu_k: list[list[object]] = [[] for _ in types]
+    for (c, mem, cpu), d in shapes.items():
+        parts = []
+        for k, t in enumerate(types):
+            if c in t:
+                g = lp.NumVar(0.0, 1.0, "")
+                parts.append(g)
+                mem_k[k].append(g * (mem * d / mem_cap))
+                cap = min(cpu_cap[x] for x in t)
+                if cap > 0:
+                    cpu_k[k].append(g * (cpu * d / cap))
+        lp.Add(sum(parts) == 1)
+    for k in range(len(types)):
+        if mem_k[k]:
+            lp.Add(sum(mem_k[k]) <= n[k])  # type: ignore[arg-type]
+        if cpu_k[k]:
+            lp.Add(sum(cpu_k[k]) <= n[k])  # type: ignore[arg-type]
+    # Servers that hold class c number at least its own bound B_c (per-class bin packing).
+    for c, b_c in (per_class or {}).items():
+        lp.Add(sum(n[k] for k, t in enumerate(types) if c in t) >= b_c)
     lp.Minimize(sum(n))
     if lp.Solve() != pywraplp.Solver.OPTIMAL:
         return 0.0
@@ -366,3 +430,115 @@ def server_types(inst: Instance) -> list[tuple[SloClassName, ...]]:
         if all(frozenset((a, b)) not in excl for a in t for b in t if a < b):
             types.append(t)
     return types
+
+
+# Dual-feasible functions (DFF) tried per dimension: u_k for k = 1..DFF_K, and the threshold
+# function U^e for at most DFF_THRESHOLDS thresholds e (README, "Lower bound").
+DFF_K = 8
+DFF_THRESHOLDS = 24
+
+
+def dff_bound(sizes: npt.NDArray[np.int64], counts: npt.NDArray[np.int64], cap: int) -> int:
+    """A bin-packing lower bound for ``counts[j]`` items of integer size ``sizes[j]`` in bins of
+    integer capacity ``cap``: ``ceil(sum f(s/cap))`` for dual-feasible functions f (any f on
+    [0, 1] with ``sum x <= 1 => sum f(x) <= 1``), maximised over Fekete and Schepers' families
+    u_k (``x`` if ``(k+1)x`` is whole, else ``floor((k+1)x)/k``), the threshold functions U^e
+    (1 above ``1-e``, 0 below ``e``, ``x`` between) and their compositions u_k(U^e).  Integer
+    arithmetic throughout, so the bound is exact (a bound on items of these sizes, whatever
+    else constrains them)."""
+    keep = (counts > 0) & (sizes > 0)
+    s, d = sizes[keep].astype(np.int64), counts[keep].astype(np.int64)
+    if cap <= 0 or len(s) == 0:
+        return 0
+    s = np.minimum(s, cap)
+    best = int(-(-int((s * d).sum()) // cap))
+    # Thresholds: distinct sizes up to half the bin (0 = no threshold), spread over the range.
+    small = np.unique(s[2 * s <= cap])
+    if len(small) > DFF_THRESHOLDS:
+        small = small[np.linspace(0, len(small) - 1, DFF_THRESHOLDS).astype(np.int64)]
+    for e in (0, *(int(x) for x in small)):
+        # U^e in units of cap: cap above cap - e, 0 below e, the size in between.
+        v = np.where(s > cap - e, cap, np.where(s < e, 0, s)) if e else s
+        best = max(best, int(-(-int((v * d).sum()) // cap)))
+        for k in range(1, DFF_K + 1):
+            # u_k(v/cap) * k * cap, exactly: k*v if (k+1)v is a multiple of cap, else
+            # floor((k+1)v/cap) * cap.
+            w = np.where(((k + 1) * v) % cap == 0, k * v, ((k + 1) * v // cap) * cap)
+            best = max(best, int(-(-int((w * d).sum()) // (k * cap))))
+    return best
+
+
+# Item counts per server checked one by one by the cardinality bound; larger counts share the
+# last one's limit (sound: the limits only fall as the count grows).
+CARD_J = 256
+
+
+class _Smallest:
+    """Sum of the r smallest of a multiset of integer sizes (sizes with multiplicities)."""
+
+    def __init__(self, sizes: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]) -> None:
+        order = np.argsort(sizes, kind="stable")
+        self.sizes = [int(x) for x in sizes[order]]
+        self.cum_n = [0]
+        self.cum_s = [0]
+        for s, c in zip(self.sizes, (int(x) for x in counts[order]), strict=True):
+            self.cum_n.append(self.cum_n[-1] + c)
+            self.cum_s.append(self.cum_s[-1] + c * s)
+
+    def __call__(self, r: int) -> int:
+        k = bisect.bisect_right(self.cum_n, r) - 1  # whole groups below r
+        if k >= len(self.sizes):
+            return self.cum_s[-1]
+        return self.cum_s[k] + (r - self.cum_n[k]) * self.sizes[k]
+
+
+def cardinality_bound(
+    dims: list[tuple[npt.NDArray[np.int64], int]], counts: npt.NDArray[np.int64]
+) -> int:
+    """Fewest servers for ``counts[j]`` replicas of item j, from how many replicas a server can
+    hold: with ``m_j`` servers holding at least j replicas, the j smallest replicas of each
+    such server fit its capacity, so the ``j*m_j`` smallest replicas of the whole input sum to
+    at most ``m_j * cap`` in every dimension (``dims``: sizes and capacity); that caps ``m_j``
+    at ``M_j``.  The replicas number ``sum_j m_j <= sum_j min(B, M_j)`` on B servers, so B is at
+    least the smallest value that reaches the replica count."""
+    n = int(counts.sum())
+    if n == 0:
+        return 0
+    smallest = [(_Smallest(s, counts), cap) for s, cap in dims]
+
+    def fits(r: int, m: int) -> bool:  # the r smallest replicas fit m servers in every dim
+        return all(f(r) <= m * cap for f, cap in smallest)
+
+    limits: list[int] = [n]  # M_1: no limit beyond the replica count
+    j = 2
+    while j <= min(CARD_J, n):
+        if not fits(j, 1):
+            break
+        lo, hi = 1, n // j  # largest m with fits(j*m, m); fits(j, 1) holds
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(j * mid, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        limits.append(lo)
+        j += 1
+    extra = 0  # counts above CARD_J share its limit
+    if j > CARD_J and j <= n:
+        k = j
+        step = CARD_J
+        while k <= n and fits(k, 1):
+            k += step  # coarse: how far counts still fit one server
+        extra = k - j
+
+    def reach(b: int) -> int:
+        return sum(min(b, m) for m in limits) + extra * min(b, limits[-1])
+
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reach(mid) >= n:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

@@ -18,9 +18,9 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ekko.solver import greedy
 from ekko.solver.checker import violations
@@ -226,14 +226,12 @@ def _grouped(
     zones: dict[ServerId, ZoneId] = {}
     for gi, items in enumerate(groups):
         sub_inst = replace(inst, items=tuple(items))
-        reps = greedy.replicas_of(sub_inst, {})
-        reps.sort(key=greedy.decreasing(sub_inst))
-        gr = greedy.run(sub_inst, "best", reps)
-        if gr.unplaced:
+        gr = greedy.run_counts(sub_inst, sorted(items, key=greedy.item_key(sub_inst)), "best")
+        if not gr.complete:
             return None
         # Greedy ids repeat across groups: give them fresh ones.
         rename = {sid: ids.new() for sid, _ in gr.servers}
-        g_counts = {(i, rename[sid]): k for (i, sid), k in _counts(sub_inst, gr.placed).items()}
+        g_counts = {(i, rename[sid]): k for (i, sid), k in gr.counts.items()}
         g_zones = {rename[sid]: z for sid, z in gr.servers}
         left = deadline - time.monotonic()
         limit = left / (len(groups) - gi)
@@ -432,22 +430,61 @@ def _adopt_idle(problem: Problem, counts: Counts, zones: dict[ServerId, ZoneId])
 
 
 def _portfolio(
-    inst: Instance, reps: list[greedy.Replica]
-) -> list[tuple[str, greedy.Choice, list[greedy.Replica], bool]]:
-    """Greedy starts from scratch, likeliest best first: every greedy of ``BASELINES`` (same
-    engine, orders and choices, so ekko is never worse than any of them when they all ran) and
-    the capped-classes-first variants.  (label, choice, order, dedicated)."""
-    capped = sorted(reps, key=greedy.capped_first(inst))
+    inst: Instance,
+) -> list[tuple[str, greedy.Choice, Callable[[], list[greedy.Replica]], bool]]:
+    """Replica-by-replica greedy starts from scratch, likeliest best first: every greedy of
+    ``BASELINES`` (same engine, orders and choices, so ekko is never worse than any of them when
+    they all ran) and the capped-classes-first variants.  (label, choice, order, dedicated);
+    orders are built only when their greedy runs."""
+
+    def plain() -> list[greedy.Replica]:
+        return greedy.replicas_of(inst, {})
+
+    def dec() -> list[greedy.Replica]:
+        return sorted(plain(), key=greedy.decreasing(inst))
+
+    def capped() -> list[greedy.Replica]:
+        return sorted(plain(), key=greedy.capped_first(inst))
+
     return [
         ("best-fit, capped classes first", "best", capped, False),
-        ("first-fit decreasing", "first", reps, False),
-        ("best-fit decreasing", "best", reps, False),
+        ("first-fit decreasing", "first", dec, False),
+        ("best-fit decreasing", "best", dec, False),
         ("first-fit, capped classes first", "first", capped, False),
-        ("most-allocated", "most", greedy.replicas_of(inst, {}), False),
-        ("dedicated", "first", reps, True),
-        ("least-allocated", "least", greedy.replicas_of(inst, {}), False),
-        ("seldon", "seldon", greedy.replicas_of(inst, {}), False),
+        ("most-allocated", "most", plain, False),
+        ("dedicated", "first", dec, True),
+        ("least-allocated", "least", plain, False),
+        ("seldon", "seldon", plain, False),
     ]
+
+
+@dataclass
+class _Start:
+    """A start plan: counts, its servers, its shard placement once known, and whether every
+    replica was placed."""
+
+    label: str
+    counts: Counts
+    servers: list[tuple[ServerId, ZoneId]]
+    placed: dict[tuple[str, int], list[ServerId]] | None
+    complete: bool
+
+    @staticmethod
+    def of(label: str, inst: Instance, res: greedy.GreedyResult) -> _Start:
+        return _Start(label, _counts(inst, res.placed), res.servers, res.placed, not res.unplaced)
+
+    def realise(
+        self, inst: Instance, current: Mapping[tuple[str, int], list[ServerId]]
+    ) -> dict[tuple[str, int], list[ServerId]] | None:
+        """The shard placement of the counts (kept where the current placement allows)."""
+        if self.placed is None:
+            self.placed = realise(list(inst.items), self.counts, dict(self.servers), current)
+        return self.placed
+
+
+def _at_bound(inst: Instance, starts: list[_Start], current: object) -> bool:
+    """A start already meets the lower bound (and there is nothing to move)."""
+    return not current and any(st.complete and len(st.servers) <= inst.lower_bound for st in starts)
 
 
 def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
@@ -472,59 +509,82 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     old = _counts(inst, current)
 
     # 2. start plans: the current placement repaired, and (from scratch, or when the repair
-    # fails) a greedy portfolio.  Every start is deterministic; which ran depends on time only
-    # on inputs too large to run them all.
-    reps = greedy.replicas_of(inst, current)
-    reps.sort(key=greedy.decreasing(inst))
-    starts: list[tuple[str, greedy.GreedyResult]] = []
+    # fails) a greedy portfolio: whole-item greedies first (one vectorised pass per item, fast
+    # at any size), then every replica-by-replica greedy of BASELINES while the budget allows.
+    # Every start is deterministic; which ran depends on time only on inputs too large to run
+    # them all within 30% of the limit.
+    budget = t0 + 0.3 * config.time_limit
+    starts: list[_Start] = []
     t_start = time.monotonic()
     if current:
-        starts.append(
-            (
-                "current placement, repaired best-fit",
-                greedy.run(inst, "best", reps, keep_current=True),
-            )
-        )
+        reps = greedy.replicas_of(inst, current)
+        reps.sort(key=greedy.decreasing(inst))
+        rep = greedy.run(inst, "best", reps, keep_current=True)
+        starts.append(_Start.of("current placement, repaired best-fit", inst, rep))
+    by_item = sorted(inst.items, key=greedy.item_key(inst))
+    capped_items = sorted(
+        inst.items, key=lambda it: (inst.cpu_cap[it.slo], greedy.item_key(inst)(it))
+    )
+    count_starts = (
+        ("first-fit decreasing, whole items", by_item, "first"),
+        ("best-fit, capped classes first, whole items", capped_items, "best"),
+        ("best-fit decreasing, whole items", by_item, "best"),
+    )
     one_pass = 0.0
-    for label, how, order, dedicated in _portfolio(inst, reps):
-        at_bound = not current and any(
-            not r.unplaced and len(r.servers) <= inst.lower_bound for _, r in starts
-        )
-        if starts and (at_bound or time.monotonic() + one_pass - t0 > 0.3 * config.time_limit):
+    for label, items, how_c in count_starts:
+        if starts and (_at_bound(inst, starts, current) or time.monotonic() + one_pass > budget):
             break
         t1 = time.monotonic()
-        starts.append((label, greedy.run(inst, how, order, dedicated=dedicated)))
+        cr = greedy.run_counts(inst, items, how_c)  # type: ignore[arg-type]
         one_pass = max(one_pass, time.monotonic() - t1)
-    # Mapping back and checking cost about one greedy pass: keep that much of the deadline.
-    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + one_pass)
+        starts.append(_Start(label, cr.counts, cr.servers, None, cr.complete))
+    for label, how, order, dedicated in _portfolio(inst):
+        if _at_bound(inst, starts, current) or time.monotonic() + one_pass > budget:
+            break
+        t1 = time.monotonic()
+        rep = greedy.run(inst, how, order(), dedicated=dedicated, deadline=budget)
+        starts.append(_Start.of(label, inst, rep))
+        one_pass = max(one_pass, time.monotonic() - t1)
     notes.append(f"{len(starts)} starts in {time.monotonic() - t_start:.2f} s")
-    valid = [(n, r) for n, r in starts if not r.unplaced]
-    start_name = ""
-    start: greedy.GreedyResult | None = None
+    valid = [st for st in starts if st.complete]
+    start: _Start | None = None
     if valid:
-        start_name, start = min(
+        # Ties go to replica-by-replica starts: the LNS improved them more than whole-item
+        # plans of the same size (bench families, issue 17); whole items win only when better.
+        start = min(
             valid,
-            key=lambda nr: _objective(inst, _counts(inst, nr[1].placed), old, config),
+            key=lambda st: (_objective(inst, st.counts, old, config), st.placed is None),
         )
-        notes.append(f"start: {start_name}, {len(start.servers)} servers")
-    start_counts = _counts(inst, start.placed) if start else None
+        notes.append(f"start: {start.label}, {len(start.servers)} servers")
+    start_counts = start.counts if start else None
     zones: dict[ServerId, ZoneId] = {s.id: s.zone for s in problem.pool.servers}
     if start:
         zones.update(dict(start.servers))
     else:
-        # No start fits under max_servers: start from the best greedy with the cap lifted (the
-        # plan the uncapped solve starts from) and let the optimiser bring it under the cap.
+        # No start fits under max_servers: start from the best-fit plan with the cap lifted and
+        # let the optimiser bring it under the cap.
         lifted = problem.pool.model_copy(update={"max_servers": problem.total_replicas + 1})
-        over = greedy.run(
-            replace(inst, problem=problem.model_copy(update={"pool": lifted})),
-            "best",
-            sorted(reps, key=greedy.capped_first(inst)),
-            keep_current=bool(current),
-        )
-        if not over.unplaced:
-            start_counts = _counts(inst, over.placed)
-            zones.update(dict(over.servers))
-            notes.append(f"start above max_servers: {len(over.servers)} servers")
+        lifted_inst = replace(inst, problem=problem.model_copy(update={"pool": lifted}))
+        if current:
+            reps = greedy.replicas_of(inst, current)
+            over = greedy.run(
+                lifted_inst, "best", sorted(reps, key=greedy.capped_first(inst)), keep_current=True
+            )
+            over_start = _Start.of("lifted", inst, over)
+        else:
+            cr = greedy.run_counts(lifted_inst, capped_items, "best")
+            over_start = _Start("lifted", cr.counts, cr.servers, None, cr.complete)
+        if over_start.complete:
+            start_counts = over_start.counts
+            zones.update(dict(over_start.servers))
+            notes.append(f"start above max_servers: {len(over_start.servers)} servers")
+    # Mapping back and checking take about three times mapping the start: map the start now
+    # (it is the plan returned when nothing better is found) and keep that much of the deadline.
+    t_map = time.monotonic()
+    if start is not None:
+        start.realise(inst, current)
+    t_map = time.monotonic() - t_map
+    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + 3 * t_map + one_pass)
 
     # 3. optimise (skipped when a start already meets the lower bound with nothing to move)
     ids = _Ids(set(zones))
@@ -603,9 +663,11 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
                     status = "feasible"
         if best is not None and config.lns:
             # Over max_servers (groups without a start) the LNS drains servers until it fits.
-            best, improved = _lns(
+            after, improved = _lns(
                 inst, best, zones, old=old, config=config, deadline=opt_deadline, notes=notes
             )
+            if improved:
+                best = after
             if improved or over_cap:
                 status = "feasible"
 
@@ -624,7 +686,10 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     best = _adopt_idle(problem, best, zones)
 
     # 4. map back, check, fall back
-    placed = realise(list(inst.items), best, zones, current)
+    if start is not None and best is start.counts and start.placed is not None:
+        placed: dict[tuple[str, int], list[ServerId]] | None = start.placed
+    else:
+        placed = realise(list(inst.items), best, zones, current)
     plan = None
     if placed is not None:
         plan = make_plan(
@@ -643,11 +708,11 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         if bad:
             notes.append(f"optimised plan rejected by the checker: {bad[0].message}")
             plan = None
-    if plan is None and start is not None:
+    if plan is None and start is not None and start.realise(inst, current) is not None:
         plan = make_plan(
             problem,
             inst,
-            start.placed,
+            start.realise(inst, current) or {},
             zones,
             solver=NAME,
             status="fallback",

@@ -113,6 +113,27 @@ def test_bug4_deadline_bounds_the_call() -> None:
     assert took <= 1.0 * 1.05, (took, fixed)
 
 
+def test_bug4_what_always_runs_is_one_whole_item_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not timed: with a limit far below one greedy pass, the call runs exactly one start, the
+    # whole-item greedy (one pass per item, not per replica), and no replica-by-replica greedy
+    # at all; that is what kept 30k replicas at 1 s from returning in 2.5-4.5 s.
+    models = tuple(
+        model(f"m{i}", 8 + i % 9, 0.5 + (i % 7) * 0.7, replicas=1 + i % 3, load=1 + i % 11,
+              slo=("critical", "standard", "batch")[i % 3])
+        for i in range(300)
+    )  # fmt: skip
+    pr = Problem(pool=pool(max_servers=10_000), models=models)
+    calls: list[int] = []
+    real = greedy.run
+    monkeypatch.setattr(greedy, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plan = solve(pr, SolveConfig(time_limit=0.001))
+    assert violations(pr, plan) == []
+    assert plan.status in {"fallback", "feasible", "optimal"}
+    assert "1 starts" in " ".join(plan.notes), plan.notes
+    assert any(n.startswith("start: first-fit decreasing, whole items") for n in plan.notes)
+    assert calls == []
+
+
 @pytest.mark.parametrize(
     ("pool_extra", "model_extra", "field"),
     [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +18,12 @@ from ekko.solver import (
     SloClassName,
     SolveConfig,
     ZoneId,
+    greedy,
     violations,
 )
+from ekko.solver.instance import build_instance, explain
+from ekko.solver.mapping import realise
+from ekko.solver.plans import make_plan
 
 CFG = SolveConfig(time_limit=0.3)
 
@@ -114,3 +120,40 @@ def test_baseline_plans_are_valid(pr: Problem) -> None:
 def test_highs_backend_plans_are_valid(pr: Problem) -> None:
     plan = SOLVERS["ekko"](pr, SolveConfig(time_limit=0.3, backend="highs"))
     assert violations(pr, plan) == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.sampled_from(["first", "best"]))
+def test_whole_item_greedy_plans_are_valid(pr: Problem, how: str) -> None:
+    # The solver's fast start (issue 17, deadline at scale): counts per (item, server), mapped
+    # back by wrap-around, pass the independent checker whenever every replica was placed.
+    inst = build_instance(pr)
+    if explain(pr, inst):
+        return
+    res = greedy.run_counts(inst, sorted(inst.items, key=greedy.item_key(inst)), how)  # type: ignore[arg-type]
+    assert all(k <= inst.items[i].num_shards for (i, _), k in res.counts.items())
+    if not res.complete:
+        assert len(res.servers) <= pr.pool.max_servers
+        return
+    zones = dict(res.servers)
+    placed = realise(list(inst.items), res.counts, zones, {})
+    assert placed is not None
+    plan = make_plan(
+        pr.model_copy(update={"current": {}}), inst, placed, zones, solver="t",
+        status="fallback", config=CFG, seconds=0.0, lower_bound=inst.lower_bound, notes=[],
+    )  # fmt: skip
+    assert violations(pr.model_copy(update={"current": {}}), plan) == []
+    assert plan.servers_used == len(res.servers) >= inst.lower_bound
+
+
+def test_interrupted_greedies_are_never_plans() -> None:
+    # A greedy cut by its deadline leaves the rest unplaced instead of returning half a plan.
+    pr = Problem(
+        pool=Pool(name="p", memory_bytes=64 * GIB, compute_units=100.0, max_servers=50),
+        models=(ModelSpec(id=ModelId("m"), shard_count=200, shard_bytes=GIB, replicas=2),),
+    )
+    inst = build_instance(pr)
+    reps = greedy.replicas_of(inst, {})
+    assert len(greedy.run(inst, "best", reps, deadline=time.monotonic() - 1).unplaced) == 400
+    assert not greedy.run_counts(inst, inst.items, deadline=time.monotonic() - 1).complete
+    assert greedy.run_counts(inst, inst.items).complete
