@@ -310,7 +310,8 @@ class Node:
         now = self.clock()
         if response.complete:
             up.last_complete = now
-        for model in {t.model for t in response.tables}:
+        # A response omits the catalogue when the puller's matches (PullRequest.catalogue).
+        for model in {t.model for t in response.tables or self.store.specs()}:
             self.metrics.staleness.labels(model).set(
                 0 if response.complete else now - up.last_complete
             )

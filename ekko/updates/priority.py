@@ -49,6 +49,7 @@ from ekko.updates.store import (
     PullResponse,
     ShardId,
     Store,
+    catalogue_id,
     row_wire_bytes,
 )
 from ekko.updates.versions import Knowledge, VersionVector
@@ -471,9 +472,10 @@ class Scheduler:
                 )
         backlog = n_all - len(chosen)
         number = self._numbers + 1  # taken by _commit when this response is the one returned
-        response = PullResponse(
-            store.specs(), tuple(batches), backlog == 0, backlog, self.source, number
-        )
+        specs = store.specs()
+        if request.catalogue and request.catalogue == catalogue_id(specs):
+            specs = ()  # the puller holds this catalogue already
+        response = PullResponse(specs, tuple(batches), backlog == 0, backlog, self.source, number)
         return response, commits
 
     def _bases(

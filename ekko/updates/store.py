@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,16 @@ MAX_ACKS = 64
 ROW_OVERHEAD_BYTES = 24
 """Upper bound of the per-row bytes besides values on the wire (key 8, seq 8, publish time 4,
 class 1, source index 2); the scheduler budgets with it and the codec never exceeds it."""
+
+
+def catalogue_id(specs: Sequence[TableSpec]) -> int:
+    """A 32-bit id of a table catalogue (order-independent; 0 for none)."""
+    if not specs:
+        return 0
+    rows = sorted(
+        [s.name, s.dim, s.kind, s.shards, s.model, s.weight, list(s.shape)] for s in specs
+    )
+    return zlib.crc32(json.dumps(rows, separators=(",", ":")).encode()) | 1
 
 
 def row_wire_bytes(dim: int, dtype: ValueDType) -> int:
@@ -253,6 +264,9 @@ class PullRequest:
     region: str = ""
     frame_version: int = 3
     """The newest response frame version the puller decodes (a request without it: 1)."""
+    catalogue: int = 0
+    """:func:`catalogue_id` of the tables the puller holds: a responder with the same catalogue
+    leaves it out of the response (0: always send it)."""
     acks: tuple[tuple[int, int], ...] = ()
     """``(source, number)`` of responses applied since the last request, every residual in
     them resolved: a responder uses its memory of a row as a residual base only once the
@@ -504,6 +518,7 @@ class Store:
             zstd,
             peer,
             region,
+            catalogue=catalogue_id(self.specs()),
             acks=acks,
             puller=self.puller_id,
         )
@@ -879,5 +894,6 @@ __all__: Sequence[str] = (
     "TableSnapshot",
     "TableSpec",
     "ValueDType",
+    "catalogue_id",
     "row_wire_bytes",
 )

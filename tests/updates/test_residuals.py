@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ekko.updates.codec import (
+    CodecError,
     Encoding,
     decode_response,
     encode_response,
@@ -263,3 +264,36 @@ def test_int8_residual_topologies_converge_by_version(seed: int, n: int, steps: 
         assert np.all(np.abs(held - truth) <= n * (step / 2 * 1.05 + 1e-6) + 0.02 * np.abs(truth))
     for u, d in edges:
         assert pull(stores[d], stores[u], scheds[u], 1 << 30, "int8", True).n_rows == 0
+
+
+def test_version_3_zstd_frames_use_the_shared_dictionary_and_older_ones_do_not() -> None:
+    rng = np.random.default_rng(5)
+    up = _origin(rng, 30)
+    resp = Scheduler(source=3).respond(up, Store().pull_request(1 << 30, "int8", True))
+    v3 = encode_response(resp, INT8)
+    v2 = encode_response(resp, Encoding("int8", True, version=2))
+    assert v3[5] == 3 and v2[5] == 1  # flags: zstd + dictionary, zstd alone
+    assert len(v3) < len(v2)
+    for frame in (v3, v2):
+        got = decode_response(frame)
+        assert got.batches[0].keys.tolist() == list(range(30))
+    bad = bytearray(v2)
+    bad[5] = 3  # a version 2 frame claiming the dictionary
+    with pytest.raises(CodecError, match="flags"):
+        decode_response(bytes(bad))
+
+
+def test_the_catalogue_is_left_out_when_the_puller_holds_it() -> None:
+    rng = np.random.default_rng(6)
+    up, down = _origin(rng, 5), Store()
+    sched = Scheduler(source=4)
+    first = pull(down, up, sched, dtype="int8", zstd=True)
+    assert first.tables == (SPEC,)
+    deliver(down, first)
+    _nudge(up, rng, np.arange(5), 100, 0.01)
+    second = pull(down, up, sched, dtype="int8", zstd=True)
+    assert second.tables == ()
+    deliver(down, second)
+    assert versions(down) == versions(up)
+    up.declare(TableSpec("more", 2))  # the responder's catalogue changed: sent again
+    assert pull(down, up, sched, dtype="int8", zstd=True).tables == (SPEC, TableSpec("more", 2))
