@@ -35,6 +35,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
@@ -91,6 +92,41 @@ def flat_lags(prefix: str, summary: dict[str, Any], out: dict[str, float]) -> No
                 out[f"{prefix}lag_{hop}_{cls}_{stat}"] = cstats[stat]
 
 
+def compression(
+    out: dict[str, float],
+    base: dict[str, Any],
+    run: Callable[[SimConfig], dict[str, Any]],
+    base_cfg: SimConfig,
+) -> None:
+    """4. compression: the log-style reference, every codec on full rows, and the product's
+    int8 + zstd path with residuals (uncapped: the schedule is the reference's)."""
+    log = run(replace(base_cfg, policy="log"))
+    out["wan_bytes_logfp32"] = log["wan_bytes"]
+    out["auc_logfifo_uncapped"] = log["auc"]
+    out["wan_bytes_coalescing_reduction"] = 1 - base["wan_bytes"] / log["wan_bytes"]
+
+    # 4. compression (uncapped: the schedule is the reference's; bytes and held values change)
+    for codec in CODECS:
+        for z in (False, True):
+            key = f"{codec}_{'zstd' if z else 'none'}"
+            res = base if key == "fp32_none" else run(replace(base_cfg, codec=codec, zstd=z))
+            out[f"wan_bytes_{key}"] = res["wan_bytes"]
+            out[f"wan_bytes_reduction_{key}"] = 1 - res["wan_bytes"] / log["wan_bytes"]
+            out[f"auc_{key}"] = res["auc"]
+            out[f"auc_delta_{key}"] = res["auc"] - log["auc"]
+    # the product's path for an int8 + zstd puller (frame version 3): the origin and leaders
+    # remember what they sent each peer and send the next version of a row as an int8 residual
+    # against it; quality from the values each replica's store actually held
+    res = run(replace(base_cfg, codec="int8", zstd=True, product=True))
+    out["wan_bytes_int8_zstd_residual"] = res["wan_bytes"]
+    out["wan_bytes_reduction_int8_zstd_residual"] = 1 - res["wan_bytes"] / log["wan_bytes"]
+    out["auc_int8_zstd_residual"] = res["auc"]
+    out["auc_delta_int8_zstd_residual"] = res["auc"] - log["auc"]
+    out["wan_bytes_reduction"] = out["wan_bytes_reduction_int8_zstd_residual"]
+    out["auc_delta_compression"] = out["auc_delta_int8_zstd_residual"]
+    out["abs_auc_delta_compression"] = abs(out["auc_delta_compression"])
+
+
 def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float]:
     """Every configuration of one seed; returns flat figures."""
     t0 = time.perf_counter()
@@ -112,6 +148,11 @@ def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float
     out["auc_fp32_none"] = base["auc"]
     rate = float(base["wan_rate_per_link_Bps"])
     out["wan_rate_uncapped_per_link_Bps"] = rate
+
+    if opts.get("compression_only"):
+        compression(out, base, run, base_cfg)
+        out["seed_wall_s"] = time.perf_counter() - t0
+        return out
 
     # 3. congestion
     for cap in CAPS if not opts.get("congestion_only") else (0.25,):
@@ -154,31 +195,7 @@ def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float
     if opts.get("congestion_only"):
         out["seed_wall_s"] = time.perf_counter() - t0
         return out
-    log = run(replace(base_cfg, policy="log"))
-    out["wan_bytes_logfp32"] = log["wan_bytes"]
-    out["auc_logfifo_uncapped"] = log["auc"]
-    out["wan_bytes_coalescing_reduction"] = 1 - base["wan_bytes"] / log["wan_bytes"]
-
-    # 4. compression (uncapped: the schedule is the reference's; bytes and held values change)
-    for codec in CODECS:
-        for z in (False, True):
-            key = f"{codec}_{'zstd' if z else 'none'}"
-            res = base if key == "fp32_none" else run(replace(base_cfg, codec=codec, zstd=z))
-            out[f"wan_bytes_{key}"] = res["wan_bytes"]
-            out[f"wan_bytes_reduction_{key}"] = 1 - res["wan_bytes"] / log["wan_bytes"]
-            out[f"auc_{key}"] = res["auc"]
-            out[f"auc_delta_{key}"] = res["auc"] - log["auc"]
-    # the product's path for an int8 + zstd puller (frame version 3): the origin and leaders
-    # remember what they sent each peer and send the next version of a row as an int8 residual
-    # against it; quality from the values each replica's store actually held
-    res = run(replace(base_cfg, codec="int8", zstd=True, product=True))
-    out["wan_bytes_int8_zstd_residual"] = res["wan_bytes"]
-    out["wan_bytes_reduction_int8_zstd_residual"] = 1 - res["wan_bytes"] / log["wan_bytes"]
-    out["auc_int8_zstd_residual"] = res["auc"]
-    out["auc_delta_int8_zstd_residual"] = res["auc"] - log["auc"]
-    out["wan_bytes_reduction"] = out["wan_bytes_reduction_int8_zstd_residual"]
-    out["auc_delta_compression"] = out["auc_delta_int8_zstd_residual"]
-    out["abs_auc_delta_compression"] = abs(out["auc_delta_compression"])
+    compression(out, base, run, base_cfg)
 
     # 2. P2P leaders vs the trainer sending to every server
     direct = run(replace(base_cfg, topology="direct"))
@@ -293,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the uncapped reference and the 25%% cap (priority, FIFO, log, references)",
     )
+    ap.add_argument(
+        "--compression-only",
+        action="store_true",
+        help="only the uncapped reference, log-style fp32 and the compression runs",
+    )
     ap.add_argument("--json", default=None, help="write every figure to this file")
     a = ap.parse_args(argv)
     if a.mode == "procs":
@@ -311,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "uplink_cap_links": a.uplink_cap_links,
         "warmup": a.warmup,
         "congestion_only": a.congestion_only,
+        "compression_only": a.compression_only,
     }
     t0 = time.perf_counter()
     jobs = [(workload, events, s, opts) for s in seeds]
