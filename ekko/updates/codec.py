@@ -7,9 +7,14 @@ publish times as float32 offsets, a class byte, one small index per row into the
 a per-row float32 scale (symmetric: the error of each element is at most ``scale / 2``). Version
 2 (the default; see :func:`_encode_v2`) puts the metadata inside the compressed body and narrows
 every column: key deltas and seq offsets in the narrowest of 1/2/4/8 bytes, publish times as a
-step table or whole milliseconds, classes only when they differ, int8 scales as float16. The
-decoder reads both versions (``Encoding(version=1)`` writes the old one). The body may be
-zstd-compressed as a whole.
+step table or whole milliseconds, classes only when they differ, int8 scales as float16. Version
+3 (the default) adds int8 *residual* rows — the difference from the value the peer holds from
+this responder, on a power-of-two step no coarser than the row's int8 step (see
+:func:`residual_int8` and :func:`held_values`; the receiver resolves them with
+:meth:`~ekko.updates.store.Store.resolve`) — names the responder and the response number in
+int8 frames, and compresses with a shared dictionary (:data:`META_DICT`). The decoder reads every
+version (``Encoding(version=1)`` or ``2`` writes an older one). The body may be zstd-compressed
+as a whole.
 
 Frame layout (little-endian)::
 
@@ -17,7 +22,9 @@ Frame layout (little-endian)::
     | meta_len u32 | body_len u32 (uncompressed) | crc32 u32 (of meta and payload as sent)
     | meta (UTF-8 JSON) | payload (body, or zstd of body)
 
-    version 2 responses: meta_len is 0 and the body starts with ``len u32 | meta``.
+    version 2 and 3 responses: meta_len is 0 and the body starts with ``len u32 | meta``;
+    version 3 int8 sections with residual rows: ``mask (packed bits) | full rows' scales and
+    values | residual rows' exponents (int8) and values (int8)``.
 
 Anything malformed — truncated, corrupted, fuzzed, a decompression bomb — raises one
 :class:`CodecError`; no IndexError, ValueError or zstd error escapes :func:`decode_response` or
