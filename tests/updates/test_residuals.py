@@ -297,3 +297,21 @@ def test_the_catalogue_is_left_out_when_the_puller_holds_it() -> None:
     assert versions(down) == versions(up)
     up.declare(TableSpec("more", 2))  # the responder's catalogue changed: sent again
     assert pull(down, up, sched, dtype="int8", zstd=True).tables == (SPEC, TableSpec("more", 2))
+
+
+def test_uncompressed_version_3_frames_compress_their_metadata_alone() -> None:
+    rng = np.random.default_rng(7)
+    up = _origin(rng, 8)
+    resp = Scheduler(source=3).respond(up, Store().pull_request(1 << 30))
+    v3 = encode_response(resp, Encoding("float32"))
+    v2 = encode_response(resp, Encoding("float32", version=2))
+    assert v3[5] == 4 and v2[5] == 0  # flags: metadata compressed; nothing compressed
+    assert len(v3) < len(v2) - 80
+    got = decode_response(v3)
+    assert np.array_equal(
+        got.batches[0].values, resp.batches[0].values[np.argsort(resp.batches[0].keys)]
+    )
+    bad = bytearray(v3)
+    bad[5] = 5  # zstd body and zstd metadata together: not a valid combination
+    with pytest.raises(CodecError, match="flags"):
+        decode_response(bytes(bad))
