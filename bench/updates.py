@@ -20,7 +20,9 @@ min/max spread:
    for priority vs state-FIFO vs log-style FIFO (every delta in order); and the same 25% link
    with every policy sending int8 + zstd (``auc_loss_*_int8_zstd_at_25pct``);
 4. compression: fp32/fp16/int8 × none/zstd vs log-style fp32: WAN bytes reduction, ΔAUC, codec
-   encode/decode µs per row;
+   encode/decode µs per row (full rows); and the product's path for an int8 + zstd puller, frame
+   version 3, whose rows travel as residuals against what the peer holds
+   (``*_int8_zstd_residual``, the headline ``wan_bytes_reduction``);
 6. staleness: AUC of replicas at fixed lags, of a minute-periodic full sync and of a frozen model;
 7. harmful updates (issue 12, in process, bench/updates_health.py): ``harmful_caught`` of
    ``harmful_runs``, ``false_rollbacks`` of ``clean_runs`` (5 + 5 with ``--quick``, else 20 + 20),
@@ -36,6 +38,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
@@ -93,6 +96,41 @@ def flat_lags(prefix: str, summary: dict[str, Any], out: dict[str, float]) -> No
                 out[f"{prefix}lag_{hop}_{cls}_{stat}"] = cstats[stat]
 
 
+def compression(
+    out: dict[str, float],
+    base: dict[str, Any],
+    run: Callable[[SimConfig], dict[str, Any]],
+    base_cfg: SimConfig,
+) -> None:
+    """4. compression: the log-style reference, every codec on full rows, and the product's
+    int8 + zstd path with residuals (uncapped: the schedule is the reference's)."""
+    log = run(replace(base_cfg, policy="log"))
+    out["wan_bytes_logfp32"] = log["wan_bytes"]
+    out["auc_logfifo_uncapped"] = log["auc"]
+    out["wan_bytes_coalescing_reduction"] = 1 - base["wan_bytes"] / log["wan_bytes"]
+
+    # 4. compression (uncapped: the schedule is the reference's; bytes and held values change)
+    for codec in CODECS:
+        for z in (False, True):
+            key = f"{codec}_{'zstd' if z else 'none'}"
+            res = base if key == "fp32_none" else run(replace(base_cfg, codec=codec, zstd=z))
+            out[f"wan_bytes_{key}"] = res["wan_bytes"]
+            out[f"wan_bytes_reduction_{key}"] = 1 - res["wan_bytes"] / log["wan_bytes"]
+            out[f"auc_{key}"] = res["auc"]
+            out[f"auc_delta_{key}"] = res["auc"] - log["auc"]
+    # the product's path for an int8 + zstd puller (frame version 3): the origin and leaders
+    # remember what they sent each peer and send the next version of a row as an int8 residual
+    # against it; quality from the values each replica's store actually held
+    res = run(replace(base_cfg, codec="int8", zstd=True, product=True))
+    out["wan_bytes_int8_zstd_residual"] = res["wan_bytes"]
+    out["wan_bytes_reduction_int8_zstd_residual"] = 1 - res["wan_bytes"] / log["wan_bytes"]
+    out["auc_int8_zstd_residual"] = res["auc"]
+    out["auc_delta_int8_zstd_residual"] = res["auc"] - log["auc"]
+    out["wan_bytes_reduction"] = out["wan_bytes_reduction_int8_zstd_residual"]
+    out["auc_delta_compression"] = out["auc_delta_int8_zstd_residual"]
+    out["abs_auc_delta_compression"] = abs(out["auc_delta_compression"])
+
+
 def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float]:
     """Every configuration of one seed; returns flat figures."""
     t0 = time.perf_counter()
@@ -114,6 +152,11 @@ def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float
     out["auc_fp32_none"] = base["auc"]
     rate = float(base["wan_rate_per_link_Bps"])
     out["wan_rate_uncapped_per_link_Bps"] = rate
+
+    if opts.get("compression_only"):
+        compression(out, base, run, base_cfg)
+        out["seed_wall_s"] = time.perf_counter() - t0
+        return out
 
     # 3. congestion
     for cap in CAPS if not opts.get("congestion_only") else (0.25,):
@@ -156,23 +199,7 @@ def run_seed(stream: Stream, seed: int, opts: dict[str, Any]) -> dict[str, float
     if opts.get("congestion_only"):
         out["seed_wall_s"] = time.perf_counter() - t0
         return out
-    log = run(replace(base_cfg, policy="log"))
-    out["wan_bytes_logfp32"] = log["wan_bytes"]
-    out["auc_logfifo_uncapped"] = log["auc"]
-    out["wan_bytes_coalescing_reduction"] = 1 - base["wan_bytes"] / log["wan_bytes"]
-
-    # 4. compression (uncapped: the schedule is the reference's; bytes and held values change)
-    for codec in CODECS:
-        for z in (False, True):
-            key = f"{codec}_{'zstd' if z else 'none'}"
-            res = base if key == "fp32_none" else run(replace(base_cfg, codec=codec, zstd=z))
-            out[f"wan_bytes_{key}"] = res["wan_bytes"]
-            out[f"wan_bytes_reduction_{key}"] = 1 - res["wan_bytes"] / log["wan_bytes"]
-            out[f"auc_{key}"] = res["auc"]
-            out[f"auc_delta_{key}"] = res["auc"] - log["auc"]
-    out["wan_bytes_reduction"] = out["wan_bytes_reduction_int8_zstd"]
-    out["auc_delta_compression"] = out["auc_delta_int8_zstd"]
-    out["abs_auc_delta_compression"] = abs(out["auc_delta_compression"])
+    compression(out, base, run, base_cfg)
 
     # 2. P2P leaders vs the trainer sending to every server
     direct = run(replace(base_cfg, topology="direct"))
@@ -287,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the uncapped reference and the 25%% cap (priority, FIFO, log, references)",
     )
+    ap.add_argument(
+        "--compression-only",
+        action="store_true",
+        help="only the uncapped reference, log-style fp32 and the compression runs",
+    )
     ap.add_argument("--json", default=None, help="write every figure to this file")
     a = ap.parse_args(argv)
     if a.mode == "procs":
@@ -305,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "uplink_cap_links": a.uplink_cap_links,
         "warmup": a.warmup,
         "congestion_only": a.congestion_only,
+        "compression_only": a.compression_only,
     }
     t0 = time.perf_counter()
     jobs = [(workload, events, s, opts) for s in seeds]
@@ -452,6 +485,11 @@ def report(r: dict[str, Any]) -> None:
                 f"   {k:10s} {f('wan_bytes_reduction_' + k, 100, 1)}  ΔAUC {f('auc_delta_' + k, 1, 4)}"
                 f"  enc {r[f'codec_encode_us_per_row_{k}']:.2f} dec {r[f'codec_decode_us_per_row_{k}']:.2f}"
             )
+    k = "int8_zstd_residual"
+    print(
+        f"   {k:10s} {f('wan_bytes_reduction_' + k, 100, 1)}  ΔAUC {f('auc_delta_' + k, 1, 4)}"
+        "  (product path, frame v3: residuals against what each peer holds)"
+    )
     print("6. staleness: AUC")
     for lag in LAGS:
         print(f"   lag {lag:5g} s: {f(f'auc_staleness_lag_{fmt_key(lag)}s', 1, 4)}")

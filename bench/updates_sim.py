@@ -40,13 +40,13 @@ import heapq
 import math
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from bench.updates_data import Stream
-from ekko.updates.codec import FORMAT_VERSION, Encoding, encode_response
+from ekko.updates.codec import FORMAT_VERSION, Encoding, decode_response, encode_response
 from ekko.updates.priority import Policy, Ranked, Scheduler, SchedulerConfig, TableContext, order
 from ekko.updates.scoring import DENSE, ITEM, USER, LogisticMF, auc, logloss, row_logits
 from ekko.updates.store import (
@@ -319,6 +319,7 @@ class SimConfig:
     peer_rows: int = 65536  # rows per peer and table whose sent value the scheduler remembers
     new_first: bool = True  # never-received rows in a class of their own, before high and rest
     new_bonus: float = 1.0e6  # p_u of a never-received row
+    frame_version: int = FORMAT_VERSION  # product path: 3 sends int8 rows as residuals
 
 
 @dataclass
@@ -335,6 +336,7 @@ class Node:
     log_t: list[F64] = field(default_factory=list)
     log_w: list[I64] = field(default_factory=list)
     log_c: list[NDArray[np.int8]] = field(default_factory=list)
+    log_v: list[F32] = field(default_factory=list)  # product path: the values the store holds
     store: Store | None = None
 
 
@@ -350,6 +352,11 @@ class SimResult:
         if not n.log_t:
             return np.empty(0), np.empty(0, np.int64), np.empty(0, np.int8)
         return np.concatenate(n.log_t), np.concatenate(n.log_w), np.concatenate(n.log_c)
+
+    def held(self, k: int) -> F32 | None:
+        """Product path: the value node ``k`` held after each applied row (``applied`` order)."""
+        n = self.nodes[k]
+        return np.concatenate(n.log_v) if n.log_v else None
 
 
 class Sim:
@@ -370,7 +377,7 @@ class Sim:
         self.schedulers: dict[int, Scheduler] = {}
         # The log-style reference keeps frame version 1 (8-byte keys, 4-byte seqs and times per
         # write), so the baseline of the bytes figures does not move when the codec improves.
-        version = 1 if cfg.policy == "log" else FORMAT_VERSION
+        version = 1 if cfg.policy == "log" else cfg.frame_version
         self.encoding = Encoding(CODEC_DTYPES[cfg.codec], cfg.zstd, version=version)
         self.specs = tuple(TableSpec(name, wd) for name, wd in zip(TABLES, w.widths, strict=True))
         self.responder = 0
@@ -553,6 +560,7 @@ class Sim:
             req = node.store.pull_request(
                 1 << 62 if math.isinf(budget) else int(budget), dtype, cfg.zstd, peer=node.name
             )
+            req = replace(req, frame_version=cfg.frame_version)
             resp, frame = sched.respond_encoded(
                 up.store, req, lambda r: encode_response(r, self.encoding)
             )
@@ -579,7 +587,8 @@ class Sim:
         link.frames += 1
         wids = np.concatenate(wid_parts)
         classes = np.concatenate(cls_parts)
-        self._push(t + self._delay(link), 1, k, (wids, classes, resp))
+        # The puller applies what it decodes (residual rows against what it holds).
+        self._push(t + self._delay(link), 1, k, (wids, classes, decode_response(frame)))
 
     def _frame_size(self, k: int, wids: I64, n: int, budget: float, sizes: I64) -> tuple[int, int]:
         """Wire bytes of the first ``n`` rows, encoded by the product codec, and their raw
@@ -665,8 +674,8 @@ class Sim:
         wids, classes, *resp = payload  # type: ignore[misc]
         node = self.nodes[k]
         if resp and node.store is not None:
-            for b in resp[0].batches:
-                node.store.apply(b)
+            self._apply_product(k, t, resp[0])
+            return
         keys = self.w.gkey[wids]
         if self.cfg.policy == "log":
             node.cursor = int(wids[-1]) + 1
@@ -684,15 +693,49 @@ class Sim:
             node.waiters.clear()
         self._send_pull(k, t)
 
+    def _apply_product(self, k: int, t: float, response: PullResponse) -> None:
+        """The product path: the store applies the decoded response; the log records each row
+        it applied and the value it then held."""
+        w, node = self.w, self.nodes[k]
+        assert node.store is not None
+        wid_parts, cls_parts, val_parts = [], [], []
+        for r in node.store.apply_response(response):
+            if r.applied == 0:
+                continue
+            j = TABLES.index(r.shard[0])
+            wid_parts.append(r.seqs - 1)
+            cls_parts.append(r.classes.astype(np.int8))
+            vals = np.zeros((r.applied, w.values.shape[1]), dtype=np.float32)
+            vals[:, : w.widths[j]] = node.store.get(r.shard[0], r.keys)[0]
+            val_parts.append(vals)
+        if wid_parts:
+            wids = np.concatenate(wid_parts)
+            node.ver[w.gkey[wids]] = np.maximum(node.ver[w.gkey[wids]], wids)
+            node.log_t.append(np.full(wids.size, t))
+            node.log_w.append(wids)
+            node.log_c.append(np.concatenate(cls_parts))
+            node.log_v.append(np.concatenate(val_parts))
+            for d in node.waiters:
+                self._push(t, 0, d, None)
+            node.waiters.clear()
+        self._send_pull(k, t)
+
 
 # -- analysis ------------------------------------------------------------------------------------
 
 
 def served_quality(
-    w: Writes, log_t: F64, log_w: I64, eval_from: int, values: F32 | None = None
+    w: Writes,
+    log_t: F64,
+    log_w: I64,
+    eval_from: int,
+    values: F32 | None = None,
+    *,
+    held: F32 | None = None,
 ) -> tuple[float, float]:
     """AUC and logloss of a replica that applied write ``log_w[j]`` at ``log_t[j]``, on events
-    ``eval_from..``: each event is scored with the rows applied strictly before its time."""
+    ``eval_from..``: each event is scored with the rows applied strictly before its time, at
+    the value ``held[j]`` the replica held then (default: the write's value, or ``values``)."""
     vals = w.values if values is None else values
     ev = np.arange(eval_from, w.event_t.size)
     tq = w.event_t[ev]
@@ -702,13 +745,14 @@ def served_quality(
     enc = gk[order] * span + log_t[order]
     gks = gk[order]
     wid_sorted = log_w[order]
+    held_sorted = held[order] if held is not None else None
 
     def rows(qkeys: I64) -> F64:
         idx = np.searchsorted(enc, qkeys * span + tq, side="left") - 1
         ok = idx >= 0
         ok[ok] = gks[idx[ok]] == qkeys[ok]
         out = np.zeros((qkeys.size, vals.shape[1]), dtype=np.float64)
-        out[ok] = vals[wid_sorted[idx[ok]]]
+        out[ok] = vals[wid_sorted[idx[ok]]] if held_sorted is None else held_sorted[idx[ok]]
         return out
 
     u = rows(w.users[ev] + w.offsets[0])
@@ -772,7 +816,7 @@ def summarize(
                 at = np.full(len(w), np.nan)
                 at[lw] = lt
                 leader_at[k] = at
-        a, ll = served_quality(w, lt, lw, eval_from, values)
+        a, ll = served_quality(w, lt, lw, eval_from, values, held=res.held(k))
         aucs.append(a)
         losses.append(ll)
     for k, node in enumerate(res.nodes):

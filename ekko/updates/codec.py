@@ -7,9 +7,14 @@ publish times as float32 offsets, a class byte, one small index per row into the
 a per-row float32 scale (symmetric: the error of each element is at most ``scale / 2``). Version
 2 (the default; see :func:`_encode_v2`) puts the metadata inside the compressed body and narrows
 every column: key deltas and seq offsets in the narrowest of 1/2/4/8 bytes, publish times as a
-step table or whole milliseconds, classes only when they differ, int8 scales as float16. The
-decoder reads both versions (``Encoding(version=1)`` writes the old one). The body may be
-zstd-compressed as a whole.
+step table or whole milliseconds, classes only when they differ, int8 scales as float16. Version
+3 (the default) adds int8 *residual* rows — the difference from the value the peer holds from
+this responder, on a power-of-two step no coarser than the row's int8 step (see
+:func:`residual_int8` and :func:`held_values`; the receiver resolves them with
+:meth:`~ekko.updates.store.Store.resolve`) — names the responder and the response number in
+int8 frames, and compresses with a shared dictionary (:data:`META_DICT`). The decoder reads every
+version (``Encoding(version=1)`` or ``2`` writes an older one). The body may be zstd-compressed
+as a whole.
 
 Frame layout (little-endian)::
 
@@ -17,7 +22,9 @@ Frame layout (little-endian)::
     | meta_len u32 | body_len u32 (uncompressed) | crc32 u32 (of meta and payload as sent)
     | meta (UTF-8 JSON) | payload (body, or zstd of body)
 
-    version 2 responses: meta_len is 0 and the body starts with ``len u32 | meta``.
+    version 2 and 3 responses: meta_len is 0 and the body starts with ``len u32 | meta``;
+    version 3 int8 sections with residual rows: ``mask (packed bits) | full rows' scales and
+    values | residual rows' exponents (int8) and values (int8)``.
 
 Anything malformed — truncated, corrupted, fuzzed, a decompression bomb — raises one
 :class:`CodecError`; no IndexError, ValueError or zstd error escapes :func:`decode_response` or
@@ -53,12 +60,30 @@ F32 = npt.NDArray[np.float32]
 I8 = npt.NDArray[np.int8]
 
 MAGIC: Final = b"EKUP"
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 """What :func:`encode_response` writes by default; :data:`SUPPORTED_VERSIONS` are decoded."""
-SUPPORTED_VERSIONS: Final = (1, 2)
+SUPPORTED_VERSIONS: Final = (1, 2, 3)
 KIND_RESPONSE: Final = 1
 KIND_REQUEST: Final = 2
 FLAG_ZSTD: Final = 1
+FLAG_DICT: Final = 2
+FLAG_META_ZSTD: Final = 4
+"""Version 3 frames whose body is not compressed: the metadata alone is (zstd with
+:data:`META_DICT`). A response that fits a congested link's few kilobytes would otherwise spend
+a third of them on JSON."""
+"""zstd with :data:`META_DICT` (version 3 frames): a frame is compressed alone, so without a
+shared dictionary the JSON field names of its metadata cost about a hundred bytes per frame."""
+META_DICT: Final = (
+    b'{"tables":[["'
+    b'","embedding",1,"",1.0,[]],["'
+    b'","dense",1,"",1.0,['
+    b'{"t":"","p":0,"n":,"d":,"v":"int8","c":[[0,1,'
+    b']],"s":[[0,1]],"k0":,"kw":1,"q0":,"qw":2,"t0":,"tw":1,"ts":[[0,],"cl":1,"r":,"sw":2},{"t":"'
+    b'],"src":,"rn":'
+)
+"""Version 3's raw-content zstd dictionary (frozen with the version: changing it is a new
+frame version)."""
+_DICT = zstandard.ZstdCompressionDict(META_DICT, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 _HEADER = struct.Struct("<4sBBHIII")
 _META_LEN = struct.Struct("<I")
 HEADER_BYTES: Final = _HEADER.size
@@ -120,12 +145,21 @@ def _frame(
     kind: int, meta: dict[str, Any], body: bytes, zstd: bool, level: int, *, version: int = 1
 ) -> bytes:
     meta_b = json.dumps(meta, separators=(",", ":")).encode()
-    if version == 2:  # the metadata travels inside the (compressed) body
+    meta_z = version >= 3 and not zstd
+    if meta_z:
+        meta_b = zstandard.ZstdCompressor(level=level, dict_data=_DICT).compress(meta_b)
+    if version >= 2:  # the metadata travels inside the (compressed) body
         body = _META_LEN.pack(len(meta_b)) + meta_b + body
         meta_b = b""
-    payload = zstandard.ZstdCompressor(level=level).compress(body) if zstd else body
+    shared = zstd and version >= 3
+    if zstd:
+        z = zstandard.ZstdCompressor(level=level, dict_data=_DICT if shared else None)
+        payload = z.compress(body)
+    else:
+        payload = body
     crc = zlib.crc32(payload, zlib.crc32(meta_b))
-    flags = FLAG_ZSTD if zstd else 0
+    flags = (FLAG_ZSTD if zstd else 0) | (FLAG_DICT if shared else 0)
+    flags |= FLAG_META_ZSTD if meta_z else 0
     head = _HEADER.pack(MAGIC, version, flags, kind, len(meta_b), len(body), crc)
     return head + meta_b + payload
 
@@ -142,7 +176,11 @@ def _unframe(
         raise CodecError(f"frame kind {got_kind}, expected {kind}")
     if version not in versions:
         raise CodecError(f"frame version {version} is not supported (want one of {versions})")
-    if flags & ~FLAG_ZSTD:
+    if (
+        flags & ~(FLAG_ZSTD | FLAG_DICT | FLAG_META_ZSTD)
+        or (flags & (FLAG_DICT | FLAG_META_ZSTD) and version < 3)
+        or (flags & FLAG_ZSTD and flags & FLAG_META_ZSTD)
+    ):
         raise CodecError(f"unknown frame flags {flags:#x}")
     if meta_len > MAX_META_BYTES or body_len > MAX_FRAME_BYTES:
         raise CodecError("frame lengths out of range")
@@ -154,21 +192,28 @@ def _unframe(
         raise CodecError("frame checksum mismatch (truncated or corrupt)")
     if flags & FLAG_ZSTD:
         try:
-            body = zstandard.ZstdDecompressor().decompress(payload, max_output_size=body_len)
+            d = zstandard.ZstdDecompressor(dict_data=_DICT if flags & FLAG_DICT else None)
+            body = d.decompress(payload, max_output_size=body_len)
         except zstandard.ZstdError as e:
             raise CodecError(f"bad zstd payload: {e}") from e
     else:
         body = payload
     if len(body) != body_len:
         raise CodecError(f"body is {len(body)} bytes, header says {body_len}")
-    if version == 2:
+    if version >= 2:
         if meta_len != 0 or len(body) < _META_LEN.size:
-            raise CodecError("version 2 frame: metadata must lead the body")
+            raise CodecError(f"version {version} frame: metadata must lead the body")
         (inner,) = _META_LEN.unpack_from(body)
         if inner > min(MAX_META_BYTES, len(body) - _META_LEN.size):
             raise CodecError("frame truncated inside its metadata")
         meta_b = body[_META_LEN.size : _META_LEN.size + inner]
         body = body[_META_LEN.size + inner :]
+        if flags & FLAG_META_ZSTD:
+            try:
+                d = zstandard.ZstdDecompressor(dict_data=_DICT)
+                meta_b = d.decompress(bytes(meta_b), max_output_size=MAX_META_BYTES)
+            except zstandard.ZstdError as e:
+                raise CodecError(f"bad zstd metadata: {e}") from e
     try:
         meta = json.loads(meta_b.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -241,7 +286,7 @@ def encode_response(response: PullResponse, encoding: Encoding = Encoding()) -> 
     ]
     if encoding.version == 1:
         return _encode_v1(response, encoding, tables)
-    if encoding.version != 2:
+    if encoding.version not in (2, 3):
         raise ValueError(f"unknown frame version {encoding.version}")
     return _encode_v2(response, encoding, tables)
 
@@ -403,20 +448,123 @@ def _encode_v2(response: PullResponse, encoding: Encoding, tables: list[list[Any
         elif encoding.dtype == "float16":
             chunks.append(np.clip(values, -FP16_MAX, FP16_MAX).astype("<f2").tobytes())
         else:
-            q, s16 = quantize_int8_fp16(values)
-            if bool(np.all(np.isfinite(s16))):
-                sec["sw"] = 2
-                chunks.append(s16.astype("<f2").tobytes())
-            else:
-                sec["sw"] = 4
-                q, scales = quantize_int8(values)
-                chunks.append(scales.astype("<f4").tobytes())
+            res = np.zeros(b.n, dtype=np.bool_)
+            r_q = np.zeros((0, values.shape[1]), dtype=np.int8)
+            r_e = np.zeros(0, dtype=np.int8)
+            if encoding.version >= 3 and b.base_values is not None and b.base_mask is not None:
+                res, r_q, r_e = residual_int8(values, b.base_values[order], b.base_mask[order])
+            if res.any():
+                sec["r"] = int(res.sum())
+                chunks.append(np.packbits(res).tobytes())
+            q, scales, sw = _int8_rows(values[~res])
+            sec["sw"] = sw
+            chunks.append(scales.astype("<f2" if sw == 2 else "<f4").tobytes())
             chunks.append(q.tobytes())
+            if res.any():
+                chunks.append(r_e.tobytes())
+                chunks.append(r_q.tobytes())
     meta: dict[str, Any] = {"tables": tables, "sections": sections}
     if not response.complete or response.backlog:
         meta["complete"] = response.complete
         meta["backlog"] = response.backlog
-    return _frame(KIND_RESPONSE, meta, b"".join(chunks), encoding.zstd, encoding.level, version=2)
+    if encoding.version >= 3 and encoding.dtype == "int8" and response.source:
+        # Every int8 frame names its responder: the receiver tags the rows it applies with it,
+        # and a later residual applies only to a row this responder delivered.
+        meta["src"] = response.source
+        meta["rn"] = response.number
+    return _frame(
+        KIND_RESPONSE,
+        meta,
+        b"".join(chunks),
+        encoding.zstd,
+        encoding.level,
+        version=encoding.version,
+    )
+
+
+def _int8_rows(values: F32) -> tuple[I8, F32, int]:
+    """Full int8 rows as a section sends them: float16 scales (``sw`` 2) unless one does not
+    fit, then float32 scales for the whole section (``sw`` 4)."""
+    q, s16 = quantize_int8_fp16(values)
+    if bool(np.all(np.isfinite(s16))):
+        return q, s16.astype(np.float32), 2
+    q, scales = quantize_int8(values)
+    return q, scales, 4
+
+
+RESIDUAL_EXP_RANGE: Final = (-120, 120)
+
+
+def residual_int8(
+    values: F32, bases: F32, mask: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.bool_], I8, I8]:
+    """Frame version 3: rows of ``mask`` sent as int8 residuals against ``bases`` (the value the
+    peer holds). The step of a row is its full int8 step (:func:`quantize_int8_fp16`) rounded
+    *down* to a power of two, so a residual row is never less exact than the full row would be
+    (error at most half a step) and travels with one exponent byte instead of a scale; a small
+    change gives small integers, which compress. Rows whose residual needs more than ±127
+    steps (or that are all zero, or not finite) go as full rows. Returns ``(residual rows,
+    their int8 residuals, their exponents)``."""
+    x = np.asarray(values, dtype=np.float32)
+    ok = np.asarray(mask, dtype=np.bool_).copy()
+    dim = x.shape[1] if x.ndim == 2 else 1
+    if not ok.any():
+        return ok, np.zeros((0, dim), dtype=np.int8), np.zeros(0, dtype=np.int8)
+    _, s16 = quantize_int8_fp16(x)
+    step = s16.astype(np.float64)
+    lo, hi = RESIDUAL_EXP_RANGE
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        exps = np.floor(np.log2(np.where(step > 0, step, 1.0)))
+        ok &= np.isfinite(step) & (step > 0) & (exps >= lo) & (exps <= hi)
+        exps = np.clip(np.nan_to_num(exps), lo, hi)
+        diff = x.astype(np.float64) - np.asarray(bases, dtype=np.float32).astype(np.float64)
+        r = np.rint(diff / np.exp2(exps)[:, None])
+        ok &= np.all(np.isfinite(r), axis=1) & (
+            np.abs(np.nan_to_num(r)).max(axis=1, initial=0) <= 127
+        )
+    r_q = np.nan_to_num(r[ok]).astype(np.int8).reshape(int(ok.sum()), dim)
+    return ok, r_q, exps[ok].astype(np.int8)
+
+
+def residual_values(r_q: I8, exps: I8) -> F32:
+    """What residual rows decode to: ``r × 2**e`` (exact in float32)."""
+    step = np.exp2(np.asarray(exps, dtype=np.float32)).astype(np.float32)
+    out: F32 = (np.asarray(r_q, dtype=np.int8).astype(np.float32) * step[:, None]).astype(
+        np.float32
+    )
+    return out
+
+
+def held_values(
+    values: npt.ArrayLike,
+    dtype: ValueDType,
+    *,
+    version: int = FORMAT_VERSION,
+    bases: npt.ArrayLike | None = None,
+    mask: npt.ArrayLike | None = None,
+) -> F32:
+    """Exactly what a peer holds after it applies these rows sent as one section in ``dtype``
+    (frame ``version``), residual rows (frame version 3, int8, where ``mask`` is set) added to
+    ``bases``: the responder remembers it, so its next residual is against the peer's true
+    value and quantisation errors do not accumulate."""
+    x = np.asarray(values, dtype=np.float32)
+    if dtype == "float32":
+        return x.copy()
+    if dtype == "float16":
+        out16: F32 = np.clip(x, -FP16_MAX, FP16_MAX).astype(np.float16).astype(np.float32)
+        return out16
+    if version < 2:
+        q, scales = quantize_int8(x)
+        return dequantize_int8(q, scales)
+    out = np.zeros_like(x)
+    res = np.zeros(len(x), dtype=np.bool_)
+    if version >= 3 and bases is not None and mask is not None:
+        base = np.asarray(bases, dtype=np.float32)
+        res, r_q, r_e = residual_int8(x, base, np.asarray(mask, dtype=np.bool_))
+        out[res] = (base[res] + residual_values(r_q, r_e)).astype(np.float32)
+    q, scales, _ = _int8_rows(x[~res])
+    out[~res] = dequantize_int8(q, scales)
+    return out
 
 
 def decode_response(data: bytes) -> PullResponse:
@@ -428,11 +576,17 @@ def _decode_response(data: bytes) -> PullResponse:
     meta, body, version = _unframe(data, KIND_RESPONSE, SUPPORTED_VERSIONS)
     tables = _tables(meta["tables"])
     r = _Reader(body)
-    if version == 2:
+    if version >= 2:
         batches = [_section_v2(s, r) for s in meta["sections"]]
         r.done()
         complete, backlog = meta.get("complete", True), meta.get("backlog", 0)
-        return PullResponse(tuple(tables), tuple(batches), bool(complete), _int(backlog))
+        source = _int(meta.get("src", 0), 0, 1 << 62)
+        if source == 0 and any(b.residual is not None for b in batches):
+            raise CodecError("residual rows without a source")
+        number = _int(meta.get("rn", 0))
+        return PullResponse(
+            tuple(tables), tuple(batches), bool(complete), _int(backlog), source, number
+        )
     batches = [_section_v1(s, r) for s in meta["sections"]]
     r.done()
     return PullResponse(
@@ -503,6 +657,7 @@ def _section_v2(s: dict[str, Any], r: _Reader) -> Batch:
     else:
         idx = np.zeros(n, dtype=np.int64)
     src = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    res = None
     if dtype == "float32":
         values = r.take(np.dtype("<f4").type, n * dim).astype(np.float32)
     elif dtype == "float16":
@@ -511,9 +666,26 @@ def _section_v2(s: dict[str, Any], r: _Reader) -> Batch:
         sw = s.get("sw")
         if sw not in (2, 4):
             raise CodecError(f"bad scale width {sw!r}")
-        scales = r.take(np.dtype("<f2" if sw == 2 else "<f4").type, n).astype(np.float32)
-        q = r.take(np.int8, n * dim).reshape(n, dim)
-        values = dequantize_int8(q, scales)
+        m = _int(s.get("r", 0), 0, n)
+        if m:
+            bits = r.take(np.uint8, (n + 7) // 8)
+            res = np.unpackbits(bits, count=n).astype(np.bool_)
+            if int(res.sum()) != m:
+                raise CodecError("residual mask does not match its count")
+        full = n - m
+        scales = r.take(np.dtype("<f2" if sw == 2 else "<f4").type, full).astype(np.float32)
+        q = r.take(np.int8, full * dim).reshape(full, dim)
+        if res is None:
+            values = dequantize_int8(q, scales)
+        else:
+            exps = r.take(np.int8, m)
+            lo, hi = RESIDUAL_EXP_RANGE
+            if m and (int(exps.min()) < lo or int(exps.max()) > hi):
+                raise CodecError("residual exponent out of range")
+            r_q = r.take(np.int8, m * dim).reshape(m, dim)
+            values = np.zeros((n, dim), dtype=np.float32)
+            values[~res] = dequantize_int8(q, scales)
+            values[res] = residual_values(r_q, exps)
     return Batch(
         table,
         part,
@@ -525,6 +697,7 @@ def _section_v2(s: dict[str, Any], r: _Reader) -> Batch:
         values.reshape(n, dim),
         classes,
         covered,
+        residual=res,
     )
 
 
@@ -616,7 +789,7 @@ def encode_request(request: PullRequest, zstd: bool = False) -> bytes:
         )
         for arr in (k.exc_keys, k.exc_epochs, k.exc_origins, k.exc_seqs):
             chunks.append(arr.astype("<i8").tobytes())
-    meta = {
+    meta: dict[str, Any] = {
         "budget": request.budget_bytes,
         "dtype": request.dtype,
         "zstd": request.zstd,
@@ -624,7 +797,12 @@ def encode_request(request: PullRequest, zstd: bool = False) -> bytes:
         "region": request.region,
         "shards": shards,
         "fv": request.frame_version,
+        "pid": request.puller,
     }
+    if request.catalogue:
+        meta["cat"] = request.catalogue
+    if request.acks:
+        meta["ack"] = [list(a) for a in request.acks]
     return _frame(KIND_REQUEST, meta, b"".join(chunks), zstd, 3)
 
 
@@ -657,4 +835,18 @@ def _decode_request(data: bytes) -> PullRequest:
         str(meta["peer"]),
         str(meta["region"]),
         _int(meta.get("fv", 1), 1, 255),  # pullers that predate version 2 do not say
+        _int(meta.get("cat", 0)),
+        _acks(meta.get("ack", [])),
+        _int(meta.get("pid", 0)),
     )
+
+
+def _acks(raw: object) -> tuple[tuple[int, int], ...]:
+    if not isinstance(raw, list) or len(raw) > 1024:
+        raise CodecError("bad acknowledgements")
+    out = []
+    for a in raw:
+        if not isinstance(a, list) or len(a) != 2:
+            raise CodecError("bad acknowledgement")
+        out.append((_int(a[0]), _int(a[1])))
+    return tuple(out)

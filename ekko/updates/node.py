@@ -304,12 +304,14 @@ class Node:
         up.healthy = True
         peer = up.spec.region or "unknown"
         self.metrics.observe_bytes("in", peer, len(data), fp32_bytes(response))
-        self._apply(response.tables, response.batches)
+        if self._apply(response.tables, response.batches, response.source):
+            self.store.acknowledge(response.source, response.number)
         self.metrics.pulls.labels(up.spec.url, "rows" if response.n_rows else "empty").inc()
         now = self.clock()
         if response.complete:
             up.last_complete = now
-        for model in {t.model for t in response.tables}:
+        # A response omits the catalogue when the puller's matches (PullRequest.catalogue).
+        for model in {t.model for t in response.tables or self.store.specs()}:
             self.metrics.staleness.labels(model).set(
                 0 if response.complete else now - up.last_complete
             )
@@ -344,16 +346,24 @@ class Node:
         )
         return {"cut": cut_id, "epoch": result.epoch, "rows": dict(result.rows)}
 
-    def _apply(self, tables: Sequence[TableSpec], batches: Sequence[Batch]) -> None:
+    def _apply(
+        self, tables: Sequence[TableSpec], batches: Sequence[Batch], source: int = 0
+    ) -> bool:
+        """Apply a response's batches; False if a residual row was dropped (then the response
+        is not acknowledged, and its rows come again in full)."""
         changed = False
+        resolved_all = True
         for spec in tables:
             self.store.declare(spec)
             self.metrics.declare_model(spec.model)
         for pulled in batches:
-            b = fence(pulled, self.fence)
+            # Residual rows become values first (fencing and pre-images need values).
+            resolved = self.store.resolve(pulled, source)
+            resolved_all &= resolved.n == pulled.n
+            b = fence(resolved, self.fence)
             self.cuts.before_apply(self.store, b)
             before = self.store.changes
-            result = self.store.apply(b)
+            result = self.store.apply(b, source)
             changed |= self.store.changes != before
             now = self.wall()
             self.metrics.observe_apply(self.store.spec(b.table).model, result, now)
@@ -371,6 +381,7 @@ class Node:
                 )
         if changed:
             self.server.notifier.notify()
+        return resolved_all
 
 
 def _cut_json(cut: Cut, cuts: CutLog) -> dict[str, Any]:

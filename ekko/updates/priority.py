@@ -33,6 +33,7 @@ into a :class:`~ekko.updates.store.PullResponse` that never exceeds the request'
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -40,6 +41,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from ekko.updates.codec import FORMAT_VERSION, held_values
 from ekko.updates.store import (
     Batch,
     Candidates,
@@ -47,10 +49,12 @@ from ekko.updates.store import (
     PullResponse,
     ShardId,
     Store,
+    catalogue_id,
     row_wire_bytes,
 )
 from ekko.updates.versions import Knowledge, VersionVector
 
+F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
@@ -265,8 +269,13 @@ class Scheduler:
     """Ranks candidate rows and fills pull responses. Keeps the quantile sketch of priorities
     (so one scheduler per responder, shared by its downstreams)."""
 
-    def __init__(self, config: SchedulerConfig | None = None) -> None:
+    def __init__(self, config: SchedulerConfig | None = None, source: int | None = None) -> None:
         self.config = config or SchedulerConfig()
+        self.source = source if source is not None else secrets.randbits(62) | 1
+        """This responder's id in frames with residual rows (random per process, so a restarted
+        responder, whose memory of what it sent is empty, never matches what its peers hold)."""
+        if self.source <= 0:
+            raise ValueError("source must be a positive id")
         self.sketch = QuantileSketch()
         self.last_backlog: dict[str, int] = {}
         """Candidate rows left unsent by the last response to each peer (the backlog metric)."""
@@ -274,6 +283,7 @@ class Scheduler:
         self._peers: dict[str, tuple[int, dict[ShardId, Knowledge]]] = {}
         self._sent: dict[str, dict[str, _SentRows]] = {}
         self._ratio: dict[str, float] = {}
+        self._numbers = 0
 
     def threshold(self) -> float:
         return self.sketch.quantile(self.config.high_percentile)
@@ -313,12 +323,13 @@ class Scheduler:
         row_bytes: list[I64] = []
         idle: list[tuple[ShardId, Knowledge]] = []
         peer_held = self._track_peer(store, request)
+        self._acknowledged(request)
         for shard in store.shards():
             k = request.knowledge.get(shard, Knowledge())
             if store.nothing_newer(shard, k):
                 idle.append((shard, k))
                 continue
-            c = self._peer_drift(request.peer, store, store.changes_since(shard, k), k)
+            c = self._peer_drift(_peer_key(request), store, store.changes_since(shard, k), k)
             spec = store.spec(shard[0])
             ctx = TableContext(store.mean_magnitude(shard[0]), spec.weight, self.config.new_bonus)
             cands.append(c)
@@ -343,8 +354,11 @@ class Scheduler:
                 break
             # Shrink below what this response's rows cost (so the next one is smaller).
             budget = int(sizes[chosen].sum()) * 9 // 10
-        for c, take in commits:
-            self._commit(store, request, peer_held, c=c, take=take)
+        self._numbers = response.number
+        for c, take, values in commits:
+            self._commit(
+                store, request, peer_held, c=c, take=take, held=values, number=response.number
+            )
         self.last_backlog[request.peer] = response.backlog
         return response
 
@@ -388,16 +402,22 @@ class Scheduler:
         cands: list[Candidates],
         ranks: list[Ranked],
         idle: list[tuple[ShardId, Knowledge]],
-    ) -> tuple[PullResponse, list[tuple[Candidates, I64]]]:
+    ) -> tuple[PullResponse, list[tuple[Candidates, I64, F32]]]:
         """The response that sends ``chosen``, and per shard what :meth:`_commit` must record
-        once it is the one returned."""
+        once it is the one returned (with the values the peer will hold).
+
+        Residuals (frame version 3, int8): a row this scheduler sent the peer before, at a
+        version the peer's knowledge covers, carries that sent value as its base; the codec
+        then sends it as a residual against it where that fits."""
         n_all = sum(c.n for c in cands)
         sent = np.zeros(n_all, dtype=np.bool_)
         sent[chosen] = True
         rank_of = np.empty(n_all, dtype=np.int64)
         rank_of[chosen] = np.arange(len(chosen))
         batches: list[Batch] = []
-        commits: list[tuple[Candidates, I64]] = []
+        commits: list[tuple[Candidates, I64, F32]] = []
+        version = min(request.frame_version, FORMAT_VERSION)
+        residuals = request.dtype == "int8" and version >= 3 and request.puller != 0
         offset = 0
         for c, r in zip(cands, ranks, strict=True):
             mine = sent[offset : offset + c.n]
@@ -406,10 +426,16 @@ class Scheduler:
             offset += c.n
             covered = _covered(store.knowledge((c.table, c.part)).vector, c, ~mine)
             k = request.knowledge.get((c.table, c.part), Knowledge())
-            if len(take):
-                commits.append((c, take))
             if len(take) == 0 and k.vector.dominates(covered):
                 continue
+            values = store.row_values(c.table, c.rows[take])
+            bases = self._bases(_peer_key(request), c, take, k) if residuals and len(take) else None
+            base_values, base_mask = bases if bases is not None else (None, None)
+            if len(take):
+                held = held_values(
+                    values, request.dtype, version=version, bases=base_values, mask=base_mask
+                )
+                commits.append((c, take, held))
             batches.append(
                 Batch(
                     c.table,
@@ -419,9 +445,11 @@ class Scheduler:
                     c.origins[take],
                     c.seqs[take],
                     c.publish_times[take],
-                    store.row_values(c.table, c.rows[take]),
+                    values,
                     r.classes[take],
                     covered,
+                    base_values=base_values,
+                    base_mask=base_mask,
                 )
             )
         for shard, k in idle:
@@ -443,7 +471,32 @@ class Scheduler:
                     )
                 )
         backlog = n_all - len(chosen)
-        return PullResponse(store.specs(), tuple(batches), backlog == 0, backlog), commits
+        number = self._numbers + 1  # taken by _commit when this response is the one returned
+        specs = store.specs()
+        if request.catalogue and request.catalogue == catalogue_id(specs):
+            specs = ()  # the puller holds this catalogue already
+        response = PullResponse(specs, tuple(batches), backlog == 0, backlog, self.source, number)
+        return response, commits
+
+    def _bases(
+        self, peer: str, c: Candidates, take: I64, k: Knowledge
+    ) -> tuple[F32, npt.NDArray[np.bool_]] | None:
+        """The value ``peer`` holds of each row in ``take`` where it is known exactly: the last
+        value this scheduler sent it, once the response that sent it is acknowledged (the peer
+        applied it with every residual resolved). The peer still holds that value exactly when
+        the row's tag is still this responder's (nothing else wrote it since); it checks."""
+        sent = self._sent.get(peer, {}).get(c.table)
+        if sent is None:
+            return None
+        keys = c.keys[take]
+        slot = sent.lookup(keys)
+        hit = slot >= 0
+        hit[hit] = sent.acked[slot[hit]]
+        if not hit.any():
+            return None
+        base = np.zeros((len(take), sent.values.shape[1]), dtype=np.float32)
+        base[hit] = sent.values[slot[hit]]
+        return base, hit
 
     def _commit(
         self,
@@ -453,17 +506,20 @@ class Scheduler:
         *,
         c: Candidates,
         take: I64,
+        held: F32,
+        number: int,
     ) -> None:
         """Record rows sent: the drift baseline of rows every live downstream now holds, the
-        per-peer memory of sent values, and what the peer will hold once this arrives."""
+        per-peer memory of sent values (``held``: exactly what the peer will hold, after the
+        encoding's rounding), and what the peer will hold once this arrives."""
         shard = (c.table, c.part)
         keys, e, o, q = c.keys[take], c.epochs[take], c.origins[take], c.seqs[take]
         every = np.ones(len(take), dtype=np.bool_)
         for p, (_, v) in self._peers.items():
-            if p != request.peer:
+            if p != _peer_key(request):
                 every &= v.get(shard, _NOTHING).covers_arrays(keys, e, o, q)
         store.rebase(c.table, c.rows[take][every])
-        self._remember_sent(request.peer, store, c, take)
+        self._remember_sent(_peer_key(request), store, c, take, held, number=number)
         k = request.knowledge.get(shard, Knowledge())
         unsent = np.ones(c.n, dtype=np.bool_)
         unsent[take] = False
@@ -493,7 +549,14 @@ class Scheduler:
         drift[hit] = np.linalg.norm(now - sent.values[slot[hit]], axis=1)
         return replace(c, drift=drift)
 
-    def _remember_sent(self, peer: str, store: Store, c: Candidates, take: I64) -> None:
+    def _acknowledged(self, request: PullRequest) -> None:
+        numbers = [n for src, n in request.acks if src == self.source]
+        for table in self._sent.get(_peer_key(request), {}).values() if numbers else ():
+            table.acknowledge(numbers)
+
+    def _remember_sent(
+        self, peer: str, store: Store, c: Candidates, take: I64, held: F32, *, number: int
+    ) -> None:
         cap = self.config.peer_rows
         if cap == 0:
             return
@@ -506,7 +569,8 @@ class Scheduler:
             c.epochs[take],
             c.origins[take],
             c.seqs[take],
-            store.row_values(c.table, c.rows[take]),
+            held,
+            number=number,
         )
 
     def _track_peer(self, store: Store, request: PullRequest) -> dict[ShardId, Knowledge]:
@@ -516,7 +580,7 @@ class Scheduler:
         self._responses += 1
         now = self._responses
         held = dict(request.knowledge)
-        self._peers[request.peer] = (now, held)
+        self._peers[_peer_key(request)] = (now, held)
         ttl = self.config.peer_ttl
         for peer in [p for p, (seen, _) in self._peers.items() if now - seen > ttl]:
             del self._peers[peer]
@@ -528,6 +592,12 @@ class Scheduler:
 
 
 _NOTHING = Knowledge()
+
+
+def _peer_key(request: PullRequest) -> str:
+    """Whom the scheduler's per-peer memory is about: the peer's name and its store's id (two
+    pullers under one name must not share what this responder believes they hold)."""
+    return f"{request.peer}#{request.puller}" if request.puller else request.peer
 
 
 class _SentRows:
@@ -545,15 +615,32 @@ class _SentRows:
         self.seqs = np.zeros(size, dtype=np.int64)
         self.stamps = np.zeros(size, dtype=np.int64)
         self.values = np.zeros((size, dim), dtype=np.float32)
+        self.numbers = np.zeros(size, dtype=np.int64)
+        """The response that last sent each row."""
+        self.acked = np.zeros(size, dtype=np.bool_)
+        """Whether that response is acknowledged (only then is the value a residual base)."""
         self.clock = 0
 
-    _COLUMNS = ("keys", "epochs", "origins", "seqs", "stamps", "values")
+    _COLUMNS = ("keys", "epochs", "origins", "seqs", "stamps", "values", "numbers", "acked")
+
+    def acknowledge(self, numbers: Sequence[int]) -> None:
+        n = self.n
+        self.acked[:n] |= np.isin(self.numbers[:n], np.asarray(numbers, dtype=np.int64))
 
     def lookup(self, keys: I64) -> I64:
         get = self.slot.get
         return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
 
-    def put(self, keys: I64, epochs: I64, origins: I64, seqs: I64, values: npt.ArrayLike) -> None:
+    def put(
+        self,
+        keys: I64,
+        epochs: I64,
+        origins: I64,
+        seqs: I64,
+        values: npt.ArrayLike,
+        *,
+        number: int = 0,
+    ) -> None:
         self.clock += 1
         slots = self.lookup(keys)
         self.stamps[slots[slots >= 0]] = self.clock  # sent again: the most recent now
@@ -578,6 +665,8 @@ class _SentRows:
         self.seqs[s] = seqs[ok]
         self.values[s] = np.asarray(values, dtype=np.float32)[ok]
         self.stamps[s] = self.clock
+        self.numbers[s] = number
+        self.acked[s] = False
 
     def _grow(self, size: int) -> None:
         for name in self._COLUMNS:

@@ -14,6 +14,8 @@ elements keyed 0, 1, … so both travel the same way. Pure: no I/O and no clock 
 from __future__ import annotations
 
 import json
+import secrets
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,9 +46,22 @@ ShardId = tuple[str, int]
 
 VALUE_DTYPES: tuple[ValueDType, ...] = ("float32", "float16", "int8")
 
+MAX_ACKS = 64
+"""Acknowledgements a pull request carries at most (the newest)."""
+
 ROW_OVERHEAD_BYTES = 24
 """Upper bound of the per-row bytes besides values on the wire (key 8, seq 8, publish time 4,
 class 1, source index 2); the scheduler budgets with it and the codec never exceeds it."""
+
+
+def catalogue_id(specs: Sequence[TableSpec]) -> int:
+    """A 32-bit id of a table catalogue (order-independent; 0 for none)."""
+    if not specs:
+        return 0
+    rows = sorted(
+        [s.name, s.dim, s.kind, s.shards, s.model, s.weight, list(s.shape)] for s in specs
+    )
+    return zlib.crc32(json.dumps(rows, separators=(",", ":")).encode()) | 1
 
 
 def row_wire_bytes(dim: int, dtype: ValueDType) -> int:
@@ -116,12 +131,27 @@ class Batch:
     values: F32
     classes: U8
     covered: VersionVector = EMPTY_VECTOR
+    base_values: F32 | None = None
+    """Sender side (frame version 3, int8): the value the peer holds of each row marked in
+    ``base_mask`` — exactly what this responder sent it — so the codec may send those rows as
+    residuals against it (see :func:`ekko.updates.codec.held_values`)."""
+    base_mask: Bools | None = None
+    residual: Bools | None = None
+    """Receiver side: rows whose ``values`` are residuals to add to the value held from the
+    response's ``source`` (see :meth:`Store.resolve`), not values."""
 
     def __post_init__(self) -> None:
         n = len(self.keys)
         arrays = (self.epochs, self.origins, self.seqs, self.publish_times, self.classes)
         if any(len(a) != n for a in arrays) or self.values.ndim != 2 or len(self.values) != n:
             raise ValueError("batch arrays must have one entry per key")
+        for opt in (self.base_mask, self.residual):
+            if opt is not None and len(opt) != n:
+                raise ValueError("batch arrays must have one entry per key")
+        if (self.base_values is None) != (self.base_mask is None) or (
+            self.base_values is not None and self.base_values.shape != self.values.shape
+        ):
+            raise ValueError("base values and their mask come together, one row per key")
         for a in (self.keys, self.epochs, self.origins, self.seqs, self.publish_times):
             _readonly(a)
         _readonly(self.values)
@@ -232,8 +262,19 @@ class PullRequest:
     zstd: bool = False
     peer: str = ""
     region: str = ""
-    frame_version: int = 2
+    frame_version: int = 3
     """The newest response frame version the puller decodes (a request without it: 1)."""
+    catalogue: int = 0
+    """:func:`catalogue_id` of the tables the puller holds: a responder with the same catalogue
+    leaves it out of the response (0: always send it)."""
+    acks: tuple[tuple[int, int], ...] = ()
+    """``(source, number)`` of responses applied since the last request, every residual in
+    them resolved: a responder uses its memory of a row as a residual base only once the
+    response that sent it is acknowledged."""
+    puller: int = 0
+    """The puller's store id (random per store): a responder remembers what it sent per
+    ``(peer, puller)``, so two pullers under one name never share a memory (0: unknown, and
+    then no residual rows)."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +286,11 @@ class PullResponse:
     batches: tuple[Batch, ...]
     complete: bool = True
     backlog: int = 0
+    source: int = 0
+    """The responder's id for residual rows (:attr:`Batch.residual`): a residual applies only
+    to a row whose value this same responder delivered (0: none)."""
+    number: int = 0
+    """The responder's number for this response, acknowledged in the next request (0: none)."""
 
     @property
     def n_rows(self) -> int:
@@ -307,6 +353,9 @@ class _Table:
         self.magnitudes = np.zeros(cap, dtype=np.float64)
         self.values = np.zeros((cap, spec.dim), dtype=np.float32)
         self.base_values = np.zeros((cap, spec.dim), dtype=np.float32)
+        self.tags = np.zeros(cap, dtype=np.int64)
+        """Which responder delivered each row's value (0: written here, restored or unknown);
+        not persisted, so a restarted store takes no residual until it holds a full row."""
         self.mean_magnitude = 0.0
         self.shards = [_Shard() for _ in range(spec.shards)]
 
@@ -332,7 +381,7 @@ class _Table:
             return
         while cap < need:
             cap *= 2
-        for name in self._COLUMNS:
+        for name in (*self._COLUMNS, "tags"):
             old = getattr(self, name)
             new = np.zeros((cap, *old.shape[1:]), dtype=old.dtype)
             new[: self.n] = old[: self.n]
@@ -367,6 +416,9 @@ class Store:
         """Pulls answered by scanning a whole shard (the puller was below the cache floor)."""
         self.changes = 0
         """Incremented on every apply that changed something: a cheap "has anything changed"."""
+        self.puller_id = secrets.randbits(62) | 1
+        """Names this store in its pull requests (see :attr:`PullRequest.puller`)."""
+        self._acks: list[tuple[int, int]] = []
 
     # --- catalogue -----------------------------------------------------------------------------
 
@@ -458,16 +510,83 @@ class Store:
         peer: str = "",
         region: str = "",
     ) -> PullRequest:
-        return PullRequest(self.knowledge_map(), budget_bytes, dtype, zstd, peer, region)
+        acks, self._acks = tuple(self._acks[-MAX_ACKS:]), []
+        return PullRequest(
+            self.knowledge_map(),
+            budget_bytes,
+            dtype,
+            zstd,
+            peer,
+            region,
+            catalogue=catalogue_id(self.specs()),
+            acks=acks,
+            puller=self.puller_id,
+        )
+
+    def acknowledge(self, source: int, number: int) -> None:
+        """Acknowledge response ``number`` of ``source`` in the next pull request (call once
+        every batch of it is applied and none of its residuals was dropped). Sent once: a lost
+        acknowledgement only costs full rows."""
+        if source and number:
+            self._acks.append((source, number))
+
+    def apply_response(self, response: PullResponse) -> list[ApplyResult]:
+        """Apply every batch of ``response`` (declaring its tables) and acknowledge it."""
+        for spec in response.tables:
+            self.declare(spec)
+        results, dropped = [], False
+        for b in response.batches:
+            resolved = self.resolve(b, response.source)
+            dropped |= resolved.n < b.n
+            results.append(self.apply(resolved, response.source))
+        if not dropped:
+            self.acknowledge(response.source, response.number)
+        return results
 
     # --- apply ---------------------------------------------------------------------------------
 
-    def apply(self, batch: Batch) -> ApplyResult:
-        """Apply rows newer than what is held, then advance the shard's knowledge.
+    def resolve(self, batch: Batch, source: int) -> Batch:
+        """``batch`` with its residual rows turned into values: held value plus residual, for
+        a row whose held value ``source`` delivered (the responder sends a residual only against
+        a version the puller's knowledge covers and that it sent itself, so the held version is
+        exactly that one: knowledge is sound, and a row another responder, a restore or a write
+        touched since has another tag). A residual that does not apply is dropped, and so is
+        what the batch vouches for (``covered``): the rows it applies become exceptions, and the
+        next pull — whose knowledge lacks the dropped row's version — gets the full row."""
+        if batch.residual is None or not batch.residual.any():
+            return batch
+        t = self._table(batch.table)
+        res = batch.residual
+        idx = t.lookup(batch.keys[res])
+        ok = idx >= 0
+        ok[ok] = (t.tags[idx[ok]] == source) & (source != 0)
+        values = np.array(batch.values, dtype=np.float32, copy=True)
+        rows = np.flatnonzero(res)
+        values[rows[ok]] = (t.values[idx[ok]] + batch.values[rows[ok]]).astype(np.float32)
+        keep = np.ones(batch.n, dtype=np.bool_)
+        keep[rows[~ok]] = False
+        return Batch(
+            batch.table,
+            batch.part,
+            batch.keys[keep],
+            batch.epochs[keep],
+            batch.origins[keep],
+            batch.seqs[keep],
+            batch.publish_times[keep],
+            values[keep],
+            batch.classes[keep],
+            batch.covered if ok.all() else EMPTY_VECTOR,
+        )
+
+    def apply(self, batch: Batch, source: int = 0) -> ApplyResult:
+        """Apply rows newer than what is held, then advance the shard's knowledge. ``source``
+        is the responder that sent the batch (its residual rows are resolved first, see
+        :meth:`resolve`); the rows applied remember it.
 
         Idempotent and monotone: a row at an equal or older version is ignored, so duplicates
         and reordering are harmless.
         """
+        batch = self.resolve(batch, source)
         t = self._table(batch.table)
         shard = self._shard(batch.shard)
         if batch.values.shape[1] != t.spec.dim:
@@ -514,6 +633,7 @@ class Store:
             old = np.where(fresh[win, None], 0.0, t.values[w])
             mags = np.linalg.norm(vals[win].astype(np.float64) - old, axis=1)
             t.values[w] = vals[win]
+            t.tags[w] = source
             t.epochs[w], t.origins[w], t.seqs[w] = e[win], o[win], s[win]
             t.publish_times[w] = batch.publish_times[sel][win]
             t.magnitudes[w] = mags
@@ -774,5 +894,6 @@ __all__: Sequence[str] = (
     "TableSnapshot",
     "TableSpec",
     "ValueDType",
+    "catalogue_id",
     "row_wire_bytes",
 )

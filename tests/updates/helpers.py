@@ -23,10 +23,9 @@ def pull(
 
 
 def deliver(down: Store, response: PullResponse) -> int:
-    """Apply a response; returns the rows applied."""
-    for spec in response.tables:
-        down.declare(spec)
-    return sum(down.apply(b).applied for b in response.batches)
+    """Apply a response (its residual rows against what ``response.source`` delivered before);
+    returns the rows applied."""
+    return sum(r.applied for r in down.apply_response(response))
 
 
 def versions(store: Store) -> dict[tuple[str, int], tuple[int, int, int]]:

@@ -286,8 +286,8 @@ def test_version_2_columns_take_the_narrowest_width_and_keep_every_value() -> No
 
 def test_unknown_frame_versions_are_refused() -> None:
     frame = bytearray(encode_response(_response(1, 3, 2)))
-    frame[4] = 3
-    with pytest.raises(CodecError, match="version 3"):
+    frame[4] = 4
+    with pytest.raises(CodecError, match="version 4"):
         decode_response(bytes(frame))
     with pytest.raises(ValueError, match="frame version"):
         encode_response(_response(1, 3, 2), Encoding(version=7))
@@ -297,11 +297,11 @@ def test_a_puller_that_predates_version_2_is_answered_in_version_1() -> None:
     s = Store()
     s.declare(TableSpec("t", 2))
     req = s.pull_request(1000, "int8")
-    assert decode_request(encode_request(req)).frame_version == 2
+    assert decode_request(encode_request(req)).frame_version == 3
     # An old puller's request has no "fv": strip it and re-seal the frame.
     frame = encode_request(req)
     meta_len = struct.unpack_from("<I", frame, 8)[0]
-    meta = frame[HEADER_BYTES : HEADER_BYTES + meta_len].replace(b',"fv":2', b"")
+    meta = frame[HEADER_BYTES : HEADER_BYTES + meta_len].replace(b',"fv":3', b"")
     old = _reframe(frame, meta, frame[HEADER_BYTES + meta_len :])
     assert decode_request(old).frame_version == 1
 
@@ -317,7 +317,7 @@ def test_the_server_answers_in_the_version_the_puller_reads() -> None:
     s.declare(TableSpec("t", 2))
     s.write("t", [1, 2], np.ones((2, 2)), epoch=0, origin=1, seqs=[1, 2], publish_time=0.0)
     server = UpdateServer(s, Scheduler(), UpdateMetrics(CollectorRegistry()))
-    for fv in (1, 2):
+    for fv in (1, 2, 3):
         req = Store().pull_request(1 << 20)
         req = type(req)(req.knowledge, req.budget_bytes, frame_version=fv)
         data = asyncio.run(server.serve_pull(encode_request(req), 0.0))

@@ -175,6 +175,6 @@ def test_respond_encoded_fills_the_budget_in_frame_bytes_and_records_only_what_i
     assert sent > 1.5 * plain.n_rows
     # The peer memory holds exactly the rows returned to b (what b now holds), none of the
     # larger cuts tried before them.
-    mem = sched._sent["b"]["emb"]
+    mem = next(v for k, v in sched._sent.items() if k.split("#")[0] == "b")["emb"]
     held = {int(k) for k in origin.snapshot("emb").keys if down.get("emb", [k])[1][0]}
     assert {int(k) for k in mem.keys[: mem.n]} == held

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from ekko.updates.link import LinkSpec
 from ekko.updates.node import Node, NodeConfig, Upstream
+from ekko.updates.priority import Scheduler
 from ekko.updates.publisher import Publisher, read_replay, replay
 from ekko.updates.store import TableSpec
 
@@ -214,3 +215,58 @@ def test_publisher_refuses_non_finite_values() -> None:
     pub = Publisher(1, [SPEC], registry=CollectorRegistry())
     with pytest.raises(ValueError, match="non-finite"):
         pub.publish("emb", [1], [[np.nan] * 8])
+
+
+def test_an_int8_chain_sends_small_changes_as_residuals_and_stays_within_the_int8_bound() -> None:
+    """Publisher → a → b, both int8 + zstd (frame version 3): rows rewritten with small changes
+    travel as residuals (the responders' memories hold acknowledged rows), and every replica
+    ends at the publisher's versions, each hop within half an int8 step of its upstream."""
+
+    async def scenario() -> None:
+        pub = Publisher(1, [SPEC], registry=CollectorRegistry())
+        port = await pub.start("127.0.0.1", 0)
+        a = node("a", (port, FAST), dtype="int8", zstd=True)
+        a_port = await a.start()
+        b = node("b", (a_port, FAST), dtype="int8", zstd=True)
+        await b.start()
+        rng = np.random.default_rng(3)
+        keys = np.arange(64)
+        values = rng.normal(size=(64, 8))
+        try:
+            loop = asyncio.get_running_loop()
+            for _ in range(6):
+                values = values + 0.01 * rng.normal(size=values.shape)
+                pub.publish("emb", keys, values)
+                deadline = loop.time() + 15
+                while not all(
+                    n.store.has_table("emb")
+                    and np.array_equal(n.store.snapshot("emb").seqs, pub.store.snapshot("emb").seqs)
+                    for n in (a, b)
+                ):
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.02)
+
+            # Each responder's memory of what it sent is acknowledged by the next pull (the
+            # residual bases), and each replica's rows carry its upstream's tag.
+            def acked(sched: Scheduler) -> int:
+                return sum(
+                    int(t.acked[: t.n].sum()) for m in sched._sent.values() for t in m.values()
+                )
+
+            deadline = loop.time() + 15
+            while not (acked(pub.server.scheduler) and acked(a.server.scheduler)):
+                assert loop.time() < deadline
+                await asyncio.sleep(0.02)
+            assert (a.store._tables["emb"].tags[:64] == pub.server.scheduler.source).all()
+            assert (b.store._tables["emb"].tags[:64] == a.server.scheduler.source).all()
+            truth = pub.store.snapshot("emb").values
+            for n, hops in ((a, 1), (b, 2)):
+                err = np.abs(n.store.snapshot("emb").values - truth)
+                step = np.abs(truth).max(axis=1, keepdims=True) / 127
+                assert np.all(err <= hops * step * 0.51 + 1e-6)
+        finally:
+            for n in (b, a):
+                await n.stop()
+            await pub.stop()
+
+    run(scenario)
