@@ -205,7 +205,10 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
                 rb.get("restoreSeconds"),
                 rb.get("publisherRestored"),
             )
-            assert (rb["trigger"], rb["cut"], rb["epoch"]) == ("Detector", cut, 1)
+            assert (rb["trigger"], rb["cut"], rb["epoch"]) == ("Detector", cut, 1), (
+                done,
+                operator.logs()[-6000:],
+            )
             assert rb["publisherRestored"] is True
             assert control(api)["epoch"] == 1 and control(api)["view"] == "Live"
             assert done["step"] == "None"

@@ -50,6 +50,7 @@ from ekko.planning.health import (
     paired_window,
     parse_stamp,
     person_rollback,
+    restore_under_way,
     to_status,
     window_status,
 )
@@ -154,8 +155,13 @@ class StateManager:
         control = (model.status.updates if model.status else None) or ModelUpdateControl()
         if self.m is None:
             status = stream.status.health if stream.status else None
-            restoring = status is not None and status.step == "Restoring"
-            self.m = from_status(status, max(0, control.epoch - 1) if restoring else control.epoch)
+            recorded = stream.status.epoch if stream.status else 0
+            self.m = from_status(
+                status,
+                max(0, control.epoch - 1)
+                if restore_under_way(status, control, recorded)
+                else control.epoch,
+            )
         m = self.m
         now = time.time()
         reports = _reports(obs, stream.spec.model, servers)

@@ -125,6 +125,26 @@ def from_status(status: UpdateHealthStatus | None, epoch: int) -> Manager:
     )
 
 
+def restore_under_way(
+    status: UpdateHealthStatus | None, control: ModelUpdateControl, recorded_epoch: int
+) -> bool:
+    """Whether the restore of the current rollback was already ordered at ``control.epoch`` (so
+    a restarted manager re-issues it at that epoch instead of bumping it again): the status says
+    Restoring, or it still says ServingBaseline while the control block — written first — already
+    carries a newer epoch than the stream's status recorded, restoring this rollback's cut."""
+    if status is None:
+        return False
+    if status.step == "Restoring":
+        return True
+    rollback = status.last_rollback
+    return (
+        status.step == "ServingBaseline"
+        and rollback is not None
+        and control.restore_cut == rollback.cut
+        and control.epoch > recorded_epoch
+    )
+
+
 def to_status(m: Manager) -> UpdateHealthStatus:
     s = m.state
     rb = s.last_rollback

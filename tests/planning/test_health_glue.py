@@ -71,6 +71,35 @@ def test_state_round_trips_through_status() -> None:
     assert from_status(None, epoch=5).state == HealthState(epoch=5)
 
 
+def test_a_restore_ordered_before_the_status_said_so_is_not_ordered_again() -> None:
+    """The operator writes the control block (new epoch, restore cut) before the stream's status
+    says Restoring; killed in between, its successor must re-issue the restore at that epoch,
+    not bump the epoch a second time (found by e2e/test_update_health.py: epoch 2, not 1)."""
+    from ekko.planning.health import restore_under_way
+
+    decided = to_status(
+        Manager(
+            HealthState(
+                phase="Corrupted",
+                step="ServingBaseline",
+                since=1000.0,
+                baseline=3,
+                last_rollback=Rollback(decided_at=1000.0, cut=3),
+            )
+        )
+    )
+    ordered = ModelUpdateControl(epoch=1, restore_cut=3, baseline_cut=3, view="Baseline")
+    not_yet = ModelUpdateControl(epoch=0, baseline_cut=3, view="Baseline")
+    assert restore_under_way(decided, ordered, recorded_epoch=0)
+    assert not restore_under_way(decided, not_yet, recorded_epoch=0)
+    # An earlier rollback's restore cut at the current epoch is not this one's.
+    assert not restore_under_way(decided, ordered, recorded_epoch=1)
+    assert not restore_under_way(decided, ordered.evolve(restore_cut=2), recorded_epoch=0)
+    restoring = to_status(Manager(HealthState(phase="Corrupted", step="Restoring", epoch=1)))
+    assert restore_under_way(restoring, ordered, recorded_epoch=1)
+    assert not restore_under_way(None, ordered, recorded_epoch=0)
+
+
 def report(view: str = "Live", epoch: int = 0, cuts: list[int] | None = None) -> ServerUpdateState:
     return ServerUpdateState(model="m", view=view, epoch=epoch, cuts=cuts or [1, 2])  # type: ignore[arg-type]
 
