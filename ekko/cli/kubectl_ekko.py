@@ -647,10 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return EXIT_OK
     try:
-        from ekko.kube.rollouts import RolloutClient, connect  # noqa: PLC0415 (fast --help)
+        from ekko.kube.client import connect  # noqa: PLC0415 (fast --help)
+        from ekko.kube.rollouts import RolloutClient  # noqa: PLC0415 (fast --help)
 
-        api, default_ns = connect(args.kubeconfig, args.context)
-        session = Session(kube=RolloutClient(api), namespace=args.namespace or default_ns)
+        connection = connect(args.kubeconfig, args.context)
+        api = connection.api
+        session = Session(kube=RolloutClient(api), namespace=args.namespace or connection.namespace)
         if args.command == "status":
             return run_status(session, args)
         if args.command == "updates":
