@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-from ekko.promql import PrometheusAuth, measure, render
+from ekko.kube.promql import PrometheusAuth, measure, render
 
 
 def test_the_canary_and_the_stable_version_are_filled_in() -> None:
