@@ -26,6 +26,7 @@ from ekko.api.resources import (
     ServerPool,
     ServerTemplate,
 )
+from ekko.api.units import parse_time
 from ekko.kube import observe as observe_
 from ekko.kube import pods
 from ekko.kube.cache import Cache, Obj
@@ -82,11 +83,7 @@ def _parse_assignment(body: Obj) -> ServerAssignment:
 
 def _heartbeat(assignment: Mapping[str, Any] | None) -> dt.datetime | None:
     """The agent's last heartbeat in a raw assignment, None when it never reported."""
-    text = ((assignment or {}).get("status") or {}).get("heartbeat")
-    try:
-        return dt.datetime.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
+    return parse_time(((assignment or {}).get("status") or {}).get("heartbeat"), naive_as_utc=True)
 
 
 @dataclass
