@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from kubernetes import client
@@ -45,6 +49,16 @@ from e2e.helmtools import (
 )
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
+from e2e.statehelpers import (
+    ITEMS,
+    USERS,
+    LivePublisher,
+    Traffic,
+    clean_scores,
+    rows,
+    score,
+    stream_manifest,
+)
 from e2e.test_rollout import version_manifest
 from e2e.waiting import wait_for
 
@@ -295,6 +309,114 @@ def test_chart_rbac_is_enough_to_place_models(
             assert args[len(args) - 1 - args[::-1].index("--kubeconfig") + 1] == str(agent_kc)
         operator_log = operator.logs()
         agent_logs = {pod: fleet.log_text(pod) for pod in fleet.pods()}
+    assert not [w for w in DENIED if w in operator_log], operator_log[-4000:]
+    for pod, text in agent_logs.items():
+        assert not [w for w in DENIED if w in text], f"agent {pod}:\n{text[-3000:]}"
+
+
+def test_chart_rbac_is_enough_to_stream_updates_and_roll_the_state_back(
+    cluster: Any, namespace: str, namespaced_release: Release, tmp_path: Path
+) -> None:
+    """The update path under the chart's ServiceAccount tokens: the operator wires an
+    UpdateStream (assignment duties, stream status, events, the Model's control block), the
+    agents pull, take cuts and report them (their assignment status, the Model watch), and a
+    person's state rollback runs to the end; nobody is refused anything."""
+    release = namespaced_release
+    wait_for(lambda: _crds_established(cluster.api), "the chart's CRDs Established", timeout=60)
+    operator_kc = token_kubeconfig(cluster.api, namespace, release.operator_sa, tmp_path / "op")
+    agent_kc = token_kubeconfig(cluster.api, namespace, release.agent_sa, tmp_path / "agent")
+    api = Api(cluster.api, namespace)
+    pool = pool_manifest(memory="20Gi")
+    pool["spec"]["template"]["serviceAccountName"] = release.agent_sa
+    pool["spec"]["template"]["engine"] = "embedding"
+    publisher = LivePublisher()
+    health = {
+        "action": "Rollback",
+        "snapshotInterval": "2s",
+        "baseline": {"age": "4s", "trafficPercent": 0.5, "shadowPercent": 100},
+    }
+
+    def stream_health() -> dict[str, Any]:
+        return (api.get("updatestreams", "ranker").get("status") or {}).get("health") or {}
+
+    try:
+        publisher.publish("ranker.user", np.arange(USERS), rows(1, USERS))
+        publisher.publish("ranker.item", np.arange(ITEMS), rows(2, ITEMS))
+        with (
+            AgentFleet(
+                cluster.kubeconfig,
+                namespace,
+                engine="embedding",
+                extra_args=["--kubeconfig", str(agent_kc)],
+            ) as fleet,
+            OperatorProcess(str(operator_kc), namespace) as operator,
+        ):
+            api.create(pool)
+            api.create(model_manifest("ranker", 2, "8Gi", 2, pool="pool"))
+            wait_for(
+                lambda: converged(api, models=["ranker"]),
+                "the model placed and loaded under the chart's RBAC",
+                timeout=120,
+                describe=operator.logs,
+            )
+            api.create(stream_manifest(publisher.url, health))
+            names = sorted(
+                a.metadata.name
+                for a in api.assignments()
+                if any(sh.model == "ranker" for sh in a.spec.shards)
+            )
+
+            def urls() -> list[str]:
+                return [fleet.url(n) for n in names if n in fleet.pods()]
+
+            want = clean_scores()
+
+            def every_agent_clean() -> bool:
+                for url in urls():
+                    body = score(url, labelled=False)
+                    if body is None or not np.allclose(body.get("scores", []), want, atol=1e-5):
+                        return False
+                return len(urls()) == len(names)
+
+            wait_for(
+                every_agent_clean,
+                "every agent scoring from the publisher's rows under the chart's RBAC",
+                timeout=90,
+                describe=lambda: operator.logs()[-3000:],
+            )
+            with Traffic(urls):
+                wait_for(
+                    lambda: stream_health().get("baselineCut") is not None,
+                    "a baseline cut",
+                    timeout=90,
+                    describe=lambda: (stream_health(), operator.logs()[-3000:]),
+                )
+                done = subprocess.run(
+                    [
+                        sys.executable, "-m", "ekko.cli.kubectl_ekko", "updates", "rollback",
+                        "ranker", "--wait", "--timeout", "90s", "-n", namespace,
+                    ],
+                    cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                    env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+                )  # fmt: skip
+                assert done.returncode == 0, (done.stdout, done.stderr, operator.logs()[-3000:])
+            last = stream_health()["lastRollback"]
+            assert last["trigger"] == "Person" and last["epoch"] == 1, last
+            status = api.get("updatestreams", "ranker")["status"]
+            assert status["serversConnected"] == status["serversWanted"] == len(names), status
+            events = {
+                e.reason
+                for e in api.core.list_namespaced_event(namespace).items
+                if e.involved_object.kind == "UpdateStream"
+            }
+            assert "LeaderChosen" in events, events
+            for pod in fleet.pods():  # each agent really ran with the agent token's kubeconfig
+                args = [str(a) for a in fleet.agent(pod).process.args]  # type: ignore[union-attr]
+                assert args[len(args) - 1 - args[::-1].index("--kubeconfig") + 1] == str(agent_kc)
+            operator_log = operator.logs()
+            agent_logs = {pod: fleet.log_text(pod) for pod in fleet.pods()}
+    finally:
+        publisher.close()
     assert not [w for w in DENIED if w in operator_log], operator_log[-4000:]
     for pod, text in agent_logs.items():
         assert not [w for w in DENIED if w in text], f"agent {pod}:\n{text[-3000:]}"

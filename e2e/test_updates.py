@@ -4,7 +4,7 @@ the embedding engine running update nodes, a real publisher process.
 1. A pool, a model and an UpdateStream: the operator wires every server of the model (one leader
    per region, followers behind it); every agent converges to the publisher's rows (checked by
    what its /score answers, computed here from the same rows), and the stream's status shows
-   freshness and traffic read from the agents.
+   freshness and traffic read from a real Prometheus scraping the agents.
 2. The leader of a region loses its pod: a new leader is chosen, the followers re-point, the
    replacement server catches up and rows published since reach everyone; the time is logged.
 """
@@ -30,9 +30,11 @@ from e2e.agents import AgentFleet, free_port
 from e2e.conftest import REPO, Cluster
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
+from e2e.prometheus import Prometheus
 from e2e.statehelpers import stream_manifest
 from e2e.waiting import wait_for
 from ekko.operator.updates import PASS_SECONDS
+from ekko.promql import vector
 from ekko.updates.scoring import score_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -71,6 +73,23 @@ def write_replay(path: Path, seconds: float) -> tuple[np.ndarray, np.ndarray]:
         )
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return users, items
+
+
+@pytest.fixture
+def prometheus() -> Iterator[Prometheus]:
+    with Prometheus() as prom:
+        yield prom
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, namespace: str, ekko_crds: Any, prometheus: Prometheus
+) -> Iterator[OperatorProcess]:
+    """The operator reading the stream's freshness from Prometheus (--prometheus-url)."""
+    with OperatorProcess(
+        cluster.kubeconfig, namespace, ("--prometheus-url", prometheus.url)
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -199,15 +218,44 @@ def leaders(api: Api) -> dict[str, str]:
     return out
 
 
+def check_dashboard(prometheus: Prometheus) -> None:
+    """Every query of the dashboard's "Update streams" row runs on a real Prometheus scraping
+    streaming agents, and the panels that must draw something (lag, staleness, rows, bytes,
+    backlog) do: a wrong metric or label name would leave a panel empty without any error."""
+    dashboard = json.loads((REPO / "docs" / "dashboards" / "ekko.json").read_text())
+    panels: list[dict[str, Any]] = []
+    inside = False
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            inside = panel["title"] == "Update streams"
+        elif inside:
+            panels.append(panel)
+    assert len(panels) >= 6, "the dashboard lost its update-stream panels"
+    may_be_empty = {"Live minus baseline loss (paired shadow scores)", "Paired samples"}
+    empty: list[str] = []
+    for panel in panels:
+        answers = [
+            vector(prometheus.url, t["expr"].replace("$__rate_interval", "1m"))
+            for t in panel["targets"]
+        ]
+        if not answers[0] and panel["title"] not in may_be_empty:
+            empty.append(panel["title"])
+    assert not empty, f"dashboard panels with no data while streaming: {empty}"
+
+
 def test_stream_converges_reports_freshness_and_heals_a_lost_leader(
     cluster: Cluster,
     api: Api,
     namespace: str,
     operator: OperatorProcess,
     publisher: tuple[str, np.ndarray],
+    prometheus: Prometheus,
 ) -> None:
     source, expected = publisher
-    with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
+    with (
+        AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet,
+        prometheus.follow(fleet),
+    ):
         api.create(pool_manifest(memory="20Gi"))
         api.create(model_manifest("ranker", 4, "8Gi", 2))
         wait_for(
@@ -249,6 +297,7 @@ def test_stream_converges_reports_freshness_and_heals_a_lost_leader(
             status = api.get("updatestreams", "ranker").get("status") or {}
             p99 = (status.get("freshness") or {}).get("p99Seconds")
             ok = status.get("state") == "Streaming" and p99 is not None
+            ok = ok and (status.get("freshness") or {}).get("source") == "Prometheus"
             ok = ok and status.get("serversConnected") == status.get("serversWanted") == len(
                 servers
             )
@@ -256,10 +305,11 @@ def test_stream_converges_reports_freshness_and_heals_a_lost_leader(
 
         status = wait_for(
             fresh,
-            "stream status Streaming with freshness",
+            "stream status Streaming with freshness read from Prometheus",
             timeout=60,
             describe=lambda: api.get("updatestreams", "ranker").get("status"),
         )
+        check_dashboard(prometheus)
         log.info(
             "freshness p50 %.3fs p99 %.3fs; WAN %s B/s; compression %s; regions %s",
             status["freshness"]["p50Seconds"],

@@ -77,7 +77,7 @@ def test_cross_object_mistakes_are_rejected_at_admission(
     api.create(version_manifest("v2", [{"setWeight": 10}], model="fine"))
     assert api.get("models", "fine")["spec"]["pool"] == "pool"
 
-    def stream(name: str, model: str) -> dict[str, Any]:
+    def stream(name: str, model: str, item_dim: int = 9) -> dict[str, Any]:
         return {
             "apiVersion": "ekko.dev/v1alpha1",
             "kind": "UpdateStream",
@@ -85,7 +85,7 @@ def test_cross_object_mistakes_are_rejected_at_admission(
             "spec": {
                 "model": model,
                 "source": {"endpoints": ["http://trainer:9500"]},
-                "tables": [{"name": "t.user", "dim": 9}],
+                "tables": [{"name": "t.user", "dim": 9}, {"name": "t.item", "dim": item_dim}],
             },
         }
 
@@ -94,6 +94,16 @@ def test_cross_object_mistakes_are_rejected_at_admission(
     api.create(stream("first", "fine"))
     message = rejection(api, stream("second", "fine"))
     assert "already has an UpdateStream (first)" in message, message
+
+    # Tables the model's engine cannot score with: the embedding engine takes the dot product
+    # of a user and an item row, so their widths must agree.
+    recsys = pool_manifest("recsys")
+    recsys["spec"]["template"]["engine"] = "embedding"
+    api.create(recsys)
+    api.create(model_manifest("ranker", 1, "1Gi", 1, pool="recsys"))
+    message = rejection(api, stream("ranker", "ranker", item_dim=17))
+    assert "t.user has dim 9 and t.item has dim 17" in message, message
+    api.create(stream("ranker", "ranker"))
 
 
 def test_bad_manifests_are_refused_in_words_with_the_webhook_running(

@@ -1292,6 +1292,10 @@ class UpdateFreshness(ApiModel):
     regions: Annotated[list[RegionFreshness], ListSchema("atomic")] = Field(
         default_factory=list, max_length=64, description="Per region, with its leader."
     )
+    source: Literal["Prometheus", "Agents"] | None = Field(
+        default=None,
+        description="Where the operator read the servers' update series: Prometheus (when it was given --prometheus-url and the query answered) or each agent's /metrics directly.",
+    )
 
 
 class UpdateTraffic(ApiModel):

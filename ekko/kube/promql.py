@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ekko.rollout.analysis import Measurement
 
@@ -55,6 +56,52 @@ class PrometheusAuth:
         return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
 
 
+class QueryError(Exception):
+    """A query Prometheus did not answer with a result (unreachable, HTTP error, bad query)."""
+
+
+Sample = tuple[dict[str, str], float]
+"""One series of an instant vector: its labels and its value."""
+
+
+def _get(address: str, query: str, auth: PrometheusAuth) -> dict[str, object]:
+    url = f"{address.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    try:
+        request = urllib.request.Request(url, headers=auth.request_headers())
+        with urllib.request.urlopen(
+            request, timeout=TIMEOUT_SECONDS, context=auth.ssl_context()
+        ) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as err:
+        raise QueryError(f"query failed: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
+        raise QueryError(f"query failed: {err}") from err
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error", "query failed") if isinstance(body, dict) else "query failed"
+        raise QueryError(str(error)[:200])
+    data = body.get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def vector(address: str, query: str, auth: PrometheusAuth | None = None) -> list[Sample]:
+    """Every series of an instant-vector query (blocking; call it from a thread). NaN values
+    (a rate over nothing) are left out."""
+    data = _get(address, query, auth or PrometheusAuth())
+    if data.get("resultType") != "vector":
+        raise QueryError(f"expected an instant vector, got {data.get('resultType')!r}")
+    out: list[Sample] = []
+    result = data.get("result")
+    for series in result if isinstance(result, list) else []:
+        try:
+            labels = {str(k): str(v) for k, v in series["metric"].items()}
+            value = float(series["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+            raise QueryError("unexpected result shape") from err
+        if not math.isnan(value):
+            out.append((labels, value))
+    return out
+
+
 def measure(
     address: str,
     metric: str,
@@ -63,22 +110,11 @@ def measure(
     auth: PrometheusAuth | None = None,
 ) -> Measurement:
     """Run one instant query (blocking; call it from a thread)."""
-    url = f"{address.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    auth = auth or PrometheusAuth()
     try:
-        request = urllib.request.Request(url, headers=auth.request_headers())
-        with urllib.request.urlopen(
-            request, timeout=TIMEOUT_SECONDS, context=auth.ssl_context()
-        ) as response:
-            body = json.load(response)
-    except urllib.error.HTTPError as err:
-        return Measurement(metric, now, error=f"query failed: HTTP {err.code} {err.reason}")
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
-        return Measurement(metric, now, error=f"query failed: {err}")
-    if body.get("status") != "success":
-        return Measurement(metric, now, error=str(body.get("error", "query failed"))[:200])
-    data = body.get("data", {})
-    result = data.get("result")
+        data = _get(address, query, auth or PrometheusAuth())
+    except QueryError as err:
+        return Measurement(metric, now, error=str(err))
+    result: Any = data.get("result")
     if data.get("resultType") == "scalar":
         result = [{"value": result}]
     if not result:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -34,7 +35,14 @@ async def startup(
     **_: Any,
 ) -> None:
     configure(settings, memo)
-    memo.streams = UpdateStreams(UpdateKube(memo.fleet.custom.api_client), memo.workers.gate)
+    # Stream freshness comes from Prometheus only when one was named (--prometheus-url); the
+    # rollouts' default address is a guess that would turn every status pass into a warning.
+    memo.streams = UpdateStreams(
+        UpdateKube(memo.fleet.custom.api_client),
+        memo.workers.gate,
+        os.environ.get("EKKO_PROMETHEUS_URL") or None,
+        memo.rollouts.auth,
+    )
     loop = asyncio.get_running_loop()
     memo.cache.listen(
         lambda kind, event, old, new: loop.call_soon_threadsafe(

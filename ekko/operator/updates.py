@@ -4,8 +4,10 @@ Each pass observes the stream, its model and the namespace's assignments, plans 
 (:func:`ekko.planning.updates.plan_topology`, leaders kept from what the assignments already say,
 so a restarted operator churns nothing), writes the duties that changed into the assignments'
 ``spec.updates``, posts an event when a leader changes, and at most every ``STATUS_SECONDS``
-reads each connected agent's update metrics (its data-plane ``/metrics``) and writes
-``UpdateStream.status``. A deleted stream has its duties removed (placement is not touched).
+reads the servers' update series and writes ``UpdateStream.status``: from Prometheus when the
+operator was given ``--prometheus-url`` (one query per series family for the whole stream, the
+window's increases), else — or when Prometheus does not answer, with a warning event — from each
+connected agent's ``/metrics`` (its data-plane address), differenced against the window's start. A deleted stream has its duties removed (placement is not touched).
 
 The data plane never needs the operator: agents keep pulling from the upstreams they were given.
 """
@@ -20,7 +22,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -40,8 +42,11 @@ from ekko.planning.updates import (
     plan_topology,
     previous_deputies,
     previous_leaders,
+    prometheus_queries,
+    scrapes_from_prometheus,
     stream_status,
 )
+from ekko.promql import PrometheusAuth, QueryError, vector
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +130,20 @@ async def scrape(session: aiohttp.ClientSession, address: str, model: str) -> Sc
 class StreamWorker:
     """Keeps one stream wired and its status current."""
 
-    def __init__(self, key: StreamKey, kube: UpdateKube, gate: Gate) -> None:
+    def __init__(
+        self,
+        key: StreamKey,
+        kube: UpdateKube,
+        gate: Gate,
+        prometheus: str | None = None,
+        auth: PrometheusAuth | None = None,
+    ) -> None:
         self.key = key
         self.kube = kube
         self.gate = gate
+        self.prometheus = prometheus
+        self.auth = auth or PrometheusAuth()
+        self._prometheus_error = ""
         self.task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.topology: Topology | None = None
@@ -223,8 +238,77 @@ class StreamWorker:
         paused: bool,
     ) -> None:
         self._status_at = time.monotonic()
-        now = time.monotonic()
         connected = [s for s in servers if s.address]
+        source: Literal["Prometheus", "Agents"] = "Agents"
+        from_prometheus = await self._from_prometheus(stream, connected)
+        if from_prometheus is not None:
+            scrapes = {
+                n: sc for n, sc in from_prometheus.items() if n in {s.name for s in connected}
+            }
+            baselines: dict[str, Scrape] = {}
+            window = WINDOW_SECONDS
+            source = "Prometheus"
+            self._history.clear()
+        else:
+            scrapes, baselines, window = await self._from_agents(stream, connected, servers)
+        previous = stream.status.conditions if stream.status else []
+        status = stream_status(
+            stream.spec,
+            generation=stream.metadata.generation,
+            topology=topology,
+            servers=servers,
+            scrapes=scrapes,
+            baselines=baselines,
+            window_seconds=window or STATUS_SECONDS,
+            previous=list(previous),
+            now=dt.datetime.now(dt.UTC),
+            paused=paused,
+            epoch=self.health.epoch,
+            extra=self.health.condition(),
+            source=source,
+        )
+        for change in condition_events(previous, status.conditions):
+            reason, text, warning = change
+            log.info("UpdateStream %s/%s: %s.", *self.key, text)
+            await asyncio.to_thread(self.kube.event, stream, reason, text, warning)
+        body = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+        if body != self._last_status:
+            await asyncio.to_thread(self.kube.patch_status, self.key[0], self.key[1], body)
+            self._last_status = body
+
+    async def _from_prometheus(
+        self, stream: UpdateStream, connected: Sequence[StreamServer]
+    ) -> dict[str, Scrape] | None:
+        """The servers' window from Prometheus; None without one, or when it did not answer
+        (a warning event once per distinct error; the agents are read instead)."""
+        if not self.prometheus or not connected:
+            return None
+        queries = prometheus_queries(
+            stream.spec.model, (s.name for s in connected), int(WINDOW_SECONDS)
+        )
+        address = self.prometheus
+        try:
+            answers = await asyncio.gather(
+                *(asyncio.to_thread(vector, address, q, self.auth) for q in queries.values())
+            )
+        except QueryError as err:
+            text = f"Prometheus at {address} did not answer ({err}); reading the agents directly"
+            if text != self._prometheus_error:
+                log.warning("UpdateStream %s/%s: %s.", *self.key, text)
+                await asyncio.to_thread(self.kube.event, stream, "MetricsFromAgents", text, True)
+                self._prometheus_error = text
+            return None
+        self._prometheus_error = ""
+        return scrapes_from_prometheus(dict(zip(queries, answers, strict=True)))
+
+    async def _from_agents(
+        self,
+        stream: UpdateStream,
+        connected: Sequence[StreamServer],
+        servers: Sequence[StreamServer],
+    ) -> tuple[dict[str, Scrape], dict[str, Scrape], float]:
+        """Each connected agent's series now, and as they were at the window's start."""
+        now = time.monotonic()
         async with aiohttp.ClientSession() as session:
             results = await asyncio.gather(
                 *(scrape(session, s.address, stream.spec.model) for s in connected)
@@ -245,44 +329,30 @@ class StreamWorker:
             history.append((now, result))
         for gone in set(self._history) - {s.name for s in servers}:
             del self._history[gone]
-        previous = stream.status.conditions if stream.status else []
-        status = stream_status(
-            stream.spec,
-            generation=stream.metadata.generation,
-            topology=topology,
-            servers=servers,
-            scrapes=scrapes,
-            baselines=baselines,
-            window_seconds=window or STATUS_SECONDS,
-            previous=list(previous),
-            now=dt.datetime.now(dt.UTC),
-            paused=paused,
-            epoch=self.health.epoch,
-            extra=self.health.condition(),
-        )
-        for change in condition_events(previous, status.conditions):
-            reason, text, warning = change
-            log.info("UpdateStream %s/%s: %s.", *self.key, text)
-            await asyncio.to_thread(self.kube.event, stream, reason, text, warning)
-        body = status.model_dump(by_alias=True, mode="json", exclude_none=True)
-        if body != self._last_status:
-            await asyncio.to_thread(self.kube.patch_status, self.key[0], self.key[1], body)
-            self._last_status = body
+        return scrapes, baselines, window
 
 
 class UpdateStreams:
     """The workers of every stream, created on first wake."""
 
-    def __init__(self, kube: UpdateKube, gate: Gate) -> None:
+    def __init__(
+        self,
+        kube: UpdateKube,
+        gate: Gate,
+        prometheus: str | None = None,
+        auth: PrometheusAuth | None = None,
+    ) -> None:
         self.kube = kube
         self.gate = gate
+        self.prometheus = prometheus
+        self.auth = auth
         self.workers: dict[StreamKey, StreamWorker] = {}
 
     def wake(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         worker = self.workers.get(key)
         if worker is None or worker.task is None or worker.task.done():
-            worker = StreamWorker(key, self.kube, self.gate)
+            worker = StreamWorker(key, self.kube, self.gate, self.prometheus, self.auth)
             self.workers[key] = worker
             worker.task = asyncio.get_running_loop().create_task(
                 worker.run(), name=f"updatestream {namespace}/{name}"

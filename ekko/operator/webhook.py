@@ -198,5 +198,10 @@ async def validate_stream(body: kopf.Body, memo: kopf.Memo, warnings: list[str],
     others = await _read(
         "the namespace's UpdateStreams", warnings, memo.streams.kube.streams, namespace
     )
+    pool = None
+    if model is not _UNCHECKED and model is not None:
+        pool = await _read(
+            f'pool "{model.spec.pool}"', warnings, fleet.get_pool, namespace, model.spec.pool
+        )
     if model is not _UNCHECKED and others is not _UNCHECKED:
-        _refuse(check_stream(stream, model, others))
+        _refuse(check_stream(stream, model, others, None if pool is _UNCHECKED else pool))

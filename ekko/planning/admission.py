@@ -14,6 +14,7 @@ from ekko.api.resources import Model, ModelVersion, ServerPool, UpdateStream
 from ekko.api.validate import field_errors
 from ekko.planning.problem import model_spec, pool_of
 from ekko.solver import Problem, explain
+from ekko.updates.scoring import ITEM, USER
 
 # The user's fields behind the solver's, for the (unexpected) case that a value the api types
 # admit is one the solver's types refuse: the message must still name what the user wrote.
@@ -75,12 +76,19 @@ def check_version(version: ModelVersion, model: Model | None) -> list[str]:
 
 
 def check_stream(
-    stream: UpdateStream, model: Model | None, others: list[UpdateStream]
+    stream: UpdateStream,
+    model: Model | None,
+    others: list[UpdateStream],
+    pool: ServerPool | None = None,
 ) -> list[str]:
     """Why this UpdateStream cannot be accepted (empty: fine): its model must exist and have no
-    other stream (two streams would wire the same servers twice and fight over their cuts)."""
+    other stream (two streams would wire the same servers twice and fight over their cuts), and
+    its tables must be ones the model's servers can use (see :func:`check_tables`; ``pool`` is
+    the model's pool, when it could be read)."""
     namespace = stream.metadata.namespace or "default"
     errors = []
+    if pool is not None:
+        errors.extend(check_tables(stream, pool))
     if model is None:
         errors.append(
             f'model "{stream.spec.model}" does not exist in namespace "{namespace}"; '
@@ -95,5 +103,54 @@ def check_stream(
         errors.append(
             f'model "{stream.spec.model}" already has an UpdateStream ({", ".join(taken)}); '
             "one stream per model: add the tables to that stream or delete it first"
+        )
+    return errors
+
+
+def check_tables(stream: UpdateStream, pool: ServerPool) -> list[str]:
+    """Whether the stream's tables match what the pool's engine reads.
+
+    The ``embedding`` engine scores a pair as the dot product of a ``user`` and an ``item`` row
+    (each ``dim`` floats: the embedding and a bias), so both tables must be there (a table's role
+    is its name or the last dot-separated part of it), be Embedding tables of one width, and
+    every replica must hold every row (``keyMapping: Replicated``). Other engines do not read
+    the rows, so any tables go.
+    """
+    if pool.spec.template.engine != "embedding":
+        return []
+    spec = stream.spec
+    where = f'pool "{pool.metadata.name}" runs the embedding engine'
+    errors = []
+    if spec.key_mapping != "Replicated":
+        errors.append(
+            f"spec.keyMapping: Unsupported value: {spec.key_mapping!r}: {where}, which needs every "
+            "row on every replica; use Replicated"
+        )
+    by_role = {t.name.rsplit(".", 1)[-1]: t for t in spec.tables}
+    missing = [role for role in (USER, ITEM) if role not in by_role]
+    if missing:
+        errors.append(
+            f"spec.tables: Required value: {where}, which scores with a "
+            + " and an ".join(repr(r) for r in missing)
+            + " table (a table's role is its name or the part after its last dot, e.g. "
+            f"ranker.{missing[0]})"
+        )
+    for role in (USER, ITEM):
+        table = by_role.get(role)
+        if table is not None and table.kind != "Embedding":
+            errors.append(
+                f"spec.tables[{table.name}].kind: Unsupported value: {table.kind!r}: the "
+                f"{role} table of the embedding engine holds rows keyed by id; use Embedding"
+            )
+        if table is not None and table.dim < 2:
+            errors.append(
+                f"spec.tables[{table.name}].dim: Invalid value: {table.dim}: the embedding "
+                "engine's rows are the embedding followed by a bias; use at least 2"
+            )
+    user, item = by_role.get(USER), by_role.get(ITEM)
+    if user is not None and item is not None and user.dim != item.dim:
+        errors.append(
+            f"spec.tables: Invalid value: {user.name} has dim {user.dim} and {item.name} has dim "
+            f"{item.dim}: the embedding engine scores their dot product, so give both one dim"
         )
     return errors

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from math import ceil
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -323,6 +323,71 @@ def parse_scrape(text: str, model: str) -> Scrape:
     return Scrape(lag, wire, raw, rows, backlog, staleness, (paired[0], paired[1], paired[2]))
 
 
+POD_LABEL = "pod"
+"""The label that names a server's pod on its scraped series (prometheus-operator's PodMonitor and
+the e2e Prometheus both set it)."""
+
+Series = tuple[Mapping[str, str], float]
+"""One series of an instant-vector query: its labels and value."""
+
+
+def prometheus_queries(model: str, pods: Iterable[str], window_seconds: int) -> dict[str, str]:
+    """The instant queries that read one stream's update series of these server pods from
+    Prometheus: counters as increases over the window, gauges as they are now."""
+    names = sorted(set(pods))
+    pod = f'{POD_LABEL}=~"{"|".join(_regex_literal(n) for n in names)}"'
+    m = f"model={_string_literal(model)}"
+    w = f"[{int(window_seconds)}s]"
+    return {
+        "lag": f"sum by ({POD_LABEL}, priority_class, le) "
+        f"(increase(ekko_update_lag_seconds_bucket{{{m},{pod}}}{w}))",
+        "wire": f"sum by ({POD_LABEL}, peer_region) "
+        f'(increase(ekko_update_wire_bytes_total{{direction="in",{pod}}}{w}))',
+        "raw": f"sum by ({POD_LABEL}, peer_region) "
+        f'(increase(ekko_update_raw_bytes_total{{direction="in",{pod}}}{w}))',
+        "rows": f"sum by ({POD_LABEL}) (increase(ekko_update_rows_applied_total{{{m},{pod}}}{w}))",
+        "backlog": f"sum by ({POD_LABEL}) (ekko_update_backlog_rows{{{pod}}})",
+        "staleness": f"max by ({POD_LABEL}) (ekko_update_staleness_seconds{{{m},{pod}}})",
+    }
+
+
+def scrapes_from_prometheus(results: Mapping[str, Iterable[Series]]) -> dict[str, Scrape]:
+    """Per server pod, what :func:`prometheus_queries` returned as a :class:`Scrape` whose
+    counters are the window's increases (so :func:`stream_status` takes them with no baseline).
+    A pod Prometheus holds no update series for is absent: it does not count as connected."""
+    parts: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"lag": {}, "wire": {}, "raw": {}, "rows": 0.0, "backlog": 0.0, "staleness": 0.0}
+    )
+    for part, series in results.items():
+        for labels, value in series:
+            name = labels.get(POD_LABEL)
+            if not name or math.isnan(value):
+                continue
+            p = parts[name]
+            if part == "lag":
+                key = (labels.get("priority_class", ""), float(labels.get("le", "+Inf")))
+                p["lag"][key] = p["lag"].get(key, 0.0) + value
+            elif part in ("wire", "raw"):
+                region = labels.get("peer_region", "")
+                p[part][region] = p[part].get(region, 0.0) + value
+            elif part in ("rows", "backlog", "staleness"):
+                p[part] = value
+    return {
+        name: Scrape(p["lag"], p["wire"], p["raw"], p["rows"], p["backlog"], p["staleness"])
+        for name, p in parts.items()
+    }
+
+
+def _string_literal(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _regex_literal(value: str) -> str:
+    """A name as an exact RE2 match inside a PromQL string (backslashes doubled for the string)."""
+    escaped = "".join("\\" + c if not (c.isalnum() or c in "-_") else c for c in value)
+    return escaped.replace("\\", "\\\\").replace('"', '\\"')
+
+
 _PAIRED = {
     "ekko_update_paired_samples_total": 0,
     "ekko_update_paired_loss_difference": 1,
@@ -389,6 +454,7 @@ def stream_status(
     paused: bool | None = None,
     epoch: int = 0,
     extra: Condition | None = None,
+    source: Literal["Prometheus", "Agents"] | None = None,
 ) -> UpdateStreamStatus:
     """The stream's status from each connected server's metrics now and at the start of the
     window (``baselines``; a server without one counts from zero)."""
@@ -478,6 +544,7 @@ def stream_status(
                 )
                 for r in regions
             ],
+            source=source,
         ),
         traffic=UpdateTraffic(
             wan_bytes_per_second=round(wan / window),

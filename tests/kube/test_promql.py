@@ -54,3 +54,15 @@ def test_queries_carry_tenant_headers_and_a_fresh_bearer_token(tmp_path: Path) -
         server.shutdown()
     assert [tenant for tenant, _ in seen] == ["team-a", "team-a", None]
     assert seen[1][1] == "Bearer rotated"
+
+
+def test_a_vector_query_that_cannot_be_answered_raises_with_the_reason() -> None:
+    import pytest
+
+    from ekko.promql import QueryError, vector
+
+    server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = server.server_port
+    server.server_close()  # nothing listens there now
+    with pytest.raises(QueryError, match="query failed"):
+        vector(f"http://127.0.0.1:{port}", "up")

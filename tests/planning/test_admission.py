@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ekko.api.resources import ModelVersion, UpdateStream
+from typing import Any
+
+from ekko.api.resources import ModelVersion, ServerPool, UpdateStream
 from ekko.planning.admission import check_model, check_stream, check_version
 from tests.planning.test_converge import POOL, model
 
@@ -66,3 +68,59 @@ def test_a_stream_needs_its_model_and_is_the_only_one_for_it() -> None:
     assert check_stream(s, model("ranker"), [s, _stream("other", "scorer")]) == []  # itself: ok
     (error,) = check_stream(s, model("ranker"), [_stream("first", "ranker")])
     assert 'model "ranker" already has an UpdateStream (first)' in error
+
+
+def _embedding_pool() -> ServerPool:
+    doc = POOL.model_dump(by_alias=True, mode="json", exclude_none=True)
+    doc["spec"]["template"]["engine"] = "embedding"
+    return ServerPool.model_validate(doc)
+
+
+def _tables_stream(tables: list[dict[str, Any]], key_mapping: str = "Replicated") -> UpdateStream:
+    doc = _stream("s", "ranker").model_dump(by_alias=True, mode="json", exclude_none=True)
+    doc["spec"]["tables"] = tables
+    doc["spec"]["keyMapping"] = key_mapping
+    return UpdateStream.model_validate(doc)
+
+
+def test_an_embedding_pools_stream_must_carry_user_and_item_tables_of_one_width() -> None:
+    pool = _embedding_pool()
+    good = _tables_stream(
+        [
+            {"name": "ranker.user", "dim": 9},
+            {"name": "ranker.item", "dim": 9},
+            {"name": "ranker.dense", "kind": "Dense", "dim": 4},
+        ]
+    )
+    assert check_stream(good, model("ranker"), [], pool) == []
+    # The same stream on a pool whose engine does not read rows: any tables go.
+    assert check_stream(_tables_stream([{"name": "x", "dim": 1}]), model("ranker"), [], POOL) == []
+
+    (missing,) = check_stream(
+        _tables_stream([{"name": "ranker.user", "dim": 9}]), model("ranker"), [], pool
+    )
+    assert missing.startswith("spec.tables: Required value:") and "'item' table" in missing
+    assert "ranker.item" in missing  # the fix, spelled out
+
+    (widths,) = check_stream(
+        _tables_stream([{"name": "u.user", "dim": 9}, {"name": "u.item", "dim": 17}]),
+        model("ranker"),
+        [],
+        pool,
+    )
+    assert "u.user has dim 9 and u.item has dim 17" in widths
+
+    errors = check_stream(
+        _tables_stream(
+            [{"name": "user", "dim": 1}, {"name": "item", "kind": "Dense", "dim": 1}], "Modulo"
+        ),
+        model("ranker"),
+        [],
+        pool,
+    )
+    assert [e.split(":")[0] for e in errors] == [
+        "spec.keyMapping",
+        "spec.tables[user].dim",
+        "spec.tables[item].kind",
+        "spec.tables[item].dim",
+    ], errors

@@ -337,3 +337,52 @@ def test_duties_carry_the_baseline_shares_only_when_health_is_on() -> None:
     h = healths[0]
     assert h is not None
     assert (h.traffic_percent, h.shadow_percent, h.undo_log_bytes) == (0.25, 40, 64 << 20)
+
+
+def test_prometheus_answers_read_as_the_same_scrape_as_the_agents_own_metrics() -> None:
+    """What the queries return for a server (sums by pod, class and le) is read into the same
+    Scrape the agent's /metrics gives, so the status does not depend on where it was read."""
+    from ekko.planning.updates import parse_scrape, prometheus_queries, scrapes_from_prometheus
+
+    queries = prometheus_queries("ranker", ["a1", "a0.x"], 60)
+    assert set(queries) == {"lag", "wire", "raw", "rows", "backlog", "staleness"}
+    # The model and the pods are matched exactly: a dot in a pod name is not a wildcard.
+    assert 'model="ranker"' in queries["lag"] and 'pod=~"a0\\\\.x|a1"' in queries["lag"]
+    assert queries["rows"].endswith("[60s]))") and "increase(" in queries["wire"]
+    assert "increase(" not in queries["backlog"] and "increase(" not in queries["staleness"]
+
+    def answer(pod: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+        lag = [
+            ({"pod": pod, "priority_class": c, "le": le}, v)
+            for c, le, v in [
+                ("new", "0.1", 2),
+                ("new", "1", 4),
+                ("new", "+Inf", 4),
+                ("rest", "0.1", 0),
+                ("rest", "1", 4),
+                ("rest", "+Inf", 4),
+            ]
+        ]
+        return {
+            "lag": lag,
+            "wire": [({"pod": pod, "peer_region": "train"}, 1000.0)],
+            "raw": [({"pod": pod, "peer_region": "train"}, 4000.0)],
+            "rows": [({"pod": pod}, 8.0)],
+            "backlog": [({"pod": pod}, 3.0)],
+            "staleness": [({"pod": pod}, 0.0), ({}, 7.0)],  # a series without a pod: ignored
+        }
+
+    results = {k: answer("a0")[k] + answer("a1")[k] for k in answer("a0")}
+    scrapes = scrapes_from_prometheus(results)
+    agent = parse_scrape(METRICS, "ranker")
+    assert set(scrapes) == {"a0", "a1"}
+    for s in scrapes.values():
+        assert dict(s.lag) == dict(agent.lag)
+        assert (s.wire_in, s.raw_in, s.rows, s.backlog, s.staleness) == (
+            agent.wire_in,
+            agent.raw_in,
+            agent.rows,
+            agent.backlog,
+            agent.staleness,
+        )
+    assert scrapes_from_prometheus({"lag": [], "rows": []}) == {}  # nothing scraped: not connected
