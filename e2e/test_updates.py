@@ -33,8 +33,8 @@ from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
 from e2e.statehelpers import stream_manifest
 from e2e.waiting import wait_for
+from ekko.kube.promql import vector
 from ekko.operator.updates import PASS_SECONDS
-from ekko.promql import vector
 from ekko.updates.scoring import score_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
