@@ -12,7 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ekko ./ekko
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels '.[solver]'
 
 # -- runtime: Debian's python3 with libstdc++6 and libgomp1 (numpy and OR-Tools load them), the
 # project in a venv at /opt/ekko, a non-root user.
@@ -26,7 +26,7 @@ ENV PATH=/opt/ekko/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     HOME=/home/ekko TMPDIR=/tmp
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m venv /opt/ekko \
-    && /opt/ekko/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels ekko \
+    && /opt/ekko/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels 'ekko[solver]' \
     && echo 'ekko:x:10001:10001::/home/ekko:/usr/sbin/nologin' >> /etc/passwd \
     && echo 'ekko:x:10001:' >> /etc/group \
     && mkdir -p /home/ekko && chown 10001:10001 /home/ekko

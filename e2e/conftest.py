@@ -27,6 +27,7 @@ from e2e.cluster import build, control
 from e2e.cluster.pki import CLUSTER_NAME
 from e2e.objects import Api
 from e2e.operator_harness import OperatorProcess
+from e2e.prometheus import Prometheus
 from e2e.waiting import wait_for
 
 ALLOW_ENV = "EKKO_E2E_ALLOW_CONTEXT"
@@ -238,6 +239,25 @@ def fleet(cluster: Cluster, namespace: str) -> Iterator[AgentFleet]:
 def operator(cluster: Cluster, namespace: str, ekko_crds: Any) -> Iterator[OperatorProcess]:
     """The operator as a process, watching the test namespace."""
     with OperatorProcess(cluster.kubeconfig, namespace) as proc:
+        yield proc
+
+
+@pytest.fixture
+def prometheus() -> Iterator[Prometheus]:
+    """A real Prometheus on loopback (scrapes what its targets file names; see follow())."""
+    with Prometheus() as prom:
+        yield prom
+
+
+@pytest.fixture
+def prometheus_operator(
+    cluster: Cluster, namespace: str, ekko_crds: Any, prometheus: Prometheus
+) -> Iterator[OperatorProcess]:
+    """The operator querying that Prometheus (--prometheus-url): rollout analysis and
+    UpdateStream freshness read from it."""
+    with OperatorProcess(
+        cluster.kubeconfig, namespace, ("--prometheus-url", prometheus.url)
+    ) as proc:
         yield proc
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from e2e.agents import AgentFleet, free_port
@@ -97,7 +97,7 @@ def test_chart_lints(values: list[str]) -> None:
 
 def test_bad_values_fail_with_a_clear_message() -> None:
     with pytest.raises(ToolError, match=r"operator\.replicas"):
-        render("--set", "operator.replicas=2")
+        render("--set", "operator.replicas=0")
     with pytest.raises(ToolError, match=r"image\.tag"):
         render("--set", "image.tag=2")  # --set makes it an integer, not a string
 
@@ -332,8 +332,8 @@ def test_chart_rbac_is_enough_to_stream_updates_and_roll_the_state_back(
     publisher = LivePublisher()
     health = {
         "action": "Rollback",
-        "snapshotInterval": "2s",
-        "baseline": {"age": "4s", "trafficPercent": 0.5, "shadowPercent": 100},
+        "snapshotInterval": "5s",
+        "baseline": {"age": "5s", "trafficPercent": 0.5, "shadowPercent": 100},
     }
 
     def stream_health() -> dict[str, Any]:
@@ -420,6 +420,78 @@ def test_chart_rbac_is_enough_to_stream_updates_and_roll_the_state_back(
     assert not [w for w in DENIED if w in operator_log], operator_log[-4000:]
     for pod, text in agent_logs.items():
         assert not [w for w in DENIED if w in text], f"agent {pod}:\n{text[-3000:]}"
+
+
+def test_people_with_the_built_in_edit_or_view_role_can_use_ekko(
+    cluster: Any, namespace: str, namespaced_release: Release, tmp_path: Path
+) -> None:
+    """The chart's view/edit ClusterRoles are aggregated into Kubernetes' own: a user bound only
+    to `edit` in the namespace applies Ekko's objects and drives them with `kubectl ekko`; one
+    bound only to `view` reads them and is refused writes, in the API server's words."""
+    core: Any = client.CoreV1Api(cluster.api)
+    rbac: Any = client.RbacAuthorizationV1Api(cluster.api)
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": user}})
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": f"{user}-{role}"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": user, "namespace": namespace}],
+            },
+        )  # fmt: skip
+    alice = f"system:serviceaccount:{namespace}:alice"
+    bob = f"system:serviceaccount:{namespace}:bob"
+    wait_for(  # the controller-manager aggregates the labelled ClusterRoles into edit and view
+        lambda: (
+            can_i(cluster.api, alice, "patch", "ekko.dev", "models/status", namespace)
+            and can_i(cluster.api, bob, "list", "ekko.dev", "updatestreams", namespace)
+        ),
+        "the chart's roles aggregated into edit and view",
+        timeout=60,
+    )
+    assert can_i(cluster.api, alice, "create", "ekko.dev", "updatestreams", namespace)
+    assert not can_i(cluster.api, alice, "patch", "ekko.dev", "serverassignments", namespace)
+    assert not can_i(cluster.api, bob, "patch", "ekko.dev", "models/status", namespace)
+    assert not can_i(cluster.api, bob, "create", "ekko.dev", "models", namespace)
+    assert not can_i(cluster.api, alice, "list", "ekko.dev", "models", "default")  # namespaced
+
+    alice_kc = token_kubeconfig(cluster.api, namespace, "alice", tmp_path / "alice")
+    bob_kc = token_kubeconfig(cluster.api, namespace, "bob", tmp_path / "bob")
+    as_alice = Api(config.new_client_from_config(str(alice_kc)), namespace)
+    as_alice.create(pool_manifest())
+    as_alice.create(model_manifest("ranker", 2, "1Gi", 1))
+    as_alice.create(
+        {
+            "apiVersion": "ekko.dev/v1alpha1",
+            "kind": "UpdateStream",
+            "metadata": {"name": "ranker"},
+            "spec": {
+                "model": "ranker",
+                "source": {"endpoints": ["http://trainer:9500"]},
+                "tables": [{"name": "ranker.user", "dim": 9}, {"name": "ranker.item", "dim": 9}],
+            },
+        }
+    )
+
+    def plugin(kubeconfig: Path, *words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ekko.cli.kubectl_ekko", *words, "-n", namespace],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )  # fmt: skip
+
+    paused = plugin(alice_kc, "updates", "pause", "ranker")
+    assert paused.returncode == 0, paused.stderr
+    annotations = Api(cluster.api, namespace).get("updatestreams", "ranker")["metadata"]
+    assert annotations["annotations"]["ekko.dev/updates-paused"] == "true"
+    shown = plugin(bob_kc, "updates", "ranker")
+    assert shown.returncode == 0 and "UpdateStream ranker" in shown.stdout, shown.stderr
+    refused = plugin(bob_kc, "updates", "resume", "ranker")
+    assert refused.returncode != 0
+    assert "forbidden" in refused.stderr and "cannot patch" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr, refused.stderr
 
 
 def _patched_chart(tmp: Path) -> Path:

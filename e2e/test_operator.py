@@ -6,6 +6,7 @@ one agent process per server pod (kwok runs no containers; the agent code is the
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.request
@@ -27,6 +28,8 @@ from e2e.operator_harness import OperatorProcess
 from e2e.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+log = logging.getLogger("e2e.operator")
 
 
 def test_pool_and_four_models_are_placed_loaded_and_valid(
@@ -219,6 +222,36 @@ def test_two_operators_with_one_peering_act_as_one_and_fail_over(
         wait_for(lambda: converged(api, models=["a", "b"]), "placed after fail-over", timeout=120,
                  describe=low.logs)  # fmt: skip
         assert "Planned" in low.logs()
+
+
+def test_a_hot_standby_takes_over_from_a_crashed_operator(
+    cluster: Any, api: Api, fleet: AgentFleet, namespace: str
+) -> None:
+    """What the chart runs with operator.replicas > 1: every replica has --peering and
+    --priority=auto, the longest-running one acts and the others wait. The acting one is killed
+    (SIGKILL: no goodbye, its peering entry stays until it expires) and the standby carries on."""
+    args = ("--peering", "--priority", "auto")
+    with OperatorProcess(cluster.kubeconfig, namespace, args) as first:
+        api.create(pool_manifest())
+        api.create(model_manifest("a", 4, "8Gi", 2))
+        wait_for(lambda: converged(api, models=["a"]), "placed by the first operator", timeout=90,
+                 describe=first.logs)  # fmt: skip
+        with OperatorProcess(cluster.kubeconfig, namespace, args) as standby:
+            wait_for(
+                lambda: "Pausing operations in favour of" in standby.logs(),
+                "the younger operator to wait as a standby",
+                timeout=60,
+                describe=standby.logs,
+            )
+            assert "Pausing operations" not in first.logs()  # a newcomer never preempts
+            first.stop(hard=True)
+            killed = time.monotonic()
+            api.create(model_manifest("b", 2, "8Gi", 1))
+            wait_for(lambda: converged(api, models=["a", "b"]), "placed by the standby",
+                     timeout=120, describe=standby.logs)  # fmt: skip
+            log.info("standby placed a new model %.1fs after the acting operator was killed",
+                     time.monotonic() - killed)  # fmt: skip
+            assert "Resuming operations" in standby.logs() and "Planned" in standby.logs()
 
 
 def test_a_lost_node_is_replaced_without_leaving_a_shard_unserved(

@@ -65,25 +65,15 @@ def version_manifest(
 
 
 @pytest.fixture
-def prometheus() -> Iterator[Prometheus]:
-    with Prometheus() as prom:
-        yield prom
-
-
-@pytest.fixture
 def fleet(cluster: Any, namespace: str, prometheus: Prometheus) -> Iterator[AgentFleet]:
     with AgentFleet(cluster.kubeconfig, namespace) as agents, prometheus.follow(agents):
         yield agents
 
 
 @pytest.fixture
-def operator(
-    cluster: Any, namespace: str, ekko_crds: Any, prometheus: Prometheus
-) -> Iterator[OperatorProcess]:
-    with OperatorProcess(
-        cluster.kubeconfig, namespace, ("--prometheus-url", prometheus.url)
-    ) as proc:
-        yield proc
+def operator(prometheus_operator: OperatorProcess) -> OperatorProcess:
+    """The operator with --prometheus-url (the conftest fixture has none)."""
+    return prometheus_operator
 
 
 def ports(fleet: AgentFleet) -> list[int]:

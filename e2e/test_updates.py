@@ -76,20 +76,9 @@ def write_replay(path: Path, seconds: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
-def prometheus() -> Iterator[Prometheus]:
-    with Prometheus() as prom:
-        yield prom
-
-
-@pytest.fixture
-def operator(
-    cluster: Cluster, namespace: str, ekko_crds: Any, prometheus: Prometheus
-) -> Iterator[OperatorProcess]:
-    """The operator reading the stream's freshness from Prometheus (--prometheus-url)."""
-    with OperatorProcess(
-        cluster.kubeconfig, namespace, ("--prometheus-url", prometheus.url)
-    ) as proc:
-        yield proc
+def operator(prometheus_operator: OperatorProcess) -> OperatorProcess:
+    """The operator with --prometheus-url (the conftest fixture has none)."""
+    return prometheus_operator
 
 
 @pytest.fixture

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from e2e.agents import free_port
 from e2e.conftest import REPO, api_error_message
+from e2e.helmtools import token_kubeconfig
 from e2e.objects import Api, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.test_rollout import version_manifest
@@ -137,3 +139,60 @@ def test_bad_manifests_are_refused_in_words_with_the_webhook_running(
         else:
             wrong.append(f"{case['name']}: admitted")
     assert not wrong, "\n".join(wrong)
+
+
+def test_only_the_operator_writes_assignment_specs(
+    cluster: Any, api: Api, namespace: str, webhook_operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """A person (or tool) with RBAC rights on ServerAssignments still cannot change their spec:
+    an edit like ``shards: []`` would make an agent unload what it serves before the operator
+    restores it. The operator's own writes pass; metadata edits pass."""
+    api.create(pool_manifest())
+    api.create(model_manifest("m", 2, "1Gi", 1))
+    assignments = wait_for(
+        api.assignments,
+        "assignments written by the operator through the webhook",
+        timeout=90,
+        describe=webhook_operator.logs,
+    )
+    assert "ServerAssignment specs are written by" in webhook_operator.logs()
+    core: Any = client.CoreV1Api(cluster.api)
+    rbac: Any = client.RbacAuthorizationV1Api(cluster.api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "hand"}})
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "assignment-editor"},
+            "rules": [{"apiGroups": ["ekko.dev"], "resources": ["serverassignments"],
+                       "verbs": ["get", "list", "patch", "update", "create"]}],
+        },
+    )  # fmt: skip
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "hand"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "assignment-editor"},
+            "subjects": [{"kind": "ServiceAccount", "name": "hand", "namespace": namespace}],
+        },
+    )  # fmt: skip
+    hand = client.CustomObjectsApi(
+        config.new_client_from_config(str(token_kubeconfig(cluster.api, namespace, "hand",
+                                                           tmp_path / "hand")))
+    )  # fmt: skip
+    name = assignments[0].metadata.name
+    with pytest.raises(ApiException) as refused:
+        hand.patch_namespaced_custom_object(
+            "ekko.dev", "v1alpha1", namespace, "serverassignments", name, {"spec": {"shards": []}}
+        )
+    assert refused.value.status == 403, refused.value
+    message = api_error_message(refused.value)
+    assert "may not change a ServerAssignment's spec" in message, message
+    assert "change those instead" in message, message
+    assert api.get("serverassignments", name)["spec"]["shards"], "the spec was not changed"
+    # Metadata is not the operator's: a label goes through.
+    hand.patch_namespaced_custom_object(
+        "ekko.dev", "v1alpha1", namespace, "serverassignments", name,
+        {"metadata": {"labels": {"team": "search"}}},
+    )  # fmt: skip
+    assert api.get("serverassignments", name)["metadata"]["labels"]["team"] == "search"

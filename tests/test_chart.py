@@ -113,7 +113,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("operator.replicas", 2, "operator.replicas: 1 was expected"),
+        ("operator.replicas", 0, "operator.replicas: 0 is less than the minimum of 1"),
         ("image.tag", 0.1, "image.tag: 0.1 is not of type 'string'"),
         ("operator.resources.requests.cpu", "-100m", "operator.resources.requests.cpu"),
         ("operator.resources.limits.memory", -1, "operator.resources.limits.memory"),
@@ -255,27 +255,10 @@ RFC1123_PATH = r"(/[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 
 def _kopf_webhooks() -> list[dict[str, Any]]:
     """What kopf would register for the operator's validators, pointed at a Service."""
-    import kopf
-    from kopf._cogs.structs.references import Resource  # kopf's own naming convention is
-    from kopf._core.engines.admission import build_webhooks  # the reference the chart mirrors
+    from ekko.operator.webhook import CONFIGURATION, webhooks
 
-    from ekko.operator import webhook  # registers the handlers
-
-    handlers = kopf.get_default_registry()._webhooks.get_all_handlers()
-    resources = [
-        Resource("ekko.dev", "v1alpha1", plural, namespaced=True)
-        for plural in (  # every Ekko resource: a new validator of a new CRD is covered too
-            yaml.safe_load(f.read_text())["spec"]["names"]["plural"]
-            for f in sorted((REPO / "crds").glob("ekko.dev_*.yaml"))
-        )
-    ]
-    assert webhook.CONFIGURATION  # the managed name, unused by the chart
-    return build_webhooks(
-        [h for h in handlers if h.fn.__module__ == "ekko.operator.webhook"],
-        resources=resources,
-        name_suffix="ekko.dev",
-        client_config={"service": {"name": "svc", "namespace": "ns", "path": ""}},
-    )
+    assert CONFIGURATION  # the managed name, unused by the chart
+    return webhooks({"service": {"name": "svc", "namespace": "ns", "path": ""}})
 
 
 def test_the_charts_webhook_calls_every_operator_validator_through_its_service() -> None:
@@ -375,3 +358,34 @@ def test_alert_rules_query_only_metrics_ekko_exports() -> None:
     used = {m for e in exprs for m in re.findall(r"\bekko_[a-z_]+", e)}
     assert {"ekko_update_lag_seconds_bucket", "ekko_update_paired_samples_total"} <= used
     assert used <= known, f"the alert rules query unknown metrics: {sorted(used - known)}"
+
+
+def test_more_operator_replicas_are_hot_standbys_replaced_one_at_a_time() -> None:
+    def deployment(*values: str) -> dict[str, Any]:
+        return next(d for d in _render(*values) if d["kind"] == "Deployment")
+
+    one, three = deployment(), deployment("--set", "operator.replicas=3")
+    assert one["spec"]["strategy"] == {"type": "Recreate"}
+    assert three["spec"]["replicas"] == 3
+    assert three["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    for d in (one, three):
+        args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--peering" in args and "--priority=auto" in args
+
+
+def test_kopf_peering_crds_can_be_left_to_another_release() -> None:
+    def crds(*values: str) -> set[str]:
+        return {
+            d["metadata"]["name"]
+            for d in _render(*values)
+            if d["kind"] == "CustomResourceDefinition"
+        }
+
+    every = crds()
+    assert {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= every
+    without = crds("--set", "crds.kopfPeering=false")
+    assert without == {n for n in every if not n.endswith(".kopf.dev")}
+    assert "updatestreams.ekko.dev" in without

@@ -257,7 +257,7 @@ def _wheels(work: Path) -> Path:
         "-q",
         "--wheel-dir",
         wheels,
-        REPO,
+        f"{REPO}[solver]",
         cwd=work,
     )
     return wheels
@@ -295,7 +295,7 @@ def build_ekko(force: bool = False) -> tuple[Path, str]:
                 "--no-index",
                 "--find-links",
                 "/tmp/wheels",
-                "ekko",
+                "ekko[solver]",
             )
         with (rootfs / "etc" / "passwd").open("a") as f:
             f.write(f"ekko:x:{UID}:{UID}::/home/ekko:/usr/sbin/nologin\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from ekko import __version__
@@ -18,6 +19,14 @@ commands:
 """
 
 
+def _has_solver() -> bool:
+    try:
+        importlib.import_module("ortools")
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -25,7 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     # Each command is imported only when run (lazy imports, hence the PLC0415 waivers): the agent
-    # must not pay for OR-Tools, nor `ekko plan` for kopf.
+    # must not pay for OR-Tools, nor `ekko plan` for kopf. OR-Tools is an extra (ekko[solver]):
+    # the agent, the publisher and kubectl ekko run without it.
+    if command in ("plan", "operator") and not _has_solver():
+        print(
+            f"ekko {command}: the placement solver needs OR-Tools, which is not installed; "
+            "install Ekko with its solver extra: pip install 'ekko[solver]' "
+            "(from a checkout: pip install '.[solver]')",
+            file=sys.stderr,
+        )
+        return 2
     if command == "plan":
         from ekko.cli.plan import main as plan_main  # noqa: PLC0415
 

@@ -13,6 +13,20 @@ from ekko.api.meta import GROUP, VERSION
 from ekko.kube.client import converting
 
 
+def whoami(api: client.ApiClient) -> str | None:
+    """The user name the API server knows these credentials by (a SelfSubjectReview, which
+    every authenticated user may make); None when the server cannot say."""
+    try:
+        review: Any = client.AuthenticationV1Api(api).create_self_subject_review(
+            client.V1SelfSubjectReview()
+        )
+    except (ApiException, OSError, ValueError):
+        return None
+    user = getattr(getattr(review, "status", None), "user_info", None)
+    name = getattr(user, "username", None)
+    return str(name) if name else None
+
+
 def post_event(
     core: Any,
     kind: str,

@@ -20,6 +20,7 @@ from typing import Any
 import kopf
 
 from ekko.api.meta import GROUP, VERSION
+from ekko.kube.calls import whoami
 from ekko.kube.updates import UpdateKube
 from ekko.operator.settings import configure
 from ekko.operator.updates import UpdateStreams
@@ -35,6 +36,17 @@ async def startup(
     **_: Any,
 ) -> None:
     configure(settings, memo)
+    if memo.get("webhook") is not None:
+        # The webhook lets only this user write ServerAssignment specs (the operator itself;
+        # hot standbys share its ServiceAccount).
+        memo.operator_user = await asyncio.to_thread(whoami, memo.fleet.custom.api_client)
+        if memo.operator_user is None:
+            logger.warning(
+                "Could not learn this operator's user name (SelfSubjectReview); the webhook "
+                "will not guard ServerAssignment specs."
+            )
+        else:
+            logger.info("ServerAssignment specs are written by %s only.", memo.operator_user)
     # Stream freshness comes from Prometheus only when one was named (--prometheus-url); the
     # rollouts' default address is a guess that would turn every status pass into a warning.
     memo.streams = UpdateStreams(

@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import sys
+import time
 
 import kopf
 from prometheus_client import start_http_server
@@ -22,6 +23,20 @@ from ekko.operator import (
 from ekko.operator.metrics import REGISTRY
 
 __all__ = ["handlers", "main"]
+
+
+AUTO_PRIORITY_BASE = 2**52
+"""``--priority auto`` counts down from here by the start time in microseconds: an operator started
+earlier has the higher priority, and every value stays an exact JSON number (< 2**53)."""
+
+
+def _priority(text: str) -> int:
+    if text == "auto":
+        return AUTO_PRIORITY_BASE - time.time_ns() // 1000
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor 'auto'") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--priority",
-        type=int,
+        type=_priority,
         default=0,
-        help="Peering priority: of operators sharing the peering object 'ekko', only the highest acts.",
+        help="Peering priority: of operators sharing the peering object 'ekko', only the highest "
+        "acts. 'auto': the longest-running of the operators started with 'auto' acts and the "
+        "others wait as hot standbys (the chart sets it; a second operator started by hand with "
+        "a plain number below it pauses).",
     )
     peering = parser.add_mutually_exclusive_group()
     peering.add_argument(

@@ -100,12 +100,16 @@ _EVENTS = {
 def condition_events(
     before: Sequence[Condition], after: Sequence[Condition]
 ) -> list[tuple[str, str, bool]]:
-    """Events for conditions that changed: (reason, message, warning). A first True is quiet."""
+    """Events for conditions that changed: (reason, message, warning). A first True is quiet,
+    and so is a first ``Connected=False``: a new stream's servers are still being wired (its
+    state says Pending); losing a connection it had is what warns."""
     old = {c.type: c.status for c in before}
     out = []
     for c in after:
         was = old.get(c.type)
         if was == c.status or (was is None and c.status == "True"):
+            continue
+        if was is None and c.type == "Connected":
             continue
         event = _EVENTS.get((c.type, c.status))
         if event is not None:

@@ -33,7 +33,12 @@ from ekko.api.resources import Model, ModelVersion, UpdateStream
 from ekko.api.validate import check_manifest
 from ekko.kube.errors import KubeError
 from ekko.kube.fleet import Fleet
-from ekko.planning.admission import check_model, check_stream, check_version
+from ekko.planning.admission import (
+    check_assignment_write,
+    check_model,
+    check_stream,
+    check_version,
+)
 
 CONFIGURATION = "validate.ekko.dev"
 
@@ -111,6 +116,31 @@ def configure(settings: kopf.OperatorSettings, options: Options) -> None:
     )
     if options.managed:
         settings.admission.managed = CONFIGURATION
+
+
+def webhooks(client_config: dict[str, Any], name_suffix: str = "ekko.dev") -> list[dict[str, Any]]:
+    """The ``webhooks`` of a ValidatingWebhookConfiguration that calls every validator here, as
+    kopf itself would register them (names, rules, failure policy), at ``client_config`` (a
+    ``service`` or a ``url`` whose path each hook extends with its handler id). For an installer
+    that registers the webhook itself (``--webhook-unmanaged``); the chart's template mirrors it
+    and ``tests/test_chart.py`` holds the two equal."""
+    from kopf._cogs.structs.references import Resource  # noqa: PLC0415
+    from kopf._core.engines.admission import build_webhooks  # noqa: PLC0415
+
+    from ekko.api.crdgen import CRDS  # noqa: PLC0415
+
+    handlers = [
+        h
+        for h in kopf.get_default_registry()._webhooks.get_all_handlers()
+        if h.fn.__module__ == __name__
+    ]
+    resources = [Resource(GROUP, VERSION, info.plural, namespaced=True) for info in CRDS]
+    return build_webhooks(
+        handlers,
+        resources=resources,
+        name_suffix=name_suffix,
+        client_config=client_config,  # type: ignore[arg-type]
+    )
 
 
 def _refuse(errors: list[str]) -> None:
@@ -205,3 +235,26 @@ async def validate_stream(body: kopf.Body, memo: kopf.Memo, warnings: list[str],
         )
     if model is not _UNCHECKED and others is not _UNCHECKED:
         _refuse(check_stream(stream, model, others, None if pool is _UNCHECKED else pool))
+
+
+@kopf.on.validate(
+    GROUP,
+    VERSION,
+    "serverassignments",
+    id="validate-assignment",
+    operations=["CREATE", "UPDATE"],
+    ignore_failures=True,
+)
+async def validate_assignment(memo: kopf.Memo, userinfo: kopf.UserInfo, **kwargs: Any) -> None:
+    """Assignment specs are the operator's alone (see ``check_assignment_write``)."""
+    old: dict[str, Any] = dict(kwargs.get("old") or {})
+    new: dict[str, Any] = dict(kwargs.get("new") or {})
+    errors = check_assignment_write(
+        str(kwargs.get("operation") or ""),
+        old.get("spec"),
+        new.get("spec"),
+        str(userinfo.get("username", "")),
+        memo.get("operator_user"),
+    )
+    if errors:
+        raise kopf.AdmissionError("; ".join(errors), code=403)

@@ -154,3 +154,27 @@ def check_tables(stream: UpdateStream, pool: ServerPool) -> list[str]:
             f"{item.dim}: the embedding engine scores their dot product, so give both one dim"
         )
     return errors
+
+
+def check_assignment_write(
+    operation: str,
+    old_spec: object,
+    new_spec: object,
+    user: str,
+    operator_user: str | None,
+) -> list[str]:
+    """Only the operator writes a ServerAssignment's spec: what a server must load is derived
+    from the pools and models, and a hand edit (say ``shards: []``) would make an agent unload
+    what it serves before the operator puts it back. Labels, annotations and status are anyone's
+    with the rights; without a known operator user nothing is refused."""
+    if operator_user is None or user == operator_user:
+        return []
+    if operation == "UPDATE" and old_spec == new_spec:
+        return []
+    verb = (
+        "create ServerAssignments" if operation == "CREATE" else "change a ServerAssignment's spec"
+    )
+    return [
+        f'user "{user}" may not {verb}: the Ekko operator ("{operator_user}") writes them from '
+        "the ServerPools and Models; change those instead (labels and annotations may be edited)"
+    ]

@@ -124,3 +124,21 @@ def test_an_embedding_pools_stream_must_carry_user_and_item_tables_of_one_width(
         "spec.tables[item].kind",
         "spec.tables[item].dim",
     ], errors
+
+
+def test_only_the_operator_writes_assignment_specs() -> None:
+    from ekko.planning.admission import check_assignment_write
+
+    op = "system:serviceaccount:ekko-system:ekko-operator"
+    spec = {"pool": "p", "shards": [{"model": "m", "shard": 0}]}
+    assert check_assignment_write("UPDATE", spec, {**spec, "shards": []}, op, op) == []
+    assert check_assignment_write("CREATE", None, spec, op, op) == []
+    # Someone else: metadata-only updates pass, spec changes and creations do not.
+    assert check_assignment_write("UPDATE", spec, dict(spec), "alice", op) == []
+    (edit,) = check_assignment_write("UPDATE", spec, {**spec, "shards": []}, "alice", op)
+    assert edit.startswith("user \"alice\" may not change a ServerAssignment's spec")
+    assert op in edit and "change those instead" in edit
+    (create,) = check_assignment_write("CREATE", None, spec, "alice", op)
+    assert "may not create ServerAssignments" in create
+    # The operator could not learn its own name: nothing is refused.
+    assert check_assignment_write("UPDATE", spec, {}, "alice", None) == []

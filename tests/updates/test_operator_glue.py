@@ -103,6 +103,7 @@ def test_condition_events() -> None:
 
     assert condition_events([], [c("Connected", "True"), c("Fresh", "True")]) == []
     assert condition_events([], [c("Fresh", "False")]) == [("Lagging", "Fresh False", True)]
+    assert condition_events([], [c("Connected", "False")]) == []  # a new stream, being wired
     assert condition_events([c("Connected", "True")], [c("Connected", "False")]) == [
         ("Disconnected", "Connected False", True)
     ]

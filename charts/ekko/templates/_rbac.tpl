@@ -100,3 +100,27 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
   resources: ["models"]
   verbs: ["list", "watch"]
 {{- end -}}
+
+{{/* People: aggregated into the built-in `view` ClusterRole (read Ekko's objects, as
+`kubectl get` and `kubectl ekko status|updates` do). */}}
+{{- define "ekko.rules.view" -}}
+# kubectl get; ekko/cli/kubectl_ekko.py status / updates (and the pods they read come with view).
+- apiGroups: ["ekko.dev"]
+  resources: ["serverpools", "models", "modelversions", "updatestreams", "serverassignments"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}
+
+{{/* People: aggregated into the built-in `edit` and `admin` ClusterRoles (apply manifests,
+drive rollouts and update streams with `kubectl ekko`). Assignments stay read-only: the operator
+owns them. */}}
+{{- define "ekko.rules.edit" -}}
+# kubectl apply / delete of the user's own objects.
+- apiGroups: ["ekko.dev"]
+  resources: ["serverpools", "models", "modelversions", "updatestreams"]
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+# ekko/cli/kubectl_ekko.py rollback (routing) and updates rollback (the control block) write the
+# Model's status themselves, so that they work with the operator down.
+- apiGroups: ["ekko.dev"]
+  resources: ["models/status"]
+  verbs: ["patch"]
+{{- end -}}
