@@ -26,7 +26,8 @@ from ekko.agent.metrics import AgentMetrics
 from ekko.agent.runtime import Agent, StatusWriter, UpdatePlane
 from ekko.agent.server import make_app
 from ekko.api.units import UnitError, parse_quantity
-from ekko.kube.agentio import AgentKube, KubeError
+from ekko.kube.agentio import AgentKube
+from ekko.kube.errors import KubeError
 
 log = logging.getLogger("ekko.agent")
 
@@ -94,7 +95,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         help="namespace of the pod [env POD_NAMESPACE]",
     )
     parser.add_argument(
-        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster configuration)"
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config when present, else the"
+        " pod's service account)",
     )
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, help=f"HTTP address (default {DEFAULT_LISTEN})"

@@ -54,7 +54,7 @@ from ekko.api.resources import (
     UpdateDuty,
     VersionWeight,
 )
-from ekko.kube.agentio import KubeError, NotFoundError
+from ekko.kube.errors import KubeError, NotFound
 from ekko.updates.link import LinkSpec
 from ekko.updates.node import Node, NodeConfig, Upstream
 from ekko.updates.store import Store, ValueDType
@@ -114,7 +114,7 @@ class StatusWriter:
                 await self._patch(body)
                 self._metrics.status_writes.inc()
                 delay = self._retry_delay
-            except NotFoundError:
+            except NotFound:
                 log.info("ServerAssignment is gone; status not written")
             except KubeError as err:
                 self._metrics.status_write_errors.inc()

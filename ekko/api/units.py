@@ -9,6 +9,7 @@ disagree.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Annotated
@@ -124,6 +125,29 @@ def quantity_float(value: str | int | float) -> float:
 def parse_duration(value: str) -> float:
     """Return a duration string (``"1m30s"``, ``"250ms"``) in seconds."""
     return float(duration_seconds(value))
+
+
+def parse_seconds(value: str) -> float:
+    """Return a duration string or a plain number of seconds (``"90"``, ``"1.5"``) in seconds:
+    what a command-line flag takes."""
+    if value.replace(".", "", 1).isdigit():
+        return float(value)
+    return parse_duration(value)
+
+
+def parse_time(value: object, *, naive_as_utc: bool = False) -> datetime | None:
+    """Return an RFC 3339 time (``2026-11-29T12:00:00Z``, ``…+02:00``, fractions allowed) as an
+    aware datetime; None when absent, not text or unreadable. A time without an offset is no
+    instant: None, unless ``naive_as_utc`` (times the API server wrote, which are UTC)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC) if naive_as_utc else None
+    return when
 
 
 def duration_seconds(value: str) -> Fraction:

@@ -37,7 +37,7 @@ from ekko.api.resources import (
     UpdateStreamStatus,
     VersionWeight,
 )
-from ekko.api.units import UnitError, parse_duration
+from ekko.api.units import UnitError, parse_seconds
 from ekko.cli import rolloutview as view
 from ekko.cli.rolloutview import RefusedError
 from ekko.kube.errors import KubeError
@@ -62,7 +62,7 @@ EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3,
 
 def _duration(text: str) -> float:
     try:
-        return float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+        return parse_seconds(text)
     except UnitError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
 
@@ -647,10 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return EXIT_OK
     try:
-        from ekko.kube.rollouts import RolloutClient, connect  # noqa: PLC0415 (fast --help)
+        from ekko.kube.client import connect  # noqa: PLC0415 (fast --help)
+        from ekko.kube.rollouts import RolloutClient  # noqa: PLC0415 (fast --help)
 
-        api, default_ns = connect(args.kubeconfig, args.context)
-        session = Session(kube=RolloutClient(api), namespace=args.namespace or default_ns)
+        connection = connect(args.kubeconfig, args.context)
+        api = connection.api
+        session = Session(kube=RolloutClient(api), namespace=args.namespace or connection.namespace)
         if args.command == "status":
             return run_status(session, args)
         if args.command == "updates":

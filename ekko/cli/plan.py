@@ -19,10 +19,9 @@ from typing import Any
 
 import yaml
 
-from ekko.api.units import UnitError
-from ekko.api.units import parse_duration as api_duration
+from ekko.api.units import UnitError, format_bytes, parse_seconds
 from ekko.planning import manifests
-from ekko.solver import GIB, SOLVERS, Plan, Problem, SolveConfig, violations
+from ekko.solver import SOLVERS, Plan, Problem, SolveConfig, violations
 from ekko.solver.io import ProblemFormatError, plan_to_dict, problem_from_dict
 
 EXIT_OK = 0
@@ -37,7 +36,7 @@ class UsageError(Exception):
 def parse_duration(text: str) -> float:
     """A duration as the CRD takes it ('10s', '500ms', '1m30s'), or a plain number of seconds."""
     try:
-        seconds = float(text) if text.replace(".", "", 1).isdigit() else api_duration(text)
+        seconds = parse_seconds(text)
     except UnitError as e:
         raise UsageError(f"--time-limit: {e}") from None
     if seconds <= 0:
@@ -92,13 +91,6 @@ def load_problem_docs(path: str, docs: list[Any]) -> Problem:
         raise UsageError(f"{path}: {e}") from None
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit, size in (("TiB", 1024**4), ("GiB", GIB), ("MiB", 1024**2)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def usage(problem: Problem, plan: Plan) -> dict[str, dict[str, Any]]:
     """Per server: zone, memory and compute used, cap, bytes per model."""
     pool = problem.pool
@@ -138,7 +130,7 @@ def summary(problem: Problem, plan: Plan, max_rows: int = 20) -> str:
         f"servers used: {plan.servers_used} (lower bound {plan.lower_bound}, gap {gap}; "
         f"{len(plan.new_servers)} new, max {pool.max_servers})"
     )
-    lines.append(f"moved: {_fmt_bytes(plan.bytes_moved)} in {plan.replicas_moved} shard replicas")
+    lines.append(f"moved: {format_bytes(plan.bytes_moved)} in {plan.replicas_moved} shard replicas")
     use = usage(problem, plan)
     per_zone: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     for u in use.values():

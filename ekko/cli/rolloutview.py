@@ -24,6 +24,7 @@ from ekko.api.resources import (
     ServerAssignment,
     VersionWeight,
 )
+from ekko.api.units import parse_time
 from ekko.rollout.machine import TERMINAL, Inputs, Observed, Request, Verb, decide
 
 ACTIVE_PHASES = ("Pending", "Loading", "Progressing", "Paused")
@@ -207,10 +208,8 @@ def request_stamp(now: datetime, previous: str | None = None) -> str:
 
 
 def parse_stamp(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    """A request's RFC 3339 stamp; None when unreadable or without an offset."""
+    return parse_time(text)
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The agent's Kubernetes I/O: read and watch its ServerAssignment and the namespace's Models,
 patch the assignment's status.
 
-This is the only agent module that imports ``kubernetes``. The client is synchronous, so the
-agent runs each watch in a thread and calls :meth:`AgentKube.patch_status` from a worker thread;
-client errors come out as :class:`KubeError` (and its subclasses), never as ``ApiException``.
+This is the only agent module that imports ``kubernetes``; it connects and converts errors with
+:mod:`ekko.kube.client` like every other component. The client is synchronous, so the agent runs
+each watch in a thread and calls :meth:`AgentKube.patch_status` from a worker thread; client
+errors come out as :class:`~ekko.kube.errors.KubeError` (and its subclasses), never as
+``ApiException``.
 
 Watches are list-then-watch loops that never give up: on expiry (HTTP 410 Gone) they list again
 and hand the whole list to ``on_relist``; on a dropped connection they resume from the last
@@ -17,10 +19,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from ekko.api.meta import GROUP, VERSION
+from ekko.kube.client import connect, convert, patch_status
+from ekko.kube.errors import KubeError
 
 log = logging.getLogger("ekko.agent.kube")
 
@@ -33,49 +37,14 @@ RelistHandler = Callable[[list[dict[str, Any]]], None]
 """Called from the watch thread with every object after a (re)list."""
 
 
-class KubeError(Exception):
-    """A Kubernetes API call failed; ``status`` is the HTTP status (0 when none was received)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NotFoundError(KubeError):
-    """The object does not exist (HTTP 404)."""
-
-
-class ConfigError(KubeError):
-    """No usable kubeconfig or in-cluster configuration."""
-
-
-def _convert(err: ApiException, what: str) -> KubeError:
-    status = int(err.status or 0)
-    reason = err.reason or "error"
-    if status == 404:
-        return NotFoundError(f"{what}: not found", status)
-    return KubeError(f"{what}: HTTP {status} {reason}", status)
-
-
 class AgentKube:
     """The calls one agent makes, for one pod's assignment in one namespace."""
 
     def __init__(self, namespace: str, pod_name: str, kubeconfig: str | None = None) -> None:
         self.namespace = namespace
         self.pod_name = pod_name
-        try:
-            if kubeconfig:
-                api = config.new_client_from_config(config_file=kubeconfig)
-            else:
-                config.load_incluster_config()
-                api = client.ApiClient()
-        except (config.ConfigException, OSError) as err:
-            where = kubeconfig or "in-cluster service account"
-            raise ConfigError(
-                f"cannot configure the Kubernetes client from {where}: {err}"
-            ) from err
-        self._api = api
-        self._custom = client.CustomObjectsApi(api)
+        self._api = connect(kubeconfig).api  # ConfigError when there is nothing to connect with
+        self._custom = client.CustomObjectsApi(self._api)
 
     def close(self) -> None:
         self._api.close()
@@ -83,24 +52,17 @@ class AgentKube:
     # -- writes -------------------------------------------------------------------------------
 
     def patch_status(self, status: dict[str, Any], timeout: float = 10.0) -> None:
-        """Merge-patch the assignment's status subresource with these (camelCase) fields."""
+        """Merge-patch the assignment's status subresource with these (camelCase) fields;
+        NotFound when the assignment is gone, KubeError for anything else."""
         try:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                self.namespace,
-                ASSIGNMENTS,
-                self.pod_name,
-                {"status": status},
-                _request_timeout=timeout,
+            patch_status(
+                self._custom, ASSIGNMENTS, self.namespace, self.pod_name, status, timeout=timeout
             )
-        except ApiException as err:
-            raise _convert(err, f"patch status of ServerAssignment {self._where()}") from err
-        except Exception as err:  # urllib3 and socket errors: the API server is unreachable
-            raise KubeError(f"patch status of ServerAssignment {self._where()}: {err}") from err
-
-    def _where(self) -> str:
-        return f"{self.namespace}/{self.pod_name}"
+        except KubeError:
+            raise
+        except Exception as err:  # the status writer retries KubeError; nothing may end it
+            where = f"{self.namespace}/{self.pod_name}"
+            raise convert(err, f"patch status of ServerAssignment {where}") from err
 
     # -- watches ------------------------------------------------------------------------------
 
@@ -178,9 +140,8 @@ class AgentKube:
                     log.info("watch of %s in %s expired; relisting", plural, self.namespace)
                     resource_version = None
                     continue
-                log.warning(
-                    "watch of %s in %s failed: %s", plural, self.namespace, _convert(err, plural)
-                )
+                failed = convert(err, f"watch {plural} in {self.namespace}")
+                log.warning("%s", failed)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
             except Exception as err:  # the watch must survive any connection trouble

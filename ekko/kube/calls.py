@@ -1,30 +1,16 @@
-"""Small client calls every part of the Kubernetes layer makes the same way."""
+"""Client calls that are not one of Ekko's objects: events, and raw requests for the cache."""
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ekko.api.meta import GROUP, VERSION
-
-
-def get_custom(custom: Any, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-    """One of Ekko's objects as the API server returns it; None when it does not exist."""
-    try:
-        body: dict[str, Any] = custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, name
-        )
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
-    return body
+from ekko.kube.client import converting
 
 
 def whoami(api: client.ApiClient) -> str | None:
@@ -71,26 +57,27 @@ def post_event(
 ) -> None:
     """A Kubernetes event on one of Ekko's objects (short, past tense, names the object)."""
     now = dt.datetime.now(dt.UTC)
-    core.create_namespaced_event(
-        namespace,
-        client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}",
-                kind=kind,
-                name=name,
-                namespace=namespace,
-                uid=uid,
+    with converting(f"post an event on {kind} {namespace}/{name}"):
+        core.create_namespaced_event(
+            namespace,
+            client.CoreV1Event(
+                metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+                involved_object=client.V1ObjectReference(
+                    api_version=f"{GROUP}/{VERSION}",
+                    kind=kind,
+                    name=name,
+                    namespace=namespace,
+                    uid=uid,
+                ),
+                reason=reason,
+                message=message[:1024],
+                type="Warning" if warning else "Normal",
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
+                source=client.V1EventSource(component="ekko-operator"),
             ),
-            reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component="ekko-operator"),
-        ),
-    )
+        )
 
 
 class Response:
@@ -140,71 +127,3 @@ def call_raw(
     if not stream:
         answer.read()
     return Response(answer.response)
-
-
-RequestKey = tuple[str, str]
-"""(verb, resource): verb as in RBAC (get, list, watch, create, patch, delete), resource as in
-RBAC too (``pods``, ``models/status``)."""
-
-
-class CountingApiClient(client.ApiClient):
-    """An ApiClient that counts its requests by verb and resource, for the operator's metrics
-    (how many calls a pass costs is the first number to watch at fleet scale)."""
-
-    def __init__(self, configuration: client.Configuration | None = None) -> None:
-        super().__init__(configuration)
-        self._counts_lock = threading.Lock()
-        self.counts: dict[RequestKey, int] = {}
-
-    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        key = request_key(method, url)
-        with self._counts_lock:
-            self.counts[key] = self.counts.get(key, 0) + 1
-        return super().call_api(method, url, *args, **kwargs)
-
-    def snapshot(self) -> dict[RequestKey, int]:
-        with self._counts_lock:
-            return dict(self.counts)
-
-
-def request_key(method: str, url: str) -> RequestKey:
-    """The RBAC verb and resource of a request URL."""
-    parsed = urllib.parse.urlsplit(url)
-    parts = [p for p in parsed.path.split("/") if p]
-    # /api/v1/... or /apis/<group>/<version>/...
-    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
-    if rest[:1] == ["namespaces"] and len(rest) >= 3:
-        rest = rest[2:]  # a namespaced resource (a bare /namespaces/<ns> is the namespace itself)
-    resource = rest[0] if rest else "?"
-    named = len(rest) >= 2
-    if len(rest) >= 3:
-        resource = f"{resource}/{rest[2]}"
-    query = urllib.parse.parse_qs(parsed.query)
-    verb = {
-        "GET": "get" if named else "list",
-        "POST": "create",
-        "PATCH": "patch",
-        "PUT": "update",
-        "DELETE": "delete",
-    }.get(method.upper(), method.lower())
-    if verb == "list" and query.get("watch", [""])[0] in ("true", "1"):
-        verb = "watch"
-    return verb, resource
-
-
-def new_client(kubeconfig: str | None = None, pool_size: int = 0) -> CountingApiClient:
-    """An API client from a kubeconfig, or from the pod's service account in a cluster, with
-    room for ``pool_size`` connections at once (0: the client's default)."""
-    configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
-    if pool_size:
-        configuration.connection_pool_maxsize = max(
-            pool_size, configuration.connection_pool_maxsize or 0
-        )
-    return CountingApiClient(configuration)

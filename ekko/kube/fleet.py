@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
-import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, ValidationError
-from urllib3.exceptions import HTTPError
 
 from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import (
@@ -31,12 +26,23 @@ from ekko.api.resources import (
     ServerPool,
     ServerTemplate,
 )
-from ekko.api.validate import field_errors
+from ekko.api.units import parse_time
 from ekko.kube import observe as observe_
 from ekko.kube import pods
 from ekko.kube.cache import Cache, Obj
-from ekko.kube.calls import CountingApiClient, new_client, post_event
-from ekko.kube.errors import InvalidObjectError, KubeError
+from ekko.kube.calls import post_event
+from ekko.kube.client import (
+    converting,
+    create_object,
+    delete_object,
+    get_object,
+    list_objects,
+    list_raw,
+    parse,
+    patch_object,
+)
+from ekko.kube.client import patch_status as patch_object_status
+from ekko.kube.errors import Conflict, InvalidObjectError, KubeError, NotFound
 from ekko.planning.converge import (
     Action,
     CreateServer,
@@ -53,63 +59,10 @@ SERVER_LABEL = "ekko.dev/server"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ekko"}
 FIELD_MANAGER = "ekko-operator"
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def converted(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn the client's exceptions into KubeError with a one-line message."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except ApiException as err:
-            raise KubeError(_api_message(fn.__name__, err), err.status or 0) from err
-        except (HTTPError, OSError) as err:
-            raise KubeError(f"{fn.__name__}: {err}") from err
-
-    return wrapper
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parse(cls: type[M], body: dict[str, Any]) -> M:
-    """An api type from an object the API server returned; InvalidObjectError when it does not fit
-    (the schema admitted it but the Python twin does not: reported on the object, not a crash)."""
-    try:
-        return cls.model_validate(body)
-    except ValidationError as err:
-        meta = body.get("metadata") or {}
-        problems = "; ".join(field_errors(err)[:3])
-        raise InvalidObjectError(
-            str(body.get("kind") or cls.__name__),
-            str(meta.get("namespace") or "default"),
-            str(meta.get("name") or "?"),
-            meta.get("uid"),
-            problems,
-        ) from err
-
-
-def _api_message(call: str, err: ApiException) -> str:
-    """The API server's own words when it gave any (a 422 names the field and the rule)."""
-    text = ""
-    with contextlib.suppress(ValueError, AttributeError):
-        text = str(json.loads(err.body or "{}").get("message", ""))
-    return f"{call}: {err.status} {err.reason or ''}".strip() + (f": {text}" if text else "")
-
-
 WRITE_CONCURRENCY = 16
 """Writes of one pass in flight at once: enough to create a thousand servers in seconds, few
 enough not to flood the API server (kube-apiserver's default max-mutating-requests-inflight is
 200, shared by every client)."""
-
-
-def load_config(kubeconfig: str | None = None, pool_size: int = 0) -> CountingApiClient:
-    """An API client (counting its requests) from a kubeconfig, or from the pod's service
-    account in a cluster."""
-    return new_client(kubeconfig, pool_size)
 
 
 def _parse_pool(body: Obj) -> ServerPool:
@@ -130,11 +83,7 @@ def _parse_assignment(body: Obj) -> ServerAssignment:
 
 def _heartbeat(assignment: Mapping[str, Any] | None) -> dt.datetime | None:
     """The agent's last heartbeat in a raw assignment, None when it never reported."""
-    text = ((assignment or {}).get("status") or {}).get("heartbeat")
-    try:
-        return dt.datetime.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
+    return parse_time(((assignment or {}).get("status") or {}).get("heartbeat"), naive_as_utc=True)
 
 
 @dataclass
@@ -177,7 +126,6 @@ class Fleet:
 
     # -- reading ---------------------------------------------------------------------------
 
-    @converted
     def get_pool(self, namespace: str, name: str) -> ServerPool | None:
         """The pool, from the cache when it holds it (a miss asks the API server: the cache may
         not have seen a pool created a moment ago)."""
@@ -186,22 +134,11 @@ class Fleet:
             cached = store.get(namespace, name)
             if cached is not None:
                 return store.parsed(cached, _parse_pool)
-        try:
-            body = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "serverpools", name
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return parse(ServerPool, body)
+        return get_object(self.custom, ServerPool, namespace, name)
 
-    @converted
     def list_models_checked(self, namespace: str) -> tuple[list[Model], list[InvalidObjectError]]:
         """The namespace's models that Ekko can use, and the ones it cannot."""
-        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "models")[
-            "items"
-        ]
+        items = list_raw(self.custom, "models", namespace)
         good: list[Model] = []
         bad: list[InvalidObjectError] = []
         for item in items:
@@ -212,44 +149,18 @@ class Fleet:
                 bad.append(err)
         return good, bad
 
-    @converted
     def list_versions(self, namespace: str) -> list[ModelVersion]:
-        items = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, "modelversions"
-        )["items"]
-        out = []
-        for item in items:
-            try:
-                out.append(parse(ModelVersion, item))
-            except InvalidObjectError as err:  # its own rollout worker reports it
-                log.debug("%s", err)
-        return out
+        good, bad = list_objects(self.custom, ModelVersion, namespace)
+        for err in bad:  # its own rollout worker reports it
+            log.debug("%s", err)
+        return good
 
-    @converted
     def get_version(self, namespace: str, name: str) -> ModelVersion | None:
-        try:
-            body = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "modelversions", name
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return parse(ModelVersion, body)
+        return get_object(self.custom, ModelVersion, namespace, name)
 
-    @converted
     def get_model(self, namespace: str, name: str) -> Model | None:
-        try:
-            body = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "models", name
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return parse(Model, body)
+        return get_object(self.custom, Model, namespace, name)
 
-    @converted
     def model_servers(
         self, namespace: str, model: str, pool: str
     ) -> list[tuple[ServerAssignment, bool]]:
@@ -306,11 +217,11 @@ class Fleet:
             stale=stale,
         )
 
-    @converted
     def _listed(self, namespace: str) -> Cache:
         """A cache filled by one list of each kind, for a fleet that follows no watches."""
         listed = Cache(self.core.api_client, [namespace])
-        listed.list_once()
+        with converting(f"list the objects of namespace {namespace}"):
+            listed.list_once()
         return listed
 
     def first_report(self, namespace: str, server: str, before: Mapping[str, Any] | None) -> bool:
@@ -344,25 +255,23 @@ class Fleet:
 
     # -- writing ---------------------------------------------------------------------------
 
-    @converted
     def peering_status(self, name: str, namespace: str | None) -> dict[str, Any] | None:
         """The peers kopf recorded in the peering object (None when there is no such object)."""
         try:
             if namespace is None:
-                body = self.custom.get_cluster_custom_object(
-                    "kopf.dev", "v1", "clusterkopfpeerings", name
-                )
+                with converting(f"get ClusterKopfPeering {name}"):
+                    body = self.custom.get_cluster_custom_object(
+                        "kopf.dev", "v1", "clusterkopfpeerings", name
+                    )
             else:
-                body = self.custom.get_namespaced_custom_object(
-                    "kopf.dev", "v1", namespace, "kopfpeerings", name
-                )
-        except ApiException as err:
-            if err.status == 404:  # no object (or no CRD): the operator runs alone
-                return None
-            raise
+                with converting(f"get KopfPeering {namespace}/{name}"):
+                    body = self.custom.get_namespaced_custom_object(
+                        "kopf.dev", "v1", namespace, "kopfpeerings", name
+                    )
+        except NotFound:  # no object (or no CRD): the operator runs alone
+            return None
         return dict(body.get("status") or {})
 
-    @converted
     def ensure_peering(self, name: str, namespaces: list[str]) -> None:
         """Create kopf's peering object (per namespace, or cluster-wide when none are given)."""
         if namespaces:
@@ -373,9 +282,10 @@ class Fleet:
                     "metadata": {"name": name},
                 }
                 self._create_ok_if_exists(
+                    f"create KopfPeering {namespace}/{name}",
                     lambda b=body, ns=namespace: self.custom.create_namespaced_custom_object(
                         "kopf.dev", "v1", ns, "kopfpeerings", b
-                    )
+                    ),
                 )
         else:
             body = {
@@ -384,18 +294,16 @@ class Fleet:
                 "metadata": {"name": name},
             }
             self._create_ok_if_exists(
+                f"create ClusterKopfPeering {name}",
                 lambda: self.custom.create_cluster_custom_object(
                     "kopf.dev", "v1", "clusterkopfpeerings", body
-                )
+                ),
             )
 
     @staticmethod
-    def _create_ok_if_exists(create: Any) -> None:
-        try:
+    def _create_ok_if_exists(action: str, create: Any) -> None:
+        with contextlib.suppress(Conflict), converting(action):
             create()
-        except ApiException as err:
-            if err.status != 409:
-                raise
 
     def apply(self, pool: ServerPool, actions: Iterable[Action]) -> Applied:
         """Carry out a pass's actions, up to ``write_concurrency`` at once. Each action stands
@@ -408,7 +316,7 @@ class Fleet:
             try:
                 result.done.extend(future.result())
             except KubeError as err:
-                if not err.status or err.status in (409, 429) or err.status >= 500:
+                if isinstance(err, Conflict) or err.status in (0, 429) or err.status >= 500:
                     result.retry.append(err)  # the whole pass is retried
                 else:
                     result.refused.append(err)
@@ -429,16 +337,13 @@ class Fleet:
             return [f"deleted failed server pod {action.name} to recreate it"]
         return []
 
-    @converted
     def create_server(self, pool: ServerPool, name: str, zone: str) -> None:
+        namespace = pool.metadata.namespace or "default"
         body = server_pod(pool, name, zone, self.operator_image)
-        try:
-            self.core.create_namespaced_pod(pool.metadata.namespace or "default", body)
-        except ApiException as err:
-            if err.status != 409:  # already there: a re-run of the same pass
-                raise
+        # Already there: a re-run of the same pass.
+        with contextlib.suppress(Conflict), converting(f"create Pod {namespace}/{name}"):
+            self.core.create_namespaced_pod(namespace, body)
 
-    @converted
     def write_assignment(self, pool: ServerPool, action: WriteAssignment) -> None:
         namespace = pool.metadata.namespace or "default"
         spec = {
@@ -448,12 +353,8 @@ class Fleet:
             "shards": [s.to_wire() for s in action.shards],
         }
         try:
-            self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, "serverassignments", action.server, {"spec": spec}
-            )
-        except ApiException as err:
-            if err.status != 404:
-                raise
+            patch_object(self.custom, "serverassignments", namespace, action.server, {"spec": spec})
+        except NotFound:
             body = {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "ServerAssignment",
@@ -464,36 +365,20 @@ class Fleet:
                 },
                 "spec": spec,
             }
-            self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, "serverassignments", body
-            )
+            create_object(self.custom, "serverassignments", namespace, body)
 
-    @converted
     def delete_server(self, pool: ServerPool, name: str) -> None:
         namespace = pool.metadata.namespace or "default"
-        for call in (
-            lambda: self.core.delete_namespaced_pod(name, namespace),
-            lambda: self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, "serverassignments", name
-            ),
-        ):
-            try:
-                call()
-            except ApiException as err:
-                if err.status != 404:
-                    raise
+        with contextlib.suppress(NotFound), converting(f"delete Pod {namespace}/{name}"):
+            self.core.delete_namespaced_pod(name, namespace)
+        with contextlib.suppress(NotFound):
+            delete_object(self.custom, "serverassignments", namespace, name)
 
-    @converted
     def delete_pod(self, pool: ServerPool, name: str) -> None:
-        try:
-            self.core.delete_namespaced_pod(
-                name, pool.metadata.namespace or "default", grace_period_seconds=0
-            )
-        except ApiException as err:
-            if err.status != 404:
-                raise
+        namespace = pool.metadata.namespace or "default"
+        with contextlib.suppress(NotFound), converting(f"delete Pod {namespace}/{name}"):
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
 
-    @converted
     def patch_status(
         self,
         plural: str,
@@ -503,17 +388,11 @@ class Fleet:
         resource_version: str | None = None,
     ) -> None:
         """Merge-patch an object's status; with ``resource_version``, only if the object is still
-        at that version (409 Conflict otherwise)."""
-        body: dict[str, Any] = {"status": status}
-        if resource_version is not None:
-            body["metadata"] = {"resourceVersion": resource_version}
-        try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, body
+        at that version (Conflict otherwise)."""
+        with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to report on
+            patch_object_status(
+                self.custom, plural, namespace, name, status, resource_version=resource_version
             )
-        except ApiException as err:
-            if err.status != 404:  # deleted meanwhile: nothing to report on
-                raise
 
     def patch_statuses(
         self, plural: str, namespace: str, items: list[tuple[str, dict[str, Any], str | None]]
@@ -530,7 +409,6 @@ class Fleet:
 
         return list(self._writers.map(one, items))
 
-    @converted
     def event(
         self,
         obj: ServerPool | Model | ModelVersion,
@@ -566,7 +444,6 @@ class Fleet:
         self.event_on(kind, namespace, name, uid=uid, reason=reason, message=message, warning=True)
         self.patch_status(plural, namespace, name, {"conditions": conditions})
 
-    @converted
     def event_on(
         self,
         kind: str,

@@ -13,6 +13,7 @@ from typing import Any
 
 from ekko.api.meta import GROUP
 from ekko.api.resources import Model, ModelVersion, ServerAssignment, ServerPool
+from ekko.api.units import parse_time
 from ekko.planning.state import PoolState, ServerObs, resident_versions
 
 Obj = Mapping[str, Any]
@@ -29,13 +30,7 @@ def _meta(obj: Obj) -> Mapping[str, Any]:
 
 def _time(text: object) -> dt.datetime | None:
     """An RFC 3339 time of the API (``2026-11-29T12:00:00Z``), None when absent or unreadable."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return parse_time(text, naive_as_utc=True)
 
 
 def created(obj: Obj | None) -> dt.datetime | None:

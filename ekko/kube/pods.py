@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ekko.api.meta import GROUP, VERSION
 from ekko.api.resources import ServerAssignment
+from ekko.kube.client import converting, list_raw, parse
 
 POOL_LABEL = "ekko.dev/pool"
 
@@ -30,21 +30,15 @@ def unschedulable(pod: Any) -> str:
 def model_servers(
     core: Any, custom: Any, namespace: str, model: str, pool: str
 ) -> list[tuple[ServerAssignment, bool]]:
-    """Assignments of the pool's servers that hold the model, with whether the pod serves.
-
-    Raises the client's ApiException; callers convert it.
-    """
+    """Assignments of the pool's servers that hold the model, with whether the pod serves."""
     selector = f"{POOL_LABEL}={pool}"
-    raw = custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "serverassignments", label_selector=selector
-    )["items"]
-    pods = {
-        p.metadata.name: p
-        for p in core.list_namespaced_pod(namespace, label_selector=selector).items
-    }
+    raw = list_raw(custom, "serverassignments", namespace, label_selector=selector)
+    with converting(f"list the Pods of pool {namespace}/{pool}"):
+        listed = core.list_namespaced_pod(namespace, label_selector=selector).items
+    pods = {p.metadata.name: p for p in listed}
     out = []
     for item in raw:
-        assignment = ServerAssignment.model_validate(item)
+        assignment = parse(ServerAssignment, item)
         if any(s.model == model for s in assignment.spec.shards):
             pod = pods.get(assignment.metadata.name)
             serving = pod is not None and pod.metadata.deletion_timestamp is None and pod_ready(pod)

@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ekko.kube.cache import Cache
-from ekko.kube.calls import CountingApiClient
+from ekko.kube.client import CountingApiClient
 
 REGISTRY = CollectorRegistry()
 

@@ -20,10 +20,10 @@ from typing import Any
 from ekko.api.resources import ModelVersionStatus
 from ekko.kube.errors import InvalidObjectError, KubeError
 from ekko.kube.fleet import Fleet
+from ekko.kube.promql import PrometheusAuth, measure, render
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
 from ekko.planning.status import failure_conditions
-from ekko.promql import PrometheusAuth, measure, render
 from ekko.rollout.analysis import Measurement, address_allowed, evaluate
 from ekko.rollout.machine import Decision, Inputs, decide, metrics_due
 from ekko.rollout.observe import observe, request_of

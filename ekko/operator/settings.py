@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import kopf
 
 from ekko.kube.cache import Cache
-from ekko.kube.fleet import WRITE_CONCURRENCY, Fleet, load_config
+from ekko.kube.client import connect
+from ekko.kube.fleet import WRITE_CONCURRENCY, Fleet
 from ekko.operator import metrics
 from ekko.operator.peering import PEERING_NAME, Gate
 from ekko.operator.rollouts import Rollouts
@@ -46,8 +47,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     writes = int(os.environ.get("EKKO_WRITE_CONCURRENCY") or WRITE_CONCURRENCY)
     # Room for every write of a pass in flight plus the workers' other calls; the watches of the
     # cache hold their connections for minutes, so they get a client (and a pool) of their own.
-    api = load_config(kubeconfig, pool_size=writes + 8)
-    cache_api = load_config(kubeconfig)
+    api = connect(kubeconfig, pool_size=writes + 8).api
+    cache_api = connect(kubeconfig).api
     cache = Cache(cache_api, list(memo.get("namespaces") or []) or None)
     fleet = Fleet(
         api,

@@ -29,6 +29,7 @@ import aiohttp
 from ekko.api.meta import Condition
 from ekko.api.resources import UpdateStream
 from ekko.kube.errors import KubeError
+from ekko.kube.promql import PrometheusAuth, QueryError, vector
 from ekko.kube.updates import StreamObservation, UpdateKube
 from ekko.operator.peering import Gate
 from ekko.operator.statemanager import StateManager
@@ -46,7 +47,6 @@ from ekko.planning.updates import (
     scrapes_from_prometheus,
     stream_status,
 )
-from ekko.promql import PrometheusAuth, QueryError, vector
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ekko.api.resources import Model, PlanSummary, ServerPool
 from ekko.api.units import parse_duration
-from ekko.kube.errors import InvalidObjectError, KubeError
+from ekko.kube.errors import Conflict, InvalidObjectError, KubeError
 from ekko.kube.fleet import Fleet
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
@@ -103,14 +103,10 @@ class PoolWorker:
                 log.warning("Pool %s/%s: %s; waiting for a fixed spec", *self.key, err.problem)
                 await self._report_failure(err, "InvalidSpec", f"spec not usable: {err.problem}")
                 continue
-            except KubeError as err:
-                if err.status == 409:
-                    # Someone wrote first (a precondition failed): observe again, no failure.
-                    log.info("Pool %s/%s: %s; observing again", *self.key, err)
-                    self._wake.set()
-                    continue
-                await self._failed_pass(err, backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            except Conflict as err:
+                # Someone wrote first (a precondition failed): observe again, no failure.
+                log.info("Pool %s/%s: %s; observing again", *self.key, err)
+                self._wake.set()
                 continue
             except Exception as err:
                 await self._failed_pass(err, backoff)

@@ -14,6 +14,7 @@ from ekko.api.resources import (
     ServerAssignment,
     VersionWeight,
 )
+from ekko.api.units import parse_time
 from ekko.rollout.machine import Observed, Request
 
 ACTIVE = ("Loading", "Progressing", "Paused")
@@ -147,10 +148,5 @@ def request_of(version: ModelVersion) -> Request | None:
             at=key,
             problem=f"{REQUEST_AT_ANNOTATION} is {len(at)} characters long; give an RFC 3339 time",
         )
-    try:
-        when: datetime | None = datetime.fromisoformat(at.replace("Z", "+00:00"))
-    except ValueError:
-        when = None
-    if when is not None and when.tzinfo is None:
-        when = None  # a naive time is no instant: the operator's clock times the request
+    when = parse_time(at)  # None for a naive time (no instant): the operator's clock times it
     return Request(verb=verb, at=at, at_time=when, to=notes.get(ROLLBACK_TO_ANNOTATION) or None)  # type: ignore[arg-type]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from ekko.kube import agentio
-from ekko.kube.agentio import AgentKube, KubeError, NotFoundError
+from ekko.kube.agentio import AgentKube
+from ekko.kube.errors import ConfigError, KubeError, NotFound
 
 
 def obj(name: str, rv: str) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def test_patch_status_converts_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     kube.patch_status({"routing": []})
     assert custom.patches == [{"status": {"routing": []}}]
     custom.patch_error = ApiException(status=404, reason="Not Found")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFound):
         kube.patch_status({})
     custom.patch_error = ApiException(status=500, reason="Internal")
     with pytest.raises(KubeError, match="HTTP 500") as err:
@@ -120,5 +120,5 @@ def test_patch_status_converts_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_kubeconfig_is_a_config_error(tmp_path: Any) -> None:
-    with pytest.raises(agentio.ConfigError, match="cannot configure"):
+    with pytest.raises(ConfigError, match="cannot configure"):
         AgentKube("ns", "srv-0", str(tmp_path / "missing"))

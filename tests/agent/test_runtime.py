@@ -15,7 +15,7 @@ from ekko.agent.engines import LoadError, SimEngine
 from ekko.agent.metrics import AgentMetrics
 from ekko.agent.runtime import Agent, StatusWriter
 from ekko.api.resources import AssignedShard
-from ekko.kube.agentio import KubeError, NotFoundError
+from ekko.kube.errors import KubeError, NotFound
 
 T = TypeVar("T")
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -294,7 +294,7 @@ def test_status_writer_retries_and_coalesces() -> None:
         second = writer.submit({"routing": [2]})
         await asyncio.wait_for(asyncio.gather(first, second), 1)
         assert rec.bodies == [{"routing": [2], "loaded": [], "heartbeat": "2026-01-02T03:04:05Z"}]
-        rec.fail_next = [NotFoundError("gone", 404)]
+        rec.fail_next = [NotFound("gone", 404)]
         await asyncio.wait_for(writer.submit({"routing": [3]}), 1)  # given up, not hung
         await asyncio.wait_for(writer.submit({}), 1)  # a heartbeat alone is a patch
         assert rec.bodies[-1] == {"heartbeat": "2026-01-02T03:04:05Z"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from ekko.api.resources import ServerAssignment
 from ekko.kube.observe import NODE_LOST_AFTER, loaded, node_ready, owned_by, pool_state
 from tests.kube.pools import pool
@@ -42,6 +44,8 @@ def pod(
 
 
 OURS = {"kind": "ServerPool", "uid": "u", "controller": True}
+READY = {"type": "Ready", "status": "True"}
+NOT_READY = {"type": "Ready", "status": "False"}
 
 
 def node(name: str = "n1", status: str = "True", seconds_ago: float = 1000) -> dict[str, Any]:
@@ -148,3 +152,71 @@ def test_an_assignment_without_a_pod_is_a_server_with_nothing_loaded() -> None:
     (server,) = state.servers
     assert server.name == "p-3" and not server.pod_exists and server.loaded == frozenset()
     assert state.node_zones == ("zone-a",)
+
+
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/3 nodes are available: 3 Insufficient memory.",
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "phase", "conditions", "on", "node_state", "deleting", "expected"),
+    [
+        # expected: (pod_ready, pod_failed, unschedulable, deleting)
+        ("serving", "Running", [READY], "n1", "True", False, (True, False, "", False)),
+        ("starting", "Running", [NOT_READY], "n1", "True", False, (False, False, "", False)),
+        ("pending", "Pending", [], "n1", "True", False, (False, False, "", False)),
+        (
+            "no node fits",
+            "Pending",
+            [UNSCHEDULABLE],
+            None,
+            None,
+            False,
+            (False, False, UNSCHEDULABLE["message"], False),
+        ),
+        ("not scheduled yet", "Pending", [], None, None, False, (False, False, "", False)),
+        ("crashed", "Failed", [], "n1", "True", False, (False, True, "", False)),
+        ("exited", "Succeeded", [], "n1", "True", False, (False, True, "", False)),
+        ("node blinked", "Running", [READY], "n1", "Unknown-20", False, (True, False, "", False)),
+        ("node lost", "Running", [READY], "n1", "Unknown-61", False, (False, True, "", False)),
+        ("node gone", "Running", [READY], "gone", "True", False, (False, True, "", False)),
+        ("being deleted", "Running", [READY], "n1", "True", True, (True, False, "", True)),
+    ],
+)
+def test_server_classification(
+    case: str,
+    phase: str,
+    conditions: list[dict[str, Any]],
+    on: str | None,
+    node_state: str | None,
+    deleting: bool,
+    expected: tuple[bool, bool, str, bool],
+) -> None:
+    """Each pod state the worker acts on: serving, starting, unschedulable (reported with the
+    scheduler's words), failed (recreated), on a node lost for longer than the grace period
+    (failed too), and being deleted."""
+    p = pod("p-0", node=on)
+    p["status"] = {"phase": phase, "conditions": conditions}
+    if deleting:
+        p["metadata"]["deletionTimestamp"] = stamp(NOW)
+    nodes = []
+    if node_state is not None:
+        status, _, ago = node_state.partition("-")
+        nodes.append(node("n1", status=status, seconds_ago=float(ago or 1000)))
+    state = pool_state(
+        pool(),
+        models=[],
+        rejected={},
+        pods=[p],
+        assignments={},
+        nodes=nodes,
+        versions=[],
+        now=NOW,
+    )
+    (server,) = state.servers
+    got = (server.pod_ready, server.pod_failed, server.unschedulable, server.deleting)
+    assert got == expected, case

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from ekko.api.resources import Model
+from ekko.kube.client import parse
 from ekko.kube.errors import InvalidObjectError
-from ekko.kube.fleet import parse
 
 
 def test_an_unusable_model_is_an_invalid_object_naming_the_field() -> None:

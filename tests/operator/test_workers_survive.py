@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ekko.kube.errors import InvalidObjectError, KubeError
+from ekko.kube.errors import Conflict, InvalidObjectError, KubeError
 from ekko.operator import worker as worker_module
 from ekko.operator.peering import Gate
 from ekko.operator.rollouts import RolloutWorker
@@ -125,7 +125,7 @@ def test_a_rollout_worker_survives_any_exception_and_reports_it() -> None:
 
 
 def test_a_conflict_is_observed_again_not_reported_as_a_failure() -> None:
-    fleet = Recorder(KubeError("patch_status: 409 Conflict", 409))
+    fleet = Recorder(Conflict("cannot patch status of ServerPool ns/pool: HTTP 409 Conflict"))
     w = PoolWorker(("ns", "pool"), fleet, None, gate())  # type: ignore[arg-type]
 
     async def scenario() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-from ekko.promql import PrometheusAuth, measure, render
+from ekko.kube.promql import PrometheusAuth, measure, render
 
 
 def test_the_canary_and_the_stable_version_are_filled_in() -> None:
@@ -59,7 +59,7 @@ def test_queries_carry_tenant_headers_and_a_fresh_bearer_token(tmp_path: Path) -
 def test_a_vector_query_that_cannot_be_answered_raises_with_the_reason() -> None:
     import pytest
 
-    from ekko.promql import QueryError, vector
+    from ekko.kube.promql import QueryError, vector
 
     server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     port = server.server_port

@@ -1,5 +1,9 @@
 """Query Prometheus's HTTP API for analysis measurements.
 
+Part of the client layer (``ekko.kube``) because it is the operator's client of an outside
+service: the decision it feeds (``ekko.rollout.analysis``) stays pure, and urllib stays here
+(import-linter contract "HTTP clients only in the client layer").
+
 One instant query per measurement; the first sample of the result is the value, an empty result
 is "no data" (the metric's noData policy decides what that means), anything else is an error.
 """
