@@ -354,9 +354,13 @@ def run_counts(
             k = np.full(n, p, dtype=np.int64)
             if it.mem > 0:
                 k = np.minimum(k, eng.mem_free[:n] // it.mem)
+            # A class's cap holds for everything on a server that hosts it: even a replica
+            # with no load of its own cannot join a server already above its class's cap.
+            lim = np.minimum(eng.cap[:n], eng.class_cap[c]) - eng.cpu_used[:n]
             if it.cpu > 0:
-                lim = np.minimum(eng.cap[:n], eng.class_cap[c]) - eng.cpu_used[:n]
                 k = np.minimum(k, np.maximum(lim, 0) // it.cpu)
+            else:
+                k[lim < 0] = 0
             bad = eng.excl[c]
             if bad.any():
                 k[(eng.present[:n, bad] > 0).any(axis=1)] = 0

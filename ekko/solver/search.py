@@ -721,6 +721,10 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             lower_bound=bound,
             notes=[*notes, "returned the start plan"],
         )
+        bad = violations(problem, plan)
+        if bad:  # never hand out a plan the checker refuses, not even the start
+            notes.append(f"start plan rejected by the checker: {bad[0].message}")
+            plan = None
     if plan is None:
         return _no_plan(problem, bound, t0, notes)
     return plan

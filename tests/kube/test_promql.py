@@ -72,7 +72,7 @@ def test_a_long_query_is_posted_as_a_form() -> None:
     """A stream's pod matcher over hundreds of servers makes a long query: it goes in the body."""
     import urllib.parse
 
-    from ekko.promql import MAX_GET_QUERY, vector
+    from ekko.kube.promql import MAX_GET_QUERY, vector
 
     seen: list[tuple[str, str]] = []
 

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from ekko.solver import (
     BASELINES,
     GIB,
+    ModelSpec,
     Plan,
+    Pool,
     Problem,
     SolveConfig,
     greedy,
@@ -221,3 +223,22 @@ def test_never_worse_than_any_baseline(pr: Problem) -> None:
         if base.status != "infeasible":
             assert plan.status != "infeasible", name
             assert plan.servers_used <= base.servers_used, (name, plan.notes)
+
+
+def test_a_critical_replica_never_joins_a_server_above_its_cap() -> None:
+    """Found by the property above on the whole-item start: a critical model with no load of
+    its own was put on a server already carrying 40 of 60 units, above the critical cap of 36,
+    and the start plan was returned unchecked."""
+    pr = Problem(
+        pool=Pool(name="p", memory_bytes=64 * 2**30, compute_units=60.0, headroom=0.0,
+                  max_servers=2),
+        models=(
+            ModelSpec(id="m0", shard_count=1, shard_bytes=2**29, replicas=1, load=0.0,
+                      slo="critical"),
+            ModelSpec(id="m1", shard_count=2, shard_bytes=2**29, replicas=1, load=20.0,
+                      slo="standard"),
+        ),
+    )  # fmt: skip
+    plan = solve(pr, SolveConfig(time_limit=0.3))
+    assert violations(pr, plan) == [], plan.notes
+    assert plan.servers_used == 2
