@@ -20,7 +20,6 @@ update, so every episode starts alike. Prints a table and, with ``--json``, the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -40,9 +39,11 @@ from e2e.statehelpers import (
     USERS,
     LivePublisher,
     Traffic,
+    holders,
     rows,
     start_publisher,
     stream_manifest,
+    urls_of,
 )
 
 HEALTH: dict[str, Any] = {
@@ -207,21 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             api.create(model_manifest("ranker", args.shards, "8Gi", 2))
             wait("model loaded", lambda: converged(api, models=["ranker"]), 300, 1)
             api.create(stream_manifest(publisher.url, HEALTH))
-            names = sorted(
-                a.metadata.name
-                for a in api.assignments()
-                if any(s.model == "ranker" for s in a.spec.shards)
-            )
-
-            def urls() -> list[str]:
-                out = []
-                for n in names:
-                    with contextlib.suppress(KeyError):  # a restarting agent
-                        out.append(fleet.url(n))
-                return out
-
+            names = holders(api)
             bench = Bench(api, publisher)
-            with Traffic(urls):
+            with Traffic(urls_of(fleet, names)):
                 plan = [("harmful", KINDS[i % len(KINDS)]) for i in range(args.harmful)]
                 plan += [("clean", "noise")] * args.clean
                 order = np.random.default_rng(1).permutation(len(plan))

@@ -32,7 +32,7 @@ from bench.clusterbench import bench_namespace, wait
 from e2e.agents import AgentFleet
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
-from e2e.statehelpers import DIM, PAIRS, LivePublisher, score
+from e2e.statehelpers import DIM, PAIRS, LivePublisher, holders, score
 from ekko.updates.scoring import score_rows
 
 MODEL = "ranker"
@@ -106,13 +106,6 @@ def main(argv: list[str] | None = None) -> int:
             wait("model loaded", lambda: converged(api, models=[MODEL]), 300, 1)
             api.create(stream_manifest(live.url))
 
-            def holders() -> list[str]:
-                return sorted(
-                    x.metadata.name
-                    for x in api.assignments()
-                    if any(s.model == MODEL for s in x.spec.shards)
-                )
-
             def leaders() -> dict[str, str]:
                 out = {}
                 for x in api.assignments():
@@ -183,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 chosen = time.monotonic() - lost
 
                 def everyone_has_the_mark(want: float = want) -> bool:
-                    names = holders()
+                    names = holders(api, MODEL)
                     if len(names) < a.replicas:
                         return False
                     for name in names:

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from e2e.agents import free_port
+from e2e.agents import AgentFleet, free_port
+from e2e.objects import Api
 from ekko.updates.publisher import Publisher
 from ekko.updates.scoring import score_rows
 from ekko.updates.store import TableSpec
@@ -167,3 +168,19 @@ def start_publisher(model: str = "ranker") -> tuple[LivePublisher, Callable[[], 
         live.close()
 
     return live, close
+
+
+def holders(api: Api, model: str = "ranker") -> list[str]:
+    """The servers whose assignments hold a shard of ``model``, by name."""
+    return sorted(
+        a.metadata.name for a in api.assignments() if any(s.model == model for s in a.spec.shards)
+    )
+
+
+def urls_of(fleet: AgentFleet, names: list[str]) -> Callable[[], list[str]]:
+    """The agents' URLs of these servers, as of each call (an agent restarting is left out)."""
+
+    def urls() -> list[str]:
+        return [fleet.url(n) for n in names if n in fleet.pods()]
+
+    return urls

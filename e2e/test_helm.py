@@ -55,9 +55,11 @@ from e2e.statehelpers import (
     LivePublisher,
     Traffic,
     clean_scores,
+    holders,
     rows,
     score,
     stream_manifest,
+    urls_of,
 )
 from e2e.test_rollout import version_manifest
 from e2e.waiting import wait_for
@@ -360,14 +362,8 @@ def test_chart_rbac_is_enough_to_stream_updates_and_roll_the_state_back(
                 describe=operator.logs,
             )
             api.create(stream_manifest(publisher.url, health))
-            names = sorted(
-                a.metadata.name
-                for a in api.assignments()
-                if any(sh.model == "ranker" for sh in a.spec.shards)
-            )
-
-            def urls() -> list[str]:
-                return [fleet.url(n) for n in names if n in fleet.pods()]
+            names = holders(api)
+            urls = urls_of(fleet, names)
 
             want = clean_scores()
 

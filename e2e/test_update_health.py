@@ -15,7 +15,6 @@ shadow-score on the baseline view. Then:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import subprocess
 import sys
@@ -39,10 +38,12 @@ from e2e.statehelpers import (
     LivePublisher,
     Traffic,
     clean_scores,
+    holders,
     rows,
     score,
     start_publisher,
     stream_manifest,
+    urls_of,
 )
 from e2e.waiting import wait_for
 from ekko.updates.scoring import score_rows
@@ -73,14 +74,6 @@ HEALTH = {
         "confirmations": 2,
     },
 }
-
-
-def holders(api: Api) -> list[str]:
-    return sorted(
-        a.metadata.name
-        for a in api.assignments()
-        if any(s.model == "ranker" for s in a.spec.shards)
-    )
 
 
 def all_score(fleet: AgentFleet, names: list[str], want: np.ndarray, view: str | None) -> bool:
@@ -135,14 +128,7 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
             describe=lambda: (health(api), operator.logs()[-2000:]),
         )
 
-        def urls() -> list[str]:
-            out = []
-            for n in names:
-                with contextlib.suppress(KeyError):  # a restarting agent
-                    out.append(fleet.url(n))
-            return out
-
-        with Traffic(urls):
+        with Traffic(urls_of(fleet, names)):
             # 1. Clean: cuts, a baseline 15 s old, windows judged Good, no rollback.
             wait_for(
                 lambda: (
