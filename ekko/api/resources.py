@@ -872,6 +872,11 @@ class UpdateDuty(ApiModel):
         default=None,
         description="Keep cuts and a baseline view for the model-state manager; absent: off.",
     )
+    pod_uid: str = Field(
+        default="",
+        max_length=128,
+        description="UID of the server's pod when the duty was written: a pod replaced under the same name (an empty store) loses its leadership, also across operator restarts.",
+    )
 
 
 class ServerAssignmentSpec(ApiModel):

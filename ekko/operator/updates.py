@@ -44,6 +44,7 @@ from ekko.planning.updates import (
     previous_deputies,
     previous_leaders,
     prometheus_queries,
+    replaced_servers,
     scrapes_from_prometheus,
     stream_status,
 )
@@ -206,8 +207,8 @@ class StreamWorker:
         # A server whose pod was replaced (same name, new UID: the pool worker recreates a lost
         # pod within a second) starts with an empty store: it loses its leadership even when no
         # pass saw it missing or unready.
-        replaced = {n for n, uid in obs.uids.items() if self._uids.get(n, uid) != uid}
-        replaced |= set(self._uids) - set(obs.uids)
+        recorded = {n: d.pod_uid for n, ds in current.items() for d in ds if d.stream == name}
+        replaced = replaced_servers(obs.uids, self._uids, recorded)
         self._uids = dict(obs.uids)
         sticky = {k: v for k, v in leaders.items() if v not in replaced}
         deputies = {k: v for k, v in deputies.items() if v not in replaced}
@@ -229,7 +230,8 @@ class StreamWorker:
     async def _write(self, obs: StreamObservation, topology: Topology) -> None:
         name = self.key[1]
         for a, _ in obs.assignments:
-            mine = topology.duties.get(a.metadata.name, ())
+            uid = obs.uids.get(a.metadata.name, "")
+            mine = [d.evolve(pod_uid=uid) for d in topology.duties.get(a.metadata.name, ())]
             new = merge_duties(a.spec.updates, name, mine)
             if new != list(a.spec.updates):
                 await asyncio.to_thread(self.kube.write_duties, self.key[0], a.metadata.name, new)

@@ -237,6 +237,17 @@ def plan_topology(
     )
 
 
+def replaced_servers(
+    uids: Mapping[str, str], remembered: Mapping[str, str], recorded: Mapping[str, str]
+) -> set[str]:
+    """Servers whose pod is not the one their duties were written for: same name, new UID (the
+    pool worker recreates a lost pod within a second, with an empty store), or gone. What this
+    operator saw last (``remembered``) comes first, then what the duties recorded (``recorded``,
+    which survives a restart of the operator)."""
+    out = {n for n, uid in uids.items() if (remembered.get(n) or recorded.get(n) or uid) != uid}
+    return out | (set(remembered) - set(uids))
+
+
 def merge_duties(
     current: Iterable[UpdateDuty], stream: str, mine: Iterable[UpdateDuty]
 ) -> list[UpdateDuty]:

@@ -386,3 +386,19 @@ def test_prometheus_answers_read_as_the_same_scrape_as_the_agents_own_metrics() 
             agent.staleness,
         )
     assert scrapes_from_prometheus({"lag": [], "rows": []}) == {}  # nothing scraped: not connected
+
+
+def test_a_replaced_pod_is_known_by_its_uid_also_after_an_operator_restart() -> None:
+    from ekko.planning.updates import replaced_servers
+
+    now = {"a0": "new", "a1": "u1"}
+    # This operator saw a0's old pod: replaced.
+    assert replaced_servers(now, {"a0": "old", "a1": "u1"}, {}) == {"a0"}
+    # A restarted operator remembers nothing; the duties recorded the old pod's UID.
+    assert replaced_servers(now, {}, {"a0": "old", "a1": "u1"}) == {"a0"}
+    # What it saw itself comes first (the duties may not be rewritten yet).
+    assert replaced_servers(now, {"a0": "new"}, {"a0": "old"}) == set()
+    # Duties written before UIDs were recorded, or a server never seen: not replaced.
+    assert replaced_servers(now, {}, {"a0": ""}) == set()
+    # A pod gone altogether.
+    assert replaced_servers({"a1": "u1"}, {"a0": "x", "a1": "u1"}, {}) == {"a0"}
