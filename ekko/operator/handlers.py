@@ -69,7 +69,7 @@ async def startup(
     # Stream freshness comes from Prometheus only when one was named (--prometheus-url); the
     # rollouts' default address is a guess that would turn every status pass into a warning.
     memo.streams = UpdateStreams(
-        UpdateKube(memo.fleet.custom.api_client),
+        UpdateKube(memo.fleet.custom.api_client, memo.cache),
         memo.workers.gate,
         os.environ.get("EKKO_PROMETHEUS_URL") or None,
         memo.rollouts.auth,
