@@ -164,8 +164,30 @@ class Fleet:
     def model_servers(
         self, namespace: str, model: str, pool: str
     ) -> list[tuple[ServerAssignment, bool]]:
-        """Assignments of the pool's servers that hold the model, with whether the pod serves."""
-        return pods.model_servers(self.core, self.custom, namespace, model, pool)
+        """Assignments of the pool's servers that hold the model, with whether the pod serves:
+        from the cache once it has synced (a rollout pass listed both kinds before), else listed."""
+        if self.cache is None or not self.cache.synced:
+            return pods.model_servers(self.core, self.custom, namespace, model, pool)
+        store = self.cache.store("serverassignments")
+        by_name = {
+            str((p.get("metadata") or {}).get("name", "")): p
+            for p in self.cache.store("pods").items(namespace, index=pool)
+        }
+        out = []
+        for item in store.items(namespace, index=pool):
+            try:
+                assignment = store.parsed(item, _parse_assignment)
+            except InvalidObjectError:  # rewritten by the pool worker
+                continue
+            if any(s.model == model for s in assignment.spec.shards):
+                pod = by_name.get(assignment.metadata.name)
+                serving = (
+                    pod is not None
+                    and (pod.get("metadata") or {}).get("deletionTimestamp") is None
+                    and observe_.pod_ready(pod)
+                )
+                out.append((assignment, serving))
+        return out
 
     def observe(self, pool: ServerPool) -> PoolState:
         """Everything about one pool: its models, pods, assignments and the nodes' zones.

@@ -54,3 +54,27 @@ def test_servers_come_from_the_cache() -> None:
     }
     assert nodes == {"n0": "eu", "n1": "us"}
     assert _from_cache(cache, "ns", None)[2] == {}  # no region label: nodes are not read
+
+
+def test_a_rollouts_model_servers_come_from_the_cache() -> None:
+    from kubernetes import client
+
+    from ekko.kube.fleet import Fleet
+
+    cache = Cache(None, ["ns"])  # type: ignore[arg-type]
+    for name, ready in (("s0", True), ("s1", False)):
+        cache.store("pods").put(_pod(name, "u-" + name, ready, "n0"))
+        doc = _assignment(name)
+        doc["metadata"]["labels"] = {"ekko.dev/pool": "p"}
+        doc["spec"]["shards"] = [
+            {"model": "rank" if name == "s0" else "other", "shard": 0, "version": "v1",
+             "uri": "file:///m", "bytes": 1}
+        ]  # fmt: skip
+        cache.store("serverassignments").put(doc)
+    cache.store("serverassignments").put({**_assignment("s9"), "spec": {"pool": "q"}})
+    for informer in cache.informers:  # listed once, as the operator's cache is before use
+        informer.synced.set()
+    fleet = Fleet(client.ApiClient(), cache=cache)
+    got = fleet.model_servers("ns", "rank", "p")
+    assert [(a.metadata.name, serving) for a, serving in got] == [("s0", True)]
+    assert [a.metadata.name for a, _ in fleet.model_servers("ns", "other", "p")] == ["s1"]
