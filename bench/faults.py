@@ -58,7 +58,6 @@ from e2e.objects import (
     fresh_namespace,
     model_manifest,
     pool_manifest,
-    serving_replicas,
 )
 from e2e.operator_harness import OperatorProcess
 from e2e.test_rollout import version_manifest
@@ -190,8 +189,9 @@ class ReadySampler:
     """Every 0.2 s: the ready replicas of every shard of ``models`` against its minimum.
 
     A replica counts when its pod is Running and Ready, the fleet's agent process for the pod is
-    alive and the assignment's status lists the shard loaded (any version): a killed agent's
-    status still lists what it held until the restarted agent reports."""
+    alive, and the assignment's status, written (heartbeat) since that process started, lists
+    the shard loaded (any version): a killed agent's status still lists what it held until the
+    restarted agent reports, and must not count."""
 
     def __init__(self, api_client: client.ApiClient, ns: str, fleet: AgentFleet) -> None:
         self.api = Api(api_client, ns)
@@ -211,33 +211,43 @@ class ReadySampler:
             for shard in range(spec["shards"]["count"]):
                 self.minimum[(name, shard)] = need
 
-    def _serving(self) -> Counter[tuple[str, int]]:
-        alive = set()
+    def serving(self) -> Counter[tuple[str, int]]:
+        """Ready replicas per shard now."""
+        started: dict[str, float] = {}
         for pod in self.fleet.pods():
             try:
-                if self.fleet.agent(pod).alive():
-                    alive.add(pod)
-            except KeyError:
-                pass  # its pod went away meanwhile
-        count: Counter[tuple[str, int]] = Counter()
+                agent = self.fleet.agent(pod)
+                if agent.alive():
+                    started[pod] = Path(f"/proc/{agent.process.pid}").stat().st_ctime
+            except (KeyError, OSError):
+                pass  # its pod or process went away meanwhile
         ready = {
             p.metadata.name
             for p in self.api.pods()
             if p.status.phase == "Running"
             and p.metadata.deletion_timestamp is None
-            and p.metadata.name in alive
+            and p.metadata.name in started
             and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
         }
+        count: Counter[tuple[str, int]] = Counter()
         for a in self.api.assignments():
-            if a.metadata.name in ready and a.status is not None:
-                count.update({(s.model, s.shard) for s in a.status.loaded})
+            status = a.status
+            if a.metadata.name not in ready or status is None or status.heartbeat is None:
+                continue
+            if status.heartbeat.timestamp() < started[a.metadata.name]:
+                continue  # written by an agent before this one: stale until the new one reports
+            count.update({(s.model, s.shard) for s in status.loaded})
         return count
+
+    def whole(self) -> bool:
+        """Every watched shard has at least its minimum of ready replicas."""
+        return not below_minimum(self.serving(), self.minimum)
 
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stop.is_set():
             try:
-                serving = self._serving()
+                serving = self.serving()
             except Exception:  # a passing API error: this sample is missing, the gap shows it
                 serving = None
             now = time.monotonic()
@@ -339,7 +349,7 @@ def run_fault(
                 operator.stop(hard=True)
                 time.sleep(restart_after)
                 operator.start()
-                done = wait(lambda: converged(api, models=["rank"]), timeout)
+                done = wait(lambda: converged(api, models=["rank"]) and sampler.whole(), timeout)
             elif name == "operator-canary":
                 steps = [{"setWeight": 30}, {"pause": {"duration": "5s"}}, {"setWeight": 100}]
                 doc = version_manifest("v2", steps)
@@ -353,7 +363,9 @@ def run_fault(
                 operator.start()
                 done = wait(lambda: _phase(api, "rank-v2") == "Promoted", timeout)
                 if done is not None:
-                    done = wait(lambda: converged(api, models=["rank"]), timeout)
+                    done = wait(
+                        lambda: converged(api, models=["rank"]) and sampler.whole(), timeout
+                    )
             elif name == "agent-load":
                 api.create(model_manifest("extra", 4, "8Gi", 1))
 
@@ -376,7 +388,9 @@ def run_fault(
                 fault_at = time.monotonic()
                 fleet.agent(victim).process.kill()
                 note = f"killed the agent of {victim} mid-load"
-                done = wait(lambda: converged(api, models=["rank", "extra"]), timeout)
+                done = wait(
+                    lambda: converged(api, models=["rank", "extra"]) and sampler.whole(), timeout
+                )
                 note += f"; fleet restarted {fleet.restarts - restarts} agent(s)"
             elif name == "pod-delete":
                 held = Counter({a.metadata.name: len(a.spec.shards) for a in api.assignments()})
@@ -385,15 +399,8 @@ def run_fault(
                 api.core.delete_namespaced_pod(victim, ns)
                 note = f"deleted pod {victim} ({held[victim]} replicas)"
 
-                def back() -> bool:
-                    served = serving_replicas(api)
-                    return converged(api, models=["rank"]) and all(
-                        served.get(k, 0) >= m for k, m in sampler.minimum.items()
-                    )
-
                 time.sleep(1.0)  # the deletion is seen before "converged" can mean "after"
-                done = wait(back, timeout)
-                done = None if done is None else done + 1.0
+                done = wait(lambda: converged(api, models=["rank"]) and sampler.whole(), timeout)
             elif name == "pool-delete":
                 fault_at = time.monotonic()
                 api.custom.delete_namespaced_custom_object(G, V, ns, "serverpools", "pool")
@@ -419,7 +426,8 @@ def run_fault(
         alive = operator.proc is not None and operator.proc.poll() is None
         figures = sampler.figures()
         if name == "pool-delete":
-            figures["min_ready_seen"] = None  # the servers go away by design
+            # The servers go away by design: no minimum applies.
+            figures.update(min_ready_seen=None, shards_below_min=[], samples_below_min=None)
         row = {
             "scenario": name,
             "note": note,
@@ -553,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['scenario']:<20}{'yes' if r['recovered'] else 'NO':<11}"
                 f"{(str(r['recover_s']) + 's') if r['recover_s'] is not None else 'never':<8}"
                 f"{seen + ' / ' + str(r['min_ready_required']):<25}"
-                f"{str(r['samples_below_min']) + '/' + str(r['samples']):<15}"
+                f"{'n/a' if r['samples_below_min'] is None else str(r['samples_below_min']) + '/' + str(r['samples']):<15}"
                 f"{len(r['orphans'])}"
             )
     print(f"load average (1 min) at the start and after each scenario: {result['load_average']}")
