@@ -16,14 +16,20 @@ Scenarios (``--scenarios``, comma-separated; ``all`` runs every one):
 - ``pod-delete``: the server pod holding the most shard replicas is deleted by hand.
 - ``pool-delete``: the ServerPool is deleted while its model exists; the model must say
   ``PoolNotFound`` and no server pod or ServerAssignment may remain.
+- ``operator-rollback``: a canary paused at 30 % is rolled back by request; the operator is
+  SIGKILLed as soon as the rollback is recorded and started again; it must reach RolledBack with
+  every agent routing the model to the stable version.
+- ``assignment-edit``: the ServerAssignment holding the most replicas gets ``spec.shards: []`` by
+  hand (the bench runs no webhook, so the edit is admitted); the operator must restore it.
 
 For every fault scenario it reports whether the pool recovered without a person, the seconds from
 the fault to recovery, the fewest ready replicas any shard had against the model's
-minReadyReplicas (sampled every 0.2 s from the fault to recovery; a replica counts when its pod
-is Ready, its agent process alive and the assignment's status lists it loaded) with the number of
-samples below that minimum, and the objects left orphaned afterwards. Each scenario runs in a
-namespace of its own with its own agents and operator (``--peering``, a fixed ``POD_ID`` as a
-container restarted in the same pod keeps).
+minReadyReplicas, sampled every 0.2 s from the scenario's first step to recovery (a replica
+counts when its pod is Ready, its agent process alive and the assignment's status, written since
+that process started, lists it loaded), with the number of samples below that minimum, and the
+objects left orphaned afterwards. Each scenario runs in a namespace of its own with its own
+agents and operator (``--peering``, a fixed ``POD_ID`` as a container restarted in the same pod
+keeps).
 
     EKKO_CLUSTER_DIR=/tmp/ekko-faults python -m bench.faults --outages 20,60,180 --json out.json
     EKKO_CLUSTER_DIR=/tmp/ekko-faults python -m bench.faults --scenarios all --outages 20 --json out.json
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import subprocess
@@ -121,7 +128,15 @@ _LAST: dict[str, list[str]] = {}
 
 
 OUTAGE = "outage"
-FAULTS = ("operator-migration", "operator-canary", "agent-load", "pod-delete", "pool-delete")
+FAULTS = (
+    "operator-migration",
+    "operator-canary",
+    "agent-load",
+    "pod-delete",
+    "pool-delete",
+    "operator-rollback",
+    "assignment-edit",
+)
 SCENARIOS = (OUTAGE, *FAULTS)
 SAMPLE_S = 0.2
 
@@ -323,6 +338,19 @@ def _step(api: Api, name: str) -> tuple[int, int]:
     return int(status.get("currentStep", 0)), int(status.get("weight", 0))
 
 
+def _routed_only(api: Api, model: str, version: str) -> bool:
+    """Every agent reports routing all of the model's traffic to this version."""
+    routes = [
+        r
+        for a in api.assignments()
+        for r in (a.status.routing if a.status else [])
+        if r.model == model
+    ]
+    return bool(routes) and all(
+        [(w.version, w.weight) for w in r.weights] == [(version, 100)] for r in routes
+    )
+
+
 def _phase(api: Api, name: str) -> str:
     return str((api.get("modelversions", name).get("status") or {}).get("phase", ""))
 
@@ -366,6 +394,57 @@ def run_fault(
                     done = wait(
                         lambda: converged(api, models=["rank"]) and sampler.whole(), timeout
                     )
+            elif name == "operator-rollback":
+                doc = version_manifest("v2", [{"setWeight": 30}, {"pause": {}}])
+                del doc["spec"]["analysis"]
+                api.create(doc)
+                paused = wait(lambda: _phase(api, "rank-v2") == "Paused", 120)
+                if paused is None:
+                    raise SystemExit("bench: operator-rollback: the canary never paused")
+                at = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+                request = {"ekko.dev/request": "rollback", "ekko.dev/request-at": at}
+                api.patch("modelversions", "rank-v2", {"metadata": {"annotations": request}})
+
+                def started() -> bool:
+                    status = api.get("modelversions", "rank-v2").get("status") or {}
+                    return bool(status.get("rollbackRequestedAt"))
+
+                wait(started, 30, interval=0.02)
+                status = api.get("modelversions", "rank-v2").get("status") or {}
+                fault_at = time.monotonic()
+                operator.stop(hard=True)
+                note = (
+                    "killed after the rollback had completed"
+                    if status.get("rollbackSeconds") is not None
+                    else "killed mid-rollback (requested, not completed)"
+                )
+                time.sleep(restart_after)
+                operator.start()
+                done = wait(
+                    lambda: (
+                        _phase(api, "rank-v2") == "RolledBack"
+                        and _routed_only(api, "rank", "v1")
+                        and sampler.whole()
+                    ),
+                    timeout,
+                )
+            elif name == "assignment-edit":
+                held = Counter({a.metadata.name: len(a.spec.shards) for a in api.assignments()})
+                victim = held.most_common(1)[0][0]
+                edited = next(a for a in api.assignments() if a.metadata.name == victim)
+                before = {(r.model, r.shard) for r in edited.spec.shards}
+                fault_at = time.monotonic()
+                api.patch("serverassignments", victim, {"spec": {"shards": []}})
+                note = f"set {victim}'s spec.shards to [] ({held[victim]} replicas)"
+
+                def restored() -> bool:
+                    now = next(a for a in api.assignments() if a.metadata.name == victim)
+                    return {(r.model, r.shard) for r in now.spec.shards} == before
+
+                fixed = wait(restored, timeout, interval=0.05)
+                if fixed is not None:
+                    note += f"; spec restored after {fixed:.2f}s"
+                done = wait(lambda: converged(api, models=["rank"]) and sampler.whole(), timeout)
             elif name == "agent-load":
                 api.create(model_manifest("extra", 4, "8Gi", 1))
 
@@ -421,6 +500,8 @@ def run_fault(
             else:
                 raise ValueError(name)
             took = None if done is None else time.monotonic() - fault_at
+            if name == "assignment-edit":
+                time.sleep(5.0)  # keep sampling past the agent's unload grace (2 s by default)
         time.sleep(2.0)  # let garbage collection and a last pass settle before counting
         left = cluster_orphans(api)
         alive = operator.proc is not None and operator.proc.poll() is None
