@@ -240,11 +240,8 @@ class Informer:
     def stop(self) -> None:
         self._stop.set()
         response = self._response
-        if response is not None:  # unblock a read in progress
-            try:
-                response.close()
-            except Exception as err:  # closing a dead socket may fail: nothing to do about it
-                log.debug("closing the watch of %s: %s", self.kind.name, err)
+        if response is not None:  # unblock a read in progress; the reader closes the response
+            response.interrupt()
 
     def run(self) -> None:
         """List and watch until stopped; list again after a 410 or any failure (with backoff)."""
