@@ -318,6 +318,8 @@ class Informer:
             )
             self._response = response
             try:
+                if self._stop.is_set():  # stopped before stop() could see this response
+                    return
                 for event in _lines(response):
                     version = self.apply(event) or version
                     if self._stop.is_set():
