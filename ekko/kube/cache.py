@@ -82,6 +82,10 @@ VERSIONS = Kind("modelversions", GROUP, VERSION, "modelversions")
 ASSIGNMENTS = Kind("serverassignments", GROUP, VERSION, "serverassignments", index_by=_spec_pool)
 POOL_KINDS = (POOLS, MODELS, VERSIONS, PODS, ASSIGNMENTS, NODES)
 """Everything a pool worker reads."""
+STREAMS = Kind("updatestreams", GROUP, VERSION, "updatestreams")
+OPERATOR_KINDS = (*POOL_KINDS, STREAMS)
+"""What the operator's cache holds: the stream workers also read the namespace's other streams
+(one stream per model)."""
 
 
 class GoneError(Exception):
