@@ -39,7 +39,7 @@ def _priority(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor 'auto'") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ekko operator", description=__doc__)
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         default="text",
         help="text (default) or json: one JSON object per line",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _logging(args: argparse.Namespace) -> None:
     logformat.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -147,13 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     # The webhook's access log: every admission request, which includes every assignment write
     # of the operator itself (only it may write them), would be a line.
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+
+
+class _UsageError(Exception):
+    """A flag's value that argparse could not check."""
+
+
+def _prometheus_environment(args: argparse.Namespace) -> None:
+    """The analysis and stream workers read Prometheus's address and credentials from the
+    environment (the chart may set them there too)."""
     if args.prometheus_url:
         os.environ["EKKO_PROMETHEUS_URL"] = args.prometheus_url
     headers = {}
     for item in args.prometheus_header:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            parser.error(f"--prometheus-header wants NAME=VALUE, got {item!r}")
+            raise _UsageError(f"--prometheus-header wants NAME=VALUE, got {item!r}")
         headers[name.strip()] = value
     if headers:
         os.environ["EKKO_PROMETHEUS_HEADERS"] = json.dumps(headers)
@@ -163,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EKKO_PROMETHEUS_CA_FILE"] = args.prometheus_ca_file
     if args.allow_prometheus_address:
         os.environ["EKKO_PROMETHEUS_ALLOW"] = ",".join(args.allow_prometheus_address)
+
+
+def _memo(args: argparse.Namespace) -> kopf.Memo:
+    """What every handler and worker shares: scope, identity, peering and webhook options."""
     memo = kopf.Memo()
     memo.peering_namespaces = args.namespace if args.peering else None
     memo.namespaces = args.namespace  # the operator's cache lists and watches these (none: all)
@@ -184,6 +200,18 @@ def main(argv: list[str] | None = None) -> int:
             args.webhook_cert_dir,
             managed=not args.webhook_unmanaged,
         )
+    return memo
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _logging(args)
+    try:
+        _prometheus_environment(args)
+    except _UsageError as err:
+        parser.error(str(err))
+    memo = _memo(args)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
     code = 0
