@@ -158,7 +158,7 @@ def check_request(
     decision = decide(
         Inputs(
             spec=mv.spec,
-            status=status.model_copy(update={"handled_request": ""}),
+            status=status.evolve(handled_request=""),
             observed=observed,
             now=now,
             request=Request(verb=verb, at=_CHECK_AT, at_time=now, to=to),
