@@ -32,6 +32,8 @@ log = logging.getLogger("ekko.operator")
 
 VersionKey = tuple[str, str]
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring:9090"
+CONFLICT_RETRY = 0.1
+"""Seconds before deciding again after the Model changed under a decision (no hot loop)."""
 
 
 class RolloutWorker:
@@ -162,7 +164,7 @@ class RolloutWorker:
             # The Model changed after we read it (a rollback by kubectl ekko, another writer):
             # decide again on what it is now, rather than overwrite it.
             log.info("ModelVersion %s/%s: %s; deciding again", namespace, name, err)
-            return 0.0
+            return CONFLICT_RETRY
         return decision.requeue_after
 
     async def _measure(
