@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if paused.get("status") == "True" and paused.get("reason") == "ManualStep":
                         run("kubectl", "ekko", "promote", "ranking-dlrm", "-n", NS)
-                    elif paused.get("status") == "True":
+                    elif paused.get("status") == "True" and paused.get("reason") != "TimedPause":
                         raise SystemExit(
                             f"demo: the healthy canary paused ({paused.get('reason')}): "
                             f"{status.get('message')}"

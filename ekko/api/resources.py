@@ -12,7 +12,7 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ekko.api.conditions import CONDITION_PATTERN
 from ekko.api.meta import (
@@ -438,8 +438,36 @@ class ModelUpdateControl(ApiModel):
     )
 
 
+StatusOwner = Literal["pool-worker", "rollout-worker", "state-manager"]
+"""A component that writes part of a Model's status (docs/architecture.md, "Who owns which status
+field"); ``kubectl ekko rollback`` writes the rollout worker's routing fields in its name."""
+
+
 class ModelStatus(ApiModel):
-    """Observed state of a Model."""
+    """Observed state of a Model.
+
+    Three components write it, each only its own fields (``OWNERS``), with server-side apply
+    under a field manager of its own; :meth:`owned_wire` is what one of them sends.
+    """
+
+    OWNERS: ClassVar[dict[StatusOwner, tuple[str, ...]]] = {
+        "pool-worker": (
+            "observed_generation",
+            "replicas_wanted",
+            "replicas_placed",
+            "replicas_ready",
+            "ready",
+            "conditions",
+        ),
+        "rollout-worker": (
+            "stable_version",
+            "canary_version",
+            "previous_version",
+            "weights",
+            "canary_weight",
+        ),
+        "state-manager": ("updates",),
+    }
 
     observed_generation: int | None = Field(
         default=None, description="The spec generation this status describes."
@@ -474,6 +502,27 @@ class ModelStatus(ApiModel):
         default="", max_length=32, description="Ready over wanted replicas, for kubectl get."
     )
     conditions: Conditions = Field(default_factory=list)
+
+    @field_validator("stable_version", "canary_version", "previous_version", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # The rollout worker writes "" for "no version": a server-side apply cannot send null,
+        # and leaving the field out would keep another manager's stale value.
+        return None if value == "" else value
+
+    def owned_wire(self, owner: StatusOwner) -> dict[str, Any]:
+        """The fields ``owner`` writes, as sent to the API server: every one of them, always (a
+        field a manager leaves out of its apply is removed), an absent version as ""."""
+        fields = self.OWNERS[owner]
+        wire = self.model_dump(by_alias=True, mode="json", include=set(fields))
+        for name in fields:
+            key = type(self).model_fields[name].alias or name
+            if wire.get(key) is None:
+                if name in ("stable_version", "canary_version", "previous_version"):
+                    wire[key] = ""
+                else:
+                    del wire[key]
+        return wire
 
 
 class Model(Resource):
@@ -758,6 +807,10 @@ class ModelVersionStatus(ApiModel):
         description="Why the operator refused the last request (handledRequest); empty when it carried it out.",
     )
     paused_by_user: bool = Field(default=False, description="Paused by a pause request.")
+    paused_until: datetime | None = Field(
+        default=None,
+        description="When a timed pause step (pause.duration) ends; set only while in one (phase Paused).",
+    )
     started_at: datetime | None = Field(default=None, description="When the rollout started.")
     finished_at: datetime | None = Field(
         default=None,

@@ -546,7 +546,7 @@ def run_action(s: Session, args: argparse.Namespace) -> int:
         s.namespace, mv.metadata.name, view.request_annotations(verb, at, args.to)
     )
     if target is not None:
-        s.kube.patch_model_status(s.namespace, name, view.rollback_routing(target))
+        s.kube.apply_model_routing(s.namespace, name, view.rollback_routing(target))
         s.say(
             f"rollback of {name} requested on {mv.metadata.name} (version {mv.spec.version});"
             f" routed 100% to {target}"

@@ -158,7 +158,7 @@ def check_request(
     decision = decide(
         Inputs(
             spec=mv.spec,
-            status=status.model_copy(update={"handled_request": ""}),
+            status=status.evolve(handled_request=""),
             observed=observed,
             now=now,
             request=Request(verb=verb, at=_CHECK_AT, at_time=now, to=to),
@@ -292,6 +292,16 @@ def rollback_text(mv: ModelVersion | None) -> str:
     return text
 
 
+def phase_text(status: ModelVersionStatus) -> str:
+    """The phase, and why a Paused rollout waits: a pause request, or a timed pause step (with
+    when it goes on by itself)."""
+    if status.paused_by_user:
+        return f"{status.phase} (by request)"
+    if status.phase == "Paused" and status.paused_until is not None:
+        return f"{status.phase} (until {_time(status.paused_until)})"
+    return status.phase
+
+
 def render_model(model: Model, versions: Sequence[ModelVersion]) -> str:
     """The status table of one model."""
     mine = versions_of(model.metadata.name, versions)
@@ -312,7 +322,7 @@ def render_model(model: Model, versions: Sequence[ModelVersion]) -> str:
     else:
         rows += [
             ("Version", f"{mv.spec.version} ({mv.metadata.name})"),
-            ("Phase", mv_status.phase + (" (by request)" if mv_status.paused_by_user else "")),
+            ("Phase", phase_text(mv_status)),
             ("Step", step_text(mv)),
             ("Weight", f"{mv_status.weight}%"),
             ("Servers", f"{mv_status.servers_loaded}/{mv_status.servers_wanted} loaded"),
@@ -401,7 +411,11 @@ def judge(verb: Verb, at: str, before: ModelVersionStatus, mv: ModelVersion | No
         or (handled and status.current_step > before.current_step and phase != "Failed"),
         "promote-full": phase == "Promoted",
         "pause": handled and phase == "Paused",
-        "resume": handled and phase not in ("Paused", *TERMINAL),
+        # Resumed into a timed pause step is resumed too (it goes on by itself).
+        "resume": handled
+        and not status.request_refused
+        and phase not in TERMINAL
+        and (phase != "Paused" or (status.paused_until is not None and not status.paused_by_user)),
         "abort": phase == "Aborted",
         "retry": handled and phase not in RETRYABLE,
     }

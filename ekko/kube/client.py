@@ -353,6 +353,49 @@ def patch_status(
         )
 
 
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+def apply_status(
+    custom: Any,
+    plural: str,
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    *,
+    field_manager: str,
+    force: bool = True,
+    resource_version: str | None = None,
+) -> None:
+    """Server-side apply of the status fields ``field_manager`` owns: the API server merges them
+    with the fields of other managers and removes a field this manager sent before and leaves
+    out now, so ``status`` must hold every field the manager owns. ``force`` takes fields over
+    from other managers; without it, a field another manager set to a different value is a
+    Conflict. With ``resource_version``, only if the object is still at that version (Conflict
+    otherwise). NotFound when it is gone."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if resource_version is not None:
+        metadata["resourceVersion"] = resource_version
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KINDS.get(plural, plural),
+        "metadata": metadata,
+        "status": status,
+    }
+    with converting(f"apply status of {_named(plural, namespace, name)} as {field_manager}"):
+        custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            body,
+            field_manager=field_manager,
+            force=force,
+            _content_type=APPLY_PATCH,
+        )
+
+
 def create_object(custom: Any, plural: str, namespace: str, body: dict[str, Any]) -> None:
     """Create an object of Ekko's. Conflict when it already exists."""
     name = str((body.get("metadata") or {}).get("name") or "?")

@@ -31,6 +31,7 @@ from ekko.kube import observe as observe_
 from ekko.kube import pods
 from ekko.kube.cache import Cache, Obj
 from ekko.kube.calls import post_event
+from ekko.kube.client import apply_status as apply_object_status
 from ekko.kube.client import (
     converting,
     create_object,
@@ -58,6 +59,13 @@ POOL_LABEL = pods.POOL_LABEL
 SERVER_LABEL = "ekko.dev/server"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ekko"}
 FIELD_MANAGER = "ekko-operator"
+"""The field manager of the operator's merge patches (assignments, single-writer statuses)."""
+POOL_MANAGER = "ekko-pool"
+"""Server-side apply field manager of the pool worker's part of a Model's status."""
+ROLLOUT_MANAGER = "ekko-rollout"
+"""Server-side apply field manager of the rollout worker's part of a Model's status."""
+STABLE_MANAGER = "ekko-pool-stable"
+"""The pool worker's non-forced apply of a first ``stableVersion`` (never takes it over)."""
 
 WRITE_CONCURRENCY = 16
 """Writes of one pass in flight at once: enough to create a thousand servers in seconds, few
@@ -413,18 +421,54 @@ class Fleet:
         at that version (Conflict otherwise)."""
         with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to report on
             patch_object_status(
-                self.custom, plural, namespace, name, status, resource_version=resource_version
+                self.custom,
+                plural,
+                namespace,
+                name,
+                status,
+                resource_version=resource_version,
+                field_manager=FIELD_MANAGER,
             )
 
-    def patch_statuses(
-        self, plural: str, namespace: str, items: list[tuple[str, dict[str, Any], str | None]]
-    ) -> list[KubeError | None]:
-        """``patch_status`` of many objects, up to ``write_concurrency`` at once: (name, status,
-        resourceVersion precondition or None) each; the error of each write, or None."""
+    def apply_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        manager: str,
+        *,
+        force: bool = True,
+        resource_version: str | None = None,
+    ) -> None:
+        """Server-side apply of the status fields ``manager`` owns (every one of them: a field
+        left out is removed); see :func:`ekko.kube.client.apply_status`."""
+        with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to report on
+            apply_object_status(
+                self.custom,
+                plural,
+                namespace,
+                name,
+                status,
+                field_manager=manager,
+                force=force,
+                resource_version=resource_version,
+            )
 
-        def one(item: tuple[str, dict[str, Any], str | None]) -> KubeError | None:
+    def apply_statuses(
+        self,
+        plural: str,
+        namespace: str,
+        manager: str,
+        items: list[tuple[str, dict[str, Any]]],
+        force: bool = True,
+    ) -> list[KubeError | None]:
+        """``apply_status`` of many objects, up to ``write_concurrency`` at once: (name, status)
+        each; the error of each write, or None."""
+
+        def one(item: tuple[str, dict[str, Any]]) -> KubeError | None:
             try:
-                self.patch_status(plural, namespace, item[0], item[1], item[2])
+                self.apply_status(plural, namespace, item[0], item[1], manager, force=force)
             except KubeError as err:
                 return err
             return None

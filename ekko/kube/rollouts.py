@@ -13,7 +13,13 @@ from kubernetes import client
 
 from ekko.api.resources import Model, ModelVersion, ServerAssignment
 from ekko.kube import pods
-from ekko.kube.client import get_object, list_objects, patch_object, patch_status
+from ekko.kube.client import (
+    apply_status,
+    get_object,
+    list_objects,
+    patch_object,
+    patch_status,
+)
 
 FIELD_MANAGER = "kubectl-ekko"
 
@@ -61,6 +67,16 @@ class RolloutClient:
             self.custom, "modelversions", namespace, name, body, field_manager=FIELD_MANAGER
         )
 
+    def apply_model_routing(self, namespace: str, name: str, routing: dict[str, Any]) -> None:
+        """Set the Model's routing (``weights``, ``canaryWeight``) with a server-side apply under
+        ``kubectl-ekko``, taking the fields over from the rollout worker: a rollback that does
+        not wait for the operator. The rollout worker's next write is made only onto a Model
+        that has not changed since it read it, so it never undoes this one."""
+        apply_status(
+            self.custom, "models", namespace, name, routing, field_manager=FIELD_MANAGER, force=True
+        )
+
     def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch fields of the Model's status subresource."""
+        """Merge-patch fields of the Model's status subresource (the update stream's control
+        block, which the state manager writes the same way)."""
         patch_status(self.custom, "models", namespace, name, status, field_manager=FIELD_MANAGER)

@@ -17,21 +17,23 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from ekko.api.resources import ModelVersionStatus
-from ekko.kube.errors import InvalidObjectError, KubeError
-from ekko.kube.fleet import Fleet
+from ekko.api.resources import Model, ModelVersionStatus
+from ekko.kube.errors import Conflict, InvalidObjectError, KubeError
+from ekko.kube.fleet import ROLLOUT_MANAGER, Fleet
 from ekko.kube.promql import PrometheusAuth, measure, render
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
 from ekko.planning.status import failure_conditions
 from ekko.rollout.analysis import Measurement, address_allowed, evaluate
-from ekko.rollout.machine import Decision, Inputs, decide, metrics_due
+from ekko.rollout.machine import Decision, Inputs, Observed, decide, metrics_due
 from ekko.rollout.observe import observe, request_of
 
 log = logging.getLogger("ekko.operator")
 
 VersionKey = tuple[str, str]
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring:9090"
+CONFLICT_RETRY = 0.1
+"""Seconds before deciding again after the Model changed under a decision (no hot loop)."""
 
 
 class RolloutWorker:
@@ -156,7 +158,13 @@ class RolloutWorker:
                 generation=mv.metadata.generation,
             )
         )
-        await self._write(decision, mv.spec.model, model.spec.pool if model else None, mv)
+        try:
+            await self._write(decision, observed, model, mv)
+        except Conflict as err:
+            # The Model changed after we read it (a rollback by kubectl ekko, another writer):
+            # decide again on what it is now, rather than overwrite it.
+            log.info("ModelVersion %s/%s: %s; deciding again", namespace, name, err)
+            return CONFLICT_RETRY
         return decision.requeue_after
 
     async def _measure(
@@ -184,14 +192,25 @@ class RolloutWorker:
             out.append(result)
         return out
 
-    async def _write(self, decision: Decision, model: str, pool: str | None, mv: Any) -> None:
+    async def _write(
+        self, decision: Decision, observed: Observed, target: Model | None, mv: Any
+    ) -> None:
         namespace, name = self.key
-        if decision.model is not None:
+        model = mv.spec.model
+        if decision.model is not None and target is not None:
+            # Every field the rollout worker owns, applied only onto the Model as it was read
+            # (a resourceVersion precondition): a change made meanwhile is a Conflict, never
+            # overwritten with what this decision assumed.
             await asyncio.to_thread(
-                self.fleet.patch_status, "models", namespace, model, decision.model.to_status()
+                self.fleet.apply_status,
+                "models",
+                namespace,
+                model,
+                decision.model.applied_to(observed).owned_wire("rollout-worker"),
+                ROLLOUT_MANAGER,
+                resource_version=target.metadata.resource_version,
             )
-            if pool:
-                self.wake_pool(namespace, pool)
+            self.wake_pool(namespace, target.spec.pool)
         status = decision.status.model_dump(by_alias=True, mode="json")
         if status != self._last_status:
             await asyncio.to_thread(

@@ -20,14 +20,20 @@ from typing import Any
 from ekko.api.resources import Model, PlanSummary, ServerPool
 from ekko.api.units import parse_duration
 from ekko.kube.errors import Conflict, InvalidObjectError, KubeError
-from ekko.kube.fleet import Fleet
+from ekko.kube.fleet import POOL_MANAGER, STABLE_MANAGER, Fleet
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
 from ekko.planning.converge import Desired, converge
 from ekko.planning.desired import desired_from_plan, desired_from_state, plan_inputs
 from ekko.planning.problem import build_problem, solve_config
 from ekko.planning.state import PoolState
-from ekko.planning.status import failure_conditions, model_status, pool_status
+from ekko.planning.status import (
+    failure_conditions,
+    initial_stable,
+    model_status,
+    orphan_status,
+    pool_status,
+)
 from ekko.solver import Plan, Problem, explain, solve, violations
 
 log = logging.getLogger("ekko.operator")
@@ -270,15 +276,12 @@ class PoolWorker:
             if ready is not None and ready.reason == "PoolNotFound":
                 continue
             await asyncio.to_thread(
-                self.fleet.patch_status,
+                self.fleet.apply_status,
                 "models",
                 namespace,
                 model.metadata.name,
-                {
-                    "conditions": failure_conditions("PoolNotFound", text, None, now),
-                    "replicasReady": 0,
-                    "ready": f"0/{model.status.replicas_wanted if model.status else 0}",
-                },
+                orphan_status(model, text, now).owned_wire("pool-worker"),
+                POOL_MANAGER,
             )
             await asyncio.to_thread(self.fleet.event, model, "PoolNotFound", text, True)
 
@@ -366,37 +369,54 @@ class PoolWorker:
         status = pool_status(
             state, desired, self.outcome.summary, now, problem, problem_reason=reason
         )
-        metrics.SERVERS.labels(name, "wanted").set(status["serversWanted"])
-        metrics.SERVERS.labels(name, "ready").set(status["serversReady"])
-        await self._patch_if_changed("serverpools", name, status)
+        metrics.SERVERS.labels(name, "wanted").set(status.servers_wanted)
+        metrics.SERVERS.labels(name, "ready").set(status.servers_ready)
+        await self._patch_if_changed("serverpools", name, status.to_wire())
 
     async def _report(self, pool: ServerPool, state: PoolState, desired: Desired) -> None:
         now = dt.datetime.now(dt.UTC)
         await self._report_pool(state, desired)
-        writes: list[tuple[str, dict[str, Any], str | None]] = []
+        writes: list[tuple[str, dict[str, Any]]] = []
+        stables: list[tuple[str, dict[str, Any]]] = []
         for model in state.models:
             if model.metadata.name in state.rejected:
                 continue  # reported below, on the spec as it stands
             why = self.outcome.excluded.get(model.metadata.name, "")
-            body = model_status(state, desired, model, now, why)
-            # stableVersion belongs to the rollout; the pool worker only initialises it, and only
-            # on the status it observed (a resourceVersion precondition: a promote written
-            # meanwhile makes this write conflict and the pass retry, instead of undoing it).
-            precondition = model.metadata.resource_version if "stableVersion" in body else None
+            # Only the pool worker's own fields, every one of them (server-side apply).
+            body = model_status(state, desired, model, now, why).owned_wire("pool-worker")
             if self._last_status.get(f"models/{model.metadata.name}") != body:
-                writes.append((model.metadata.name, body, precondition))
+                writes.append((model.metadata.name, body))
+            stable = initial_stable(model)
+            if (
+                stable is not None
+                and self._last_status.get(f"stable/{model.metadata.name}") != stable
+            ):
+                stables.append((model.metadata.name, {"stableVersion": stable}))
         if writes:
             # In parallel, like the pass's other writes: at 300 models one after another took
             # minutes on a busy API server.
             errors = await asyncio.to_thread(
-                self.fleet.patch_statuses, "models", self.key[0], writes
+                self.fleet.apply_statuses, "models", self.key[0], POOL_MANAGER, writes
             )
-            for (model_name, body, _), error in zip(writes, errors, strict=True):
+            for (model_name, body), error in zip(writes, errors, strict=True):
                 if error is None:
                     self._last_status[f"models/{model_name}"] = body
             failed = [e for e in errors if e is not None]
             if failed:
-                raise failed[0]  # a conflict observes again; anything else retries with backoff
+                raise failed[0]  # retried with backoff
+        if stables:
+            # A model no rollout touched yet records its spec's version as stable; not forced,
+            # so the API server refuses it (Conflict: observe again) once the rollout worker set
+            # a different value; a promote cannot be undone by a stale observation.
+            errors = await asyncio.to_thread(
+                self.fleet.apply_statuses, "models", self.key[0], STABLE_MANAGER, stables, False
+            )
+            for (model_name, body), error in zip(stables, errors, strict=True):
+                if error is None:
+                    self._last_status[f"stable/{model_name}"] = body["stableVersion"]
+            failed = [e for e in errors if e is not None]
+            if failed:
+                raise failed[0]
         for model_name, problem in sorted(state.rejected.items()):
             kept = model_name in self._last_good
             text = f"spec not usable: {problem}" + (
@@ -419,19 +439,13 @@ class PoolWorker:
                 )
             await self._patch_if_changed("models", model_name, rejected)
 
-    async def _patch_if_changed(
-        self,
-        plural: str,
-        obj: str,
-        status: dict[str, object],
-        resource_version: str | None = None,
-    ) -> None:
+    async def _patch_if_changed(self, plural: str, obj: str, status: dict[str, object]) -> None:
+        """Merge-patch a status this worker alone writes (a pool's; a refused model's
+        conditions), unless it is what the last write sent."""
         key = f"{plural}/{obj}"
         if self._last_status.get(key) == status:
             return
-        await asyncio.to_thread(
-            self.fleet.patch_status, plural, self.key[0], obj, status, resource_version
-        )
+        await asyncio.to_thread(self.fleet.patch_status, plural, self.key[0], obj, status)
         self._last_status[key] = status
 
 

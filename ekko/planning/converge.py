@@ -173,7 +173,7 @@ def _next_spec(
         if ready[key] >= wanted[(old.model, old.shard)]:
             continue  # every replica the placement wants is loaded elsewhere: drop this one
         if old.model in resident and server.alive:
-            entries[key] = old.model_copy(update={"drain": True})
+            entries[key] = old.evolve(drain=True)
     return tuple(entries[k] for k in sorted(entries))
 
 

@@ -1,4 +1,9 @@
-"""Status of pools and models, computed from the observed state and the desired placement."""
+"""Status of pools and models, computed from the observed state and the desired placement.
+
+Statuses are returned as the api types and serialised once, where they are written. A Model's
+status has three writers; the pool worker's part is only ``ModelStatus.OWNERS["pool-worker"]``
+(counts, ``ready``, conditions): routing and versions are the rollout worker's.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from ekko.api.meta import Condition, set_condition
-from ekko.api.resources import Model, PlanSummary
+from ekko.api.resources import Model, ModelStatus, PlanSummary, ServerPoolStatus
 from ekko.planning.converge import Desired
 from ekko.planning.state import PoolState
 
@@ -36,8 +41,10 @@ def model_status(
     model: Model,
     now: datetime,
     unplaceable: str = "",
-) -> dict[str, Any]:
-    """The placement part of a Model's status (rollout fields are written elsewhere)."""
+) -> ModelStatus:
+    """The pool worker's part of a Model's status (``ModelStatus.OWNERS["pool-worker"]``); the
+    rollout fields are left unset: the rollout worker owns them, even the stable version of a
+    model that never had a rollout (see :func:`initial_stable`)."""
     wanted, placed, ready = model_counts(state, desired, model)
     old = list(model.status.conditions) if model.status else []
     gen = model.metadata.generation
@@ -65,18 +72,41 @@ def model_status(
             message=f"{ready} of {wanted} shard replicas loaded",
             observed_generation=gen,
         )
-    conditions = set_condition(old, cond, now)
-    status: dict[str, Any] = {
-        "observedGeneration": gen,
-        "replicasWanted": wanted,
-        "replicasPlaced": placed,
-        "replicasReady": ready,
-        "ready": f"{ready}/{wanted}",
-        "conditions": [c.to_wire() for c in conditions],
-    }
-    if not (model.status and model.status.stable_version):
-        status["stableVersion"] = model.spec.version
-    return status
+    return ModelStatus(
+        observed_generation=gen,
+        replicas_wanted=wanted,
+        replicas_placed=placed,
+        replicas_ready=ready,
+        ready=f"{ready}/{wanted}",
+        conditions=set_condition(old, cond, now),
+    )
+
+
+def orphan_status(model: Model, message: str, now: datetime) -> ModelStatus:
+    """The pool worker's part of the status of a model whose pool does not exist: nothing placed
+    or ready, not Ready and Degraded (``PoolNotFound``)."""
+    wanted = model.status.replicas_wanted if model.status else 0
+    return ModelStatus(
+        observed_generation=model.metadata.generation,
+        replicas_wanted=wanted,
+        replicas_placed=0,
+        replicas_ready=0,
+        ready=f"0/{wanted}",
+        conditions=[
+            Condition.model_validate(c)
+            for c in failure_conditions("PoolNotFound", message, None, now)
+        ],
+    )
+
+
+def initial_stable(model: Model) -> str | None:
+    """The stable version to record for a model no rollout has touched yet (its spec's version),
+    None once the status has one. The pool worker writes it without taking the field over (a
+    non-forced apply under a manager of its own): the API server refuses it once the rollout
+    worker has set another value, so it can never undo a promote."""
+    if model.status and model.status.stable_version:
+        return None
+    return model.spec.version
 
 
 def pool_status(
@@ -87,7 +117,7 @@ def pool_status(
     problem: str = "",
     *,
     problem_reason: str = "PlanFailed",
-) -> dict[str, Any]:
+) -> ServerPoolStatus:
     """A ServerPool's status: servers wanted and ready, the last plan, conditions; ``problem``
     (with its one-word reason) makes it Degraded."""
     pool = state.pool
@@ -130,15 +160,13 @@ def pool_status(
         ),
         now,
     )
-    status: dict[str, Any] = {
-        "observedGeneration": gen,
-        "serversWanted": wanted_servers,
-        "serversReady": ready_servers,
-        "conditions": [c.to_wire() for c in conditions],
-    }
-    if plan is not None:
-        status["plan"] = plan.to_wire()
-    return status
+    return ServerPoolStatus(
+        observed_generation=gen,
+        servers_wanted=wanted_servers,
+        servers_ready=ready_servers,
+        plan=plan,
+        conditions=conditions,
+    )
 
 
 def failure_conditions(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from ekko.api.meta import Condition, set_condition
@@ -22,6 +22,7 @@ from ekko.api.resources import (
     AnalysisMetric,
     AnalysisResult,
     CanaryStep,
+    ModelStatus,
     ModelVersionSpec,
     ModelVersionStatus,
     Phase,
@@ -67,29 +68,31 @@ class Observed:
 
 @dataclass(frozen=True)
 class ModelPatch:
-    """Fields of the Model's status to set (None: leave as is; "" clears a version)."""
+    """A change to the rollout worker's fields of the Model's status (None: as observed; ""
+    clears a version)."""
 
     weights: tuple[VersionWeight, ...] | None = None
     canary: str | None = None
     stable: str | None = None
     previous: str | None = None
 
-    def to_status(self) -> dict[str, object]:
-        out: dict[str, object] = {}
-        if self.weights is not None:
-            out["weights"] = [w.to_wire() for w in self.weights]
-            canary = self.canary if self.canary is not None else None
-            out["canaryWeight"] = next(
-                (w.weight for w in self.weights if canary and w.version == canary), 0
-            )
-        for key, value in (
-            ("canaryVersion", self.canary),
-            ("stableVersion", self.stable),
-            ("previousVersion", self.previous),
-        ):
-            if value is not None:
-                out[key] = value or None
-        return out
+    def applied_to(self, observed: Observed) -> ModelStatus:
+        """The rollout worker's whole part of the Model's status once this change is made
+        (``ModelStatus.OWNERS["rollout-worker"]``): what it sends, since a server-side apply
+        removes a field its manager leaves out."""
+
+        def pick(new: str | None, old: str | None) -> str | None:
+            return (new or None) if new is not None else old
+
+        weights = self.weights if self.weights is not None else observed.weights
+        canary = pick(self.canary, observed.canary)
+        return ModelStatus(
+            stable_version=pick(self.stable, observed.stable),
+            canary_version=canary,
+            previous_version=pick(self.previous, observed.previous),
+            weights=list(weights),
+            canary_weight=next((w.weight for w in weights if canary and w.version == canary), 0),
+        )
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ def decide(inp: Inputs) -> Decision:
     """The next transition of a ModelVersion, with its conditions brought up to date."""
     decision = _decide(inp)
     status = decision.status
+    if status.phase != "Paused" and status.paused_until is not None:
+        status = status.evolve(paused_until=None)  # only a timed pause in progress has one
     return replace(
         decision,
         status=status.evolve(conditions=conditions_of(status, inp.generation, inp.now)),
@@ -170,7 +175,7 @@ def conditions_of(
 
     - Progressing: True while it loads or walks its steps; False when paused or finished.
     - Paused: True while it waits for a person (a manual pause step, inconclusive analysis, or a
-      pause request).
+      pause request) or for the end of a timed pause step (reason TimedPause; ``pausedUntil``).
     - Healthy / Degraded: whether the canary has failed (failed analysis or load, rolled back).
     - Completed: True once it reached a terminal phase; the reason is that phase (Promoted,
       RolledBack, Aborted or Failed), so a pipeline can wait for Completed, then read why.
@@ -182,6 +187,8 @@ def conditions_of(
     reason_paused = (
         "PausedByUser"
         if status.paused_by_user
+        else "TimedPause"
+        if status.paused_until is not None
         else "AnalysisInconclusive"
         if any(r.phase == "Inconclusive" for r in status.analysis)
         else "ManualStep"
@@ -231,8 +238,8 @@ def _decide(inp: Inputs) -> Decision:
         return _pending(inp, status)
     if status.phase == "Loading":
         return _loading(inp, status)
-    if status.phase == "Paused":
-        return Decision(status)
+    if status.phase == "Paused" and (status.paused_until is None or status.paused_by_user):
+        return Decision(status)  # waits for a person
     return _progressing(inp, status)
 
 
@@ -333,10 +340,27 @@ def _progressing(inp: Inputs, status: ModelVersionStatus) -> Decision:
                 ),
             )
         started = status.step_started_at or inp.now
-        left = parse_duration(step.pause.duration) - (inp.now - started).total_seconds()
-        if left > 0:
+        until = started + timedelta(seconds=parse_duration(step.pause.duration))
+        left = (until - inp.now).total_seconds()
+        if left <= 0:
+            return _next_step(inp, status)
+        if status.phase == "Paused" and status.paused_until == until:
             return Decision(status, requeue_after=left)
-        return _next_step(inp, status)
+        message = (
+            f"paused at step {status.current_step} for {step.pause.duration}, until "
+            f"{until.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; `kubectl ekko promote {spec.model}` "
+            "continues now"
+        )
+        return Decision(
+            status.evolve(phase="Paused", paused_until=until, message=message),
+            events=(
+                Event(
+                    "Paused",
+                    f"Paused {spec.version} at {status.weight}% for {step.pause.duration}.",
+                ),
+            ),
+            requeue_after=left,
+        )
     return _analyse(inp, status, step)
 
 
@@ -615,6 +639,10 @@ def _request_pause(inp: Inputs, status: ModelVersionStatus, request: Request) ->
 def _request_resume(inp: Inputs, status: ModelVersionStatus, request: Request) -> Decision:
     if status.phase != "Paused":
         raise _RefusedError(f"it is {status.phase}, not Paused")
+    if not status.paused_by_user and status.paused_until is not None:
+        raise _RefusedError(
+            "it is in a timed pause step and goes on by itself; promote continues now"
+        )
     if not status.paused_by_user:
         raise _RefusedError("it waits for promote, not resume")
     update = {"phase": "Progressing", "paused_by_user": False, "message": "resumed"}

@@ -506,8 +506,8 @@ class FakeKube:
     def annotate_version(self, namespace: str, name: str, notes: dict[str, str | None]) -> None:
         self.annotations.append((name, notes))
 
-    def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.status_patches.append(status)
+    def apply_model_routing(self, namespace: str, name: str, routing: dict[str, Any]) -> None:
+        self.status_patches.append(routing)
 
 
 class Clock:
@@ -686,3 +686,37 @@ def test_rollback_summary_gives_both_times_and_flags_whole_second_stamps() -> No
     assert "(appliedAt has whole seconds only)" in view.rollback_summary(
         "rank", "v1", coarse, T0, seen
     )
+
+
+def test_a_timed_pause_shows_when_it_goes_on_and_a_pause_request_says_so() -> None:
+    until = T0 + timedelta(seconds=30)
+    timed = version(pausedUntil=until.isoformat(), message="paused at step 1 for 30s")
+    lines = dict(
+        line.split(":", 1)
+        for line in view.render_model(model(canary="v2"), [timed]).splitlines()
+        if ":" in line[:12]
+    )
+    assert lines["Phase"].strip() == "Paused (until 2026-11-28T12:00:30.000Z)"
+    assert view.phase_text(version(pausedByUser=True).status or ModelVersionStatus()) == (
+        "Paused (by request)"
+    )
+    assert view.phase_text(version().status or ModelVersionStatus()) == "Paused"
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        # resumed from a person's pause straight into a timed pause step: resumed
+        ({"pausedUntil": "2026-11-28T12:00:30Z"}, "reached"),
+        # still paused by a person
+        ({"pausedUntil": "2026-11-28T12:00:30Z", "pausedByUser": True}, "failed"),
+        # a resume of a timed pause is refused (it goes on by itself)
+        ({"pausedUntil": "2026-11-28T12:00:30Z", "requestRefused": "timed pause"}, "failed"),
+    ],
+)
+def test_wait_judgement_of_a_resume_around_a_timed_pause(
+    status: dict[str, Any], state: str
+) -> None:
+    before = ModelVersionStatus.model_validate({"phase": "Paused", "currentStep": 1})
+    mv = version(phase="Paused", step=1, handledRequest=AT, **status)
+    assert view.judge("resume", AT, before, mv).state == state

@@ -201,6 +201,32 @@ def test_a_conflict_keeps_the_servers_message_and_names_the_object(
     }
 
 
+def test_a_status_apply_is_a_server_side_apply_under_its_field_manager(
+    apiserver: FakeApiServer, custom: Any
+) -> None:
+    apiserver.routes[("PATCH", f"{BASE}/models/m/status")] = (200, model_body())
+    kube.apply_status(
+        custom, "models", "ns", "m", {"ready": "1/1"}, field_manager="ekko-pool", force=False
+    )
+    method, path, headers, body = apiserver.requests[-1]
+    assert method == "PATCH"
+    assert headers["content-type"] == "application/apply-patch+yaml"
+    assert "fieldManager=ekko-pool" in path and "force=false" in path.lower()
+    assert body == {
+        "apiVersion": "ekko.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": "m", "namespace": "ns"},
+        "status": {"ready": "1/1"},
+    }
+    apiserver.routes[("PATCH", f"{BASE}/models/m/status")] = (409, CONFLICT)
+    with pytest.raises(Conflict, match="cannot apply status of Model ns/m as ekko-rollout"):
+        kube.apply_status(
+            custom, "models", "ns", "m", {}, field_manager="ekko-rollout", resource_version="7"
+        )
+    assert apiserver.requests[-1][3]["metadata"]["resourceVersion"] == "7"
+    assert "force=true" in apiserver.requests[-1][1].lower()
+
+
 def test_a_refusal_is_a_plain_kube_error_with_the_field_and_the_rule(
     apiserver: FakeApiServer, custom: Any
 ) -> None:

@@ -134,3 +134,93 @@ def test_a_conflict_is_observed_again_not_reported_as_a_failure() -> None:
 
     asyncio.run(scenario())
     assert fleet.calls == 2 and fleet.events == [] and fleet.statuses == []
+
+
+class ModelChangedUnder:
+    """A fleet whose Model changes between the rollout worker's read and its write once."""
+
+    def __init__(self, conflicts: int) -> None:
+        from ekko.api.resources import Model, ModelVersion
+
+        self.conflicts = conflicts
+        self.version = ModelVersion.model_validate(
+            {
+                "kind": "ModelVersion",
+                "metadata": {"name": "rank-v2", "namespace": "ns"},
+                "spec": {"model": "rank", "version": "v2", "artifact": {"uri": "file:///a/v2"}},
+            }
+        )
+        self.model = Model.model_validate(
+            {
+                "kind": "Model",
+                "metadata": {"name": "rank", "namespace": "ns", "resourceVersion": "41"},
+                "spec": {
+                    "pool": "p",
+                    "version": "v1",
+                    "artifact": {"uri": "file:///a/v1"},
+                    "shards": {"count": 1, "size": "1Gi"},
+                },
+                "status": {"stableVersion": "v1", "previousVersion": "v0"},
+            }
+        )
+        self.applies: list[tuple[str, dict[str, Any], str, str | None]] = []
+        self.statuses: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[str] = []
+
+    def get_version(self, namespace: str, name: str) -> Any:
+        return self.version
+
+    def get_model(self, namespace: str, name: str) -> Any:
+        return self.model
+
+    def list_versions(self, namespace: str) -> list[Any]:
+        return [self.version]
+
+    def model_servers(self, *_: Any) -> list[Any]:
+        return []
+
+    def apply_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        manager: str,
+        *,
+        resource_version: str | None = None,
+    ) -> None:
+        self.applies.append((plural, status, manager, resource_version))
+        if self.conflicts:
+            self.conflicts -= 1
+            raise Conflict("cannot apply status of Model ns/rank: HTTP 409 Conflict", 409)
+
+    def patch_status(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self.statuses.append((plural, body))
+
+    def event(self, obj: Any, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(reason)
+
+
+def test_a_rollout_decision_is_applied_only_onto_the_model_it_read() -> None:
+    """The rollout worker sends every Model field it owns under its own manager, with the
+    Model's resourceVersion as a precondition; a Conflict (the Model changed meanwhile, e.g. a
+    `kubectl ekko rollback`) writes nothing else and decides again shortly, without reporting a
+    failure."""
+    from ekko.kube.fleet import ROLLOUT_MANAGER
+    from ekko.operator.rollouts import CONFLICT_RETRY
+
+    fleet = ModelChangedUnder(conflicts=1)
+    w = RolloutWorker(("ns", "rank-v2"), fleet, lambda *_: None, "http://prom", gate())  # type: ignore[arg-type]
+    assert asyncio.run(w.run_pass()) == CONFLICT_RETRY
+    assert fleet.statuses == [] and fleet.events == []
+    assert asyncio.run(w.run_pass()) == 1.0  # loading: look again in a second
+    plural, body, manager, rv = fleet.applies[-1]
+    assert (plural, manager, rv) == ("models", ROLLOUT_MANAGER, "41")
+    assert body == {
+        "stableVersion": "v1",
+        "canaryVersion": "v2",
+        "previousVersion": "",
+        "weights": [],
+        "canaryWeight": 0,
+    }
+    assert [p for p, _ in fleet.statuses] == ["modelversions"] and fleet.events == ["Loading"]

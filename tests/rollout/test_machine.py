@@ -10,7 +10,16 @@ import pytest
 
 from ekko.api.resources import ModelVersionSpec, ModelVersionStatus, VersionWeight
 from ekko.rollout.analysis import Measurement
-from ekko.rollout.machine import Decision, Inputs, Observed, Request, decide, metrics_due, split
+from ekko.rollout.machine import (
+    Decision,
+    Inputs,
+    ModelPatch,
+    Observed,
+    Request,
+    decide,
+    metrics_due,
+    split,
+)
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -408,3 +417,81 @@ def test_a_rollback_is_timed_from_a_plausible_request_time(
     assert sim.status.phase == "RolledBack"
     expected = now if measured_from == "now" else now - timedelta(seconds=2)
     assert sim.status.rollback_requested_at == expected
+
+
+def test_a_timed_pause_shows_paused_until_it_ends_then_goes_on_by_itself() -> None:
+    """A pause with a duration is phase Paused with the time it resumes (it read Progressing
+    before, so `kubectl ekko status` did not show it), and Progressing again once it ended."""
+    sim = Sim(spec([{"setWeight": 10}, {"pause": {"duration": "30s"}}, {"setWeight": 50}]))
+    for _ in range(4):
+        sim.step()
+    assert sim.status.current_step == 1
+    d = sim.step()
+    until = sim.now + timedelta(seconds=30)
+    assert (sim.status.phase, sim.status.paused_until) == ("Paused", until)
+    assert "until 2026-11-28T12:00:30Z" in sim.status.message and d.requeue_after == 30
+    assert [e.reason for e in d.events] == ["Paused"]
+    conditions = {c.type: (c.status, c.reason) for c in sim.status.conditions}
+    assert conditions["Paused"] == ("True", "TimedPause")
+    assert conditions["Progressing"] == ("False", "TimedPause")
+    d = sim.step(10)  # still paused: nothing new to say
+    assert sim.status.phase == "Paused" and d.events == () and d.requeue_after == 20
+    sim.step(20)
+    assert (sim.status.phase, sim.status.current_step, sim.status.paused_until) == (
+        "Progressing",
+        2,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("verb", "phase", "step"),
+    [("promote", "Progressing", 2), ("abort", "Aborted", 1), ("pause", "Paused", 1)],
+)
+def test_requests_during_a_timed_pause(verb: str, phase: str, step: int) -> None:
+    sim = Sim(spec([{"setWeight": 10}, {"pause": {"duration": "30s"}}, {"setWeight": 50}]))
+    for _ in range(5):
+        sim.step()
+    assert sim.status.phase == "Paused" and sim.status.paused_until is not None
+    sim.step(1, request=Request(verb, "r"))  # type: ignore[arg-type]
+    assert (sim.status.phase, sim.status.current_step) == (phase, step)
+    if verb == "pause":  # a person's pause outlasts the timed one, until resumed
+        assert sim.status.paused_by_user
+        sim.step(60)
+        assert sim.status.phase == "Paused" and sim.status.current_step == 1
+        sim.step(0, request=Request("resume", "r2"))
+        sim.step()
+        assert (sim.status.phase, sim.status.current_step) == ("Progressing", 2)
+    else:
+        assert sim.status.paused_until is None
+
+
+def test_the_model_fields_of_a_decision_are_every_field_the_rollout_worker_owns() -> None:
+    """What the rollout worker applies: the observed routing and versions with the decision's
+    change (a server-side apply removes what it leaves out)."""
+    obs = Observed(
+        model_exists=True,
+        stable="v1",
+        previous="v0",
+        weights=(VersionWeight(version="v1", weight=100),),
+    )
+    loading = ModelPatch(canary="v2", previous="").applied_to(obs)
+    assert loading.owned_wire("rollout-worker") == {
+        "stableVersion": "v1",
+        "canaryVersion": "v2",
+        "previousVersion": "",
+        "weights": [{"version": "v1", "weight": 100}],
+        "canaryWeight": 0,
+    }
+    canary = ModelPatch(weights=split("v1", "v2", 20), canary="v2").applied_to(obs)
+    assert (canary.canary_weight, canary.previous_version) == (20, "v0")
+    promoted = ModelPatch(
+        weights=(VersionWeight(version="v2", weight=100),), canary="", stable="v2", previous="v1"
+    ).applied_to(replace(obs, canary="v2"))
+    assert promoted.owned_wire("rollout-worker") == {
+        "stableVersion": "v2",
+        "canaryVersion": "",
+        "previousVersion": "v1",
+        "weights": [{"version": "v2", "weight": 100}],
+        "canaryWeight": 0,
+    }
