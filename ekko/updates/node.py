@@ -349,8 +349,9 @@ class Node:
     def _apply(
         self, tables: Sequence[TableSpec], batches: Sequence[Batch], source: int = 0
     ) -> bool:
-        """Apply a response's batches; False if a residual row was dropped (then the response
-        is not acknowledged, and its rows come again in full)."""
+        """Apply a response's batches; False if a residual row was dropped or a row was
+        fenced (then the response is not acknowledged: the responder must not take a row this
+        node did not apply as the base of a later residual, and its rows come again in full)."""
         changed = False
         resolved_all = True
         for spec in tables:
@@ -359,8 +360,8 @@ class Node:
         for pulled in batches:
             # Residual rows become values first (fencing and pre-images need values).
             resolved = self.store.resolve(pulled, source)
-            resolved_all &= resolved.n == pulled.n
             b = fence(resolved, self.fence)
+            resolved_all &= b.n == pulled.n
             self.cuts.before_apply(self.store, b)
             before = self.store.changes
             result = self.store.apply(b, source)
