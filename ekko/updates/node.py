@@ -98,6 +98,9 @@ class _UpstreamState:
     bucket: TokenBucket | None
     healthy: bool | None = None  # None: not tried yet
     last_complete: float = field(default_factory=time.monotonic)
+    source: int = 0
+    """The upstream's responder id (from its last response): its pull requests carry the rows
+    it delivered that something else has overwritten since."""
 
 
 class Node:
@@ -278,7 +281,9 @@ class Node:
             if ready > now:
                 await asyncio.sleep(ready - now)
             budget = min(budget, up.bucket.budget(self.clock()))
-        request = self.store.pull_request(budget, cfg.dtype, cfg.zstd, cfg.name, cfg.region)
+        request = self.store.pull_request(
+            budget, cfg.dtype, cfg.zstd, cfg.name, cfg.region, source=up.source
+        )
         body = encode_request(request)
         delay = up.spec.link.delay
         if delay > 0:
@@ -302,6 +307,7 @@ class Node:
         if up.healthy is not True:
             log.info("Node %s pulling from %s", self.config.name, up.spec.url)
         up.healthy = True
+        up.source = response.source
         peer = up.spec.region or "unknown"
         self.metrics.observe_bytes("in", peer, len(data), fp32_bytes(response))
         if self._apply(response.tables, response.batches, response.source):
