@@ -490,6 +490,8 @@ def nats_main(a: argparse.Namespace) -> int:
             f"cpu_s_per_server_{name}": r["cpu_s_per_server"],
             f"auc_{name}": r["auc"],
         }
+        if "received_fraction" in r:
+            out[f"received_fraction_{name}"] = float(np.min(r["received_fraction"]))
     out["runs"] = runs
     out["wall_s"] = time.perf_counter() - t0
     for k, v in out.items():
