@@ -442,7 +442,8 @@ def nats_main(a: argparse.Namespace) -> int:
     """``--mode nats``: Ekko's processes and a NATS JetStream log side by side on the same writes,
     topology (1 origin + 2 regions x 2 servers) and WAN links: uncapped (fp32; Ekko int8 + zstd,
     the log fp32 + zstd per message) and with each region's WAN link capped at 25 % of Ekko's
-    uncapped fp32 rate. Lag, WAN bytes, CPU seconds and served AUC; one seed."""
+    uncapped fp32 rate, plus the log at 25 % of its own uncapped rate. Lag (publish -> apply on
+    every server), WAN bytes, CPU seconds and served AUC; one seed."""
     import tempfile
     from pathlib import Path
 
@@ -471,13 +472,17 @@ def nats_main(a: argparse.Namespace) -> int:
     run("ekko_int8_zstd", run_procs, replace(pcfg, dtype="int8", zstd=True))
     run("ekko_priority_at_25pct", run_procs, replace(pcfg, wan_rate=cap))
     run("ekko_int8_zstd_at_25pct", run_procs, replace(pcfg, wan_rate=cap, dtype="int8", zstd=True))
-    run("nats_fp32", run_nats, ncfg)
+    own = run("nats_fp32", run_nats, ncfg)
     run("nats_fp32_zstd", run_nats, replace(ncfg, zstd=True))
     run("nats_fp32_at_25pct", run_nats, replace(ncfg, wan_rate=cap))
     run("nats_fp32_zstd_at_25pct", run_nats, replace(ncfg, wan_rate=cap, zstd=True))
+    # The same share of what the log itself needs (Ekko's 25 % link is far narrower than that).
+    own_cap = 0.25 * float(own["wan_rate_per_link_Bps"])
+    run("nats_fp32_at_25pct_of_own", run_nats, replace(ncfg, wan_rate=own_cap))
     out: dict[str, Any] = {"mode": "nats", "workload": workload, "events": len(stream)}
     out |= {"seeds": [seed], "topology": "1 origin + 2 regions x 2 servers", "workdir": str(work)}
     out["wan_cap_per_region_Bps"] = cap
+    out["wan_cap_per_region_own_Bps"] = own_cap
     out["wan_bytes_logfp32_computed"] = log_fp32_bytes(w, pcfg.regions)
     for name, r in runs.items():
         lag = r["lag_all_servers"]  # publish -> apply on every inference server
