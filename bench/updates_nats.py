@@ -193,12 +193,23 @@ async def _agent(writes: Path, url: str, log: Path, ready: Path) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    nc = await nats.connect(url, max_reconnect_attempts=-1)
+
+    async def report(e: Exception) -> None:
+        print(f"nats client error: {e!r}", file=sys.stderr, flush=True)
+
+    nc = await nats.connect(url, max_reconnect_attempts=-1, error_cb=report)
     js = nc.jetstream()
     received = [0]
     with log.open("w") as out:
 
         async def on_msg(msg: Any) -> None:
+            try:
+                await apply(msg)
+            except Exception as e:  # nats-py drops a callback's exception silently
+                print(f"apply failed: {e!r}", file=sys.stderr, flush=True)
+                raise
+
+        async def apply(msg: Any) -> None:
             tab, keys, seqs, wall, values = decode_message(msg.data, widths)
             received[0] += len(keys)
             res = store.write(
@@ -426,12 +437,16 @@ def run_nats(w: Writes, cfg: NatsConfig, workdir: Path, eval_from: int) -> dict[
         start_file.write_text(repr(start_at))
         time.sleep(max(0.0, start_at - time.time()) + duration)
         pub.wait(timeout=300)
-        # Let the agents drain what the links still hold (a capped log can be far behind).
-        drain_until = time.time() + max(5.0, 2 * duration)
-        last = -1
+        # Let the agents drain what the links still hold (a capped log can be far behind, and
+        # its first rows can take seconds): at least 10 s, then until the logs stopped growing
+        # for 6 s, at most twice the stream's duration.
+        drained = time.time()
+        drain_until = drained + max(10.0, 2 * duration)
+        last, still = -1, 0
         while time.time() < drain_until:
             size = sum((workdir / f"{n}.csv").stat().st_size for n, _, _ in agents)
-            if size == last:
+            still = still + 1 if size == last else 0
+            if still >= 3 and time.time() - drained >= 10.0:
                 break
             last = size
             time.sleep(2.0)
