@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -65,15 +66,19 @@ class OperatorProcess:
                 f"the operator exited ({self.proc.returncode}):\n{self.logs()[-3000:]}"
             )
 
-    def stop(self, hard: bool = False) -> None:
+    def stop(self, hard: bool = False, grace: float = 15) -> float:
+        """SIGTERM (or SIGKILL when ``hard``) and wait; SIGKILL after ``grace`` seconds, as a
+        kubelet does. The seconds it took to exit (``grace`` or more: it had to be killed)."""
         if self.proc is None or self.proc.poll() is not None:
-            return
+            return 0.0
+        started = time.monotonic()
         os.killpg(self.proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
         try:
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
+        return time.monotonic() - started
 
     def logs(self) -> str:
         return "\n".join(

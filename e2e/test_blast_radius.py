@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from e2e.agents import AgentFleet
-from e2e.objects import Api, converged, model_manifest, pool_manifest
+from e2e.objects import Api, converged, model_manifest, pool_manifest, serving_replicas
 from e2e.operator_harness import OperatorProcess
+from e2e.test_rollout import version_manifest
 from e2e.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -150,3 +151,67 @@ def test_versions_cannot_be_edited_in_place(api: Api) -> None:
             api.patch(plural, name, patch)
         assert refused.value.status == 422 and words in str(refused.value.body), refused.value.body
     api.patch("models", "rank", {"spec": {"replicas": 2}})  # other fields stay editable
+
+
+def _stream(name: str, model: str, item_dim: int = 9) -> dict[str, Any]:
+    return {
+        "apiVersion": "ekko.dev/v1alpha1",
+        "kind": "UpdateStream",
+        "metadata": {"name": name},
+        "spec": {
+            "model": model,
+            "source": {"endpoints": ["http://127.0.0.1:9"]},
+            "tables": [{"name": "t.user", "dim": 9}, {"name": "t.item", "dim": item_dim}],
+        },
+    }
+
+
+def test_what_the_webhook_refuses_is_explained_when_it_is_down(
+    api: Api, fleet: AgentFleet, operator: OperatorProcess
+) -> None:
+    """The webhook's cross-object refusals (test_webhook) replayed with no webhook, as while the
+    operator is being upgraded (failurePolicy Ignore): each bad object is admitted, says what is
+    wrong in a condition and an event, and the good model of the same pool still converges."""
+    api.create(pool_manifest())
+    api.create(model_manifest("fine", 2, "8Gi", 1))
+    api.create(model_manifest("orphan", 2, "1Gi", 1, pool="nope"))  # no such pool
+    api.create(model_manifest("huge", 2, "80Gi", 1))  # no server holds a shard
+    api.create(version_manifest("v2", [{"setWeight": 10}], model="ghost"))  # no such model
+    api.create(_stream("orphan-stream", "ghost"))  # no such model
+    api.create(_stream("first", "fine"))
+    api.create(_stream("second", "fine"))  # one stream per model
+
+    def fine_served() -> bool:
+        cond = api.condition("models", "fine")
+        serving = serving_replicas(api)
+        return bool(cond and cond["status"] == "True") and all(
+            serving.get(("fine", i)) == 1 for i in range(2)
+        )
+
+    wait_for(fine_served, "the good model served", timeout=120,
+             describe=lambda: (api.get("models", "fine").get("status"),
+                               api.get("serverpools", "pool").get("status")))  # fmt: skip
+
+    def said(plural: str, name: str, kind: str, words: str) -> dict[str, Any] | None:
+        cond = api.condition(plural, name, kind)
+        return cond if cond and cond["status"] == "False" and words in cond["message"] else None
+
+    expected = [
+        ("models", "orphan", "Ready", "pool nope does not exist"),
+        ("models", "huge", "Ready", "huge/0"),
+        ("modelversions", "ghost-v2", "Healthy", "model ghost does not exist"),
+        ("updatestreams", "orphan-stream", "Connected", "ghost"),
+        ("updatestreams", "second", "Connected", "first"),
+    ]
+    for plural, name, kind, words in expected:
+        wait_for(lambda p=plural, n=name, k=kind, w=words: said(p, n, k, w),
+                 f"{plural}/{name}: {kind}=False saying {words!r}", timeout=60,
+                 describe=lambda p=plural, n=name: api.get(p, n).get("status"))  # fmt: skip
+    for plural, name, _, _ in expected:
+        told = [e for e in api.core.list_namespaced_event(api.ns).items
+                if e.involved_object.name == name and e.type == "Warning"]  # fmt: skip
+        assert told, f"{plural}/{name}: no Warning event"
+    # Only the model's one stream is wired: no server got duties from the others.
+    wired = {d.stream for a in api.assignments() for d in a.spec.updates}
+    assert "second" not in wired and "orphan-stream" not in wired, wired
+    assert fine_served()

@@ -224,6 +224,24 @@ def test_two_operators_with_one_peering_act_as_one_and_fail_over(
         assert "Planned" in low.logs()
 
 
+def test_sigterm_stops_the_operator_within_a_pods_grace_period(
+    api: Api, fleet: AgentFleet, operator: OperatorProcess
+) -> None:
+    """A pod's operator gets SIGTERM on every rollout of the chart and on node drains, then
+    SIGKILL after the grace period (30 s by default). Its informers' watches are silent reads of a
+    minute; stopping them used to wait for each in turn (144 s with seven kinds)."""
+    api.create(pool_manifest())
+    api.create(model_manifest("a", 2, "8Gi", 1))
+    wait_for(lambda: converged(api, models=["a"]), "placed", timeout=90, describe=operator.logs)
+    time.sleep(2)  # every informer is in its watch now, and silent
+    took = operator.stop(grace=60)
+    assert operator.proc is not None
+    log.info("the operator exited %.1fs after SIGTERM (code %s)", took, operator.proc.returncode)
+    assert operator.proc.returncode == 0, operator.logs()[-3000:]
+    assert took < 25, f"the operator took {took:.1f}s to exit after SIGTERM"
+    assert "Traceback" not in operator.logs(), operator.logs()[-3000:]
+
+
 def test_a_hot_standby_takes_over_from_a_crashed_operator(
     cluster: Any, api: Api, fleet: AgentFleet, namespace: str
 ) -> None:

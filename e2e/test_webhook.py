@@ -107,6 +107,11 @@ def test_cross_object_mistakes_are_rejected_at_admission(
     assert "t.user has dim 9 and t.item has dim 17" in message, message
     api.create(stream("ranker", "ranker"))
 
+    # A refusal is the webhook working, not an operator error: one INFO line each.
+    logs = webhook_operator.logs()
+    assert "INFO kopf.objects: Admission refused by validate-model:" in logs, logs[-3000:]
+    assert "failed permanently" not in logs, logs[-3000:]
+
 
 def test_bad_manifests_are_refused_in_words_with_the_webhook_running(
     api: Api, webhook_operator: OperatorProcess

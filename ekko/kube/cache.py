@@ -82,6 +82,10 @@ VERSIONS = Kind("modelversions", GROUP, VERSION, "modelversions")
 ASSIGNMENTS = Kind("serverassignments", GROUP, VERSION, "serverassignments", index_by=_spec_pool)
 POOL_KINDS = (POOLS, MODELS, VERSIONS, PODS, ASSIGNMENTS, NODES)
 """Everything a pool worker reads."""
+STREAMS = Kind("updatestreams", GROUP, VERSION, "updatestreams")
+OPERATOR_KINDS = (*POOL_KINDS, STREAMS)
+"""What the operator's cache holds: the stream workers also read the namespace's other streams
+(one stream per model)."""
 
 
 class GoneError(Exception):
@@ -240,11 +244,8 @@ class Informer:
     def stop(self) -> None:
         self._stop.set()
         response = self._response
-        if response is not None:  # unblock a read in progress
-            try:
-                response.close()
-            except Exception as err:  # closing a dead socket may fail: nothing to do about it
-                log.debug("closing the watch of %s: %s", self.kind.name, err)
+        if response is not None:  # unblock a read in progress; the reader closes the response
+            response.interrupt()
 
     def run(self) -> None:
         """List and watch until stopped; list again after a 410 or any failure (with backoff)."""
@@ -321,6 +322,8 @@ class Informer:
             )
             self._response = response
             try:
+                if self._stop.is_set():  # stopped before stop() could see this response
+                    return
                 for event in _lines(response):
                     version = self.apply(event) or version
                     if self._stop.is_set():

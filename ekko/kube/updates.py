@@ -54,6 +54,8 @@ class StreamObservation:
     otherwise a server's region is the zone of its assignment)."""
     uids: dict[str, str] = field(default_factory=dict)
     """Server → UID of its current pod (a replaced pod has a new one and an empty store)."""
+    streams: tuple[UpdateStream, ...] = ()
+    """Every UpdateStream of the namespace (this one included): one stream per model."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,18 @@ class UpdateKube:
         if label:
             regions = {n: nodes.get(pod.node, "") for n, pod in servers.items()}
         uids = {n: pod.uid for n, pod in servers.items()}
-        return StreamObservation(stream, model, tuple(assignments), regions, uids)
+        streams: list[UpdateStream] = []
+        if stream is not None:
+            if cache is not None and "updatestreams" in cache.stores:
+                store = cache.store("updatestreams")
+                for obj in store.items(namespace):
+                    try:
+                        streams.append(store.parsed(obj, lambda o: parse(UpdateStream, o)))
+                    except InvalidObjectError as err:
+                        log.debug("%s", err)  # its own worker reports it
+            else:
+                streams, _ = list_objects(self.custom, UpdateStream, namespace)
+        return StreamObservation(stream, model, tuple(assignments), regions, uids, tuple(streams))
 
     def _listed(
         self, namespace: str, label: str | None

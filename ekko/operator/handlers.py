@@ -105,6 +105,13 @@ def cache_event(
     memo: kopf.Memo, kind: str, event: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
     """A change the cache stored (on the event loop): wake the workers it concerns."""
+    if kind == "updatestreams":
+        # kopf wakes a stream's own worker; a stream added, deleted or moved to another model
+        # may settle which stream of a model is the one (one stream per model).
+        if event != "MODIFIED" or (old or {}).get("spec") != (new or {}).get("spec"):
+            body = new if new is not None else old
+            memo.streams.wake_namespace(str(((body or {}).get("metadata") or {}).get("namespace")))
+        return
     if not memo.workers.cache_event(kind, event, old, new):
         return  # a heartbeat, or a node's status that left it as ready as it was
     body = new if new is not None else old

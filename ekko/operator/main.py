@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     # kopf logs every handler run at INFO; ours are wake-ups, so only problems are worth a line.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").addFilter(logformat.RefusalsAreNotErrors())
     # The webhook's access log: every admission request, which includes every assignment write
     # of the operator itself (only it may write them), would be a line.
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if args.verbose else logging.WARNING)

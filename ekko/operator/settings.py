@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 
-from ekko.kube.cache import Cache
+from ekko.kube.cache import OPERATOR_KINDS, Cache
 from ekko.kube.client import connect
 from ekko.kube.fleet import WRITE_CONCURRENCY, Fleet
 from ekko.operator import metrics
@@ -49,7 +49,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     # cache hold their connections for minutes, so they get a client (and a pool) of their own.
     api = connect(kubeconfig, pool_size=writes + 8).api
     cache_api = connect(kubeconfig).api
-    cache = Cache(cache_api, list(memo.get("namespaces") or []) or None)
+    cache = Cache(cache_api, list(memo.get("namespaces") or []) or None, kinds=OPERATOR_KINDS)
     fleet = Fleet(
         api,
         operator_image=os.environ.get("EKKO_IMAGE", "ghcr.io/ekko-dev/ekko:0.1.0"),

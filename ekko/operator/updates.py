@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from ekko.api.meta import Condition
-from ekko.api.resources import UpdateStream
+from ekko.api.meta import Condition, set_condition
+from ekko.api.resources import UpdateStream, UpdateStreamStatus
 from ekko.kube.errors import KubeError
 from ekko.kube.promql import PrometheusAuth, QueryError, vector
 from ekko.kube.updates import StreamObservation, UpdateKube
@@ -46,6 +46,7 @@ from ekko.planning.updates import (
     prometheus_queries,
     replaced_servers,
     scrapes_from_prometheus,
+    stream_refusal,
     stream_status,
 )
 
@@ -156,6 +157,8 @@ class StreamWorker:
         self._status_at = 0.0
         self._last_status: dict[str, Any] | None = None
         self._reported: str = ""
+        self._refused = ""
+        """The message of the refusal last reported ("" while the stream is wired)."""
         self.health = StateManager(key, kube)
         self._uids: dict[str, str] = {}
 
@@ -199,6 +202,11 @@ class StreamWorker:
             await self._write(obs, Topology(duties={}))
             log.info("UpdateStream %s/%s is gone; its update duties were removed.", *self.key)
             return None
+        refusal = stream_refusal(stream, obs.model is not None, obs.streams)
+        if refusal is not None:
+            await self._refuse(stream, obs, refusal)
+            return True
+        self._refused = ""
         servers = servers_of(obs)
         current = {a.metadata.name: a.spec.updates for a, _ in obs.assignments}
         before = self.topology
@@ -226,6 +234,27 @@ class StreamWorker:
         if time.monotonic() - self._status_at >= STATUS_SECONDS or self.health.changed:
             await self._report(stream, topology, servers, paused)
         return True
+
+    async def _refuse(self, stream: UpdateStream, obs: StreamObservation, why: Condition) -> None:
+        """Wire nothing for a stream the operator will not run, and say why (an event when the
+        reason is new)."""
+        await self._write(obs, Topology(duties={}))
+        self.topology = None
+        if why.message == self._refused:
+            return
+        log.warning("UpdateStream %s/%s: %s.", *self.key, why.message)
+        await asyncio.to_thread(self.kube.event, stream, why.reason, why.message, True)
+        previous = stream.status.conditions if stream.status else []
+        status = UpdateStreamStatus(
+            observed_generation=stream.metadata.generation,
+            state="Pending",
+            epoch=stream.status.epoch if stream.status else 0,
+            conditions=set_condition(list(previous), why, dt.datetime.now(dt.UTC)),
+        )
+        body = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+        await asyncio.to_thread(self.kube.patch_status, self.key[0], self.key[1], body)
+        self._last_status = body
+        self._refused = why.message
 
     async def _write(self, obs: StreamObservation, topology: Topology) -> None:
         name = self.key[1]

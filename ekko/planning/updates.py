@@ -35,6 +35,7 @@ from ekko.api.resources import (
     UpdateDuty,
     UpdateFreshness,
     UpdateState,
+    UpdateStream,
     UpdateStreamSpec,
     UpdateStreamStatus,
     UpdateTraffic,
@@ -47,6 +48,47 @@ GroupRegion = tuple[int, str]
 PAUSE_ANNOTATION = "ekko.dev/updates-paused"
 """``"true"`` pauses a stream like ``spec.paused`` (``kubectl ekko updates pause``: an annotation,
 so GitOps tools that own the spec do not fight it)."""
+
+
+def stream_refusal(
+    stream: UpdateStream, model_exists: bool, streams: Iterable[UpdateStream]
+) -> Condition | None:
+    """Why the operator will not wire this stream (None: it will). The webhook refuses both cases
+    at admission; with the webhook down (an upgrade, failurePolicy Ignore) they get in, and the
+    stream must then say so instead of waiting as Pending for servers that never come.
+
+    Of several streams naming one model, the oldest (then the first by name) is the one: the
+    others would wire the same servers twice and fight over their cuts.
+    """
+    namespace = stream.metadata.namespace or "default"
+    model = stream.spec.model
+    if not model_exists:
+        return Condition(
+            type="Connected",
+            status="False",
+            reason="ModelNotFound",
+            message=f'model "{model}" does not exist in namespace "{namespace}"; create it or '
+            "name an existing Model in spec.model",
+        )
+    far = datetime.max.replace(tzinfo=None)
+
+    def age_key(s: UpdateStream) -> tuple[datetime, str]:
+        created = s.metadata.creation_timestamp
+        return (created.replace(tzinfo=None) if created else far), s.metadata.name
+
+    same = [s for s in streams if s.spec.model == model]
+    if all(s.metadata.name != stream.metadata.name for s in same):
+        same.append(stream)
+    owner = min(same, key=age_key)
+    if owner.metadata.name == stream.metadata.name:
+        return None
+    return Condition(
+        type="Connected",
+        status="False",
+        reason="DuplicateStream",
+        message=f'model "{model}" already has an UpdateStream ({owner.metadata.name}); one '
+        "stream per model: add the tables to that stream and delete this one",
+    )
 
 
 def is_paused(spec: UpdateStreamSpec, annotations: Mapping[str, str]) -> bool:
