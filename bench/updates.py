@@ -294,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=("sim", "procs", "cluster"),
+        choices=("sim", "procs", "nats", "cluster"),
         default="sim",
-        help="sim: discrete events; procs: real processes on loopback; cluster: the local control "
-        "plane with the operator's topology (bench/updates_cluster.py, which has more options)",
+        help="sim: discrete events; procs: real processes on loopback; nats: procs side by side "
+        "with the same writes through NATS JetStream (needs the bench extra and builds "
+        "nats-server; bench/updates_nats.py); cluster: the local control plane with the "
+        "operator's topology (bench/updates_cluster.py, which has more options)",
     )
     ap.add_argument("--quick", action="store_true", help="synthetic stream, 2 seeds, ~1 minute")
     ap.add_argument("--workload", choices=("synthetic", "ml-100k"), default=None)
@@ -323,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.mode == "procs":
         return procs_main(a)
+    if a.mode == "nats":
+        return nats_main(a)
     if a.mode == "cluster":
         from bench.updates_cluster import main as cluster_main
 
@@ -425,6 +429,76 @@ def procs_main(a: argparse.Namespace) -> int:
         "runs": runs,
         "wall_s": time.perf_counter() - t0,
     }
+    for k, v in out.items():
+        if k != "runs":
+            print(f"   {k:42s} {v}")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
+def nats_main(a: argparse.Namespace) -> int:
+    """``--mode nats``: Ekko's processes and a NATS JetStream log side by side on the same writes,
+    topology (1 origin + 2 regions x 2 servers) and WAN links: uncapped (fp32; Ekko int8 + zstd,
+    the log fp32 + zstd per message) and with each region's WAN link capped at 25 % of Ekko's
+    uncapped fp32 rate, plus the log at 25 % of its own uncapped rate. Lag (publish -> apply on
+    every server), WAN bytes, CPU seconds and served AUC; one seed."""
+    import tempfile
+    from pathlib import Path
+
+    from bench.updates_nats import NatsConfig, run_nats
+    from bench.updates_procs import ProcsConfig, log_fp32_bytes, run_procs
+
+    workload = a.workload or "synthetic"
+    events = a.events or (12_000 if workload == "synthetic" else None)
+    seed = int(a.seeds.split(",")[0]) if a.seeds else 0
+    stream = load(workload, events, seed)
+    t0 = time.perf_counter()
+    w = train_writes(stream, a.rate, seed)
+    eval_from = int(len(stream) * a.warmup)
+    work = Path(tempfile.mkdtemp(prefix="ekko-bench-nats-"))
+    pcfg = ProcsConfig(wan_delay_s=a.wan_delay)
+    ncfg = NatsConfig(pcfg.regions, pcfg.servers, a.wan_delay, tick_s=pcfg.tick_s)
+    runs: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, fn: Any, cfg: Any) -> dict[str, Any]:
+        print(f"nats: {name} ...", flush=True)
+        runs[name] = res = fn(w, cfg, work / name, eval_from)
+        return res
+
+    ekko = run("ekko_fp32", run_procs, pcfg)
+    cap = 0.25 * float(ekko["wan_rate_per_link_Bps"])
+    run("ekko_int8_zstd", run_procs, replace(pcfg, dtype="int8", zstd=True))
+    run("ekko_priority_at_25pct", run_procs, replace(pcfg, wan_rate=cap))
+    run("ekko_int8_zstd_at_25pct", run_procs, replace(pcfg, wan_rate=cap, dtype="int8", zstd=True))
+    own = run("nats_fp32", run_nats, ncfg)
+    run("nats_fp32_zstd", run_nats, replace(ncfg, zstd=True))
+    run("nats_fp32_at_25pct", run_nats, replace(ncfg, wan_rate=cap))
+    run("nats_fp32_zstd_at_25pct", run_nats, replace(ncfg, wan_rate=cap, zstd=True))
+    # The same share of what the log itself needs (Ekko's 25 % link is far narrower than that).
+    own_cap = 0.25 * float(own["wan_rate_per_link_Bps"])
+    run("nats_fp32_at_25pct_of_own", run_nats, replace(ncfg, wan_rate=own_cap))
+    out: dict[str, Any] = {"mode": "nats", "workload": workload, "events": len(stream)}
+    out |= {"seeds": [seed], "topology": "1 origin + 2 regions x 2 servers", "workdir": str(work)}
+    out["wan_cap_per_region_Bps"] = cap
+    out["wan_cap_per_region_own_Bps"] = own_cap
+    out["wan_bytes_logfp32_computed"] = log_fp32_bytes(w, pcfg.regions)
+    for name, r in runs.items():
+        lag = r["lag_all_servers"]  # publish -> apply on every inference server
+        out |= {
+            f"lag_p50_{name}_s": lag["p50_s"],
+            f"lag_p99_{name}_s": lag["p99_s"],
+            f"lag_mean_{name}_s": lag["mean_s"],
+            f"wan_bytes_{name}": r["wan_bytes"],
+            f"cpu_s_total_{name}": r["cpu_s_total"],
+            f"cpu_s_per_server_{name}": r["cpu_s_per_server"],
+            f"auc_{name}": r["auc"],
+        }
+        if "received_fraction" in r:
+            out[f"received_fraction_{name}"] = float(np.min(r["received_fraction"]))
+    out["runs"] = runs
+    out["wall_s"] = time.perf_counter() - t0
     for k, v in out.items():
         if k != "runs":
             print(f"   {k:42s} {v}")

@@ -45,6 +45,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (``/proc/<pid>/stat``; NaN once gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def save_writes(w: Writes, path: Path) -> None:
     np.savez(
         path,
@@ -198,6 +208,9 @@ def run_procs(w: Writes, cfg: ProcsConfig, workdir: Path, eval_from: int) -> dic
         for name, port, _, _ in nodes:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
                 metrics[name] = resp.read().decode()
+        # CPU of the origin and every node (user + system), for the message-log comparison.
+        cpu = {"origin": cpu_seconds(procs[0].pid)}
+        cpu |= {name: cpu_seconds(p.pid) for (name, *_), p in zip(nodes, procs[1:], strict=True)}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -208,7 +221,11 @@ def run_procs(w: Writes, cfg: ProcsConfig, workdir: Path, eval_from: int) -> dic
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    return _analyse(w, cfg, workdir, nodes, metrics, start_at, eval_from)
+    out = _analyse(w, cfg, workdir, nodes, metrics, start_at, eval_from)
+    out["cpu_s"] = cpu
+    out["cpu_s_total"] = float(np.nansum(list(cpu.values())))
+    out["cpu_s_per_server"] = float(np.mean([cpu[n] for n, *_ in nodes]))
+    return out
 
 
 def _read_log(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,8 +264,10 @@ def _analyse(  # noqa: PLR0917
         ok = sorted_seqs[pos] == sq
         wid = order[pos[ok]]
         applied[name] = (at[ok], wid)
+    every = []  # publish -> apply on every server (followers: both hops)
     for name, _, leader, r in nodes:
         at, wid = applied[name]
+        every.append(at - pub_wall[wid])
         if leader:
             cross.append(at - pub_wall[wid])
             full = np.full(len(w), np.nan)
@@ -277,6 +296,7 @@ def _analyse(  # noqa: PLR0917
     out: dict[str, Any] = {
         "lag_cross_region": lag_stats(np.concatenate(cross)),
         "lag_leader_follower": lag_stats(np.concatenate(hop)) if hop else None,
+        "lag_all_servers": lag_stats(np.concatenate(every)),
         "publish_delay": lag_stats(publish_delay),
         "wan_bytes": wan,
         "wan_raw_bytes": wan_raw,

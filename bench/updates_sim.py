@@ -558,7 +558,11 @@ class Sim:
             # The product fills the budget in encoded bytes (Scheduler.respond_encoded: scaled
             # by the peer's observed frame/upper-bound ratio, cut again while it does not fit).
             req = node.store.pull_request(
-                1 << 62 if math.isinf(budget) else int(budget), dtype, cfg.zstd, peer=node.name
+                1 << 62 if math.isinf(budget) else int(budget),
+                dtype,
+                cfg.zstd,
+                peer=node.name,
+                source=sched.source,
             )
             req = replace(req, frame_version=cfg.frame_version)
             resp, frame = sched.respond_encoded(

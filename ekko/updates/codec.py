@@ -803,6 +803,10 @@ def encode_request(request: PullRequest, zstd: bool = False) -> bytes:
         meta["cat"] = request.catalogue
     if request.acks:
         meta["ack"] = [list(a) for a in request.acks]
+    if request.superseded:
+        meta["sup"] = [[t, list(k)] for t, k in request.superseded]
+    if request.forget:
+        meta["forget"] = True
     return _frame(KIND_REQUEST, meta, b"".join(chunks), zstd, 3)
 
 
@@ -838,7 +842,23 @@ def _decode_request(data: bytes) -> PullRequest:
         _int(meta.get("cat", 0)),
         _acks(meta.get("ack", [])),
         _int(meta.get("pid", 0)),
+        _superseded(meta.get("sup", [])),
+        bool(meta.get("forget", False)),
     )
+
+
+def _superseded(raw: object) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if not isinstance(raw, list) or len(raw) > 1024:
+        raise CodecError("bad superseded rows")
+    out = []
+    for entry in raw:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise CodecError("bad superseded rows")
+        keys = entry[1]
+        if not isinstance(keys, list) or len(keys) > 1 << 20:
+            raise CodecError("bad superseded keys")
+        out.append((entry[0], tuple(_int(k, -(1 << 63), (1 << 63) - 1) for k in keys)))
+    return tuple(out)
 
 
 def _acks(raw: object) -> tuple[tuple[int, int], ...]:

@@ -98,6 +98,9 @@ class _UpstreamState:
     bucket: TokenBucket | None
     healthy: bool | None = None  # None: not tried yet
     last_complete: float = field(default_factory=time.monotonic)
+    source: int = 0
+    """The upstream's responder id (from its last response): its pull requests carry the rows
+    it delivered that something else has overwritten since."""
 
 
 class Node:
@@ -278,7 +281,9 @@ class Node:
             if ready > now:
                 await asyncio.sleep(ready - now)
             budget = min(budget, up.bucket.budget(self.clock()))
-        request = self.store.pull_request(budget, cfg.dtype, cfg.zstd, cfg.name, cfg.region)
+        request = self.store.pull_request(
+            budget, cfg.dtype, cfg.zstd, cfg.name, cfg.region, source=up.source
+        )
         body = encode_request(request)
         delay = up.spec.link.delay
         if delay > 0:
@@ -302,6 +307,7 @@ class Node:
         if up.healthy is not True:
             log.info("Node %s pulling from %s", self.config.name, up.spec.url)
         up.healthy = True
+        up.source = response.source
         peer = up.spec.region or "unknown"
         self.metrics.observe_bytes("in", peer, len(data), fp32_bytes(response))
         if self._apply(response.tables, response.batches, response.source):
@@ -349,8 +355,9 @@ class Node:
     def _apply(
         self, tables: Sequence[TableSpec], batches: Sequence[Batch], source: int = 0
     ) -> bool:
-        """Apply a response's batches; False if a residual row was dropped (then the response
-        is not acknowledged, and its rows come again in full)."""
+        """Apply a response's batches; False if a residual row was dropped or a row was
+        fenced (then the response is not acknowledged: the responder must not take a row this
+        node did not apply as the base of a later residual, and its rows come again in full)."""
         changed = False
         resolved_all = True
         for spec in tables:
@@ -359,8 +366,8 @@ class Node:
         for pulled in batches:
             # Residual rows become values first (fencing and pre-images need values).
             resolved = self.store.resolve(pulled, source)
-            resolved_all &= resolved.n == pulled.n
             b = fence(resolved, self.fence)
+            resolved_all &= b.n == pulled.n
             self.cuts.before_apply(self.store, b)
             before = self.store.changes
             result = self.store.apply(b, source)

@@ -324,6 +324,7 @@ class Scheduler:
         idle: list[tuple[ShardId, Knowledge]] = []
         peer_held = self._track_peer(store, request)
         self._acknowledged(request)
+        self._superseded(request)
         for shard in store.shards():
             k = request.knowledge.get(shard, Knowledge())
             if store.nothing_newer(shard, k):
@@ -531,8 +532,12 @@ class Scheduler:
     def _peer_drift(self, peer: str, store: Store, c: Candidates, k: Knowledge) -> Candidates:
         """Significance against the value this peer holds, where it is known: rows this
         scheduler sent the peer (at most ``peer_rows`` per peer and table, the most recent) whose
-        sent version the peer's knowledge still covers. Other rows keep the store's shared
-        baseline (the slowest live peer's copy), which overstates a fast peer's drift."""
+        sent version the peer's knowledge still covers and that the peer has not reported
+        overwritten since (:attr:`PullRequest.superseded`: covering a version says the peer
+        holds that version *or a newer one*, e.g. from another upstream). A reported row is
+        measured by its last change (the peer holds a version newer than the one sent, most
+        likely a recent one). Other rows keep the store's shared baseline (the slowest live
+        peer's copy), which overstates a fast peer's drift."""
         sent = self._sent.get(peer, {}).get(c.table)
         if sent is None or c.n == 0:
             return c
@@ -545,9 +550,25 @@ class Scheduler:
             return c
         base = c.magnitudes if c.drift is None else c.drift
         drift = np.array(base, dtype=np.float64, copy=True)
-        now = store.row_values(c.table, c.rows[hit]).astype(np.float64)
-        drift[hit] = np.linalg.norm(now - sent.values[slot[hit]], axis=1)
+        stale = np.zeros(c.n, dtype=np.bool_)
+        stale[hit] = sent.stale[slot[hit]]
+        exact = hit & ~stale
+        now = store.row_values(c.table, c.rows[exact]).astype(np.float64)
+        drift[exact] = np.linalg.norm(now - sent.values[slot[exact]], axis=1)
+        drift[stale] = c.magnitudes[stale]
         return replace(c, drift=drift)
+
+    def _superseded(self, request: PullRequest) -> None:
+        """The peer's report of rows this scheduler sent that something else overwrote."""
+        peer = _peer_key(request)
+        if request.forget:
+            self._sent.pop(peer, None)
+            return
+        tables = self._sent.get(peer)
+        for table, keys in request.superseded if tables else ():
+            sent = tables.get(table) if tables else None
+            if sent is not None:
+                sent.supersede(np.asarray(keys, dtype=np.int64))
 
     def _acknowledged(self, request: PullRequest) -> None:
         numbers = [n for src, n in request.acks if src == self.source]
@@ -619,13 +640,36 @@ class _SentRows:
         """The response that last sent each row."""
         self.acked = np.zeros(size, dtype=np.bool_)
         """Whether that response is acknowledged (only then is the value a residual base)."""
+        self.stale = np.zeros(size, dtype=np.bool_)
+        """The peer reported the row overwritten by something else since (it holds a newer
+        version than the one sent, of another value)."""
         self.clock = 0
 
-    _COLUMNS = ("keys", "epochs", "origins", "seqs", "stamps", "values", "numbers", "acked")
+    _COLUMNS = (
+        "keys",
+        "epochs",
+        "origins",
+        "seqs",
+        "stamps",
+        "values",
+        "numbers",
+        "acked",
+        "stale",
+    )
 
     def acknowledge(self, numbers: Sequence[int]) -> None:
         n = self.n
-        self.acked[:n] |= np.isin(self.numbers[:n], np.asarray(numbers, dtype=np.int64))
+        self.acked[:n] |= (
+            np.isin(self.numbers[:n], np.asarray(numbers, dtype=np.int64)) & ~(self.stale[:n])
+        )
+
+    def supersede(self, keys: I64) -> None:
+        """The peer no longer holds what was sent of ``keys``: neither a drift nor a residual
+        base (a later acknowledgement of the response that sent them does not revive them)."""
+        slots = self.lookup(keys)
+        s = slots[slots >= 0]
+        self.stale[s] = True
+        self.acked[s] = False
 
     def lookup(self, keys: I64) -> I64:
         get = self.slot.get
@@ -667,6 +711,7 @@ class _SentRows:
         self.stamps[s] = self.clock
         self.numbers[s] = number
         self.acked[s] = False
+        self.stale[s] = False
 
     def _grow(self, size: int) -> None:
         for name in self._COLUMNS:

@@ -31,7 +31,7 @@ Pure: no I/O and no clock (times are passed in).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -143,17 +143,20 @@ def fence(batch: Batch, fence: Fence | None) -> Batch:
     keep = fence.admits(batch)
     if keep.all():
         return batch
-    return Batch.of(
-        batch.table,
-        batch.part,
-        batch.keys[keep],
+    # Every per-row array is cut alike: a raw (unresolved) batch keeps its residual mark, a
+    # sender-side batch its base values.
+    return replace(
+        batch,
+        keys=batch.keys[keep],
         epochs=batch.epochs[keep],
         origins=batch.origins[keep],
         seqs=batch.seqs[keep],
         publish_times=batch.publish_times[keep],
-        values=batch.values[keep].reshape(int(keep.sum()), batch.values.shape[1]),
+        values=batch.values[keep],
         classes=batch.classes[keep],
-        covered=batch.covered,
+        base_values=None if batch.base_values is None else batch.base_values[keep],
+        base_mask=None if batch.base_mask is None else batch.base_mask[keep],
+        residual=None if batch.residual is None else batch.residual[keep],
     )
 
 

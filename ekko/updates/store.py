@@ -47,6 +47,10 @@ ShardId = tuple[str, int]
 VALUE_DTYPES: tuple[ValueDType, ...] = ("float32", "float16", "int8")
 
 MAX_ACKS = 64
+MAX_SUPERSEDED = 4096
+"""Keys reported per responder in one pull request (beyond: the responder forgets the peer)."""
+MAX_SUPERSEDED_SOURCES = 16
+"""Responders whose superseded rows a store tracks (the least recently overwritten one goes)."""
 """Acknowledgements a pull request carries at most (the newest)."""
 
 ROW_OVERHEAD_BYTES = 24
@@ -275,6 +279,12 @@ class PullRequest:
     """The puller's store id (random per store): a responder remembers what it sent per
     ``(peer, puller)``, so two pullers under one name never share a memory (0: unknown, and
     then no residual rows)."""
+    superseded: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """``(table, keys)``: rows the addressed responder delivered that something else (another
+    upstream, a restore) has overwritten since the last pull to it: the responder no longer
+    takes what it sent as what the puller holds."""
+    forget: bool = False
+    """Too many rows were overwritten to list: the responder forgets what it sent this puller."""
 
 
 @dataclass(frozen=True)
@@ -419,6 +429,8 @@ class Store:
         self.puller_id = secrets.randbits(62) | 1
         """Names this store in its pull requests (see :attr:`PullRequest.puller`)."""
         self._acks: list[tuple[int, int]] = []
+        self._superseded: dict[int, dict[str, set[int]]] = {}
+        self._superseded_overflow: set[int] = set()
 
     # --- catalogue -----------------------------------------------------------------------------
 
@@ -509,8 +521,13 @@ class Store:
         zstd: bool = False,
         peer: str = "",
         region: str = "",
+        *,
+        source: int = 0,
     ) -> PullRequest:
         acks, self._acks = tuple(self._acks[-MAX_ACKS:]), []
+        superseded = self._superseded.pop(source, {}) if source else {}
+        forget = source in self._superseded_overflow
+        self._superseded_overflow.discard(source)
         return PullRequest(
             self.knowledge_map(),
             budget_bytes,
@@ -521,7 +538,30 @@ class Store:
             catalogue=catalogue_id(self.specs()),
             acks=acks,
             puller=self.puller_id,
+            superseded=tuple((t, tuple(sorted(k))) for t, k in superseded.items()),
+            forget=forget,
         )
+
+    def _supersede(self, table: str, tags: I64, keys: I64, source: int) -> None:
+        """Remember, per responder, the rows it delivered that ``source`` now overwrites (for
+        :meth:`pull_request` addressed to that responder)."""
+        moved = (tags != 0) & (tags != source)
+        for tag in np.unique(tags[moved]).tolist():
+            if tag in self._superseded_overflow:
+                continue
+            per = self._superseded.pop(tag, {})  # re-inserted: the most recent last
+            held = per.setdefault(table, set())
+            held.update(keys[moved & (tags == tag)].tolist())
+            if sum(len(k) for k in per.values()) > MAX_SUPERSEDED:
+                self._superseded_overflow.add(tag)
+                continue
+            self._superseded[tag] = per
+            while len(self._superseded) > MAX_SUPERSEDED_SOURCES:
+                oldest = next(iter(self._superseded))
+                del self._superseded[oldest]
+                self._superseded_overflow.add(oldest)
+        while len(self._superseded_overflow) > 4 * MAX_SUPERSEDED_SOURCES:
+            self._superseded_overflow.pop()
 
     def acknowledge(self, source: int, number: int) -> None:
         """Acknowledge response ``number`` of ``source`` in the next pull request (call once
@@ -633,6 +673,7 @@ class Store:
             old = np.where(fresh[win, None], 0.0, t.values[w])
             mags = np.linalg.norm(vals[win].astype(np.float64) - old, axis=1)
             t.values[w] = vals[win]
+            self._supersede(batch.table, t.tags[w], t.keys[w], source)
             t.tags[w] = source
             t.epochs[w], t.origins[w], t.seqs[w] = e[win], o[win], s[win]
             t.publish_times[w] = batch.publish_times[sel][win]

@@ -27,8 +27,9 @@ def _write(store: Store, keys: list[int], values: list[list[float]], seqs: list[
 
 
 def _pull(down: Store, up: Store, sched: Scheduler, peer: str, budget: int) -> list[int]:
-    """One pull of ``peer``, applied; returns the keys it carried."""
-    resp = sched.respond(up, PullRequest(down.knowledge_map(), budget, peer=peer))
+    """One pull of ``peer``, applied (and acknowledged in its next pull, with the rows it has
+    since taken from elsewhere); returns the keys it carried."""
+    resp = sched.respond(up, down.pull_request(budget, peer=peer, source=sched.source))
     deliver(down, resp)
     return [int(k) for b in resp.batches for k in b.keys]
 
@@ -72,11 +73,30 @@ def test_a_row_the_peer_did_not_receive_falls_back_to_the_shared_baseline() -> N
     _pull(peer, origin, sched, "p", 1 << 20)
     _pull(slow, origin, sched, "slow", 1 << 20)  # holds the baseline at 0
     _write(origin, [1], [[10, 0]], [3])
-    sched.respond(origin, PullRequest(peer.knowledge_map(), 1 << 20, peer="p"))  # lost
+    sched.respond(origin, peer.pull_request(1 << 20, peer="p", source=sched.source))  # lost
     _write(origin, [2], [[3, 0]], [4])
     _write(origin, [1], [[10.5, 0]], [5])
     # The peer's knowledge does not cover key 1 at seq 3, so the remembered value is not used.
     assert _pull(peer, origin, sched, "p", ROW) == [1]
+
+
+def test_a_row_the_peer_took_from_another_upstream_is_not_measured_against_what_was_sent() -> None:
+    """Knowledge covering the sent version does not mean the peer holds the sent value: here it
+    took key 1's big move from another upstream. Its next pull says so (the rows it holds from
+    this responder that something else overwrote), and the responder measures key 1 by its last
+    change (0.5) instead of against the value it sent (10.5): key 2 (3) goes first."""
+    origin, leader, peer = Store(), Store(), Store()
+    origin.declare(TableSpec("emb", 2))
+    sched, other = Scheduler(source=11), Scheduler(source=22)
+    _write(origin, [1, 2], [[0, 0], [0, 0]], [1, 2])
+    _pull(peer, origin, sched, "p", 1 << 20)
+    _pull(leader, origin, sched, "leader", 1 << 20)
+    _write(origin, [1], [[10, 0]], [3])
+    _pull(leader, origin, sched, "leader", 1 << 20)
+    assert _pull(peer, leader, other, "p", 1 << 20) == [1]  # from the other upstream
+    _write(origin, [2], [[3, 0]], [4])
+    _write(origin, [1], [[10.5, 0]], [5])
+    assert _pull(peer, origin, sched, "p", ROW) == [2]
 
 
 def test_never_received_rows_are_ordered_by_score_when_new_first_is_off() -> None:
@@ -178,3 +198,39 @@ def test_respond_encoded_fills_the_budget_in_frame_bytes_and_records_only_what_i
     mem = next(v for k, v in sched._sent.items() if k.split("#")[0] == "b")["emb"]
     held = {int(k) for k in origin.snapshot("emb").keys if down.get("emb", [k])[1][0]}
     assert {int(k) for k in mem.keys[: mem.n]} == held
+
+
+def test_a_store_reports_overwritten_rows_to_the_responder_that_delivered_them() -> None:
+    from ekko.updates.codec import decode_request, encode_request
+    from ekko.updates.store import MAX_SUPERSEDED, Batch
+
+    down = Store()
+    down.declare(TableSpec("emb", 2))
+
+    def take(keys: list[int], seq: int, source: int) -> None:
+        n = len(keys)
+        b = Batch.of(
+            "emb",
+            0,
+            keys,
+            epochs=0,
+            origins=1,
+            seqs=seq,
+            publish_times=0.0,
+            values=np.zeros((n, 2)),
+        )
+        down.apply(b, source)
+
+    take([1, 2, 3], 1, source=11)
+    take([2, 3], 2, source=22)  # overwrites what 11 delivered
+    _write(down, [1, 2], [[5, 5], [5, 5]], [3, 4])  # a local write (a restore) too
+    req = down.pull_request(1 << 20, source=11)
+    assert req.superseded == (("emb", (1, 2, 3)),) and not req.forget
+    assert decode_request(encode_request(req)).superseded == req.superseded
+    assert down.pull_request(1 << 20, source=11).superseded == ()  # reported once
+    assert down.pull_request(1 << 20, source=22).superseded == (("emb", (2,)),)
+    take(list(range(10, 10 + MAX_SUPERSEDED + 1)), 5, source=22)
+    take(list(range(10, 10 + MAX_SUPERSEDED + 1)), 6, source=33)
+    req = down.pull_request(1 << 20, source=22)
+    assert req.forget and req.superseded == ()
+    assert decode_request(encode_request(req)).forget

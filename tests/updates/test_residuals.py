@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from ekko.updates.codec import (
     CodecError,
@@ -21,7 +22,9 @@ from ekko.updates.codec import (
     quantize_int8_fp16,
     residual_int8,
 )
+from ekko.updates.node import Node, NodeConfig
 from ekko.updates.priority import Scheduler, SchedulerConfig
+from ekko.updates.snapshots import Fence, fence
 from ekko.updates.store import Batch, PullResponse, Store, TableSpec, row_wire_bytes
 from ekko.updates.versions import VersionVector
 
@@ -39,11 +42,24 @@ def _origin(rng: np.random.Generator, n: int = 50) -> Store:
     return s
 
 
-def _nudge(s: Store, rng: np.random.Generator, keys: np.ndarray, seq0: int, size: float) -> None:
+def _nudge(
+    s: Store,
+    rng: np.random.Generator,
+    keys: np.ndarray,
+    seq0: int,
+    size: float,
+    epoch: int = 0,
+) -> None:
     old, _ = s.get("emb", keys)
     new = old + size * rng.normal(size=old.shape).astype(np.float32)
     seqs = seq0 + np.arange(len(keys))
-    s.write("emb", keys, new, epoch=0, origin=1, seqs=seqs, publish_time=1.0)
+    s.write("emb", keys, new, epoch=epoch, origin=1, seqs=seqs, publish_time=1.0)
+
+
+def _stray(s: Store, rng: np.random.Generator, keys: np.ndarray, seq0: int) -> None:
+    """An epoch-0 write above any cut taken before it (ignored for a key already at epoch 1)."""
+    vals = rng.normal(size=(len(keys), SPEC.dim))
+    s.write("emb", keys, vals, epoch=0, origin=1, seqs=seq0 + np.arange(len(keys)), publish_time=1)
 
 
 def _int8_pull(down: Store, up: Store, sched: Scheduler) -> tuple[PullResponse, bytes]:
@@ -208,11 +224,23 @@ MAX_ROW = row_wire_bytes(8, "int8")
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 5), steps=st.integers(10, 100))
-def test_int8_residual_topologies_converge_by_version(seed: int, n: int, steps: int) -> None:
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 5),
+    steps=st.integers(10, 100),
+    fencing=st.sampled_from(["none", "raw", "resolved"]),
+)
+def test_int8_residual_topologies_converge_by_version(
+    seed: int, n: int, steps: int, fencing: str
+) -> None:
     """Random topologies pulling int8 + zstd through the codec, with drops, duplicates, late
     deliveries and partial budgets: every replica ends at the origin's versions, values within
-    the int8 bound per hop, and a pull along any edge is then empty."""
+    the int8 bound per hop, and a pull along any edge is then empty.
+
+    With a fence, the origin restores half way (epoch 1, fence at its vector then) while stray
+    epoch-0 rows above the cut keep arriving (as from a peer not restored yet), and every
+    replica fences what it pulls: the *raw* batches (residual rows still residuals: the fence
+    must keep the residual mark, or a residual is applied as a value) or the resolved ones."""
     rng = np.random.default_rng(seed)
     stores = [_origin(rng, 12)] + [Store() for _ in range(n - 1)]
     edges = [(int(rng.integers(0, d)), d) for d in range(1, n)]
@@ -229,27 +257,65 @@ def test_int8_residual_topologies_converge_by_version(seed: int, n: int, steps: 
         r = pull(stores[d], stores[u], scheds[u], budget, "int8", True)
         before = versions(stores[d])
         if fate in ("deliver", "duplicate"):
-            deliver(stores[d], r)
+            take(d, r)
         if fate in ("duplicate", "delay"):
             late.append((d, r))
         after = versions(stores[d])
         assert all(after[k] >= v for k, v in before.items())
 
-    for _ in range(steps):
+    fences: list[Fence | None] = [None]
+
+    def take(d: int, r: PullResponse) -> None:
+        if fences[0] is None:
+            deliver(stores[d], r)
+            return
+        down = stores[d]
+        if fencing == "resolved":  # the node's own path (resolve, fence, cut log, apply)
+            node = Node(NodeConfig(name=f"n{d}"), CollectorRegistry(), store=down)
+            node.fence = fences[0]
+            if node._apply(r.tables, r.batches, r.source):
+                down.acknowledge(r.source, r.number)
+            return
+        # A caller that fences what it pulled before resolving it; it acknowledges only if no
+        # row was fenced or dropped (a fenced row must not become a residual base).
+        dropped = False
+        for spec in r.tables:
+            down.declare(spec)
+        for raw in r.batches:
+            resolved = down.resolve(fence(raw, fences[0]), r.source)
+            dropped |= resolved.n < raw.n
+            down.apply(resolved, r.source)
+        if not dropped:
+            down.acknowledge(r.source, r.number)
+
+    epoch = 0
+    fence_step = steps // 2 if fencing != "none" else -1
+    for step in range(steps):
+        if step == fence_step:
+            cut = {s: stores[0].knowledge(s).vector for s in stores[0].shards()}
+            fences[0], epoch = Fence(1, cut), 1
         x = rng.random()
         if x < 0.3:
             keys = rng.choice(12, size=int(rng.integers(1, 5)), replace=False)
-            _nudge(stores[0], rng, keys, seq, float(rng.choice([0.001, 0.05, 3.0])))
+            size = float(rng.choice([0.001, 0.05, 3.0]))
+            _nudge(stores[0], rng, keys, seq, size, epoch=epoch)
+            seq += len(keys)
+        elif x < 0.45 and epoch:
+            # Stray epoch-0 rows above the cut: the origin holds them, the replicas fence them.
+            keys = rng.choice(12, size=int(rng.integers(1, 4)), replace=False)
+            _stray(stores[0], rng, keys, seq)
             seq += len(keys)
         elif x < 0.85:
             fate = str(rng.choice(["deliver", "deliver", "drop", "duplicate", "delay"]))
             exchange(int(rng.integers(0, len(edges))), int(rng.integers(0, 8 * MAX_ROW)), fate)
         elif late:
             d, r = late.pop(int(rng.integers(0, len(late))))
-            deliver(stores[d], r)
+            take(d, r)
     while late:
         d, r = late.pop()
-        deliver(stores[d], r)
+        take(d, r)
+    if epoch:  # every key at epoch 1 (small changes: residuals), so the fenced rows are superseded
+        _nudge(stores[0], rng, np.arange(12), seq, 0.01, epoch=1)
     for _ in range(400):
         if all(versions(s) == versions(stores[0]) for s in stores[1:]):
             break
@@ -315,3 +381,23 @@ def test_uncompressed_version_3_frames_compress_their_metadata_alone() -> None:
     bad[5] = 5  # zstd body and zstd metadata together: not a valid combination
     with pytest.raises(CodecError, match="flags"):
         decode_response(bytes(bad))
+
+
+def test_fencing_a_raw_batch_keeps_its_residual_mark() -> None:
+    """A caller may fence what it pulled before resolving it: the rows the fence keeps stay
+    residuals (added to the held value), never applied as values."""
+    rng = np.random.default_rng(6)
+    up, down = _origin(rng, 6), Store()
+    sched = Scheduler(source=7)
+    deliver(down, _int8_pull(down, up, sched)[0])
+    cut = {s: up.knowledge(s).vector for s in up.shards()}
+    _nudge(up, rng, np.arange(4), 100, 0.01, epoch=1)  # small: residuals
+    _stray(up, rng, np.array([4, 5]), 200)  # epoch 0 above the cut: fenced
+    raw = _int8_pull(down, up, sched)[0].batches[0]
+    assert raw.residual is not None and raw.residual.sum() == 4
+    kept = fence(raw, Fence(1, cut))
+    assert kept.n == 4 and kept.residual is not None and kept.residual.all()
+    down.apply(down.resolve(kept, 7), 7)
+    held, _ = down.get("emb", np.arange(4))
+    truth, _ = up.get("emb", np.arange(4))
+    assert np.all(np.abs(held - truth) <= quantize_int8_fp16(truth)[1][:, None])
