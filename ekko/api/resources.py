@@ -532,6 +532,12 @@ class Model(Resource):
     spec: ModelSpec = Field(description="Desired model.")
     status: ModelStatus | None = Field(default=None, description="Observed model.")
 
+    def stable(self) -> str:
+        """The version the model serves as stable: the one a rollout recorded in status, else
+        the version in its spec (a model no rollout has touched). The one definition the pool
+        worker, the rollout worker and the plugin share."""
+        return (self.status.stable_version if self.status else None) or self.spec.version
+
 
 # ---------------------------------------------------------------------------------------------
 # ModelVersion

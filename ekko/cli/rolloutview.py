@@ -75,7 +75,7 @@ def active_version(model: Model, versions: Sequence[ModelVersion]) -> ModelVersi
 
 
 def stable_of(model: Model) -> str:
-    return (model.status.stable_version if model.status else None) or model.spec.version
+    return model.stable()
 
 
 def choose_target(

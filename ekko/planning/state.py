@@ -95,8 +95,7 @@ def resident_versions(model: Model, versions: list[ModelVersion]) -> tuple[Resid
     each version, or from the Model's spec for the version it started with.
     """
     status = model.status
-    stable = (status.stable_version if status else None) or model.spec.version
-    names = [stable]
+    names = [model.stable()]
     for extra in (status.canary_version, status.previous_version) if status else ():
         if extra and extra not in names:
             names.append(extra)

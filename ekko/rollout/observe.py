@@ -25,8 +25,7 @@ def current_weights(model: Model) -> tuple[VersionWeight, ...]:
     status = model.status
     if status and status.weights:
         return tuple(status.weights)
-    stable = (status.stable_version if status else None) or model.spec.version
-    return (VersionWeight(version=stable, weight=100),)
+    return (VersionWeight(version=model.stable(), weight=100),)
 
 
 def observe(
@@ -102,7 +101,7 @@ def observe(
             applied_at = routing.applied_at
     return Observed(
         model_exists=True,
-        stable=(status.stable_version if status else None) or model.spec.version,
+        stable=model.stable(),
         previous=status.previous_version if status else None,
         canary=status.canary_version if status else None,
         weights=weights if status and status.weights else (),

@@ -116,3 +116,19 @@ def test_a_naive_stamp_is_no_instant() -> None:
 
 def test_no_request() -> None:
     assert request_of(_version()) is None
+
+
+def test_the_stable_version_and_weights_are_the_statuss_else_the_specs() -> None:
+    """One definition (Model.stable) for the pool worker, the rollout worker and the plugin."""
+    from ekko.api.resources import VersionWeight
+    from ekko.planning.state import resident_versions
+    from ekko.rollout.observe import current_weights
+
+    doc = _model().model_dump(by_alias=True, mode="json", exclude_none=True)
+    promoted = Model.model_validate({**doc, "status": {"stableVersion": "v2"}})
+    untouched = Model.model_validate({**doc, "status": None})
+    assert promoted.stable() == "v2" and untouched.stable() == "v1"
+    assert current_weights(promoted) == (VersionWeight(version="v2", weight=100),)
+    assert current_weights(untouched) == (VersionWeight(version="v1", weight=100),)
+    assert [r.version for r in resident_versions(promoted, [_version("v2")])] == ["v2"]
+    assert observe(_version("v2"), promoted, [], []).stable == "v2"
