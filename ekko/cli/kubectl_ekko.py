@@ -42,6 +42,7 @@ from ekko.cli import rolloutview as view
 from ekko.cli.rolloutview import RefusedError
 from ekko.kube.errors import KubeError
 from ekko.rollout.machine import Verb
+from ekko.rollout.observe import routing_progress
 
 PROG = "kubectl ekko"
 ACTIONS = ("promote", "pause", "resume", "abort", "retry", "rollback")
@@ -602,7 +603,7 @@ def wait_rollback(
     while True:
         servers = s.kube.model_servers(s.namespace, name, model.spec.pool)
         mv = s.kube.get_version(s.namespace, mv_name)
-        routing = view.routing_progress(name, want, servers)
+        routing = routing_progress(name, want, servers)
         progress = view.judge_rollback(at, mv, routing)
         if progress.line != last:
             s.say(f"  {progress.line}")

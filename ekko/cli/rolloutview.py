@@ -21,11 +21,11 @@ from ekko.api.resources import (
     Model,
     ModelVersion,
     ModelVersionStatus,
-    ServerAssignment,
     VersionWeight,
 )
 from ekko.api.units import parse_time
 from ekko.rollout.machine import TERMINAL, Inputs, Observed, Request, Verb, decide
+from ekko.rollout.observe import RoutingProgress
 
 ACTIVE_PHASES = ("Pending", "Loading", "Progressing", "Paused")
 RETRYABLE = ("Aborted", "RolledBack", "Failed")
@@ -429,59 +429,6 @@ def judge(verb: Verb, at: str, before: ModelVersionStatus, mv: ModelVersion | No
         why = status.request_refused or "see kubectl describe modelversion " + mv.metadata.name
         return Progress("failed", f"the operator refused the request: {why}; {describe(mv)}")
     return Progress("waiting", describe(mv))
-
-
-@dataclass(frozen=True)
-class RoutingProgress:
-    """How far a rollback's weights have reached the model's ready servers."""
-
-    applied: int
-    ready: int
-    last_applied_at: datetime | None
-    pending: tuple[str, ...]
-
-    @property
-    def done(self) -> bool:
-        return self.ready > 0 and self.applied == self.ready
-
-    def seconds_since(self, requested_at: datetime) -> float | None:
-        if self.last_applied_at is None:
-            return None
-        return max(0.0, (self.last_applied_at - requested_at).total_seconds())
-
-
-def _weight_set(weights: Iterable[VersionWeight]) -> frozenset[tuple[str, int]]:
-    return frozenset((w.version, w.weight) for w in weights if w.weight > 0)
-
-
-def routing_progress(
-    model: str, want: Sequence[VersionWeight], servers: Sequence[tuple[ServerAssignment, bool]]
-) -> RoutingProgress:
-    """Ready servers of the model whose agent reports ``want`` applied (as the operator judges it)."""
-    target = _weight_set(want)
-    applied = 0
-    ready = 0
-    last: datetime | None = None
-    pending = []
-    for assignment, is_ready in servers:
-        if not is_ready:
-            continue
-        ready += 1
-        routing = next(
-            (
-                r
-                for r in (assignment.status.routing if assignment.status else [])
-                if r.model == model
-            ),
-            None,
-        )
-        if routing is None or _weight_set(routing.weights) != target:
-            pending.append(assignment.metadata.name)
-            continue
-        applied += 1
-        if routing.applied_at is not None and (last is None or routing.applied_at > last):
-            last = routing.applied_at
-    return RoutingProgress(applied, ready, last, tuple(sorted(pending)))
 
 
 def rollback_summary(

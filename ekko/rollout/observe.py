@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from ekko.api.resources import (
@@ -26,6 +28,59 @@ def current_weights(model: Model) -> tuple[VersionWeight, ...]:
     if status and status.weights:
         return tuple(status.weights)
     return (VersionWeight(version=model.stable(), weight=100),)
+
+
+@dataclass(frozen=True)
+class RoutingProgress:
+    """How far a rollback's weights have reached the model's ready servers."""
+
+    applied: int
+    ready: int
+    last_applied_at: datetime | None
+    pending: tuple[str, ...]
+
+    @property
+    def done(self) -> bool:
+        return self.ready > 0 and self.applied == self.ready
+
+    def seconds_since(self, requested_at: datetime) -> float | None:
+        if self.last_applied_at is None:
+            return None
+        return max(0.0, (self.last_applied_at - requested_at).total_seconds())
+
+
+def _weight_set(weights: Iterable[VersionWeight]) -> frozenset[tuple[str, int]]:
+    return frozenset((w.version, w.weight) for w in weights if w.weight > 0)
+
+
+def routing_progress(
+    model: str, want: Sequence[VersionWeight], servers: Sequence[tuple[ServerAssignment, bool]]
+) -> RoutingProgress:
+    """Ready servers of the model whose agent reports ``want`` applied (as the operator judges it)."""
+    target = _weight_set(want)
+    applied = 0
+    ready = 0
+    last: datetime | None = None
+    pending = []
+    for assignment, is_ready in servers:
+        if not is_ready:
+            continue
+        ready += 1
+        routing = next(
+            (
+                r
+                for r in (assignment.status.routing if assignment.status else [])
+                if r.model == model
+            ),
+            None,
+        )
+        if routing is None or _weight_set(routing.weights) != target:
+            pending.append(assignment.metadata.name)
+            continue
+        applied += 1
+        if routing.applied_at is not None and (last is None or routing.applied_at > last):
+            last = routing.applied_at
+    return RoutingProgress(applied, ready, last, tuple(sorted(pending)))
 
 
 def observe(
@@ -54,12 +109,8 @@ def observe(
         )
         others.append(owner or status.canary_version)
     weights = current_weights(model)
-    want = {(w.version, w.weight) for w in weights}
     loaded = 0
     errors = []
-    applied = True
-    applied_at: datetime | None = None
-    ready_servers = 0
     for assignment, ready in servers:
         shards = {
             (s.model, s.shard)
@@ -82,23 +133,7 @@ def observe(
                 f"{assignment.metadata.name}: shard {first.shard} of {mine} failed to load: "
                 f"{first.error}{more}"
             )
-        if not ready:
-            continue
-        ready_servers += 1
-        routing = next(
-            (
-                r
-                for r in (assignment.status.routing if assignment.status else [])
-                if r.model == model.metadata.name
-            ),
-            None,
-        )
-        if routing is None or {(w.version, w.weight) for w in routing.weights} != want:
-            applied = False
-        elif routing.applied_at is not None and (
-            applied_at is None or routing.applied_at > applied_at
-        ):
-            applied_at = routing.applied_at
+    routing = routing_progress(model.metadata.name, weights, servers)
     return Observed(
         model_exists=True,
         stable=model.stable(),
@@ -109,8 +144,8 @@ def observe(
         servers_wanted=len(servers),
         servers_loaded=loaded,
         load_error=errors[0][:500] if errors else None,
-        routing_applied=applied and ready_servers > 0,
-        routing_applied_at=applied_at,
+        routing_applied=routing.done,
+        routing_applied_at=routing.last_applied_at,
     )
 
 

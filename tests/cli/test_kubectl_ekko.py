@@ -28,6 +28,7 @@ from ekko.cli import kubectl_ekko as cli
 from ekko.cli import rolloutview as view
 from ekko.cli.rolloutview import RefusedError
 from ekko.rollout.machine import Verb
+from ekko.rollout.observe import routing_progress
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 PAUSE_STEPS = [{"setWeight": 30}, {"pause": {}}]
@@ -392,19 +393,19 @@ def test_rollback_progress_counts_ready_servers_with_the_new_weights() -> None:
         (assignment("s2", [("v1", 100), ("v2", 0)], applied=0.4), True),
         (assignment("s3", None), False),  # not ready: not counted
     ]
-    p = view.routing_progress("rank", want, servers)
+    p = routing_progress("rank", want, servers)
     assert (p.applied, p.ready, p.pending, p.done) == (2, 3, ("s1",), False)
     assert view.judge_rollback(AT, version(), p) == view.Progress(
         "waiting", "applied on 2/3 servers"
     )
     servers[1] = (assignment("s1", [("v1", 100)], applied=0.9), True)
-    p = view.routing_progress("rank", want, servers)
+    p = routing_progress("rank", want, servers)
     assert p.done and p.seconds_since(T0) == pytest.approx(0.9)
     assert view.judge_rollback(AT, version(), p).state == "reached"
 
 
 def test_rollback_fails_when_the_operator_handled_it_without_rolling_back() -> None:
-    p = view.routing_progress("rank", [VersionWeight(version="v1", weight=100)], [])
+    p = routing_progress("rank", [VersionWeight(version="v1", weight=100)], [])
     mv = version(phase="Aborted", handledRequest=AT)
     assert view.judge_rollback(AT, mv, p) == view.Progress(
         "failed", "the operator refused the rollback: it is Aborted"
@@ -676,13 +677,13 @@ def test_version_of_the_plugin(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_rollback_summary_gives_both_times_and_flags_whole_second_stamps() -> None:
     want = [VersionWeight(version="v1", weight=100)]
-    fine = view.routing_progress("rank", want, [(assignment("s0", [("v1", 100)], 0.25), True)])
+    fine = routing_progress("rank", want, [(assignment("s0", [("v1", 100)], 0.25), True)])
     seen = T0 + timedelta(seconds=0.4)
     assert view.rollback_summary("rank", "v1", fine, T0, seen) == (
         "rolled back rank to v1 on 1 servers in 0.250s (request to the last agent's appliedAt);"
         " seen applied on every server 0.400s after the request"
     )
-    coarse = view.routing_progress("rank", want, [(assignment("s0", [("v1", 100)], 1.0), True)])
+    coarse = routing_progress("rank", want, [(assignment("s0", [("v1", 100)], 1.0), True)])
     assert "(appliedAt has whole seconds only)" in view.rollback_summary(
         "rank", "v1", coarse, T0, seen
     )

@@ -132,3 +132,36 @@ def test_the_stable_version_and_weights_are_the_statuss_else_the_specs() -> None
     assert current_weights(untouched) == (VersionWeight(version="v1", weight=100),)
     assert [r.version for r in resident_versions(promoted, [_version("v2")])] == ["v2"]
     assert observe(_version("v2"), promoted, [], []).stable == "v2"
+
+
+def test_routing_is_applied_alike_for_the_machine_and_the_plugin() -> None:
+    """One judgement (routing_progress) for the rollout machine's Observed and the plugin's
+    rollback --wait: a weight of 0 and an absent version route alike, an unready server does not
+    count, and the latest appliedAt is the time it took effect."""
+    doc = _model().model_dump(by_alias=True, mode="json", exclude_none=True)
+    model = Model.model_validate(
+        {**doc, "status": {"stableVersion": "v1", "weights": [
+            {"version": "v1", "weight": 100}, {"version": "v2", "weight": 0}]}}
+    )  # fmt: skip
+
+    def server(name: str, weights: list[dict[str, Any]], at: str, ready: bool = True) -> Any:
+        assignment, _ = _server([])
+        body = assignment.model_dump(by_alias=True, mode="json", exclude_none=True)
+        body["metadata"]["name"] = name
+        body["status"]["routing"] = [{"model": "rank", "weights": weights, "appliedAt": at}]
+        return ServerAssignment.model_validate(body), ready
+
+    only_v1 = [{"version": "v1", "weight": 100}]
+    servers = [
+        server("s0", only_v1, "2026-11-30T00:00:01Z"),
+        server("s1", [*only_v1, {"version": "v2", "weight": 0}], "2026-11-30T00:00:02Z"),
+        server("s2", [{"version": "v2", "weight": 100}], "2026-11-30T00:00:09Z", ready=False),
+    ]
+    obs = observe(_version("v1"), model, [], servers)
+    assert obs.routing_applied
+    assert obs.routing_applied_at is not None and obs.routing_applied_at.second == 2
+    lagging = [
+        *servers[:2],
+        server("s3", [{"version": "v2", "weight": 100}], "2026-11-30T00:00:03Z"),
+    ]
+    assert not observe(_version("v1"), model, [], lagging).routing_applied
