@@ -487,6 +487,33 @@ def _at_bound(inst: Instance, starts: list[_Start], current: object) -> bool:
     return not current and any(st.complete and len(st.servers) <= inst.lower_bound for st in starts)
 
 
+@dataclass
+class _Run:
+    """One call of :func:`solve`: its inputs, clock and notes, shared by its steps."""
+
+    problem: Problem
+    inst: Instance
+    config: SolveConfig
+    t0: float
+    current: dict[tuple[str, int], list[ServerId]]
+    old: Counts
+    notes: list[str]
+
+    @property
+    def deadline(self) -> float:
+        return self.t0 + self.config.time_limit
+
+
+@dataclass
+class _Outcome:
+    """What the optimiser settled on: counts, their servers' zones, status and bound."""
+
+    best: Counts | None
+    zones: dict[ServerId, ZoneId]
+    status: PlanStatus
+    bound: int
+
+
 def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     """Best plan found before ``config.time_limit``; never raises on infeasible input.
 
@@ -499,21 +526,66 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
     """
     config = config or SolveConfig()
     t0 = time.monotonic()
-    deadline = t0 + config.time_limit
     inst = build_instance(problem)
     reasons = explain(problem, inst)
     if reasons:
         return infeasible_plan(NAME, reasons, inst.lower_bound, time.monotonic() - t0)
     current = current_placement(problem)
     notes: list[str] = [f"lower bound {inst.lower_bound} from {inst.bound_source}"]
-    old = _counts(inst, current)
+    run = _Run(problem, inst, config, t0, current, _counts(inst, current), notes)
 
-    # 2. start plans: the current placement repaired, and (from scratch, or when the repair
-    # fails) a greedy portfolio: whole-item greedies first (one vectorised pass per item, fast
-    # at any size), then every replica-by-replica greedy of BASELINES while the budget allows.
-    # Every start is deterministic; which ran depends on time only on inputs too large to run
-    # them all within 30% of the limit.
-    budget = t0 + 0.3 * config.time_limit
+    # 2. start plans
+    starts, one_pass, capped_items = _start_plans(run)
+    start = _choose_start(run, starts)
+    start_counts = start.counts if start else None
+    zones: dict[ServerId, ZoneId] = {s.id: s.zone for s in problem.pool.servers}
+    if start:
+        zones.update(dict(start.servers))
+    else:
+        lifted = _lifted_start(run, capped_items)
+        if lifted is not None:
+            start_counts = lifted.counts
+            zones.update(dict(lifted.servers))
+            notes.append(f"start above max_servers: {len(lifted.servers)} servers")
+    # Mapping back and checking take about three times mapping the start: map the start now
+    # (it is the plan returned when nothing better is found) and keep that much of the deadline.
+    t_map = time.monotonic()
+    if start is not None:
+        start.realise(inst, current)
+    t_map = time.monotonic() - t_map
+    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + 3 * t_map + one_pass)
+
+    # 3. optimise (skipped when a start already meets the lower bound with nothing to move)
+    out = _optimise(run, start, start_counts, zones, run.deadline - reserve)
+
+    if out.best is not None and len({sid for (_, sid), k in out.best.items() if k}) > (
+        problem.pool.max_servers
+    ):
+        notes.append("the optimiser's plan stayed above max_servers")
+        out.best = start_counts if start is not None else None
+        out.status = "fallback"
+    if out.best is None:
+        return _no_plan(problem, out.bound, t0, notes)
+    servers_used = len({sid for (_, sid), k in out.best.items() if k})
+    if servers_used <= out.bound and not run.old and out.status != "optimal":
+        out.status = "optimal"
+    out.best = _adopt_idle(problem, out.best, out.zones)
+
+    # 4. map back, check, fall back
+    return _finish(run, start, out)
+
+
+def _start_plans(run: _Run) -> tuple[list[_Start], float, list[Item]]:
+    """The start plans, the longest greedy pass, and the items in capped-classes-first order.
+
+    The current placement repaired, and (from scratch, or when the repair fails) a greedy
+    portfolio: whole-item greedies first (one vectorised pass per item, fast at any size), then
+    every replica-by-replica greedy of BASELINES while the budget allows. Every start is
+    deterministic; which ran depends on time only on inputs too large to run them all within 30%
+    of the limit.
+    """
+    inst, current = run.inst, run.current
+    budget = run.t0 + 0.3 * run.config.time_limit
     starts: list[_Start] = []
     t_start = time.monotonic()
     if current:
@@ -545,54 +617,58 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         rep = greedy.run(inst, how, order(), dedicated=dedicated, deadline=budget)
         starts.append(_Start.of(label, inst, rep))
         one_pass = max(one_pass, time.monotonic() - t1)
-    notes.append(f"{len(starts)} starts in {time.monotonic() - t_start:.2f} s")
-    valid = [st for st in starts if st.complete]
-    start: _Start | None = None
-    if valid:
-        # Ties go to replica-by-replica starts: the LNS improved them more than whole-item
-        # plans of the same size (bench families, issue 17); whole items win only when better.
-        start = min(
-            valid,
-            key=lambda st: (_objective(inst, st.counts, old, config), st.placed is None),
-        )
-        notes.append(f"start: {start.label}, {len(start.servers)} servers")
-    start_counts = start.counts if start else None
-    zones: dict[ServerId, ZoneId] = {s.id: s.zone for s in problem.pool.servers}
-    if start:
-        zones.update(dict(start.servers))
-    else:
-        # No start fits under max_servers: start from the best-fit plan with the cap lifted and
-        # let the optimiser bring it under the cap.
-        lifted = problem.pool.model_copy(update={"max_servers": problem.total_replicas + 1})
-        lifted_inst = replace(inst, problem=problem.model_copy(update={"pool": lifted}))
-        if current:
-            reps = greedy.replicas_of(inst, current)
-            over = greedy.run(
-                lifted_inst, "best", sorted(reps, key=greedy.capped_first(inst)), keep_current=True
-            )
-            over_start = _Start.of("lifted", inst, over)
-        else:
-            cr = greedy.run_counts(lifted_inst, capped_items, "best")
-            over_start = _Start("lifted", cr.counts, cr.servers, None, cr.complete)
-        if over_start.complete:
-            start_counts = over_start.counts
-            zones.update(dict(over_start.servers))
-            notes.append(f"start above max_servers: {len(over_start.servers)} servers")
-    # Mapping back and checking take about three times mapping the start: map the start now
-    # (it is the plan returned when nothing better is found) and keep that much of the deadline.
-    t_map = time.monotonic()
-    if start is not None:
-        start.realise(inst, current)
-    t_map = time.monotonic() - t_map
-    reserve = min(0.5 * config.time_limit, 0.05 * config.time_limit + 3 * t_map + one_pass)
+    run.notes.append(f"{len(starts)} starts in {time.monotonic() - t_start:.2f} s")
+    return starts, one_pass, capped_items
 
-    # 3. optimise (skipped when a start already meets the lower bound with nothing to move)
+
+def _choose_start(run: _Run, starts: list[_Start]) -> _Start | None:
+    """The best complete start by the objective (None: no start fits under max_servers)."""
+    valid = [st for st in starts if st.complete]
+    if not valid:
+        return None
+    # Ties go to replica-by-replica starts: the LNS improved them more than whole-item
+    # plans of the same size (bench families, issue 17); whole items win only when better.
+    start = min(
+        valid,
+        key=lambda st: (_objective(run.inst, st.counts, run.old, run.config), st.placed is None),
+    )
+    run.notes.append(f"start: {start.label}, {len(start.servers)} servers")
+    return start
+
+
+def _lifted_start(run: _Run, capped_items: list[Item]) -> _Start | None:
+    """No start fits under max_servers: the best-fit plan with the cap lifted, for the
+    optimiser to bring under the cap (None if even that is incomplete)."""
+    inst, problem, current = run.inst, run.problem, run.current
+    lifted = problem.pool.model_copy(update={"max_servers": problem.total_replicas + 1})
+    lifted_inst = replace(inst, problem=problem.model_copy(update={"pool": lifted}))
+    if current:
+        reps = greedy.replicas_of(inst, current)
+        over = greedy.run(
+            lifted_inst, "best", sorted(reps, key=greedy.capped_first(inst)), keep_current=True
+        )
+        over_start = _Start.of("lifted", inst, over)
+    else:
+        cr = greedy.run_counts(lifted_inst, capped_items, "best")
+        over_start = _Start("lifted", cr.counts, cr.servers, None, cr.complete)
+    return over_start if over_start.complete else None
+
+
+def _optimise(
+    run: _Run,
+    start: _Start | None,
+    start_counts: Counts | None,
+    zones: dict[ServerId, ZoneId],
+    opt_deadline: float,
+) -> _Outcome:
+    """Improve on the start until ``opt_deadline``: one model when the problem is one group,
+    else groups (from scratch) and LNS over the whole plan."""
+    inst, problem, config, old, notes = run.inst, run.problem, run.config, run.old, run.notes
     ids = _Ids(set(zones))
     best: Counts | None = start_counts
     over_cap = start is None and start_counts is not None
     status: PlanStatus = "fallback"
     bound = inst.lower_bound
-    opt_deadline = deadline - reserve
     holding = {sid for (_, sid) in old}
     proven = start is not None and not old and len(start.servers) <= bound
     n_start = len({sid for (_, sid) in start_counts}) if start_counts else 2 * bound + 2
@@ -605,13 +681,12 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
         slots = _slots(inst, start_counts, zones, holding=holding, target_total=target, ids=ids)
         for s in slots:
             zones.setdefault(s.id, s.zone)
-        hint = start_counts
         sub = _full_sub(
             inst,
             list(inst.items),
             slots,
             old=old,
-            hint=hint,
+            hint=start_counts,
             config=config,
             lb=bound,
             balance=True,
@@ -641,10 +716,11 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
                 ),
             )
     else:
+        t0 = run.t0
         per_group = 0.6 * (opt_deadline - t0) / n_groups
         # Without a valid start the groups are the only way to a plan: run them whatever the
         # share of time (each group then gets what is left, or its best-fit plan).
-        if not current and per_group >= GROUP_MIN_SECONDS:
+        if not run.current and per_group >= GROUP_MIN_SECONDS:
             got = _grouped(
                 inst,
                 config=config,
@@ -670,38 +746,30 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
                 best = after
             if improved or over_cap:
                 status = "feasible"
+    return _Outcome(best, zones, status, bound)
 
-    if best is not None and len({sid for (_, sid), k in best.items() if k}) > (
-        problem.pool.max_servers
-    ):
-        notes.append("the optimiser's plan stayed above max_servers")
-        best = start_counts if start is not None else None
-        status = "fallback"
-    if best is None:
-        return _no_plan(problem, bound, t0, notes)
-    servers_used = len({sid for (_, sid), k in best.items() if k})
-    if servers_used <= bound and not old and status != "optimal":
-        status = "optimal"
 
-    best = _adopt_idle(problem, best, zones)
-
-    # 4. map back, check, fall back
-    if start is not None and best is start.counts and start.placed is not None:
+def _finish(run: _Run, start: _Start | None, out: _Outcome) -> Plan:
+    """Map the counts back to shard replicas, check the plan, and fall back to the start plan
+    (checked too) when the optimised one is refused; no plan at all rather than a bad one."""
+    problem, inst, current, notes = run.problem, run.inst, run.current, run.notes
+    assert out.best is not None
+    if start is not None and out.best is start.counts and start.placed is not None:
         placed: dict[tuple[str, int], list[ServerId]] | None = start.placed
     else:
-        placed = realise(list(inst.items), best, zones, current)
+        placed = realise(list(inst.items), out.best, out.zones, current)
     plan = None
     if placed is not None:
         plan = make_plan(
             problem,
             inst,
             placed,
-            zones,
+            out.zones,
             solver=NAME,
-            status=status,
-            config=config,
-            seconds=time.monotonic() - t0,
-            lower_bound=bound,
+            status=out.status,
+            config=run.config,
+            seconds=time.monotonic() - run.t0,
+            lower_bound=out.bound,
             notes=notes,
         )
         bad = violations(problem, plan)
@@ -713,12 +781,12 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             problem,
             inst,
             start.realise(inst, current) or {},
-            zones,
+            out.zones,
             solver=NAME,
             status="fallback",
-            config=config,
-            seconds=time.monotonic() - t0,
-            lower_bound=bound,
+            config=run.config,
+            seconds=time.monotonic() - run.t0,
+            lower_bound=out.bound,
             notes=[*notes, "returned the start plan"],
         )
         bad = violations(problem, plan)
@@ -726,7 +794,7 @@ def solve(problem: Problem, config: SolveConfig | None = None) -> Plan:
             notes.append(f"start plan rejected by the checker: {bad[0].message}")
             plan = None
     if plan is None:
-        return _no_plan(problem, bound, t0, notes)
+        return _no_plan(problem, out.bound, run.t0, notes)
     return plan
 
 
