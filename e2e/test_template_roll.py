@@ -138,8 +138,9 @@ def test_a_template_edit_rolls_every_server_make_before_break(
 
     run = roll_once(api, fleet, "engine:2", 300, describe=lambda: operator.logs()[-3000:])
 
-    # Four new pods (names are reused: the lowest free <pool>-<n>), none of the old ones left.
-    assert len(pod_hashes(api)) == 4
+    # Four new pods, named <pool>-<hash>-<n> (never an old server's name), none of the old left.
+    after = pod_hashes(api)
+    assert len(after) == 4 and not set(after) & set(first)
     assert run.replaced == 4
     assert run.samples > 0 and run.below == 0, run  # never below minReadyReplicas (= replicas)
     assert run.fewest is not None and run.fewest >= run.minimum == 2, run

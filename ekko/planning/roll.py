@@ -4,8 +4,8 @@ A server whose pod was made from an older template (its ``ekko.dev/template-hash
 from what the pool's template renders now) is *outdated*. The roll never unloads anything
 itself: it rewrites the desired placement and lets ``converge`` do what it does for any re-plan.
 
-- A server with shards is replaced by a new server (a fresh name, the same zone, so spreading
-  holds) that takes over its shards in the desired placement. The old one is then a server the
+- A server with shards is replaced by a new server (a fresh name, see ``replacement_prefix``;
+  the same zone, so spreading holds) that takes over its shards in the desired placement. The old one is then a server the
   placement no longer uses: converge keeps its shards, marked drain, until every replica the
   placement wants is loaded and served elsewhere, and deletes it once it holds nothing. So no
   shard goes below its ready replicas, and each replacement needs one extra server meanwhile.
@@ -101,6 +101,7 @@ def roll(state: PoolState, desired: Desired) -> Roll:
     replaced: list[tuple[str, str]] = []
     waiting = ""
     index = 0
+    prefix = replacement_prefix(state)
     for server in candidates[: max(0, budget)]:
         if occupied + 1 > spec.max_servers:
             waiting = (
@@ -109,9 +110,9 @@ def roll(state: PoolState, desired: Desired) -> Roll:
                 f"(by updateStrategy.maxSurge, {strategy.max_surge}) to let the roll go on"
             )
             break
-        while f"{state.name}-{index}" in taken:
+        while f"{prefix}{index}" in taken:
             index += 1
-        new = f"{state.name}-{index}"
+        new = f"{prefix}{index}"
         taken.add(new)
         servers[new] = servers.pop(server.name)
         zones[new] = zones.pop(server.name, "") or server.zone
@@ -127,6 +128,16 @@ def roll(state: PoolState, desired: Desired) -> Roll:
         in_flight=in_flight + len(replaced) + len(recreate),
         waiting=waiting,
     )
+
+
+def replacement_prefix(state: PoolState) -> str:
+    """Replacements are named ``<pool>-<first 5 of the template hash>-<n>``, never the name of
+    a server just deleted: an agent of the old pod (still stopping, or force-deleted) would
+    otherwise report into the new server's assignment of the same name, and its replicas would
+    count as loaded there. Names stay within a label value's 63 characters; a pool whose name
+    leaves no room falls back to ``<pool>-<n>``."""
+    prefix = f"{state.name}-{state.template_hash[:5]}-"
+    return prefix if len(prefix) + 4 <= 63 else f"{state.name}-"
 
 
 def _current(state: PoolState, name: str) -> bool:

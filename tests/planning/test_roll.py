@@ -87,23 +87,38 @@ def test_failed_and_deleting_pods_are_not_counted_outdated() -> None:
 def test_an_outdated_server_is_replaced_by_a_new_one_in_its_zone_holding_its_shards() -> None:
     s = state(pool(), M, *fleet())
     r = roll(s, want())
-    assert r.replaced == (("p-0", "p-4"),)
+    assert r.replaced == (("p-0", "p-new-0"),)
     assert "p-0" not in r.desired.servers
-    assert r.desired.servers["p-4"] == frozenset(PLACED["p-0"])
-    assert r.desired.zones["p-4"] == "a"
+    assert r.desired.servers["p-new-0"] == frozenset(PLACED["p-0"])
+    assert r.desired.zones["p-new-0"] == "a"
     assert r.in_flight == 1 and not r.done
-    # Converge then creates p-4, keeps p-0's shards draining, and deletes nothing.
+    # Converge then creates p-new-0, keeps p-0's shards draining, and deletes nothing.
     actions = converge(s, r.desired)
-    assert CreateServer("p-4", "a") in actions
+    assert CreateServer("p-new-0", "a") in actions
     assert not any(isinstance(a, DeleteServer) for a in actions)
     drained = next(a for a in actions if getattr(a, "server", "") == "p-0")
     assert drained.shards and all(x.drain for x in drained.shards)  # type: ignore[attr-defined]
 
 
+def test_a_replacement_never_takes_the_name_of_a_server_just_deleted() -> None:
+    # p-0 was replaced by p-new-0 and is gone: the next replacement is not named p-0 (an agent
+    # of the old pod could still report into an assignment of that name).
+    _, b, c, d = fleet()
+    moved = roll(state(pool(), M, *fleet()), want()).desired
+    new0 = replace(server("p-new-0", PLACED["p-0"], M, NEW), zone="a")
+    r = roll(state(pool(), M, new0, b, c, d), moved)
+    assert r.replaced == (("p-1", "p-new-1"),)
+    long = ServerPool.model_validate(
+        pool().to_wire() | {"metadata": {"name": "x" * 60, "generation": 1}}
+    )
+    s = PoolState(long, (M,), fleet(), template_hash=NEW)
+    assert all(len(new) <= 63 for _, new in roll(s, want()).replaced)
+
+
 def test_servers_that_serve_nothing_go_first() -> None:
     a, b, c, d = fleet()
     s = state(pool(), M, a, b, replace(c, pod_ready=False), d)
-    assert roll(s, want()).replaced == (("p-2", "p-4"),)
+    assert roll(s, want()).replaced == (("p-2", "p-new-0"),)
 
 
 def test_max_surge_bounds_the_replacements_in_flight() -> None:
@@ -111,10 +126,10 @@ def test_max_surge_bounds_the_replacements_in_flight() -> None:
     assert [old for old, _ in roll(s, want()).replaced] == ["p-0", "p-1"]
     # p-0 is being left (not in the placement, still there): one in flight, one more may start.
     moved = roll(state(pool(updateStrategy={"maxSurge": 2}), M, *fleet()), want()).desired
-    one = Desired({k: v for k, v in moved.servers.items() if k != "p-5"}, moved.zones)
+    one = Desired({k: v for k, v in moved.servers.items() if k != "p-new-1"}, moved.zones)
     one = Desired({**one.servers, "p-1": frozenset(PLACED["p-1"])}, one.zones)
     r = roll(s, one)
-    assert r.replaced == (("p-1", "p-5"),) and r.in_flight == 2
+    assert r.replaced == (("p-1", "p-new-1"),) and r.in_flight == 2
     # With maxSurge 1 and p-0 in flight, nothing starts.
     r1 = roll(state(pool(), M, *fleet()), one)
     assert r1.replaced == () and r1.in_flight == 1 and r1.waiting == ""
@@ -130,7 +145,7 @@ def test_at_max_servers_the_roll_waits_and_says_why() -> None:
     assert (cond["status"], cond["reason"]) == ("False", "WaitingForSurge")
     assert status["outdatedServers"] == 4 and status["updatedServers"] == 0
     # One server more and it goes on.
-    assert roll(state(pool(max_servers=5), M, *fleet()), want()).replaced == (("p-0", "p-4"),)
+    assert roll(state(pool(max_servers=5), M, *fleet()), want()).replaced == (("p-0", "p-new-0"),)
 
 
 def test_on_delete_replaces_nothing_but_counts() -> None:
