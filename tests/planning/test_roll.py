@@ -154,6 +154,14 @@ def test_on_delete_replaces_nothing_but_counts() -> None:
     assert r.replaced == () and r.recreate == () and r.outdated == ("p-0", "p-1", "p-2")
     cond = roll_status(r, [], 3, NEW, datetime(2026, 11, 29, tzinfo=UTC))["conditions"][0]
     assert cond["reason"] == "OnDelete"
+    # A pod the user deletes comes back (converge creates it; the fleet renders the template as
+    # it is now, tests/kube/test_template_hash.py) and is no longer counted outdated.
+    a, b, c, d = fleet({"p-3": NEW})
+    gone = replace(a, pod_exists=False, pod_ready=False, loaded=frozenset())
+    on_delete = pool(updateStrategy={"type": "OnDelete"})
+    assert CreateServer("p-0", "a") in converge(state(on_delete, M, gone, b, c, d), want())
+    back = replace(a, template_hash=NEW, pod_ready=False, loaded=frozenset())
+    assert roll(state(on_delete, M, back, b, c, d), want()).outdated == ("p-1", "p-2")
 
 
 def test_an_empty_server_kept_by_min_servers_is_recreated_in_place() -> None:
