@@ -69,6 +69,12 @@ CRDS: tuple[CrdInfo, ...] = (
         (
             _col("Wanted", ".status.serversWanted", "integer", desc="Servers the plan needs"),
             _col("Ready", ".status.serversReady", "integer", desc="Servers ready"),
+            _col(
+                "Updated",
+                ".status.updatedServers",
+                "integer",
+                desc="Servers made from the current template",
+            ),
             _col("Plan", ".status.plan.status", desc="Status of the last plan"),
             _col("Bound", ".status.plan.lowerBound", "integer", desc="Lower bound on servers"),
             _col("Gap%", ".status.plan.gapPercent", "number", 1, "Percent above the bound"),

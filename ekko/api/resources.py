@@ -230,6 +230,21 @@ class PlacementPolicy(ApiModel):
     )
 
 
+class UpdateStrategy(ApiModel):
+    """How existing servers follow an edit of the pool's template."""
+
+    type: Literal["RollingUpdate", "OnDelete"] = Field(
+        default="RollingUpdate",
+        description="RollingUpdate replaces servers made from an older template, make-before-break: a new server loads the shards of the one it replaces, and the old one is deleted only once they are served there. OnDelete replaces nothing; a server pod you delete comes back with the new template.",
+    )
+    max_surge: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Outdated servers replaced at once (each needs one extra server while its shards move, within maxServers). An empty outdated server is recreated in place and counts too.",
+    )
+
+
 class ServerPoolSpec(ApiModel):
     """A fleet of identical inference servers."""
 
@@ -261,6 +276,10 @@ class ServerPoolSpec(ApiModel):
     )
     placement: PlacementPolicy = Field(
         default_factory=PlacementPolicy, description="Optimiser settings for this pool."
+    )
+    update_strategy: UpdateStrategy = Field(
+        default_factory=UpdateStrategy,
+        description="How existing servers follow template edits: one at a time, make-before-break, by default.",
     )
 
 
@@ -302,6 +321,20 @@ class ServerPoolStatus(ApiModel):
     servers_ready: int = Field(default=0, description="Servers whose agent reports ready.")
     plan: PlanSummary | None = Field(default=None, description="Summary of the last plan.")
     conditions: Conditions = Field(default_factory=list)
+    # Template roll (written by the pool worker with the fields above).
+    template_hash: str = Field(
+        default="",
+        max_length=64,
+        description="Hash of the server pod the template renders now; server pods carry theirs in the ekko.dev/template-hash label.",
+    )
+    updated_servers: int = Field(
+        default=0, ge=0, description="Live servers made from the current template."
+    )
+    outdated_servers: int = Field(
+        default=0,
+        ge=0,
+        description="Live servers made from an older template, still to be replaced.",
+    )
 
 
 class ServerPool(Resource):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 
 POOL_LABEL = pods.POOL_LABEL
 SERVER_LABEL = "ekko.dev/server"
+ZONE_LABEL = f"{GROUP}/zone"
+TEMPLATE_HASH_LABEL = observe_.TEMPLATE_HASH_LABEL
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ekko"}
 FIELD_MANAGER = "ekko-operator"
 """The field manager of the operator's merge patches (assignments, single-writer statuses)."""
@@ -245,6 +249,7 @@ class Fleet:
             versions=versions,
             now=dt.datetime.now(dt.UTC),
             stale=stale,
+            template_hash=template_hash(pool, self.operator_image),
         )
 
     def _listed(self, namespace: str) -> Cache:
@@ -633,8 +638,27 @@ def engine_container(template: ServerTemplate) -> dict[str, Any]:
     return engine
 
 
+def template_hash(pool: ServerPool, operator_image: str) -> str:
+    """Hash of what the pool's template (and the agent's image and args) make of a server pod:
+    the pod rendered without the parts Ekko sets per server (its name, zone and owner). A pod
+    whose ``ekko.dev/template-hash`` label differs is outdated and gets replaced."""
+    pod = _render(pool, "", "", operator_image)
+    meta = pod["metadata"]
+    labels = {k: v for k, v in meta["labels"].items() if k not in (SERVER_LABEL, ZONE_LABEL)}
+    doc = {"labels": labels, "annotations": meta["annotations"], "spec": pod["spec"]}
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
 def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> dict[str, Any]:
-    """The pod of one server: the engine container and the agent sidecar, pinned to its zone."""
+    """The pod of one server: the engine container and the agent sidecar, pinned to its zone,
+    labelled with the hash of the template it was made from."""
+    pod = _render(pool, name, zone, operator_image)
+    pod["metadata"]["labels"][TEMPLATE_HASH_LABEL] = template_hash(pool, operator_image)
+    return pod
+
+
+def _render(pool: ServerPool, name: str, zone: str, operator_image: str) -> dict[str, Any]:
     template = pool.spec.template
     node_selector = dict(template.node_selector)
     if zone:
@@ -662,7 +686,7 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
                 **template.labels,
                 POOL_LABEL: pool.metadata.name,
                 SERVER_LABEL: name,
-                f"{GROUP}/zone": zone,
+                ZONE_LABEL: zone,
                 **MANAGED_BY,
             },
             "ownerReferences": [owner_reference(pool)],

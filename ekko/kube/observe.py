@@ -18,6 +18,9 @@ from ekko.planning.state import PoolState, ServerObs, resident_versions
 
 Obj = Mapping[str, Any]
 
+TEMPLATE_HASH_LABEL = f"{GROUP}/template-hash"
+"""Label on each server pod: the hash of the pool template it was made from."""
+
 NODE_LOST_AFTER = 60.0
 """Seconds a node may be not Ready before its servers count as lost. A kubelet that cannot reach
 the API server (an API-server restart, a network blip) leaves its node NotReady/Unknown while
@@ -122,12 +125,14 @@ def pool_state(
     versions: list[ModelVersion],
     now: dt.datetime,
     stale: Mapping[str, dt.datetime] | None = None,
+    template_hash: str = "",
 ) -> PoolState:
     """Everything about one pool, from its objects.
 
     ``pods`` may hold any pod carrying the pool's label: only those the pool owns are servers (a
     user's pod that merely carries the label is not one; once, one was deleted as a "failed
-    server"). ``stale`` maps a server name to the heartbeat its assignment had when its current
+    server"). ``template_hash`` is what the pool's template renders now (see
+    ``PoolState.outdated``). ``stale`` maps a server name to the heartbeat its assignment had when its current
     pod appeared (see ``loaded``)."""
     name = pool.metadata.name
     live = tuple(m for m in models if m.spec.pool == name and m.metadata.deletion_timestamp is None)
@@ -162,6 +167,7 @@ def pool_state(
             spec_shards=tuple(assignment.spec.shards) if assignment else (),
             loaded=loaded(assignment, since=created(pod), stale=stale.get(pod_name)),
             unschedulable=unschedulable(pod),
+            template_hash=str((meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL, "")),
         )
     for a_name, assignment in assignments.items():
         if a_name not in servers:
@@ -179,4 +185,5 @@ def pool_state(
         servers=tuple(servers[k] for k in sorted(servers)),
         node_zones=tuple(sorted({z for z in node_zone.values() if z})),
         rejected=dict(rejected),
+        template_hash=template_hash,
     )

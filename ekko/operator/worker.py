@@ -17,15 +17,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ekko.api.resources import Model, PlanSummary, ServerPool
+from ekko.api.resources import Model, PlanSummary, ServerPool, ServerPoolStatus
 from ekko.api.units import parse_duration
 from ekko.kube.errors import Conflict, InvalidObjectError, KubeError
 from ekko.kube.fleet import POOL_MANAGER, STABLE_MANAGER, Fleet
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
-from ekko.planning.converge import Desired, converge
+from ekko.planning.converge import Action, Desired, converge
 from ekko.planning.desired import desired_from_plan, desired_from_state, plan_inputs
 from ekko.planning.problem import build_problem, solve_config
+from ekko.planning.roll import Roll, roll, roll_status
 from ekko.planning.state import PoolState
 from ekko.planning.status import (
     failure_conditions,
@@ -76,6 +77,8 @@ class PoolWorker:
         self._refused_backoff = FOLLOW_UP_SECONDS
         self._last_good: dict[str, Model] = {}
         self._last_start = -MIN_PASS_INTERVAL
+        self._rolled: Roll | None = None
+        self._roll_waiting = ""
         self.task: asyncio.Task[None] | None = None
 
     def wake(self, replan: bool) -> None:
@@ -220,7 +223,9 @@ class PoolWorker:
                 # The plan is in status as soon as it is decided, not after the fleet converged.
                 await self._report_pool(state, self.desired)
         desired = self.desired or desired_from_state(state)
-        actions = converge(state, desired)
+        rolled = await self._roll(pool, state, desired)
+        desired = rolled.desired
+        actions: list[Action] = [*converge(state, desired), *rolled.recreate]
         refused: list[KubeError] = []
         if actions:
             applied = await asyncio.to_thread(self.fleet.apply, pool, actions)
@@ -246,7 +251,37 @@ class PoolWorker:
             asyncio.get_running_loop().call_later(self._refused_backoff, self._wake.set)
             return False
         self._refused_backoff = FOLLOW_UP_SECONDS
-        return bool(actions) or not _settled(state, desired)
+        rolling = not rolled.done and not rolled.on_delete and not rolled.waiting
+        return bool(actions) or rolling or not _settled(state, desired)
+
+    async def _roll(self, pool: ServerPool, state: PoolState, desired: Desired) -> Roll:
+        """Replace the next outdated servers (see ``ekko.planning.roll``); an event for each,
+        and one when the roll has to wait."""
+        rolled = roll(state, desired)
+        self._rolled = rolled
+        if rolled.replaced or rolled.recreate:
+            self.desired = rolled.desired
+        for old, new in rolled.replaced:
+            text = f"Replacing outdated server {old} by {new} (template {state.template_hash})"
+            log.info("Pool %s/%s: %s.", *self.key, text)
+            await asyncio.to_thread(self.fleet.event, pool, "ReplacingServer", text)
+        for action in rolled.recreate:
+            text = (
+                f"Recreating empty outdated server {action.name} (template {state.template_hash})"
+            )
+            log.info("Pool %s/%s: %s.", *self.key, text)
+            await asyncio.to_thread(self.fleet.event, pool, "ReplacingServer", text)
+        if rolled.waiting and rolled.waiting != self._roll_waiting:
+            log.warning("Pool %s/%s: template roll waits: %s", *self.key, rolled.waiting)
+            await asyncio.to_thread(
+                self.fleet.event,
+                pool,
+                "RollWaiting",
+                f"Template roll waits: {rolled.waiting}",
+                True,
+            )
+        self._roll_waiting = rolled.waiting
+        return rolled
 
     async def _refused(self, pool: ServerPool, refused: list[KubeError]) -> None:
         """Writes the API server refused (4xx): an event when new, and Degraded on the pool."""
@@ -369,6 +404,18 @@ class PoolWorker:
         status = pool_status(
             state, desired, self.outcome.summary, now, problem, problem_reason=reason
         )
+        wire = status.to_wire()
+        # The template roll's fields and condition, validated with the rest of the status.
+        wire.update(
+            roll_status(
+                self._rolled or roll(state, desired),
+                wire.get("conditions", []),
+                state.pool.metadata.generation,
+                state.template_hash,
+                now,
+            )
+        )
+        status = ServerPoolStatus.model_validate(wire)
         metrics.SERVERS.labels(name, "wanted").set(status.servers_wanted)
         metrics.SERVERS.labels(name, "ready").set(status.servers_ready)
         await self._patch_if_changed("serverpools", name, status.to_wire())

@@ -81,7 +81,15 @@ def solve_config(pool: ServerPool) -> SolveConfig:
 
 def build_problem(state: PoolState) -> Problem:
     """The placement problem of a pool: its models, its live servers, their current shards."""
-    live = [s for s in state.servers if s.alive and s.assignment_exists]
+    # An outdated server that holds nothing but drained shards is being replaced (ekko.planning
+    # .roll): offering it would let a re-plan mid-roll put shards back on it.
+    live = [
+        s
+        for s in state.servers
+        if s.alive
+        and s.assignment_exists
+        and not (state.outdated(s) and all(x.drain for x in s.spec_shards))
+    ]
     servers = tuple(Server(id=ServerId(s.name), zone=ZoneId(s.zone)) for s in live)
     pool = pool_of(state.pool, servers, state.node_zones)
     offered = {s.id for s in pool.servers}

@@ -34,6 +34,8 @@ class ServerObs:
     loaded: frozenset[ReplicaKey] = frozenset()
     unschedulable: str = ""
     """The scheduler's message while the pod cannot be placed on any node ("" otherwise)."""
+    template_hash: str = ""
+    """The pool template's hash stamped on the pod when it was created ("" for a pod without)."""
 
     @property
     def alive(self) -> bool:
@@ -66,6 +68,9 @@ class PoolState:
     """Versions each model keeps loaded (stable first, then previous or canary)."""
     rejected: Mapping[str, str] = field(default_factory=dict)
     """Models of this pool that Ekko cannot use (name -> the problem): left out of the plan."""
+    template_hash: str = ""
+    """Hash of the server pod the pool's template renders now; "" when unknown (nothing is then
+    outdated)."""
 
     @property
     def name(self) -> str:
@@ -79,6 +84,12 @@ class PoolState:
         # Built once per observation: converge looks every desired server up (it was a linear
         # scan per lookup, quadratic in the pool's size).
         return {s.name: s for s in self.servers}
+
+    def outdated(self, server: ServerObs) -> bool:
+        """Whether a live server's pod was made from another template than the pool's now."""
+        return (
+            bool(self.template_hash) and server.alive and server.template_hash != self.template_hash
+        )
 
     def versions(self, model: Model) -> tuple[ResidentVersion, ...]:
         """The versions of a model to hold; the model's own spec version when nothing says else."""
