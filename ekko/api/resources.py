@@ -1415,6 +1415,7 @@ class PooledWindow(ApiModel):
     samples: int = Field(default=0, ge=0, description="Paired samples.")
     mean: float = Field(default=0.0, description="Their mean, in nats.")
     sd: float | None = Field(default=None, ge=0, description="Their sample standard deviation.")
+    windows: int = Field(default=0, ge=0, description="Windows pooled.")
 
 
 class RecentViewStatus(ApiModel):

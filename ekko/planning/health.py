@@ -157,6 +157,7 @@ def _recent_state(r: RecentViewStatus | None) -> dict[str, Any]:
         "recent_sq": r.scale * r.scale,
         "recent_fed": r.windows_learnt,
         "recent_pool": pool,
+        "recent_pooled": r.pool.windows if pool is not None and r.pool is not None else 0,
     }
 
 
@@ -174,6 +175,7 @@ def _recent_status(s: HealthState) -> RecentViewStatus | None:
             samples=pool.n,
             mean=round(pool.mean, 9),
             sd=None if math.isnan(pool.sd) else round(pool.sd, 9),
+            windows=s.recent_pooled,
         ),
     )
 

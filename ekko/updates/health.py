@@ -95,6 +95,14 @@ class DetectorSpec:
     """Windows the learnt scale remembers (EWMA weight ``1/recent_memory``)."""
     recent_warmup: int = 5
     """Windows that must feed the scale before the recent comparison judges (with sigmas > 0)."""
+    recent_learn_suspect: bool = True
+    """Whether recent windows judged Suspect feed the learnt scale (Bad ones never do). False:
+    only Good and Hold windows do, so a harm that one window shows only in part cannot widen the
+    thresholds that should catch it in the next."""
+    recent_pool_shrink: bool = False
+    """Whether the learnt lift of the pooled recent test shrinks with the windows pooled
+    (``lift / √k`` for ``k`` windows against the same held cut: the lift is the spread of one
+    window's mean, and k windows' pooled mean spreads √k times less when they are independent)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.uncertain <= self.corrupted:
@@ -238,6 +246,8 @@ class HealthState:
     recent_pool: Window | None = None
     """While Uncertain: every recent window since leaving Healthy, pooled (they all compare
     against the same held recent cut, so their samples add up to one larger test)."""
+    recent_pooled: int = 0
+    """Windows in ``recent_pool``."""
 
     @property
     def recent_scale(self) -> float:
@@ -291,9 +301,14 @@ def _detect(
         recent = None
     warming = spec.recent_sigmas > 0 and state.recent_fed < spec.recent_warmup
     judged = None if warming else recent
+    pooled = 1 if judged is not None else 0
     if judged is not None and state.phase == "Uncertain" and state.recent_pool is not None:
         judged = state.recent_pool.merge(judged)
-    verdict = judge(spec, window, judged, state.recent_scale)
+        pooled = max(state.recent_pooled, 1) + 1
+    scale = state.recent_scale
+    if spec.recent_pool_shrink and pooled > 1:
+        scale /= math.sqrt(pooled)
+    verdict = judge(spec, window, judged, scale)
     state = _learn_scale(
         spec, state, recent, "NoData" if warming else judge_recent(spec, recent, state.recent_scale)
     )
@@ -345,6 +360,7 @@ def _detect(
         good=good,
         cusum=cusum,
         recent_pool=recent if phase == "Uncertain" and recent is not None else None,
+        recent_pooled=pooled if phase == "Uncertain" and recent is not None else 0,
         since=now if phase != state.phase else state.since,
     )
     return new, verdict, events
@@ -359,6 +375,8 @@ def _learn_scale(
     if spec.recent_sigmas <= 0 or recent is None or state.phase != "Healthy":
         return state
     if recent.n < spec.min_samples or math.isnan(recent.mean) or verdict == "Bad":
+        return state
+    if verdict == "Suspect" and not spec.recent_learn_suspect:
         return state
     fed = state.recent_fed + 1
     weight = 1.0 / min(fed, spec.recent_memory)
@@ -376,6 +394,7 @@ def _recovered(state: HealthState, now: float) -> HealthState:
         cusum=0.0,
         since=now,
         recent_pool=None,
+        recent_pooled=0,
     )
 
 

@@ -191,11 +191,13 @@ def test_recent_view_spec_state_and_window_status() -> None:
         recent_sq=0.0004,
         recent_fed=12,
         recent_pool=Window(300, 0.012, 0.05),
+        recent_pooled=2,
     )
     status = to_status(Manager(state))
     assert status.recent is not None and status.recent.scale == pytest.approx(0.02)
     back = from_status(status, epoch=0).state
     assert (back.recent, back.recent_fed, back.recent_pool) == (5, 12, Window(300, 0.012, 0.05))
+    assert back.recent_pooled == 2
     assert back.recent_sq == pytest.approx(0.0004)
     assert to_status(Manager(HealthState())).recent is None
 
