@@ -638,11 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         help="Bad threshold against the recent view (negative: recorded, not judged)",
     )
     ap.add_argument(
-        "--recent-learn-suspect",
-        type=int,
-        choices=(0, 1),
-        default=1,
-        help="1: recent windows judged Suspect feed the learnt scale; 0: only Good/Hold ones",
+        "--recent-learn",
+        choices=("NotBad", "Calm", "Clipped"),
+        default="NotBad",
+        help="which recent windows feed the learnt scale (see DetectorSpec.recent_learn)",
     )
     ap.add_argument(
         "--recent-pool-shrink",
@@ -684,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
             recent_corrupted=a.recent_corrupted if a.recent_corrupted >= 0 else None,
             recent_sigmas=a.recent_sigmas,
             recent_hysteresis=a.recent_hysteresis,
-            recent_learn_suspect=bool(a.recent_learn_suspect),
+            recent_learn=a.recent_learn,
             recent_pool_shrink=bool(a.recent_pool_shrink),
             z=a.z,
         ),

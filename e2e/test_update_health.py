@@ -390,7 +390,8 @@ def test_recent_view_catches_a_harm_the_freshness_gain_hides(
                     and control(api).get("recentCut") == cut
                     and w.get("at")
                     and _stamp(w["at"]) > taken[cut] + 6 + 2.5  # a window after the agents moved
-                    and abs(w.get("recentMeanLossDifference") or 1.0) < 0.01
+                    and w.get("recentMeanLossDifference") is not None
+                    and abs(w["recentMeanLossDifference"]) < 0.01
                 )
                 return h if ok else None
 

@@ -1228,8 +1228,8 @@ class UpdateRecentView(ApiModel):
     )
 
     age: Annotated[Duration, duration_range("0s", "1h")] = Field(
-        default="10s",
-        description="The recent view is the newest cut at least this old (about one window; it must be younger than the baseline to help). From 0s to 1h.",
+        default="30s",
+        description="The recent view is the newest cut at least this old; it must be younger than the baseline to help, and old enough that a harm is judged over one whole window against a cut taken before it (two windows or more). From 0s to 1h.",
     )
     uncertain: float = Field(
         default=0.0015,

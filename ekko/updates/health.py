@@ -95,10 +95,12 @@ class DetectorSpec:
     """Windows the learnt scale remembers (EWMA weight ``1/recent_memory``)."""
     recent_warmup: int = 5
     """Windows that must feed the scale before the recent comparison judges (with sigmas > 0)."""
-    recent_learn_suspect: bool = True
-    """Whether recent windows judged Suspect feed the learnt scale (Bad ones never do). False:
-    only Good and Hold windows do, so a harm that one window shows only in part cannot widen the
-    thresholds that should catch it in the next."""
+    recent_learn: Literal["NotBad", "Calm", "Clipped"] = "NotBad"
+    """Which recent windows feed the learnt scale while Healthy (Bad ones never do). NotBad:
+    every other one; Calm: only Good and Hold ones, so a harm that one window shows only in part
+    cannot widen the thresholds that should catch it in the next (but the scale can then only
+    shrink: a truncated estimate); Clipped: Suspect ones too, their mean clipped at the Suspect
+    threshold (the scale can grow, a harm's window only by as much as a borderline clean one)."""
     recent_pool_shrink: bool = False
     """Whether the learnt lift of the pooled recent test shrinks with the windows pooled
     (``lift / √k`` for ``k`` windows against the same held cut: the lift is the spread of one
@@ -113,6 +115,8 @@ class DetectorSpec:
             raise ValueError("need 0 <= recent_uncertain <= recent_corrupted")
         if self.recent_hysteresis is not None and self.recent_hysteresis < 0:
             raise ValueError("recent_hysteresis must be non-negative")
+        if self.recent_learn not in ("NotBad", "Calm", "Clipped"):
+            raise ValueError("recent_learn must be NotBad, Calm or Clipped")
         if self.recent_sigmas < 0 or self.recent_memory < 1 or self.recent_warmup < 0:
             raise ValueError("need recent_sigmas >= 0, recent_memory >= 1, recent_warmup >= 0")
         if self.min_samples < 2 or self.confirmations < 1 or self.recover_windows < 1:
@@ -376,11 +380,14 @@ def _learn_scale(
         return state
     if recent.n < spec.min_samples or math.isnan(recent.mean) or verdict == "Bad":
         return state
-    if verdict == "Suspect" and not spec.recent_learn_suspect:
+    mean = max(0.0, recent.mean)
+    if verdict == "Suspect" and spec.recent_learn == "Calm":
         return state
+    if verdict == "Suspect" and spec.recent_learn == "Clipped":
+        mean = min(mean, spec.recent_uncertain + spec.recent_sigmas * state.recent_scale)
     fed = state.recent_fed + 1
     weight = 1.0 / min(fed, spec.recent_memory)
-    sq = state.recent_sq + weight * (max(0.0, recent.mean) ** 2 - state.recent_sq)
+    sq = state.recent_sq + weight * (mean**2 - state.recent_sq)
     return replace(state, recent_sq=sq, recent_fed=fed)
 
 

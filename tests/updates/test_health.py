@@ -372,9 +372,13 @@ def test_a_suspect_window_feeds_the_scale_only_when_asked() -> None:
     obs = Observation(window=w(0.0), recent=w(0.025, sd=1.0))  # Suspect (z fails for Bad)
     fed = decide(SCALED, s, obs, now=1.0).state
     assert fed.phase == "Uncertain" and fed.recent_fed == 11 and fed.recent_sq > 0.0001
-    strict = replace(SCALED, recent_learn_suspect=False)
+    strict = replace(SCALED, recent_learn="Calm")
     kept = decide(strict, s, obs, now=1.0).state
     assert kept.phase == "Uncertain" and (kept.recent_fed, kept.recent_sq) == (10, 0.0001)
+    # Clipped: fed, but no more than the Suspect threshold (0.004 + 2 × 0.01).
+    clipped = decide(replace(SCALED, recent_learn="Clipped"), s, obs, now=1.0).state
+    assert clipped.recent_fed == 11
+    assert clipped.recent_sq == pytest.approx(0.0001 + (0.024**2 - 0.0001) / 4)  # memory 4
     # A Hold window (inside the band below the lifted uncertain) still feeds it.
     hold = decide(strict, s, Observation(window=w(0.0), recent=w(0.022)), now=1.0).state
     assert hold.phase == "Healthy" and hold.recent_fed == 11
@@ -386,7 +390,7 @@ def test_pooled_lift_shrinks_with_the_windows_pooled() -> None:
     Uncertain; the lift shrunk to 0.04 / √2 ≈ 0.028 makes the pool Bad."""
     s = replace(R, recent_fed=10, recent_sq=0.0004)
     window = Observation(window=w(0.0), recent=w(0.045, sd=0.2))
-    fixed = replace(SCALED, recent_learn_suspect=False)  # the scale stays 0.02
+    fixed = replace(SCALED, recent_learn="Calm")  # the scale stays 0.02
     first = decide(fixed, s, window, now=1.0)
     assert first.state.phase == "Uncertain" and first.state.recent_pooled == 1
     plain = decide(fixed, first.state, window, now=2.0)
