@@ -174,6 +174,10 @@ def test_recent_view_spec_state_and_window_status() -> None:
 
     off = UpdateHealth.model_validate({})
     assert detector_spec(off).recent_corrupted is None and recent_age(off) is None
+    defaults = UpdateHealth.model_validate({"recent": {}})
+    assert recent_age(defaults) == 30.0  # three default windows (10 s)
+    d = detector_spec(defaults)
+    assert (d.recent_uncertain, d.recent_corrupted, d.recent_sigmas) == (0.0015, 0.006, 4.0)
     h = UpdateHealth.model_validate(
         {"recent": {"age": "4s", "uncertain": 0.01, "corrupted": 0.03, "sigmas": 2}}
     )
