@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -177,6 +178,9 @@ class Run:
         self.windows: list[tuple[int, float, str]] = []
         self.recent_means: list[tuple[int, float]] = []
         self.window_log: list[tuple[int, float, float, int, float, float, int, str]] = []
+        self.window_diffs: list[tuple[int, list[float], list[float]]] = []
+        """With ``--dump-windows``: every window's raw paired differences (event, baseline, recent)
+        for offline study of test statistics."""
         """Every window: (event, baseline mean, sd, n, recent mean, sd, n, phase after)."""
         # Counterfactual twins during a harmful episode: the trainer without the harm, and the
         # harmed trainer never rolled back (what serving would be without protection).
@@ -330,6 +334,8 @@ class Run:
             if hi // cfg.window != lo // cfg.window:
                 win = Window.of(self.diffs)
                 rwin = Window.of(self.recent_diffs) if cfg.recent_age is not None else None
+                if DUMP:
+                    self.window_diffs.append((hi, self.diffs, self.recent_diffs))
                 self.diffs, self.recent_diffs = [], []
                 before = self.state.phase
                 obs = Observation(window=win, recent=rwin)
@@ -361,6 +367,28 @@ def _quality(run: Run, lo: int, hi: int) -> tuple[float, float]:
     if hi - lo < 20:
         return float("nan"), float("nan")
     return auc(y, p), logloss(y, p)
+
+
+DUMP: dict[str, str] = {}
+"""``{"windows": directory}``: each run also writes its windows' raw paired differences there
+(``--dump-windows``)."""
+
+
+def _dump(run: Run, name: str) -> None:
+    if "windows" not in DUMP or not run.window_diffs:
+        return
+    ends = np.array([w[0] for w in run.window_diffs], dtype=np.int64)
+    base = [np.asarray(w[1], dtype=np.float32) for w in run.window_diffs]
+    recent = [np.asarray(w[2], dtype=np.float32) for w in run.window_diffs]
+    np.savez_compressed(
+        os.path.join(DUMP["windows"], f"{name}.npz"),
+        ends=ends,
+        base=np.concatenate(base),
+        base_n=np.array([b.size for b in base]),
+        recent=np.concatenate(recent),
+        recent_n=np.array([r.size for r in recent]),
+        phases=np.array([w[7] for w in run.window_log]),
+    )
 
 
 def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
@@ -438,6 +466,7 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         }
         for k in HARMS
     }
+    _dump(run, f"{stream.name}-{seed}")
     return {
         "workload": stream.name,
         "seed": seed,
@@ -608,8 +637,27 @@ def main(argv: list[str] | None = None) -> int:
         default=0.006,
         help="Bad threshold against the recent view (negative: recorded, not judged)",
     )
+    ap.add_argument(
+        "--recent-learn",
+        choices=("NotBad", "Calm", "Clipped"),
+        default="NotBad",
+        help="which recent windows feed the learnt scale (see DetectorSpec.recent_learn)",
+    )
+    ap.add_argument(
+        "--recent-pool-shrink",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: the pooled recent test's lift shrinks by the square root of the windows pooled",
+    )
+    ap.add_argument("--z", type=float, default=2.0, help="standard errors a Bad mean must clear")
     ap.add_argument("--json", default=None, help="write every figure to this file")
+    ap.add_argument(
+        "--dump-windows", default=None, help="directory for each run's raw window differences"
+    )
     a = ap.parse_args(argv)
+    if a.dump_windows:
+        DUMP["windows"] = a.dump_windows
     workload = a.workload or ("synthetic" if a.quick else "both")
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else ([0] if a.quick else [0, 1, 2])
     per_kind = 6 if a.quick else 20
@@ -635,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
             recent_corrupted=a.recent_corrupted if a.recent_corrupted >= 0 else None,
             recent_sigmas=a.recent_sigmas,
             recent_hysteresis=a.recent_hysteresis,
+            recent_learn=a.recent_learn,
+            recent_pool_shrink=bool(a.recent_pool_shrink),
+            z=a.z,
         ),
     )
     runs = []

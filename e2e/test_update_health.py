@@ -11,6 +11,12 @@ shadow-score on the baseline view. Then:
    the clean rows, and new rows (of the new epoch) flow again.
 3. A person's rollback with ``kubectl ekko updates rollback --wait``: same sequence, trigger
    Person, epoch 2.
+
+And with the recent view (``spec.health.recent``): a model that just got much better (the baseline
+is the poor state from before) takes a subtle harm. Against the baseline the harmed model is still
+better (the freshness gain hides the harm: the baseline comparison alone judges it Good); against
+the recent view, a cut a few seconds old, it is worse: Corrupted, rolled back to the baseline. The
+clean stretch before it (the improvement itself included) raises no alarm.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from e2e.operator_harness import OperatorProcess
 from e2e.statehelpers import (
     DIM,
     ITEMS,
+    LABELS,
     PAIRS,
     USERS,
     LivePublisher,
@@ -46,7 +53,7 @@ from e2e.statehelpers import (
     urls_of,
 )
 from e2e.waiting import wait_for
-from ekko.updates.scoring import score_rows
+from ekko.updates.scoring import pair_logloss, score_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -273,6 +280,183 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
                 "the state at the person's cut (the fresh rows were older than it)",
                 timeout=30,
             )
+
+
+RECENT_HEALTH = {
+    "action": "Rollback",
+    "snapshotInterval": "5s",
+    "baseline": {"age": "60s", "trafficPercent": 0.5, "shadowPercent": 100},
+    "detector": {
+        "window": "2s",
+        "minSamples": 40,
+        "uncertain": 0.05,
+        "corrupted": 0.2,
+        "confirmations": 2,
+    },
+    # Three windows old: a harm is judged over at least one whole window before a cut holding it
+    # can become the recent view. No learnt lift: the traffic repeats the same 40 labelled pairs,
+    # so clean windows have no spread to learn.
+    "recent": {"age": "6s", "uncertain": 0.02, "corrupted": 0.04, "hysteresis": 0.01, "sigmas": 0},
+}
+POOR = 0.1
+"""The stream starts with the item rows scaled by this (a weak model the clean rows improve on)."""
+FLIPPED = 8
+"""The harm: the first item rows negated (8 of 40 pairs; see the loss arithmetic in the test)."""
+
+
+def pair_scores(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    u, i = zip(*PAIRS, strict=True)
+    return score_rows(users[list(u)], items[list(i)])
+
+
+def mean_loss(scores: np.ndarray) -> float:
+    return float(pair_logloss(LABELS.astype(float), scores).mean())
+
+
+def test_recent_view_catches_a_harm_the_freshness_gain_hides(
+    cluster: Cluster,
+    api: Api,
+    namespace: str,
+    operator: OperatorProcess,
+    publisher: LivePublisher,
+) -> None:
+    users, clean_items = rows(1, USERS), rows(2, ITEMS)
+    poor_items = POOR * clean_items
+    harmed_items = clean_items.copy()
+    harmed_items[:FLIPPED] *= -1
+    poor, clean, harmed = (pair_scores(users, v) for v in (poor_items, clean_items, harmed_items))
+    # The arithmetic the test rests on: harmed is worse than clean by more than the recent
+    # view's corrupted threshold, yet better than the poor baseline by more than the baseline's
+    # hysteresis band (its comparison alone would call every window Good).
+    to_recent, to_baseline = (
+        mean_loss(harmed) - mean_loss(clean),
+        mean_loss(harmed) - mean_loss(poor),
+    )
+    assert to_recent > 0.06 and to_baseline < -0.05, (to_recent, to_baseline)
+    publisher.publish("ranker.item", np.arange(ITEMS), poor_items)
+    with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
+        api.create(pool_manifest(memory="20Gi"))
+        api.create(model_manifest("ranker", 2, "8Gi", 2))
+        wait_for(
+            lambda: converged(api, models=["ranker"]),
+            "model placed and loaded",
+            timeout=120,
+            describe=operator.logs,
+        )
+        api.create(stream_manifest(publisher.url, RECENT_HEALTH))
+        names = holders(api)
+        wait_for(
+            lambda: all_score(fleet, names, poor, "live"),
+            "every agent scoring the poor rows",
+            timeout=90,
+            describe=lambda: (health(api), operator.logs()[-2000:]),
+        )
+        with Traffic(urls_of(fleet, names)):
+            # The poor state reaches the baseline (60 s); the recent view follows a cut behind.
+            wait_for(
+                lambda: (
+                    health(api).get("baselineCut") is not None
+                    and (health(api).get("recent") or {}).get("cut") is not None
+                    and (health(api).get("lastWindow") or {}).get("recentSamples")
+                ),
+                "a baseline cut, a recent cut and a window judged against both",
+                timeout=150,
+                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
+            )
+            h = health(api)
+            assert control(api).get("recentCut") == h["recent"]["cut"] >= h["baselineCut"], h
+            # A clean, large improvement: no alarm, the recent view moves past it, the baseline
+            # (60 s) does not yet.
+            published_at = time.time()
+            publisher.publish("ranker.item", np.arange(ITEMS), clean_items)
+            wait_for(
+                lambda: all_score(fleet, names, clean, "live"),
+                "the improvement on every agent",
+                timeout=30,
+            )
+            improved_at = time.time()
+
+            def taken_at(h: dict[str, Any], cut: int) -> float:
+                return next(_stamp(c["takenAt"]) for c in h["cuts"] if c["id"] == cut)
+
+            def recent_past_improvement() -> dict[str, Any] | None:
+                h = health(api)
+                taken = {c["id"]: _stamp(c["takenAt"]) for c in h.get("cuts", [])}
+                cut = (h.get("recent") or {}).get("cut")
+                w = h.get("lastWindow") or {}
+                ok = (
+                    cut in taken
+                    and taken[cut] > improved_at
+                    and control(api).get("recentCut") == cut
+                    and w.get("at")
+                    and _stamp(w["at"]) > taken[cut] + 6 + 2.5  # a window after the agents moved
+                    and w.get("recentMeanLossDifference") is not None
+                    and abs(w["recentMeanLossDifference"]) < 0.01
+                )
+                return h if ok else None
+
+            before = wait_for(
+                recent_past_improvement,
+                "the recent view at a cut holding the improvement",
+                timeout=45,
+                describe=lambda: (health(api), control(api)),
+            )
+            assert before["phase"] == "Healthy" and "lastRollback" not in before, before
+            # The baseline still reads the poor state (60 s old at least).
+            assert taken_at(before, before["baselineCut"]) < published_at, before
+            assert before["lastWindow"]["meanLossDifference"] < -0.05, before["lastWindow"]
+            assert "Corrupted" not in stream_events(api) and "Uncertain" not in stream_events(api)
+
+            # The subtle harm.
+            harmed_at = time.time()
+            publisher.publish("ranker.item", np.arange(FLIPPED), harmed_items[:FLIPPED])
+            decided = wait_for(
+                lambda: h if (h := health(api)).get("step", "None") != "None" else None,
+                "the detector's decision",
+                timeout=60,
+                describe=lambda: (health(api), operator.logs()[-3000:]),
+            )
+            w = decided["lastWindow"]
+            log.info(
+                "harm → decision %.1fs; deciding window: %+.4f against the baseline, %+.4f "
+                "against the recent view (pooled: %s)",
+                _stamp(decided["lastRollback"]["decidedAt"]) - harmed_at,
+                w["meanLossDifference"],
+                w["recentMeanLossDifference"],
+                (decided.get("recent") or {}).get("pool"),
+            )
+            assert decided["phase"] == "Corrupted"
+            assert decided["lastRollback"]["cut"] == decided["baselineCut"]
+            assert taken_at(decided, decided["baselineCut"]) < published_at, decided
+            # The baseline comparison alone would not have flagged it: its window is Good.
+            assert w["meanLossDifference"] < 0.05 - 0.01, w
+            assert w["recentMeanLossDifference"] >= 0.04, w
+            done = wait_for(
+                lambda: (
+                    h if ((h := health(api)).get("lastRollback") or {}).get("resumedAt") else None
+                ),
+                "the state restored and live again",
+                timeout=90,
+                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
+            )
+            rb = done["lastRollback"]
+            assert (rb["trigger"], rb["epoch"], rb["publisherRestored"]) == ("Detector", 1, True)
+            # Restored to the baseline (the poor state: a yardstick is not a safe state); the
+            # recent view restarts at the baseline.
+            wait_for(
+                lambda: all_score(fleet, names, poor, "live"),
+                "every agent's live rows restored to the baseline's cut",
+                timeout=30,
+            )
+            assert control(api)["epoch"] == 1 and control(api)["view"] == "Live"
+            assert control(api).get("recentCut") is not None
+            assert control(api)["recentCut"] >= control(api)["baselineCut"]
+            events = [
+                e.message
+                for e in api.core.list_namespaced_event(api.ns).items
+                if e.reason in ("Corrupted", "Uncertain")
+            ]
+            assert any("against the recent view" in m for m in events), events
 
 
 def _stamp(value: str) -> float:

@@ -271,6 +271,25 @@ class ScoreMetrics:
             ["model"],
             registry=r,
         )
+        self.paired_recent = Counter(
+            "ekko_update_paired_recent_samples_total",
+            "Labelled requests scored on both the live and the recent view (a cut about a window "
+            "old; the model-state manager's second paired comparison), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.paired_recent_diff = Gauge(
+            "ekko_update_paired_recent_loss_difference",
+            "Running sum of loss(live) − loss(recent view) over paired samples, in nats, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.paired_recent_diff_sq = Gauge(
+            "ekko_update_paired_recent_loss_difference_squared",
+            "Running sum of the squared loss(live) − loss(recent view) differences, by model.",
+            ["model"],
+            registry=r,
+        )
         self.cold = Counter(
             "ekko_agent_score_cold_keys_total",
             "Keys scored as zero rows because this replica does not hold them yet, by model and table.",
@@ -289,13 +308,21 @@ class ScoreMetrics:
         for table in (USER, ITEM):
             self.cold.labels(model, table)
 
-    def observe_paired(self, model: str, diffs: npt.NDArray[np.float64]) -> None:
-        """Count paired loss differences (``loss(live) − loss(baseline)`` per labelled pair)."""
+    def observe_paired(
+        self, model: str, diffs: npt.NDArray[np.float64], *, recent: bool = False
+    ) -> None:
+        """Count paired loss differences (``loss(live) − loss(baseline)`` per labelled pair, or
+        ``loss(live) − loss(recent view)`` with ``recent``)."""
         if diffs.size == 0:
             return
-        self.paired.labels(model).inc(int(diffs.size))
-        self.paired_diff.labels(model).inc(float(diffs.sum()))
-        self.paired_diff_sq.labels(model).inc(float((diffs * diffs).sum()))
+        if recent:
+            series = (self.paired_recent, self.paired_recent_diff, self.paired_recent_diff_sq)
+        else:
+            series = (self.paired, self.paired_diff, self.paired_diff_sq)
+        count, total, squares = series
+        count.labels(model).inc(int(diffs.size))
+        total.labels(model).inc(float(diffs.sum()))
+        squares.labels(model).inc(float((diffs * diffs).sum()))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ every agent holding the model already watches (the routing fan-out of version ro
 
 A labelled request served live is also scored on the baseline view (``shadowPercent`` of them):
 the per-pair loss differences are what the operator's detector judges (paired: same requests,
-both views). The agent reports per model the view it serves, the epoch applied, the cuts it holds
+both views). When the control block names a ``recentCut`` (the recent view, a cut about a window
+old) the same sampled requests are scored on it too, a second paired series the detector judges. The agent reports per model the view it serves, the epoch applied, the cuts it holds
 and when it last switched or restored, in ``ServerAssignment.status.updates``.
 """
 
@@ -149,11 +150,17 @@ class ModelStates:
     def baseline_reader(self, model: str) -> RowReader | None:
         """The baseline view of ``model`` when this replica holds its cut, else None."""
         state = self._models.get(model)
+        return None if state is None else self._reader(state.control.baseline_cut)
+
+    def recent_reader(self, model: str) -> RowReader | None:
+        """The recent view of ``model`` when the control block names one and this replica holds
+        its cut, else None."""
+        state = self._models.get(model)
+        return None if state is None else self._reader(state.control.recent_cut)
+
+    def _reader(self, cut: int | None) -> RowReader | None:
         node = self._node()
-        if state is None or node is None or state.control.baseline_cut is None:
-            return None
-        cut = state.control.baseline_cut
-        if not node.cuts.has(cut):
+        if node is None or cut is None or not node.cuts.has(cut):
             return None
         return node.cuts.view(node.store, cut)
 
@@ -170,12 +177,15 @@ class ModelStates:
         share = self.health.traffic_percent if self.health is not None else 0.0
         return BASELINE_VIEW if self._rand() * 100 < share else LIVE_VIEW
 
-    def shadow(self, model: str) -> RowReader | None:
-        """The baseline reader when this labelled live request should be shadow-scored."""
+    def shadow(self, model: str) -> tuple[RowReader | None, RowReader | None]:
+        """The baseline and recent readers when this labelled live request should be
+        shadow-scored (one draw for both: the two paired series score the same requests)."""
         reader = self.baseline_reader(model)
         if reader is None or self.health is None:
-            return None
-        return reader if self._rand() * 100 < self.health.shadow_percent else None
+            return None, None
+        if self._rand() * 100 >= self.health.shadow_percent:
+            return None, None
+        return reader, self.recent_reader(model)
 
     # -- reporting ------------------------------------------------------------------------------
 

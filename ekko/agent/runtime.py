@@ -647,10 +647,10 @@ class Agent:
         reader = self.states.baseline_reader(model) if chosen == BASELINE_VIEW else None
         try:
             scored = self.engine.score(model, users, items, labels, chosen, reader=reader)
-            shadow = (
+            shadow, recent = (
                 self.states.shadow(model)
                 if labels is not None and chosen == LIVE_VIEW and view is None
-                else None
+                else (None, None)
             )
             if shadow is not None and labels is not None:
                 base = self.engine.score(
@@ -658,6 +658,12 @@ class Agent:
                 )
                 diffs = paired_differences(labels, scored.scores, base.scores)
                 self.engine.metrics.observe_paired(model, diffs)
+                if recent is not None:
+                    near = self.engine.score(
+                        model, users, items, None, BASELINE_VIEW, reader=recent, count=False
+                    )
+                    diffs = paired_differences(labels, scored.scores, near.scores)
+                    self.engine.metrics.observe_paired(model, diffs, recent=True)
         except ScoringError as err:
             return 503, {"model": model, "error": str(err)}
         body: dict[str, Any] = {

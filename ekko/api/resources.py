@@ -465,6 +465,11 @@ class ModelUpdateControl(ApiModel):
         default=None, ge=0, description="Cut the state was restored to at this epoch."
     )
     baseline_cut: int | None = Field(default=None, ge=0, description="Cut the baseline view reads.")
+    recent_cut: int | None = Field(
+        default=None,
+        ge=0,
+        description="Cut the recent view reads: labelled live requests shadow-scored on the baseline are also scored on it (absent: no recent view).",
+    )
     view: Literal["Live", "Baseline"] = Field(
         default="Live",
         description="Live: the newest rows serve (the baseline a sliver); Baseline: every request is served from the baseline cut (during a rollback).",
@@ -1300,6 +1305,62 @@ class UpdateDetector(ApiModel):
     )
 
 
+class UpdateRecentView(ApiModel):
+    """A second shadow view at a cut only about a window old: the paired difference
+    loss(live) − loss(recent) has no minutes of freshness gain in it, so a small harm the baseline
+    comparison hides shows. Advanced only while Healthy (held just before a harm while the detector
+    makes up its mind); a yardstick, not a safe state: a rollback still goes to the baseline."""
+
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.uncertain <= self.corrupted",
+            message="recent uncertain must not exceed recent corrupted",
+            check=lambda r: r.uncertain <= r.corrupted,
+        ),
+    )
+
+    age: Annotated[Duration, duration_range("0s", "1h")] = Field(
+        default="30s",
+        description="The recent view is the newest cut at least this old; it must be younger than the baseline to help, and old enough that a harm is judged over one whole window against a cut taken before it (two windows or more). From 0s to 1h.",
+    )
+    uncertain: float = Field(
+        default=0.0015,
+        ge=0,
+        le=10,
+        description="Mean loss(live) − loss(recent) from which a window is Suspect (plus the learnt lift).",
+    )
+    corrupted: float = Field(
+        default=0.006,
+        ge=0,
+        le=10,
+        description="Mean loss(live) − loss(recent) from which a window is Bad, when also z standard errors above zero (plus the learnt lift). While Uncertain the recent windows since leaving Healthy are pooled into one test.",
+    )
+    hysteresis: float = Field(
+        default=0.003,
+        ge=0,
+        le=10,
+        description="A recent window is Good below uncertain minus this.",
+    )
+    sigmas: float = Field(
+        default=4.0,
+        ge=0,
+        le=100,
+        description="Both recent thresholds are raised by this many times a scale learnt while Healthy (the RMS of the positive part of clean recent windows' means); 0: fixed thresholds.",
+    )
+    memory: int = Field(
+        default=50,
+        ge=1,
+        le=10000,
+        description="Windows the learnt scale remembers (an EWMA).",
+    )
+    warmup: int = Field(
+        default=5,
+        ge=0,
+        le=10000,
+        description="Windows that must feed the learnt scale before the recent comparison judges (with sigmas above 0).",
+    )
+
+
 class UpdateHealth(ApiModel):
     """The model-state manager: cuts, a baseline view, a detector, and what to do on Corrupted."""
 
@@ -1323,6 +1384,10 @@ class UpdateHealth(ApiModel):
     )
     detector: UpdateDetector = Field(
         default_factory=UpdateDetector, description="The detector's thresholds."
+    )
+    recent: UpdateRecentView | None = Field(
+        default=None,
+        description="A second, seconds-old shadow view the detector also judges (the worse verdict of the two counts); absent: the baseline comparison only.",
     )
 
 
@@ -1428,6 +1493,37 @@ class HealthWindow(ApiModel):
         default="", max_length=16, description="NoData, Good, Hold, Suspect or Bad."
     )
     at: datetime | None = Field(default=None, description="When the window closed.")
+    recent_samples: int | None = Field(
+        default=None, ge=0, description="Paired samples against the recent view (with one)."
+    )
+    recent_mean_loss_difference: float | None = Field(
+        default=None, description="Mean of loss(live) − loss(recent), in nats (with a recent view)."
+    )
+
+
+class PooledWindow(ApiModel):
+    """Paired differences pooled over several windows: count, mean and standard deviation."""
+
+    samples: int = Field(default=0, ge=0, description="Paired samples.")
+    mean: float = Field(default=0.0, description="Their mean, in nats.")
+    sd: float | None = Field(default=None, ge=0, description="Their sample standard deviation.")
+    windows: int = Field(default=0, ge=0, description="Windows pooled.")
+
+
+class RecentViewStatus(ApiModel):
+    """The recent view: its cut, the learnt scale and, while Uncertain, the pooled windows."""
+
+    cut: int | None = Field(default=None, description="Cut the recent view reads.")
+    scale: float = Field(
+        default=0.0,
+        ge=0,
+        description="Learnt scale of clean recent windows (RMS of their means' positive part), nats.",
+    )
+    windows_learnt: int = Field(default=0, ge=0, description="Windows that fed the learnt scale.")
+    pool: PooledWindow | None = Field(
+        default=None,
+        description="While Uncertain: every recent window since leaving Healthy, pooled.",
+    )
 
 
 class UpdateRollbackRecord(ApiModel):
@@ -1482,6 +1578,9 @@ class UpdateHealthStatus(ApiModel):
     good_windows: int = Field(default=0, ge=0, description="Consecutive Good windows.")
     cusum: float = Field(default=0.0, ge=0, description="The CUSUM's running sum.")
     last_window: HealthWindow | None = Field(default=None, description="The last window judged.")
+    recent: RecentViewStatus | None = Field(
+        default=None, description="The recent view (when spec.health.recent is set)."
+    )
     last_rollback: UpdateRollbackRecord | None = Field(
         default=None, description="The last rollback of the model's state."
     )

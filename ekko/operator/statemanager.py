@@ -50,6 +50,7 @@ from ekko.planning.health import (
     paired_window,
     parse_stamp,
     person_rollback,
+    recent_age,
     restore_under_way,
     to_status,
     window_status,
@@ -82,7 +83,11 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) 
     return await _call(session, url, body) is not None
 
 
-async def _paired(session: aiohttp.ClientSession, address: str, model: str) -> Paired | None:
+async def _paired(
+    session: aiohttp.ClientSession, address: str, model: str
+) -> tuple[Paired, Paired] | None:
+    """One server's cumulative paired series for the model: against the baseline and against the
+    recent view."""
     try:
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
         async with session.get(address.rstrip("/") + "/metrics", timeout=timeout) as resp:
@@ -91,7 +96,8 @@ async def _paired(session: aiohttp.ClientSession, address: str, model: str) -> P
             text = await resp.text()
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None
-    return parse_scrape(text, model).paired
+    scrape = parse_scrape(text, model)
+    return scrape.paired, scrape.paired_recent
 
 
 def _reports(
@@ -120,6 +126,7 @@ class StateManager:
         self.m: Manager | None = None
         self._window_at = time.monotonic()
         self._window_base: dict[str, Paired] = {}
+        self._recent_base: dict[str, Paired] = {}
         self._last_status: dict[str, Any] | None = None
         self.changed = False
         """The last step changed the health status (the stream's condition and epoch follow at
@@ -195,28 +202,36 @@ class StateManager:
                 )
                 if baseline != m.state.baseline:
                     m = replace(m, state=replace(m.state, baseline=baseline))
+                m = self._choose_recent(m, recent_age(health), now)
             # A window of paired differences.
-            window = None
+            window = recent = None
             if m.state.step == "None" and not commands:
-                window = await self._window_if_due(
-                    session, health.detector.window, connected, model
-                )
+                got = await self._window_if_due(session, health.detector.window, connected, model)
+                if got is not None:
+                    window, recent = got
+                    if health.recent is None:
+                        recent = None
             decision: Decision = decide(
                 detector_spec(health),
                 m.state,
-                observe_servers(reports, control, window=window, resume=resume),
+                observe_servers(reports, control, window=window, recent=recent, resume=resume),
                 now,
             )
             m = self._stamp(m, decision, reports, now)
             if window is not None:
                 m = replace(
-                    m, last_window=window_status(window, decision.verdict, datetime.now(UTC))
+                    m,
+                    last_window=window_status(
+                        window, decision.verdict, datetime.now(UTC), recent=recent
+                    ),
                 )
             commands += decision.commands
             events += decision.events
             new_control = apply_commands(control, commands)
             if m.state.step == "None" and new_control.view == "Live":
-                new_control = new_control.evolve(baseline_cut=m.state.baseline)
+                new_control = new_control.evolve(
+                    baseline_cut=m.state.baseline, recent_cut=m.state.recent
+                )
             restore = next((c for c in commands if c.kind == "Restore"), None)
             if restore is not None:
                 ok = await asyncio.gather(
@@ -314,24 +329,45 @@ class StateManager:
         cuts = (*keep, (cut_id, now))[-MAX_CUT_RECORDS:]
         return replace(m, cuts=tuple(cuts))
 
+    @staticmethod
+    def _choose_recent(m: Manager, age: float | None, now: float) -> Manager:
+        """The recent view's cut: like the baseline (newest cut at least ``age`` old, advanced
+        only while Healthy), never older than the baseline; None without a recent view."""
+        s = m.state
+        if age is None:
+            recent = None
+        else:
+            recent = choose_baseline(m.cuts, s.recent, s.phase, now, age)
+            if recent is not None and s.baseline is not None and recent < s.baseline:
+                recent = s.baseline
+        if recent == s.recent:
+            return m
+        return replace(m, state=replace(s, recent=recent))
+
     async def _window_if_due(
         self,
         session: aiohttp.ClientSession,
         length: str,
         connected: list[StreamServer],
         model: Model,
-    ) -> Window | None:
+    ) -> tuple[Window, Window] | None:
+        """The window since the last one, against the baseline and against the recent view."""
         now = time.monotonic()
         if now - self._window_at < parse_duration(length):
             return None
         name = model.metadata.name
         results = await asyncio.gather(*(_paired(session, s.address, name) for s in connected))
-        current = {s.name: r for s, r in zip(connected, results, strict=True) if r is not None}
+        current = {s.name: r[0] for s, r in zip(connected, results, strict=True) if r is not None}
+        current_recent = {
+            s.name: r[1] for s, r in zip(connected, results, strict=True) if r is not None
+        }
         first = not self._window_base
         window, *_ = paired_window(current, self._window_base)
+        recent, *_ = paired_window(current_recent, self._recent_base)
         self._window_base = {**self._window_base, **current}
+        self._recent_base = {**self._recent_base, **current_recent}
         self._window_at = now
-        return None if first else window  # the first read only sets where windows start
+        return None if first else (window, recent)  # the first read only sets where windows start
 
     def _stamp(
         self,
@@ -354,5 +390,6 @@ class StateManager:
             m = replace(m, trigger="Detector", publisher_restored=None)  # starts at a step)
         if before.step != "None" and after.step == "None":
             self._window_base = {}  # windows start afresh after a rollback
+            self._recent_base = {}
             self._window_at = time.monotonic()
         return replace(m, state=replace(after, last_rollback=rb))

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from ekko.api.meta import Condition
 from ekko.api.resources import (
@@ -28,6 +29,8 @@ from ekko.api.resources import (
     CutRecord,
     HealthWindow,
     ModelUpdateControl,
+    PooledWindow,
+    RecentViewStatus,
     ServerUpdateState,
     UpdateHealth,
     UpdateHealthStatus,
@@ -52,7 +55,7 @@ Paired = tuple[float, float, float]
 
 def detector_spec(health: UpdateHealth) -> DetectorSpec:
     d = health.detector
-    return DetectorSpec(
+    spec = DetectorSpec(
         min_samples=d.min_samples,
         uncertain=d.uncertain,
         corrupted=d.corrupted,
@@ -65,6 +68,23 @@ def detector_spec(health: UpdateHealth) -> DetectorSpec:
         action=health.action,
         repeat_window=parse_duration(health.repeat_window),
     )
+    r = health.recent
+    if r is None:
+        return spec
+    return replace(
+        spec,
+        recent_uncertain=r.uncertain,
+        recent_corrupted=r.corrupted,
+        recent_hysteresis=r.hysteresis,
+        recent_sigmas=r.sigmas,
+        recent_memory=r.memory,
+        recent_warmup=r.warmup,
+    )
+
+
+def recent_age(health: UpdateHealth) -> float | None:
+    """Seconds the recent view's cut must be old (None: no recent view)."""
+    return None if health.recent is None else parse_duration(health.recent.age)
 
 
 def _ts(t: datetime | None) -> float | None:
@@ -114,6 +134,7 @@ def from_status(status: UpdateHealthStatus | None, epoch: int) -> Manager:
         epoch=epoch,
         baseline=status.baseline_cut,
         last_rollback=rollback,
+        **_recent_state(status.recent),
     )
     return Manager(
         state,
@@ -122,6 +143,40 @@ def from_status(status: UpdateHealthStatus | None, epoch: int) -> Manager:
         handled_request=status.handled_request,
         last_window=status.last_window,
         publisher_restored=rb.publisher_restored if rb is not None else None,
+    )
+
+
+def _recent_state(r: RecentViewStatus | None) -> dict[str, Any]:
+    if r is None:
+        return {}
+    pool = None
+    if r.pool is not None and r.pool.samples > 0:
+        pool = Window(r.pool.samples, r.pool.mean, math.nan if r.pool.sd is None else r.pool.sd)
+    return {
+        "recent": r.cut,
+        "recent_sq": r.scale * r.scale,
+        "recent_fed": r.windows_learnt,
+        "recent_pool": pool,
+        "recent_pooled": r.pool.windows if pool is not None and r.pool is not None else 0,
+    }
+
+
+def _recent_status(s: HealthState) -> RecentViewStatus | None:
+    if s.recent is None and s.recent_fed == 0 and s.recent_pool is None:
+        return None
+    pool = s.recent_pool
+    return RecentViewStatus(
+        cut=s.recent,
+        scale=round(s.recent_scale, 9),
+        windows_learnt=s.recent_fed,
+        pool=None
+        if pool is None or pool.n == 0
+        else PooledWindow(
+            samples=pool.n,
+            mean=round(pool.mean, 9),
+            sd=None if math.isnan(pool.sd) else round(pool.sd, 9),
+            windows=s.recent_pooled,
+        ),
     )
 
 
@@ -175,6 +230,7 @@ def to_status(m: Manager) -> UpdateHealthStatus:
         good_windows=s.good,
         cusum=round(s.cusum, 6),
         last_window=m.last_window,
+        recent=_recent_status(s),
         last_rollback=record,
         handled_request=m.handled_request,
     )
@@ -242,9 +298,22 @@ def paired_window(
     return Window(count, mean, sd), count, total, squares
 
 
-def window_status(window: Window, verdict: Verdict | None, at: datetime) -> HealthWindow:
+def window_status(
+    window: Window, verdict: Verdict | None, at: datetime, recent: Window | None = None
+) -> HealthWindow:
     mean = None if math.isnan(window.mean) else round(window.mean, 6)
-    return HealthWindow(samples=window.n, mean_loss_difference=mean, verdict=verdict or "", at=at)
+    if recent is None:
+        return HealthWindow(
+            samples=window.n, mean_loss_difference=mean, verdict=verdict or "", at=at
+        )
+    return HealthWindow(
+        samples=window.n,
+        mean_loss_difference=mean,
+        verdict=verdict or "",
+        at=at,
+        recent_samples=recent.n,
+        recent_mean_loss_difference=None if math.isnan(recent.mean) else round(recent.mean, 6),
+    )
 
 
 # --- servers -------------------------------------------------------------------------------------
@@ -255,6 +324,7 @@ def observe_servers(
     control: ModelUpdateControl | None,
     *,
     window: Window | None = None,
+    recent: Window | None = None,
     resume: bool = False,
 ) -> Observation:
     """What the servers of the model report, for :func:`ekko.updates.health.decide`. A server
@@ -273,6 +343,7 @@ def observe_servers(
             switched += 1
     return Observation(
         window=window,
+        recent=recent,
         servers=servers,
         serving_baseline=switched,
         server_epochs=tuple(epochs),
@@ -346,6 +417,7 @@ __all__: Sequence[str] = (
     "paired_window",
     "parse_stamp",
     "person_rollback",
+    "recent_age",
     "to_status",
     "window_status",
 )

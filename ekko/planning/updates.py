@@ -346,6 +346,8 @@ class Scrape:
     staleness: float = 0.0
     paired: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Paired shadow scores: (samples, sum of loss differences, sum of their squares)."""
+    paired_recent: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """The same against the recent view."""
 
 
 def parse_scrape(text: str, model: str) -> Scrape:
@@ -355,6 +357,7 @@ def parse_scrape(text: str, model: str) -> Scrape:
     raw: dict[str, float] = {}
     rows = backlog = staleness = 0.0
     paired = [0.0, 0.0, 0.0]
+    recent = [0.0, 0.0, 0.0]
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
@@ -373,7 +376,18 @@ def parse_scrape(text: str, model: str) -> Scrape:
                 staleness = max(staleness, s.value)
             elif s.name in _PAIRED and labels.get("model") == model:
                 paired[_PAIRED[s.name]] = s.value
-    return Scrape(lag, wire, raw, rows, backlog, staleness, (paired[0], paired[1], paired[2]))
+            elif s.name in _PAIRED_RECENT and labels.get("model") == model:
+                recent[_PAIRED_RECENT[s.name]] = s.value
+    return Scrape(
+        lag,
+        wire,
+        raw,
+        rows,
+        backlog,
+        staleness,
+        (paired[0], paired[1], paired[2]),
+        (recent[0], recent[1], recent[2]),
+    )
 
 
 POD_LABEL = "pod"
@@ -445,6 +459,11 @@ _PAIRED = {
     "ekko_update_paired_samples_total": 0,
     "ekko_update_paired_loss_difference": 1,
     "ekko_update_paired_loss_difference_squared": 2,
+}
+_PAIRED_RECENT = {
+    "ekko_update_paired_recent_samples_total": 0,
+    "ekko_update_paired_recent_loss_difference": 1,
+    "ekko_update_paired_recent_loss_difference_squared": 2,
 }
 
 

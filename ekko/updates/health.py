@@ -95,6 +95,16 @@ class DetectorSpec:
     """Windows the learnt scale remembers (EWMA weight ``1/recent_memory``)."""
     recent_warmup: int = 5
     """Windows that must feed the scale before the recent comparison judges (with sigmas > 0)."""
+    recent_learn: Literal["NotBad", "Calm", "Clipped"] = "NotBad"
+    """Which recent windows feed the learnt scale while Healthy (Bad ones never do). NotBad:
+    every other one; Calm: only Good and Hold ones, so a harm that one window shows only in part
+    cannot widen the thresholds that should catch it in the next (but the scale can then only
+    shrink: a truncated estimate); Clipped: Suspect ones too, their mean clipped at the Suspect
+    threshold (the scale can grow, a harm's window only by as much as a borderline clean one)."""
+    recent_pool_shrink: bool = False
+    """Whether the learnt lift of the pooled recent test shrinks with the windows pooled
+    (``lift / √k`` for ``k`` windows against the same held cut: the lift is the spread of one
+    window's mean, and k windows' pooled mean spreads √k times less when they are independent)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.uncertain <= self.corrupted:
@@ -105,6 +115,8 @@ class DetectorSpec:
             raise ValueError("need 0 <= recent_uncertain <= recent_corrupted")
         if self.recent_hysteresis is not None and self.recent_hysteresis < 0:
             raise ValueError("recent_hysteresis must be non-negative")
+        if self.recent_learn not in ("NotBad", "Calm", "Clipped"):
+            raise ValueError("recent_learn must be NotBad, Calm or Clipped")
         if self.recent_sigmas < 0 or self.recent_memory < 1 or self.recent_warmup < 0:
             raise ValueError("need recent_sigmas >= 0, recent_memory >= 1, recent_warmup >= 0")
         if self.min_samples < 2 or self.confirmations < 1 or self.recover_windows < 1:
@@ -238,6 +250,8 @@ class HealthState:
     recent_pool: Window | None = None
     """While Uncertain: every recent window since leaving Healthy, pooled (they all compare
     against the same held recent cut, so their samples add up to one larger test)."""
+    recent_pooled: int = 0
+    """Windows in ``recent_pool``."""
 
     @property
     def recent_scale(self) -> float:
@@ -291,9 +305,14 @@ def _detect(
         recent = None
     warming = spec.recent_sigmas > 0 and state.recent_fed < spec.recent_warmup
     judged = None if warming else recent
+    pooled = 1 if judged is not None else 0
     if judged is not None and state.phase == "Uncertain" and state.recent_pool is not None:
         judged = state.recent_pool.merge(judged)
-    verdict = judge(spec, window, judged, state.recent_scale)
+        pooled = max(state.recent_pooled, 1) + 1
+    scale = state.recent_scale
+    if spec.recent_pool_shrink and pooled > 1:
+        scale /= math.sqrt(pooled)
+    verdict = judge(spec, window, judged, scale)
     state = _learn_scale(
         spec, state, recent, "NoData" if warming else judge_recent(spec, recent, state.recent_scale)
     )
@@ -345,6 +364,7 @@ def _detect(
         good=good,
         cusum=cusum,
         recent_pool=recent if phase == "Uncertain" and recent is not None else None,
+        recent_pooled=pooled if phase == "Uncertain" and recent is not None else 0,
         since=now if phase != state.phase else state.since,
     )
     return new, verdict, events
@@ -360,9 +380,14 @@ def _learn_scale(
         return state
     if recent.n < spec.min_samples or math.isnan(recent.mean) or verdict == "Bad":
         return state
+    mean = max(0.0, recent.mean)
+    if verdict == "Suspect" and spec.recent_learn == "Calm":
+        return state
+    if verdict == "Suspect" and spec.recent_learn == "Clipped":
+        mean = min(mean, spec.recent_uncertain + spec.recent_sigmas * state.recent_scale)
     fed = state.recent_fed + 1
     weight = 1.0 / min(fed, spec.recent_memory)
-    sq = state.recent_sq + weight * (max(0.0, recent.mean) ** 2 - state.recent_sq)
+    sq = state.recent_sq + weight * (mean**2 - state.recent_sq)
     return replace(state, recent_sq=sq, recent_fed=fed)
 
 
@@ -376,6 +401,7 @@ def _recovered(state: HealthState, now: float) -> HealthState:
         cusum=0.0,
         since=now,
         recent_pool=None,
+        recent_pooled=0,
     )
 
 

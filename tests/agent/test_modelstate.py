@@ -122,6 +122,48 @@ def test_baseline_view_shadow_scores_switch_and_restore() -> None:
     )
 
 
+def test_recent_view_is_a_second_paired_series_on_the_same_requests() -> None:
+    """Baseline at cut 1, a first update, recent view at cut 2, a harm: the baseline series sees
+    harm + the first update's gain, the recent series the harm alone, on the same requests."""
+    agent, engine, node, pub, states = setup()
+    node.take_cut(1)
+    base = scores(engine)
+    keys = np.arange(7)
+    rows = pub.store.get(f"ranker.{ITEM}", keys)[0]
+    pub.publish(f"ranker.{ITEM}", keys, 1.5 * rows)
+    pull(pub, node)
+    node.take_cut(2)
+    near = scores(engine)
+    harm(pub, node)
+    harmed = scores(engine)
+    assert states.on_control("ranker", ModelUpdateControl(baseline_cut=1, recent_cut=2))
+    recent = states.recent_reader("ranker")
+    assert recent is not None
+    np.testing.assert_allclose(scores(engine, BASELINE_VIEW, recent), near)
+    labels = (USERS % 2).astype(float)
+    status, _ = agent.score("ranker", USERS.tolist(), ITEMS.tolist(), labels.tolist())
+    assert status == 200
+    m = engine.metrics
+    to_base = pair_logloss(labels, harmed) - pair_logloss(labels, base)
+    to_recent = pair_logloss(labels, harmed) - pair_logloss(labels, near)
+    assert m.paired.labels("ranker")._value.get() == len(USERS)
+    assert m.paired_recent.labels("ranker")._value.get() == len(USERS)
+    assert m.paired_diff.labels("ranker")._value.get() == pytest.approx(float(to_base.sum()))
+    assert m.paired_recent_diff.labels("ranker")._value.get() == pytest.approx(
+        float(to_recent.sum())
+    )
+    assert m.paired_recent_diff_sq.labels("ranker")._value.get() == pytest.approx(
+        float((to_recent**2).sum())
+    )
+    assert not np.isclose(to_base.sum(), to_recent.sum())
+    # A recent cut this replica does not hold: no recent series, the baseline one goes on.
+    assert states.on_control("ranker", ModelUpdateControl(baseline_cut=1, recent_cut=9))
+    assert states.recent_reader("ranker") is None
+    agent.score("ranker", USERS.tolist(), ITEMS.tolist(), labels.tolist())
+    assert m.paired.labels("ranker")._value.get() == 2 * len(USERS)
+    assert m.paired_recent.labels("ranker")._value.get() == len(USERS)
+
+
 def test_a_replica_without_the_cut_says_so_and_cuts_below_the_baseline_go() -> None:
     _, _, node, _, states = setup()
     node.take_cut(1)
@@ -148,9 +190,10 @@ def test_traffic_and_shadow_shares() -> None:
     states.on_control("ranker", ModelUpdateControl(baseline_cut=1))
     draw[0] = 0.004  # 0.4 % < 0.5 %: the baseline's sliver; 0.4 % < 30 %: shadow-scored
     assert states.choose_view("ranker", None) == BASELINE_VIEW
-    assert states.shadow("ranker") is not None
+    assert states.shadow("ranker")[0] is not None
+    assert states.shadow("ranker")[1] is None  # no recent view named
     draw[0] = 0.006
     assert states.choose_view("ranker", None) == LIVE_VIEW
     assert states.choose_view("ranker", "baseline") == BASELINE_VIEW  # asked for
     draw[0] = 0.31
-    assert states.shadow("ranker") is None
+    assert states.shadow("ranker") == (None, None)

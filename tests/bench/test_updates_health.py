@@ -106,3 +106,29 @@ def test_recent_view_is_scored_and_the_rollback_is_timed() -> None:
     assert min(run.switches) > 0 and min(run.restores) > 0
     # After the restore the recent view reads a cut the log still holds.
     assert run.state.recent is None or run.log.has(run.state.recent)
+
+
+def test_detector_flags_reach_the_spec_and_windows_are_dumped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    import bench.updates_health as mod
+
+    monkeypatch.setattr(mod, "Config", lambda **kw: replace(TINY, **kw))
+    monkeypatch.setattr(mod, "DUMP", {})
+    out = tmp_path / "h.json"
+    argv = ["--workload", "synthetic", "--seeds", "1", "--harmful", "1", "--clean", "1"]
+    flags = ["--z", "1.5", "--recent-learn", "Clipped", "--recent-pool-shrink", "1"]
+    assert main([*argv, *flags, "--dump-windows", str(tmp_path), "--json", str(out)]) == 0
+    detector = json.loads(out.read_text())["detector"]
+    assert (detector["z"], detector["recent_learn"], detector["recent_pool_shrink"]) == (
+        1.5,
+        "Clipped",
+        True,
+    )
+    dumped = np.load(tmp_path / "synthetic-s1-1.npz")
+    windows = len(dumped["ends"])
+    assert windows > 0 and len(dumped["recent_n"]) == windows == len(dumped["phases"])
+    assert dumped["recent"].size == dumped["recent_n"].sum() > 0
+    assert dumped["base"].size == dumped["base_n"].sum() > 0

@@ -165,3 +165,66 @@ def test_detector_spec_follows_the_api() -> None:
         0.01,
     )
     assert Window(0, math.nan, math.nan).n == 0
+
+
+def test_recent_view_spec_state_and_window_status() -> None:
+    """The spec's recent block becomes the detector's recent thresholds; its state (cut, learnt
+    scale, the pooled windows while Uncertain) survives a restart through status."""
+    from ekko.planning.health import recent_age, window_status
+
+    off = UpdateHealth.model_validate({})
+    assert detector_spec(off).recent_corrupted is None and recent_age(off) is None
+    defaults = UpdateHealth.model_validate({"recent": {}})
+    assert recent_age(defaults) == 30.0  # three default windows (10 s)
+    d = detector_spec(defaults)
+    assert (d.recent_uncertain, d.recent_corrupted, d.recent_sigmas) == (0.0015, 0.006, 4.0)
+    h = UpdateHealth.model_validate(
+        {"recent": {"age": "4s", "uncertain": 0.01, "corrupted": 0.03, "sigmas": 2}}
+    )
+    spec = detector_spec(h)
+    assert recent_age(h) == 4.0
+    assert (spec.recent_uncertain, spec.recent_corrupted, spec.recent_sigmas) == (0.01, 0.03, 2)
+    assert (spec.recent_hysteresis, spec.recent_memory, spec.recent_warmup) == (0.003, 50, 5)
+    with pytest.raises(ValueError, match="recent uncertain must not exceed"):
+        UpdateHealth.model_validate({"recent": {"uncertain": 0.05, "corrupted": 0.03}})
+
+    state = HealthState(
+        phase="Uncertain",
+        baseline=3,
+        recent=5,
+        recent_sq=0.0004,
+        recent_fed=12,
+        recent_pool=Window(300, 0.012, 0.05),
+        recent_pooled=2,
+    )
+    status = to_status(Manager(state))
+    assert status.recent is not None and status.recent.scale == pytest.approx(0.02)
+    back = from_status(status, epoch=0).state
+    assert (back.recent, back.recent_fed, back.recent_pool) == (5, 12, Window(300, 0.012, 0.05))
+    assert back.recent_pooled == 2
+    assert back.recent_sq == pytest.approx(0.0004)
+    assert to_status(Manager(HealthState())).recent is None
+
+    w = window_status(
+        Window(200, -0.1, 0.2), "Bad", datetime.now(UTC), recent=Window(200, 0.04, 0.1)
+    )
+    assert (w.recent_samples, w.recent_mean_loss_difference) == (200, 0.04)
+    assert window_status(Window(200, -0.1, 0.2), "Good", datetime.now(UTC)).recent_samples is None
+    obs = observe_servers([], None, window=Window(1, 0.0, 0.0), recent=Window(2, 0.1, 0.0))
+    assert obs.recent == Window(2, 0.1, 0.0)
+
+
+def test_the_recent_series_is_read_from_an_agents_metrics() -> None:
+    """The agent exports both paired series; the operator's scrape tells them apart."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ekko.agent.engines import ScoreMetrics
+    from ekko.planning.updates import parse_scrape
+
+    registry = CollectorRegistry()
+    m = ScoreMetrics(registry)
+    m.observe_paired("ranker", np.array([0.1, -0.3]))
+    m.observe_paired("ranker", np.array([0.5]), recent=True)
+    scrape = parse_scrape(generate_latest(registry).decode(), "ranker")
+    assert scrape.paired == pytest.approx((2.0, -0.2, 0.1))
+    assert scrape.paired_recent == pytest.approx((1.0, 0.5, 0.25))

@@ -365,6 +365,42 @@ def test_learnt_scale_only_while_healthy_and_from_the_positive_part() -> None:
     assert d.state.recent_fed == 10
 
 
+def test_a_suspect_window_feeds_the_scale_only_when_asked() -> None:
+    """A harm one window shows only in part is Suspect, not Bad: fed to the scale it would widen
+    the thresholds that should catch it in the next window."""
+    s = replace(R, recent_fed=10, recent_sq=0.0001)  # scale 0.01: lift 0.02, Suspect from 0.024
+    obs = Observation(window=w(0.0), recent=w(0.025, sd=1.0))  # Suspect (z fails for Bad)
+    fed = decide(SCALED, s, obs, now=1.0).state
+    assert fed.phase == "Uncertain" and fed.recent_fed == 11 and fed.recent_sq > 0.0001
+    strict = replace(SCALED, recent_learn="Calm")
+    kept = decide(strict, s, obs, now=1.0).state
+    assert kept.phase == "Uncertain" and (kept.recent_fed, kept.recent_sq) == (10, 0.0001)
+    # Clipped: fed, but no more than the Suspect threshold (0.004 + 2 × 0.01).
+    clipped = decide(replace(SCALED, recent_learn="Clipped"), s, obs, now=1.0).state
+    assert clipped.recent_fed == 11
+    assert clipped.recent_sq == pytest.approx(0.0001 + (0.024**2 - 0.0001) / 4)  # memory 4
+    # A Hold window (inside the band below the lifted uncertain) still feeds it.
+    hold = decide(strict, s, Observation(window=w(0.0), recent=w(0.022)), now=1.0).state
+    assert hold.phase == "Healthy" and hold.recent_fed == 11
+
+
+def test_pooled_lift_shrinks_with_the_windows_pooled() -> None:
+    """Windows of 0.045 against the same held cut, scale 0.02 (lift 2 × 0.02 = 0.04): each is
+    Suspect (≥ 0.004 + 0.04) but not Bad (< 0.008 + 0.04). Pooled, the fixed lift keeps them
+    Uncertain; the lift shrunk to 0.04 / √2 ≈ 0.028 makes the pool Bad."""
+    s = replace(R, recent_fed=10, recent_sq=0.0004)
+    window = Observation(window=w(0.0), recent=w(0.045, sd=0.2))
+    fixed = replace(SCALED, recent_learn="Calm")  # the scale stays 0.02
+    first = decide(fixed, s, window, now=1.0)
+    assert first.state.phase == "Uncertain" and first.state.recent_pooled == 1
+    plain = decide(fixed, first.state, window, now=2.0)
+    assert plain.state.phase == "Uncertain" and plain.state.recent_pooled == 2
+    shrink = replace(fixed, recent_pool_shrink=True)
+    first = decide(shrink, s, window, now=1.0)
+    assert first.state.phase == "Uncertain"  # one window: the full lift, not Bad
+    assert decide(shrink, first.state, window, now=2.0).state.phase == "Corrupted"
+
+
 def test_recent_spec_checks() -> None:
     with pytest.raises(ValueError, match="recent_uncertain"):
         DetectorSpec(recent_uncertain=0.1, recent_corrupted=0.05)
