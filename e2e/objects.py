@@ -43,6 +43,22 @@ def pool_manifest(
     }
 
 
+def stream_manifest(
+    name: str, model: str, item_dim: int = 9, endpoint: str = "http://trainer:9500"
+) -> dict[str, Any]:
+    """An UpdateStream with a user and an item table (9 floats wide; ``item_dim`` to mismatch)."""
+    return {
+        "apiVersion": "ekko.dev/v1alpha1",
+        "kind": "UpdateStream",
+        "metadata": {"name": name},
+        "spec": {
+            "model": model,
+            "source": {"endpoints": [endpoint]},
+            "tables": [{"name": "t.user", "dim": 9}, {"name": "t.item", "dim": item_dim}],
+        },
+    }
+
+
 def model_manifest(
     name: str,
     count: int,

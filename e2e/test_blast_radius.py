@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from e2e.agents import AgentFleet
-from e2e.objects import Api, converged, model_manifest, pool_manifest, serving_replicas
+from e2e.objects import (
+    Api,
+    converged,
+    model_manifest,
+    pool_manifest,
+    serving_replicas,
+    stream_manifest,
+)
 from e2e.operator_harness import OperatorProcess
 from e2e.test_rollout import version_manifest
 from e2e.waiting import wait_for
@@ -153,19 +160,6 @@ def test_versions_cannot_be_edited_in_place(api: Api) -> None:
     api.patch("models", "rank", {"spec": {"replicas": 2}})  # other fields stay editable
 
 
-def _stream(name: str, model: str, item_dim: int = 9) -> dict[str, Any]:
-    return {
-        "apiVersion": "ekko.dev/v1alpha1",
-        "kind": "UpdateStream",
-        "metadata": {"name": name},
-        "spec": {
-            "model": model,
-            "source": {"endpoints": ["http://127.0.0.1:9"]},
-            "tables": [{"name": "t.user", "dim": 9}, {"name": "t.item", "dim": item_dim}],
-        },
-    }
-
-
 def test_what_the_webhook_refuses_is_explained_when_it_is_down(
     api: Api, fleet: AgentFleet, operator: OperatorProcess
 ) -> None:
@@ -177,9 +171,9 @@ def test_what_the_webhook_refuses_is_explained_when_it_is_down(
     api.create(model_manifest("orphan", 2, "1Gi", 1, pool="nope"))  # no such pool
     api.create(model_manifest("huge", 2, "80Gi", 1))  # no server holds a shard
     api.create(version_manifest("v2", [{"setWeight": 10}], model="ghost"))  # no such model
-    api.create(_stream("orphan-stream", "ghost"))  # no such model
-    api.create(_stream("first", "fine"))
-    api.create(_stream("second", "fine"))  # one stream per model
+    api.create(stream_manifest("orphan-stream", "ghost"))  # no such model
+    api.create(stream_manifest("first", "fine"))
+    api.create(stream_manifest("second", "fine"))  # one stream per model
 
     def fine_served() -> bool:
         cond = api.condition("models", "fine")

@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.agents import free_port
 from e2e.conftest import REPO, api_error_message
 from e2e.helmtools import token_kubeconfig
-from e2e.objects import Api, model_manifest, pool_manifest
+from e2e.objects import Api, model_manifest, pool_manifest, stream_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.test_rollout import version_manifest
 from e2e.waiting import wait_for
@@ -79,22 +79,10 @@ def test_cross_object_mistakes_are_rejected_at_admission(
     api.create(version_manifest("v2", [{"setWeight": 10}], model="fine"))
     assert api.get("models", "fine")["spec"]["pool"] == "pool"
 
-    def stream(name: str, model: str, item_dim: int = 9) -> dict[str, Any]:
-        return {
-            "apiVersion": "ekko.dev/v1alpha1",
-            "kind": "UpdateStream",
-            "metadata": {"name": name},
-            "spec": {
-                "model": model,
-                "source": {"endpoints": ["http://trainer:9500"]},
-                "tables": [{"name": "t.user", "dim": 9}, {"name": "t.item", "dim": item_dim}],
-            },
-        }
-
-    message = rejection(api, stream("orphan", "ghost"))
+    message = rejection(api, stream_manifest("orphan", "ghost"))
     assert "ghost" in message and "does not exist" in message, message
-    api.create(stream("first", "fine"))
-    message = rejection(api, stream("second", "fine"))
+    api.create(stream_manifest("first", "fine"))
+    message = rejection(api, stream_manifest("second", "fine"))
     assert "already has an UpdateStream (first)" in message, message
 
     # Tables the model's engine cannot score with: the embedding engine takes the dot product
@@ -103,9 +91,9 @@ def test_cross_object_mistakes_are_rejected_at_admission(
     recsys["spec"]["template"]["engine"] = "embedding"
     api.create(recsys)
     api.create(model_manifest("ranker", 1, "1Gi", 1, pool="recsys"))
-    message = rejection(api, stream("ranker", "ranker", item_dim=17))
+    message = rejection(api, stream_manifest("ranker", "ranker", item_dim=17))
     assert "t.user has dim 9 and t.item has dim 17" in message, message
-    api.create(stream("ranker", "ranker"))
+    api.create(stream_manifest("ranker", "ranker"))
 
     # A refusal is the webhook working, not an operator error: one INFO line each.
     logs = webhook_operator.logs()

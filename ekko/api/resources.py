@@ -552,14 +552,13 @@ class ModelStatus(ApiModel):
         """The fields ``owner`` writes, as sent to the API server: every one of them, always (a
         field a manager leaves out of its apply is removed), an absent version as ""."""
         fields = self.OWNERS[owner]
-        wire = self.model_dump(by_alias=True, mode="json", include=set(fields))
-        for name in fields:
+        # exclude_none: the schema has no nullable field, nested ones included (a condition
+        # without observedGeneration is refused if sent as null).
+        wire = self.model_dump(by_alias=True, mode="json", include=set(fields), exclude_none=True)
+        for name in ("stable_version", "canary_version", "previous_version"):
             key = type(self).model_fields[name].alias or name
-            if wire.get(key) is None:
-                if name in ("stable_version", "canary_version", "previous_version"):
-                    wire[key] = ""
-                else:
-                    del wire[key]
+            if name in fields and wire.get(key) is None:
+                wire[key] = ""
         return wire
 
 

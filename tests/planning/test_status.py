@@ -95,6 +95,27 @@ def test_an_orphaned_model_keeps_its_wanted_count_and_sends_every_pool_field() -
     }
 
 
+def _nulls(value: object, path: str = "") -> list[str]:
+    if value is None:
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nulls(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nulls(v, f"{path}[{i}]")]
+    return []
+
+
+def test_an_applied_status_sends_no_null_the_schema_would_refuse() -> None:
+    """A model whose generation is unknown (its pool's worker saw it through a list without one)
+    got conditions with observedGeneration null: the API server refused the apply with 422 and
+    the model never learnt its pool was gone (e2e test_what_the_webhook_refuses...)."""
+    bare = model({"replicasWanted": 2})
+    bare.metadata.generation = None
+    for owner in ModelStatus.OWNERS:
+        body = orphan_status(bare, "gone", NOW).owned_wire(owner)
+        assert _nulls(body) == [], owner
+
+
 def test_each_field_of_a_model_status_has_exactly_one_owner() -> None:
     owned = [f for fields in ModelStatus.OWNERS.values() for f in fields]
     assert len(owned) == len(set(owned))
