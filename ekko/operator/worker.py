@@ -24,6 +24,20 @@ from ekko.kube.fleet import POOL_MANAGER, STABLE_MANAGER, Fleet
 from ekko.operator import metrics
 from ekko.operator.peering import Gate
 from ekko.planning.converge import Action, Desired, converge
+from ekko.planning.decide import (
+    excluded_problem,
+    more_work,
+    must_replan,
+    plan_failure,
+    plan_summary,
+    planned_message,
+    resumes_recorded,
+    roll_adopted,
+    roll_notices,
+    settled,
+    unplaceable,
+    without,
+)
 from ekko.planning.desired import desired_from_plan, desired_from_state, plan_inputs
 from ekko.planning.problem import build_problem, solve_config
 from ekko.planning.roll import Roll, roll, roll_status
@@ -35,7 +49,7 @@ from ekko.planning.status import (
     orphan_status,
     pool_status,
 )
-from ekko.solver import Plan, Problem, explain, solve, violations
+from ekko.solver import Plan, solve, violations
 
 log = logging.getLogger("ekko.operator")
 
@@ -206,7 +220,7 @@ class PoolWorker:
         inputs = plan_inputs(state)
         if self.desired is None:
             recorded = pool.status.plan if pool.status else None
-            if recorded is not None and recorded.inputs == inputs:
+            if recorded is not None and resumes_recorded(recorded, inputs):
                 # A restart: the assignments already carry this plan; keep it, move nothing.
                 self.desired = desired_from_state(state)
                 self.inputs = inputs
@@ -217,7 +231,7 @@ class PoolWorker:
                     name,
                     recorded.servers_used,
                 )
-        if self.desired is None or (inputs != self.inputs and not debouncing):
+        if must_replan(self.desired is not None, inputs, self.inputs, debouncing):
             await self._replan_pool(pool, state, inputs)
             if self.desired is not None:
                 # The plan is in status as soon as it is decided, not after the fleet converged.
@@ -251,34 +265,22 @@ class PoolWorker:
             asyncio.get_running_loop().call_later(self._refused_backoff, self._wake.set)
             return False
         self._refused_backoff = FOLLOW_UP_SECONDS
-        rolling = not rolled.done and not rolled.on_delete and not rolled.waiting
-        return bool(actions) or rolling or not _settled(state, desired)
+        return more_work(bool(actions), rolled, settled(state, desired))
 
     async def _roll(self, pool: ServerPool, state: PoolState, desired: Desired) -> Roll:
         """Replace the next outdated servers (see ``ekko.planning.roll``); an event for each,
         and one when the roll has to wait."""
         rolled = roll(state, desired)
         self._rolled = rolled
-        if rolled.replaced or rolled.recreate:
+        if roll_adopted(rolled):
             self.desired = rolled.desired
-        for old, new in rolled.replaced:
-            text = f"Replacing outdated server {old} by {new} (template {state.template_hash})"
-            log.info("Pool %s/%s: %s.", *self.key, text)
-            await asyncio.to_thread(self.fleet.event, pool, "ReplacingServer", text)
-        for action in rolled.recreate:
-            text = (
-                f"Recreating empty outdated server {action.name} (template {state.template_hash})"
-            )
-            log.info("Pool %s/%s: %s.", *self.key, text)
-            await asyncio.to_thread(self.fleet.event, pool, "ReplacingServer", text)
-        if rolled.waiting and rolled.waiting != self._roll_waiting:
-            log.warning("Pool %s/%s: template roll waits: %s", *self.key, rolled.waiting)
+        for notice in roll_notices(rolled, state.template_hash, self._roll_waiting):
+            if notice.warning:
+                log.warning("Pool %s/%s: %s", *self.key, notice.message)
+            else:
+                log.info("Pool %s/%s: %s.", *self.key, notice.message)
             await asyncio.to_thread(
-                self.fleet.event,
-                pool,
-                "RollWaiting",
-                f"Template roll waits: {rolled.waiting}",
-                True,
+                self.fleet.event, pool, notice.reason, notice.message, notice.warning
             )
         self._roll_waiting = rolled.waiting
         return rolled
@@ -338,11 +340,8 @@ class PoolWorker:
         self._first_change = None
         self._replan = False
         problem = build_problem(state)
-        excluded = _unplaceable(problem)
-        if excluded:
-            problem = problem.model_copy(
-                update={"models": tuple(m for m in problem.models if m.id not in excluded)}
-            )
+        excluded = unplaceable(problem)
+        problem = without(problem, excluded)
         config = solve_config(pool)
         loop = asyncio.get_running_loop()
         plan: Plan = await loop.run_in_executor(self.executor, solve, problem, config)
@@ -351,9 +350,8 @@ class PoolWorker:
         broken = violations(problem, plan) if plan.status != "infeasible" else []
         now = dt.datetime.now(dt.UTC)
         self.inputs = inputs
-        if plan.status == "infeasible" or broken:
-            why = "; ".join(plan.explanation) or "; ".join(v.message for v in broken[:3])
-            text = f"placement failed ({plan.status}): {why or 'no plan found within the deadline'}; the last good plan stays"
+        text = plan_failure(plan, broken)
+        if text:
             self.outcome = Outcome(summary=self.outcome.summary, problem=text, excluded=excluded)
             if self.desired is None:
                 self.desired = desired_from_state(state)
@@ -361,33 +359,15 @@ class PoolWorker:
             await asyncio.to_thread(self.fleet.event, pool, "PlanFailed", text, True)
             return
         self.desired = desired_from_plan(plan, state)
-        summary = PlanSummary(
-            status=_status_word(plan.status),
-            servers_used=plan.servers_used,
-            lower_bound=plan.lower_bound,
-            gap_percent=round(100 * plan.gap, 2) if plan.gap != float("inf") else 0.0,
-            solve_seconds=round(plan.solve_seconds, 3),
-            bytes_moved=plan.bytes_moved,
-            replicas_moved=plan.replicas_moved,
-            computed_at=now,
-            explanation="; ".join(f"{m}: {why}" for m, why in excluded.items())[:4000],
-            inputs=inputs,
-            excluded_models=sorted(excluded),
+        summary = plan_summary(plan, excluded, inputs, now)
+        self.outcome = Outcome(
+            summary=summary, problem=excluded_problem(excluded), excluded=excluded
         )
-        problem_text = (
-            "cannot place " + "; ".join(f"{m}: {why}" for m, why in excluded.items())
-            if excluded
-            else ""
-        )
-        self.outcome = Outcome(summary=summary, problem=problem_text, excluded=excluded)
         metrics.UNPLACEABLE.labels(name).set(len(excluded))
         metrics.BYTES_MOVED.labels(name).inc(plan.bytes_moved)
         metrics.PLAN_GAP.labels(name).set(plan.gap if plan.gap != float("inf") else 0)
         metrics.SERVERS.labels(name, "lower_bound").set(plan.lower_bound)
-        message = (
-            f"Planned {plan.servers_used} servers (lower bound {plan.lower_bound}, {plan.status}) "
-            f"in {plan.solve_seconds:.2f}s; {plan.replicas_moved} replicas to load"
-        )
+        message = planned_message(plan)
         log.info("Pool %s/%s: %s.", namespace, name, message)
         await asyncio.to_thread(self.fleet.event, pool, "Planned", message)
         for model, why in excluded.items():
@@ -530,37 +510,6 @@ def debounce_left(first_change: float | None, now: float, debounce: float) -> fl
 def _describe(err: Exception) -> str:
     """An error in one line for events and conditions."""
     return str(err) if isinstance(err, KubeError) else f"{type(err).__name__}: {err}"
-
-
-def _settled(state: PoolState, desired: Desired) -> bool:
-    """Every desired replica loaded and served, and nothing left draining."""
-    for server in state.servers:
-        target = desired.servers.get(server.name, frozenset())
-        if any(s.drain for s in server.spec_shards):
-            return False
-        if target and not server.serving:
-            return False
-        loaded = {(m, i) for m, i, _ in server.loaded}
-        if not target <= loaded:
-            return False
-    return all(state.server(n) is not None for n in desired.servers)
-
-
-def _unplaceable(problem: Problem) -> dict[str, str]:
-    """Models that cannot be placed on this pool even alone, with the reason in words."""
-    out: dict[str, str] = {}
-    for model in problem.models:
-        alone = problem.model_copy(update={"models": (model,), "current": {}})
-        reasons = explain(alone)
-        if reasons:
-            out[str(model.id)] = "; ".join(reasons)
-    return out
-
-
-def _status_word(status: str) -> str:
-    return {"optimal": "Optimal", "feasible": "Feasible", "fallback": "Fallback"}.get(
-        status, "Infeasible"
-    )
 
 
 class Workers:

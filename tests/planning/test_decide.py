@@ -1,0 +1,350 @@
+"""The pool worker's decisions (ekko.planning.decide), one table row per branch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from ekko.api.resources import AssignedShard, Model, PlanSummary
+from ekko.planning.converge import Desired, RecreateServer
+from ekko.planning.decide import (
+    EXPLANATION_LIMIT,
+    Notice,
+    excluded_problem,
+    more_work,
+    must_replan,
+    plan_failure,
+    plan_summary,
+    planned_message,
+    resumes_recorded,
+    roll_adopted,
+    roll_notices,
+    settled,
+    status_word,
+    unplaceable,
+    without,
+)
+from ekko.planning.problem import build_problem
+from ekko.planning.roll import Roll
+from ekko.planning.state import PoolState, ServerObs
+from ekko.solver import Plan, Server, ServerId, Violation
+from tests.planning.test_converge import POOL, model
+
+NOW = datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
+EMPTY = Desired({}, {})
+
+
+# --- the restart rule ---------------------------------------------------------------------------
+
+
+def recorded(inputs: str) -> PlanSummary:
+    return PlanSummary(
+        status="Optimal",
+        servers_used=2,
+        lower_bound=2,
+        gap_percent=0,
+        solve_seconds=0.1,
+        bytes_moved=0,
+        replicas_moved=0,
+        inputs=inputs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "inputs", "resume"),
+    [
+        (None, "abc", False),  # a pool never planned: plan
+        (recorded("abc"), "abc", True),  # a restart, nothing changed: keep the plan, move nothing
+        (recorded("abc"), "abd", False),  # specs changed while the operator was down: re-plan
+        (recorded(""), "abc", False),  # a record from before inputs were recorded: re-plan
+    ],
+)
+def test_a_restarted_worker_resumes_the_recorded_plan_only_for_the_same_inputs(
+    record: PlanSummary | None, inputs: str, resume: bool
+) -> None:
+    assert resumes_recorded(record, inputs) is resume
+
+
+@pytest.mark.parametrize(
+    ("has_plan", "inputs", "planned", "debouncing", "replan"),
+    [
+        (False, "a", None, False, True),  # no plan yet: solve
+        (False, "a", None, True, True),  # no plan yet: solve even while debouncing
+        (True, "a", "a", False, False),  # same inputs: converge the plan
+        (True, "b", "a", False, True),  # inputs changed, debounce over: re-plan
+        (True, "b", "a", True, False),  # inputs changed, still debouncing: wait
+        (True, "a", "a", True, False),  # a wake-up without a spec change: nothing
+    ],
+)
+def test_a_pass_solves_without_a_plan_or_when_the_inputs_changed_after_the_debounce(
+    has_plan: bool, inputs: str, planned: str | None, debouncing: bool, replan: bool
+) -> None:
+    assert must_replan(has_plan, inputs, planned, debouncing) is replan
+
+
+# --- unplaceable models -------------------------------------------------------------------------
+
+
+def test_a_model_too_big_for_any_server_is_excluded_with_the_reason_and_the_rest_stays() -> None:
+    small, huge = (
+        model("small"),
+        Model.model_validate(
+            {
+                "kind": "Model",
+                "metadata": {"name": "huge"},
+                "spec": {
+                    "pool": "p",
+                    "version": "v1",
+                    "artifact": {"uri": "file:///m/huge"},
+                    "shards": {"count": 1, "size": "100Gi"},  # servers hold 64Gi
+                },
+            }
+        ),
+    )
+    problem = build_problem(PoolState(POOL, (small, huge), ()))
+    excluded = unplaceable(problem)
+    assert list(excluded) == ["huge"]
+    assert "64" in excluded["huge"]  # the reason names what a server holds
+    assert [str(m.id) for m in without(problem, excluded).models] == ["small"]
+
+
+def test_placeable_models_are_not_excluded_and_the_problem_is_kept() -> None:
+    problem = build_problem(PoolState(POOL, (model("a"), model("b")), ()))
+    assert unplaceable(problem) == {}
+    assert without(problem, {}) is problem
+
+
+# --- what a solve means for the status and events -----------------------------------------------
+
+
+def plan(status: Any = "optimal", servers: int = 3, **fields: Any) -> Plan:
+    values: dict[str, Any] = {
+        "lower_bound": 2,
+        "gap": 1 / 3,
+        "solve_seconds": 0.12345,
+        "bytes_moved": 2**30,
+        "replicas_moved": 4,
+    }
+    return Plan(
+        solver="test",
+        status=status,
+        servers=tuple(Server(id=ServerId(f"p-{i}")) for i in range(servers)),
+        **(values | fields),
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "word"),
+    [
+        ("optimal", "Optimal"),
+        ("feasible", "Feasible"),
+        ("fallback", "Fallback"),
+        ("infeasible", "Infeasible"),
+        ("anything else", "Infeasible"),
+    ],
+)
+def test_the_plan_status_word(status: str, word: str) -> None:
+    assert status_word(status) == word
+
+
+BROKEN = [Violation(kind="memory", message=f"server p-{i} over memory") for i in range(4)]
+
+
+@pytest.mark.parametrize(
+    ("the_plan", "broken", "text"),
+    [
+        (plan(), [], ""),  # usable
+        (plan("fallback"), [], ""),  # a fallback plan is still a plan
+        (
+            plan("infeasible", explanation=("too big", "too many")),
+            [],
+            "placement failed (infeasible): too big; too many; the last good plan stays",
+        ),
+        (
+            plan("infeasible"),
+            [],
+            "placement failed (infeasible): no plan found within the deadline; "
+            "the last good plan stays",
+        ),
+        (  # the checker's violations, the first three
+            plan("feasible"),
+            BROKEN,
+            "placement failed (feasible): server p-0 over memory; server p-1 over memory; "
+            "server p-2 over memory; the last good plan stays",
+        ),
+    ],
+)
+def test_a_plan_fails_when_infeasible_or_broken(
+    the_plan: Plan, broken: list[Violation], text: str
+) -> None:
+    assert plan_failure(the_plan, broken) == text
+
+
+@pytest.mark.parametrize(
+    ("excluded", "text"),
+    [
+        ({}, ""),
+        ({"huge": "too big"}, "cannot place huge: too big"),
+        ({"a": "x", "b": "y"}, "cannot place a: x; b: y"),
+    ],
+)
+def test_the_problem_text_names_each_excluded_model(excluded: dict[str, str], text: str) -> None:
+    assert excluded_problem(excluded) == text
+
+
+def test_the_summary_records_the_plan_its_inputs_and_the_excluded_models() -> None:
+    summary = plan_summary(plan(), {"z": "too big", "a": "too wide"}, "fp", NOW)
+    assert summary == PlanSummary(
+        status="Optimal",
+        servers_used=3,
+        lower_bound=2,
+        gap_percent=33.33,
+        solve_seconds=0.123,
+        bytes_moved=2**30,
+        replicas_moved=4,
+        computed_at=NOW,
+        explanation="z: too big; a: too wide",
+        inputs="fp",
+        excluded_models=["a", "z"],
+    )
+
+
+def test_the_summary_of_an_unbounded_gap_is_zero_and_a_long_explanation_is_cut() -> None:
+    summary = plan_summary(plan(gap=float("inf")), {"m": "x" * 5000}, "", NOW)
+    assert summary.gap_percent == 0.0
+    assert len(summary.explanation) == EXPLANATION_LIMIT
+    assert summary.explanation.startswith("m: xxx")
+
+
+def test_the_planned_event_text() -> None:
+    assert planned_message(plan("feasible")) == (
+        "Planned 3 servers (lower bound 2, feasible) in 0.12s; 4 replicas to load"
+    )
+
+
+# --- the template roll's glue -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rolled", "last_waiting", "adopted", "notices"),
+    [
+        (Roll(EMPTY), "", False, []),  # nothing outdated
+        (
+            Roll(EMPTY, replaced=(("p-0", "p-r0"),)),
+            "",
+            True,
+            [Notice("ReplacingServer", "Replacing outdated server p-0 by p-r0 (template h2)")],
+        ),
+        (
+            Roll(EMPTY, recreate=(RecreateServer("p-1"),)),
+            "",
+            True,
+            [Notice("ReplacingServer", "Recreating empty outdated server p-1 (template h2)")],
+        ),
+        (
+            Roll(EMPTY, waiting="at maxServers"),
+            "",
+            False,
+            [Notice("RollWaiting", "Template roll waits: at maxServers", True)],
+        ),
+        (Roll(EMPTY, waiting="at maxServers"), "at maxServers", False, []),  # said already
+        (
+            Roll(EMPTY, waiting="at maxServers"),
+            "pods not ready",  # a new reason is said again
+            False,
+            [Notice("RollWaiting", "Template roll waits: at maxServers", True)],
+        ),
+        (
+            Roll(EMPTY, replaced=(("p-0", "p-r0"), ("p-2", "p-r1"))),
+            "",
+            True,
+            [
+                Notice("ReplacingServer", "Replacing outdated server p-0 by p-r0 (template h2)"),
+                Notice("ReplacingServer", "Replacing outdated server p-2 by p-r1 (template h2)"),
+            ],
+        ),
+    ],
+)
+def test_a_roll_pass_posts_one_event_per_replacement_and_one_per_new_wait(
+    rolled: Roll, last_waiting: str, adopted: bool, notices: list[Notice]
+) -> None:
+    assert roll_adopted(rolled) is adopted
+    assert roll_notices(rolled, "h2", last_waiting) == notices
+
+
+# --- settled and the follow-up pass -------------------------------------------------------------
+
+
+def shard(name: str, index: int, drain: bool = False) -> AssignedShard:
+    return AssignedShard(
+        model=name, shard=index, version="v1", uri=f"file:///m/{name}", bytes=2**30, drain=drain
+    )
+
+
+SERVING = ServerObs(
+    "p-0",
+    "a",
+    pod_ready=True,
+    spec_shards=(shard("m", 0),),
+    loaded=frozenset({("m", 0, "v1")}),
+)
+WANT = Desired({"p-0": frozenset({("m", 0)})}, {"p-0": "a"})
+
+
+@pytest.mark.parametrize(
+    ("servers", "want", "is_settled"),
+    [
+        ((SERVING,), WANT, True),  # loaded and served
+        ((), EMPTY, True),  # an empty pool wanting nothing
+        ((replace(SERVING, pod_ready=False),), WANT, False),  # loaded, not served yet
+        ((replace(SERVING, pod_failed=True),), WANT, False),  # the pod failed
+        ((replace(SERVING, loaded=frozenset()),), WANT, False),  # not loaded yet
+        (  # an old version loaded still counts (the shard is served)
+            (replace(SERVING, loaded=frozenset({("m", 0, "v0")})),),
+            WANT,
+            True,
+        ),
+        (  # a draining replica is left
+            (replace(SERVING, spec_shards=(shard("m", 0), shard("m", 1, drain=True))),),
+            WANT,
+            False,
+        ),
+        (  # draining on a server the plan no longer uses
+            (SERVING, ServerObs("p-9", "a", pod_ready=True, spec_shards=(shard("m", 1, True),))),
+            WANT,
+            False,
+        ),
+        ((), WANT, False),  # the desired server does not exist yet
+        (  # a spare server without work does not hold anything up
+            (SERVING, ServerObs("p-9", "a", pod_ready=False)),
+            WANT,
+            True,
+        ),
+    ],
+)
+def test_a_pool_is_settled_when_every_desired_replica_is_served_and_nothing_drains(
+    servers: tuple[ServerObs, ...], want: Desired, is_settled: bool
+) -> None:
+    state = PoolState(POOL, (model("m", shards=2),), servers)
+    assert settled(state, want) is is_settled
+
+
+@pytest.mark.parametrize(
+    ("acted", "rolled", "is_settled", "more"),
+    [
+        (False, Roll(EMPTY), True, False),  # converged: wait for the next event
+        (True, Roll(EMPTY), True, True),  # acted: look again
+        (False, Roll(EMPTY), False, True),  # not settled: look again
+        (False, Roll(EMPTY, outdated=("p-0",)), True, True),  # a roll under way
+        (False, Roll(EMPTY, in_flight=1), True, True),  # a replacement in flight
+        (False, Roll(EMPTY, outdated=("p-0",), on_delete=True), True, False),  # OnDelete
+        (False, Roll(EMPTY, outdated=("p-0",), waiting="cap"), True, False),  # waits: an event
+    ],
+)
+def test_a_pass_asks_for_a_follow_up_while_work_is_left(
+    acted: bool, rolled: Roll, is_settled: bool, more: bool
+) -> None:
+    assert more_work(acted, rolled, is_settled) is more
