@@ -110,6 +110,14 @@ class AgentFleet:
         """Engine by pool (the pod's ekko.dev/pool label), over ``engine``: a pool's template
         names its engine, as the operator's server pod passes it to the agent."""
         self._pools: dict[str, str] = {}
+        self._uids: dict[str, str] = {}
+        """The UID of each pod (POD_UID of its agent, as the downward API gives it)."""
+        self._held: set[str] = set()
+        """Pods whose agent is not started (yet): see ``hold``."""
+        self._kept: set[str] = set()
+        """Pods whose agent outlives its pod's deletion: see ``hold``."""
+        self.orphans: list[AgentProcess] = []
+        """Agents kept running after their pod was deleted (stopped when the fleet closes)."""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if log_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"ekko-agents-{namespace}-")
@@ -148,6 +156,7 @@ class AgentFleet:
         self._stop.set()
         with self._lock:
             agents, self._agents = list(self._agents.values()), {}
+            agents += self.orphans
         for agent in agents:
             agent.stop()
         if self._thread is not None:
@@ -270,6 +279,7 @@ class AgentFleet:
                     }
                     for p in pods.items:
                         self._pools[p.metadata.name] = (p.metadata.labels or {}).get(POOL_LABEL, "")
+                        self._uids[p.metadata.name] = str(p.metadata.uid or "")
                     for name in self.pods():
                         if name not in names:
                             self._stop_agent(name)
@@ -293,6 +303,7 @@ class AgentFleet:
                         self._pools[pod.metadata.name] = (pod.metadata.labels or {}).get(
                             POOL_LABEL, ""
                         )
+                        self._replaced(pod.metadata.name, str(pod.metadata.uid or ""))
                         self._start_agent(pod.metadata.name)
                     if self._stop.is_set():
                         stream.stop()
@@ -307,9 +318,33 @@ class AgentFleet:
                 log.warning("pod watch in %s broke: %s", self.namespace, err)
                 self._stop.wait(1)
 
+    def hold(self, pod: str) -> None:
+        """Reproduce a force-deleted pod whose container lives on: when ``pod`` is deleted its
+        agent keeps running (with the old pod's UID, into ``orphans``), and the agent of the
+        same-named pod that replaces it starts only on ``release``."""
+        with self._lock:
+            self._kept.add(pod)
+            self._held.add(pod)
+
+    def release(self, pod: str) -> None:
+        """Start the held pod's agent (see ``hold``)."""
+        with self._lock:
+            self._held.discard(pod)
+            self._kept.discard(pod)
+        if pod in self._uids:
+            self._start_agent(pod)
+
+    def _replaced(self, pod: str, uid: str) -> None:
+        """A pod event with this UID: an agent still running for another UID of the name (its
+        pod deleted and re-created before the watch saw the deletion) belongs to the old pod."""
+        old = self._uids.get(pod)
+        self._uids[pod] = uid
+        if old and old != uid:
+            self._stop_agent(pod)
+
     def _start_agent(self, pod: str) -> None:
         with self._lock:
-            if pod in self._agents or self._stop.is_set():
+            if pod in self._agents or pod in self._held or self._stop.is_set():
                 return
             port = free_port()
             log_path = self.log_dir / f"{pod}.log"
@@ -327,7 +362,12 @@ class AgentFleet:
                 *[a for f in self._faults.values() for a in ("--fault", json.dumps(f))],
                 *self.extra_args,
             ]  # fmt: skip
-            env = {**os.environ, "POD_NAME": pod, "POD_NAMESPACE": self.namespace}
+            env = {
+                **os.environ,
+                "POD_NAME": pod,
+                "POD_NAMESPACE": self.namespace,
+                "POD_UID": self._uids.get(pod, ""),
+            }
             process = subprocess.Popen(
                 [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args],
                 cwd=REPO,
@@ -342,6 +382,11 @@ class AgentFleet:
     def _stop_agent(self, pod: str) -> None:
         with self._lock:
             agent = self._agents.pop(pod, None)
+            if agent is not None and pod in self._kept:
+                self._kept.discard(pod)
+                self.orphans.append(agent)
+                log.info("kept the agent of deleted pod %s running (orphan)", pod)
+                return
         if agent is not None:
             agent.stop()
             log.info("stopped agent of pod %s", pod)

@@ -23,7 +23,7 @@ from aiohttp import web
 from ekko.agent.decide import Fault, FaultKey, parse_fault
 from ekko.agent.engines import DEFAULT_ARTIFACT_ROOT, EmbeddingEngine, make_engine
 from ekko.agent.metrics import AgentMetrics
-from ekko.agent.runtime import Agent, StatusWriter, UpdatePlane
+from ekko.agent.runtime import Agent, StatusWriter, UpdatePlane, check_orphan
 from ekko.agent.server import make_app
 from ekko.api.units import UnitError, parse_quantity
 from ekko.kube.agentio import AgentKube
@@ -68,6 +68,7 @@ class Config:
     update_listen: str = DEFAULT_UPDATE_LISTEN
     update_advertise: str = ""
     artifact_root: str = str(DEFAULT_ARTIFACT_ROOT)
+    pod_uid: str = ""
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -93,6 +94,11 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "--namespace",
         default=os.environ.get("POD_NAMESPACE"),
         help="namespace of the pod [env POD_NAMESPACE]",
+    )
+    parser.add_argument(
+        "--pod-uid",
+        default=os.environ.get("POD_UID", ""),
+        help="UID of the server pod, written into every status report [env POD_UID]",
     )
     parser.add_argument(
         "--kubeconfig",
@@ -184,6 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     )
     return Config(
         pod_name=args.pod_name,
+        pod_uid=args.pod_uid,
         namespace=args.namespace,
         kubeconfig=args.kubeconfig,
         host=host,
@@ -216,6 +223,28 @@ def _start_watches(
         if not loop.is_closed():
             loop.call_soon_threadsafe(fn, *args)
 
+    checking: list[asyncio.Future[None]] = []
+
+    def check(reported: str) -> None:  # on the loop
+        if not any(not f.done() for f in checking):
+            checking[:] = [
+                asyncio.ensure_future(
+                    check_orphan(agent.writer, reported, lambda: asyncio.to_thread(kube.pod_uid))
+                )
+            ]
+
+    def on_assignment(kind: str, obj: dict[str, Any]) -> None:
+        reported = str((obj.get("status") or {}).get("podUid") or "")
+        if kind != "DELETED" and reported and reported != agent.writer.pod_uid:
+            call(check, reported)  # another pod's agent wrote it: are we the orphan?
+        call(agent.on_assignment, kind, obj)
+
+    def on_assignments(items: list[dict[str, Any]]) -> None:
+        if items:
+            on_assignment("ADDED", items[0])
+        else:
+            call(agent.on_assignment_relist, items)
+
     def on_model(kind: str, obj: dict[str, Any]) -> None:
         call(agent.on_model, kind, obj, time.monotonic())  # observed now, in the watch thread
 
@@ -226,8 +255,8 @@ def _start_watches(
         threading.Thread(
             target=kube.watch_assignment,
             args=(
-                lambda items: call(agent.on_assignment_relist, items),
-                lambda kind, obj: call(agent.on_assignment, kind, obj),
+                on_assignments,
+                on_assignment,
                 stop,
             ),
             name="watch-assignment",
@@ -257,7 +286,11 @@ async def run(config: Config) -> int:
     async def patch(body: dict[str, Any]) -> None:
         await asyncio.to_thread(kube.patch_status, body)
 
-    writer = StatusWriter(patch, metrics)
+    writer = StatusWriter(patch, metrics, pod_uid=config.pod_uid)
+    if not config.pod_uid:
+        log.warning(
+            "no POD_UID: reports carry no pod UID (the operator falls back to report times)"
+        )
     engine = make_engine(
         config.engine,
         sim_bandwidth=config.sim_bandwidth,

@@ -82,8 +82,13 @@ class StatusWriter:
         metrics: AgentMetrics,
         now: Callable[[], datetime] = utcnow,
         retry_delay: float = 0.5,
+        pod_uid: str = "",
     ) -> None:
         self._patch = patch
+        self.pod_uid = pod_uid
+        """Written as status.podUid with every patch: the operator counts only its current pod's."""
+        self.orphaned = False
+        """Set once the agent found its pod gone or replaced: nothing is written any more."""
         self._metrics = metrics
         self._now = now
         self._retry_delay = retry_delay
@@ -109,7 +114,14 @@ class StatusWriter:
                 continue
             body, waiters = self._pending, self._waiters
             self._pending, self._waiters = None, []
+            if self.orphaned:
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(None)
+                continue
             body["heartbeat"] = self._now().isoformat().replace("+00:00", "Z")
+            if self.pod_uid:
+                body["podUid"] = self.pod_uid
             try:
                 await self._patch(body)
                 self._metrics.status_writes.inc()
@@ -129,6 +141,35 @@ class StatusWriter:
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
+
+    def orphan(self, reason: str) -> None:
+        """Stop writing the status for good (logged once): another pod owns the assignment now."""
+        if not self.orphaned:
+            self.orphaned = True
+            log.warning("not writing the ServerAssignment status any more: %s", reason)
+
+
+async def check_orphan(
+    writer: StatusWriter, reported_uid: str, current_uid: Callable[[], Awaitable[str | None]]
+) -> None:
+    """React to a status written by another pod's agent (``reported_uid`` differs from ours).
+
+    Either this agent's pod was deleted and a same-named one took its place (this agent is an
+    orphan, e.g. a force-deleted pod whose container lives on: it stops writing), or this agent is
+    the new one and the report is the old agent's last (it goes on). ``current_uid`` reads the UID
+    of the pod that now has our name (None when there is none). A failed read changes nothing."""
+    if writer.orphaned or not writer.pod_uid or not reported_uid or reported_uid == writer.pod_uid:
+        return
+    try:
+        uid = await current_uid()
+    except KubeError as err:
+        log.info("could not read this agent's pod to compare UIDs: %s", err)
+        return
+    if uid != writer.pod_uid:
+        writer.orphan(
+            f"its pod {writer.pod_uid} is {'gone' if uid is None else f'replaced by {uid}'} "
+            f"(the assignment reports pod {reported_uid})"
+        )
 
 
 _DTYPES: dict[str, ValueDType] = {"Float32": "float32", "Float16": "float16", "Int8": "int8"}

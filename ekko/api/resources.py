@@ -1054,6 +1054,14 @@ class ServerAssignmentStatus(ApiModel):
         default_factory=list, max_length=256, description="Weights the agent applies."
     )
     heartbeat: datetime | None = Field(default=None, description="Last time the agent reported.")
+    pod_uid: str = Field(
+        default="",
+        max_length=128,
+        description="UID of the pod whose agent wrote this report (downward API metadata.uid). "
+        "The operator counts loaded and routing only when it matches the UID of the server's "
+        "current pod, so an agent of a deleted same-named pod is not counted; a report without "
+        "it (an agent from before this field) counts only when newer than the current pod.",
+    )
     message: str = Field(default="", max_length=4096, description="Last load error, if any.")
     failed: Annotated[list[FailedLoad], ListSchema("atomic")] = Field(
         default_factory=list,

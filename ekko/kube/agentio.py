@@ -64,6 +64,21 @@ class AgentKube:
             where = f"{self.namespace}/{self.pod_name}"
             raise convert(err, f"patch status of ServerAssignment {where}") from err
 
+    def pod_uid(self, timeout: float = 10.0) -> str | None:
+        """The UID of the pod that has this agent's name now, None when there is none."""
+        where = f"{self.namespace}/{self.pod_name}"
+        try:
+            pod: Any = client.CoreV1Api(self._api).read_namespaced_pod(
+                self.pod_name, self.namespace, _request_timeout=timeout
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise convert(err, f"read Pod {where}") from err
+        except Exception as err:
+            raise convert(err, f"read Pod {where}") from err
+        return str(pod.metadata.uid or "")
+
     # -- watches ------------------------------------------------------------------------------
 
     def watch_assignment(

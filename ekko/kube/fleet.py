@@ -198,7 +198,7 @@ class Fleet:
                     and (pod.get("metadata") or {}).get("deletionTimestamp") is None
                     and observe_.pod_ready(pod)
                 )
-                out.append((assignment, serving))
+                out.append((observe_.current_report(assignment, pod), serving))
         return out
 
     def observe(self, pool: ServerPool) -> PoolState:
@@ -602,6 +602,8 @@ def agent_container(template: ServerTemplate, operator_image: str) -> dict[str, 
             },
             # Peers pull model updates from this address (the agent's --update-advertise default).
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            # Written into every status report: the operator counts only its current pod's.
+            {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         ],
         "ports": [
             {"name": "agent", "containerPort": AGENT_PORT},

@@ -90,28 +90,67 @@ def node_ready(node: Obj, now: dt.datetime) -> bool:
     return (now - since).total_seconds() < NODE_LOST_AFTER
 
 
+def pod_uid(obj: Obj | None) -> str:
+    """An object's UID, "" when absent."""
+    return str(_meta(obj).get("uid") or "") if obj is not None else ""
+
+
+def from_current_pod(
+    assignment: ServerAssignment | None,
+    uid: str = "",
+    since: dt.datetime | None = None,
+    stale: dt.datetime | None = None,
+) -> bool:
+    """Whether the assignment's report (loaded, routing) is the current pod's agent's.
+
+    A recreated pod keeps its name, so its assignment can show another agent's report: the
+    previous agent's last write, or an agent of the deleted pod still running (a force-deleted
+    pod whose container lives on) that loads and reports the new pod's shards. The agent writes
+    its own pod's UID (``status.podUid``); when both it and the current pod's ``uid`` are known,
+    the report counts exactly when they match.
+
+    A report without ``podUid`` (an agent from before the field) falls back to two time guards:
+    the report must not predate the pod (``since``, its creation time), and it must be newer than
+    ``stale``, the heartbeat the assignment carried when the cache saw the new pod appear (the
+    creation time has whole seconds only, and an old agent's last write can land in that
+    second). Those cannot tell a still-running old agent from the new one."""
+    if assignment is None or assignment.status is None:
+        return False
+    status = assignment.status
+    if status.pod_uid and uid:
+        return status.pod_uid == uid
+    heartbeat = status.heartbeat
+    if heartbeat is None:
+        return since is None and stale is None
+    return not (
+        (since is not None and heartbeat < since) or (stale is not None and heartbeat <= stale)
+    )
+
+
 def loaded(
     assignment: ServerAssignment | None,
     since: dt.datetime | None = None,
     stale: dt.datetime | None = None,
+    uid: str = "",
 ) -> frozenset[tuple[str, int, str]]:
-    """What the server's agent reports loaded; nothing if the report is not the current pod's.
-
-    A recreated pod keeps its name, so its assignment still shows the previous agent's shards
-    until the new agent writes. Two guards: the report must not predate the pod (``since``, its
-    creation time), and it must be newer than ``stale``, the heartbeat the assignment carried
-    when the cache saw the new pod appear (the creation time has whole seconds only, and an old
-    agent's last write can land in that second)."""
+    """What the server's agent reports loaded; nothing if the report is not the current pod's
+    (see ``from_current_pod``)."""
     if assignment is None or assignment.status is None:
         return frozenset()
-    heartbeat = assignment.status.heartbeat
-    if (since is not None or stale is not None) and heartbeat is None:
-        return frozenset()
-    if heartbeat is not None and (
-        (since is not None and heartbeat < since) or (stale is not None and heartbeat <= stale)
-    ):
+    if not from_current_pod(assignment, uid, since, stale):
         return frozenset()
     return frozenset((s.model, s.shard, s.version) for s in assignment.status.loaded)
+
+
+def current_report(assignment: ServerAssignment, pod: Obj | None) -> ServerAssignment:
+    """The assignment as the rollout should read it: its status dropped when the report is not
+    the current pod's agent's (same rule as ``loaded``). Without a pod it is kept: the server
+    is not ready, so nothing of it counts, and its load errors stay visible."""
+    if assignment.status is None or pod is None:
+        return assignment
+    if from_current_pod(assignment, pod_uid(pod), since=created(pod)):
+        return assignment
+    return assignment.model_copy(update={"status": None})
 
 
 def pool_state(
@@ -165,7 +204,9 @@ def pool_state(
             node=on,
             assignment_exists=assignment is not None,
             spec_shards=tuple(assignment.spec.shards) if assignment else (),
-            loaded=loaded(assignment, since=created(pod), stale=stale.get(pod_name)),
+            loaded=loaded(
+                assignment, since=created(pod), stale=stale.get(pod_name), uid=pod_uid(pod)
+            ),
             unschedulable=unschedulable(pod),
             template_hash=str((meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL, "")),
         )

@@ -6,6 +6,7 @@ from typing import Any
 
 from ekko.api.resources import ServerAssignment
 from ekko.kube.client import converting, list_raw, parse
+from ekko.kube.observe import from_current_pod
 
 POOL_LABEL = "ekko.dev/pool"
 
@@ -42,5 +43,9 @@ def model_servers(
         if any(s.model == model for s in assignment.spec.shards):
             pod = pods.get(assignment.metadata.name)
             serving = pod is not None and pod.metadata.deletion_timestamp is None and pod_ready(pod)
+            if pod is not None and not from_current_pod(
+                assignment, str(pod.metadata.uid or ""), since=pod.metadata.creation_timestamp
+            ):
+                assignment = assignment.model_copy(update={"status": None})  # another pod's report
             out.append((assignment, serving))
     return out

@@ -13,7 +13,7 @@ import pytest
 from ekko.agent.decide import ShardKey, due_unloads, key_of
 from ekko.agent.engines import LoadError, SimEngine
 from ekko.agent.metrics import AgentMetrics
-from ekko.agent.runtime import Agent, StatusWriter
+from ekko.agent.runtime import Agent, StatusWriter, check_orphan
 from ekko.api.resources import AssignedShard
 from ekko.kube.errors import KubeError, NotFound
 
@@ -359,3 +359,46 @@ def test_due_unloads_waits_for_the_grace() -> None:
     due, since = due_unloads([b], since, now=12.5, grace=2.0)  # a is wanted again: forgotten
     assert due == [] and since == {b: 12.0}
     assert due_unloads([a], {}, now=0.0, grace=0.0)[0] == [a]
+
+
+def test_every_patch_carries_the_pods_uid_and_an_orphan_writes_no_more() -> None:
+    async def scenario() -> None:
+        rec = Recorder()
+        writer = StatusWriter(rec, AgentMetrics(), now=lambda: NOW, retry_delay=0.01, pod_uid="u1")
+        task = asyncio.create_task(writer.run())
+        await asyncio.wait_for(writer.submit({"loaded": []}), 1)
+        assert rec.bodies == [{"loaded": [], "heartbeat": "2026-01-02T03:04:05Z", "podUid": "u1"}]
+
+        async def pod_is(uid: str | None) -> str | None:
+            return uid
+
+        async def unreadable() -> str | None:
+            raise KubeError("forbidden", 403)
+
+        # Our own report, a failed read, or another pod's report while our pod is current
+        # (that one is the orphan): writing goes on.
+        await check_orphan(writer, "u1", lambda: pod_is("u2"))
+        await check_orphan(writer, "u2", unreadable)
+        await check_orphan(writer, "u2", lambda: pod_is("u1"))
+        assert not writer.orphaned
+        # Our pod was replaced by another of the name: stop writing, for good.
+        await check_orphan(writer, "u2", lambda: pod_is("u2"))
+        assert writer.orphaned
+        await asyncio.wait_for(writer.submit({"loaded": [1]}), 1)  # resolves, writes nothing
+        assert len(rec.bodies) == 1
+        task.cancel()
+
+    run(scenario)
+
+
+def test_an_agent_whose_pod_is_gone_is_an_orphan() -> None:
+    async def scenario() -> None:
+        writer = StatusWriter(Recorder(), AgentMetrics(), pod_uid="u1")
+
+        async def gone() -> str | None:
+            return None
+
+        await check_orphan(writer, "u2", gone)
+        assert writer.orphaned
+
+    run(scenario)

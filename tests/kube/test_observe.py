@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from ekko.api.resources import ServerAssignment
-from ekko.kube.observe import NODE_LOST_AFTER, loaded, node_ready, owned_by, pool_state
+from ekko.kube.observe import (
+    NODE_LOST_AFTER,
+    current_report,
+    from_current_pod,
+    loaded,
+    node_ready,
+    owned_by,
+    pool_state,
+)
 from tests.kube.pools import pool
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
@@ -58,8 +66,12 @@ def node(name: str = "n1", status: str = "True", seconds_ago: float = 1000) -> d
     }
 
 
-def assignment(name: str = "p-0", heartbeat: datetime | None = NOW) -> ServerAssignment:
+def assignment(
+    name: str = "p-0", heartbeat: datetime | None = NOW, pod_uid: str = ""
+) -> ServerAssignment:
     status: dict[str, Any] = {"loaded": [{"model": "m", "shard": 0, "version": "v1", "bytes": 1}]}
+    if pod_uid:
+        status["podUid"] = pod_uid
     if heartbeat is not None:
         status["heartbeat"] = stamp(heartbeat)
     return ServerAssignment.model_validate(
@@ -220,3 +232,64 @@ def test_server_classification(
     (server,) = state.servers
     got = (server.pod_ready, server.pod_failed, server.unschedulable, server.deleting)
     assert got == expected, case
+
+
+LATER = NOW + timedelta(seconds=30)
+"""A heartbeat newer than every time guard of the table below."""
+
+
+@pytest.mark.parametrize(
+    ("reported", "current", "heartbeat", "counts"),
+    [
+        # The agent names its pod: the UID decides, whatever the report times say.
+        ("uid-new", "uid-new", LATER, True),
+        ("uid-old", "uid-new", LATER, False),  # the deleted pod's agent, still writing
+        ("uid-new", "uid-new", NOW - timedelta(minutes=1), True),  # before the stale mark
+        ("uid-old", "uid-new", None, False),
+        # No UID in the report (an agent from before podUid): the report-time guards.
+        ("", "uid-new", LATER, True),
+        ("", "uid-new", NOW - timedelta(minutes=1), False),  # older than the pod
+        ("", "uid-new", NOW, False),  # not newer than the heartbeat when the pod appeared
+        ("", "uid-new", None, False),
+        # The pod's UID unknown: the report-time guards too.
+        ("uid-old", "", LATER, True),
+        ("uid-old", "", NOW, False),
+    ],
+)
+def test_a_report_counts_when_its_pod_uid_is_the_current_pods(
+    reported: str, current: str, heartbeat: datetime | None, counts: bool
+) -> None:
+    report = assignment(heartbeat=heartbeat, pod_uid=reported)
+    since, stale = NOW - timedelta(seconds=20), NOW
+    assert from_current_pod(report, current, since=since, stale=stale) is counts
+    want = {("m", 0, "v1")} if counts else set()
+    assert loaded(report, since=since, stale=stale, uid=current) == want
+
+
+def test_pool_state_counts_only_the_current_pods_report() -> None:
+    def state(reported: str) -> Any:
+        return pool_state(
+            pool(),
+            models=[],
+            rejected={},
+            pods=[pod("p-0")],  # uid-p-0
+            assignments={"p-0": assignment(heartbeat=NOW, pod_uid=reported)},
+            nodes=[node()],
+            versions=[],
+            now=NOW,
+        ).servers[0]
+
+    assert state("uid-p-0").loaded == {("m", 0, "v1")}
+    assert state("uid-gone").loaded == set()
+    assert state("").loaded == {("m", 0, "v1")}  # no UID, newer than the pod: counted
+
+
+def test_the_rollout_reads_a_report_only_from_the_current_pod() -> None:
+    mine = assignment(heartbeat=NOW, pod_uid="uid-p-0")
+    assert current_report(mine, pod("p-0")) is mine
+    other = current_report(assignment(heartbeat=NOW, pod_uid="uid-gone"), pod("p-0"))
+    assert other.status is None and other.spec == mine.spec
+    older = assignment(heartbeat=NOW - timedelta(minutes=10))  # no UID, older than the pod
+    assert current_report(older, pod("p-0")).status is None
+    # No pod: kept (the server is not ready, so it counts for nothing; its errors stay visible).
+    assert current_report(other := assignment(pod_uid="uid-gone"), None) is other

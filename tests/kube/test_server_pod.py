@@ -116,3 +116,18 @@ def test_an_abbreviated_flag_in_agent_args_cannot_move_the_agent_off_its_probed_
     )["spec"]["containers"][1]
     config = parse_args([*agent["args"][1:], "--pod-name", "p-0", "--namespace", "ns"])
     assert (config.host, config.port, config.engine) == ("0.0.0.0", AGENT_PORT, "sim")
+
+
+def test_the_agent_gets_its_pods_uid_from_the_downward_api() -> None:
+    pod = server_pod(pool(), "p-0", "zone-a", "ekko:1")
+    agent = next(c for c in pod["spec"]["containers"] if c["name"] == "ekko-agent")
+    assert {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}} in agent[
+        "env"
+    ]
+
+
+def test_the_agent_reads_its_pod_uid_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_UID", "0b1c")
+    assert parse_args(["--pod-name", "p-0", "--namespace", "ns"]).pod_uid == "0b1c"
+    monkeypatch.delenv("POD_UID")
+    assert parse_args(["--pod-name", "p-0", "--namespace", "ns"]).pod_uid == ""

@@ -99,6 +99,10 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: ["ekko.dev"]
   resources: ["models"]
   verbs: ["list", "watch"]
+# ekko/kube/agentio.py pod_uid: is its own pod still the one with its name (orphan check).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get"]
 {{- end -}}
 
 {{/* People: aggregated into the built-in `view` ClusterRole (read Ekko's objects, as
