@@ -21,6 +21,9 @@ Scenarios (``--scenarios``, comma-separated; ``all`` runs every one):
   every agent routing the model to the stable version.
 - ``assignment-edit``: the ServerAssignment holding the most replicas gets ``spec.shards: []`` by
   hand (the bench runs no webhook, so the edit is admitted); the operator must restore it.
+- ``outage-canary``: a ModelVersion canary in a 20 s pause at 30 %; the API server is stopped for
+  the first of ``--outages`` seconds (as in an upgrade of the control plane mid-rollout) and
+  started again; the rollout must reach Promoted and the pool converge.
 
 For every fault scenario it reports whether the pool recovered without a person, the seconds from
 the fault to recovery, the fewest ready replicas any shard had against the model's
@@ -136,6 +139,7 @@ FAULTS = (
     "pool-delete",
     "operator-rollback",
     "assignment-edit",
+    "outage-canary",
 )
 SCENARIOS = (OUTAGE, *FAULTS)
 SAMPLE_S = 0.2
@@ -361,6 +365,8 @@ def run_fault(
     kubeconfig: str,
     restart_after: float,
     timeout: float,
+    *,
+    outage: float = 20.0,
 ) -> dict[str, Any]:
     ns = f"{NS}-{name}"
     with scenario_env(api_client, kubeconfig, ns) as (api, fleet, operator):
@@ -389,6 +395,24 @@ def run_fault(
                 operator.stop(hard=True)
                 time.sleep(restart_after)
                 operator.start()
+                done = wait(lambda: _phase(api, "rank-v2") == "Promoted", timeout)
+                if done is not None:
+                    done = wait(
+                        lambda: converged(api, models=["rank"]) and sampler.whole(), timeout
+                    )
+            elif name == "outage-canary":
+                steps = [{"setWeight": 30}, {"pause": {"duration": "20s"}}, {"setWeight": 100}]
+                doc = version_manifest("v2", steps)
+                del doc["spec"]["analysis"]  # no analysis step: no Prometheus needed
+                api.create(doc)
+                caught = wait(lambda: _step(api, "rank-v2") == (1, 30), 120, interval=0.05)
+                fault_at = time.monotonic()
+                back = apiserver_outage(outage)
+                note = (
+                    f"API server down {outage:.0f}s (back after {back:.1f}s) in the pause at 30%"
+                    if caught is not None
+                    else "pause never seen"
+                )
                 done = wait(lambda: _phase(api, "rank-v2") == "Promoted", timeout)
                 if done is not None:
                     done = wait(
@@ -627,7 +651,14 @@ def main(argv: list[str] | None = None) -> int:
             result["outages"] = run_outages(api_client, kubeconfig, outages, args.recover_timeout)
         else:
             faults.append(
-                run_fault(name, api_client, kubeconfig, args.restart_after, args.recover_timeout)
+                run_fault(
+                    name,
+                    api_client,
+                    kubeconfig,
+                    args.restart_after,
+                    args.recover_timeout,
+                    outage=outages[0] if outages else 20.0,
+                )
             )
             result["faults"] = faults
         result["load_average"].append(os.getloadavg())
