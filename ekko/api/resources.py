@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from itertools import pairwise
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator
 
@@ -1655,7 +1655,9 @@ ROLLBACK_ANNOTATION = "ekko.dev/updates-rollback-at"
 (``kubectl ekko updates rollback``); acted on once per value."""
 ROLLBACK_CUT_ANNOTATION = "ekko.dev/updates-rollback-to"
 """On an UpdateStream: the cut a person's rollback goes back to (default: the baseline's)."""
-REQUEST_VERBS = ("promote", "promote-full", "pause", "resume", "abort", "rollback", "retry")
+RequestVerb = Literal["promote", "promote-full", "pause", "resume", "abort", "rollback", "retry"]
+"""What a person may ask of a rollout by annotation (``kubectl ekko`` writes them)."""
+REQUEST_VERBS: tuple[RequestVerb, ...] = get_args(RequestVerb)
 
 RESOURCE_TYPES: tuple[type[Resource], ...] = (
     ServerPool,

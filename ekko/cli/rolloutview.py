@@ -27,7 +27,9 @@ from ekko.api.units import parse_time
 from ekko.rollout.machine import TERMINAL, Inputs, Observed, Request, Verb, decide
 from ekko.rollout.observe import RoutingProgress
 
-ACTIVE_PHASES = ("Pending", "Loading", "Progressing", "Paused")
+LIVE_PHASES = ("Pending", "Loading", "Progressing", "Paused")
+"""Phases of a version a status line is about before the stable one: the rollout's holder and one
+just applied and still waiting (Pending)."""
 RETRYABLE = ("Aborted", "RolledBack", "Failed")
 _CHECK_AT = "kubectl-ekko-refusal-check"
 """The request stamp of the dry run of the machine; never a real RFC 3339 time."""
@@ -67,7 +69,7 @@ def active_version(model: Model, versions: Sequence[ModelVersion]) -> ModelVersi
     canary = _by_version(mine, status.canary_version if status else None)
     if canary is not None:
         return canary
-    live = [v for v in mine if _phase(v) in ACTIVE_PHASES]
+    live = [v for v in mine if _phase(v) in LIVE_PHASES]
     if live:
         return live[-1]
     stable = _by_version(mine, stable_of(model))

@@ -26,13 +26,15 @@ from ekko.api.resources import (
     ModelVersionSpec,
     ModelVersionStatus,
     Phase,
+    RequestVerb,
     VersionWeight,
 )
 from ekko.api.units import parse_duration
 from ekko.rollout.analysis import Measurement, due, record, seconds_until_due
 
 TERMINAL: frozenset[Phase] = frozenset({"Promoted", "Aborted", "RolledBack", "Failed"})
-Verb = Literal["promote", "promote-full", "pause", "resume", "abort", "rollback", "retry"]
+Verb = RequestVerb
+"""The verbs of a request (one Literal, in ``ekko.api.resources``, with ``REQUEST_VERBS``)."""
 LOOK_AGAIN = 1.0
 """Seconds between passes while waiting on agents (their status changes also wake the worker)."""
 

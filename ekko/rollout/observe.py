@@ -19,7 +19,9 @@ from ekko.api.resources import (
 from ekko.api.units import parse_time
 from ekko.rollout.machine import Observed, Request
 
-ACTIVE = ("Loading", "Progressing", "Paused")
+HOLDING_PHASES = ("Loading", "Progressing", "Paused")
+"""Phases in which a version holds its model's rollout: another version must wait (a Pending one
+is waiting its turn itself)."""
 
 
 def current_weights(model: Model) -> tuple[VersionWeight, ...]:
@@ -101,7 +103,7 @@ def observe(
         if s.metadata.name != name
         and s.spec.model == model.metadata.name
         and s.status is not None
-        and s.status.phase in ACTIVE
+        and s.status.phase in HOLDING_PHASES
     ]
     if status and status.canary_version and status.canary_version != mine:
         owner = next(
@@ -171,16 +173,16 @@ def request_of(version: ModelVersion) -> Request | None:
         )
     if not at:
         return Request(
-            verb=verb,  # type: ignore[arg-type]
+            verb=verb,
             at=key,
             problem=f"{verb} has no {REQUEST_AT_ANNOTATION} stamp (RFC 3339, unique per request; "
             "kubectl ekko writes it)",
         )
     if len(at) > REQUEST_KEY_LENGTH:
         return Request(
-            verb=verb,  # type: ignore[arg-type]
+            verb=verb,
             at=key,
             problem=f"{REQUEST_AT_ANNOTATION} is {len(at)} characters long; give an RFC 3339 time",
         )
     when = parse_time(at)  # None for a naive time (no instant): the operator's clock times it
-    return Request(verb=verb, at=at, at_time=when, to=notes.get(ROLLBACK_TO_ANNOTATION) or None)  # type: ignore[arg-type]
+    return Request(verb=verb, at=at, at_time=when, to=notes.get(ROLLBACK_TO_ANNOTATION) or None)
