@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.updates_procs import _free_port, _read_log, cpu_seconds, save_writes
+from bench.updates_procs import _free_port, _read_log, cpu_seconds, paced_batches, save_writes
 from bench.updates_sim import TABLES, Writes, lag_stats, served_quality
 
 PY = sys.executable
@@ -148,32 +148,15 @@ async def _publisher(  # noqa: PLR0917
     nc = await nats.connect(url)
     js = nc.jetstream()
     wall = np.zeros(len(gkey), dtype=np.float64)
-    while not start_file.exists():
-        await asyncio.sleep(0.05)
-    start_at = float(start_file.read_text())
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    i, n = 0, len(gkey)
-    while i < n:
-        now = time.time() - start_at
-        j = int(np.searchsorted(t, now + 1e-9, side="right"))
-        if j <= i:
-            await asyncio.sleep(min(tick, float(t[i]) - now))
-            continue
-        ids = np.arange(i, j)
-        for tab in range(len(TABLES)):
-            sel = ids[table[ids] == tab]
-            if sel.size == 0:
-                continue
-            at = time.time()
-            msg = encode_message(
-                tab, gkey[sel] - offsets[tab], sel + 1, at, values[sel, : widths[tab]], zstd
-            )
-            wall[sel] = at
-            await js.publish(f"{SUBJECT}.{TABLES[tab]}", msg)  # acknowledged by the stream
-        i = j
-        await asyncio.sleep(tick)
+    async for tab, sel in paced_batches(t, table, start_file, tick):
+        at = time.time()
+        msg = encode_message(
+            tab, gkey[sel] - offsets[tab], sel + 1, at, values[sel, : widths[tab]], zstd
+        )
+        wall[sel] = at
+        await js.publish(f"{SUBJECT}.{TABLES[tab]}", msg)  # acknowledged by the stream
     await nc.drain()
-    np.savez(log, seqs=np.arange(1, n + 1), wall=wall, cpu=time.process_time())
+    np.savez(log, seqs=np.arange(1, len(gkey) + 1), wall=wall, cpu=time.process_time())
 
 
 # -- an agent (inference server) -----------------------------------------------------------------

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,32 @@ def save_writes(w: Writes, path: Path) -> None:
 # -- the origin process --------------------------------------------------------------------------
 
 
+async def paced_batches(
+    t: np.ndarray, table: np.ndarray, start_file: Path, tick: float
+) -> AsyncIterator[tuple[int, np.ndarray]]:
+    """Replay writes at their stream times: wait for the orchestrator's start file (it holds the
+    wall-clock start, written once every node is up), then every ``tick`` yield, per table, the
+    indices of the writes that are due by now (``t`` sorted, seconds after the start)."""
+    while not start_file.exists():
+        await asyncio.sleep(0.05)
+    start_at = float(start_file.read_text())
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    i, n = 0, len(t)
+    while i < n:
+        now = time.time() - start_at
+        j = int(np.searchsorted(t, now + 1e-9, side="right"))
+        if j <= i:
+            await asyncio.sleep(min(tick, float(t[i]) - now))
+            continue
+        ids = np.arange(i, j)
+        for tab in range(len(TABLES)):
+            sel = ids[table[ids] == tab]
+            if sel.size:
+                yield tab, sel
+        i = j
+        await asyncio.sleep(tick)
+
+
 async def _origin(
     writes: Path, listen: str, log: Path, *, start_file: Path, tick: float, hold: float
 ) -> None:
@@ -84,27 +111,11 @@ async def _origin(
     await pub.start(host, int(port))
     seqs = np.zeros(len(gkey), dtype=np.int64)
     wall = np.zeros(len(gkey), dtype=np.float64)
-    while not start_file.exists():  # the orchestrator writes it once every node is up
-        await asyncio.sleep(0.05)
-    start_at = float(start_file.read_text())
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    i, n = 0, len(gkey)
-    while i < n:
-        now = time.time() - start_at
-        j = int(np.searchsorted(t, now + 1e-9, side="right"))
-        if j <= i:
-            await asyncio.sleep(min(tick, float(t[i]) - now))
-            continue
-        ids = np.arange(i, j)
-        for tab, name in enumerate(TABLES):
-            sel = ids[table[ids] == tab]
-            if sel.size == 0:
-                continue
-            last = pub.publish(name, gkey[sel] - offsets[tab], values[sel, : widths[tab]])
-            seqs[sel] = last - sel.size + 1 + np.arange(sel.size)
-            wall[sel] = time.time()
-        i = j
-        await asyncio.sleep(tick)
+    async for tab, sel in paced_batches(t, table, start_file, tick):
+        name = TABLES[tab]
+        last = pub.publish(name, gkey[sel] - offsets[tab], values[sel, : widths[tab]])
+        seqs[sel] = last - sel.size + 1 + np.arange(sel.size)
+        wall[sel] = time.time()
     np.savez(log, seqs=seqs, wall=wall)
     await asyncio.sleep(hold)
     await pub.stop()

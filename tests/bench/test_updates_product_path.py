@@ -61,3 +61,30 @@ def test_procs_helpers(tmp_path: Path) -> None:
     log.write_text("apply_time,table,key,epoch,origin,seq\n1.5,item,3,0,1,42\n")
     t, tab, seq = _read_log(log)
     assert t.tolist() == [1.5] and tab.tolist() == [1] and seq.tolist() == [42]
+
+
+def test_paced_batches_replays_each_write_once_per_table_and_never_early(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from bench.updates_procs import paced_batches
+
+    t = np.array([0.0, 0.0, 0.0, 0.05, 0.12, 0.12])
+    table = np.array([0, 1, 0, 1, 0, 0])
+    start_file = tmp_path / "start"
+
+    async def collect() -> list[tuple[int, list[int], float]]:
+        got = []
+        async for tab, sel in paced_batches(t, table, start_file, tick=0.01):
+            got.append((tab, sel.tolist(), time.time()))
+        return got
+
+    start_at = time.time() + 0.05
+    start_file.write_text(repr(start_at))
+    got = asyncio.run(collect())
+    seen = [i for _, sel, _ in got for i in sel]
+    assert sorted(seen) == list(range(len(t)))  # each write exactly once
+    for tab, sel, at in got:
+        assert all(table[i] == tab for i in sel)  # one table per batch
+        assert at - start_at >= max(t[i] for i in sel) - 1e-6  # never before its stream time
+    assert got[0][1] == [0, 2] and got[1][1] == [1]  # the first tick: table 0 then table 1
