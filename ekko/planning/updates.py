@@ -293,12 +293,14 @@ def fixed_weight(spec: UpdateStreamSpec) -> int:
 
 
 def traffic_query(models: Iterable[str], window_seconds: int) -> str:
-    """The instant query for each model's request rate over the window (the agents'
-    ``ekko_agent_requests_total``, every version and server summed)."""
+    """The instant query for each model's serving rate over the window, every server summed:
+    the agents' requests (``ekko_agent_requests_total``, by version) or, on an ``embedding``
+    pool, the (user, item) pairs they scored (``ekko_agent_scores_total``, by view)."""
     names = "|".join(_regex_literal(m) for m in sorted(set(models)))
+    sel = f'{{model=~"{names}"}}[{int(window_seconds)}s]'
     return (
-        f'sum by (model) (rate(ekko_agent_requests_total{{model=~"{names}"}}'
-        f"[{int(window_seconds)}s]))"
+        f"sum by (model) (rate(ekko_agent_requests_total{sel}) "
+        f"or rate(ekko_agent_scores_total{sel}))"
     )
 
 

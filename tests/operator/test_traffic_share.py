@@ -60,7 +60,11 @@ def test_weights_from_rates(rates: dict[str, float], current: int | None, want: 
 
 def test_the_query_and_the_duties_carry_the_weight() -> None:
     q = traffic_query(["tagger", "ranker"], 60)
-    assert q == 'sum by (model) (rate(ekko_agent_requests_total{model=~"ranker|tagger"}[60s]))'
+    sel = '{model=~"ranker|tagger"}[60s]'
+    assert q == (
+        f"sum by (model) (rate(ekko_agent_requests_total{sel}) "
+        f"or rate(ekko_agent_scores_total{sel}))"
+    )
     fixed = stream("ranker", "Fixed", weight=40)
     assert plan_topology("ranker", fixed.spec, []).duties == {}
     servers = [StreamServer("a0", "eu", frozenset({0}), True, "http://a0:9500")]
