@@ -1,6 +1,6 @@
 """A server in two streams under a narrow shared cap: which model's rows go first?
 
-    python -m bench.updates_share --json /tmp/share.json     # ~1 min: 2 weightings × 3 seeds
+    python -m bench.updates_share --json /tmp/share.json     # 2 weightings × 3 seeds, 2–6 min
 
 Two publishers (models ``heavy`` and ``light``, one 32-float table each) feed a leader node (one
 route per model, uncapped links); a follower in both streams pulls both models from that leader
