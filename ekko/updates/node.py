@@ -338,7 +338,7 @@ class Node:
         up.source = response.source
         peer = up.spec.region or "unknown"
         self.metrics.observe_bytes("in", peer, len(data), fp32_bytes(response))
-        tables = [t for t in response.tables if not models or t.model in models]
+        tables = [t for t in response.tables if not models or not t.model or t.model in models]
         if self._apply(tables, response.batches, response.source):
             self.store.acknowledge(response.source, response.number)
         self.metrics.pulls.labels(up.spec.url, "rows" if response.n_rows else "empty").inc()

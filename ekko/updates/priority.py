@@ -330,8 +330,8 @@ class Scheduler:
         self._superseded(request)
         for shard in store.shards():
             spec = store.spec(shard[0])
-            if request.models and spec.model not in request.models:
-                continue  # the puller asked for other models' tables only
+            if request.models and spec.model and spec.model not in request.models:
+                continue  # the puller asked for other models' tables only (unowned: for all)
             k = request.knowledge.get(shard, Knowledge())
             if store.nothing_newer(shard, k):
                 idle.append((shard, k))

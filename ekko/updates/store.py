@@ -286,8 +286,9 @@ class PullRequest:
     forget: bool = False
     """Too many rows were overwritten to list: the responder forgets what it sent this puller."""
     models: tuple[str, ...] = ()
-    """The models whose tables the puller wants from this responder (empty: every table). A
-    server in two streams pulls each model from that stream's upstreams."""
+    """The models whose tables the puller wants from this responder (empty: every table; a
+    table that names no model goes to every puller). A server in two streams pulls each model
+    from that stream's upstreams."""
 
 
 @dataclass(frozen=True)

@@ -60,3 +60,11 @@ def test_a_pull_for_some_models_gets_only_their_tables() -> None:
     assert {b.table for b in response.batches if b.n} == {"light.user"}
     assert decode_request(encode_request(request)).models == ("light",)
     assert decode_request(encode_request(PullRequest(known, 10))).models == ()
+
+
+def test_a_table_that_names_no_model_goes_to_every_puller() -> None:
+    store, known = two_models()
+    store.declare(TableSpec("shared", 4))
+    store.write("shared", [1], np.ones((1, 4)), epoch=0, origin=1, seqs=[10_000], publish_time=0.0)
+    response = Scheduler().respond(store, PullRequest(known, 1 << 30, models=("light",)))
+    assert {b.table for b in response.batches if b.n} == {"light.user", "shared"}
