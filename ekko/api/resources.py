@@ -1221,7 +1221,7 @@ class UpdatePriority(ApiModel):
     )
     model_weight: Literal["Fixed", "TrafficShare"] = Field(
         default="Fixed",
-        description="The model's weight p_m: Fixed (weight), or TrafficShare: its share of the requests served by the models with streams in the namespace, read from Prometheus (without one: Fixed at 100, and the TrafficShare condition says so).",
+        description="The model's weight p_m: Fixed (weight), or TrafficShare: its share of the requests served by the models with streams on the same pool, read from Prometheus (without one: Fixed at 100, and the TrafficShare condition says so).",
     )
     weight: int | None = Field(
         default=None, ge=1, le=100, description="Fixed model weight in percent; defaults to 100."

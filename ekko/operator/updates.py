@@ -97,6 +97,24 @@ def servers_of(obs: StreamObservation) -> list[StreamServer]:
     return out
 
 
+def streamed_models_of_pool(obs: StreamObservation) -> list[str]:
+    """The models whose traffic shares a TrafficShare weight is normalised over: the stream's
+    model and every model with an UpdateStream in the namespace that has shards on the same
+    pool's servers (the servers whose budgets they share)."""
+    if obs.stream is None:
+        return []
+    own = obs.stream.spec.model
+    pool = obs.model.spec.pool if obs.model is not None else None
+    streamed = {s.spec.model for s in obs.streams}
+    placed = {
+        shard.model
+        for a, _ in obs.assignments
+        if pool is None or a.spec.pool == pool
+        for shard in a.spec.shards
+    }
+    return sorted((streamed & placed) | {own})
+
+
 _EVENTS = {
     ("Connected", "False"): ("Disconnected", True),
     ("Connected", "True"): ("Connected", False),
@@ -266,7 +284,7 @@ class StreamWorker:
         if self._weight is not None and now - self._weight_at < WEIGHT_SECONDS:
             return self._weight
         self._weight_at = now
-        models = sorted({s.spec.model for s in obs.streams} | {spec.model})
+        models = streamed_models_of_pool(obs)
         why = ""
         rates: dict[str, float] = {}
         if not self.prometheus:

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from ekko.api.meta import Condition
-from ekko.api.resources import UpdateStream
+from ekko.api.resources import Model, ServerAssignment, UpdateStream
 from ekko.kube.updates import StreamObservation
 from ekko.operator.peering import Gate
-from ekko.operator.updates import StreamWorker
+from ekko.operator.updates import StreamWorker, streamed_models_of_pool
 from ekko.planning.updates import StreamServer, plan_topology, traffic_query, traffic_weight
 
 
@@ -38,8 +38,54 @@ def stream(name: str, model_weight: str = "TrafficShare", **priority: Any) -> Up
     )
 
 
-RANKER, TAGGER = stream("ranker"), stream("tagger")
-OBS = StreamObservation(RANKER, None, (), {}, {}, (RANKER, TAGGER))
+def assignment(server: str, pool: str, *models: str) -> ServerAssignment:
+    return ServerAssignment.model_validate(
+        {
+            "kind": "ServerAssignment",
+            "metadata": {"name": server, "namespace": "prod"},
+            "spec": {
+                "pool": pool,
+                "server": server,
+                "shards": [
+                    {"model": m, "shard": 0, "version": "v1", "uri": "file:///x", "bytes": 1}
+                    for m in models
+                ],
+            },
+        }
+    )
+
+
+MODEL = Model.model_validate(
+    {
+        "kind": "Model",
+        "metadata": {"name": "ranker", "namespace": "prod"},
+        "spec": {
+            "pool": "pool",
+            "version": "v1",
+            "artifact": {"uri": "file:///a"},
+            "shards": {"count": 1, "size": "1Gi", "load": "1"},
+            "replicas": 1,
+        },
+    }
+)
+RANKER, TAGGER, ELSEWHERE = stream("ranker"), stream("tagger"), stream("elsewhere")
+OBS = StreamObservation(
+    RANKER,
+    MODEL,
+    (
+        (assignment("s0", "pool", "ranker", "tagger"), True),
+        (assignment("s1", "pool", "ranker", "unstreamed"), True),
+        (assignment("t0", "other", "elsewhere"), True),
+    ),
+    {},
+    {},
+    (RANKER, TAGGER, ELSEWHERE),
+)
+
+
+def test_shares_are_over_the_pools_streamed_models() -> None:
+    # Not "unstreamed" (no stream), not "elsewhere" (another pool's servers).
+    assert streamed_models_of_pool(OBS) == ["ranker", "tagger"]
 
 
 @pytest.mark.parametrize(
