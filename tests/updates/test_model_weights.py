@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ekko.updates.codec import decode_request, encode_request
+from ekko.updates.node import Node, NodeConfig, Upstream
 from ekko.updates.priority import Scheduler
 from ekko.updates.store import PullRequest, Store, TableSpec, row_wire_bytes
 from ekko.updates.versions import Knowledge
@@ -68,3 +69,26 @@ def test_a_table_that_names_no_model_goes_to_every_puller() -> None:
     store.write("shared", [1], np.ones((1, 4)), epoch=0, origin=1, seqs=[10_000], publish_time=0.0)
     response = Scheduler().respond(store, PullRequest(known, 1 << 30, models=("light",)))
     assert {b.table for b in response.batches if b.n} == {"light.user", "shared"}
+
+
+def test_each_model_falls_back_along_its_own_route() -> None:
+    """One puller per upstream; it asks for the models whose earlier upstreams all fail."""
+    lead, deputy, origin = "http://lead", "http://deputy", "http://origin"
+    node = Node(
+        NodeConfig(
+            upstreams=(Upstream(lead), Upstream(deputy), Upstream(origin)),
+            routes=(("ranker", (lead, deputy)), ("tagger", (lead, origin))),
+        )
+    )
+    assert [node.pulling_for(i) for i in range(3)] == [("ranker", "tagger"), None, None]
+    node.upstreams[0].healthy = False  # the shared leader fails: each model to its fallback
+    assert [node.pulling_for(i) for i in range(3)] == [
+        ("ranker", "tagger"),  # still retried, for both
+        ("ranker",),
+        ("tagger",),
+    ]
+    node.upstreams[0].healthy = True
+    assert [node.pulling_for(i) for i in range(3)] == [("ranker", "tagger"), None, None]
+    # Without routes: the legacy order over every upstream, for every table.
+    plain = Node(NodeConfig(upstreams=(Upstream(lead), Upstream(deputy))))
+    assert [plain.pulling_for(i) for i in range(2)] == [(), None]
