@@ -7,6 +7,8 @@ the embedding engine running update nodes, a real publisher process.
    freshness and traffic read from a real Prometheus scraping the agents.
 2. The leader of a region loses its pod: a new leader is chosen, the followers re-point, the
    replacement server catches up and rows published since reach everyone; the time is logged.
+3. Two models sharing servers, a stream each (``modelWeight: TrafficShare``), two publishers:
+   every agent converges to both publishers' rows, and the weights follow the requests served.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from e2e.conftest import REPO, Cluster
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
-from e2e.statehelpers import stream_manifest
+from e2e.statehelpers import LivePublisher, Traffic, stream_manifest, urls_of
+from e2e.statehelpers import rows as state_rows
 from e2e.waiting import wait_for
 from ekko.kube.promql import vector
 from ekko.operator.updates import PASS_SECONDS
@@ -457,3 +460,135 @@ def test_stream_converges_reports_freshness_and_heals_a_lost_leader(
         after = {n: [s.model_dump() for s in a.spec.shards] for n, a in model_servers(api).items()}
         assert after == before
         assert math.isfinite(healed_s)
+
+
+def two_stream_manifest(model: str, source: str) -> dict[str, Any]:
+    doc = stream_manifest(source)
+    doc["metadata"]["name"] = model
+    doc["spec"]["model"] = model
+    doc["spec"]["tables"] = [{"name": f"{model}.{t}", "dim": DIM + 1} for t in ("user", "item")]
+    doc["spec"]["priority"] = {"modelWeight": "TrafficShare"}
+    return doc
+
+
+def test_a_server_in_two_streams_keeps_both_models_fresh(
+    cluster: Cluster,
+    api: Api,
+    namespace: str,
+    operator: OperatorProcess,
+    prometheus: Prometheus,
+) -> None:
+    """One pool, two models placed on shared servers, an UpdateStream each with its own
+    publisher: every server holding both pulls both (before, only its first duty's upstreams),
+    and with TrafficShare the model that serves the requests gets the higher weight."""
+    seeds = {"ranker": (21, 22), "tagger": (31, 32)}
+    publishers = {m: LivePublisher(m) for m in seeds}
+    expected: dict[str, np.ndarray] = {}
+    for m, (su, si) in seeds.items():
+        users, items = state_rows(su, USERS), state_rows(si, ITEMS)
+        publishers[m].publish(f"{m}.user", np.arange(USERS), users)
+        publishers[m].publish(f"{m}.item", np.arange(ITEMS), items)
+        expected[m] = score_rows(users[[u for u, _ in PAIRS]], items[[i for _, i in PAIRS]])
+    try:
+        with (
+            AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet,
+            prometheus.follow(fleet),
+        ):
+            api.create(pool_manifest(memory="20Gi", max_servers=3))
+            for m in seeds:
+                api.create(model_manifest(m, 2, "2Gi", 2))
+            wait_for(
+                lambda: converged(api, models=list(seeds)),
+                "both models placed and loaded",
+                timeout=120,
+                describe=operator.logs,
+            )
+            for m in seeds:
+                api.create(two_stream_manifest(m, publishers[m].url))
+
+            def holding(model: str) -> set[str]:
+                return {
+                    a.metadata.name
+                    for a in api.assignments()
+                    if any(s.model == model for s in a.spec.shards)
+                }
+
+            shared = holding("ranker") & holding("tagger")
+            assert shared, "the solver placed the two models on disjoint servers"
+
+            def scores_match(name: str, model: str) -> bool:
+                try:
+                    body = _score_model(fleet.url(name), model)
+                except KeyError:
+                    return False
+                return (
+                    body is not None
+                    and "scores" in body
+                    and not body["coldUsers"]
+                    and not body["coldItems"]
+                    and bool(np.allclose(body["scores"], expected[model], atol=1e-6))
+                )
+
+            def everyone() -> bool:
+                return all(scores_match(n, m) for m in seeds for n in holding(m))
+
+            wait_for(
+                everyone,
+                "every agent scoring both models from their publishers' rows",
+                timeout=90,
+                describe=lambda: {(n, m): scores_match(n, m) for m in seeds for n in holding(m)},
+            )
+            for name in sorted(shared):
+                a = api.get("serverassignments", name)
+                duties = a["spec"]["updates"]
+                assert {d["model"] for d in duties} == set(seeds), duties
+            # Fresh rows of both models reach a shared server afterwards too.
+            for m in seeds:
+                publishers[m].publish(f"{m}.user", [0], state_rows(99, 1))
+            probe = sorted(shared)[0]
+            wait_for(
+                lambda: not any(scores_match(probe, m) for m in seeds),
+                "a new row of each model reaching a server in both streams",
+                timeout=30,
+            )
+
+            # TrafficShare: only the ranker serves requests; its weight rises above the tagger's.
+            def weights() -> dict[str, int]:
+                out = {}
+                for a in api.assignments():
+                    for d in a.spec.updates:
+                        out[d.model] = d.weight
+                return out
+
+            with Traffic(urls_of(fleet, sorted(holding("ranker"))), model="ranker"):
+                got = wait_for(
+                    lambda: (w := weights()).get("ranker", 0) > 90 > w.get("tagger", 100) and w,
+                    "the ranker's weight following its share of the requests",
+                    timeout=120,
+                    describe=lambda: (
+                        weights(),
+                        api.get("updatestreams", "tagger").get("status", {}).get("conditions"),
+                    ),
+                )
+            log.info("traffic-share weights %s", got)
+            conditions = api.get("updatestreams", "ranker")["status"]["conditions"]
+            share = {c["type"]: c for c in conditions}.get("TrafficShare")
+            assert share is not None and share["status"] == "True", conditions
+    finally:
+        for p in publishers.values():
+            p.close()
+
+
+def _score_model(url: str, model: str) -> dict[str, Any] | None:
+    body = json.dumps(
+        {"model": model, "requests": [{"user": u, "item": i} for u, i in PAIRS]}
+    ).encode()
+    request = urllib.request.Request(
+        url + "/score", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as resp:
+            result: dict[str, Any] = json.loads(resp.read())
+            return result
+    except (urllib.error.URLError, OSError):
+        return None

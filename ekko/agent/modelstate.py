@@ -74,8 +74,8 @@ class ModelStates:
         self._node = node
         self._now = now
         self._rand = rand
-        self.health: DutyHealth | None = None
-        """From the assignment's update duty: the baseline's traffic and shadow shares."""
+        self.health: dict[str, DutyHealth] = {}
+        """Per model, from its update duty: the baseline's traffic and shadow shares."""
         self._models: dict[str, _ModelState] = {}
 
     def on_control(self, model: str, control: ModelUpdateControl | None) -> bool:
@@ -174,16 +174,18 @@ class ModelStates:
             return LIVE_VIEW
         if state.view == "Baseline":
             return BASELINE_VIEW
-        share = self.health.traffic_percent if self.health is not None else 0.0
+        health = self.health.get(model)
+        share = health.traffic_percent if health is not None else 0.0
         return BASELINE_VIEW if self._rand() * 100 < share else LIVE_VIEW
 
     def shadow(self, model: str) -> tuple[RowReader | None, RowReader | None]:
         """The baseline and recent readers when this labelled live request should be
         shadow-scored (one draw for both: the two paired series score the same requests)."""
         reader = self.baseline_reader(model)
-        if reader is None or self.health is None:
+        health = self.health.get(model)
+        if reader is None or health is None:
             return None, None
-        if self._rand() * 100 >= self.health.shadow_percent:
+        if self._rand() * 100 >= health.shadow_percent:
             return None, None
         return reader, self.recent_reader(model)
 

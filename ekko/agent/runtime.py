@@ -179,42 +179,55 @@ MIN_BURST = 1 << 20
 def node_config(name: str, listen: str, duties: list[UpdateDuty]) -> NodeConfig:
     """The update node's configuration for the assignment's duties (pure).
 
-    One node serves every table the agent holds and pulls from one ordered upstream list, so it
-    follows the first duty (one stream per server today; a later duty is logged and ignored by
-    the caller). No duty, or a paused one: no upstreams (keep serving, pull nothing).
+    One node serves every table the agent holds, on one listener (the one data-plane address in
+    status), and pulls each duty's model from that duty's upstreams: one puller per distinct
+    upstream URL, which asks in one request for every model it currently serves (so two streams
+    led by the same peer share that link's bytes, ranked by their model weights), and a route per
+    model that orders its upstreams (the next pulls a model only while the earlier ones fail). A
+    paused duty has no route (keep serving, pull nothing). Settings that are per node (values,
+    codec, policy, long-poll, undo cap) follow the first duty that is not paused.
     """
-    health = duties[0].health if duties else None
+    health = next((d.health for d in duties if d.health is not None), None)
     undo = health.undo_log_bytes if health is not None else NodeConfig.undo_cap_bytes
-    if not duties or duties[0].paused:
+    active = [d for d in duties if not d.paused]
+    weights = tuple(sorted({d.model: d.weight / 100 for d in duties}.items()))
+    if not active:
         return NodeConfig(
             name=name,
             region=duties[0].region if duties else "",
             listen=listen,
             undo_cap_bytes=undo,
+            model_weights=weights,
         )
-    duty = duties[0]
-    upstreams = tuple(
-        Upstream(
-            u.url,
-            LinkSpec(
-                rate=float(u.bandwidth) if u.bandwidth else float("inf"),
-                burst=float(max(MIN_BURST, u.bandwidth)),
-            ),
-            u.region,
-        )
-        for u in duty.upstreams
-    )
+    links: dict[str, Upstream] = {}
+    routes: dict[str, list[str]] = {}
+    for duty in active:
+        route = routes.setdefault(duty.model, [])
+        for u in duty.upstreams:
+            known = links.get(u.url)
+            rate = float(u.bandwidth) if u.bandwidth else float("inf")
+            if known is None or rate > known.link.rate:  # one link: the widest duty's budget
+                links[u.url] = Upstream(
+                    u.url,
+                    LinkSpec(rate=rate, burst=float(max(MIN_BURST, u.bandwidth))),
+                    u.region,
+                )
+            if u.url not in route:
+                route.append(u.url)
+    duty = active[0]
     return NodeConfig(
         name=name,
         region=duty.region,
-        upstreams=upstreams,
+        upstreams=tuple(links.values()),
         listen=listen,
         dtype=_DTYPES[duty.values],
         zstd=duty.codec == "Zstd",
-        wait=float(duty.idle_pull_seconds),
+        wait=float(min(d.idle_pull_seconds for d in active)),
         policy="fifo" if duty.policy == "Fifo" else "ekko",
         high_percentile=duty.high_percentile / 100,
         undo_cap_bytes=undo,
+        routes=tuple((m, tuple(urls)) for m, urls in sorted(routes.items())),
+        model_weights=weights,
     )
 
 
@@ -244,12 +257,6 @@ class UpdatePlane:
     async def apply(self, duties: list[UpdateDuty]) -> str:
         if not duties and self.node is None:
             return ""
-        if len({(d.stream, d.group) for d in duties}) > 1:
-            log.warning(
-                "%d update duties assigned; the update node follows the first (%s)",
-                len(duties),
-                duties[0].stream,
-            )
         config = node_config(self.name, self.listen, duties)
         if config == self.config:
             return self.address
@@ -360,7 +367,9 @@ class Agent:
         self.generation = generation
         self.assigned = list(assignment.spec.shards)
         self.update_duties = list(assignment.spec.updates)
-        self.states.health = self.update_duties[0].health if self.update_duties else None
+        self.states.health = {
+            d.model: d.health for d in reversed(self.update_duties) if d.health is not None
+        }
         log.info(
             "observed ServerAssignment generation %s with %d shards", generation, len(self.assigned)
         )

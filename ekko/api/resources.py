@@ -964,6 +964,12 @@ class UpdateDuty(ApiModel):
         default=10, ge=1, le=300, description="Long-poll timeout of a pull with nothing new."
     )
     paused: bool = Field(default=False, description="Stop pulling; keep serving what is held.")
+    weight: int = Field(
+        default=100,
+        ge=1,
+        le=100,
+        description="The model's weight p_m in percent: the stream's Fixed weight, or the model's share of the pool's streamed traffic (TrafficShare). It ranks this model's rows against another stream's when one pull carries both.",
+    )
     health: DutyHealth | None = Field(
         default=None,
         description="Keep cuts and a baseline view for the model-state manager; absent: off.",
@@ -1215,7 +1221,7 @@ class UpdatePriority(ApiModel):
     )
     model_weight: Literal["Fixed", "TrafficShare"] = Field(
         default="Fixed",
-        description="The model's weight p_m: Fixed (weight) or its share of traffic (reserved).",
+        description="The model's weight p_m: Fixed (weight), or TrafficShare: its share of the requests served by the models with streams on the same pool, read from Prometheus (without one: Fixed at 100, and the TrafficShare condition says so).",
     )
     weight: int | None = Field(
         default=None, ge=1, le=100, description="Fixed model weight in percent; defaults to 100."

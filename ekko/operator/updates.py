@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from ekko.api.meta import Condition, set_condition
-from ekko.api.resources import UpdateStream, UpdateStreamStatus
+from ekko.api.meta import Condition
+from ekko.api.resources import UpdateStream
 from ekko.kube.errors import KubeError
 from ekko.kube.promql import PrometheusAuth, QueryError, vector
 from ekko.kube.updates import StreamObservation, UpdateKube
@@ -37,6 +37,7 @@ from ekko.planning.updates import (
     Scrape,
     StreamServer,
     Topology,
+    fixed_weight,
     is_paused,
     merge_duties,
     parse_scrape,
@@ -48,6 +49,8 @@ from ekko.planning.updates import (
     scrapes_from_prometheus,
     stream_refusal,
     stream_status,
+    traffic_query,
+    traffic_weight,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,9 @@ STATUS_SECONDS = 5.0
 """Status is written at most this often (it is telemetry; nothing waits on it)."""
 WINDOW_SECONDS = 60.0
 """Rates and lag quantiles are over about this window."""
+WEIGHT_SECONDS = 15.0
+"""A TrafficShare weight is re-read from Prometheus at most this often."""
+TRAFFIC_SHARE = "TrafficShare"
 SCRAPE_TIMEOUT = 2.0
 MAX_BACKOFF_SECONDS = 30.0
 
@@ -89,6 +95,24 @@ def servers_of(obs: StreamObservation) -> list[StreamServer]:
             )
         )
     return out
+
+
+def streamed_models_of_pool(obs: StreamObservation) -> list[str]:
+    """The models whose traffic shares a TrafficShare weight is normalised over: the stream's
+    model and every model with an UpdateStream in the namespace that has shards on the same
+    pool's servers (the servers whose budgets they share)."""
+    if obs.stream is None:
+        return []
+    own = obs.stream.spec.model
+    pool = obs.model.spec.pool if obs.model is not None else None
+    streamed = {s.spec.model for s in obs.streams}
+    placed = {
+        shard.model
+        for a, _ in obs.assignments
+        if pool is None or a.spec.pool == pool
+        for shard in a.spec.shards
+    }
+    return sorted((streamed & placed) | {own})
 
 
 _EVENTS = {
@@ -161,6 +185,11 @@ class StreamWorker:
         """The message of the refusal last reported ("" while the stream is wired)."""
         self.health = StateManager(key, kube)
         self._uids: dict[str, str] = {}
+        self._weight: int | None = None
+        """The TrafficShare weight last chosen (None: not read yet, or Fixed)."""
+        self._weight_at = 0.0
+        self._weight_condition: Condition | None = None
+        self._weight_warned = ""
 
     def wake(self) -> None:
         self._wake.set()
@@ -222,7 +251,11 @@ class StreamWorker:
         deputies = {k: v for k, v in deputies.items() if v not in replaced}
         await self.health.step(stream, obs, servers)
         paused = is_paused(stream.spec, stream.metadata.annotations) or self.health.paused
-        topology = plan_topology(name, stream.spec, servers, sticky, deputies, paused=paused)
+        written = [d.weight for ds in current.values() for d in ds if d.stream == name]
+        weight = await self._model_weight(stream, obs, written[0] if written else None)
+        topology = plan_topology(
+            name, stream.spec, servers, sticky, deputies, paused=paused, weight=weight
+        )
         await self._write(obs, topology)
         for (group, region), leader in topology.leader_changes(leaders).items():
             old = leaders.get((group, region))
@@ -235,6 +268,63 @@ class StreamWorker:
             await self._report(stream, topology, servers, paused)
         return True
 
+    async def _model_weight(
+        self, stream: UpdateStream, obs: StreamObservation, written: int | None
+    ) -> int:
+        """The model weight (percent) for the duties: the Fixed one, or with ``TrafficShare``
+        the model's share of the requests served by the namespace's streamed models, read
+        from Prometheus at most every ``WEIGHT_SECONDS`` and changed only beyond the
+        hysteresis. Without an answering Prometheus: the Fixed weight, a ``TrafficShare=False``
+        condition and one warning event per distinct reason."""
+        spec = stream.spec
+        if spec.priority.model_weight != TRAFFIC_SHARE:
+            self._weight, self._weight_condition = None, None
+            return fixed_weight(spec)
+        now = time.monotonic()
+        if self._weight is not None and now - self._weight_at < WEIGHT_SECONDS:
+            return self._weight
+        self._weight_at = now
+        models = streamed_models_of_pool(obs)
+        why = ""
+        rates: dict[str, float] = {}
+        if not self.prometheus:
+            why = "the operator has no --prometheus-url"
+        else:
+            query = traffic_query(models, int(WINDOW_SECONDS))
+            try:
+                answer = await asyncio.to_thread(vector, self.prometheus, query, self.auth)
+                rates = {labels.get("model", ""): value for labels, value in answer}
+            except QueryError as err:
+                why = f"Prometheus at {self.prometheus} did not answer ({err})"
+        if why:
+            weight = fixed_weight(spec)
+            text = f"{why}; the model weight is the Fixed {weight}%"
+            self._weight_condition = Condition(
+                type=TRAFFIC_SHARE, status="False", reason="NoTrafficRates", message=text
+            )
+            if text != self._weight_warned:
+                log.warning("UpdateStream %s/%s: %s.", *self.key, text)
+                await asyncio.to_thread(self.kube.event, stream, "TrafficShareUnknown", text, True)
+                self._weight_warned = text
+            self._weight = weight
+            return weight
+        self._weight_warned = ""
+        before = self._weight if self._weight is not None else written
+        weight = traffic_weight(spec.model, rates, models, before)
+        total = sum(v for m, v in rates.items() if m in models and v > 0)
+        share = f"{100 * rates.get(spec.model, 0.0) / total:.0f}%" if total > 0 else "no requests"
+        self._weight_condition = Condition(
+            type=TRAFFIC_SHARE,
+            status="True",
+            reason="FromRequestRates",
+            message=f"model weight {weight}% (share of the requests of {len(models)} streamed "
+            f"models: {share})",
+        )
+        if weight != before:
+            log.info("UpdateStream %s/%s: model weight %s%%.", *self.key, weight)
+        self._weight = weight
+        return weight
+
     async def _refuse(self, stream: UpdateStream, obs: StreamObservation, why: Condition) -> None:
         """Wire nothing for a stream the operator will not run, and say why (an event when the
         reason is new)."""
@@ -244,12 +334,19 @@ class StreamWorker:
             return
         log.warning("UpdateStream %s/%s: %s.", *self.key, why.message)
         await asyncio.to_thread(self.kube.event, stream, why.reason, why.message, True)
-        previous = stream.status.conditions if stream.status else []
-        status = UpdateStreamStatus(
-            observed_generation=stream.metadata.generation,
-            state="Pending",
+        status = stream_status(
+            stream.spec,
+            generation=stream.metadata.generation,
+            topology=Topology(duties={}),
+            servers=[],
+            scrapes={},
+            baselines={},
+            window_seconds=STATUS_SECONDS,
+            previous=list(stream.status.conditions if stream.status else []),
+            now=dt.datetime.now(dt.UTC),
+            paused=False,
             epoch=stream.status.epoch if stream.status else 0,
-            conditions=set_condition(list(previous), why, dt.datetime.now(dt.UTC)),
+            extra=[why],
         )
         body = status.model_dump(by_alias=True, mode="json", exclude_none=True)
         await asyncio.to_thread(self.kube.patch_status, self.key[0], self.key[1], body)
@@ -286,7 +383,11 @@ class StreamWorker:
             self._history.clear()
         else:
             scrapes, baselines, window = await self._from_agents(stream, connected, servers)
-        previous = stream.status.conditions if stream.status else []
+        previous = [
+            c
+            for c in (stream.status.conditions if stream.status else [])
+            if c.type != TRAFFIC_SHARE or self._weight_condition is not None
+        ]
         status = stream_status(
             stream.spec,
             generation=stream.metadata.generation,
@@ -299,7 +400,7 @@ class StreamWorker:
             now=dt.datetime.now(dt.UTC),
             paused=paused,
             epoch=self.health.epoch,
-            extra=self.health.condition(),
+            extra=[self.health.condition(), self._weight_condition],
             source=source,
         )
         for change in condition_events(previous, status.conditions):

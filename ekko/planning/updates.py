@@ -70,7 +70,7 @@ def stream_refusal(
             message=f'model "{model}" does not exist in namespace "{namespace}"; create it or '
             "name an existing Model in spec.model",
         )
-    far = datetime.max.replace(tzinfo=None)
+    far = datetime.max  # naive, like every creation time below
 
     def age_key(s: UpdateStream) -> tuple[datetime, str]:
         created = s.metadata.creation_timestamp
@@ -187,9 +187,11 @@ def plan_topology(
     previous_deputies: Mapping[GroupRegion, str] | None = None,
     *,
     paused: bool | None = None,
+    weight: int | None = None,
 ) -> Topology:
     """Every server's update duties for one stream (see the module docstring); ``paused``
-    overrides ``spec.paused`` (see :func:`is_paused`)."""
+    overrides ``spec.paused`` (see :func:`is_paused`), ``weight`` the model weight in percent
+    (default: :func:`fixed_weight`; the operator passes the traffic share)."""
     previous = previous or {}
     previous_deputies = previous_deputies or {}
     members: dict[GroupRegion, list[StreamServer]] = defaultdict(list)
@@ -237,6 +239,7 @@ def plan_topology(
             1, min(300, int(duration_seconds(spec.topology.idle_pull_interval)))
         ),
         "paused": spec.paused if paused is None else paused,
+        "weight": fixed_weight(spec) if weight is None else weight,
     }
     if spec.health is not None:
         common["health"] = DutyHealth(
@@ -277,6 +280,52 @@ def plan_topology(
         leaders={k: v.name for k, v in leaders.items()},
         deputies={k: v.name for k, v in deputies.items()},
     )
+
+
+TRAFFIC_HYSTERESIS = 5
+"""A traffic-share weight is rewritten only when it moves by more than this many percent points
+(every change re-wires the stream's servers)."""
+
+
+def fixed_weight(spec: UpdateStreamSpec) -> int:
+    """The model weight in percent when it does not follow traffic: ``priority.weight``, else 100."""
+    return spec.priority.weight or 100
+
+
+def traffic_query(models: Iterable[str], window_seconds: int) -> str:
+    """The instant query for each model's serving rate over the window, every server summed:
+    the agents' requests (``ekko_agent_requests_total``, by version) or, on an ``embedding``
+    pool, the (user, item) pairs they scored (``ekko_agent_scores_total``, by view)."""
+    names = "|".join(_regex_literal(m) for m in sorted(set(models)))
+    sel = f'{{model=~"{names}"}}[{int(window_seconds)}s]'
+    return (
+        f"sum by (model) (rate(ekko_agent_requests_total{sel}) "
+        f"or rate(ekko_agent_scores_total{sel}))"
+    )
+
+
+def traffic_weight(
+    model: str,
+    rates: Mapping[str, float],
+    models: Iterable[str],
+    current: int | None,
+    hysteresis: int = TRAFFIC_HYSTERESIS,
+) -> int:
+    """``model``'s weight in percent (1–100): its share of the requests served by ``models``
+    (the models with streams that compete for the same servers' budgets). No traffic at all:
+    100 (nothing to rank by). ``current`` (what the duties say) is kept while the share stays
+    within ``hysteresis`` points of it."""
+    names = set(models) | {model}
+    total = sum(max(0.0, rates.get(m, 0.0)) for m in names if math.isfinite(rates.get(m, 0.0)))
+    if total <= 0:
+        share = 100
+    else:
+        mine = rates.get(model, 0.0)
+        mine = mine if math.isfinite(mine) and mine > 0 else 0.0
+        share = max(1, min(100, round(100 * mine / total)))
+    if current is not None and abs(share - current) <= hysteresis:
+        return current
+    return share
 
 
 def replaced_servers(
@@ -525,7 +574,7 @@ def stream_status(
     now: datetime,
     paused: bool | None = None,
     epoch: int = 0,
-    extra: Condition | None = None,
+    extra: Iterable[Condition | None] = (),
     source: Literal["Prometheus", "Agents"] | None = None,
 ) -> UpdateStreamStatus:
     """The stream's status from each connected server's metrics now and at the start of the
@@ -594,8 +643,9 @@ def stream_status(
             message=f"lag p99 {p99 if p99 is None else round(p99, 3)}s, {lagging} servers lagging (threshold {LAG_THRESHOLD_SECONDS}s)",
         )
     conditions = set_condition(conditions, fresh, now)
-    if extra is not None:
-        conditions = set_condition(conditions, extra, now)
+    for condition in extra:  # the health manager's, the traffic share's, a refusal
+        if condition is not None:
+            conditions = set_condition(conditions, condition, now)
     return UpdateStreamStatus(
         observed_generation=generation,
         state=state,

@@ -807,6 +807,8 @@ def encode_request(request: PullRequest, zstd: bool = False) -> bytes:
         meta["sup"] = [[t, list(k)] for t, k in request.superseded]
     if request.forget:
         meta["forget"] = True
+    if request.models:
+        meta["mdl"] = list(request.models)
     return _frame(KIND_REQUEST, meta, b"".join(chunks), zstd, 3)
 
 
@@ -844,7 +846,14 @@ def _decode_request(data: bytes) -> PullRequest:
         _int(meta.get("pid", 0)),
         _superseded(meta.get("sup", [])),
         bool(meta.get("forget", False)),
+        _models(meta.get("mdl", [])),
     )
+
+
+def _models(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list) or len(raw) > 1024 or not all(isinstance(m, str) for m in raw):
+        raise CodecError("bad model list")
+    return tuple(str(m) for m in raw)
 
 
 def _superseded(raw: object) -> tuple[tuple[str, tuple[int, ...]], ...]:

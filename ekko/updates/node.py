@@ -90,6 +90,13 @@ class NodeConfig:
     apply_log: Path | None = None
     undo_cap_bytes: int = 256 << 20
     """Bound of the cut log's undo memory (the oldest cut is dropped when it is hit)."""
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Per model, the URLs of :attr:`upstreams` it is pulled from, preferred first (a server in
+    several streams). An upstream pulls, in one request, every model for which each URL before
+    it in that model's route is failing; a model no route names is not pulled. Empty: one route
+    over every upstream, for every table (a node in one stream)."""
+    model_weights: tuple[tuple[str, float], ...] = ()
+    """``p_m`` per model for this node's responses (:attr:`Scheduler.model_weights`)."""
 
 
 @dataclass
@@ -128,6 +135,7 @@ class Node:
             Scheduler(SchedulerConfig(config.policy, config.high_percentile)),
             self.metrics,
         )
+        self.server.scheduler.model_weights = dict(config.model_weights)
         now = clock()
         self.upstreams = [
             _UpstreamState(
@@ -197,6 +205,7 @@ class Node:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
         self._tasks = [t for t in self._tasks if not t.get_name().startswith("pull-")]
+        old = self.config
         self.config = replace(
             config,
             listen=self.config.listen,
@@ -204,7 +213,11 @@ class Node:
             save_every=self.config.save_every,
             apply_log=self.config.apply_log,
         )
-        self.server.scheduler = Scheduler(SchedulerConfig(config.policy, config.high_percentile))
+        if (config.policy, config.high_percentile) != (old.policy, old.high_percentile):
+            self.server.scheduler = Scheduler(
+                SchedulerConfig(config.policy, config.high_percentile)
+            )
+        self.server.scheduler.model_weights = dict(config.model_weights)
         self.cuts.cap_bytes = config.undo_cap_bytes
         now = self.clock()
         self.upstreams = [
@@ -253,15 +266,30 @@ class Node:
     def _standing_by(self, i: int) -> bool:
         return any(u.healthy is not False for u in self.upstreams[:i])
 
+    def pulling_for(self, i: int) -> tuple[str, ...] | None:
+        """The models upstream ``i`` pulls now: None while it stands by, ``()`` for every table
+        (a node without routes: the first upstream not failing pulls)."""
+        if not self.config.routes:
+            return None if self._standing_by(i) else ()
+        url = self.upstreams[i].spec.url
+        health = {u.spec.url: u.healthy for u in self.upstreams}
+        models = [
+            model
+            for model, urls in self.config.routes
+            if url in urls and all(health.get(u) is False for u in urls[: urls.index(url)])
+        ]
+        return tuple(sorted(models)) or None
+
     async def _puller(self, i: int) -> None:
         up = self.upstreams[i]
         url = up.spec.url.rstrip("/") + PULL_PATH
         while True:
             try:
-                if self._standing_by(i):
+                models = self.pulling_for(i)
+                if models is None:
                     await asyncio.sleep(min(self.config.retry, 0.2))
                     continue
-                await self._pull_once(up, url)
+                await self._pull_once(up, url, models)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a loop that must survive: mark failing, back off, retry
@@ -271,7 +299,7 @@ class Node:
                 self.metrics.pulls.labels(up.spec.url, "error").inc()
                 await asyncio.sleep(self.config.retry * (0.5 + random.random()))
 
-    async def _pull_once(self, up: _UpstreamState, url: str) -> None:
+    async def _pull_once(self, up: _UpstreamState, url: str, models: tuple[str, ...] = ()) -> None:
         cfg = self.config
         budget = cfg.max_budget
         if up.bucket is not None:
@@ -282,7 +310,7 @@ class Node:
                 await asyncio.sleep(ready - now)
             budget = min(budget, up.bucket.budget(self.clock()))
         request = self.store.pull_request(
-            budget, cfg.dtype, cfg.zstd, cfg.name, cfg.region, source=up.source
+            budget, cfg.dtype, cfg.zstd, cfg.name, cfg.region, source=up.source, models=models
         )
         body = encode_request(request)
         delay = up.spec.link.delay
@@ -310,14 +338,16 @@ class Node:
         up.source = response.source
         peer = up.spec.region or "unknown"
         self.metrics.observe_bytes("in", peer, len(data), fp32_bytes(response))
-        if self._apply(response.tables, response.batches, response.source):
+        tables = [t for t in response.tables if not models or not t.model or t.model in models]
+        if self._apply(tables, response.batches, response.source):
             self.store.acknowledge(response.source, response.number)
         self.metrics.pulls.labels(up.spec.url, "rows" if response.n_rows else "empty").inc()
         now = self.clock()
         if response.complete:
             up.last_complete = now
         # A response omits the catalogue when the puller's matches (PullRequest.catalogue).
-        for model in {t.model for t in response.tables or self.store.specs()}:
+        held = {t.model for t in response.tables or self.store.specs()}
+        for model in held if not models else held & set(models):
             self.metrics.staleness.labels(model).set(
                 0 if response.complete else now - up.last_complete
             )

@@ -284,6 +284,9 @@ class Scheduler:
         self._sent: dict[str, dict[str, _SentRows]] = {}
         self._ratio: dict[str, float] = {}
         self._numbers = 0
+        self.model_weights: dict[str, float] = {}
+        """``p_m`` per model, set by the node from its duties (the operator's Fixed weight or
+        traffic share); a model absent here keeps its tables' declared ``weight``."""
 
     def threshold(self) -> float:
         return self.sketch.quantile(self.config.high_percentile)
@@ -326,13 +329,16 @@ class Scheduler:
         self._acknowledged(request)
         self._superseded(request)
         for shard in store.shards():
+            spec = store.spec(shard[0])
+            if request.models and spec.model and spec.model not in request.models:
+                continue  # the puller asked for other models' tables only (unowned: for all)
             k = request.knowledge.get(shard, Knowledge())
             if store.nothing_newer(shard, k):
                 idle.append((shard, k))
                 continue
             c = self._peer_drift(_peer_key(request), store, store.changes_since(shard, k), k)
-            spec = store.spec(shard[0])
-            ctx = TableContext(store.mean_magnitude(shard[0]), spec.weight, self.config.new_bonus)
+            weight = self.model_weights.get(spec.model, spec.weight)
+            ctx = TableContext(store.mean_magnitude(shard[0]), weight, self.config.new_bonus)
             cands.append(c)
             ranks.append(self.rank(c, ctx))
             row_bytes.append(np.full(c.n, row_wire_bytes(spec.dim, request.dtype), dtype=np.int64))

@@ -285,6 +285,10 @@ class PullRequest:
     takes what it sent as what the puller holds."""
     forget: bool = False
     """Too many rows were overwritten to list: the responder forgets what it sent this puller."""
+    models: tuple[str, ...] = ()
+    """The models whose tables the puller wants from this responder (empty: every table; a
+    table that names no model goes to every puller). A server in two streams pulls each model
+    from that stream's upstreams."""
 
 
 @dataclass(frozen=True)
@@ -523,6 +527,7 @@ class Store:
         region: str = "",
         *,
         source: int = 0,
+        models: tuple[str, ...] = (),
     ) -> PullRequest:
         acks, self._acks = tuple(self._acks[-MAX_ACKS:]), []
         superseded = self._superseded.pop(source, {}) if source else {}
@@ -540,6 +545,7 @@ class Store:
             puller=self.puller_id,
             superseded=tuple((t, tuple(sorted(k))) for t, k in superseded.items()),
             forget=forget,
+            models=models,
         )
 
     def _supersede(self, table: str, tags: I64, keys: I64, source: int) -> None:

@@ -48,7 +48,7 @@ def setup() -> tuple[Agent, EmbeddingEngine, Node, Publisher, ModelStates]:
     pub = publisher_for(trained())
     pull(pub, node)
     states = ModelStates(lambda: node, lambda: datetime.now(UTC), lambda: 0.0)
-    states.health = DutyHealth(traffic_percent=0.0, shadow_percent=100)
+    states.health = {"ranker": DutyHealth(traffic_percent=0.0, shadow_percent=100)}
     agent.states = states
     return agent, engine, node, pub, states
 
@@ -186,7 +186,7 @@ def test_traffic_and_shadow_shares() -> None:
     node.take_cut(1)
     draw = [0.0]
     states = ModelStates(lambda: node, lambda: datetime.now(UTC), lambda: draw[0])
-    states.health = DutyHealth(traffic_percent=0.5, shadow_percent=30)
+    states.health = {"ranker": DutyHealth(traffic_percent=0.5, shadow_percent=30)}
     states.on_control("ranker", ModelUpdateControl(baseline_cut=1))
     draw[0] = 0.004  # 0.4 % < 0.5 %: the baseline's sliver; 0.4 % < 30 %: shadow-scored
     assert states.choose_view("ranker", None) == BASELINE_VIEW

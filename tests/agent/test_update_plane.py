@@ -157,3 +157,90 @@ def test_agent_runs_the_node_and_scores_fresh_rows() -> None:
             await pub2.stop()
 
     asyncio.run(scenario())
+
+
+def other(*urls: str, **extra: Any) -> UpdateDuty:
+    return duty(*urls, model="tagger", stream="tagger", **extra)
+
+
+def test_node_config_serves_every_duty() -> None:
+    """Two streams on one server: one puller per distinct upstream, a route per model (the
+    shared leader carries both models in one pull), each model's weight; a paused duty and a
+    removed one lose their route."""
+    both = [
+        duty("http://lead:9500", "http://deputy:9500", weight=70),
+        other("http://lead:9500", "http://tagger-origin:9500", weight=30),
+    ]
+    cfg = node_config("s", "0.0.0.0:1", both)
+    assert [u.url for u in cfg.upstreams] == [
+        "http://lead:9500",
+        "http://deputy:9500",
+        "http://tagger-origin:9500",
+    ]
+    assert cfg.routes == (
+        ("ranker", ("http://lead:9500", "http://deputy:9500")),
+        ("tagger", ("http://lead:9500", "http://tagger-origin:9500")),
+    )
+    assert dict(cfg.model_weights) == {"ranker": 0.7, "tagger": 0.3}
+    paused = node_config("s", "0.0.0.0:1", [both[0], other("http://x:1", paused=True)])
+    assert paused.routes == (("ranker", ("http://lead:9500", "http://deputy:9500")),)
+    assert [u.url for u in paused.upstreams] == ["http://lead:9500", "http://deputy:9500"]
+    removed = node_config("s", "0.0.0.0:1", both[1:])
+    assert [m for m, _ in removed.routes] == ["tagger"]
+    # The first duty paused: the node still pulls the second.
+    first_paused = node_config("s", "0.0.0.0:1", [duty("http://a:1", paused=True), both[1]])
+    assert [m for m, _ in first_paused.routes] == ["tagger"]
+
+
+def test_agent_serves_two_streams() -> None:
+    """A server in two streams pulls both models (two publishers); pausing one stops only its
+    rows; removing a duty drops its upstream."""
+
+    async def scenario() -> None:
+        async def patch(body: dict[str, Any]) -> None:
+            return None
+
+        pub_r = Publisher(1, [TableSpec("ranker.user", 3, model="ranker")])
+        pub_t = Publisher(2, [TableSpec("tagger.user", 3, model="tagger")])
+        port_r, port_t = await pub_r.start("127.0.0.1", 0), await pub_t.start("127.0.0.1", 0)
+        url_r, url_t = f"http://127.0.0.1:{port_r}", f"http://127.0.0.1:{port_t}"
+        metrics = AgentMetrics()
+        engine = EmbeddingEngine(metrics.registry)
+        writer = StatusWriter(patch, metrics)
+        plane = UpdatePlane("srv-0", "127.0.0.1:0", "", metrics.registry, engine.store)
+        agent = Agent(engine, writer, metrics, updates=plane)
+        tasks = [asyncio.create_task(writer.run()), asyncio.create_task(agent.run())]
+        try:
+            agent.on_assignment("ADDED", assignment(1, [duty(url_r), other(url_t)]))
+            await wait_for(lambda: agent.update_address != "")
+            pub_r.publish("ranker.user", [1], [np.ones(3)])
+            pub_t.publish("tagger.user", [2], [np.ones(3)])
+            await wait_for(lambda: held(engine, "ranker.user", 1))
+            await wait_for(lambda: held(engine, "tagger.user", 2))
+            # The second stream paused: its rows stop, the first's keep coming.
+            agent.on_assignment("MODIFIED", assignment(2, [duty(url_r), other(url_t, paused=True)]))
+            await wait_for(lambda: plane.config is not None and len(plane.config.routes) == 1)
+            pub_t.publish("tagger.user", [3], [np.ones(3)])
+            pub_r.publish("ranker.user", [4], [np.ones(3)])
+            await wait_for(lambda: held(engine, "ranker.user", 4))
+            await asyncio.sleep(0.3)
+            assert not held(engine, "tagger.user", 3)
+            # Resumed, then the first stream's duty removed: its publisher is no longer pulled.
+            agent.on_assignment("MODIFIED", assignment(3, [other(url_t)]))
+            await wait_for(lambda: held(engine, "tagger.user", 3))
+            assert plane.config is not None
+            assert [u.url for u in plane.config.upstreams] == [url_t]
+            pub_r.publish("ranker.user", [5], [np.ones(3)])
+            pub_t.publish("tagger.user", [6], [np.ones(3)])
+            await wait_for(lambda: held(engine, "tagger.user", 6))
+            await asyncio.sleep(0.3)
+            assert not held(engine, "ranker.user", 5)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await plane.stop()
+            await pub_r.stop()
+            await pub_t.stop()
+
+    asyncio.run(scenario())
