@@ -12,13 +12,19 @@ from ekko.api.resources import AssignedShard, Model, PlanSummary
 from ekko.planning.converge import Desired, RecreateServer
 from ekko.planning.decide import (
     EXPLANATION_LIMIT,
+    Debounce,
     Notice,
+    debounce_left,
     excluded_problem,
     more_work,
     must_replan,
     plan_failure,
     plan_summary,
     planned_message,
+    pool_problem,
+    refusal_notice,
+    refused_backoff,
+    refused_text,
     resumes_recorded,
     roll_adopted,
     roll_notices,
@@ -83,6 +89,126 @@ def test_a_pass_solves_without_a_plan_or_when_the_inputs_changed_after_the_debou
     has_plan: bool, inputs: str, planned: str | None, debouncing: bool, replan: bool
 ) -> None:
     assert must_replan(has_plan, inputs, planned, debouncing) is replan
+
+
+# --- the re-plan debounce ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first_change", "now", "left"),
+    [
+        (None, 100.0, 0.0),  # no unplanned change: a pass never waits, nor re-arms a wake-up
+        (100.0, 100.2, 0.8),  # a change 0.2 s ago, debounce 1 s
+        (100.0, 101.5, 0.0),  # due
+    ],
+)
+def test_the_replan_debounce_counts_from_the_first_unplanned_change(
+    first_change: float | None, now: float, left: float
+) -> None:
+    assert debounce_left(first_change, now, 1.0) == pytest.approx(left)
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "after", "left"),
+    [
+        (Debounce(), 5.0, Debounce(), 0.0),  # no change: no wait
+        (Debounce(100.0, True), 100.2, Debounce(100.0, True), 0.8),  # waiting, still armed
+        # Over: disarmed (the next pass does not wait), since kept for the re-plan's delay metric.
+        (Debounce(100.0, True), 101.0, Debounce(100.0, False), 0.0),
+        (Debounce(100.0, False), 100.2, Debounce(100.0, False), 0.0),  # already over: no wait
+    ],
+)
+def test_a_pass_waits_out_the_debounce_then_disarms_it(
+    before: Debounce, now: float, after: Debounce, left: float
+) -> None:
+    state, wait = before.at_pass(now, 1.0)
+    assert (state, wait) == (after, pytest.approx(left))
+
+
+def test_the_debounce_counts_from_the_first_change_and_a_replan_covers_every_change() -> None:
+    first = Debounce().changed(100.0)
+    assert first == Debounce(100.0, True)
+    assert first.changed(100.7) == Debounce(100.0, True)  # a later change waits no longer
+    assert first.planned() == Debounce()
+    assert first.planned().changed(103.0) == Debounce(103.0, True)  # a change during the solve
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (Debounce(100.0, False), Debounce()),  # the change needed no re-plan: done with
+        (Debounce(100.0, True), Debounce(100.0, True)),  # another came during the pass: kept
+        (Debounce(), Debounce()),
+    ],
+)
+def test_a_pass_that_needs_no_replan_forgets_the_change(before: Debounce, after: Debounce) -> None:
+    assert before.settled() == after
+
+
+def test_after_a_change_that_needed_no_replan_the_next_change_waits_its_own_debounce() -> None:
+    """A restart (its start-up events are changes) that resumes its recorded plan, or an unusable
+    model edit, changes no plan input: the pass past the debounce does not re-plan. The next real
+    change, an hour later, once re-planned at once (the debounce counted from the old change)
+    and reported an hour of delay."""
+    debounce = Debounce().changed(0.0)
+    debounce, left = debounce.at_pass(1.0, 1.0)  # over; must_replan: same inputs, no re-plan
+    assert left == 0.0
+    debounce = debounce.settled()
+    debounce = debounce.changed(3600.0)
+    debounce, left = debounce.at_pass(3600.1, 1.0)
+    assert left == pytest.approx(0.9)
+    assert debounce.since == 3600.0
+
+
+# --- refused writes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("refused", "text"),
+    [
+        ([], ""),
+        (["a"], "1 write(s) refused by the API server: a"),
+        (["a", "b", "c", "d"], "4 write(s) refused by the API server: a; b; c"),
+    ],
+)
+def test_the_refused_writes_text_counts_all_and_names_three(refused: list[str], text: str) -> None:
+    assert refused_text(refused) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "last", "notice"),
+    [
+        ("", "", None),  # nothing refused
+        ("", "1 write(s) refused", None),  # refusals over: no event (the condition clears)
+        ("1 write(s) refused", "1 write(s) refused", None),  # the same again: said once
+        ("1 write(s) refused", "", Notice("WriteRefused", "1 write(s) refused", True)),
+        ("2 write(s) refused", "1 write(s) refused", Notice("WriteRefused", "2 write(s) refused", True)),
+    ],
+)  # fmt: skip
+def test_refused_writes_are_posted_when_new(text: str, last: str, notice: Notice | None) -> None:
+    assert refusal_notice(text, last) == notice
+
+
+@pytest.mark.parametrize(
+    ("plan_problem", "refused", "shown"),
+    [
+        ("", "", ("", "PlanFailed")),
+        ("cannot place a: too big", "", ("cannot place a: too big", "PlanFailed")),
+        ("cannot place a: too big", "1 write(s)", ("1 write(s)", "WriteRefused")),
+        ("", "1 write(s)", ("1 write(s)", "WriteRefused")),
+    ],
+)
+def test_refused_writes_come_before_the_plans_problem(
+    plan_problem: str, refused: str, shown: tuple[str, str]
+) -> None:
+    assert pool_problem(plan_problem, refused) == shown
+
+
+@pytest.mark.parametrize(
+    ("previous", "delay"), [(1.0, 2.0), (8.0, 16.0), (16.0, 30.0), (30.0, 30.0)]
+)
+def test_refused_writes_are_retried_slower_and_slower(previous: float, delay: float) -> None:
+    assert refused_backoff(previous, 30.0) == delay
 
 
 # --- unplaceable models -------------------------------------------------------------------------
