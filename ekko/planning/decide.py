@@ -236,7 +236,15 @@ def refused_backoff(previous: float, cap: float) -> float:
 
 
 def settled(state: PoolState, desired: Desired) -> bool:
-    """Every desired replica loaded and served, and nothing left draining."""
+    """Every desired replica loaded and served, and nothing left draining.
+
+    By model and shard, not version, on purpose: during a rollout a server holds the canary next
+    to the stable version, and one that serves the shard in some version leaves the pool worker
+    nothing to do (the agent's report of the new version wakes the pool; the rollout worker
+    counts versions itself, ``rollout.observe``). Where a version does matter to the pool — a
+    replica moved mid-rollout — converge keeps the old server's replica of each version draining
+    until it is served at the new place, and the drain keeps the pool unsettled. Counting
+    versions here would poll every second while a bad canary fails to load."""
     for server in state.servers:
         target = desired.servers.get(server.name, frozenset())
         if any(s.drain for s in server.spec_shards):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ekko.api.resources import AssignedShard, Model, PlanSummary
-from ekko.planning.converge import Desired, RecreateServer
+from ekko.planning.converge import Desired, RecreateServer, WriteAssignment, converge
 from ekko.planning.decide import (
     EXPLANATION_LIMIT,
     Debounce,
@@ -35,7 +35,7 @@ from ekko.planning.decide import (
 )
 from ekko.planning.problem import build_problem
 from ekko.planning.roll import Roll
-from ekko.planning.state import PoolState, ServerObs
+from ekko.planning.state import PoolState, ResidentVersion, ServerObs
 from ekko.solver import Plan, Server, ServerId, Violation
 from tests.planning.test_converge import POOL, model
 
@@ -456,6 +456,51 @@ def test_a_pool_is_settled_when_every_desired_replica_is_served_and_nothing_drai
 ) -> None:
     state = PoolState(POOL, (model("m", shards=2),), servers)
     assert settled(state, want) is is_settled
+
+
+def test_settled_is_by_shard_during_a_version_rollout_and_drains_carry_the_versions() -> None:
+    """A canary holds v2 next to v1 on the same servers. ``settled`` asks about placement (every
+    desired shard served in some version), not about versions: a server that loaded v1 but not
+    yet v2 is settled (no 1 s follow-up passes), because nothing is left for the pool worker to do
+    there — the agent's report of v2 wakes the pool, and the rollout worker counts v2 per server
+    (``rollout.observe``). Counting versions would never settle while a bad canary fails to load.
+    Where the pool worker does wait on a version (a replica moved during the canary), converge
+    keeps the old server's replica of that version draining until it is served at the new place,
+    and the drain keeps the pool unsettled."""
+
+    def at(version: str, drain: bool = False) -> AssignedShard:
+        uri = "file:///m/m" if version == "v1" else f"file:///{version}"
+        return shard("m", 0, drain).evolve(version=version, uri=uri)
+
+    m = model("m", shards=1)
+    resident = {"m": (ResidentVersion("v1", "file:///m/m"), ResidentVersion("v2", "file:///v2"))}
+    both = (at("v1"), at("v2"))
+    loading = replace(SERVING, spec_shards=both, loaded=frozenset({("m", 0, "v1")}))
+    state = PoolState(POOL, (m,), (loading,), resident=resident)
+    assert settled(state, WANT)
+    assert not converge(state, WANT)  # and indeed nothing to do until v2 loads
+
+    # The replica moves from p-1 to p-0 mid-canary; p-0 serves v1 only so far.
+    old = ServerObs(
+        "p-1",
+        "a",
+        pod_ready=True,
+        spec_shards=both,
+        loaded=frozenset({("m", 0, "v1"), ("m", 0, "v2")}),
+    )
+    moving = PoolState(POOL, (m,), (loading, old), resident=resident)
+    written = {a.server: a.shards for a in converge(moving, WANT) if isinstance(a, WriteAssignment)}
+    assert written["p-1"] == (at("v2", drain=True),)  # v1 is served at p-0: it goes; v2 stays
+    drained = PoolState(
+        POOL, (m,), (loading, replace(old, spec_shards=written["p-1"])), resident=resident
+    )
+    assert not settled(drained, WANT)
+    both_loaded = replace(loading, loaded=frozenset({("m", 0, "v1"), ("m", 0, "v2")}))
+    done = PoolState(
+        POOL, (m,), (both_loaded, replace(old, spec_shards=written["p-1"])), resident=resident
+    )
+    written = {a.server: a.shards for a in converge(done, WANT) if isinstance(a, WriteAssignment)}
+    assert written["p-1"] == ()  # v2 is served at p-0 now: the drain ends
 
 
 @pytest.mark.parametrize(
