@@ -374,9 +374,11 @@ class PoolWorker:
         name = self.key[1]
         now = dt.datetime.now(dt.UTC)
         problem, reason = pool_problem(self.outcome.problem, self._refused_text)
-        status = pool_status(
-            state, desired, self.outcome.summary, now, problem, problem_reason=reason
-        )
+        seen = state.pool.status
+        # Until this worker has planned, the plan recorded in status stands (the apply would
+        # remove a field it leaves out: a restart whose first solve fails keeps the record).
+        summary = self.outcome.summary or (seen.plan if seen else None)
+        status = pool_status(state, desired, summary, now, problem, problem_reason=reason)
         wire = status.to_wire()
         # The template roll's fields and condition, validated with the rest of the status.
         wire.update(
@@ -391,7 +393,23 @@ class PoolWorker:
         status = ServerPoolStatus.model_validate(wire)
         metrics.SERVERS.labels(name, "wanted").set(status.servers_wanted)
         metrics.SERVERS.labels(name, "ready").set(status.servers_ready)
-        await self._patch_if_changed("serverpools", name, status.to_wire())
+        body = status.to_wire()
+        key = f"serverpools/{name}"
+        if self._last_status.get(key) == body:
+            return
+        # The pool worker is the status's only writer: every field, server-side applied under
+        # its manager; a field an operator before server-side apply left is deleted.
+        stale = sorted(set(seen.to_wire() if seen else {}) - set(body))
+        await asyncio.to_thread(
+            self.fleet.apply_status,
+            "serverpools",
+            self.key[0],
+            name,
+            body,
+            POOL_MANAGER,
+            stale=stale,
+        )
+        self._last_status[key] = body
 
     async def _report(self, pool: ServerPool, state: PoolState, desired: Desired) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -460,8 +478,8 @@ class PoolWorker:
             await self._patch_if_changed("models", model_name, rejected)
 
     async def _patch_if_changed(self, plural: str, obj: str, status: dict[str, object]) -> None:
-        """Merge-patch a status this worker alone writes (a pool's; a refused model's
-        conditions), unless it is what the last write sent."""
+        """Merge-patch a refused model's conditions (its spec is not usable: the pool worker's
+        apply of its fields is not made), unless it is what the last write sent."""
         key = f"{plural}/{obj}"
         if self._last_status.get(key) == status:
             return
