@@ -139,3 +139,91 @@ def _version(namespace: str) -> ModelVersion:
             "spec": {"model": "rank", "version": "v2", "artifact": {"uri": "file:///a/v2"}},
         }
     )
+
+
+def test_pool_and_version_statuses_are_applied_whole_by_their_one_writer(
+    cluster: Cluster, api: Api, namespace: str
+) -> None:
+    """A ServerPool's status has one writer (the pool worker), a ModelVersion's one (the rollout
+    worker; kubectl ekko writes requests as annotations). Each is server-side applied whole under
+    the writer's manager: the real workers' passes run here against the API server. What an
+    operator from before wrote with merge patches (manager ekko-operator) is taken over, and a
+    field the writer no longer sends is deleted, not kept; a failed pass's conditions (a merge
+    patch) are taken back by the next pass."""
+    import asyncio
+
+    from ekko.kube.errors import KubeError
+    from ekko.kube.fleet import FIELD_MANAGER
+    from ekko.operator.peering import Gate
+    from ekko.operator.rollouts import RolloutWorker
+    from ekko.operator.worker import PoolWorker
+
+    api.create(pool_manifest())
+    api.create(model_manifest("rank", 1, "1Gi", 1))
+    doc = _version(namespace).model_dump(by_alias=True, mode="json", exclude_none=True)
+    api.create({**doc, "apiVersion": "ekko.dev/v1alpha1"})
+    fleet = Fleet(cluster.api)
+    gate = Gate(None, "test", 0, False, enabled=False)  # type: ignore[arg-type]
+
+    # What an operator before server-side apply left behind, under its merge-patch manager.
+    fleet.patch_status("serverpools", namespace, "pool", {"serversWanted": 9, "serversReady": 9})
+    legacy = {"phase": "Progressing", "pausedUntil": "2026-01-01T00:00:00Z", "message": "old"}
+    fleet.patch_status("modelversions", namespace, "rank-v2", legacy)
+    # Why the writer deletes stale fields: an apply leaves another manager's field alone.
+    fleet.apply_status("modelversions", namespace, "rank-v2", {"phase": "Loading"}, ROLLOUT_MANAGER)
+    assert api.get("modelversions", "rank-v2")["status"]["pausedUntil"]
+
+    pool_worker = PoolWorker((namespace, "pool"), fleet, None, gate)
+    rollout_worker = RolloutWorker(
+        (namespace, "rank-v2"),
+        fleet,
+        lambda *_: None,  # type: ignore[arg-type]  # no analysis runs: nothing is measured
+        "http://prometheus.invalid",
+        gate,
+    )
+
+    async def passes() -> None:
+        await pool_worker.run_pass()
+        await rollout_worker.run_pass()
+
+    asyncio.run(passes())
+    pool_body = api.get("serverpools", "pool")
+    version_body = api.get("modelversions", "rank-v2")
+    assert pool_body["status"]["serversWanted"] == 1  # the plan's, not the legacy 9
+    assert "pausedUntil" not in version_body["status"]
+    assert version_body["status"]["message"] != "old"
+    # Taken over: a legacy field the writer sets to another value is its alone; one it sets to
+    # the same value (a schema default the legacy patch caused) is shared, as server-side apply
+    # does; none stays the legacy manager's alone.
+    pool_owners, version_owners = managers(pool_body), managers(version_body)
+    assert set(pool_owners) <= {POOL_MANAGER, FIELD_MANAGER}, pool_owners
+    assert pool_owners.get(FIELD_MANAGER, set()) <= pool_owners[POOL_MANAGER]
+    assert "serversWanted" not in pool_owners.get(FIELD_MANAGER, set())
+    assert pool_owners[POOL_MANAGER] >= {
+        "observedGeneration",
+        "serversWanted",
+        "serversReady",
+        "plan",
+        "conditions",
+        "templateHash",
+        "updatedServers",
+        "outdatedServers",
+    }
+    assert set(version_owners) <= {ROLLOUT_MANAGER, FIELD_MANAGER}, version_owners
+    assert version_owners.get(FIELD_MANAGER, set()) <= version_owners[ROLLOUT_MANAGER]
+    assert not {"phase", "message"} & version_owners.get(FIELD_MANAGER, set())
+    assert version_owners[ROLLOUT_MANAGER] >= {"observedGeneration", "phase", "conditions"}
+    assert set(version_body["status"]) <= version_owners[ROLLOUT_MANAGER]
+
+    # A failed pass says so with a merge patch of the conditions; the next pass takes them back.
+    async def failed_then_pass() -> None:
+        await pool_worker._report_failure(KubeError("boom"), "ReconcileFailed", "boom")
+        assert FIELD_MANAGER in managers(api.get("serverpools", "pool"))
+        await pool_worker.run_pass()
+
+    asyncio.run(failed_then_pass())
+    after = api.get("serverpools", "pool")
+    assert managers(after).get(FIELD_MANAGER, set()) <= managers(after)[POOL_MANAGER]
+    degraded = next(c for c in after["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"
+    fleet.close()

@@ -312,7 +312,11 @@ class PlanSummary(ApiModel):
 
 
 class ServerPoolStatus(ApiModel):
-    """Observed state of a ServerPool."""
+    """Observed state of a ServerPool.
+
+    One writer, the pool worker, which applies it whole (server-side apply as ``ekko-pool``;
+    docs/architecture.md, "Who owns which status field").
+    """
 
     observed_generation: int | None = Field(
         default=None, description="The spec generation this status describes."
@@ -815,7 +819,11 @@ class AnalysisResult(ApiModel):
 
 
 class ModelVersionStatus(ApiModel):
-    """Observed state of a ModelVersion rollout."""
+    """Observed state of a ModelVersion rollout.
+
+    One writer, the rollout worker, which applies it whole (server-side apply as
+    ``ekko-rollout``); ``kubectl ekko`` writes requests as annotations, never this.
+    """
 
     observed_generation: int | None = Field(
         default=None, description="The spec generation this status describes."

@@ -18,7 +18,7 @@ import json
 import os
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -366,13 +366,31 @@ def apply_status(
     field_manager: str,
     force: bool = True,
     resource_version: str | None = None,
+    stale: Sequence[str] = (),
 ) -> None:
     """Server-side apply of the status fields ``field_manager`` owns: the API server merges them
     with the fields of other managers and removes a field this manager sent before and leaves
     out now, so ``status`` must hold every field the manager owns. ``force`` takes fields over
     from other managers; without it, a field another manager set to a different value is a
     Conflict. With ``resource_version``, only if the object is still at that version (Conflict
-    otherwise). NotFound when it is gone."""
+    otherwise). NotFound when it is gone.
+
+    ``stale``: status fields (wire names) to delete first, with a merge patch — fields the
+    object has that ``status`` leaves out, which an apply removes only if this manager set them.
+    An operator from before server-side apply wrote them with merge patches, under another
+    manager (``ekko-operator``); a writer that is the only one of the status names them so a
+    field it stopped sending (a finished pause's ``pausedUntil``) does not stay forever."""
+    if stale and resource_version is not None:
+        raise ValueError("a stale-field delete and a resourceVersion precondition do not combine")
+    if stale:
+        patch_status(
+            custom,
+            plural,
+            namespace,
+            name,
+            dict.fromkeys(stale),
+            field_manager=field_manager,
+        )
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if resource_version is not None:
         metadata["resourceVersion"] = resource_version

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,11 +63,14 @@ ZONE_LABEL = f"{GROUP}/zone"
 TEMPLATE_HASH_LABEL = observe_.TEMPLATE_HASH_LABEL
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ekko"}
 FIELD_MANAGER = "ekko-operator"
-"""The field manager of the operator's merge patches (assignments, single-writer statuses)."""
+"""The field manager of the operator's status merge patches (a failed pass's conditions, a
+refused Model's conditions); the owner's next apply takes conditions back."""
 POOL_MANAGER = "ekko-pool"
-"""Server-side apply field manager of the pool worker's part of a Model's status."""
+"""Server-side apply field manager of the pool worker: its part of a Model's status, and a
+ServerPool's whole status."""
 ROLLOUT_MANAGER = "ekko-rollout"
-"""Server-side apply field manager of the rollout worker's part of a Model's status."""
+"""Server-side apply field manager of the rollout worker: its part of a Model's status, and a
+ModelVersion's whole status."""
 STABLE_MANAGER = "ekko-pool-stable"
 """The pool worker's non-forced apply of a first ``stableVersion`` (never takes it over)."""
 
@@ -445,9 +448,11 @@ class Fleet:
         *,
         force: bool = True,
         resource_version: str | None = None,
+        stale: Sequence[str] = (),
     ) -> None:
         """Server-side apply of the status fields ``manager`` owns (every one of them: a field
-        left out is removed); see :func:`ekko.kube.client.apply_status`."""
+        left out is removed; ``stale`` ones another writer set are deleted first); see
+        :func:`ekko.kube.client.apply_status`."""
         with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to report on
             apply_object_status(
                 self.custom,
@@ -458,6 +463,7 @@ class Fleet:
                 field_manager=manager,
                 force=force,
                 resource_version=resource_version,
+                stale=stale,
             )
 
     def apply_statuses(

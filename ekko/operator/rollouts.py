@@ -211,10 +211,20 @@ class RolloutWorker:
                 resource_version=target.metadata.resource_version,
             )
             self.wake_pool(namespace, target.spec.pool)
-        status = decision.status.model_dump(by_alias=True, mode="json")
+        status = decision.status.to_wire()
         if status != self._last_status:
+            # The rollout worker is the ModelVersion status's only writer (kubectl ekko writes
+            # requests as annotations): every field, server-side applied under its manager; a
+            # field it no longer sends that an operator before server-side apply set is deleted.
+            seen = mv.status.to_wire() if mv.status else {}
             await asyncio.to_thread(
-                self.fleet.patch_status, "modelversions", namespace, name, status
+                self.fleet.apply_status,
+                "modelversions",
+                namespace,
+                name,
+                status,
+                ROLLOUT_MANAGER,
+                stale=sorted(set(seen) - set(status)),
             )
             self._last_status = status
         for event in decision.events:

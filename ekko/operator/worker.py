@@ -25,12 +25,17 @@ from ekko.operator import metrics
 from ekko.operator.peering import Gate
 from ekko.planning.converge import Action, Desired, converge
 from ekko.planning.decide import (
+    Debounce,
     excluded_problem,
     more_work,
     must_replan,
     plan_failure,
     plan_summary,
     planned_message,
+    pool_problem,
+    refusal_notice,
+    refused_backoff,
+    refused_text,
     resumes_recorded,
     roll_adopted,
     roll_notices,
@@ -83,8 +88,7 @@ class PoolWorker:
         self.inputs: str | None = None
         self.outcome = Outcome()
         self._wake = asyncio.Event()
-        self._replan = False
-        self._first_change: float | None = None
+        self._debounce = Debounce()
         self._last_status: dict[str, object] = {}
         self._failure = ""
         self._refused_text = ""
@@ -97,9 +101,7 @@ class PoolWorker:
 
     def wake(self, replan: bool) -> None:
         if replan:
-            self._replan = True
-            if self._first_change is None:
-                self._first_change = time.monotonic()
+            self._debounce = self._debounce.changed(time.monotonic())
         self._wake.set()
 
     async def run(self) -> None:
@@ -206,16 +208,12 @@ class PoolWorker:
         # Debounce without sleeping in the pass: until the debounce has passed since the first
         # change, passes go on converging the current plan (and see every new change, a shorter
         # debounce included); the re-plan waits for a wake at the due time.
-        left = debounce_left(
-            self._first_change if self._replan else None,
-            time.monotonic(),
-            parse_duration(pool.spec.placement.replan_debounce),
+        self._debounce, left = self._debounce.at_pass(
+            time.monotonic(), parse_duration(pool.spec.placement.replan_debounce)
         )
         debouncing = left > 0
         if debouncing:
             asyncio.get_running_loop().call_later(left, self._wake.set)
-        else:
-            self._replan = False
         state = self._keep_last_good(await asyncio.to_thread(self.fleet.observe, pool))
         inputs = plan_inputs(state)
         if self.desired is None:
@@ -236,6 +234,8 @@ class PoolWorker:
             if self.desired is not None:
                 # The plan is in status as soon as it is decided, not after the fleet converged.
                 await self._report_pool(state, self.desired)
+        elif not debouncing:
+            self._debounce = self._debounce.settled()
         desired = self.desired or desired_from_state(state)
         rolled = await self._roll(pool, state, desired)
         desired = rolled.desired
@@ -261,7 +261,7 @@ class PoolWorker:
         await self._report(pool, state, desired)
         if refused:
             # Refused writes are retried (the object may be fixed) but slowly, and said so.
-            self._refused_backoff = min(self._refused_backoff * 2, MAX_BACKOFF_SECONDS)
+            self._refused_backoff = refused_backoff(self._refused_backoff, MAX_BACKOFF_SECONDS)
             asyncio.get_running_loop().call_later(self._refused_backoff, self._wake.set)
             return False
         self._refused_backoff = FOLLOW_UP_SECONDS
@@ -287,15 +287,11 @@ class PoolWorker:
 
     async def _refused(self, pool: ServerPool, refused: list[KubeError]) -> None:
         """Writes the API server refused (4xx): an event when new, and Degraded on the pool."""
-        text = (
-            f"{len(refused)} write(s) refused by the API server: "
-            + "; ".join(str(e) for e in refused[:3])
-            if refused
-            else ""
-        )
-        if text and text != self._refused_text:
-            log.warning("Pool %s/%s: %s", *self.key, text)
-            await asyncio.to_thread(self.fleet.event, pool, "WriteRefused", text, True)
+        text = refused_text([str(e) for e in refused])
+        notice = refusal_notice(text, self._refused_text)
+        if notice is not None:
+            log.warning("Pool %s/%s: %s", *self.key, notice.message)
+            await asyncio.to_thread(self.fleet.event, pool, notice.reason, notice.message, True)
         self._refused_text = text
 
     async def _report_orphans(self) -> None:
@@ -333,12 +329,11 @@ class PoolWorker:
 
     async def _replan_pool(self, pool: ServerPool, state: PoolState, inputs: str) -> None:
         namespace, name = self.key
-        if self._first_change is not None:
-            metrics.DEBOUNCE_SECONDS.labels(name).observe(time.monotonic() - self._first_change)
-        # This plan covers every change observed so far; one arriving during the solve sets both
+        if self._debounce.since is not None:
+            metrics.DEBOUNCE_SECONDS.labels(name).observe(time.monotonic() - self._debounce.since)
+        # This plan covers every change observed so far; one arriving during the solve counts
         # again (and its inputs differ, so the next pass re-plans after its own debounce).
-        self._first_change = None
-        self._replan = False
+        self._debounce = self._debounce.planned()
         problem = build_problem(state)
         excluded = unplaceable(problem)
         problem = without(problem, excluded)
@@ -378,12 +373,12 @@ class PoolWorker:
     async def _report_pool(self, state: PoolState, desired: Desired) -> None:
         name = self.key[1]
         now = dt.datetime.now(dt.UTC)
-        problem, reason = self.outcome.problem, "PlanFailed"
-        if self._refused_text:
-            problem, reason = self._refused_text, "WriteRefused"
-        status = pool_status(
-            state, desired, self.outcome.summary, now, problem, problem_reason=reason
-        )
+        problem, reason = pool_problem(self.outcome.problem, self._refused_text)
+        seen = state.pool.status
+        # Until this worker has planned, the plan recorded in status stands (the apply would
+        # remove a field it leaves out: a restart whose first solve fails keeps the record).
+        summary = self.outcome.summary or (seen.plan if seen else None)
+        status = pool_status(state, desired, summary, now, problem, problem_reason=reason)
         wire = status.to_wire()
         # The template roll's fields and condition, validated with the rest of the status.
         wire.update(
@@ -398,7 +393,23 @@ class PoolWorker:
         status = ServerPoolStatus.model_validate(wire)
         metrics.SERVERS.labels(name, "wanted").set(status.servers_wanted)
         metrics.SERVERS.labels(name, "ready").set(status.servers_ready)
-        await self._patch_if_changed("serverpools", name, status.to_wire())
+        body = status.to_wire()
+        key = f"serverpools/{name}"
+        if self._last_status.get(key) == body:
+            return
+        # The pool worker is the status's only writer: every field, server-side applied under
+        # its manager; a field an operator before server-side apply left is deleted.
+        stale = sorted(set(seen.to_wire() if seen else {}) - set(body))
+        await asyncio.to_thread(
+            self.fleet.apply_status,
+            "serverpools",
+            self.key[0],
+            name,
+            body,
+            POOL_MANAGER,
+            stale=stale,
+        )
+        self._last_status[key] = body
 
     async def _report(self, pool: ServerPool, state: PoolState, desired: Desired) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -467,8 +478,8 @@ class PoolWorker:
             await self._patch_if_changed("models", model_name, rejected)
 
     async def _patch_if_changed(self, plural: str, obj: str, status: dict[str, object]) -> None:
-        """Merge-patch a status this worker alone writes (a pool's; a refused model's
-        conditions), unless it is what the last write sent."""
+        """Merge-patch a refused model's conditions (its spec is not usable: the pool worker's
+        apply of its fields is not made), unless it is what the last write sent."""
         key = f"{plural}/{obj}"
         if self._last_status.get(key) == status:
             return
@@ -495,16 +506,6 @@ def assignment_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | N
 def _node_ready_status(node: Mapping[str, Any] | None) -> str:
     conditions = ((node or {}).get("status") or {}).get("conditions") or []
     return next((str(c.get("status")) for c in conditions if c.get("type") == "Ready"), "")
-
-
-def debounce_left(first_change: float | None, now: float, debounce: float) -> float:
-    """Seconds a re-plan still waits: the debounce counts from the first change not planned yet
-    (None: no such change, no wait). Once a change was planned it never delays again; it once
-    did, re-arming a wake-up every debounce forever, so a converged pool ran two passes a
-    second."""
-    if first_change is None:
-        return 0.0
-    return max(0.0, debounce - (now - first_change))
 
 
 def _describe(err: Exception) -> str:

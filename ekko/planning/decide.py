@@ -3,6 +3,9 @@ and writes).
 
 - ``resumes_recorded`` / ``must_replan``: the restart rule — a worker without a plan keeps the
   plan recorded in the pool's status when its inputs still match, and re-plans otherwise.
+- ``Debounce``: the re-plan debounce's bookkeeping (when the first unplanned change came).
+- ``refused_text``, ``refusal_notice``, ``pool_problem``, ``refused_backoff``: how writes the API
+  server refused are reported on the pool and retried.
 - ``unplaceable``: models that cannot be placed on the pool even alone, with the reason.
 - ``plan_failure``, ``plan_summary``, ``excluded_problem``, ``planned_message``: what a solve
   means for the pool's status and events.
@@ -13,7 +16,7 @@ and writes).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ekko.api.resources import PlanSummary
@@ -37,6 +40,53 @@ def must_replan(has_plan: bool, inputs: str, planned_inputs: str | None, debounc
     """Whether this pass solves: always without a plan; otherwise when the inputs changed since
     the last plan and the debounce has passed."""
     return not has_plan or (inputs != planned_inputs and not debouncing)
+
+
+def debounce_left(first_change: float | None, now: float, debounce: float) -> float:
+    """Seconds a re-plan still waits: the debounce counts from the first change not planned yet
+    (None: no such change, no wait). Once a change was planned it never delays again; it once
+    did, re-arming a wake-up every debounce forever, so a converged pool ran two passes a
+    second."""
+    if first_change is None:
+        return 0.0
+    return max(0.0, debounce - (now - first_change))
+
+
+@dataclass(frozen=True)
+class Debounce:
+    """The re-plan debounce of one pool (times are monotonic seconds).
+
+    ``since``: when the first spec change not planned yet arrived (None: none); ``armed``: a
+    change arrived that no pass has yet seen past its debounce. The worker keeps one and replaces
+    it at each step: a change (``changed``), the start of a pass (``at_pass``), a re-plan
+    (``planned``), a pass past the debounce that found nothing to re-plan (``settled``).
+    """
+
+    since: float | None = None
+    armed: bool = False
+
+    def changed(self, now: float) -> Debounce:
+        """A spec change arrived: the debounce counts from the first one not planned yet."""
+        return Debounce(self.since if self.since is not None else now, True)
+
+    def at_pass(self, now: float, debounce: float) -> tuple[Debounce, float]:
+        """A pass starts: the seconds the re-plan still waits (0: it may re-plan), and the
+        bookkeeping after it (disarmed once the wait is over; ``since`` stays for the re-plan's
+        delay metric)."""
+        left = debounce_left(self.since if self.armed else None, now, debounce)
+        return (self if left > 0 else replace(self, armed=False)), left
+
+    def planned(self) -> Debounce:
+        """A re-plan starts: it covers every change seen so far (one arriving during the solve
+        counts from its own arrival)."""
+        return Debounce()
+
+    def settled(self) -> Debounce:
+        """A pass past the debounce did not re-plan (the changes did not alter the plan's inputs:
+        a restart that resumed its recorded plan, an unusable model edit): they are done with,
+        unless another arrived during the pass. Keeping ``since`` would let the next change
+        re-plan at once, without its debounce, and report the whole interval as its delay."""
+        return self if self.armed else Debounce()
 
 
 def unplaceable(problem: Problem) -> dict[str, str]:
@@ -150,8 +200,51 @@ def roll_notices(rolled: Roll, template_hash: str, last_waiting: str) -> list[No
     return out
 
 
+REFUSED_SHOWN = 3
+"""Refused writes named in the pool's ``WriteRefused`` text (the count says how many in all)."""
+
+
+def refused_text(refused: Sequence[str]) -> str:
+    """The pool's text for the writes the API server refused (4xx) in a pass ("" when none)."""
+    if not refused:
+        return ""
+    return f"{len(refused)} write(s) refused by the API server: " + "; ".join(
+        refused[:REFUSED_SHOWN]
+    )
+
+
+def refusal_notice(text: str, last: str) -> Notice | None:
+    """The ``WriteRefused`` event of a pass: only when the refusals are new (``last``: the text
+    of the previous pass), so a write refused pass after pass is said once."""
+    if not text or text == last:
+        return None
+    return Notice("WriteRefused", text, True)
+
+
+def pool_problem(plan_problem: str, refused: str) -> tuple[str, str]:
+    """The problem the pool's status shows, with its condition reason: refused writes when there
+    are (the plan cannot be carried out), else the plan's problem."""
+    if refused:
+        return refused, "WriteRefused"
+    return plan_problem, "PlanFailed"
+
+
+def refused_backoff(previous: float, cap: float) -> float:
+    """Seconds until a pass with refused writes is retried: doubling from ``previous`` up to
+    ``cap`` (the object may be fixed, but a write refused now is likely refused again)."""
+    return min(previous * 2, cap)
+
+
 def settled(state: PoolState, desired: Desired) -> bool:
-    """Every desired replica loaded and served, and nothing left draining."""
+    """Every desired replica loaded and served, and nothing left draining.
+
+    By model and shard, not version, on purpose: during a rollout a server holds the canary next
+    to the stable version, and one that serves the shard in some version leaves the pool worker
+    nothing to do (the agent's report of the new version wakes the pool; the rollout worker
+    counts versions itself, ``rollout.observe``). Where a version does matter to the pool — a
+    replica moved mid-rollout — converge keeps the old server's replica of each version draining
+    until it is served at the new place, and the drain keeps the pool unsettled. Counting
+    versions here would poll every second while a bad canary fails to load."""
     for server in state.servers:
         target = desired.servers.get(server.name, frozenset())
         if any(s.drain for s in server.spec_shards):

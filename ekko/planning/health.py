@@ -36,7 +36,7 @@ from ekko.api.resources import (
     UpdateHealthStatus,
     UpdateRollbackRecord,
 )
-from ekko.api.units import parse_duration
+from ekko.api.units import parse_duration, parse_time
 from ekko.updates.health import (
     Command,
     DetectorSpec,
@@ -396,11 +396,10 @@ def person_rollback(m: Manager, cut: int, now: float, request: str) -> tuple[Man
 
 
 def parse_stamp(value: str) -> float | None:
-    """Seconds since the epoch of an RFC 3339 annotation value, or None."""
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    """Seconds since the epoch of an RFC 3339 annotation value, or None (one parser:
+    ``api.units.parse_time``; a time without an offset is read as UTC, not the host's zone)."""
+    when = parse_time(value, naive_as_utc=True)
+    return when.timestamp() if when is not None else None
 
 
 __all__: Sequence[str] = (

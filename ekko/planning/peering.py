@@ -11,14 +11,18 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from ekko.api.units import parse_time
+
 
 def may_act(peers: Mapping[str, Any] | None, me: str, priority: int, now: dt.datetime) -> bool:
     """True unless another live peer has a higher priority, or the same one (kopf pauses all)."""
     for identity, info in (peers or {}).items():
         if identity == me or not isinstance(info, Mapping):
             continue
+        seen = parse_time(str(info.get("lastseen")), naive_as_utc=True)
+        if seen is None:
+            continue  # no readable time: not a live peer
         try:
-            seen = dt.datetime.fromisoformat(str(info.get("lastseen")))
             alive = seen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
             other = int(info.get("priority", 0))
         except (TypeError, ValueError):

@@ -106,8 +106,15 @@ def observe(
         and s.status.phase in HOLDING_PHASES
     ]
     if status and status.canary_version and status.canary_version != mine:
+        # Siblings are the namespace's versions of every model: another model's "v2" is not
+        # this canary's owner.
         owner = next(
-            (s.metadata.name for s in siblings if s.spec.version == status.canary_version), None
+            (
+                s.metadata.name
+                for s in siblings
+                if s.spec.model == model.metadata.name and s.spec.version == status.canary_version
+            ),
+            None,
         )
         others.append(owner or status.canary_version)
     weights = current_weights(model)

@@ -227,6 +227,42 @@ def test_a_status_apply_is_a_server_side_apply_under_its_field_manager(
     assert "force=true" in apiserver.requests[-1][1].lower()
 
 
+def test_stale_status_fields_are_deleted_by_a_merge_patch_before_the_apply(
+    apiserver: FakeApiServer, custom: Any
+) -> None:
+    """Fields an earlier writer (an operator of merge patches) set that the apply leaves out:
+    an apply removes only its own manager's fields, so they are deleted first."""
+    apiserver.routes[("PATCH", f"{BASE}/modelversions/v/status")] = (200, model_body())
+    kube.apply_status(
+        custom,
+        "modelversions",
+        "ns",
+        "v",
+        {"phase": "Progressing"},
+        field_manager="ekko-rollout",
+        stale=["pausedUntil"],
+    )
+    (_, _, merge, deleted), (_, path, apply, applied) = apiserver.requests[-2:]
+    assert merge["content-type"] == "application/merge-patch+json"
+    assert deleted == {"status": {"pausedUntil": None}}
+    assert apply["content-type"] == "application/apply-patch+yaml" and "fieldManager" in path
+    assert applied["kind"] == "ModelVersion" and applied["status"] == {"phase": "Progressing"}
+    count = len(apiserver.requests)
+    kube.apply_status(custom, "modelversions", "ns", "v", {}, field_manager="ekko-rollout")
+    assert len(apiserver.requests) == count + 1  # nothing stale: the apply alone
+    with pytest.raises(ValueError, match="do not combine"):
+        kube.apply_status(
+            custom,
+            "modelversions",
+            "ns",
+            "v",
+            {},
+            field_manager="x",
+            stale=["a"],
+            resource_version="1",
+        )
+
+
 def test_a_refusal_is_a_plain_kube_error_with_the_field_and_the_rule(
     apiserver: FakeApiServer, custom: Any
 ) -> None:

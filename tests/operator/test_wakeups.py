@@ -92,19 +92,3 @@ def test_a_server_pod_wakes_its_pool() -> None:
     pod = {"metadata": {"name": "p-0", "namespace": "ns", "labels": {"ekko.dev/pool": "p"}}}
     assert w.cache_event("pods", "DELETED", pod, None)
     assert woken == [("ns", "p", False)]
-
-
-@pytest.mark.parametrize(
-    ("first_change", "now", "left"),
-    [
-        (None, 100.0, 0.0),  # no unplanned change: a pass never waits, nor re-arms a wake-up
-        (100.0, 100.2, 0.8),  # a change 0.2 s ago, debounce 1 s
-        (100.0, 101.5, 0.0),  # due
-    ],
-)
-def test_the_replan_debounce_counts_from_the_first_unplanned_change(
-    first_change: float | None, now: float, left: float
-) -> None:
-    from ekko.operator.worker import debounce_left
-
-    assert debounce_left(first_change, now, 1.0) == pytest.approx(left)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ekko.kube.errors import Conflict, InvalidObjectError, KubeError
+from ekko.kube.fleet import ROLLOUT_MANAGER
 from ekko.operator import worker as worker_module
 from ekko.operator.peering import Gate
 from ekko.operator.rollouts import RolloutWorker
@@ -188,7 +189,12 @@ class ModelChangedUnder:
         manager: str,
         *,
         resource_version: str | None = None,
+        stale: list[str] | None = None,
     ) -> None:
+        if plural == "modelversions":  # the version's own status: its one writer, no precondition
+            assert (manager, resource_version) == (ROLLOUT_MANAGER, None)
+            self.statuses.append((plural, status))
+            return
         self.applies.append((plural, status, manager, resource_version))
         if self.conflicts:
             self.conflicts -= 1

@@ -9,16 +9,22 @@ from typing import Any
 import pytest
 
 from ekko.api.resources import AssignedShard, Model, PlanSummary
-from ekko.planning.converge import Desired, RecreateServer
+from ekko.planning.converge import Desired, RecreateServer, WriteAssignment, converge
 from ekko.planning.decide import (
     EXPLANATION_LIMIT,
+    Debounce,
     Notice,
+    debounce_left,
     excluded_problem,
     more_work,
     must_replan,
     plan_failure,
     plan_summary,
     planned_message,
+    pool_problem,
+    refusal_notice,
+    refused_backoff,
+    refused_text,
     resumes_recorded,
     roll_adopted,
     roll_notices,
@@ -29,7 +35,7 @@ from ekko.planning.decide import (
 )
 from ekko.planning.problem import build_problem
 from ekko.planning.roll import Roll
-from ekko.planning.state import PoolState, ServerObs
+from ekko.planning.state import PoolState, ResidentVersion, ServerObs
 from ekko.solver import Plan, Server, ServerId, Violation
 from tests.planning.test_converge import POOL, model
 
@@ -83,6 +89,126 @@ def test_a_pass_solves_without_a_plan_or_when_the_inputs_changed_after_the_debou
     has_plan: bool, inputs: str, planned: str | None, debouncing: bool, replan: bool
 ) -> None:
     assert must_replan(has_plan, inputs, planned, debouncing) is replan
+
+
+# --- the re-plan debounce ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first_change", "now", "left"),
+    [
+        (None, 100.0, 0.0),  # no unplanned change: a pass never waits, nor re-arms a wake-up
+        (100.0, 100.2, 0.8),  # a change 0.2 s ago, debounce 1 s
+        (100.0, 101.5, 0.0),  # due
+    ],
+)
+def test_the_replan_debounce_counts_from_the_first_unplanned_change(
+    first_change: float | None, now: float, left: float
+) -> None:
+    assert debounce_left(first_change, now, 1.0) == pytest.approx(left)
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "after", "left"),
+    [
+        (Debounce(), 5.0, Debounce(), 0.0),  # no change: no wait
+        (Debounce(100.0, True), 100.2, Debounce(100.0, True), 0.8),  # waiting, still armed
+        # Over: disarmed (the next pass does not wait), since kept for the re-plan's delay metric.
+        (Debounce(100.0, True), 101.0, Debounce(100.0, False), 0.0),
+        (Debounce(100.0, False), 100.2, Debounce(100.0, False), 0.0),  # already over: no wait
+    ],
+)
+def test_a_pass_waits_out_the_debounce_then_disarms_it(
+    before: Debounce, now: float, after: Debounce, left: float
+) -> None:
+    state, wait = before.at_pass(now, 1.0)
+    assert (state, wait) == (after, pytest.approx(left))
+
+
+def test_the_debounce_counts_from_the_first_change_and_a_replan_covers_every_change() -> None:
+    first = Debounce().changed(100.0)
+    assert first == Debounce(100.0, True)
+    assert first.changed(100.7) == Debounce(100.0, True)  # a later change waits no longer
+    assert first.planned() == Debounce()
+    assert first.planned().changed(103.0) == Debounce(103.0, True)  # a change during the solve
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (Debounce(100.0, False), Debounce()),  # the change needed no re-plan: done with
+        (Debounce(100.0, True), Debounce(100.0, True)),  # another came during the pass: kept
+        (Debounce(), Debounce()),
+    ],
+)
+def test_a_pass_that_needs_no_replan_forgets_the_change(before: Debounce, after: Debounce) -> None:
+    assert before.settled() == after
+
+
+def test_after_a_change_that_needed_no_replan_the_next_change_waits_its_own_debounce() -> None:
+    """A restart (its start-up events are changes) that resumes its recorded plan, or an unusable
+    model edit, changes no plan input: the pass past the debounce does not re-plan. The next real
+    change, an hour later, once re-planned at once (the debounce counted from the old change)
+    and reported an hour of delay."""
+    debounce = Debounce().changed(0.0)
+    debounce, left = debounce.at_pass(1.0, 1.0)  # over; must_replan: same inputs, no re-plan
+    assert left == 0.0
+    debounce = debounce.settled()
+    debounce = debounce.changed(3600.0)
+    debounce, left = debounce.at_pass(3600.1, 1.0)
+    assert left == pytest.approx(0.9)
+    assert debounce.since == 3600.0
+
+
+# --- refused writes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("refused", "text"),
+    [
+        ([], ""),
+        (["a"], "1 write(s) refused by the API server: a"),
+        (["a", "b", "c", "d"], "4 write(s) refused by the API server: a; b; c"),
+    ],
+)
+def test_the_refused_writes_text_counts_all_and_names_three(refused: list[str], text: str) -> None:
+    assert refused_text(refused) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "last", "notice"),
+    [
+        ("", "", None),  # nothing refused
+        ("", "1 write(s) refused", None),  # refusals over: no event (the condition clears)
+        ("1 write(s) refused", "1 write(s) refused", None),  # the same again: said once
+        ("1 write(s) refused", "", Notice("WriteRefused", "1 write(s) refused", True)),
+        ("2 write(s) refused", "1 write(s) refused", Notice("WriteRefused", "2 write(s) refused", True)),
+    ],
+)  # fmt: skip
+def test_refused_writes_are_posted_when_new(text: str, last: str, notice: Notice | None) -> None:
+    assert refusal_notice(text, last) == notice
+
+
+@pytest.mark.parametrize(
+    ("plan_problem", "refused", "shown"),
+    [
+        ("", "", ("", "PlanFailed")),
+        ("cannot place a: too big", "", ("cannot place a: too big", "PlanFailed")),
+        ("cannot place a: too big", "1 write(s)", ("1 write(s)", "WriteRefused")),
+        ("", "1 write(s)", ("1 write(s)", "WriteRefused")),
+    ],
+)
+def test_refused_writes_come_before_the_plans_problem(
+    plan_problem: str, refused: str, shown: tuple[str, str]
+) -> None:
+    assert pool_problem(plan_problem, refused) == shown
+
+
+@pytest.mark.parametrize(
+    ("previous", "delay"), [(1.0, 2.0), (8.0, 16.0), (16.0, 30.0), (30.0, 30.0)]
+)
+def test_refused_writes_are_retried_slower_and_slower(previous: float, delay: float) -> None:
+    assert refused_backoff(previous, 30.0) == delay
 
 
 # --- unplaceable models -------------------------------------------------------------------------
@@ -330,6 +456,51 @@ def test_a_pool_is_settled_when_every_desired_replica_is_served_and_nothing_drai
 ) -> None:
     state = PoolState(POOL, (model("m", shards=2),), servers)
     assert settled(state, want) is is_settled
+
+
+def test_settled_is_by_shard_during_a_version_rollout_and_drains_carry_the_versions() -> None:
+    """A canary holds v2 next to v1 on the same servers. ``settled`` asks about placement (every
+    desired shard served in some version), not about versions: a server that loaded v1 but not
+    yet v2 is settled (no 1 s follow-up passes), because nothing is left for the pool worker to do
+    there — the agent's report of v2 wakes the pool, and the rollout worker counts v2 per server
+    (``rollout.observe``). Counting versions would never settle while a bad canary fails to load.
+    Where the pool worker does wait on a version (a replica moved during the canary), converge
+    keeps the old server's replica of that version draining until it is served at the new place,
+    and the drain keeps the pool unsettled."""
+
+    def at(version: str, drain: bool = False) -> AssignedShard:
+        uri = "file:///m/m" if version == "v1" else f"file:///{version}"
+        return shard("m", 0, drain).evolve(version=version, uri=uri)
+
+    m = model("m", shards=1)
+    resident = {"m": (ResidentVersion("v1", "file:///m/m"), ResidentVersion("v2", "file:///v2"))}
+    both = (at("v1"), at("v2"))
+    loading = replace(SERVING, spec_shards=both, loaded=frozenset({("m", 0, "v1")}))
+    state = PoolState(POOL, (m,), (loading,), resident=resident)
+    assert settled(state, WANT)
+    assert not converge(state, WANT)  # and indeed nothing to do until v2 loads
+
+    # The replica moves from p-1 to p-0 mid-canary; p-0 serves v1 only so far.
+    old = ServerObs(
+        "p-1",
+        "a",
+        pod_ready=True,
+        spec_shards=both,
+        loaded=frozenset({("m", 0, "v1"), ("m", 0, "v2")}),
+    )
+    moving = PoolState(POOL, (m,), (loading, old), resident=resident)
+    written = {a.server: a.shards for a in converge(moving, WANT) if isinstance(a, WriteAssignment)}
+    assert written["p-1"] == (at("v2", drain=True),)  # v1 is served at p-0: it goes; v2 stays
+    drained = PoolState(
+        POOL, (m,), (loading, replace(old, spec_shards=written["p-1"])), resident=resident
+    )
+    assert not settled(drained, WANT)
+    both_loaded = replace(loading, loaded=frozenset({("m", 0, "v1"), ("m", 0, "v2")}))
+    done = PoolState(
+        POOL, (m,), (both_loaded, replace(old, spec_shards=written["p-1"])), resident=resident
+    )
+    written = {a.server: a.shards for a in converge(done, WANT) if isinstance(a, WriteAssignment)}
+    assert written["p-1"] == ()  # v2 is served at p-0 now: the drain ends
 
 
 @pytest.mark.parametrize(

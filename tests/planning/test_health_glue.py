@@ -228,3 +228,21 @@ def test_the_recent_series_is_read_from_an_agents_metrics() -> None:
     scrape = parse_scrape(generate_latest(registry).decode(), "ranker")
     assert scrape.paired == pytest.approx((2.0, -0.2, 0.1))
     assert scrape.paired_recent == pytest.approx((1.0, 0.5, 0.25))
+
+
+@pytest.mark.parametrize(
+    ("stamp", "seconds"),
+    [
+        ("2026-11-30T00:00:00Z", 1795996800.0),
+        ("2026-11-30T01:00:00+01:00", 1795996800.0),
+        ("2026-11-30T00:00:00", 1795996800.0),  # no offset: UTC, whatever the host's zone
+        ("yesterday", None),
+        ("", None),
+    ],
+)
+def test_annotation_stamps_are_read_by_the_one_rfc3339_parser(
+    stamp: str, seconds: float | None
+) -> None:
+    from ekko.planning.health import parse_stamp
+
+    assert parse_stamp(stamp) == seconds

@@ -28,3 +28,13 @@ def test_a_live_peer_of_higher_or_equal_priority_pauses_us() -> None:
 def test_a_dead_or_malformed_peer_does_not() -> None:
     assert may_act({"other": peer(10, 20)}, "me", 1, NOW)
     assert may_act({"other": {"priority": "x", "lastseen": "never"}}, "me", 1, NOW)
+
+
+def test_a_peer_time_is_read_by_the_one_rfc3339_parser() -> None:
+    """A time without an offset is UTC (it once raised comparing with an aware now, and the
+    peer was ignored); an unreadable one is no live peer."""
+    naive = {"priority": 5, "lifetime": 60, "lastseen": NOW.replace(tzinfo=None).isoformat()}
+    assert not may_act({"other": naive}, "me", 1, NOW)
+    zulu = {"priority": 5, "lifetime": 60, "lastseen": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    assert not may_act({"other": zulu}, "me", 1, NOW)
+    assert may_act({"other": {"priority": 5, "lastseen": None}}, "me", 1, NOW)
