@@ -83,6 +83,7 @@ class Item:
     zone_cap: int  # most replicas of one shard per zone
     mem_lo: int = -1  # units rounded down (for the lower bound); -1: same as mem
     cpu_lo: int = -1
+    entries: int = 1  # assignment entries per replica (versions held), against item_cap
 
     @property
     def num_shards(self) -> int:
@@ -121,6 +122,8 @@ class Instance:
     cpu_cap_hi: dict[SloClassName, int] = field(default_factory=dict)
     cpu_full_hi: int = 0
     bound_source: str = ""
+    # Most shard replicas one server holds (what its ServerAssignment can list).
+    item_cap: int = 0
 
     def items_of(self, model: ModelId) -> list[Item]:
         return [it for it in self.items if it.model == model]
@@ -201,6 +204,7 @@ def build_instance(problem: Problem) -> Instance:
                     zone_cap=problem.spread_cap(m.replicas),
                     mem_lo=max(0, min(low[k][0] for k in shards)),
                     cpu_lo=max(0, min(low[k][1] for k in shards)),
+                    entries=m.versions_held,
                 )
             )
     names = [c.name for c in problem.slo_classes]
@@ -224,6 +228,7 @@ def build_instance(problem: Problem) -> Instance:
         mem_cap_hi=mem_cap if m_exact else _up(mem_eff * mscale),
         cpu_cap_hi=cpu_cap if c_exact else {c: _up(v * cscale) for c, v in class_eff.items()},
         cpu_full_hi=cpu_full if c_exact else _up(cpu_eff * cscale),
+        item_cap=pool.max_shards_per_server,
     )
     lb, source = bound_with_source(inst)
     return replace(inst, lower_bound=lb, bound_source=source)
@@ -249,6 +254,9 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
         "compute": -(-cpu_total // cpu_full) if cpu_full else 0,
         "replicas": max(it.replicas for it in inst.items),
     }
+    if inst.item_cap:  # a server lists at most item_cap entries, whatever their size
+        entries = sum(it.entries * it.demand for it in inst.items)
+        found["shards per server"] = -(-entries // inst.item_cap)
     mem_s = np.array([it.mem_low for it in inst.items], dtype=np.int64)
     cpu_s = np.array([it.cpu_low for it in inst.items], dtype=np.int64)
     dem = np.array([it.demand for it in inst.items], dtype=np.int64)
@@ -257,7 +265,12 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
     # of memory and cpu_full of compute whatever else is on it.
     found["bin packing (memory)"] = dff_bound(mem_s, dem, mem_cap)
     found["bin packing (compute)"] = dff_bound(cpu_s, dem, cpu_full)
-    found["replicas per server"] = cardinality_bound([(mem_s, mem_cap), (cpu_s, cpu_full)], dem)
+    # Assignment entries as a third dimension: a replica takes `entries` of a server's item_cap.
+    ent_s = np.array([it.entries for it in inst.items], dtype=np.int64)
+    count_dim = [(ent_s, inst.item_cap)] if inst.item_cap else []
+    found["replicas per server"] = cardinality_bound(
+        [(mem_s, mem_cap), (cpu_s, cpu_full), *count_dim], dem
+    )
     per_class: dict[SloClassName, int] = {}
     for c in sorted({it.slo for it in inst.items}):
         mine = [it for it in inst.items if it.slo == c]
@@ -272,7 +285,11 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
             # servers holding class c: its replicas alone, packed under c's own compute cap
             dff_bound(mem_s[sel], dem[sel], mem_cap),
             dff_bound(cpu_s[sel], dem[sel], cap),
-            cardinality_bound([(mem_s[sel], mem_cap), (cpu_s[sel], cap)], dem[sel]),
+            cardinality_bound(
+                [(mem_s[sel], mem_cap), (cpu_s[sel], cap), *((o[sel], k) for o, k in count_dim)],
+                dem[sel],
+            ),
+            -(-sum(it.entries * it.demand for it in mine) // inst.item_cap) if inst.item_cap else 0,
         )
         found[f"bin packing (class {c})"] = b_c
         per_class[c] = b_c
@@ -343,10 +360,14 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         cpu_total = sum(
             m.load_of(k) * m.replicas for m in problem.models for k in range(m.num_shards)
         )
+        entries = sum(m.num_shards * m.replicas * m.versions_held for m in problem.models)
         out.append(
             f"the models need at least {inst.lower_bound} servers (memory "
             f"{_gib(mem_total)} at {_gib(mem_eff)} per server, compute {cpu_total:g} at "
-            f"{pool.usable_compute():g} per server, SLO caps and exclusions included); pool "
+            f"{pool.usable_compute():g} per server, {entries} assignment entries (shard replicas "
+            f"times versions held) at most {pool.max_shards_per_server} per server, SLO caps "
+            "and exclusions "
+            f"included); pool "
             f"{pool.name} allows at most {pool.max_servers}. Raise max_servers or lower replicas."
         )
     return out
@@ -374,20 +395,26 @@ def lp_bound(inst: Instance, per_class: dict[SloClassName, int] | None = None) -
     if mem_cap <= 0:  # nothing fits a server: explain() reports it
         return 0.0
     # Items of one class with the same memory and load per replica split alike: merge them.
-    # Beyond LP_SHAPES shapes, each class's memory and compute split independently instead (a
-    # weaker relaxation of the same LP, still sound, and small).
-    shapes: dict[tuple[SloClassName, int, int], int] = defaultdict(int)
+    # Beyond LP_SHAPES shapes, each class's memory, compute and replica count split
+    # independently instead (a weaker relaxation of the same LP, still sound, and small).
+    shapes: dict[tuple[SloClassName, int, int, int], int] = defaultdict(int)
     for it in inst.items:
-        shapes[it.slo, it.mem_low, it.cpu_low] += it.demand
+        shapes[it.slo, it.mem_low, it.cpu_low, it.entries] += it.demand
+    # (class, memory, compute, entries) of each part that splits over server types as one.
+    parts_of: list[tuple[SloClassName, int, int, int]] = [
+        (c, mem * d, cpu * d, e * d) for (c, mem, cpu, e), d in shapes.items()
+    ]
     if len(shapes) > LP_SHAPES:
-        shapes = defaultdict(int)
-        for it in inst.items:
-            shapes[it.slo, -1, 0] += it.mem_low * it.demand  # the class's memory ...
-            shapes[it.slo, 0, -1] += it.cpu_low * it.demand  # ... and compute, split apart
-        shapes = {
-            (c, total if mem else 0, total if cpu else 0): 1
-            for (c, mem, cpu), total in shapes.items()
-        }
+        per: dict[SloClassName, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for c, mem, cpu, d in parts_of:
+            per[c][0] += mem
+            per[c][1] += cpu
+            per[c][2] += d
+        parts_of = [
+            part
+            for c, (mem, cpu, d) in per.items()
+            for part in ((c, mem, 0, 0), (c, 0, cpu, 0), (c, 0, 0, d))
+        ]
     types = server_types(inst)
     lp = pywraplp.Solver.CreateSolver("GLOP")
     if lp is None:  # GLOP ships with OR-Tools; be safe anyway
@@ -395,22 +422,27 @@ def lp_bound(inst: Instance, per_class: dict[SloClassName, int] | None = None) -
     n = [lp.NumVar(0.0, lp.infinity(), "") for _ in types]
     mem_k: list[list[object]] = [[] for _ in types]
     cpu_k: list[list[object]] = [[] for _ in types]
-    for (c, mem, cpu), d in shapes.items():
+    cnt_k: list[list[object]] = [[] for _ in types]
+    for c, mem, cpu, d in parts_of:
         parts = []
         for k, t in enumerate(types):
             if c in t:
                 g = lp.NumVar(0.0, 1.0, "")
                 parts.append(g)
-                mem_k[k].append(g * (mem * d / mem_cap))
+                mem_k[k].append(g * (mem / mem_cap))
                 cap = min(cpu_cap[x] for x in t)
                 if cap > 0:
-                    cpu_k[k].append(g * (cpu * d / cap))
+                    cpu_k[k].append(g * (cpu / cap))
+                if inst.item_cap and d:  # a server lists at most item_cap entries
+                    cnt_k[k].append(g * (d / inst.item_cap))
         lp.Add(sum(parts) == 1)
     for k in range(len(types)):
         if mem_k[k]:
             lp.Add(sum(mem_k[k]) <= n[k])  # type: ignore[arg-type]
         if cpu_k[k]:
             lp.Add(sum(cpu_k[k]) <= n[k])  # type: ignore[arg-type]
+        if cnt_k[k]:
+            lp.Add(sum(cnt_k[k]) <= n[k])  # type: ignore[arg-type]
     # Servers that hold class c number at least its own bound B_c (per-class bin packing).
     for c, b_c in (per_class or {}).items():
         lp.Add(sum(n[k] for k, t in enumerate(types) if c in t) >= b_c)
