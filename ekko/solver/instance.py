@@ -14,6 +14,7 @@ server (loads with many decimals), or a model has more than 8 shard shapes, do d
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -36,9 +37,12 @@ _MAX_EXACT_SHAPES = 8
 _GRID = 1.03
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def exact(x: float) -> Fraction:
     """The number the user wrote: the shortest decimal that reads back as the float (0.1 is
-    1/10, not 0.1000000000000000055...)."""
+    1/10, not 0.1000000000000000055...).  Cached: a problem repeats its loads, caps and
+    headroom (``explain`` asks for them once per model; at 30k replicas parsing them again
+    took a fifth of a 1 s limit)."""
     return Fraction(repr(float(x)))
 
 
@@ -325,10 +329,15 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         f"servers in pool {pool.name} hold {_gib(pool.memory_bytes)} "
         f"(after {pool.headroom:.0%} headroom: {_gib(mem_eff)})"
     )
+    mem_limit = pool.memory_bytes * (1 - exact(pool.headroom))
+    cpu_limit = {
+        c.name: exact(pool.compute_units) * min(1 - exact(pool.headroom), exact(c.utilisation_cap))
+        for c in problem.slo_classes
+    }
     for m in problem.models:
         uniform = m.shard_sizes is None and m.shard_loads is None
         worst = 0 if uniform else max(range(m.num_shards), key=m.memory_of)
-        if m.memory_of(worst) > pool.memory_bytes * (1 - exact(pool.headroom)):
+        if m.memory_of(worst) > mem_limit:
             extra = ""
             if m.reserve_factor or m.reserve_bytes:
                 extra = f" ({_gib(m.size_of(worst))} plus rollout reserve)"
@@ -339,9 +348,7 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         heavy = 0 if uniform else max(range(m.num_shards), key=m.load_of)
         cap = problem.slo(m.slo).utilisation_cap
         limit = pool.usable_compute(cap)
-        if exact(m.load_of(heavy)) > exact(pool.compute_units) * min(
-            1 - exact(pool.headroom), exact(cap)
-        ):
+        if exact(m.load_of(heavy)) > cpu_limit[m.slo]:
             out.append(
                 f"shard {m.id}/{heavy} needs {m.load_of(heavy):g} compute units per replica; "
                 f"servers in pool {pool.name} offer {pool.compute_units:g}, at most {limit:g} "
