@@ -2,10 +2,10 @@
 
 One engine keeps per-server state in numpy arrays (so tens of thousands of replicas place in a
 second or two) and enforces every rule the checker knows: memory, compute under the strictest SLO
-cap present, SLO exclusions, distinct servers per shard, zone spread, replicas per server and max
-servers.  Strategies
-differ only in the order of replicas and in how they pick among servers that fit; when none fits a
-server is opened (an existing idle one first, else a new one in the emptiest allowed zone).
+cap present, SLO exclusions, distinct servers per shard, zone spread, assignment entries per
+server and max servers.  Strategies differ only in the order of replicas and in how they pick
+among servers that fit; when none fits a server is opened (an existing idle one first, else a new
+one in the emptiest allowed zone).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Engine:
         self.mem_free: IntArray = np.zeros(size, dtype=np.int64)
         self.cpu_used: IntArray = np.zeros(size, dtype=np.int64)
         self.cap: IntArray = np.zeros(size, dtype=np.int64)
-        self.held: IntArray = np.zeros(size, dtype=np.int64)  # replicas on the server
+        self.held: IntArray = np.zeros(size, dtype=np.int64)  # assignment entries on it
         self.item_cap = inst.item_cap or np.iinfo(np.int64).max // 4
         self.present = np.zeros((size, n_cls), dtype=np.int64)
         self.owner: IntArray = np.full(size, -1, dtype=np.int64)
