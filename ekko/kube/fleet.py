@@ -395,12 +395,12 @@ class Fleet:
                 {"kind": r.kind, "uid": r.uid, "controller": r.controller}
                 for r in pod.metadata.owner_references or []
             ]
-            if (pod.metadata.labels or {}).get(POOL_LABEL) == pool.metadata.name:
-                return f"server {name} exists"
             if not observe_.owned_by({"metadata": {"ownerReferences": refs}}, pool):
                 return (
                     f"server {name} not created: a pod of that name exists and pool does not own it"
                 )
+            if (pod.metadata.labels or {}).get(POOL_LABEL) == pool.metadata.name:
+                return f"server {name} exists"
             with converting(f"label Pod {namespace}/{name}"):
                 self.core.patch_namespaced_pod(
                     name, namespace, {"metadata": {"labels": {POOL_LABEL: pool.metadata.name}}}

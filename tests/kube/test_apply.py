@@ -117,9 +117,20 @@ def test_a_server_pod_that_lost_its_pool_label_is_labelled_again() -> None:
 def test_a_pod_the_pool_does_not_own_is_never_relabelled() -> None:
     fleet = Fleet(client.ApiClient())
     theirs = dict(OWNER, uid="someone-else")
-    for core in (Existing({}, []), Existing({}, [theirs])):
+    # Not even a user's pod that carries the pool's label under a server's name.
+    mine = {"ekko.dev/pool": pool(40).metadata.name}
+    for core in (Existing({}, []), Existing({}, [theirs]), Existing(mine, [])):
         fleet.core, fleet.custom = core, Custom()
         applied = fleet.apply(pool(40), [CreateServer("s-0", "zone-a")])
         assert core.patched == []
         assert "pool does not own it" in applied.done[0]
+    fleet.close()
+
+
+def test_a_server_pod_that_exists_with_its_label_is_left_as_it_is() -> None:
+    fleet = Fleet(client.ApiClient())
+    core = Existing({"ekko.dev/pool": pool(40).metadata.name}, [OWNER])
+    fleet.core, fleet.custom = core, Custom()
+    applied = fleet.apply(pool(40), [CreateServer("s-0", "zone-a")])
+    assert core.patched == [] and applied.done == ["server s-0 exists"]
     fleet.close()
