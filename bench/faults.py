@@ -21,6 +21,16 @@ Scenarios (``--scenarios``, comma-separated; ``all`` runs every one):
   every agent routing the model to the stable version.
 - ``assignment-edit``: the ServerAssignment holding the most replicas gets ``spec.shards: []`` by
   hand (the bench runs no webhook, so the edit is admitted); the operator must restore it.
+- ``pod-edit``: the server pod holding the most replicas is edited by hand with
+  ``kubectl patch``: the image of its agent container changed (pod images are mutable; on kwok
+  nothing restarts, so the bench shows what the operator does about the edit, not what a new
+  image would do), then its ``ekko.dev/pool`` label removed (the pod leaves every
+  selector of the pool: the operator's watch, Services, and the bench's own fleet, which stops
+  that agent as if the pod were gone). Recovered: the pool converged with every shard at its
+  minimum, no pod of the pool still runs the edited image, and the edited pod is gone or
+  labelled again; the note says which (and whether the pod was replaced under a new name).
+- ``pod-image``: the same image edit alone (the label kept): the pod stays in every selector, so
+  this shows whether the replacement of an edited pod is make-before-break.
 - ``outage-canary``: a ModelVersion canary in a 20 s pause at 30 %; the API server is stopped for
   the first of ``--outages`` seconds (as in an upgrade of the control plane mid-rollout) and
   started again; the rollout must reach Promoted and the pool converge.
@@ -140,6 +150,8 @@ FAULTS = (
     "operator-rollback",
     "assignment-edit",
     "outage-canary",
+    "pod-edit",
+    "pod-image",
 )
 SCENARIOS = (OUTAGE, *FAULTS)
 SAMPLE_S = 0.2
@@ -195,7 +207,11 @@ def cluster_orphans(api: Api) -> list[str]:
                 for r in p.metadata.owner_references or []
             ]
         )
-        for p in api.pods()
+        # Every pod of the namespace a pool owns or labels: an unlabelled pod a pool still
+        # owns (pod-edit) is outside api.pods()'s label selector, not outside the count.
+        for p in api.core.list_namespaced_pod(api.ns).items
+        if "ekko.dev/pool" in (p.metadata.labels or {})
+        or any(r.kind == "ServerPool" for r in p.metadata.owner_references or [])
     }
     items = api.custom.list_namespaced_custom_object(G, V, api.ns, "serverassignments")["items"]
     assignments = {
@@ -504,6 +520,10 @@ def run_fault(
 
                 time.sleep(1.0)  # the deletion is seen before "converged" can mean "after"
                 done = wait(lambda: converged(api, models=["rank"]) and sampler.whole(), timeout)
+            elif name == "pod-edit":
+                fault_at, done, note = _pod_edit(api, sampler, timeout, unlabel=True)
+            elif name == "pod-image":
+                fault_at, done, note = _pod_edit(api, sampler, timeout, unlabel=False)
             elif name == "pool-delete":
                 fault_at = time.monotonic()
                 api.custom.delete_namespaced_custom_object(G, V, ns, "serverpools", "pool")
@@ -546,6 +566,67 @@ def run_fault(
         if took is None:
             print(operator.logs()[-3000:])
         return row
+
+
+EDITED_IMAGE = "registry.invalid/edited-by-hand:1"
+
+
+def _pod_edit(
+    api: Api, sampler: ReadySampler, timeout: float, *, unlabel: bool
+) -> tuple[float, float | None, str]:
+    """Edit the busiest server pod by hand (agent image, then with ``unlabel`` the pool label);
+    the fault time, seconds to recovery (None: never) and a note on what became of the pod."""
+    held = Counter({a.metadata.name: len(a.spec.shards) for a in api.assignments()})
+    victim = held.most_common(1)[0][0]
+    pod = api.core.read_namespaced_pod(victim, api.ns)
+    uid = pod.metadata.uid
+    agent = next(c.name for c in pod.spec.containers if c.name == "ekko-agent")
+    fault_at = time.monotonic()
+    api.core.patch_namespaced_pod(
+        victim, api.ns, {"spec": {"containers": [{"name": agent, "image": EDITED_IMAGE}]}}
+    )
+    note = f"edited pod {victim} ({held[victim]} replicas): agent image"
+    if unlabel:
+        api.core.patch_namespaced_pod(
+            victim, api.ns, [{"op": "remove", "path": "/metadata/labels/ekko.dev~1pool"}]
+        )
+        note += ", then label removed"
+
+    def fate() -> str:
+        """What became of the edited pod: gone, relabelled, or still unlabelled."""
+        try:
+            now = api.core.read_namespaced_pod(victim, api.ns)
+        except client.ApiException as err:
+            if err.status == 404:
+                return "deleted"
+            raise
+        if now.metadata.uid != uid:
+            return "replaced by a new pod of the same name"
+        if now.metadata.deletion_timestamp is not None:
+            return "deleted"
+        if (now.metadata.labels or {}).get("ekko.dev/pool"):
+            return "relabelled (adopted back)"
+        return "left unlabelled"
+
+    def edited_serving() -> bool:
+        return (
+            any(c.image == EDITED_IMAGE for p in api.pods() for c in p.spec.containers)
+            and fate() != "deleted"
+        )
+
+    def recovered() -> bool:
+        return (
+            converged(api, models=["rank"])
+            and sampler.whole()
+            and not edited_serving()
+            and fate() != "left unlabelled"
+        )
+
+    time.sleep(1.0)  # the edit is seen before "converged" can mean "after"
+    done = wait(recovered, timeout)
+    servers = sorted(p.metadata.name for p in api.pods())
+    note += f"; the pod was {fate()}; servers now {', '.join(servers)}"
+    return fault_at, done, note
 
 
 def run_outages(

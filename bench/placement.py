@@ -5,6 +5,7 @@
     python -m bench.placement --families compute,small-models,large-shards,zone-tight,fleet \
         --sizes S,M --seeds 3                                   # hard families (issue 17)
     python -m bench.placement --deadline --sizes S,M,L,XL --limits 1,10   # the call vs its limit
+    python -m bench.placement --deadline --fixed-costs --sizes L,XL --limits 1 --seeds 3
 
 Instances look like large recommendation fleets: lognormal shard sizes (embedding tables split
 into equal shards, some models with explicit unequal shards), per-replica load that is not
@@ -36,8 +37,10 @@ from ekko.solver import (
     SloClassName,
     SolveConfig,
     ZoneId,
+    search,
     violations,
 )
+from ekko.solver import instance as instance_mod
 
 SIZES = {"S": 1_000, "M": 8_000, "L": 25_000, "XL": 30_000}
 LIMITS = {"S": 5.0, "M": 10.0, "L": 30.0, "XL": 30.0}
@@ -233,10 +236,19 @@ def main(argv: list[str] | None = None) -> int:
         "and overshoot beyond the limit, load average",
     )
     ap.add_argument("--limits", default="1", help="comma list of time limits for --deadline")
+    ap.add_argument(
+        "--fixed-costs",
+        action="store_true",
+        help="with --deadline: A/B the call's fixed costs in one process, the collector on and "
+        "exact() uncached (as before issue 17 bug 4's fix) against the code as it is; wall and "
+        "CPU seconds per arm",
+    )
     args = ap.parse_args(argv)
     if args.deadline:
         sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
         limits = [float(x) for x in args.limits.split(",") if x.strip()]
+        if args.fixed_costs:
+            return _fixed_costs(sizes, limits[0], args.seeds)
         return _deadline(sizes, limits, args.seeds)
     if args.families:
         fams = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -332,6 +344,35 @@ def _deadline(sizes: list[str], limits: list[float], seeds: int) -> int:
                     f"{os.getloadavg()[0]:.1f} |",
                     flush=True,
                 )
+    return 0
+
+
+def _fixed_costs(sizes: list[str], limit: float, seeds: int) -> int:
+    """Wall and CPU seconds of the call, each instance twice per arm, arms interleaved: before
+    (``search._solve``: the cyclic collector on; ``exact`` uncached) and now (``solve``)."""
+    cached = instance_mod.exact
+    runs: dict[str, list[tuple[float, float]]] = {"before": [], "now": []}
+    try:
+        for size in sizes:
+            for seed in range(seeds):
+                prob = generate(SIZES[size], seed)
+                for arm in ("before", "now", "before", "now"):
+                    instance_mod.exact = cached.__wrapped__ if arm == "before" else cached  # type: ignore[misc]
+                    cached.cache_clear()
+                    call = search._solve if arm == "before" else search.solve
+                    wall, cpu = time.monotonic(), time.process_time()
+                    call(prob, SolveConfig(time_limit=limit, seed=seed))
+                    runs[arm].append((time.monotonic() - wall, time.process_time() - cpu))
+    finally:
+        instance_mod.exact = cached  # type: ignore[misc]
+    print("| arm | wall median s | wall max s | CPU median s | CPU max s | load avg |")
+    print("|" + "---|" * 6)
+    for arm, xs in runs.items():
+        walls, cpus = [w for w, _ in xs], [c for _, c in xs]
+        print(
+            f"| {arm} | {statistics.median(walls):.2f} | {max(walls):.2f} | "
+            f"{statistics.median(cpus):.2f} | {max(cpus):.2f} | {os.getloadavg()[0]:.1f} |"
+        )
     return 0
 
 

@@ -25,6 +25,10 @@ from ekko.api.meta import (
 from ekko.api.schema import CelRule, ListSchema
 from ekko.api.units import Duration, Quantity, duration_range, quantity_range
 
+MAX_ASSIGNED_SHARDS = 20000
+"""Most shard replicas one ServerAssignment lists (``spec.shards``; also what its status reports).
+The solver plans at most this many replicas per server (``ekko.solver.Pool``), so every plan fits
+an assignment the API server accepts."""
 MAX_SHARD_BYTES = 16 * 2**40
 """No single shard may exceed 16 TiB: larger values are almost always a unit mistake (16Ti vs 16Gi)."""
 MAX_SHARD_QUANTITY = "16Ti"
@@ -996,7 +1000,7 @@ class ServerAssignmentSpec(ApiModel):
     server: Name = Field(description="Name of the server pod.")
     zone: str = Field(default="", max_length=63, description="Zone the server was placed in.")
     shards: Annotated[list[AssignedShard], ListSchema("atomic")] = Field(
-        default_factory=list, max_length=20000, description="Shard replicas to hold."
+        default_factory=list, max_length=MAX_ASSIGNED_SHARDS, description="Shard replicas to hold."
     )
     updates: Annotated[list[UpdateDuty], ListSchema("atomic")] = Field(
         default_factory=list,
@@ -1060,7 +1064,9 @@ class ServerAssignmentStatus(ApiModel):
         default=None, description="The spec generation the agent has applied."
     )
     loaded: Annotated[list[LoadedShard], ListSchema("atomic")] = Field(
-        default_factory=list, max_length=20000, description="Shards loaded and serving."
+        default_factory=list,
+        max_length=MAX_ASSIGNED_SHARDS,
+        description="Shards loaded and serving.",
     )
     shards_loaded: int = Field(default=0, description="Number of loaded shard replicas.")
     bytes_loaded: int = Field(default=0, description="Memory held by loaded shards.")
@@ -1079,7 +1085,7 @@ class ServerAssignmentStatus(ApiModel):
     message: str = Field(default="", max_length=4096, description="Last load error, if any.")
     failed: Annotated[list[FailedLoad], ListSchema("atomic")] = Field(
         default_factory=list,
-        max_length=20000,
+        max_length=MAX_ASSIGNED_SHARDS,
         description="Every shard replica whose load failed (what the operator acts on; message is for people).",
     )
     update_address: str = Field(

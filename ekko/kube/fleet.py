@@ -362,8 +362,7 @@ class Fleet:
 
     def _apply_one(self, pool: ServerPool, action: Action) -> list[str]:
         if isinstance(action, CreateServer):
-            self.create_server(pool, action.name, action.zone)
-            return [f"created server {action.name} in zone {action.zone or '-'}"]
+            return [self.create_server(pool, action.name, action.zone)]
         if isinstance(action, WriteAssignment):
             self.write_assignment(pool, action)
             return [f"assigned {len(action.shards)} shards to {action.server}"]
@@ -375,12 +374,48 @@ class Fleet:
             return [f"deleted failed server pod {action.name} to recreate it"]
         return []
 
-    def create_server(self, pool: ServerPool, name: str, zone: str) -> None:
+    def create_server(self, pool: ServerPool, name: str, zone: str) -> str:
+        """Create the server's pod; what was done, in words."""
         namespace = pool.metadata.namespace or "default"
         body = server_pod(pool, name, zone, self.operator_image)
-        # Already there: a re-run of the same pass.
-        with contextlib.suppress(Conflict), converting(f"create Pod {namespace}/{name}"):
-            self.core.create_namespaced_pod(namespace, body)
+        try:
+            with converting(f"create Pod {namespace}/{name}"):
+                self.core.create_namespaced_pod(namespace, body)
+        except Conflict:
+            return self._existing_server(pool, name)
+        return f"created server {name} in zone {zone or '-'}"
+
+    def _existing_server(self, pool: ServerPool, name: str) -> str:
+        """The server's pod exists although the pool's watch does not see it: a re-run of the
+        same pass, or a pod the pool owns whose ``ekko.dev/pool`` label was removed by hand. A
+        pod the pool owns (controller reference) is its server whatever its labels: it is
+        labelled again, so it is seen (and, if its spec was edited too, replaced make-before-
+        break by the roll, see ``observe.EDITED``). A pod the pool does not own is left alone."""
+        namespace = pool.metadata.namespace or "default"
+        with contextlib.suppress(NotFound), converting(f"read Pod {namespace}/{name}"):
+            pod = self.core.read_namespaced_pod(name, namespace)
+            refs = [
+                {"kind": r.kind, "uid": r.uid, "controller": r.controller}
+                for r in pod.metadata.owner_references or []
+            ]
+            if not observe_.owned_by({"metadata": {"ownerReferences": refs}}, pool):
+                return (
+                    f"server {name} not created: a pod of that name exists and pool does not own it"
+                )
+            if (pod.metadata.labels or {}).get(POOL_LABEL) == pool.metadata.name:
+                return f"server {name} exists"
+            with converting(f"label Pod {namespace}/{name}"):
+                self.core.patch_namespaced_pod(
+                    name, namespace, {"metadata": {"labels": {POOL_LABEL: pool.metadata.name}}}
+                )
+            log.warning(
+                "server pod %s/%s had lost its %s label: labelled again",
+                namespace,
+                name,
+                POOL_LABEL,
+            )
+            return f"labelled server pod {name} again (its {POOL_LABEL} label was removed)"
+        return f"server {name} exists"
 
     def write_assignment(self, pool: ServerPool, action: WriteAssignment) -> None:
         namespace = pool.metadata.namespace or "default"

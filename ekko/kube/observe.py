@@ -21,6 +21,12 @@ Obj = Mapping[str, Any]
 TEMPLATE_HASH_LABEL = f"{GROUP}/template-hash"
 """Label on each server pod: the hash of the pool template it was made from."""
 
+EDITED = "edited"
+"""Template hash given to a server pod whose spec was changed after it was created (its
+``metadata.generation`` is above 1: a ``kubectl edit`` of its image, for instance). Ekko never
+changes a server pod's spec, so such a pod no longer is what its template-hash label says: it
+counts as outdated and the roll replaces it make-before-break."""
+
 NODE_LOST_AFTER = 60.0
 """Seconds a node may be not Ready before its servers count as lost. A kubelet that cannot reach
 the API server (an API-server restart, a network blip) leaves its node NotReady/Unknown while
@@ -208,7 +214,9 @@ def pool_state(
                 assignment, since=created(pod), stale=stale.get(pod_name), uid=pod_uid(pod)
             ),
             unschedulable=unschedulable(pod),
-            template_hash=str((meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL, "")),
+            template_hash=EDITED
+            if int(meta.get("generation") or 1) > 1
+            else str((meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL, "")),
         )
     for a_name, assignment in assignments.items():
         if a_name not in servers:

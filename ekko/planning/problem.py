@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from ekko.api.resources import Model, ServerPool
+from ekko.api.resources import MAX_ASSIGNED_SHARDS, Model, ServerPool
 from ekko.api.units import parse_duration, quantity_bytes, quantity_float
 from ekko.planning.state import PoolState
 from ekko.solver import (
@@ -32,12 +32,15 @@ def model_spec(model: Model, resident: int = 1) -> ModelSpec:
     # With keepPreviousResident every replica always has room for a second version (previous or
     # canary), so a rollout never needs a re-plan. Without it, room is made only while two are held.
     reserve = 1.0 if spec.keep_previous_resident or resident > 1 else 0.0
+    # Each version a server holds is one entry of its assignment (ekko.planning.converge).
+    versions = max(resident, 2 if spec.keep_previous_resident else 1)
     common: dict[str, Any] = {
         "id": ModelId(model.metadata.name),
         "replicas": spec.replicas,
         "load": load,
         "slo": SloClassName(spec.slo.slo_class),
         "reserve_factor": reserve,
+        "versions_held": versions,
     }
     if shards.items is not None:
         return ModelSpec(
@@ -64,6 +67,7 @@ def pool_of(
         compute_units=quantity_float(spec.capacity.compute),
         headroom=spec.placement.headroom_percent / 100.0,
         max_servers=spec.max_servers,
+        max_shards_per_server=MAX_ASSIGNED_SHARDS,  # what a ServerAssignment's spec can list
         zones=tuple(ZoneId(z) for z in zones),
         # A server in a zone the pool no longer uses is not offered to the solver: it empties.
         servers=tuple(s for s in servers if not known or s.zone in known),

@@ -25,6 +25,7 @@ class _Usage:
     memory: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     compute: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     classes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    replicas: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 def violations(problem: Problem, plan: Plan) -> list[Violation]:
@@ -44,6 +45,7 @@ def violations(problem: Problem, plan: Plan) -> list[Violation]:
         out += _memory(problem, sid, usage)
         out += _compute(problem, sid, usage)
         out += _colocation(problem, sid, usage)
+        out += _shards_per_server(problem, sid, usage)
     out += _max_servers(problem, zone_of, usage)
     return out
 
@@ -106,6 +108,7 @@ def _model(
             usage.memory[sid] += math.ceil(sizes[k] * (1.0 + m.reserve_factor)) + m.reserve_bytes
             usage.compute[sid] += loads[k]
             usage.classes[sid].add(m.slo)
+            usage.replicas[sid] += m.versions_held
         for zone, n in per_zone.items():
             if n > per_zone_cap:
                 message = (
@@ -152,6 +155,20 @@ def _colocation(problem: Problem, sid: str, usage: _Usage) -> list[Violation]:
         for b in present
         if a < b and (b in classes[a].exclusive_with or a in classes[b].exclusive_with)
     ]
+
+
+def _shards_per_server(problem: Problem, sid: str, usage: _Usage) -> list[Violation]:
+    """Rule (14): a server's ServerAssignment lists one entry per shard replica and version
+    held, at most the pool's max_shards_per_server (a longer list is refused by the API
+    server)."""
+    limit = problem.pool.max_shards_per_server
+    if usage.replicas[sid] <= limit:
+        return []
+    message = (
+        f"server {sid} lists {usage.replicas[sid]} assignment entries (shard replicas times "
+        f"versions held), limit {limit}"
+    )
+    return [Violation(kind="shards-per-server", message=message)]
 
 
 def _max_servers(problem: Problem, zone_of: dict[str, str], usage: _Usage) -> list[Violation]:

@@ -141,6 +141,7 @@ def build(sub: SubProblem) -> Built:
     if sub.balance:
         c12_balance(b, items)
     c13_drain(b, items)
+    c14_shards_per_server(b, items)
     for n, s in enumerate(sub.slots):
         lin.cost[y[n]] = SERVER_WEIGHT + (NEW_SERVER_EXTRA if s.new else 0)
     _hint(b, items)
@@ -294,6 +295,19 @@ def c13_drain(b: Built, items: list[Item]) -> None:
             for it in items:
                 v = b.z[it.index, n]
                 b.lin.cost[v] = b.lin.cost.get(v, 0) + drain_weight(b.sub, it)
+
+
+def c14_shards_per_server(b: Built, items: list[Item]) -> None:
+    """Constraint (14): a server's ServerAssignment lists at most K entries, one per shard
+    replica and version held: sum_i e_i z[i,n] <= K y[n].  Left out when no server could
+    exceed K anyway."""
+    cap = b.sub.inst.item_cap
+    top = sum(it.entries * min(it.num_shards, b.sub.demand[it.index]) for it in items)
+    if not cap or top <= cap:
+        return
+    for n in range(len(b.sub.slots)):
+        idx = [b.z[it.index, n] for it in items]
+        b.lin.row([*idx, b.y[n]], [it.entries for it in items] + [-cap], -INF, 0)
 
 
 def evaluate(sub: SubProblem, counts: Mapping[tuple[int, ServerId], int]) -> float:

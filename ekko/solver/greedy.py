@@ -2,9 +2,10 @@
 
 One engine keeps per-server state in numpy arrays (so tens of thousands of replicas place in a
 second or two) and enforces every rule the checker knows: memory, compute under the strictest SLO
-cap present, SLO exclusions, distinct servers per shard, zone spread and max servers.  Strategies
-differ only in the order of replicas and in how they pick among servers that fit; when none fits a
-server is opened (an existing idle one first, else a new one in the emptiest allowed zone).
+cap present, SLO exclusions, distinct servers per shard, zone spread, assignment entries per
+server and max servers.  Strategies differ only in the order of replicas and in how they pick
+among servers that fit; when none fits a server is opened (an existing idle one first, else a new
+one in the emptiest allowed zone).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Engine:
         self.mem_free: IntArray = np.zeros(size, dtype=np.int64)
         self.cpu_used: IntArray = np.zeros(size, dtype=np.int64)
         self.cap: IntArray = np.zeros(size, dtype=np.int64)
+        self.held: IntArray = np.zeros(size, dtype=np.int64)  # assignment entries on it
+        self.item_cap = inst.item_cap or np.iinfo(np.int64).max // 4
         self.present = np.zeros((size, n_cls), dtype=np.int64)
         self.owner: IntArray = np.full(size, -1, dtype=np.int64)
         self.zone_idx: IntArray = np.zeros(size, dtype=np.int64)
@@ -75,7 +78,7 @@ class Engine:
     # -- servers ---------------------------------------------------------------------------
     def _grow(self) -> None:
         size = len(self.mem_free) * 2
-        for name in ("mem_free", "cpu_used", "cap", "owner", "zone_idx"):
+        for name in ("mem_free", "cpu_used", "cap", "held", "owner", "zone_idx"):
             old = getattr(self, name)
             new = np.full(size, -1 if name == "owner" else 0, dtype=np.int64)
             new[: len(old)] = old
@@ -94,6 +97,7 @@ class Engine:
         self.mem_free[k] = self.inst.mem_cap
         self.cpu_used[k] = 0
         self.cap[k] = self.inst.cpu_full
+        self.held[k] = 0
         self.zone_count[zone] = self.zone_count.get(zone, 0) + 1
         self.zone_idx[k] = self.zone_pos.get(zone, 0)
         return k
@@ -143,6 +147,7 @@ class Engine:
         n = self.n
         c = self.class_index[it.slo]
         ok = self.mem_free[:n] >= it.mem
+        ok &= self.held[:n] + it.entries <= self.item_cap
         ok &= self.cpu_used[:n] + it.cpu <= np.minimum(self.cap[:n], self.class_cap[c])
         bad = self.excl[c]
         if self.segregate:
@@ -173,6 +178,7 @@ class Engine:
         self.cpu_used[k] += it.cpu
         self.cap[k] = min(int(self.cap[k]), int(self.class_cap[c]))
         self.present[k, c] += 1
+        self.held[k] += it.entries
         if self.dedicated:
             self.owner[k] = self.model_index[it.model]
         key = (it.model, rep.shard)
@@ -351,7 +357,7 @@ def run_counts(
         room_z = [p * it.zone_cap if spread else big] * n_z
         n = eng.n
         if n:
-            k = np.full(n, p, dtype=np.int64)
+            k = np.minimum(p, (eng.item_cap - eng.held[:n]) // it.entries)
             if it.mem > 0:
                 k = np.minimum(k, eng.mem_free[:n] // it.mem)
             # A class's cap holds for everything on a server that hosts it: even a replica
@@ -392,7 +398,7 @@ def run_counts(
                 return CountResult(counts, _used(eng, counts), False)
             s = opened
             z = int(eng.zone_idx[s])
-            k1 = p
+            k1 = min(p, int(eng.item_cap - eng.held[s]) // it.entries)
             if it.mem > 0:
                 k1 = min(k1, int(eng.mem_free[s]) // it.mem)
             if it.cpu > 0:
@@ -423,6 +429,7 @@ def _put_many(
     eng.cpu_used[s] += it.cpu * k
     eng.cap[s] = min(int(eng.cap[s]), int(eng.class_cap[c]))
     eng.present[s, c] += k
+    eng.held[s] += k * it.entries
     key = (it.index, eng.ids[s])
     counts[key] = counts.get(key, 0) + k
 

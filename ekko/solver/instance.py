@@ -14,6 +14,7 @@ server (loads with many decimals), or a model has more than 8 shard shapes, do d
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -36,9 +37,12 @@ _MAX_EXACT_SHAPES = 8
 _GRID = 1.03
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def exact(x: float) -> Fraction:
     """The number the user wrote: the shortest decimal that reads back as the float (0.1 is
-    1/10, not 0.1000000000000000055...)."""
+    1/10, not 0.1000000000000000055...).  Cached: a problem repeats its loads, caps and
+    headroom (``explain`` asks for them once per model; at 30k replicas parsing them again
+    took a fifth of a 1 s limit)."""
     return Fraction(repr(float(x)))
 
 
@@ -83,6 +87,7 @@ class Item:
     zone_cap: int  # most replicas of one shard per zone
     mem_lo: int = -1  # units rounded down (for the lower bound); -1: same as mem
     cpu_lo: int = -1
+    entries: int = 1  # assignment entries per replica (versions held), against item_cap
 
     @property
     def num_shards(self) -> int:
@@ -121,6 +126,8 @@ class Instance:
     cpu_cap_hi: dict[SloClassName, int] = field(default_factory=dict)
     cpu_full_hi: int = 0
     bound_source: str = ""
+    # Most shard replicas one server holds (what its ServerAssignment can list).
+    item_cap: int = 0
 
     def items_of(self, model: ModelId) -> list[Item]:
         return [it for it in self.items if it.model == model]
@@ -201,6 +208,7 @@ def build_instance(problem: Problem) -> Instance:
                     zone_cap=problem.spread_cap(m.replicas),
                     mem_lo=max(0, min(low[k][0] for k in shards)),
                     cpu_lo=max(0, min(low[k][1] for k in shards)),
+                    entries=m.versions_held,
                 )
             )
     names = [c.name for c in problem.slo_classes]
@@ -224,6 +232,7 @@ def build_instance(problem: Problem) -> Instance:
         mem_cap_hi=mem_cap if m_exact else _up(mem_eff * mscale),
         cpu_cap_hi=cpu_cap if c_exact else {c: _up(v * cscale) for c, v in class_eff.items()},
         cpu_full_hi=cpu_full if c_exact else _up(cpu_eff * cscale),
+        item_cap=pool.max_shards_per_server,
     )
     lb, source = bound_with_source(inst)
     return replace(inst, lower_bound=lb, bound_source=source)
@@ -249,6 +258,9 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
         "compute": -(-cpu_total // cpu_full) if cpu_full else 0,
         "replicas": max(it.replicas for it in inst.items),
     }
+    if inst.item_cap:  # a server lists at most item_cap entries, whatever their size
+        entries = sum(it.entries * it.demand for it in inst.items)
+        found["shards per server"] = -(-entries // inst.item_cap)
     mem_s = np.array([it.mem_low for it in inst.items], dtype=np.int64)
     cpu_s = np.array([it.cpu_low for it in inst.items], dtype=np.int64)
     dem = np.array([it.demand for it in inst.items], dtype=np.int64)
@@ -257,7 +269,12 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
     # of memory and cpu_full of compute whatever else is on it.
     found["bin packing (memory)"] = dff_bound(mem_s, dem, mem_cap)
     found["bin packing (compute)"] = dff_bound(cpu_s, dem, cpu_full)
-    found["replicas per server"] = cardinality_bound([(mem_s, mem_cap), (cpu_s, cpu_full)], dem)
+    # Assignment entries as a third dimension: a replica takes `entries` of a server's item_cap.
+    ent_s = np.array([it.entries for it in inst.items], dtype=np.int64)
+    count_dim = [(ent_s, inst.item_cap)] if inst.item_cap else []
+    found["replicas per server"] = cardinality_bound(
+        [(mem_s, mem_cap), (cpu_s, cpu_full), *count_dim], dem
+    )
     per_class: dict[SloClassName, int] = {}
     for c in sorted({it.slo for it in inst.items}):
         mine = [it for it in inst.items if it.slo == c]
@@ -272,7 +289,11 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
             # servers holding class c: its replicas alone, packed under c's own compute cap
             dff_bound(mem_s[sel], dem[sel], mem_cap),
             dff_bound(cpu_s[sel], dem[sel], cap),
-            cardinality_bound([(mem_s[sel], mem_cap), (cpu_s[sel], cap)], dem[sel]),
+            cardinality_bound(
+                [(mem_s[sel], mem_cap), (cpu_s[sel], cap), *((o[sel], k) for o, k in count_dim)],
+                dem[sel],
+            ),
+            -(-sum(it.entries * it.demand for it in mine) // inst.item_cap) if inst.item_cap else 0,
         )
         found[f"bin packing (class {c})"] = b_c
         per_class[c] = b_c
@@ -308,10 +329,15 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         f"servers in pool {pool.name} hold {_gib(pool.memory_bytes)} "
         f"(after {pool.headroom:.0%} headroom: {_gib(mem_eff)})"
     )
+    mem_limit = pool.memory_bytes * (1 - exact(pool.headroom))
+    cpu_limit = {
+        c.name: exact(pool.compute_units) * min(1 - exact(pool.headroom), exact(c.utilisation_cap))
+        for c in problem.slo_classes
+    }
     for m in problem.models:
         uniform = m.shard_sizes is None and m.shard_loads is None
         worst = 0 if uniform else max(range(m.num_shards), key=m.memory_of)
-        if m.memory_of(worst) > pool.memory_bytes * (1 - exact(pool.headroom)):
+        if m.memory_of(worst) > mem_limit:
             extra = ""
             if m.reserve_factor or m.reserve_bytes:
                 extra = f" ({_gib(m.size_of(worst))} plus rollout reserve)"
@@ -322,9 +348,7 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         heavy = 0 if uniform else max(range(m.num_shards), key=m.load_of)
         cap = problem.slo(m.slo).utilisation_cap
         limit = pool.usable_compute(cap)
-        if exact(m.load_of(heavy)) > exact(pool.compute_units) * min(
-            1 - exact(pool.headroom), exact(cap)
-        ):
+        if exact(m.load_of(heavy)) > cpu_limit[m.slo]:
             out.append(
                 f"shard {m.id}/{heavy} needs {m.load_of(heavy):g} compute units per replica; "
                 f"servers in pool {pool.name} offer {pool.compute_units:g}, at most {limit:g} "
@@ -343,10 +367,14 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         cpu_total = sum(
             m.load_of(k) * m.replicas for m in problem.models for k in range(m.num_shards)
         )
+        entries = sum(m.num_shards * m.replicas * m.versions_held for m in problem.models)
         out.append(
             f"the models need at least {inst.lower_bound} servers (memory "
             f"{_gib(mem_total)} at {_gib(mem_eff)} per server, compute {cpu_total:g} at "
-            f"{pool.usable_compute():g} per server, SLO caps and exclusions included); pool "
+            f"{pool.usable_compute():g} per server, {entries} assignment entries (shard replicas "
+            f"times versions held) at most {pool.max_shards_per_server} per server, SLO caps "
+            "and exclusions "
+            f"included); pool "
             f"{pool.name} allows at most {pool.max_servers}. Raise max_servers or lower replicas."
         )
     return out
@@ -374,20 +402,26 @@ def lp_bound(inst: Instance, per_class: dict[SloClassName, int] | None = None) -
     if mem_cap <= 0:  # nothing fits a server: explain() reports it
         return 0.0
     # Items of one class with the same memory and load per replica split alike: merge them.
-    # Beyond LP_SHAPES shapes, each class's memory and compute split independently instead (a
-    # weaker relaxation of the same LP, still sound, and small).
-    shapes: dict[tuple[SloClassName, int, int], int] = defaultdict(int)
+    # Beyond LP_SHAPES shapes, each class's memory, compute and replica count split
+    # independently instead (a weaker relaxation of the same LP, still sound, and small).
+    shapes: dict[tuple[SloClassName, int, int, int], int] = defaultdict(int)
     for it in inst.items:
-        shapes[it.slo, it.mem_low, it.cpu_low] += it.demand
+        shapes[it.slo, it.mem_low, it.cpu_low, it.entries] += it.demand
+    # (class, memory, compute, entries) of each part that splits over server types as one.
+    parts_of: list[tuple[SloClassName, int, int, int]] = [
+        (c, mem * d, cpu * d, e * d) for (c, mem, cpu, e), d in shapes.items()
+    ]
     if len(shapes) > LP_SHAPES:
-        shapes = defaultdict(int)
-        for it in inst.items:
-            shapes[it.slo, -1, 0] += it.mem_low * it.demand  # the class's memory ...
-            shapes[it.slo, 0, -1] += it.cpu_low * it.demand  # ... and compute, split apart
-        shapes = {
-            (c, total if mem else 0, total if cpu else 0): 1
-            for (c, mem, cpu), total in shapes.items()
-        }
+        per: dict[SloClassName, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for c, mem, cpu, d in parts_of:
+            per[c][0] += mem
+            per[c][1] += cpu
+            per[c][2] += d
+        parts_of = [
+            part
+            for c, (mem, cpu, d) in per.items()
+            for part in ((c, mem, 0, 0), (c, 0, cpu, 0), (c, 0, 0, d))
+        ]
     types = server_types(inst)
     lp = pywraplp.Solver.CreateSolver("GLOP")
     if lp is None:  # GLOP ships with OR-Tools; be safe anyway
@@ -395,22 +429,27 @@ def lp_bound(inst: Instance, per_class: dict[SloClassName, int] | None = None) -
     n = [lp.NumVar(0.0, lp.infinity(), "") for _ in types]
     mem_k: list[list[object]] = [[] for _ in types]
     cpu_k: list[list[object]] = [[] for _ in types]
-    for (c, mem, cpu), d in shapes.items():
+    cnt_k: list[list[object]] = [[] for _ in types]
+    for c, mem, cpu, d in parts_of:
         parts = []
         for k, t in enumerate(types):
             if c in t:
                 g = lp.NumVar(0.0, 1.0, "")
                 parts.append(g)
-                mem_k[k].append(g * (mem * d / mem_cap))
+                mem_k[k].append(g * (mem / mem_cap))
                 cap = min(cpu_cap[x] for x in t)
                 if cap > 0:
-                    cpu_k[k].append(g * (cpu * d / cap))
+                    cpu_k[k].append(g * (cpu / cap))
+                if inst.item_cap and d:  # a server lists at most item_cap entries
+                    cnt_k[k].append(g * (d / inst.item_cap))
         lp.Add(sum(parts) == 1)
     for k in range(len(types)):
         if mem_k[k]:
             lp.Add(sum(mem_k[k]) <= n[k])  # type: ignore[arg-type]
         if cpu_k[k]:
             lp.Add(sum(cpu_k[k]) <= n[k])  # type: ignore[arg-type]
+        if cnt_k[k]:
+            lp.Add(sum(cnt_k[k]) <= n[k])  # type: ignore[arg-type]
     # Servers that hold class c number at least its own bound B_c (per-class bin packing).
     for c, b_c in (per_class or {}).items():
         lp.Add(sum(n[k] for k, t in enumerate(types) if c in t) >= b_c)

@@ -8,6 +8,7 @@ A problem file is one YAML document (keys in camelCase, sizes as Kubernetes quan
       compute: 1000           # compute units per server (QPS, cores, ...)
       headroom: 0.1           # optional, default 0.1
       maxServers: 20
+      maxShardsPerServer: 500 # optional; default and most: what a ServerAssignment lists (20000)
       zones: [a, b, c]        # optional; replicas of a shard spread over them
       servers:                # optional: servers that exist now
         - {id: cpu-a-0, zone: a}
@@ -25,6 +26,7 @@ A problem file is one YAML document (keys in camelCase, sizes as Kubernetes quan
         slo: critical
         reserveFactor: 0.25   # optional: memory kept for previous version and canary
         reserveBytes: 0       # optional
+        versionsHeld: 1       # optional: versions per replica a server lists (see maxShardsPerServer)
     current:                  # optional: model -> shards -> servers holding a replica
       ranking:
         - [cpu-a-0, cpu-a-1]
@@ -36,6 +38,7 @@ import math
 import re
 from typing import Any
 
+from ekko.api.resources import MAX_ASSIGNED_SHARDS
 from ekko.solver.types import (
     DEFAULT_SLO_CLASSES,
     ModelId,
@@ -155,7 +158,16 @@ def _parse(doc: dict[str, Any]) -> Problem:
     p = _mapping(_get(doc, "pool", "problem"), "pool")
     _known(
         p,
-        {"name", "memory", "compute", "headroom", "maxServers", "zones", "servers"},
+        {
+            "name",
+            "memory",
+            "compute",
+            "headroom",
+            "maxServers",
+            "maxShardsPerServer",
+            "zones",
+            "servers",
+        },
         "pool",
     )
     servers = []
@@ -174,6 +186,9 @@ def _parse(doc: dict[str, Any]) -> Problem:
         compute_units=number(_get(p, "compute", "pool"), "pool.compute"),
         headroom=number(p.get("headroom", 0.1), "pool.headroom"),
         max_servers=whole(_get(p, "maxServers", "pool"), "pool.maxServers"),
+        max_shards_per_server=whole(
+            p.get("maxShardsPerServer", MAX_ASSIGNED_SHARDS), "pool.maxShardsPerServer"
+        ),
         zones=tuple(ZoneId(str(z)) for z in _list(p.get("zones", []), "pool.zones")),
         servers=tuple(servers),
     )
@@ -199,7 +214,7 @@ def _parse(doc: dict[str, Any]) -> Problem:
     models = []
     keys = {
         "id", "shards", "shardSize", "shardSizes", "shardLoads", "replicas", "load", "slo",
-        "reserveFactor", "reserveBytes",
+        "reserveFactor", "reserveBytes", "versionsHeld",
     }  # fmt: skip
     for i, raw in enumerate(_list(_get(doc, "models", "problem"), "models")):
         where = f"models[{i}]"
@@ -231,6 +246,7 @@ def _parse(doc: dict[str, Any]) -> Problem:
                 slo=SloClassName(str(m.get("slo", "standard"))),
                 reserve_factor=number(m.get("reserveFactor", 0.0), f"{where}.reserveFactor"),
                 reserve_bytes=parse_bytes(m.get("reserveBytes", 0), f"{where}.reserveBytes"),
+                versions_held=whole(m.get("versionsHeld", 1), f"{where}.versionsHeld"),
             )
         )
     current: dict[ModelId, tuple[tuple[ServerId, ...], ...]] = {}

@@ -12,6 +12,8 @@ from typing import Literal, NewType
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ekko.api.resources import MAX_ASSIGNED_SHARDS
+
 ModelId = NewType("ModelId", str)
 ServerId = NewType("ServerId", str)
 ZoneId = NewType("ZoneId", str)
@@ -85,6 +87,13 @@ class Pool(_Frozen):
         description="Fraction of memory and compute kept free on every server.",
     )
     max_servers: int = Field(gt=0, description="Most servers the pool may use.")
+    max_shards_per_server: int = Field(
+        default=MAX_ASSIGNED_SHARDS,
+        gt=0,
+        le=MAX_ASSIGNED_SHARDS,
+        description="Most entries (shard replicas times versions held) one server's "
+        "ServerAssignment may list.",
+    )
     zones: tuple[ZoneId, ...] = Field(
         default=(),
         description="Topology domains new servers can be created in; replicas are spread over "
@@ -126,6 +135,13 @@ class ModelSpec(_Frozen):
         "previous version and the canary (1.0 = one extra copy).",
     )
     reserve_bytes: int = Field(default=0, ge=0, description="Extra bytes per shard replica.")
+    versions_held: int = Field(
+        default=1,
+        ge=1,
+        description="Versions a server holds of each of the model's shard replicas (2 while a "
+        "canary or the previous version is resident): each is one entry of the server's "
+        "ServerAssignment, so a replica counts this many times against max_shards_per_server.",
+    )
 
     @model_validator(mode="after")
     def _check_shards(self) -> ModelSpec:
@@ -263,6 +279,7 @@ class Violation(_Frozen):
         "spread",
         "max-servers",
         "zone",
+        "shards-per-server",
     ]
     message: str
 

@@ -74,3 +74,63 @@ def test_writes_run_in_parallel_up_to_the_limit_and_failures_stay_per_object() -
     assert [e.status for e in applied.refused] == [422]  # reported, retried slowly
     assert [e.status for e in applied.retry] == [503]  # the pass is retried
     fleet.close()
+
+
+class Existing:
+    """A pod named like the server already exists: ours without its pool label, or a user's."""
+
+    def __init__(self, labels: dict[str, str], owners: list[dict[str, Any]]) -> None:
+        self.pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(
+                name="s-0",
+                labels=labels,
+                owner_references=[client.V1OwnerReference(**o) for o in owners],
+            )
+        )
+        self.patched: list[dict[str, Any]] = []
+
+    def create_namespaced_pod(self, namespace: str, body: dict[str, Any]) -> None:
+        raise ApiException(status=409, reason="AlreadyExists")
+
+    def read_namespaced_pod(self, name: str, namespace: str) -> client.V1Pod:
+        return self.pod
+
+    def patch_namespaced_pod(self, name: str, namespace: str, body: dict[str, Any]) -> None:
+        self.patched.append(body)
+
+
+OWNER = {"api_version": "ekko.dev/v1alpha1", "kind": "ServerPool", "name": "p", "uid": "u", "controller": True}  # fmt: skip
+
+
+def test_a_server_pod_that_lost_its_pool_label_is_labelled_again() -> None:
+    # Once, the pool's watch no longer saw such a pod and "created" it every half second for
+    # ever (409 suppressed), its shards one replica short the whole time.
+    fleet = Fleet(client.ApiClient())
+    core = Existing({"ekko.dev/server": "s-0"}, [OWNER])
+    fleet.core, fleet.custom = core, Custom()
+    applied = fleet.apply(pool(40), [CreateServer("s-0", "zone-a")])
+    assert core.patched == [{"metadata": {"labels": {"ekko.dev/pool": pool(40).metadata.name}}}]
+    assert applied.done and "labelled server pod s-0 again" in applied.done[0]
+    fleet.close()
+
+
+def test_a_pod_the_pool_does_not_own_is_never_relabelled() -> None:
+    fleet = Fleet(client.ApiClient())
+    theirs = dict(OWNER, uid="someone-else")
+    # Not even a user's pod that carries the pool's label under a server's name.
+    mine = {"ekko.dev/pool": pool(40).metadata.name}
+    for core in (Existing({}, []), Existing({}, [theirs]), Existing(mine, [])):
+        fleet.core, fleet.custom = core, Custom()
+        applied = fleet.apply(pool(40), [CreateServer("s-0", "zone-a")])
+        assert core.patched == []
+        assert "pool does not own it" in applied.done[0]
+    fleet.close()
+
+
+def test_a_server_pod_that_exists_with_its_label_is_left_as_it_is() -> None:
+    fleet = Fleet(client.ApiClient())
+    core = Existing({"ekko.dev/pool": pool(40).metadata.name}, [OWNER])
+    fleet.core, fleet.custom = core, Custom()
+    applied = fleet.apply(pool(40), [CreateServer("s-0", "zone-a")])
+    assert core.patched == [] and applied.done == ["server s-0 exists"]
+    fleet.close()

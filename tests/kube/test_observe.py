@@ -10,6 +10,7 @@ import pytest
 
 from ekko.api.resources import ServerAssignment
 from ekko.kube.observe import (
+    EDITED,
     NODE_LOST_AFTER,
     current_report,
     from_current_pod,
@@ -293,3 +294,24 @@ def test_the_rollout_reads_a_report_only_from_the_current_pod() -> None:
     assert current_report(older, pod("p-0")).status is None
     # No pod: kept (the server is not ready, so it counts for nothing; its errors stay visible).
     assert current_report(other := assignment(pod_uid="uid-gone"), None) is other
+
+
+def test_a_server_pod_edited_after_creation_is_outdated() -> None:
+    # Ekko never changes a server pod's spec: metadata.generation above 1 means a person did
+    # (kubectl edit/patch of its image, say), so the pod no longer is what its hash label says.
+    def state(generation: int | None) -> Any:
+        p = pod("p-0")
+        p["metadata"]["labels"]["ekko.dev/template-hash"] = "h1"
+        if generation is not None:
+            p["metadata"]["generation"] = generation
+        return pool_state(
+            pool(), models=[], rejected={}, pods=[p], assignments={"p-0": assignment()},
+            nodes=[node()], versions=[], now=NOW, template_hash="h1",
+        )  # fmt: skip
+
+    for untouched in (None, 1):
+        s = state(untouched)
+        assert not s.outdated(s.servers[0])
+    edited = state(2)
+    assert edited.servers[0].template_hash == EDITED
+    assert edited.outdated(edited.servers[0])

@@ -7,6 +7,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ekko.api.resources import MAX_ASSIGNED_SHARDS
 from ekko.solver import (
     GIB,
     SOLVERS,
@@ -39,6 +40,7 @@ def problems(draw: st.DrawFn) -> Problem:
         slo = draw(st.sampled_from(["critical", "standard", "batch"]))
         load = draw(st.floats(0, 40))
         reserve = draw(st.sampled_from([0.0, 0.25, 1.0]))
+        versions = draw(st.sampled_from([1, 1, 2]))
         if explicit:
             sizes = tuple(draw(st.lists(st.integers(1, 30), min_size=1, max_size=6)))
             models.append(
@@ -49,6 +51,7 @@ def problems(draw: st.DrawFn) -> Problem:
                     load=load,
                     slo=SloClassName(slo),
                     reserve_factor=reserve,
+                    versions_held=versions,
                 )
             )
         else:
@@ -61,6 +64,7 @@ def problems(draw: st.DrawFn) -> Problem:
                     load=load,
                     slo=SloClassName(slo),
                     reserve_factor=reserve,
+                    versions_held=versions,
                 )
             )
     existing = tuple(
@@ -73,6 +77,8 @@ def problems(draw: st.DrawFn) -> Problem:
         compute_units=100.0,
         headroom=draw(st.sampled_from([0.0, 0.1])),
         max_servers=draw(st.integers(1, 30)),
+        # Most often the assignment's limit; sometimes a cap that binds (rule (14)).
+        max_shards_per_server=draw(st.sampled_from([MAX_ASSIGNED_SHARDS, 3, 5, 12])),
         zones=tuple(ZoneId(z) for z in zones),
         servers=existing,
     )

@@ -64,3 +64,26 @@ def test_sticky_mapping_keeps_current_servers() -> None:
     got = sticky(item, [(ServerId("a"), "", 2), (ServerId("b"), "", 2)], current)
     assert got == {k: v for k, v in current.items()}
     assert ModelId("m") == item.model
+
+
+def test_solve_pauses_the_cyclic_collector_and_restores_it() -> None:
+    import gc
+
+    seen: list[bool] = []
+    real = search.build_instance
+
+    def spy(problem: Problem) -> object:
+        seen.append(gc.isenabled())
+        return real(problem)
+
+    pr = _many_models()
+    for on in (True, False):
+        (gc.enable if on else gc.disable)()
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(search, "build_instance", spy)
+                assert solve(pr, SolveConfig(time_limit=0.5)).status != "infeasible"
+            assert gc.isenabled() is on  # as it was before the call
+        finally:
+            gc.enable()
+    assert seen == [False, False]  # off during the call either way
