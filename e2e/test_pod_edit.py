@@ -1,6 +1,6 @@
 """A server pod edited by hand, on a real API server (issue 15): its image changed, then its
 ``ekko.dev/pool`` label removed. The operator labels its own pod again (owner reference, not
-label, says whose it is), counts the edited pod as outdated (``metadata.generation`` > 1) and
+label, says whose it is), counts the edited pod as outdated (its images differ from ``ekko.dev/images``) and
 replaces it make-before-break; the model ends served, with no pod of the pool on the edited
 image. ``bench/faults.py`` (``pod-edit``, ``pod-image``) measures the same with timings."""
 

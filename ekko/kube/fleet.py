@@ -698,6 +698,7 @@ def server_pod(pool: ServerPool, name: str, zone: str, operator_image: str) -> d
     labelled with the hash of the template it was made from."""
     pod = _render(pool, name, zone, operator_image)
     pod["metadata"]["labels"][TEMPLATE_HASH_LABEL] = template_hash(pool, operator_image)
+    pod["metadata"]["annotations"][observe_.IMAGES_ANNOTATION] = observe_.container_images(pod)
     return pod
 
 

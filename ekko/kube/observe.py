@@ -21,11 +21,32 @@ Obj = Mapping[str, Any]
 TEMPLATE_HASH_LABEL = f"{GROUP}/template-hash"
 """Label on each server pod: the hash of the pool template it was made from."""
 
+IMAGES_ANNOTATION = f"{GROUP}/images"
+"""Annotation on each server pod: its containers' images as Ekko created them (``name=image``,
+comma-separated; see :func:`container_images`)."""
+
 EDITED = "edited"
-"""Template hash given to a server pod whose spec was changed after it was created (its
-``metadata.generation`` is above 1: a ``kubectl edit`` of its image, for instance). Ekko never
-changes a server pod's spec, so such a pod no longer is what its template-hash label says: it
-counts as outdated and the roll replaces it make-before-break."""
+"""Template hash given to a server pod whose container images were changed after it was created
+(a ``kubectl edit``/``patch`` of an image: the one change to what runs that a pod's spec allows).
+Ekko never changes a server pod's spec, so such a pod no longer is what its template-hash label
+says: it counts as outdated and the roll replaces it make-before-break. Other in-place changes
+(an ephemeral debug container, an in-place resize, added tolerations) leave the pod alone, so
+``kubectl debug`` on a server does not replace it."""
+
+
+def container_images(pod: Obj) -> str:
+    """The pod's containers' (init containers' first) images as ``name=image,…``."""
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]
+    return ",".join(f"{c.get('name', '')}={c.get('image', '')}" for c in containers)
+
+
+def images_edited(pod: Obj) -> bool:
+    """Whether the pod's images differ from those recorded when Ekko created it (a pod made
+    before the annotation existed counts as unedited)."""
+    recorded = (_meta(pod).get("annotations") or {}).get(IMAGES_ANNOTATION)
+    return recorded is not None and recorded != container_images(pod)
+
 
 NODE_LOST_AFTER = 60.0
 """Seconds a node may be not Ready before its servers count as lost. A kubelet that cannot reach
@@ -215,7 +236,7 @@ def pool_state(
             ),
             unschedulable=unschedulable(pod),
             template_hash=EDITED
-            if int(meta.get("generation") or 1) > 1
+            if images_edited(pod)
             else str((meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL, "")),
         )
     for a_name, assignment in assignments.items():

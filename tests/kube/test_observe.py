@@ -9,11 +9,15 @@ from typing import Any
 import pytest
 
 from ekko.api.resources import ServerAssignment
+from ekko.kube.fleet import server_pod
 from ekko.kube.observe import (
     EDITED,
+    IMAGES_ANNOTATION,
     NODE_LOST_AFTER,
+    container_images,
     current_report,
     from_current_pod,
+    images_edited,
     loaded,
     node_ready,
     owned_by,
@@ -296,22 +300,38 @@ def test_the_rollout_reads_a_report_only_from_the_current_pod() -> None:
     assert current_report(other := assignment(pod_uid="uid-gone"), None) is other
 
 
-def test_a_server_pod_edited_after_creation_is_outdated() -> None:
-    # Ekko never changes a server pod's spec: metadata.generation above 1 means a person did
-    # (kubectl edit/patch of its image, say), so the pod no longer is what its hash label says.
-    def state(generation: int | None) -> Any:
+def test_a_server_pod_whose_image_was_edited_is_outdated() -> None:
+    # Ekko never changes a server pod's spec: an image other than the one it recorded at creation
+    # means a person changed what runs (kubectl edit/patch), so the pod no longer is what its hash
+    # label says. An in-place resize or a debug container (generation up, images the same) is not.
+    def state(images: str | None, generation: int = 1, image: str = "engine:1") -> Any:
         p = pod("p-0")
         p["metadata"]["labels"]["ekko.dev/template-hash"] = "h1"
-        if generation is not None:
-            p["metadata"]["generation"] = generation
+        p["metadata"]["generation"] = generation
+        p["spec"]["containers"] = [{"name": "engine", "image": image}]
+        if images is not None:
+            p["metadata"].setdefault("annotations", {})[IMAGES_ANNOTATION] = images
         return pool_state(
             pool(), models=[], rejected={}, pods=[p], assignments={"p-0": assignment()},
             nodes=[node()], versions=[], now=NOW, template_hash="h1",
         )  # fmt: skip
 
-    for untouched in (None, 1):
-        s = state(untouched)
-        assert not s.outdated(s.servers[0])
-    edited = state(2)
+    for untouched in (
+        state("engine=engine:1"),
+        state("engine=engine:1", generation=3),  # resized in place, or `kubectl debug`
+        state(None, image="other:2"),  # a pod from before the annotation: nothing to compare
+    ):
+        assert untouched.servers[0].template_hash == "h1"
+        assert not untouched.outdated(untouched.servers[0])
+    edited = state("engine=engine:1", generation=2, image="engine:evil")
     assert edited.servers[0].template_hash == EDITED
     assert edited.outdated(edited.servers[0])
+
+
+def test_a_server_pod_records_the_images_it_was_made_with() -> None:
+    made = server_pod(pool(), "p-0", "zone-a", "ekko:1")
+    assert not images_edited(made)
+    recorded = made["metadata"]["annotations"][IMAGES_ANNOTATION]
+    assert recorded == container_images(made) and "ekko:1" in recorded
+    made["spec"]["containers"][-1]["image"] = "ekko:evil"
+    assert images_edited(made)

@@ -44,10 +44,11 @@ To grant something new: add it here AND in rbac-usage.yaml, with the code path t
 - apiGroups: ["ekko.dev"]
   resources: ["serverpools/finalizers"]
   verbs: ["update"]
-# ekko/kube/fleet.py observe, create_server, delete_server, delete_pod; kopf on.event(pods).
+# ekko/kube/fleet.py observe, create_server, delete_server, delete_pod; kopf on.event(pods);
+# create_server on a name taken: get the pod, and label again one the pool owns that lost its label.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # ekko/kube/fleet.py ensure_peering (--peering) creates KopfPeering "ekko"; kopf's peering
 # keep-alive patches its status and its observer lists and watches it.
 - apiGroups: ["kopf.dev"]
