@@ -538,10 +538,29 @@ def test_a_server_in_two_streams_keeps_both_models_fresh(
                 timeout=90,
                 describe=lambda: {(n, m): scores_match(n, m) for m in seeds for n in holding(m)},
             )
-            for name in sorted(shared):
-                a = api.get("serverassignments", name)
-                duties = a["spec"]["updates"]
-                assert {d["model"] for d in duties} == set(seeds), duties
+
+            def duties_follow_holdings() -> bool:
+                # Read fresh: the pool may still move a replica after both models were Ready.
+                both = holding("ranker") & holding("tagger")
+                return bool(both) and all(
+                    {d.model for d in a.spec.updates} == set(seeds)
+                    for a in api.assignments()
+                    if a.metadata.name in both
+                )
+
+            wait_for(
+                duties_follow_holdings,
+                "a duty for each model on every server holding both",
+                timeout=30,
+                describe=lambda: {
+                    a.metadata.name: (
+                        sorted({s.model for s in a.spec.shards}),
+                        sorted(d.model for d in a.spec.updates),
+                    )
+                    for a in api.assignments()
+                },
+            )
+            shared = holding("ranker") & holding("tagger")
             # Fresh rows of both models reach a shared server afterwards too.
             for m in seeds:
                 publishers[m].publish(f"{m}.user", [0], state_rows(99, 1))
