@@ -106,7 +106,7 @@ class Config:
             min_samples=100,
             uncertain=0.02,
             corrupted=0.03,
-            z=2.0,
+            z=1.5,
             confirmations=1,
             hysteresis=0.01,
             recover_windows=2,
@@ -705,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="1: the pooled recent test's lift shrinks by the square root of the windows pooled",
     )
-    ap.add_argument("--z", type=float, default=2.0, help="standard errors a Bad mean must clear")
+    ap.add_argument("--z", type=float, default=1.5, help="standard errors a Bad mean must clear")
     ap.add_argument(
         "--guard-rows",
         type=int,
