@@ -94,6 +94,10 @@ class Config:
     explode_share: float = 0.05
     zero_share: float = 0.3
     cap_bytes: int = 64 << 20
+    clean_burst: bool = False
+    """Every clean episode starts with a legitimate large update: the last ``flip_events``
+    events trained on at once with their true labels (a trainer catching up after a pause) —
+    what a guard on update sizes must not roll back."""
     guard: GuardSpec | None = None
     """The parameter guard's thresholds (None: no guard runs; the detector's ``guard_rows``
     decides whether its counts can make the model Corrupted)."""
@@ -232,13 +236,15 @@ class Run:
 
     # --- harms ---------------------------------------------------------------------------------
 
-    def inject(self, harm: Harm, at: int) -> None:
+    def inject(self, harm: Harm | Literal["burst"], at: int) -> None:
         m, cfg, now = self.model, self.cfg, at / self.cfg.rate
-        if harm == "flip":
-            # A biased batch: the last ``flip_events`` events arrive again with flipped labels.
+        if harm in ("flip", "burst"):
+            # A biased batch: the last ``flip_events`` events arrive again with flipped labels
+            # (``burst``: with their true labels, a clean catch-up of the same size).
             lo = max(0, at - cfg.flip_events)
             s = self.s
-            flipped = 1.0 - s.labels[lo:at].astype(np.float64)
+            labels = s.labels[lo:at].astype(np.float64)
+            flipped = 1.0 - labels if harm == "flip" else labels
             _, updates = m.train_batch(s.users[lo:at], s.items[lo:at], flipped)
             for u in updates:
                 self._publish(u.table, u.keys, u.values, now)
@@ -431,6 +437,8 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         ep.guard_settle_max = max(
             (z + x for at, _, z, x in run.guard_log if pos - cfg.settle < at <= pos), default=0
         )
+        if kind == "clean" and cfg.clean_burst:
+            run.inject("burst", pos)
         if kind != "clean":
             run.twins["clean"] = copy.deepcopy(run.model)
             run.inject(kind, pos)  # type: ignore[arg-type]
@@ -713,6 +721,12 @@ def main(argv: list[str] | None = None) -> int:
         help="parameter guard: rows flagged in a window that make the model Corrupted"
         " (0: the guard runs and its counts are recorded, never judged; -1: no guard)",
     )
+    ap.add_argument(
+        "--clean-burst",
+        action="store_true",
+        help="every clean episode starts with a clean catch-up burst (flip_events events"
+        " trained at once with true labels): a legitimate large update",
+    )
     ap.add_argument("--guard-norm-ratio", type=float, default=GuardSpec.norm_ratio)
     ap.add_argument("--guard-step-ratio", type=float, default=GuardSpec.step_ratio)
     ap.add_argument("--guard-zero-ratio", type=float, default=GuardSpec.zero_ratio)
@@ -734,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         recent_age=a.recent_age or None,
         harmful=a.harmful if a.harmful is not None else per_kind,
         clean=a.clean if a.clean is not None else per_kind,
+        clean_burst=a.clean_burst,
         guard=None
         if a.guard_rows < 0
         else GuardSpec(

@@ -262,12 +262,16 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
                 timeout=30,
             )
             started = time.monotonic()
+            # --timeout bounds the plugin's waits, not its start: at load 21 on this machine
+            # `kubectl ekko version` took 20 s of wall time for 0.6 s of CPU and a refused
+            # `updates rollback` 71 s (imports), so the subprocess gets the waits plus a start-up
+            # allowance (a 120 s budget once ran out at load 28–48: that was the start, not a hang).
             done_plugin = subprocess.run(
                 [
                     sys.executable, "-m", "ekko.cli.kubectl_ekko", "updates", "rollback",
                     "ranker", "--wait", "--timeout", "90s", "-n", namespace,
                 ],
-                cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                cwd=REPO, capture_output=True, text=True, timeout=90 + 210, check=False,
             )  # fmt: skip
             log.info("plugin rollback (%.1fs):\n%s", time.monotonic() - started, done_plugin.stdout)
             assert done_plugin.returncode == 0, done_plugin.stderr

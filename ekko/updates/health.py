@@ -309,7 +309,7 @@ class GuardSpec:
     """…from at least this × it (a trained row wiped, not a near-zero row nudged)."""
     norm_ratio: float = 10.0
     """A row is *exploded* when its norm exceeds this × the table's mean row norm…"""
-    step_ratio: float = 50.0
+    step_ratio: float = 5.0
     """…or its update (the norm of new − old) exceeds this × the table's mean update."""
     memory: int = 20000
     """Rows the running means remember (an EWMA, weight rows-written ÷ memory per write)."""
