@@ -728,7 +728,12 @@ def main(argv: list[str] | None = None) -> int:
         " trained at once with true labels): a legitimate large update",
     )
     ap.add_argument("--guard-norm-ratio", type=float, default=GuardSpec.norm_ratio)
-    ap.add_argument("--guard-step-ratio", type=float, default=GuardSpec.step_ratio)
+    ap.add_argument(
+        "--guard-step-ratio",
+        type=float,
+        default=None,
+        help="flag updates above this × the table's mean update (absent or inf: no such test)",
+    )
     ap.add_argument("--guard-zero-ratio", type=float, default=GuardSpec.zero_ratio)
     ap.add_argument("--json", default=None, help="write every figure to this file")
     ap.add_argument(
@@ -753,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.guard_rows < 0
         else GuardSpec(
             norm_ratio=a.guard_norm_ratio,
-            step_ratio=a.guard_step_ratio,
+            step_ratio=None
+            if a.guard_step_ratio is None or a.guard_step_ratio == float("inf")
+            else a.guard_step_ratio,
             zero_ratio=a.guard_zero_ratio,
         ),
     )

@@ -309,8 +309,10 @@ class GuardSpec:
     """…from at least this × it (a trained row wiped, not a near-zero row nudged)."""
     norm_ratio: float = 10.0
     """A row is *exploded* when its norm exceeds this × the table's mean row norm…"""
-    step_ratio: float = 5.0
-    """…or its update (the norm of new − old) exceeds this × the table's mean update."""
+    step_ratio: float | None = None
+    """…or its update (the norm of new − old) exceeds this × the table's mean update (None: no
+    update-size test). Off by default: it catches a biased batch written at once (5 settled it on
+    held-out seeds) but also rolls back a clean catch-up burst of the same size."""
     memory: int = 20000
     """Rows the running means remember (an EWMA, weight rows-written ÷ memory per write)."""
     warmup: int = 500
@@ -319,7 +321,7 @@ class GuardSpec:
     def __post_init__(self) -> None:
         if not 0 <= self.zero_ratio < self.zero_from:
             raise ValueError("need 0 <= zero_ratio < zero_from")
-        if self.norm_ratio <= 1 or self.step_ratio <= 1:
+        if self.norm_ratio <= 1 or (self.step_ratio is not None and self.step_ratio <= 1):
             raise ValueError("norm_ratio and step_ratio must exceed 1")
         if self.memory < 1 or self.warmup < 0:
             raise ValueError("need memory >= 1 and warmup >= 0")
@@ -374,7 +376,7 @@ class ParamGuard:
         if st.seen >= sp.warmup and st.norm > 0:
             zeroed = moved & (prev >= sp.zero_from * st.norm) & (norm <= sp.zero_ratio * st.norm)
             exploded = finite & (norm > sp.norm_ratio * st.norm)
-            if st.steps_seen >= sp.warmup and st.step > 0:
+            if sp.step_ratio is not None and st.steps_seen >= sp.warmup and st.step > 0:
                 exploded |= moved & (step > sp.step_ratio * st.step)
             exploded &= ~zeroed  # a wiped row is counted once, as zeroed
         calm = finite & ~zeroed & ~exploded

@@ -615,3 +615,16 @@ def test_guard_transitions(
         assert d.events[0].reason == "Corrupted"
         assert "parameter guard" in d.events[0].message
         assert d.state.since == 100.0
+
+
+def test_guard_update_size_test_is_off_by_default() -> None:
+    # A large update of an ordinary-looking row (a catch-up burst, or a biased batch) is only
+    # flagged with a step ratio; wiped and exploded rows are flagged either way.
+    off, held = warm_guard(replace(GUARD, step_ratio=None))
+    on, _ = warm_guard(GUARD)
+    ones = np.ones(5, dtype=bool)
+    assert GuardSpec().step_ratio is None
+    assert off.observe("t", held[:5], ones, -held[:5]).flagged == 0
+    assert on.observe("t", held[:5], ones, -held[:5]).exploded == 5
+    assert off.observe("t", held[:5], ones, held[:5] * 0).zeroed == 5
+    assert off.observe("t", held[:5], ones, held[:5] * 50).exploded == 5
