@@ -267,13 +267,33 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
             # `kubectl ekko version` took 20 s of wall time for 0.6 s of CPU and a refused
             # `updates rollback` 71 s (imports), so the subprocess gets the waits plus a start-up
             # allowance (a 120 s budget once ran out at load 28–48: that was the start, not a hang).
-            done_plugin = subprocess.run(
+            # While it runs, every cut the stream's status lists is remembered with its time (the
+            # restore drops the cuts above the one it goes to, so they are gone afterwards).
+            seen_cuts: dict[int, float] = {}
+
+            def remember_cuts() -> None:
+                for c in health(api).get("cuts", []):
+                    seen_cuts.setdefault(c["id"], _stamp(c["takenAt"]))
+
+            remember_cuts()
+            with subprocess.Popen(
                 [
                     sys.executable, "-m", "ekko.cli.kubectl_ekko", "updates", "rollback",
                     "ranker", "--wait", "--timeout", "90s", "-n", namespace,
                 ],
-                cwd=REPO, capture_output=True, text=True, timeout=90 + 210, check=False,
-            )  # fmt: skip
+                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ) as proc:  # fmt: skip
+                while proc.poll() is None and time.monotonic() - started < 90 + 210:
+                    remember_cuts()
+                    time.sleep(0.5)
+                try:
+                    out, err = proc.communicate(
+                        timeout=max(1.0, 90 + 210 - (time.monotonic() - started))
+                    )
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    raise
+            done_plugin = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
             log.info("plugin rollback (%.1fs):\n%s", time.monotonic() - started, done_plugin.stdout)
             assert done_plugin.returncode == 0, done_plugin.stderr
             assert "every server serves cut" in done_plugin.stdout
@@ -285,7 +305,8 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
             # alone can outlast the baseline's age (15 s), so the baseline may have moved past
             # the nudge by then (seen at load ~25: a 60 s plugin run): the expected state is the
             # one at the cut it chose, judged by when that cut was taken.
-            taken = {c["id"]: _stamp(c["takenAt"]) for c in h.get("cuts", [])}.get(rb["cut"])
+            remember_cuts()
+            taken = seen_cuts.get(rb["cut"])
             if taken is not None and taken < nudged_at:
                 expected, what = [fresh], "the fresh rows (the cut predates the nudge)"
             elif taken is not None and taken > nudged_everywhere_at:
