@@ -190,8 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--catch-within", type=float, default=30.0, help="seconds a decision may take"
     )
+    parser.add_argument(
+        "--z", type=float, default=None, help="detector z (standard errors); absent: the default"
+    )
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args(argv)
+    health = json.loads(json.dumps(HEALTH))
+    if args.z is not None:
+        health["detector"]["z"] = args.z
 
     bc = bench_namespace("bench-state")
     kubeconfig, core, ns = bc.kubeconfig, bc.core, bc.namespace
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             api.create(pool_manifest(memory="20Gi"))
             api.create(model_manifest("ranker", args.shards, "8Gi", 2))
             wait("model loaded", lambda: converged(api, models=["ranker"]), 300, 1)
-            api.create(stream_manifest(publisher.url, HEALTH))
+            api.create(stream_manifest(publisher.url, health))
             names = holders(api)
             bench = Bench(api, publisher)
             with Traffic(urls_of(fleet, names)):
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_mean": round(statistics.mean(load), 1) if load else None,
         "window_s": 2,
         "confirmations": 2,
+        "z": health["detector"].get("z", 2.0),
     }
     print(json.dumps(numbers, indent=2))
     if args.json:

@@ -50,8 +50,11 @@ import numpy as np
 from bench.updates_data import Stream, movielens_100k, synthetic_stream
 from ekko.updates.health import (
     DetectorSpec,
+    GuardCounts,
+    GuardSpec,
     HealthState,
     Observation,
+    ParamGuard,
     Window,
     choose_baseline,
     decide,
@@ -91,6 +94,13 @@ class Config:
     explode_share: float = 0.05
     zero_share: float = 0.3
     cap_bytes: int = 64 << 20
+    clean_burst: bool = False
+    """Every clean episode starts with a legitimate large update: the last ``flip_events``
+    events trained on at once with their true labels (a trainer catching up after a pause) —
+    what a guard on update sizes must not roll back."""
+    guard: GuardSpec | None = None
+    """The parameter guard's thresholds (None: no guard runs; the detector's ``guard_rows``
+    decides whether its counts can make the model Corrupted)."""
     material: float = 0.03
     """An injected update whose harm over the first window (the unprotected twin's logloss minus
     the clean twin's) is at least this many nats counts as *material*; smaller harms are within
@@ -100,7 +110,7 @@ class Config:
             min_samples=100,
             uncertain=0.02,
             corrupted=0.03,
-            z=2.0,
+            z=1.5,
             confirmations=1,
             hysteresis=0.01,
             recover_windows=2,
@@ -140,6 +150,10 @@ class Episode:
     """Mean paired loss difference of each window that closed in the episode."""
     recent_means: list[float] = field(default_factory=list)
     """The same against the recent view (empty without one)."""
+    guard_flagged: list[list[int]] = field(default_factory=list)
+    """Each window of the episode: [non-finite, zeroed, exploded] rows the guard flagged."""
+    guard_settle_max: int = 0
+    """Most rows the guard flagged (zeroed + exploded) in one window of the settling stretch."""
 
     @property
     def delay_events(self) -> int | None:
@@ -159,6 +173,10 @@ class Run:
         self.store.declare(TableSpec(DENSE, 1, kind="dense", shape=(1,)))
         self.log = CutLog(cap_bytes=cfg.cap_bytes)
         self.state = HealthState()
+        self.guard = ParamGuard(cfg.guard) if cfg.guard is not None else None
+        self.guard_counts = GuardCounts()
+        self.guard_log: list[tuple[int, int, int, int]] = []
+        """Every window: (event, non-finite, zeroed, exploded rows the guard flagged in it)."""
         self.epoch = 0
         self.seq = 0
         self.cut_id = 0
@@ -194,6 +212,10 @@ class Run:
 
     def _publish(self, table: str, keys: np.ndarray, values: np.ndarray, now: float) -> None:
         self.seq += 1
+        if self.guard is not None and table != DENSE:
+            old, found = self.store.get(table, keys)
+            counts = self.guard.observe(table, old, found, values)
+            self.guard_counts = self.guard_counts.merge(counts)
         self.log.before_write(self.store, table, keys)
         self.store.write(
             table, keys, values, epoch=self.epoch, origin=1, seqs=self.seq, publish_time=now
@@ -214,13 +236,15 @@ class Run:
 
     # --- harms ---------------------------------------------------------------------------------
 
-    def inject(self, harm: Harm, at: int) -> None:
+    def inject(self, harm: Harm | Literal["burst"], at: int) -> None:
         m, cfg, now = self.model, self.cfg, at / self.cfg.rate
-        if harm == "flip":
-            # A biased batch: the last ``flip_events`` events arrive again with flipped labels.
+        if harm in ("flip", "burst"):
+            # A biased batch: the last ``flip_events`` events arrive again with flipped labels
+            # (``burst``: with their true labels, a clean catch-up of the same size).
             lo = max(0, at - cfg.flip_events)
             s = self.s
-            flipped = 1.0 - s.labels[lo:at].astype(np.float64)
+            labels = s.labels[lo:at].astype(np.float64)
+            flipped = 1.0 - labels if harm == "flip" else labels
             _, updates = m.train_batch(s.users[lo:at], s.items[lo:at], flipped)
             for u in updates:
                 self._publish(u.table, u.keys, u.values, now)
@@ -338,7 +362,11 @@ class Run:
                     self.window_diffs.append((hi, self.diffs, self.recent_diffs))
                 self.diffs, self.recent_diffs = [], []
                 before = self.state.phase
-                obs = Observation(window=win, recent=rwin)
+                gc = self.guard_counts if self.guard is not None else None
+                self.guard_counts = GuardCounts()
+                if gc is not None:
+                    self.guard_log.append((hi, gc.nonfinite, gc.zeroed, gc.exploded))
+                obs = Observation(window=win, recent=rwin, guard=gc)
                 self._decided_wall = time.perf_counter()
                 d = decide(cfg.detector, self.state, obs, hi / cfg.rate)
                 self.state = d.state
@@ -406,6 +434,11 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         pos += cfg.settle
         ep = Episode(kind, pos)
         ep.alarms = len(run.decisions) - settle_decisions  # alarms while settling
+        ep.guard_settle_max = max(
+            (z + x for at, _, z, x in run.guard_log if pos - cfg.settle < at <= pos), default=0
+        )
+        if kind == "clean" and cfg.clean_burst:
+            run.inject("burst", pos)
         if kind != "clean":
             run.twins["clean"] = copy.deepcopy(run.model)
             run.inject(kind, pos)  # type: ignore[arg-type]
@@ -416,6 +449,9 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         ep.window_means = [round(m, 4) for at, m, _ in run.windows if pos < at <= pos + cfg.episode]
         ep.recent_means = [
             round(m, 4) for at, m in run.recent_means if pos < at <= pos + cfg.episode
+        ]
+        ep.guard_flagged = [
+            [nf, z, x] for at, nf, z, x in run.guard_log if pos < at <= pos + cfg.episode
         ]
         if kind == "clean":
             ep.alarms += len(new)
@@ -489,6 +525,7 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         "episodes": [asdict(e) for e in episodes],
         "loss_increase_during_median": _median([e.loss_during - e.loss_before for e in harmful]),
         "per_kind": per_kind,
+        "guard": _guard_summary(episodes) if run.guard is not None else None,
         "undo_peak_bytes": run.log.peak_bytes,
         "undo_drops": run.log.drops,
         "model_bytes": model_bytes,
@@ -508,6 +545,28 @@ def run_one(stream: Stream, seed: int, cfg: Config) -> dict[str, Any]:
         ],
         "restore_rows_median": _median([float(r) for r in run.restore_rows]),
         "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _guard_summary(episodes: list[Episode]) -> dict[str, Any]:
+    """What the guard flagged: the most rows (zeroed + exploded) in one window of any clean
+    stretch (clean episodes and every settling stretch: the bar ``guard_rows`` must clear), and
+    per harm kind the rows flagged in the first window after the injection."""
+    clean = [e for e in episodes if e.kind == "clean"]
+    clean_max = max(
+        [sum(f[1:]) for e in clean for f in e.guard_flagged]
+        + [e.guard_settle_max for e in episodes],
+        default=0,
+    )
+    clean_nonfinite = sum(f[0] for e in clean for f in e.guard_flagged)
+    first: dict[str, list[list[int]]] = {k: [] for k in HARMS}
+    for e in episodes:
+        if e.kind != "clean" and e.guard_flagged:
+            first[e.kind].append(e.guard_flagged[0])
+    return {
+        "clean_window_flagged_max": clean_max,
+        "clean_nonfinite": clean_nonfinite,
+        "first_window_by_kind": first,
     }
 
 
@@ -560,10 +619,14 @@ def summarize(runs: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
         "detect_max_s": None if not delays else max(delays) / cfg.rate,
         "traffic_switch_p99_s": _p99([x for r in runs for x in r["switch_wall_s"]]),
         "restore_p99_s": _p99([x for r in runs for x in r["restore_wall_s"]]),
+        "guard_clean_window_flagged_max": max(
+            (r["guard"]["clean_window_flagged_max"] for r in runs if r["guard"]), default=None
+        ),
         "undo_peak_bytes_max": max(r["undo_peak_bytes"] for r in runs),
         "model_bytes_max": max(r["model_bytes"] for r in runs),
         "undo_drops": sum(r["undo_drops"] for r in runs),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "detector"},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("detector", "guard")},
+        "guard": None if cfg.guard is None else asdict(cfg.guard),
         "detector": asdict(cfg.detector),
         "runs": runs,
     }
@@ -650,7 +713,28 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="1: the pooled recent test's lift shrinks by the square root of the windows pooled",
     )
-    ap.add_argument("--z", type=float, default=2.0, help="standard errors a Bad mean must clear")
+    ap.add_argument("--z", type=float, default=1.5, help="standard errors a Bad mean must clear")
+    ap.add_argument(
+        "--guard-rows",
+        type=int,
+        default=-1,
+        help="parameter guard: rows flagged in a window that make the model Corrupted"
+        " (0: the guard runs and its counts are recorded, never judged; -1: no guard)",
+    )
+    ap.add_argument(
+        "--clean-burst",
+        action="store_true",
+        help="every clean episode starts with a clean catch-up burst (flip_events events"
+        " trained at once with true labels): a legitimate large update",
+    )
+    ap.add_argument("--guard-norm-ratio", type=float, default=GuardSpec.norm_ratio)
+    ap.add_argument(
+        "--guard-step-ratio",
+        type=float,
+        default=None,
+        help="flag updates above this × the table's mean update (absent or inf: no such test)",
+    )
+    ap.add_argument("--guard-zero-ratio", type=float, default=GuardSpec.zero_ratio)
     ap.add_argument("--json", default=None, help="write every figure to this file")
     ap.add_argument(
         "--dump-windows", default=None, help="directory for each run's raw window differences"
@@ -669,6 +753,16 @@ def main(argv: list[str] | None = None) -> int:
         recent_age=a.recent_age or None,
         harmful=a.harmful if a.harmful is not None else per_kind,
         clean=a.clean if a.clean is not None else per_kind,
+        clean_burst=a.clean_burst,
+        guard=None
+        if a.guard_rows < 0
+        else GuardSpec(
+            norm_ratio=a.guard_norm_ratio,
+            step_ratio=None
+            if a.guard_step_ratio is None or a.guard_step_ratio == float("inf")
+            else a.guard_step_ratio,
+            zero_ratio=a.guard_zero_ratio,
+        ),
     )
     cfg = replace(
         cfg,
@@ -686,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
             recent_learn=a.recent_learn,
             recent_pool_shrink=bool(a.recent_pool_shrink),
             z=a.z,
+            guard_rows=a.guard_rows if a.guard_rows > 0 else None,
         ),
     )
     runs = []

@@ -1304,7 +1304,7 @@ class UpdateDetector(ApiModel):
         description="Mean difference from which a window is Bad (when also z standard errors above zero).",
     )
     z: float = Field(
-        default=2.0, ge=0, le=10, description="Standard errors a Bad window's mean must clear."
+        default=1.5, ge=0, le=10, description="Standard errors a Bad window's mean must clear."
     )
     confirmations: int = Field(
         default=2, ge=1, le=20, description="Consecutive Bad windows that make the model Corrupted."

@@ -73,7 +73,9 @@ class DetectorSpec:
     min_samples: int = 100
     uncertain: float = 0.02
     corrupted: float = 0.05
-    z: float = 2.0
+    z: float = 1.5
+    """Standard errors a Bad window's mean must clear (1.5 since the cluster bench showed no
+    false rollback at 1.5, as at 2, and the in-process held-out seeds caught more)."""
     confirmations: int = 2
     hysteresis: float = 0.01
     recover_windows: int = 2
@@ -106,7 +108,14 @@ class DetectorSpec:
     (``lift / √k`` for ``k`` windows against the same held cut: the lift is the spread of one
     window's mean, and k windows' pooled mean spreads √k times less when they are independent)."""
 
+    guard_rows: int | None = None
+    """The parameter guard (see :class:`ParamGuard`): this many rows flagged zeroed or exploded
+    since the last decision make the model Corrupted at once, whatever the loss says; a
+    non-finite row always does. None: the guard is off."""
+
     def __post_init__(self) -> None:
+        if self.guard_rows is not None and self.guard_rows < 1:
+            raise ValueError("guard_rows must be at least 1 (None: off)")
         if not 0 <= self.uncertain <= self.corrupted:
             raise ValueError("need 0 <= uncertain <= corrupted")
         if self.recent_corrupted is not None and not (
@@ -261,6 +270,149 @@ class HealthState:
 
 
 @dataclass(frozen=True)
+class GuardCounts:
+    """What the parameter guard saw in some writes: rows checked, and rows flagged non-finite
+    (NaN/Inf), zeroed, or exploded (see :class:`ParamGuard`)."""
+
+    rows: int = 0
+    nonfinite: int = 0
+    zeroed: int = 0
+    exploded: int = 0
+
+    @property
+    def flagged(self) -> int:
+        """Zeroed or exploded rows (non-finite ones are judged on their own)."""
+        return self.zeroed + self.exploded
+
+    def merge(self, other: GuardCounts) -> GuardCounts:
+        return GuardCounts(
+            self.rows + other.rows,
+            self.nonfinite + other.nonfinite,
+            self.zeroed + other.zeroed,
+            self.exploded + other.exploded,
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.nonfinite} non-finite, {self.zeroed} zeroed, {self.exploded} exploded"
+            f" of {self.rows} rows written"
+        )
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    """Thresholds of the parameter guard, as multiples of a table's running statistics."""
+
+    zero_ratio: float = 0.01
+    """A row is *zeroed* when its norm falls to at most this × the table's mean row norm…"""
+    zero_from: float = 0.1
+    """…from at least this × it (a trained row wiped, not a near-zero row nudged)."""
+    norm_ratio: float = 10.0
+    """A row is *exploded* when its norm exceeds this × the table's mean row norm…"""
+    step_ratio: float | None = None
+    """…or its update (the norm of new − old) exceeds this × the table's mean update (None: no
+    update-size test). Off by default: it catches a biased batch written at once (5 settled it on
+    held-out seeds) but also rolls back a clean catch-up burst of the same size."""
+    memory: int = 20000
+    """Rows the running means remember (an EWMA, weight rows-written ÷ memory per write)."""
+    warmup: int = 500
+    """Rows of a table the means must have seen before the guard flags any of them."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.zero_ratio < self.zero_from:
+            raise ValueError("need 0 <= zero_ratio < zero_from")
+        if self.norm_ratio <= 1 or (self.step_ratio is not None and self.step_ratio <= 1):
+            raise ValueError("norm_ratio and step_ratio must exceed 1")
+        if self.memory < 1 or self.warmup < 0:
+            raise ValueError("need memory >= 1 and warmup >= 0")
+
+
+@dataclass
+class _TableStats:
+    seen: int = 0
+    norm: float = 0.0
+    step: float = 0.0
+    steps_seen: int = 0
+
+
+class ParamGuard:
+    """A second, cheap signal next to the loss: it watches the *updates themselves*. For each
+    write to a table it compares every row against the table's running statistics (the mean row
+    norm and the mean update magnitude — the data plane's significance is the same ratio) and
+    flags rows that became non-finite, were wiped to zero, or exploded. Flagged rows never feed
+    the running means (a harm must not widen the bars that catch it). A loss-based detector cannot
+    see a harm below its own noise; a wiped or exploded row is visible the moment it is written.
+
+    Pure arithmetic over what the caller passes (the rows before and after a write); no I/O."""
+
+    def __init__(self, spec: GuardSpec | None = None) -> None:
+        self.spec = spec or GuardSpec()
+        self._tables: dict[str, _TableStats] = {}
+
+    def observe(
+        self,
+        table: str,
+        old: npt.ArrayLike,
+        found: npt.ArrayLike,
+        new: npt.ArrayLike,
+    ) -> GuardCounts:
+        """Judge one write: ``old`` the rows before (``found`` False where a row did not exist),
+        ``new`` the rows written, both ``[n, dim]``."""
+        sp = self.spec
+        o = np.atleast_2d(np.asarray(old, dtype=np.float64))
+        v = np.atleast_2d(np.asarray(new, dtype=np.float64))
+        had = np.asarray(found, dtype=bool).ravel()
+        st = self._tables.setdefault(table, _TableStats())
+        finite = np.asarray(np.isfinite(v).all(axis=1), dtype=bool)
+        had = had & np.isfinite(o).all(axis=1)
+        v0 = np.where(finite[:, None], v, 0.0)
+        o0 = np.where(had[:, None], o, 0.0)
+        moved = finite & had
+        norm = np.linalg.norm(v0, axis=1)
+        prev = np.linalg.norm(o0, axis=1)
+        step = np.where(moved, np.linalg.norm(v0 - o0, axis=1), 0.0)
+        zeroed = np.zeros(v.shape[0], dtype=bool)
+        exploded = np.zeros(v.shape[0], dtype=bool)
+        if st.seen >= sp.warmup and st.norm > 0:
+            zeroed = moved & (prev >= sp.zero_from * st.norm) & (norm <= sp.zero_ratio * st.norm)
+            exploded = finite & (norm > sp.norm_ratio * st.norm)
+            if sp.step_ratio is not None and st.steps_seen >= sp.warmup and st.step > 0:
+                exploded |= moved & (step > sp.step_ratio * st.step)
+            exploded &= ~zeroed  # a wiped row is counted once, as zeroed
+        calm = finite & ~zeroed & ~exploded
+        n = int(calm.sum())
+        if n:
+            w = n / (st.seen + n) if st.seen + n <= sp.memory else min(1.0, n / sp.memory)
+            st.norm += w * (float(norm[calm].mean()) - st.norm)
+            st.seen += n
+        calm_moved = calm & moved
+        m = int(calm_moved.sum())
+        if m:
+            steps = st.steps_seen + m
+            w = m / steps if steps <= sp.memory else min(1.0, m / sp.memory)
+            st.step += w * (float(step[calm_moved].mean()) - st.step)
+            st.steps_seen = steps
+        return GuardCounts(
+            rows=int(v.shape[0]),
+            nonfinite=int((~finite).sum()),
+            zeroed=int(zeroed.sum()),
+            exploded=int(exploded.sum()),
+        )
+
+    def means(self, table: str) -> tuple[float, float]:
+        """The table's running mean row norm and mean update magnitude (0, 0 before any)."""
+        st = self._tables.get(table)
+        return (st.norm, st.step) if st else (0.0, 0.0)
+
+
+def guard_alarm(spec: DetectorSpec, counts: GuardCounts | None) -> bool:
+    """Whether the guard's counts make the model Corrupted under ``spec`` (off: never)."""
+    if spec.guard_rows is None or counts is None:
+        return False
+    return counts.nonfinite > 0 or counts.flagged >= spec.guard_rows
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the caller saw since the last decision. ``window`` is None when no window closed;
     ``server_epochs`` are the epochs the servers report; ``serving_baseline`` how many of them
@@ -273,6 +425,8 @@ class Observation:
     serving_baseline: int = 0
     server_epochs: tuple[int, ...] = ()
     resume: bool = False
+    guard: GuardCounts | None = None
+    """Rows the parameter guard flagged since the last decision (None: not observed)."""
 
 
 @dataclass(frozen=True)
@@ -445,9 +599,23 @@ def decide(spec: DetectorSpec, state: HealthState, obs: Observation, now: float)
                 events=(Event("Resumed", f"Every server holds epoch {target}; serving live"),),
             )
         return Decision(state)
-    if obs.window is None:
+    alarm = guard_alarm(spec, obs.guard)
+    if obs.window is None and not alarm:
         return Decision(state)
-    new, verdict, events = _detect(spec, state, obs.window, now, obs.recent)
+    verdict: Verdict | None = None
+    new = state
+    events: tuple[Event, ...] = ()
+    if obs.window is not None:
+        new, verdict, events = _detect(spec, state, obs.window, now, obs.recent)
+    if alarm and new.phase != "Corrupted" and obs.guard is not None:
+        new = replace(new, phase="Corrupted", since=now, recent_pool=None, recent_pooled=0)
+        events = (
+            Event(
+                "Corrupted",
+                f"Became Corrupted: parameter guard, {obs.guard.describe()}",
+                warning=True,
+            ),
+        )
     if new.phase != "Corrupted" or state.phase == "Corrupted":
         return Decision(new, verdict, events=events)
     # Entering Corrupted: act.
@@ -505,13 +673,17 @@ __all__: Sequence[str] = (
     "Decision",
     "DetectorSpec",
     "Event",
+    "GuardCounts",
+    "GuardSpec",
     "HealthPhase",
     "HealthState",
     "Observation",
+    "ParamGuard",
     "Rollback",
     "Verdict",
     "Window",
     "choose_baseline",
     "decide",
+    "guard_alarm",
     "judge",
 )

@@ -10,6 +10,7 @@ import pytest
 
 from bench.updates_data import synthetic_stream
 from bench.updates_health import HARM_BUCKETS, Config, Run, _bucket, main, run_one, summarize
+from ekko.updates.health import GuardSpec
 
 TINY = Config(warmup=1500, settle=400, episode=600, harmful=2, clean=1, window=200, cut_every=200)
 
@@ -53,6 +54,24 @@ def test_exploding_rows_are_caught_and_restored() -> None:
     assert run.decisions, run.windows
     assert run.epoch == epoch + 1
     assert run.state.phase == "Healthy" and not run.serving_baseline
+
+
+def test_the_guard_catches_zeroed_rows_the_loss_misses() -> None:
+    # Zeroed popular rows cost a weak model almost no logloss; the parameter guard sees them.
+    for guard_rows, caught in ((None, False), (16, True)):
+        cfg = replace(
+            TINY,
+            guard=GuardSpec(),
+            detector=replace(TINY.detector, guard_rows=guard_rows, cusum_k=None),
+        )
+        stream = synthetic_stream(cfg.events_needed, seed=0)
+        run = Run(stream, 0, cfg)
+        run.advance(0, cfg.warmup)
+        assert not run.decisions
+        run.inject("zero", cfg.warmup)
+        run.advance(cfg.warmup, cfg.warmup + cfg.window)
+        assert bool(run.decisions) is caught, run.guard_log
+        assert run.guard_log[-1][2] >= 16  # the zeroed rows, counted either way
 
 
 @pytest.mark.parametrize("argv", [["--workload", "synthetic", "--seeds", "1"]])

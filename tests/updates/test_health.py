@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from ekko.updates.health import (
     Command,
     DetectorSpec,
+    GuardCounts,
+    GuardSpec,
     HealthState,
     Observation,
+    ParamGuard,
     Rollback,
     Window,
     choose_baseline,
@@ -425,3 +429,202 @@ def test_choose_recent_view(
 ) -> None:
     # The recent view is chosen like the baseline, only younger (here 10 s).
     assert choose_baseline(cuts, current, phase, 100.0, age=10.0) == expected  # type: ignore[arg-type]
+
+
+# --- the parameter guard ---------------------------------------------------------------------
+
+GUARD = GuardSpec(zero_ratio=0.01, zero_from=0.1, norm_ratio=10.0, step_ratio=20.0, warmup=100)
+
+
+def warm_guard(spec: GuardSpec = GUARD, rows: int = 400) -> tuple[ParamGuard, np.ndarray]:
+    """A guard that has seen ``rows`` rows of norm ≈ 1 each move by ≈ 0.01."""
+    rng = np.random.default_rng(0)
+    guard = ParamGuard(spec)
+    old = rng.normal(0, 0.25, (rows, 16))
+    old /= np.linalg.norm(old, axis=1, keepdims=True)
+    guard.observe("t", np.zeros_like(old), np.zeros(rows, dtype=bool), old)  # born
+    new = old + rng.normal(0, 0.0025, old.shape)
+    assert guard.observe("t", old, np.ones(rows, dtype=bool), new) == GuardCounts(rows=rows)
+    return guard, new
+
+
+def _rows(k: int, value: float, base: np.ndarray) -> np.ndarray:
+    out = base[:k].copy()
+    out[:] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "counts"),
+    [
+        ("a training step", lambda v: v + 0.01 / 4, GuardCounts(rows=5)),
+        ("zeroed rows", lambda v: v * 0.0, GuardCounts(rows=5, zeroed=5)),
+        ("shrunk a little", lambda v: v * 0.9, GuardCounts(rows=5)),
+        ("shrunk a lot (a large update)", lambda v: v * 0.5, GuardCounts(rows=5, exploded=5)),
+        ("exploded norm", lambda v: v * 50.0, GuardCounts(rows=5, exploded=5)),
+        # A flip: norm unchanged (< norm_ratio) but the update is 2 × the norm ≫ 20 × 0.01.
+        ("flipped (a large update)", lambda v: -v, GuardCounts(rows=5, exploded=5)),
+        ("NaN", lambda v: v * np.nan, GuardCounts(rows=5, nonfinite=5)),
+        ("Inf", lambda v: v * np.inf, GuardCounts(rows=5, nonfinite=5)),
+    ],
+)
+def test_guard_flags(name: str, change: object, counts: GuardCounts) -> None:
+    guard, held = warm_guard()
+    old = held[:5]
+    new = change(old)  # type: ignore[operator]
+    assert guard.observe("t", old, np.ones(5, dtype=bool), new) == counts, name
+
+
+def test_guard_judges_nothing_while_warming_up_and_per_table() -> None:
+    guard = ParamGuard(GUARD)
+    rows = np.ones((50, 4))
+    guard.observe("t", rows, np.zeros(50, dtype=bool), rows)
+    # 50 rows seen < warmup 100: a wiped row is not flagged yet.
+    assert guard.observe("t", rows[:3], np.ones(3, dtype=bool), rows[:3] * 0).zeroed == 0
+    # A warm table does not warm another one.
+    warm, held = warm_guard()
+    assert warm.observe("u", held[:3], np.ones(3, dtype=bool), held[:3] * 0).zeroed == 0
+    # NaN needs no warm-up.
+    assert guard.observe("t", rows[:1], np.ones(1, dtype=bool), rows[:1] * np.nan).nonfinite == 1
+
+
+def test_guard_flagged_rows_do_not_widen_its_bars() -> None:
+    guard, held = warm_guard()
+    before = guard.means("t")
+    for _ in range(20):  # a burst of exploded rows, written again and again
+        guard.observe("t", held[:50], np.ones(50, dtype=bool), held[:50] * 50)
+    assert guard.means("t") == before
+    assert guard.observe("t", held[:5], np.ones(5, dtype=bool), held[:5] * 50).exploded == 5
+
+
+def test_guard_new_rows_are_judged_by_norm_only() -> None:
+    guard, held = warm_guard()
+    born = np.zeros(3, dtype=bool)
+    # A new row (nothing before) has no update to judge; a huge new row is still exploded.
+    assert guard.observe("t", held[:3] * 0, born, held[:3]).flagged == 0
+    assert guard.observe("t", held[:3] * 0, born, held[:3] * 50).exploded == 3
+
+
+def test_guard_spec_is_checked() -> None:
+    with pytest.raises(ValueError, match="zero_ratio"):
+        GuardSpec(zero_ratio=0.2, zero_from=0.1)
+    with pytest.raises(ValueError, match="exceed 1"):
+        GuardSpec(step_ratio=1.0)
+    with pytest.raises(ValueError, match="guard_rows"):
+        DetectorSpec(guard_rows=0)
+
+
+GSPEC = replace(SPEC, guard_rows=10)
+FLAGGED = GuardCounts(rows=500, zeroed=6, exploded=4)
+BELOW = GuardCounts(rows=500, zeroed=5, exploded=4)
+NAN = GuardCounts(rows=500, nonfinite=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "state", "obs", "phase", "step", "commands"),
+    [
+        ("off: counts ignored", SPEC, H, Observation(guard=FLAGGED), "Healthy", "None", ()),
+        ("off: NaN ignored", SPEC, H, Observation(guard=NAN), "Healthy", "None", ()),
+        ("below guard_rows", GSPEC, H, Observation(guard=BELOW), "Healthy", "None", ()),
+        (
+            "guard_rows reached, no window",
+            GSPEC,
+            H,
+            Observation(guard=FLAGGED),
+            "Corrupted",
+            "ServingBaseline",
+            (Command("ServeBaseline", cut=3),),
+        ),
+        (
+            "one NaN row",
+            GSPEC,
+            H,
+            Observation(guard=NAN),
+            "Corrupted",
+            "ServingBaseline",
+            (Command("ServeBaseline", cut=3),),
+        ),
+        (
+            "flagged while the loss is Good",
+            GSPEC,
+            U,
+            Observation(window=w(-0.1), guard=FLAGGED),
+            "Corrupted",
+            "ServingBaseline",
+            (Command("ServeBaseline", cut=3),),
+        ),
+        (
+            "the loss decides when the guard is quiet",
+            GSPEC,
+            replace(U, bad=1),
+            Observation(window=w(0.1), guard=BELOW),
+            "Corrupted",
+            "ServingBaseline",
+            (Command("ServeBaseline", cut=3),),
+        ),
+        (
+            "Alert: Corrupted, no command",
+            replace(GSPEC, action="Alert"),
+            H,
+            Observation(guard=FLAGGED),
+            "Corrupted",
+            "None",
+            (),
+        ),
+        (
+            "already Corrupted (Alert): nothing new",
+            replace(GSPEC, action="Alert"),
+            replace(H, phase="Corrupted"),
+            Observation(guard=FLAGGED),
+            "Corrupted",
+            "None",
+            (),
+        ),
+        (
+            "during a rollback: the sequence goes on",
+            GSPEC,
+            replace(H, phase="Corrupted", step="ServingBaseline"),
+            Observation(guard=FLAGGED, servers=2, serving_baseline=1),
+            "Corrupted",
+            "ServingBaseline",
+            (),
+        ),
+        (
+            "Pause",
+            replace(GSPEC, action="Pause"),
+            H,
+            Observation(guard=FLAGGED),
+            "Corrupted",
+            "Paused",
+            (Command("PauseUpdates"), Command("ServeBaseline", cut=3)),
+        ),
+    ],
+)
+def test_guard_transitions(
+    name: str,
+    spec: DetectorSpec,
+    state: HealthState,
+    obs: Observation,
+    phase: str,
+    step: str,
+    commands: tuple[Command, ...],
+) -> None:
+    d = decide(spec, state, obs, now=100.0)
+    assert (d.state.phase, d.state.step, d.commands) == (phase, step, commands), name
+    if phase == "Corrupted" and state.phase != "Corrupted" and obs.window is None:
+        assert d.events[0].reason == "Corrupted"
+        assert "parameter guard" in d.events[0].message
+        assert d.state.since == 100.0
+
+
+def test_guard_update_size_test_is_off_by_default() -> None:
+    # A large update of an ordinary-looking row (a catch-up burst, or a biased batch) is only
+    # flagged with a step ratio; wiped and exploded rows are flagged either way.
+    off, held = warm_guard(replace(GUARD, step_ratio=None))
+    on, _ = warm_guard(GUARD)
+    ones = np.ones(5, dtype=bool)
+    assert GuardSpec().step_ratio is None
+    assert off.observe("t", held[:5], ones, -held[:5]).flagged == 0
+    assert on.observe("t", held[:5], ones, -held[:5]).exploded == 5
+    assert off.observe("t", held[:5], ones, held[:5] * 0).zeroed == 5
+    assert off.observe("t", held[:5], ones, held[:5] * 50).exploded == 5
