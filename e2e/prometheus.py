@@ -1,8 +1,16 @@
-"""A real Prometheus for e2e tests: scrapes the agents on loopback every second.
+"""A real Prometheus for e2e tests: scrapes the agents every second.
 
-Targets come from a file the harness rewrites as agents come and go (file service discovery),
-so Prometheus needs no restart. The binary is Debian's `prometheus` package
-(`e2e/install-prometheus.sh`, run by `make tools`).
+``Prometheus``: agents on loopback; targets come from a file the harness rewrites as agents come
+and go (file service discovery), so Prometheus needs no restart. The binary is Debian's
+`prometheus` package (`e2e/install-prometheus.sh`, run by `make tools`).
+
+``PodDiscoveryPrometheus``: agents in server pods on the real node, found by Prometheus itself
+through Kubernetes service discovery (``kubernetes_sd_configs``, role pod) and the pods'
+``prometheus.io/*`` annotations, as a platform team's Prometheus without prometheus-operator
+finds them; it signs in with the kubeconfig it is given (the tests: a ServiceAccount token that
+may only list and watch pods). Debian's 2.42 is built without Kubernetes discovery, so this one
+is Prometheus 3 built from its Go module (``python -m e2e.cluster build prometheus``, run by
+`make tools`).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from e2e.agents import AgentFleet
@@ -49,8 +57,8 @@ def _free_port() -> int:
 class Prometheus:
     """`prometheus` as a child process with its own TSDB in a temp dir."""
 
-    def __init__(self) -> None:
-        binary = shutil.which("prometheus")
+    def __init__(self, binary: str | None = None) -> None:
+        binary = binary or shutil.which("prometheus")
         if binary is None:
             raise RuntimeError(
                 "prometheus is not installed: run `make tools` (e2e/install-prometheus.sh)"
@@ -126,6 +134,12 @@ class Prometheus:
             stop.set()
             thread.join(timeout=5)
 
+    def targets(self, state: str = "active") -> dict[str, list[dict[str, Any]]]:
+        """/api/v1/targets: ``activeTargets`` and ``droppedTargets`` (``state``: active,
+        dropped or any)."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets?state={state}", timeout=5) as r:
+            return dict(json.load(r)["data"])
+
     def query(self, promql: str) -> float | None:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -159,3 +173,52 @@ class Prometheus:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# The scrape job a Prometheus without prometheus-operator uses for annotated pods (the
+# "kubernetes-pods" job of Prometheus's example configuration), limited to one namespace.
+POD_SD_CONFIG = """\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 900ms
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: kubernetes-pods
+    kubernetes_sd_configs:
+      - role: pod
+        kubeconfig_file: {kubeconfig}
+        namespaces:
+          names: [{namespace}]
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+        action: keep
+        regex: "true"
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
+        action: replace
+        regex: (.+)
+        target_label: __metrics_path__
+      - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]
+        action: replace
+        regex: ([^:]+)(?::\\d+)?;(\\d+)
+        replacement: $1:$2
+        target_label: __address__
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+"""
+
+
+class PodDiscoveryPrometheus(Prometheus):
+    """Prometheus 3 discovering the server pods of ``namespace`` through the API server."""
+
+    def __init__(self, binary: str, kubeconfig: Path, namespace: str) -> None:
+        """``kubeconfig``: the credentials Prometheus discovers with (a ServiceAccount's)."""
+        super().__init__(binary)
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+
+    def config(self) -> str:
+        return POD_SD_CONFIG.format(
+            kubeconfig=json.dumps(str(self.kubeconfig)), namespace=json.dumps(self.namespace)
+        )
