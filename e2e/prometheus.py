@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from e2e.agents import AgentFleet
+
+import yaml
 
 from e2e.procs import dying_with_parent
 
@@ -212,13 +215,64 @@ scrape_configs:
 class PodDiscoveryPrometheus(Prometheus):
     """Prometheus 3 discovering the server pods of ``namespace`` through the API server."""
 
-    def __init__(self, binary: str, kubeconfig: Path, namespace: str) -> None:
-        """``kubeconfig``: the credentials Prometheus discovers with (a ServiceAccount's)."""
+    def __init__(
+        self,
+        binary: str,
+        kubeconfig: Path,
+        namespace: str,
+        pod_monitors: tuple[dict[str, Any], ...] = (),
+    ) -> None:
+        """``kubeconfig``: the credentials Prometheus discovers with (a ServiceAccount's);
+        ``pod_monitors``: PodMonitor objects to scrape as prometheus-operator would, each as a
+        job of its own next to the annotation job."""
         super().__init__(binary)
         self.kubeconfig = kubeconfig
         self.namespace = namespace
+        self.pod_monitors = pod_monitors
 
     def config(self) -> str:
-        return POD_SD_CONFIG.format(
+        text = POD_SD_CONFIG.format(
             kubeconfig=json.dumps(str(self.kubeconfig)), namespace=json.dumps(self.namespace)
         )
+        if not self.pod_monitors:
+            return text
+        doc = yaml.safe_load(text)
+        doc["scrape_configs"] += [podmonitor_job(m, self.kubeconfig) for m in self.pod_monitors]
+        return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _label_name(key: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+def podmonitor_job(monitor: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:
+    """The scrape job prometheus-operator makes of a PodMonitor (the parts the chart uses: label
+    selector with matchLabels and Exists, namespaceSelector.matchNames, one endpoint by port
+    name and path); anything else is refused rather than ignored."""
+    spec = monitor["spec"]
+    keep: list[dict[str, Any]] = []
+    for key, value in spec["selector"].get("matchLabels", {}).items():
+        label = f"__meta_kubernetes_pod_label_{_label_name(key)}"
+        keep.append({"source_labels": [label], "action": "keep", "regex": re.escape(value)})
+    for expr in spec["selector"].get("matchExpressions", []):
+        if expr["operator"] != "Exists":
+            raise ValueError(f"unsupported selector operator in {expr}")
+        label = f"__meta_kubernetes_pod_labelpresent_{_label_name(expr['key'])}"
+        keep.append({"source_labels": [label], "action": "keep", "regex": "true"})
+    (endpoint,) = spec["podMetricsEndpoints"]
+    port = "__meta_kubernetes_pod_container_port_name"
+    keep.append({"source_labels": [port], "action": "keep", "regex": re.escape(endpoint["port"])})
+    namespaces = spec["namespaceSelector"]["matchNames"]
+    meta = monitor["metadata"]
+    return {
+        "job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/0",
+        "metrics_path": endpoint.get("path", "/metrics"),
+        "kubernetes_sd_configs": [
+            {"role": "pod", "kubeconfig_file": str(kubeconfig), "namespaces": {"names": namespaces}}
+        ],
+        "relabel_configs": [
+            *keep,
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }

@@ -313,8 +313,17 @@ def test_a_restricted_pool_on_the_real_node_rolls_a_faulty_canary_back(
         securityContext=ENGINE_SECURITY, ports=[{"name": "http", "containerPort": 8080}]
     )
     api.core.create_namespaced_pod(namespace, bystander)
+    # The chart's PodMonitor for this namespace, scraped as prometheus-operator would: a second
+    # job that must find the same agents (by labels and the port named "agent").
+    chart = helmtools.render(
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", f"agent.namespaces={{{namespace}}}",
+        "--api-versions", "monitoring.coreos.com/v1/PodMonitor",
+        namespace=namespace,
+    )  # fmt: skip
+    (monitor,) = [d for d in chart if d["kind"] == "PodMonitor"]
     with (
-        PodDiscoveryPrometheus(binary, credentials, namespace) as prometheus,
+        PodDiscoveryPrometheus(binary, credentials, namespace, (monitor,)) as prometheus,
         OperatorProcess(
             cluster.kubeconfig, namespace, ("--prometheus-url", prometheus.url)
         ) as operator,
@@ -382,15 +391,18 @@ def test_a_restricted_pool_on_the_real_node_rolls_a_faulty_canary_back(
         def scraped() -> list[dict[str, Any]]:
             active = prometheus.targets()["activeTargets"]
             ups = [t for t in active if t["health"] == "up"]
-            return ups if len(ups) == len(active) == len(pods) else []
+            return ups if len(ups) == len(active) == 2 * len(pods) else []
 
-        targets = wait_for(
+        both = wait_for(
             scraped,
             "Prometheus discovering and scraping every agent",
             timeout=60,
             describe=lambda: (prometheus.targets("any"), prometheus.logs()),
         )
         _record("converged_to_all_scraped_s", round(time.monotonic() - converged_at, 1))
+        by_monitor = [t for t in both if t["scrapePool"].startswith("podMonitor/")]
+        targets = [t for t in both if t["scrapePool"] == "kubernetes-pods"]
+        assert sorted(t["scrapeUrl"] for t in by_monitor) == sorted(t["scrapeUrl"] for t in targets)
         assert sorted(t["labels"]["pod"] for t in targets) == sorted(p.metadata.name for p in pods)
         assert sorted(t["scrapeUrl"] for t in targets) == sorted(
             f"http://{p.status.pod_ip}:{fleet.AGENT_PORT}/metrics" for p in pods
