@@ -31,8 +31,9 @@ lint: install ## Ruff, ruff format, mypy --strict and the import-layer contracts
 unit: install ## Unit tests (no cluster, fast)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-tools: install ## Build/install the control plane binaries (cached in ~/.cache/ekko) and Prometheus
+tools: install ## Build/install the control plane binaries and Prometheus 3 (cached in ~/.cache/ekko), Debian's Prometheus
 	$(BIN)/python -m e2e.cluster build
+	$(BIN)/python -m e2e.cluster build prometheus
 	bash e2e/install-prometheus.sh
 
 e2e: tools ## End-to-end tests against the local control plane (starts it and, as root, the real node)

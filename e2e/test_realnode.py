@@ -25,12 +25,13 @@ import yaml
 from kubernetes import client
 
 from e2e import helmtools
-from e2e.cluster import control, realnode
+from e2e import test_template_roll as roll
+from e2e.cluster import build, control, realnode
 from e2e.conftest import Cluster
 from e2e.image import build as image
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
-from e2e.prometheus import Prometheus
+from e2e.prometheus import PodDiscoveryPrometheus
 from e2e.test_rollout import version_manifest
 from e2e.traffic import Traffic
 from e2e.waiting import wait_for
@@ -232,61 +233,40 @@ def test_server_pods_on_the_real_node_load_report_and_survive_an_agent_kill(
     assert "ekko_agent_" in body, body[:500]
 
 
-class PodPrometheus(Prometheus):
-    """A real Prometheus on this host scraping the agents in the server pods by pod IP, found
-    the way a cluster's Prometheus finds them without the operator CRDs: by the pods'
-    prometheus.io annotations. Debian's prometheus is built without Kubernetes service
-    discovery (`kubernetes_sd_configs` is an unknown field), so this harness does the pod
-    discovery (list the namespace's pods, keep prometheus.io/scrape=true, target
-    podIP:prometheus.io/port, path prometheus.io/path) and hands the targets over by file."""
+def _prometheus3() -> str:
+    """The Prometheus 3 binary (Kubernetes service discovery), built by `make tools`. Missing, the
+    test fails: a skip would pass for a proof of discovery that never ran."""
+    try:
+        return str(build.find_binary("prometheus"))
+    except build.BuildError as err:
+        raise AssertionError(f"{err} (or run `make tools`)") from None
 
-    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
-        super().__init__()
-        self.core = core
-        self.namespace = namespace
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._discover, daemon=True, name="pod-sd")
 
-    def discover_once(self) -> list[dict[str, Any]]:
-        groups = []
-        for pod in self.core.list_namespaced_pod(self.namespace).items:
-            ann = pod.metadata.annotations or {}
-            if ann.get("prometheus.io/scrape") != "true" or not pod.status.pod_ip:
-                continue
-            groups.append(
-                {
-                    "targets": [f"{pod.status.pod_ip}:{ann.get('prometheus.io/port', '80')}"],
-                    "labels": {
-                        "pod": pod.metadata.name,
-                        "__metrics_path__": ann.get("prometheus.io/path", "/metrics"),
-                    },
-                }
-            )
-        tmp = self.targets_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        tmp.replace(self.targets_file)
-        return groups
-
-    def _discover(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                self.discover_once()
-            except (client.ApiException, OSError) as err:  # the next round retries
-                print(f"pod discovery: {err}")
-
-    def start(self) -> None:
-        super().start()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        super().stop()
-
-    def targets(self) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(f"{self.url}/api/v1/targets?state=active", timeout=5) as r:
-            return list(json.load(r)["data"]["activeTargets"])
+def _discovery_credentials(api: Api, path: Path) -> Path:
+    """A ServiceAccount for Prometheus that may only get, list and watch the namespace's pods
+    (what `kubernetes_sd_configs` role pod needs), and a kubeconfig with its token."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "prometheus-pods"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "prometheus-pods"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "prometheus-pods",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": api.ns}],
+    }
+    api.core.create_namespaced_service_account(api.ns, {"metadata": {"name": "prometheus"}})
+    rbac = client.RbacAuthorizationV1Api(api.core.api_client)
+    rbac.create_namespaced_role(api.ns, role)
+    rbac.create_namespaced_role_binding(api.ns, binding)
+    return helmtools.token_kubeconfig(api.core.api_client, api.ns, "prometheus", path)
 
 
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
@@ -317,13 +297,33 @@ def test_a_restricted_pool_on_the_real_node_rolls_a_faulty_canary_back(
     namespace: str,
 ) -> None:
     """Server pods under the restricted Pod Security Standard, agents in real containers
-    scraped by a real Prometheus through pod discovery, a canary whose version the agents fail
-    (a fault given in the pool's agentArgs), caught by analysis and rolled back."""
+    scraped by a real Prometheus that finds them itself (Kubernetes service discovery, the pods'
+    prometheus.io annotations, a ServiceAccount that may only read pods), a canary whose version
+    the agents fail (a fault given in the pool's agentArgs), caught by the analysis that queries
+    that Prometheus, and rolled back."""
     assert cluster.kubeconfig is not None
     api.core.patch_namespace(namespace, {"metadata": {"labels": RESTRICTED}})
     service_account = _agent_rbac(namespace)
+    binary = _prometheus3()
+    credentials = _discovery_credentials(api, Path(f"/tmp/ekko-prometheus-sd-{namespace}.yaml"))
+    # A pod without the scrape annotations, on the same node and with a port: discovered, dropped.
+    bystander = _pause_pod("bystander", real=True)
+    bystander["spec"]["securityContext"] = {**POD_SECURITY, "runAsUser": 65535}
+    bystander["spec"]["containers"][0].update(
+        securityContext=ENGINE_SECURITY, ports=[{"name": "http", "containerPort": 8080}]
+    )
+    api.core.create_namespaced_pod(namespace, bystander)
+    # The chart's PodMonitor for this namespace, scraped as prometheus-operator would: a second
+    # job that must find the same agents (by labels and the port named "agent").
+    chart = helmtools.render(
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", f"agent.namespaces={{{namespace}}}",
+        "--api-versions", "monitoring.coreos.com/v1/PodMonitor",
+        namespace=namespace,
+    )  # fmt: skip
+    (monitor,) = [d for d in chart if d["kind"] == "PodMonitor"]
     with (
-        PodPrometheus(api.core, namespace) as prometheus,
+        PodDiscoveryPrometheus(binary, credentials, namespace, (monitor,)) as prometheus,
         OperatorProcess(
             cluster.kubeconfig, namespace, ("--prometheus-url", prometheus.url)
         ) as operator,
@@ -384,21 +384,40 @@ def test_a_restricted_pool_on_the_real_node_rolls_a_faulty_canary_back(
             agent = _container(pod, "ekko-agent")
             assert agent.ready and agent.restart_count == 0, agent
 
-        # Prometheus found every server pod by its annotations and scrapes its agent by pod IP.
-        def scraped() -> list[dict[str, Any]]:
-            ups = [t for t in prometheus.targets() if t["health"] == "up"]
-            return ups if len(ups) == len(pods) else []
+        # Prometheus found every server pod through the API server, kept it by its annotations,
+        # and scrapes its agent by pod IP; it found the bystander too and dropped it.
+        converged_at = time.monotonic()
 
-        targets = wait_for(
+        def scraped() -> list[dict[str, Any]]:
+            active = prometheus.targets()["activeTargets"]
+            ups = [t for t in active if t["health"] == "up"]
+            return ups if len(ups) == len(active) == 2 * len(pods) else []
+
+        both = wait_for(
             scraped,
-            "Prometheus scraping every agent",
+            "Prometheus discovering and scraping every agent",
             timeout=60,
-            describe=lambda: (prometheus.targets(), prometheus.logs()),
+            describe=lambda: (prometheus.targets("any"), prometheus.logs()),
         )
+        _record("converged_to_all_scraped_s", round(time.monotonic() - converged_at, 1))
+        by_monitor = [t for t in both if t["scrapePool"].startswith("podMonitor/")]
+        targets = [t for t in both if t["scrapePool"] == "kubernetes-pods"]
+        assert sorted(t["scrapeUrl"] for t in by_monitor) == sorted(t["scrapeUrl"] for t in targets)
         assert sorted(t["labels"]["pod"] for t in targets) == sorted(p.metadata.name for p in pods)
         assert sorted(t["scrapeUrl"] for t in targets) == sorted(
             f"http://{p.status.pod_ip}:{fleet.AGENT_PORT}/metrics" for p in pods
         )
+        uids = {p.metadata.name: p.metadata.uid for p in pods}
+        for t in targets:
+            found = t["discoveredLabels"]
+            assert found["__meta_kubernetes_pod_uid"] == uids[t["labels"]["pod"]], found
+            assert found["__meta_kubernetes_pod_annotation_prometheus_io_scrape"] == "true"
+            assert t["labels"]["namespace"] == namespace
+        dropped = {
+            t["discoveredLabels"].get("__meta_kubernetes_pod_name")
+            for t in prometheus.targets("dropped")["droppedTargets"]
+        }
+        assert "bystander" in dropped, dropped
 
         with Traffic(lambda: _pod_addresses(api), "rank", rate=40) as traffic:
             steps = [{"setWeight": 30}, {"analysis": {}}, {"setWeight": 100}]
@@ -450,6 +469,143 @@ def test_a_restricted_pool_on_the_real_node_rolls_a_faulty_canary_back(
                 "traffic": {f"{k}/{c}": n for (k, c), n in traffic.results.items()},
             },
         )
+
+
+class PodUidSampler:
+    """Every 0.2 s: the ready replicas of every shard, counting a replica only when its pod is
+    Running, Ready and not going away and its ServerAssignment's report names that pod's UID
+    (the agent's downward-API ``POD_UID``): on a real node the old pod's agent may still write
+    while its pod terminates, and must not count."""
+
+    def __init__(self, api: Api, minimum: dict[tuple[str, int], int]) -> None:
+        self.api = api
+        self.minimum = minimum
+        self.fewest: dict[tuple[str, int], int] = {}
+        self.samples = 0
+        self.below = 0
+        self.widest_gap = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pod-uid-sampler")
+
+    def serving(self) -> dict[tuple[str, int], int]:
+        ready = {
+            p.metadata.name: str(p.metadata.uid)
+            for p in self.api.pods()
+            if p.status.phase == "Running" and p.metadata.deletion_timestamp is None and _ready(p)
+        }
+        count: dict[tuple[str, int], int] = {}
+        for a in self.api.assignments():
+            status = a.status
+            if status is None or ready.get(a.metadata.name) != status.pod_uid:
+                continue
+            for key in {(s.model, s.shard) for s in status.loaded}:
+                count[key] = count.get(key, 0) + 1
+        return count
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                serving: dict[tuple[str, int], int] | None = self.serving()
+            except client.ApiException:
+                serving = None  # a missing sample shows in the widest gap
+            now = time.monotonic()
+            if serving is not None:
+                self.widest_gap = max(self.widest_gap, now - last)
+                last = now
+                self.samples += 1
+                for key in self.minimum:
+                    have = serving.get(key, 0)
+                    self.fewest[key] = min(self.fewest.get(key, have), have)
+                if any(serving.get(k, 0) < need for k, need in self.minimum.items()):
+                    self.below += 1
+            self._stop.wait(max(0.0, 0.2 - (time.monotonic() - now)))
+
+    def __enter__(self) -> PodUidSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_a_template_edit_rolls_the_real_server_pods_make_before_break(
+    cluster: Cluster,
+    real_node: str,
+    ekko_image: str,
+    api: Api,
+    namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    """An edit of the pool's template (an annotation) with the server pods on the real node:
+    every server is replaced make-before-break (no shard below its replicas in any 0.2 s sample,
+    counting only reports of Ready pods' own agents), every pod ends on the new hash, and the
+    agents in the new pods report with their own pod's UID."""
+    service_account = _agent_rbac(namespace)
+    pool = _real_pool(ekko_image, service_account)
+    pool["spec"]["maxServers"] = 3  # two servers and room for one surge server
+    api.create(pool)
+    _first_plan(api)
+    # Two shards of 3Gi, two replicas each: both shards on each of two 8Gi servers.
+    api.create(model_manifest(roll.MODEL, 2, "3Gi", 2, load="5"))
+    wait_for(
+        lambda: converged(api, models=[roll.MODEL]),
+        "pool converged on the real node",
+        timeout=240,
+        interval=0.5,
+        describe=lambda: _describe(api, operator),
+    )
+    first = {p.metadata.name: p for p in api.pods()}
+    assert len(first) == 2, sorted(first)
+    old_hashes = set(roll.pod_hashes(api).values())
+    assert len(old_hashes) == 1 and "" not in old_hashes, old_hashes
+
+    with PodUidSampler(api, {(roll.MODEL, 0): 2, (roll.MODEL, 1): 2}) as sampler:
+        started = time.monotonic()
+        api.patch(
+            "serverpools",
+            "pool",
+            {"spec": {"template": {"annotations": {"example.com/revision": "2"}}}},
+        )
+        wait_for(
+            lambda: roll.rolled_out(api, old_hashes),
+            "every server pod on the real node on the new template",
+            timeout=400,
+            interval=0.5,
+            describe=lambda: (roll.roll_condition(api), _describe(api, operator)),
+        )
+        seconds = time.monotonic() - started
+    _record(
+        "template_roll_real_node",
+        {
+            "servers": 2,
+            "seconds": round(seconds, 1),
+            "samples": sampler.samples,
+            "below": sampler.below,
+            "fewest": {f"{m}/{s}": n for (m, s), n in sampler.fewest.items()},
+            "widest_gap_s": round(sampler.widest_gap, 2),
+        },
+    )
+    assert sampler.samples > 0 and sampler.below == 0, (sampler.fewest, sampler.below)
+    assert min(sampler.fewest.values()) >= 2, sampler.fewest
+    assert sampler.widest_gap < 5, sampler.widest_gap
+
+    after = [p for p in api.pods() if p.metadata.deletion_timestamp is None]
+    (new_hash,) = set(roll.pod_hashes(api).values())
+    assert new_hash not in old_hashes
+    assert len(after) == 2 and not {p.metadata.name for p in after} & set(first)
+    assert not {p.metadata.uid for p in after} & {p.metadata.uid for p in first.values()}
+    reports = {a.metadata.name: a.status for a in api.assignments()}
+    for pod in after:
+        assert pod.spec.node_name == real_node
+        assert pod.metadata.annotations["example.com/revision"] == "2"
+        agent = _container(pod, "ekko-agent")
+        assert agent.ready and agent.restart_count == 0, agent
+        # The agent in the new pod reports under its own pod's UID (downward API POD_UID).
+        status = reports[pod.metadata.name]
+        assert status is not None and status.pod_uid == pod.metadata.uid, (pod.metadata, status)
+        assert {(s.model, s.shard) for s in status.loaded} == {(roll.MODEL, 0), (roll.MODEL, 1)}
 
 
 def _phase(api: Api, name: str) -> str:

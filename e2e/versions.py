@@ -12,6 +12,9 @@ KUBERNETES = "v1.36.3"
 ETCD = "v3.6.16"  # go.etcd.io/etcd/server/v3
 KWOK = "v0.8.0"  # sigs.k8s.io/kwok
 HELM = "v3.21.4"  # helm.sh/helm/v3
+# github.com/prometheus/prometheus: Prometheus 3.16.0 (the module is tagged v0.3XX.Y for v3.XX.Y);
+# optional, for the real-node tests' Kubernetes service discovery.
+PROMETHEUS = "v0.316.0"
 
 
 def staging_version(kubernetes: str = KUBERNETES) -> str:

@@ -67,6 +67,11 @@ class Component:
     node_binaries: dict[str, str] = field(default_factory=dict)
     # Like extra_files, for the real node (the pause image's source).
     node_files: dict[str, str] = field(default_factory=dict)
+    # Built only when named (`build prometheus`, `make tools`): the control plane never waits
+    # for it, and `up` does not need it.
+    optional: bool = False
+    # Go build tags (-tags).
+    tags: tuple[str, ...] = ()
 
 
 def cache_root() -> Path:
@@ -151,7 +156,34 @@ def components() -> list[Component]:
                 "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
             ),
         ),
+        # Prometheus 3 with Kubernetes service discovery (Debian's 2.42 is built without it): the
+        # real-node tests' Prometheus finds the agents by their pods' scrape annotations. Only
+        # the Kubernetes discovery is compiled in (upstream's `remove_all_sd` and
+        # `enable_kubernetes_sd` tags): the cloud SDKs of the others (AWS, Azure, GCE, ...) would
+        # be most of the compile time. The web UI's assets are not embedded (no
+        # `builtinassets` tag); the HTTP API is complete.
+        Component(
+            name="prometheus",
+            module="github.com/prometheus/prometheus",
+            version=versions.PROMETHEUS,
+            binaries={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+            ldflags=(
+                "-X github.com/prometheus/common/version.Version="
+                + _prometheus_version(versions.PROMETHEUS),
+                "-X github.com/prometheus/common/version.Branch=ekko-build",
+            ),
+            optional=True,
+            tags=("remove_all_sd", "enable_kubernetes_sd"),
+        ),
     ]
+
+
+def _prometheus_version(module_version: str) -> str:
+    """Prometheus 3.x publishes its Go module as v0.3XX.Y for release v3.XX.Y."""
+    _, minor, patch = module_version.lstrip("v").split(".")
+    if not 300 <= int(minor) < 400:
+        raise ValueError(f"unexpected Prometheus module version {module_version}")
+    return f"3.{int(minor) - 300}.{patch}"
 
 
 def component(name: str) -> Component:
@@ -179,8 +211,8 @@ def node_built(c: Component) -> bool:
 
 
 def tool_path() -> str:
-    """The bin directories of all components, for PATH."""
-    return os.pathsep.join(str(bin_dir(c)) for c in components())
+    """The bin directories of the components, for PATH (optional ones are found by path)."""
+    return os.pathsep.join(str(bin_dir(c)) for c in components() if not c.optional)
 
 
 def find_binary(name: str) -> Path:
@@ -418,6 +450,7 @@ def build_component(c: Component, force: bool = False, node: bool = False) -> No
                     "-p",
                     GO_BUILD_PARALLELISM,
                     "-trimpath",
+                    *(["-tags", ",".join(c.tags)] if c.tags else []),
                     "-ldflags",
                     " ".join(ldflags),
                     "-o",
@@ -460,7 +493,7 @@ def prune() -> None:
 def build_all(only: list[str] | None = None, force: bool = False, node: bool = False) -> None:
     started = time.monotonic()
     for c in components():
-        if only and c.name not in only:
+        if (only and c.name not in only) or (not only and c.optional):
             continue
         build_component(c, force=force, node=node)
     print(
