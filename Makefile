@@ -31,12 +31,14 @@ lint: install ## Ruff, ruff format, mypy --strict and the import-layer contracts
 unit: install ## Unit tests (no cluster, fast)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-tools: install ## Build/install the control plane binaries and Prometheus 3 (cached in ~/.cache/ekko), Debian's Prometheus
+tools: install ## Build/install the control plane binaries (cached in ~/.cache/ekko) and Debian's Prometheus
 	$(BIN)/python -m e2e.cluster build
-	$(BIN)/python -m e2e.cluster build prometheus
 	bash e2e/install-prometheus.sh
 
-e2e: tools ## End-to-end tests against the local control plane (starts it and, as root, the real node)
+prometheus3: install ## Prometheus 3 with Kubernetes discovery, from its Go module (real-node tests; cached; long the first time)
+	$(BIN)/python -m e2e.cluster build prometheus
+
+e2e: tools prometheus3 ## End-to-end tests against the local control plane (starts it and, as root, the real node)
 	$(BIN)/python -m pytest e2e -m e2e --real-node $(PYTEST_ARGS)
 
 test: lint unit bench-updates e2e ## Everything CI runs: lint, unit tests, the quick update-plane bench, e2e tests
@@ -69,13 +71,13 @@ clean: ## Remove the venv and caches kept in the repository (not ~/.cache/ekko)
 bench-updates: install ## Update data-plane benchmark, quick sim (CI runs it)
 	$(BIN)/python -m bench.updates --mode sim --quick --json $(or $(JSON),/tmp/ekko-bench-updates.json)
 
-.PHONY: cluster-up-real image e2e-real
+.PHONY: cluster-up-real image e2e-real prometheus3
 cluster-up-real: tools ## The local control plane plus a real node (containerd, kubelet; root)
 	$(BIN)/python -m e2e.cluster up --real-node
 
 image: install ## The Ekko image without Docker (mmdebstrap + umoci; cached in ~/.cache/ekko/images)
 	$(BIN)/python -m e2e.image build
 
-e2e-real: tools image ## E2E tests on the real node (brings it up; leaves the cluster running)
+e2e-real: tools prometheus3 image ## E2E tests on the real node (brings it up; leaves the cluster running)
 	$(BIN)/python -m e2e.cluster up --real-node
 	$(BIN)/python -m pytest e2e/test_realnode.py -m e2e --real-node $(PYTEST_ARGS)
