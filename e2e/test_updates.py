@@ -134,18 +134,7 @@ def _get(url: str) -> str | None:
 
 
 def _score(url: str) -> dict[str, Any] | None:
-    body = json.dumps(
-        {"model": "ranker", "requests": [{"user": u, "item": i} for u, i in PAIRS]}
-    ).encode()
-    request = urllib.request.Request(
-        url + "/score", data=body, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=2) as resp:
-            result: dict[str, Any] = json.loads(resp.read())
-            return result
-    except (urllib.error.URLError, OSError):
-        return None
+    return _score_model(url, "ranker")
 
 
 def _trickle_score(url: str) -> float | None:
