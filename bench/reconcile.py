@@ -906,7 +906,8 @@ class Bench:
         r.add("node loss: CPU", fmt_cpu(cpu_delta(before, after), after.at - before.at))
         self.add_requests("node loss", counts, self.requests())
         r.add("node loss: machine", load())
-        nodes.remove(victim)
+        if victim in nodes:  # a reused cluster's own nodes may hold server pods too
+            nodes.remove(victim)
 
         # 4. a re-plan
         time.sleep(3)
