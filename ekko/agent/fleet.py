@@ -19,6 +19,9 @@ the plumbing around them:
   agents share one metrics object and log a summary); update duties are ignored.
 * **Heartbeats are spread** over the period by the pod's name, not all at the same instant.
 * **Status patches share a thread pool** of ``--writers`` threads (a real agent has its own).
+* **Readiness, one way.** Every ``probe_seconds`` the fleet marks Ready again the pod of a ready
+  agent that is marked not Ready (the node controller does that when kwok's node leases lag on a
+  loaded machine, and kwok never undoes it; a kubelet's passing probe would).
 """
 
 from __future__ import annotations
@@ -75,6 +78,18 @@ def pod_action(running_uid: str | None, event: str, pod: Obj | None) -> PodActio
     return "none"
 
 
+def needs_ready(pod: Obj | None, uid: str) -> bool:
+    """Whether this agent's pod (``uid``) is marked not Ready while it runs (pure): what a
+    kubelet's passing readiness probe would undo."""
+    if pod is None:
+        return False
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp") or str(meta.get("uid") or "") != uid:
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") != "True" for c in conditions)
+
+
 def heartbeat_offset(name: str, seconds: float) -> float:
     """When, within the first period, this server's first heartbeat goes (stable per name), so
     the fleet's heartbeats reach the API server spread over the period, not in bursts."""
@@ -91,6 +106,8 @@ class FleetConfig:
     unload_grace: float = 2.0
     writers: int = 16
     """Status patches in flight at once over the whole fleet."""
+    probe_seconds: float = 5.0
+    """How often pods of ready agents are checked for a lost Ready condition."""
 
 
 @dataclass
@@ -118,11 +135,14 @@ class Fleet:
         patch: PatchBy,
         current: Callable[[str, str], Obj | None],
         models: Callable[[], list[Obj]],
+        mark_ready: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self._patch = patch
         self._current = current
         self._models = models
+        self._mark_ready = mark_ready
+        self.readied = 0
         self.metrics = AgentMetrics()
         """Shared by every agent: counters add up over the fleet; gauges are the last writer's."""
         self.agents: dict[str, SimAgent] = {}
@@ -228,6 +248,19 @@ class Fleet:
                 await task
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def probe(self) -> None:
+        """Mark Ready again the pods of ready agents that lost their Ready condition."""
+        if self._mark_ready is None:
+            return
+        loop = asyncio.get_running_loop()
+        for sim in list(self.agents.values()):
+            if sim.agent.ready and needs_ready(self._current("pods", sim.name), sim.uid):
+                try:
+                    await loop.run_in_executor(self._executor, self._mark_ready, sim.name)
+                    self.readied += 1
+                except KubeError as err:
+                    log.warning("could not mark pod %s Ready: %s", sim.name, err)
+
     # -- reporting ----------------------------------------------------------------------------
 
     def summary(self) -> str:
@@ -236,7 +269,7 @@ class Fleet:
         return (
             f"{len(self.agents)} agents ({ready} ready), {loaded} replicas loaded; started "
             f"{self.started}, stopped {self.stopped}, died {self.died}; status writes "
-            f"{self.writes}, failed {self.write_errors}"
+            f"{self.writes}, failed {self.write_errors}; pods marked Ready again {self.readied}"
         )
 
 
@@ -257,7 +290,11 @@ async def run(config: FleetConfig, summary_seconds: float = 30.0) -> int:
         return cache.store(kind).get(config.namespace, name)
 
     fleet = Fleet(
-        config, kube.patch_status, current, lambda: cache.store("models").items(config.namespace)
+        config,
+        kube.patch_status,
+        current,
+        lambda: cache.store("models").items(config.namespace),
+        kube.mark_pod_ready,
     )
 
     def listen(kind: str, event: str, old: Obj | None, new: Obj | None) -> None:
@@ -271,10 +308,14 @@ async def run(config: FleetConfig, summary_seconds: float = 30.0) -> int:
     cache.start()
     log.info("fleet simulator for namespace %s started", config.namespace)
     try:
+        last_summary = time.monotonic()
         while not stopped.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), summary_seconds)
-            log.info("%s", fleet.summary())
+                await asyncio.wait_for(stopped.wait(), config.probe_seconds)
+            await fleet.probe()
+            if time.monotonic() - last_summary >= summary_seconds:
+                last_summary = time.monotonic()
+                log.info("%s", fleet.summary())
     finally:
         log.info("stopping: %s", fleet.summary())
         await fleet.close()

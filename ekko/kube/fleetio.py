@@ -6,10 +6,15 @@ process would open 2N watches. Here the fleet shares one informer per kind for t
 (:class:`ekko.kube.cache.Cache`): the server pods (which agents run, and their UIDs), the
 ServerAssignments (each event is handed to its server's agent) and the Models (handed to every
 agent). Status patches go out by name over the same connection pool.
+
+The fleet also plays the kubelet's readiness probe in one direction: kwok runs no probes, and
+when its node leases lag on a loaded machine the node controller marks the pods not Ready and
+nothing marks them Ready again; a kubelet would, once its probe passes (``mark_pod_ready``).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -35,6 +40,20 @@ class FleetKube:
     def close(self) -> None:
         self.cache.stop()
         self.api.close()
+
+    def mark_pod_ready(self, name: str, timeout: float = 30.0) -> None:
+        """Set the pod's Ready condition True, as a kubelet does when its readiness probe passes
+        (kwok runs no probes, and does not undo the node controller's NotReady)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {"status": {"conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": now}
+        ]}}  # fmt: skip
+        try:
+            client.CoreV1Api(self.api).patch_namespaced_pod_status(
+                name, self.namespace, body, _request_timeout=timeout
+            )
+        except Exception as err:
+            raise convert(err, f"mark Pod {self.namespace}/{name} Ready") from err
 
     def patch_status(self, name: str, status: dict[str, Any], timeout: float = 30.0) -> None:
         """Merge-patch the status of the ServerAssignment ``name`` (what one agent's

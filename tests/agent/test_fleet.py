@@ -7,7 +7,7 @@ import asyncio
 import threading
 from typing import Any
 
-from ekko.agent.fleet import Fleet, FleetConfig, heartbeat_offset, pod_action
+from ekko.agent.fleet import Fleet, FleetConfig, heartbeat_offset, needs_ready, pod_action
 
 NS = "ns"
 
@@ -108,3 +108,14 @@ def test_events_reach_the_right_agents_which_load_and_report() -> None:
             await fleet.close()
 
     asyncio.run(scenario())
+
+
+def test_only_a_live_pod_of_this_agent_marked_not_ready_needs_ready() -> None:
+    def with_ready(p: dict[str, Any], status: str) -> dict[str, Any]:
+        return {**p, "status": {"conditions": [{"type": "Ready", "status": status}]}}
+
+    assert needs_ready(with_ready(pod("s", "u1"), "False"), "u1")
+    assert not needs_ready(with_ready(pod("s", "u1"), "True"), "u1")
+    assert not needs_ready(with_ready(pod("s", "u2"), "False"), "u1")  # another pod of the name
+    assert not needs_ready(with_ready(pod("s", "u1", deleting=True), "False"), "u1")
+    assert not needs_ready(None, "u1")
