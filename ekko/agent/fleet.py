@@ -253,13 +253,22 @@ class Fleet:
         if self._mark_ready is None:
             return
         loop = asyncio.get_running_loop()
-        for sim in list(self.agents.values()):
-            if sim.agent.ready and needs_ready(self._current("pods", sim.name), sim.uid):
-                try:
-                    await loop.run_in_executor(self._executor, self._mark_ready, sim.name)
-                    self.readied += 1
-                except KubeError as err:
-                    log.warning("could not mark pod %s Ready: %s", sim.name, err)
+        mark = self._mark_ready
+
+        async def ready(name: str) -> None:
+            try:
+                await loop.run_in_executor(self._executor, mark, name)
+                self.readied += 1
+            except KubeError as err:
+                log.warning("could not mark pod %s Ready: %s", name, err)
+
+        await asyncio.gather(
+            *(
+                ready(sim.name)
+                for sim in list(self.agents.values())
+                if sim.agent.ready and needs_ready(self._current("pods", sim.name), sim.uid)
+            )
+        )
 
     # -- reporting ----------------------------------------------------------------------------
 
