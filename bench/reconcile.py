@@ -799,8 +799,8 @@ class Bench:
         counts = self.requests()
         t0 = time.monotonic()
         cluster.create(pool_manifest(max(2 * scale.servers, 20), scale.solver_time_limit))
-        for m in models:
-            cluster.create(m)
+        with ThreadPoolExecutor(8) as creating:  # 306 serial creates took 150 s at 1,000 nodes
+            list(creating.map(cluster.create, models))
         applied = time.monotonic() - t0
         total, seen, snap = phase.run(
             "apply",
