@@ -116,11 +116,12 @@ class Bench:
         self.api.create(version_manifest("v2", [{"setWeight": 30}, {"pause": {}}]))
         agents_s, operator_s = [], []
         for i in range(rollbacks):
-            wait("canary paused at 30%", lambda: self.status(name).get("phase") == "Paused", 120)
+            # At 1,000 servers the canary loads v2 on every server first: minutes, not seconds.
+            wait("canary paused at 30%", lambda: self.status(name).get("phase") == "Paused", 900)
             wait(
                 "30% applied everywhere",
                 lambda: self.applied_everywhere([("v1", 70), ("v2", 30)]),
-                300,
+                600,
                 interval=0.5,
             )
             assert self.plugin("rollback", MODEL) == 0
