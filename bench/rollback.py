@@ -10,6 +10,13 @@ Measures, with the real operator, one agent process per server pod and a real Pr
 * healthy canaries: how many were rolled back by mistake (target: none).
 
     python -m bench.rollback --servers 50 --rollbacks 20 --auto-runs 5 --healthy-runs 5
+    # 1,000 servers: the agents in the fleet simulator (one process), manual rollbacks only
+    python -m bench.rollback --servers 1000 --sim-agents 30 --nodes 20 --rollbacks 10
+
+With ``--sim-agents`` the agents run in ``python -m ekko.agent.fleet`` (the agent's own loop per
+server, no HTTP): no traffic can be sent, so only manual rollbacks are measured (the canary runs
+need it). ``--nodes N`` adds N kwok nodes (110 pods each) for fleets the cluster's own nodes do
+not fit, deleted afterwards.
 
 Uses the cluster in EKKO_CLUSTER_DIR (started if needed). Benchmarks measure; nothing here asserts.
 """
@@ -17,13 +24,21 @@ Uses the cluster in EKKO_CLUSTER_DIR (started if needed). Benchmarks measure; no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import os
 import statistics
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from kubernetes import client
+
 from bench.clusterbench import bench_namespace
-from e2e.agents import AgentFleet
+from bench.reconcile import fleet_doc
+from e2e.agents import AgentFleet, SimFleetProcess
+from e2e.cluster import control
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.prometheus import Prometheus
@@ -75,15 +90,25 @@ class Bench:
         return self.api.get("modelversions", name).get("status") or {}
 
     def applied_everywhere(self, weights: list[tuple[str, int]]) -> list[dt.datetime] | None:
+        # Raw JSON, not validated models: at 1,000 servers one poll would take seconds.
+        listing = self.api.custom.list_namespaced_custom_object(
+            "ekko.dev", "v1alpha1", self.ns, "serverassignments", _request_timeout=120
+        )
         stamps = []
-        for a in self.api.assignments():
+        for a in listing["items"]:
             routing = next(
-                (r for r in (a.status.routing if a.status else []) if r.model == MODEL), None
+                (
+                    r
+                    for r in (a.get("status") or {}).get("routing") or []
+                    if r.get("model") == MODEL
+                ),
+                None,
             )
-            if routing is None or [(w.version, w.weight) for w in routing.weights] != weights:
+            have = [(w["version"], w["weight"]) for w in (routing or {}).get("weights") or []]
+            if routing is None or have != weights:
                 return None
-            if routing.applied_at is not None:
-                stamps.append(routing.applied_at)
+            if routing.get("appliedAt"):
+                stamps.append(when(routing["appliedAt"]))
         return stamps or None
 
     def manual(self, rollbacks: int) -> tuple[list[float], list[float]]:
@@ -91,15 +116,20 @@ class Bench:
         self.api.create(version_manifest("v2", [{"setWeight": 30}, {"pause": {}}]))
         agents_s, operator_s = [], []
         for i in range(rollbacks):
-            wait("canary paused at 30%", lambda: self.status(name).get("phase") == "Paused", 120)
+            # At 1,000 servers the canary loads v2 on every server first: minutes, not seconds.
+            wait("canary paused at 30%", lambda: self.status(name).get("phase") == "Paused", 900)
             wait(
                 "30% applied everywhere",
                 lambda: self.applied_everywhere([("v1", 70), ("v2", 30)]),
-                60,
+                600,
+                interval=0.5,
             )
             assert self.plugin("rollback", MODEL) == 0
             stamps = wait(
-                "rollback applied everywhere", lambda: self.applied_everywhere([("v1", 100)]), 30
+                "rollback applied everywhere",
+                lambda: self.applied_everywhere([("v1", 100)]),
+                120,
+                interval=0.5,
             )
             requested = when(
                 self.api.get("modelversions", name)["metadata"]["annotations"][
@@ -209,6 +239,28 @@ class Bench:
         return false_rollbacks
 
 
+@contextlib.contextmanager
+def extra_nodes(core: client.CoreV1Api, count: int) -> Iterator[None]:
+    """``count`` kwok nodes (bench-node-NNN, 110 pods each) for the run, deleted afterwards."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(fleet_doc(count), f)
+        f.flush()
+        nodes = control.load_fleet(Path(f.name))
+    for node in nodes:
+        with contextlib.suppress(client.exceptions.ApiException):
+            core.create_node(node)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        for node in nodes:
+            with contextlib.suppress(client.exceptions.ApiException):
+                core.delete_node(node["metadata"]["name"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.rollback",
@@ -221,7 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollbacks", type=int, default=20)
     parser.add_argument("--auto-runs", type=int, default=5)
     parser.add_argument("--healthy-runs", type=int, default=5)
+    parser.add_argument(
+        "--sim-agents",
+        type=float,
+        default=0.0,
+        metavar="HEARTBEAT_SECONDS",
+        help="agents in the fleet simulator with this heartbeat (manual rollbacks only)",
+    )
+    parser.add_argument("--nodes", type=int, default=0, help="kwok nodes to add for the run")
     args = parser.parse_args(argv)
+    if args.sim_agents > 0:
+        return main_sim(args)
 
     bc = bench_namespace("bench-rollback")
     kubeconfig, core, ns = bc.kubeconfig, bc.core, bc.namespace
@@ -276,6 +338,55 @@ def main(argv: list[str] | None = None) -> int:
         f"faulty canaries rolled back: {caught}/{args.auto_runs}; healthy canaries rolled back by mistake: {false_rollbacks}/{args.healthy_runs}"
     )
     return 0
+
+
+def main_sim(args: argparse.Namespace) -> int:
+    """Manual rollbacks over ``args.servers`` servers whose agents run in the fleet simulator."""
+    bc = bench_namespace("bench-rollback")
+    kubeconfig, core, ns = bc.kubeconfig, bc.core, bc.namespace
+    api = Api(bc.api_client, ns)
+    bench = Bench(api, kubeconfig, ns)
+    started = time.monotonic()
+    try:
+        with (
+            extra_nodes(core, args.nodes),
+            SimFleetProcess(kubeconfig, ns, heartbeat_seconds=args.sim_agents) as fleet,
+            OperatorProcess(kubeconfig, ns) as operator,
+        ):
+            api.create(pool_manifest(max_servers=args.servers + 10, solver_time_limit="20s"))
+            model = model_manifest(MODEL, args.servers, "20Gi", 1)
+            model["spec"]["keepPreviousResident"] = True  # 2 x 20Gi per server: one shard each
+            api.create(model)
+            wait(
+                f"{args.servers} servers loaded",
+                lambda: converged(api, models=[MODEL]),
+                1800,
+                interval=5,
+            )
+            print(
+                f"placed over {len(api.assignments())} servers in {time.monotonic() - started:.0f}s"
+                f" ({load()})",
+                flush=True,
+            )
+            manual_agents, manual_operator = bench.manual(args.rollbacks)
+            print(f"operator log: {operator.log_path}; fleet log: {fleet.log_path}")
+            print(f"after the rollbacks: {load()}")
+    finally:
+        core.delete_namespace(ns)
+    print()
+    print(
+        f"Rollback benchmark: {args.servers} servers, {os.cpu_count()} cores, kube-apiserver + "
+        "kwok + the fleet simulator (one process for every agent)"
+    )
+    print("| measurement | n | p50 s | p99 s | max s |")
+    print("|---|---|---|---|---|")
+    print(summary("manual rollback: request -> last agent applied", manual_agents))
+    print(summary("manual rollback: operator's rollbackSeconds", manual_operator))
+    return 0
+
+
+def load() -> str:
+    return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 if __name__ == "__main__":

@@ -390,3 +390,71 @@ class AgentFleet:
         if agent is not None:
             agent.stop()
             log.info("stopped agent of pod %s", pod)
+
+
+class SimFleetProcess:
+    """``python -m ekko.agent.fleet``: one process running a simulated agent (sim engine, the
+    agent's own control loop) for every bound server pod of ``namespace`` — for scale runs where
+    one process per pod does not fit the machine. No agent serves HTTP (no /infer, /fault)."""
+
+    def __init__(
+        self,
+        kubeconfig: str | None,
+        namespace: str,
+        *,
+        heartbeat_seconds: float = 10.0,
+        extra_args: Sequence[str] = (),
+        log_dir: Path | None = None,
+    ) -> None:
+        self.kubeconfig = (
+            kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+        )
+        self.namespace = namespace
+        self.args = [
+            "--namespace", namespace,
+            "--kubeconfig", self.kubeconfig,
+            "--heartbeat-seconds", str(heartbeat_seconds),
+            *extra_args,
+        ]  # fmt: skip
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"ekko-fleet-{namespace}-"))
+        self.log_path = self.log_dir / "fleet.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> SimFleetProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _FLEET_LAUNCHER, str(os.getpid()), *self.args],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self, grace: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(grace)
+
+
+_FLEET_LAUNCHER = _LAUNCHER.replace("'ekko.agent'", "'ekko.agent.fleet'")

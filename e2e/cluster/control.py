@@ -535,6 +535,14 @@ def _up_once(fleet: Path, quiet: bool) -> Endpoints:
                 "--leader-elect=false",
                 "--profiling=false",
                 "--v=1",
+                # Scale benches on a loaded machine: kwok renews hundreds of node leases late and
+                # the node controller marks the nodes and their pods not Ready (kwok never marks
+                # the pods Ready again). EKKO_NODE_MONITOR_GRACE (e.g. 600s) tolerates that.
+                *(
+                    [f"--node-monitor-grace-period={os.environ['EKKO_NODE_MONITOR_GRACE']}"]
+                    if os.environ.get("EKKO_NODE_MONITOR_GRACE")
+                    else []
+                ),
             ],
         )
         sched = _start(

@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,10 +210,49 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     )
 
 
-async def _heartbeat(agent: Agent, seconds: float) -> None:
+async def _heartbeat(agent: Agent, seconds: float, first: float | None = None) -> None:
+    """A heartbeat every ``seconds``, the first after ``first`` (default: one period), so a
+    fleet of agents in one process can spread theirs over the period."""
+    await asyncio.sleep(seconds if first is None else first)
     while True:
-        await asyncio.sleep(seconds)
         agent.heartbeat()
+        await asyncio.sleep(seconds)
+
+
+class AssignmentEvents:
+    """Hands assignment events to the agent (on its loop), first checking whether a report
+    written by another pod's agent means this agent is the orphan (at most one check at once).
+
+    ``current_uid`` reads the UID of the pod that has this agent's name now (None: none)."""
+
+    def __init__(self, agent: Agent, current_uid: Callable[[], Awaitable[str | None]]) -> None:
+        self.agent = agent
+        self.current_uid = current_uid
+        self._checking: asyncio.Future[None] | None = None
+
+    def on_assignment(self, kind: str, obj: dict[str, Any]) -> None:  # on the loop
+        reported = str((obj.get("status") or {}).get("podUid") or "")
+        foreign = kind != "DELETED" and reported and reported != self.agent.writer.pod_uid
+        idle = self._checking is None or self._checking.done()
+        if foreign and idle:  # another pod's agent wrote it: are we the orphan?
+            self._checking = asyncio.ensure_future(
+                check_orphan(self.agent.writer, reported, self.current_uid)
+            )
+        self.agent.on_assignment(kind, obj)
+
+
+def agent_tasks(
+    agent: Agent, heartbeat_seconds: float, first_beat: float | None = None, name: str = ""
+) -> list[asyncio.Task[None]]:
+    """Start the loops of one agent: its status writer, its reconcile loop, its heartbeat."""
+    suffix = f" {name}" if name else ""
+    return [
+        asyncio.create_task(agent.writer.run(), name=f"status-writer{suffix}"),
+        asyncio.create_task(agent.run(), name=f"reconcile{suffix}"),
+        asyncio.create_task(
+            _heartbeat(agent, heartbeat_seconds, first_beat), name=f"heartbeat{suffix}"
+        ),
+    ]
 
 
 def _start_watches(
@@ -223,21 +262,10 @@ def _start_watches(
         if not loop.is_closed():
             loop.call_soon_threadsafe(fn, *args)
 
-    checking: list[asyncio.Future[None]] = []
-
-    def check(reported: str) -> None:  # on the loop
-        if not any(not f.done() for f in checking):
-            checking[:] = [
-                asyncio.ensure_future(
-                    check_orphan(agent.writer, reported, lambda: asyncio.to_thread(kube.pod_uid))
-                )
-            ]
+    events = AssignmentEvents(agent, lambda: asyncio.to_thread(kube.pod_uid))
 
     def on_assignment(kind: str, obj: dict[str, Any]) -> None:
-        reported = str((obj.get("status") or {}).get("podUid") or "")
-        if kind != "DELETED" and reported and reported != agent.writer.pod_uid:
-            call(check, reported)  # another pod's agent wrote it: are we the orphan?
-        call(agent.on_assignment, kind, obj)
+        call(events.on_assignment, kind, obj)
 
     def on_assignments(items: list[dict[str, Any]]) -> None:
         if items:
@@ -329,11 +357,7 @@ async def run(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
     stop_watches = threading.Event()
-    tasks = [
-        asyncio.create_task(writer.run(), name="status-writer"),
-        asyncio.create_task(agent.run(), name="reconcile"),
-        asyncio.create_task(_heartbeat(agent, config.heartbeat_seconds), name="heartbeat"),
-    ]
+    tasks = agent_tasks(agent, config.heartbeat_seconds)
     _start_watches(kube, agent, loop, stop_watches)
     log.info(
         "started agent for ServerAssignment %s/%s (engine %s, listening on %s:%d)",

@@ -481,10 +481,13 @@ class Agent:
         assigned = {decide.key_of(s) for s in self.assigned}
         times = [f.retry_at for k, f in self.failures.items() if k in assigned]
         now = self._clock()
+        # An unload that fell due while a pass waited (on a slow status write) is due now; one
+        # past due but withheld (its replacement fails to load) waits for the retry: no busy loop.
+        failing = {(k.model, k.shard) for k in self.failures if k in assigned}
         times += [
             t + self.unload_grace
-            for t in self._unwanted_since.values()
-            if t + self.unload_grace > now  # past due but withheld: no busy loop
+            for k, t in self._unwanted_since.items()
+            if t + self.unload_grace > now or (k.model, k.shard) not in failing
         ]
         if not times:
             return None

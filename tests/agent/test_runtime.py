@@ -13,7 +13,7 @@ import pytest
 from ekko.agent.decide import ShardKey, due_unloads, key_of
 from ekko.agent.engines import LoadError, SimEngine
 from ekko.agent.metrics import AgentMetrics
-from ekko.agent.runtime import Agent, StatusWriter, check_orphan
+from ekko.agent.runtime import Agent, LoadFailure, StatusWriter, check_orphan
 from ekko.api.resources import AssignedShard
 from ekko.kube.errors import KubeError, NotFound
 
@@ -400,5 +400,32 @@ def test_an_agent_whose_pod_is_gone_is_an_orphan() -> None:
 
         await check_orphan(writer, "u2", gone)
         assert writer.orphaned
+
+    run(scenario)
+
+
+def test_an_unload_that_fell_due_during_a_slow_pass_is_due_at_once() -> None:
+    """Found by the fleet simulator at 200 servers: a pass marked a replica unwanted, then waited
+    longer than the grace for its status write; with no further event the agent slept forever
+    with the replica loaded (the assignment never converged). Past due means due now, unless the
+    unload is withheld because the shard's assigned replacement fails to load."""
+
+    async def scenario() -> None:
+        now = [100.0]
+        agent = Agent(
+            FlakyEngine({}),
+            StatusWriter(Recorder(), AgentMetrics()),
+            AgentMetrics(),
+            clock=lambda: now[0],
+            unload_grace=2.0,
+        )
+        agent.on_assignment("ADDED", assignment([("m", 0, "v2")]))
+        old = ShardKey("m", 0, "v1")
+        agent._unwanted_since = {old: 95.0}  # marked 5 s ago, grace 2 s
+        assert agent.next_retry_in() == 0.0
+        agent.failures[ShardKey("m", 0, "v2")] = LoadFailure(1, 130.0, "unreachable")
+        assert agent.next_retry_in() == 30.0  # withheld: wait for the replacement's retry
+        agent._unwanted_since = {old: 99.5}
+        assert agent.next_retry_in() == 1.5  # not yet due
 
     run(scenario)
