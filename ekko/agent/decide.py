@@ -23,7 +23,7 @@ from ekko.api.resources import (
 )
 
 
-class ShardKey(NamedTuple):
+class ReplicaKey(NamedTuple):
     """One shard replica of one version: what an agent loads and unloads."""
 
     model: str
@@ -34,16 +34,16 @@ class ShardKey(NamedTuple):
         return f"{self.model}/{self.shard}@{self.version}"
 
 
-def key_of(shard: AssignedShard | LoadedShard) -> ShardKey:
-    return ShardKey(shard.model, shard.shard, shard.version)
+def key_of(shard: AssignedShard | LoadedShard) -> ReplicaKey:
+    return ReplicaKey(shard.model, shard.shard, shard.version)
 
 
 def diff(
-    assigned: Iterable[AssignedShard], loaded: Collection[ShardKey]
-) -> tuple[list[AssignedShard], list[ShardKey]]:
+    assigned: Iterable[AssignedShard], loaded: Collection[ReplicaKey]
+) -> tuple[list[AssignedShard], list[ReplicaKey]]:
     """Shards to load (assigned, not loaded; in assignment order, each once) and shards to unload
     (loaded, no longer assigned; sorted)."""
-    wanted: set[ShardKey] = set()
+    wanted: set[ReplicaKey] = set()
     to_load: list[AssignedShard] = []
     for shard in assigned:
         key = key_of(shard)
@@ -56,7 +56,7 @@ def diff(
     return to_load, to_unload
 
 
-def safe_unloads(to_unload: Iterable[ShardKey], failed: Iterable[ShardKey]) -> list[ShardKey]:
+def safe_unloads(to_unload: Iterable[ReplicaKey], failed: Iterable[ReplicaKey]) -> list[ReplicaKey]:
     """The unloads that do not drop a shard whose assigned replacement failed to load.
 
     The operator only removes an old version after the new one is reported loaded, but if it
@@ -68,8 +68,8 @@ def safe_unloads(to_unload: Iterable[ShardKey], failed: Iterable[ShardKey]) -> l
 
 
 def due_unloads(
-    unwanted: Iterable[ShardKey], since: Mapping[ShardKey, float], now: float, grace: float
-) -> tuple[list[ShardKey], dict[ShardKey, float]]:
+    unwanted: Iterable[ReplicaKey], since: Mapping[ReplicaKey, float], now: float, grace: float
+) -> tuple[list[ReplicaKey], dict[ReplicaKey, float]]:
     """The unwanted replicas whose grace has passed, and when each still-unwanted one became so.
 
     A replica leaves the assignment when the operator has its replacement ready, or by a hand
@@ -104,7 +104,7 @@ def default_weights(versions: Iterable[str]) -> list[VersionWeight]:
 
 
 def held_versions(
-    assigned: Iterable[AssignedShard], loaded: Iterable[ShardKey]
+    assigned: Iterable[AssignedShard], loaded: Iterable[ReplicaKey]
 ) -> dict[str, set[str]]:
     """Per model this server holds (assigned or loaded), the versions that serve by default:
     the loaded ones, or the assigned ones while nothing of the model is loaded yet."""
@@ -213,7 +213,7 @@ def ready_condition(
     seen: bool,
     assigned: int,
     missing: int,
-    failed: Mapping[ShardKey, str],
+    failed: Mapping[ReplicaKey, str],
     generation: int | None,
     previous: Condition | None,
     now: datetime,
@@ -248,7 +248,7 @@ def ready_condition(
     )
 
 
-def load_error_message(failed: Mapping[ShardKey, str]) -> str:
+def load_error_message(failed: Mapping[ReplicaKey, str]) -> str:
     """status.message: the load errors, first few by shard, or empty when none."""
     if not failed:
         return ""
@@ -261,9 +261,9 @@ def load_error_message(failed: Mapping[ShardKey, str]) -> str:
 def build_status(
     *,
     observed_generation: int | None,
-    loaded: Mapping[ShardKey, int],
+    loaded: Mapping[ReplicaKey, int],
     routing: list[ModelRouting],
-    failed: Mapping[ShardKey, str],
+    failed: Mapping[ReplicaKey, str],
     ready: Condition,
     now: datetime,
 ) -> ServerAssignmentStatus:

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from ekko.agent.decide import ShardKey, key_of
+from ekko.agent.decide import ReplicaKey, key_of
 from ekko.api.resources import AssignedShard
 from ekko.updates.scoring import DENSE, ITEM, USER, logloss, score_rows
 from ekko.updates.store import Store
@@ -44,7 +44,7 @@ class Engine(Protocol):
 
     name: str
 
-    async def inventory(self) -> dict[ShardKey, int]:
+    async def inventory(self) -> dict[ReplicaKey, int]:
         """Shards the engine already holds when the agent starts (bytes each)."""
         ...
 
@@ -52,7 +52,7 @@ class Engine(Protocol):
         """Load one shard replica and return the bytes it holds; raise LoadError on failure."""
         ...
 
-    async def unload(self, key: ShardKey) -> None:
+    async def unload(self, key: ReplicaKey) -> None:
         """Drop a shard replica; unloading something not loaded is not an error."""
         ...
 
@@ -71,9 +71,9 @@ class SimEngine:
             raise ValueError("bandwidth must be positive")
         self.bandwidth = bandwidth
         self.infer_latency_ms = infer_latency_ms
-        self._held: dict[ShardKey, int] = {}
+        self._held: dict[ReplicaKey, int] = {}
 
-    async def inventory(self) -> dict[ShardKey, int]:
+    async def inventory(self) -> dict[ReplicaKey, int]:
         return {}  # the simulated engine's memory dies with the agent
 
     async def load(self, shard: AssignedShard) -> int:
@@ -81,7 +81,7 @@ class SimEngine:
         self._held[key_of(shard)] = shard.bytes
         return shard.bytes
 
-    async def unload(self, key: ShardKey) -> None:
+    async def unload(self, key: ReplicaKey) -> None:
         self._held.pop(key, None)
 
     async def infer(self, model: str, version: str) -> None:
@@ -152,9 +152,9 @@ class ReferenceEngine:
         self.infer_latency_ms = infer_latency_ms
         self.http_timeout = http_timeout
         self.artifact_root = artifact_root
-        self._data: dict[ShardKey, bytes] = {}
+        self._data: dict[ReplicaKey, bytes] = {}
 
-    async def inventory(self) -> dict[ShardKey, int]:
+    async def inventory(self) -> dict[ReplicaKey, int]:
         return {}
 
     async def load(self, shard: AssignedShard) -> int:
@@ -199,7 +199,7 @@ class ReferenceEngine:
             raise LoadError(f"GET {url} failed: {err or type(err).__name__}") from err
         return bytes(buf), digest.hexdigest()
 
-    async def unload(self, key: ShardKey) -> None:
+    async def unload(self, key: ReplicaKey) -> None:
         self._data.pop(key, None)
 
     async def infer(self, model: str, version: str) -> None:
@@ -376,9 +376,9 @@ class EmbeddingEngine:
         self.store = store or Store()
         self.metrics = ScoreMetrics(registry or CollectorRegistry())
         self.infer_latency_ms = infer_latency_ms
-        self._held: dict[ShardKey, int] = {}
+        self._held: dict[ReplicaKey, int] = {}
 
-    async def inventory(self) -> dict[ShardKey, int]:
+    async def inventory(self) -> dict[ReplicaKey, int]:
         return {}  # the rows are re-pulled from peers after a restart
 
     async def load(self, shard: AssignedShard) -> int:
@@ -386,7 +386,7 @@ class EmbeddingEngine:
         self.metrics.declare(shard.model)
         return shard.bytes
 
-    async def unload(self, key: ShardKey) -> None:
+    async def unload(self, key: ReplicaKey) -> None:
         self._held.pop(key, None)
 
     def holds(self, model: str) -> bool:

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ekko.agent import decide
-from ekko.agent.decide import Fault, FaultKey, ShardKey
+from ekko.agent.decide import Fault, FaultKey, ReplicaKey
 from ekko.agent.engines import (
     BASELINE_VIEW,
     LIVE_VIEW,
@@ -319,10 +319,10 @@ class Agent:
         self.generation: int | None = None
         self.assigned: list[AssignedShard] = []
         # What the engine holds and what failed.
-        self.loaded: dict[ShardKey, int] = {}
-        self.failures: dict[ShardKey, LoadFailure] = {}
+        self.loaded: dict[ReplicaKey, int] = {}
+        self.failures: dict[ReplicaKey, LoadFailure] = {}
         self.unload_grace = unload_grace
-        self._unwanted_since: dict[ShardKey, float] = {}
+        self._unwanted_since: dict[ReplicaKey, float] = {}
         """When each loaded replica left the assignment (it is unloaded after the grace)."""
         self.observed_generation: int | None = None
         # Routing: the Models' weights, and what is applied (served and reported).
@@ -548,7 +548,7 @@ class Agent:
             self.observed_generation = self.generation
         await self._report()
 
-    def _due(self, key: ShardKey, now: float) -> bool:
+    def _due(self, key: ReplicaKey, now: float) -> bool:
         failure = self.failures.get(key)
         return failure is None or failure.retry_at <= now
 
@@ -573,7 +573,7 @@ class Agent:
         self.log_events.append(f"loaded {key}")
         log.info("loaded shard %s (%d bytes in %.3fs)", key, size, seconds)
 
-    def _fail(self, key: ShardKey, error: str) -> None:
+    def _fail(self, key: ReplicaKey, error: str) -> None:
         attempts = self.failures[key].attempts + 1 if key in self.failures else 1
         delay = decide.backoff_seconds(attempts, *self._backoff)
         self.failures[key] = LoadFailure(attempts, self._clock() + delay, error)
@@ -583,7 +583,7 @@ class Agent:
             "failed to load shard %s (attempt %d, retry in %.0fs): %s", key, attempts, delay, error
         )
 
-    async def _unload(self, key: ShardKey) -> None:
+    async def _unload(self, key: ReplicaKey) -> None:
         try:
             await self.engine.unload(key)
         except Exception:

@@ -35,10 +35,10 @@ A problem file is one YAML document (keys in camelCase, sizes as Kubernetes quan
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from ekko.api.resources import MAX_ASSIGNED_SHARDS
+from ekko.api.units import UnitError, quantity_bytes
 from ekko.solver.types import (
     DEFAULT_SLO_CLASSES,
     ModelId,
@@ -53,40 +53,23 @@ from ekko.solver.types import (
     ZoneId,
 )
 
-_SUFFIX = {
-    "": 1,
-    "k": 1000,
-    "K": 1000,
-    "M": 1000**2,
-    "G": 1000**3,
-    "T": 1000**4,
-    "P": 1000**5,
-    "Ki": 1024,
-    "Mi": 1024**2,
-    "Gi": 1024**3,
-    "Ti": 1024**4,
-    "Pi": 1024**5,
-}
-_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
-
 
 class ProblemFormatError(ValueError):
     """The problem file is malformed; the message says where."""
 
 
 def parse_bytes(value: Any, where: str) -> int:
-    """A Kubernetes-style quantity ("64Gi", "500M", 1024) in bytes."""
-    if isinstance(value, bool):
-        raise ProblemFormatError(f"{where}: expected a size such as 64Gi, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
-    if isinstance(value, str):
-        m = _QUANTITY.match(value)
-        if m and m.group(2) in _SUFFIX:
-            return int(float(m.group(1)) * _SUFFIX[m.group(2)])
-    raise ProblemFormatError(f"{where}: expected a size such as 64Gi, got {value!r}")
+    """A Kubernetes quantity ("64Gi", "500M", 1024) in whole bytes (``api.units``, the one
+    quantity parser; a fraction of a byte rounds up)."""
+    wrong = ProblemFormatError(f"{where}: expected a size such as 64Gi, got {value!r}")
+    if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+        raise wrong
+    if not isinstance(value, str | int | float):
+        raise wrong
+    try:
+        return quantity_bytes(value)
+    except UnitError:
+        raise wrong from None
 
 
 def number(value: Any, where: str) -> float:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ekko.agent import decide
-from ekko.agent.decide import Fault, ShardKey
+from ekko.agent.decide import Fault, ReplicaKey
 from ekko.api.meta import Condition
 from ekko.api.resources import AssignedShard, ModelRouting, VersionWeight
 
@@ -21,8 +21,8 @@ def shard(model: str, index: int, version: str = "v1", size: int = 100) -> Assig
     return AssignedShard(model=model, shard=index, version=version, uri="file:///m", bytes=size)
 
 
-def key(model: str, index: int, version: str = "v1") -> ShardKey:
-    return ShardKey(model, index, version)
+def key(model: str, index: int, version: str = "v1") -> ReplicaKey:
+    return ReplicaKey(model, index, version)
 
 
 def w(*pairs: tuple[str, int]) -> list[VersionWeight]:
@@ -64,9 +64,9 @@ def w(*pairs: tuple[str, int]) -> list[VersionWeight]:
 )
 def test_diff(
     assigned: list[AssignedShard],
-    loaded: set[ShardKey],
-    to_load: list[ShardKey],
-    to_unload: list[ShardKey],
+    loaded: set[ReplicaKey],
+    to_load: list[ReplicaKey],
+    to_unload: list[ReplicaKey],
 ) -> None:
     got_load, got_unload = decide.diff(assigned, loaded)
     assert [decide.key_of(s) for s in got_load] == to_load
@@ -81,10 +81,10 @@ def test_diff_converges(
     assigned_t: list[tuple[str, int, str]], loaded_t: set[tuple[str, int, str]]
 ) -> None:
     assigned = [shard(m, i, v) for m, i, v in assigned_t]
-    loaded = {ShardKey(*t) for t in loaded_t}
+    loaded = {ReplicaKey(*t) for t in loaded_t}
     to_load, to_unload = decide.diff(assigned, loaded)
     after = (loaded | {decide.key_of(s) for s in to_load}) - set(to_unload)
-    assert after == {ShardKey(*t) for t in assigned_t}
+    assert after == {ReplicaKey(*t) for t in assigned_t}
     assert decide.diff(assigned, after) == ([], [])
 
 
@@ -98,7 +98,7 @@ def test_diff_converges(
     ],
 )
 def test_safe_unloads(
-    to_unload: list[ShardKey], failed: list[ShardKey], expected: list[ShardKey]
+    to_unload: list[ReplicaKey], failed: list[ReplicaKey], expected: list[ReplicaKey]
 ) -> None:
     assert decide.safe_unloads(to_unload, failed) == expected
 
@@ -258,7 +258,7 @@ def test_ready_condition(
     seen: bool,
     assigned: int,
     missing: int,
-    failed: dict[ShardKey, str],
+    failed: dict[ReplicaKey, str],
     status: str,
     reason: str,
     text: str,

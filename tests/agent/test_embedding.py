@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from ekko.agent.decide import ShardKey
+from ekko.agent.decide import ReplicaKey
 from ekko.agent.engines import EmbeddingEngine, ScoringError, make_engine, model_tables
 from ekko.agent.metrics import AgentMetrics
 from ekko.agent.runtime import Agent, StatusWriter
@@ -140,7 +140,7 @@ def test_refusals() -> None:
         engine.score("ranker", [1], [1], view="baseline")
     with pytest.raises(ScoringError, match="labels"):
         engine.score("ranker", [1], [1], [1.0, 0.0])
-    asyncio.run(engine.unload(ShardKey("ranker", 0, "v1")))
+    asyncio.run(engine.unload(ReplicaKey("ranker", 0, "v1")))
     with pytest.raises(ScoringError, match="holds no shard"):
         engine.score("ranker", [1], [1])
 

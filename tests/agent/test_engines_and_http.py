@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ekko.agent import engines
-from ekko.agent.decide import Fault, ShardKey
+from ekko.agent.decide import Fault, ReplicaKey
 from ekko.agent.engines import LoadError, ReferenceEngine, SimEngine
 from ekko.agent.main import parse_args, parse_listen
 from ekko.agent.metrics import AgentMetrics
@@ -68,8 +68,8 @@ def test_reference_engine_loads_files(tmp_path: Path) -> None:
         with pytest.raises(LoadError, match="not s3://"):
             await engine.load(shard("s3://bucket/m", 0))
         await engine.infer("m", "v1")
-        await engine.unload(ShardKey("m", 0, "v1"))
-        await engine.unload(ShardKey("m", 0, "v1"))  # twice is fine
+        await engine.unload(ReplicaKey("m", 0, "v1"))
+        await engine.unload(ReplicaKey("m", 0, "v1"))  # twice is fine
 
     run(scenario)
 
@@ -153,8 +153,8 @@ def test_http_endpoints() -> None:
                 },
             )
             assert (await http.get("/readyz")).status == 200
-            agent.loaded[ShardKey("m", 0, "v1")] = 10
-            agent.loaded[ShardKey("m", 0, "v2")] = 10
+            agent.loaded[ReplicaKey("m", 0, "v1")] = 10
+            agent.loaded[ReplicaKey("m", 0, "v2")] = 10
             agent.routing["m"] = [
                 VersionWeight(version="v1", weight=0),
                 VersionWeight(version="v2", weight=100),

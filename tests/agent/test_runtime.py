@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ekko.agent.decide import ShardKey, due_unloads, key_of
+from ekko.agent.decide import ReplicaKey, due_unloads, key_of
 from ekko.agent.engines import LoadError, SimEngine
 from ekko.agent.metrics import AgentMetrics
 from ekko.agent.runtime import Agent, LoadFailure, StatusWriter, check_orphan
@@ -48,7 +48,7 @@ class Recorder:
 class FlakyEngine(SimEngine):
     """Fails loads of the listed shards a number of times."""
 
-    def __init__(self, failures: dict[ShardKey, int]) -> None:
+    def __init__(self, failures: dict[ReplicaKey, int]) -> None:
         super().__init__(bandwidth=1e12)
         self.failures = dict(failures)
         self.calls: list[str] = []
@@ -61,7 +61,7 @@ class FlakyEngine(SimEngine):
             raise LoadError("artifact unreachable")
         return await super().load(shard)
 
-    async def unload(self, key: ShardKey) -> None:
+    async def unload(self, key: ReplicaKey) -> None:
         self.calls.append(f"unload {key}")
         await super().unload(key)
 
@@ -169,7 +169,7 @@ def test_loads_new_before_unloading_old_and_reports_in_between() -> None:
 
 def test_failed_load_is_reported_retried_and_never_crashes() -> None:
     async def scenario() -> None:
-        engine = FlakyEngine({ShardKey("m", 1, "v1"): 2})
+        engine = FlakyEngine({ReplicaKey("m", 1, "v1"): 2})
         async with started(engine, backoff_base=0.02, backoff_cap=0.05) as (agent, rec):
             agent.on_assignment("ADDED", assignment([("m", 0, "v1"), ("m", 1, "v1")]))
             await settle(lambda: "LoadFailed" in str(rec.bodies))
@@ -190,14 +190,14 @@ def test_failed_load_is_reported_retried_and_never_crashes() -> None:
 
 def test_failed_replacement_keeps_the_old_version() -> None:
     async def scenario() -> None:
-        engine = FlakyEngine({ShardKey("m", 0, "v2"): 1000})
+        engine = FlakyEngine({ReplicaKey("m", 0, "v2"): 1000})
         async with started(engine, backoff_base=10) as (agent, rec):
             agent.on_assignment("ADDED", assignment([("m", 0, "v1")]))
             await settle(lambda: rec.merged().get("observedGeneration") == 1)
             agent.on_assignment("MODIFIED", assignment([("m", 0, "v2")], 2))
             await settle(lambda: "LoadFailed" in str(rec.bodies))
             await asyncio.sleep(0.05)
-            assert ShardKey("m", 0, "v1") in agent.loaded
+            assert ReplicaKey("m", 0, "v1") in agent.loaded
             assert "unload m/0@v1" not in engine.calls
             assert rec.merged()["observedGeneration"] == 1
 
@@ -266,7 +266,7 @@ def test_deleted_assignment_keeps_shards() -> None:
             await settle(lambda: rec.merged().get("observedGeneration") == 1)
             agent.on_assignment("DELETED", assignment([("m", 0, "v1")]))
             await asyncio.sleep(0.02)
-            assert agent.loaded == {ShardKey("m", 0, "v1"): 1000}
+            assert agent.loaded == {ReplicaKey("m", 0, "v1"): 1000}
 
     run(scenario)
 
@@ -351,7 +351,7 @@ def test_a_replica_removed_and_restored_within_the_grace_is_never_unloaded() -> 
 
 
 def test_due_unloads_waits_for_the_grace() -> None:
-    a, b = ShardKey("m", 0, "v1"), ShardKey("m", 1, "v1")
+    a, b = ReplicaKey("m", 0, "v1"), ReplicaKey("m", 1, "v1")
     due, since = due_unloads([a], {}, now=10.0, grace=2.0)
     assert due == [] and since == {a: 10.0}
     due, since = due_unloads([a, b], since, now=12.0, grace=2.0)
@@ -420,10 +420,10 @@ def test_an_unload_that_fell_due_during_a_slow_pass_is_due_at_once() -> None:
             unload_grace=2.0,
         )
         agent.on_assignment("ADDED", assignment([("m", 0, "v2")]))
-        old = ShardKey("m", 0, "v1")
+        old = ReplicaKey("m", 0, "v1")
         agent._unwanted_since = {old: 95.0}  # marked 5 s ago, grace 2 s
         assert agent.next_retry_in() == 0.0
-        agent.failures[ShardKey("m", 0, "v2")] = LoadFailure(1, 130.0, "unreachable")
+        agent.failures[ReplicaKey("m", 0, "v2")] = LoadFailure(1, 130.0, "unreachable")
         assert agent.next_retry_in() == 30.0  # withheld: wait for the replacement's retry
         agent._unwanted_since = {old: 99.5}
         assert agent.next_retry_in() == 1.5  # not yet due

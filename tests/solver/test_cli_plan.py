@@ -162,3 +162,16 @@ def test_non_finite_and_fractional_values_exit_2_naming_the_field(
     assert main(["-f", str(f)]) == 2
     err = capsys.readouterr().err
     assert field in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_problem_sizes_use_the_one_kubernetes_quantity_parser() -> None:
+    from ekko.solver.io import ProblemFormatError, parse_bytes
+
+    assert parse_bytes("64Gi", "pool.memory") == 64 * 2**30
+    assert parse_bytes("500M", "x") == 500 * 10**6
+    assert parse_bytes("1.5Ki", "x") == 1536
+    assert parse_bytes(1024, "x") == 1024
+    assert parse_bytes("1e3", "x") == 1000  # as the API server reads it
+    for bad in ("1K", " 64Gi", -1, float("inf"), float("nan"), True, None, "lots"):
+        with pytest.raises(ProblemFormatError, match="pool.memory: expected a size"):
+            parse_bytes(bad, "pool.memory")
