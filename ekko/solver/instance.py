@@ -25,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from ortools.linear_solver import pywraplp
 
-from ekko.solver.types import GIB, ModelId, Problem, SloClassName
+from ekko.api.units import format_bytes
+from ekko.solver.types import ModelId, Problem, SloClassName
 
 # A server holds at most this many units in either dimension: exact scales beyond it are given
 # up, because big coefficients stall CP-SAT's presolve (at 2^40 units per server a 1k-replica
@@ -314,10 +315,6 @@ def bound_with_source(inst: Instance) -> tuple[int, str]:
     return found[source], source
 
 
-def _gib(x: float) -> str:
-    return f"{x / GIB:.1f} GiB"
-
-
 def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
     """Reasons, in words a user can act on, why no valid plan can exist.  Empty when none of the
     common causes applies (the problem may still be infeasible for subtler reasons)."""
@@ -326,8 +323,8 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
     out: list[str] = []
     mem_eff = pool.usable_memory()
     hold = (
-        f"servers in pool {pool.name} hold {_gib(pool.memory_bytes)} "
-        f"(after {pool.headroom:.0%} headroom: {_gib(mem_eff)})"
+        f"servers in pool {pool.name} hold {format_bytes(pool.memory_bytes)} "
+        f"(after {pool.headroom:.0%} headroom: {format_bytes(mem_eff)})"
     )
     mem_limit = pool.memory_bytes * (1 - exact(pool.headroom))
     cpu_limit = {
@@ -340,9 +337,9 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         if m.memory_of(worst) > mem_limit:
             extra = ""
             if m.reserve_factor or m.reserve_bytes:
-                extra = f" ({_gib(m.size_of(worst))} plus rollout reserve)"
+                extra = f" ({format_bytes(m.size_of(worst))} plus rollout reserve)"
             out.append(
-                f"shard {m.id}/{worst} needs {_gib(m.memory_of(worst))}{extra}; {hold}. "
+                f"shard {m.id}/{worst} needs {format_bytes(m.memory_of(worst))}{extra}; {hold}. "
                 "Split the model into more shards or use a pool with bigger servers."
             )
         heavy = 0 if uniform else max(range(m.num_shards), key=m.load_of)
@@ -370,7 +367,7 @@ def explain(problem: Problem, inst: Instance | None = None) -> list[str]:
         entries = sum(m.num_shards * m.replicas * m.versions_held for m in problem.models)
         out.append(
             f"the models need at least {inst.lower_bound} servers (memory "
-            f"{_gib(mem_total)} at {_gib(mem_eff)} per server, compute {cpu_total:g} at "
+            f"{format_bytes(mem_total)} at {format_bytes(mem_eff)} per server, compute {cpu_total:g} at "
             f"{pool.usable_compute():g} per server, {entries} assignment entries (shard replicas "
             f"times versions held) at most {pool.max_shards_per_server} per server, SLO caps "
             "and exclusions "

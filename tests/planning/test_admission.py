@@ -26,7 +26,7 @@ def test_a_shard_larger_than_any_server_is_refused_with_sizes() -> None:
     )
     errors = check_model(big, POOL)
     assert (
-        errors and "big/0 needs" in errors[0] and "80.0 GiB" in errors[0] and "hold 64" in errors[0]
+        errors and "big/0 needs" in errors[0] and "80 GiB" in errors[0] and "hold 64" in errors[0]
     )
     assert check_model(model("m"), POOL) == []
 

@@ -46,8 +46,8 @@ def test_too_big_shard_is_explained() -> None:
     assert plan.status == "infeasible"
     assert plan.assignment == {}
     text = " ".join(plan.explanation)
-    assert "ranking/0 needs 80.0 GiB" in text
-    assert "cpu-a hold 64.0 GiB (after 10% headroom: 57.6 GiB)" in text
+    assert "ranking/0 needs 80 GiB" in text
+    assert "cpu-a hold 64 GiB (after 10% headroom: 57.6 GiB)" in text
 
 
 def test_replicas_beyond_max_servers_are_explained() -> None:
