@@ -59,6 +59,23 @@ def wait(what: str, probe: Any, timeout: float, interval: float = 0.1) -> Any:
     raise SystemExit(f"bench: timed out after {timeout:.0f}s waiting for {what}")
 
 
+def place_one_shard_per_server(
+    api: Api, servers: int, pool: dict[str, Any], timeout: float, interval: float
+) -> None:
+    """Create the pool and a model of ``servers`` 20Gi shards that keeps its previous version
+    resident (2 x 20Gi per server: one shard each), and wait until every server has loaded."""
+    api.create(pool)
+    model = model_manifest(MODEL, servers, "20Gi", 1)
+    model["spec"]["keepPreviousResident"] = True
+    api.create(model)
+    wait(
+        f"{servers} servers loaded",
+        lambda: converged(api, models=[MODEL]),
+        timeout,
+        interval=interval,
+    )
+
+
 def when(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -297,15 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             prom.follow(fleet),
             OperatorProcess(kubeconfig, ns, ("--prometheus-url", prom.url)) as operator,
         ):
-            api.create(pool_manifest(max_servers=args.servers + 10))
-            model = model_manifest(MODEL, args.servers, "20Gi", 1)
-            model["spec"]["keepPreviousResident"] = True  # 2 x 20Gi per server: one shard each
-            api.create(model)
-            wait(
-                f"{args.servers} servers loaded",
-                lambda: converged(api, models=[MODEL]),
-                600,
-                interval=1,
+            place_one_shard_per_server(
+                api, args.servers, pool_manifest(max_servers=args.servers + 10), 600, 1
             )
             print(
                 f"placed over {len(api.assignments())} servers in {time.monotonic() - started:.0f}s",
@@ -353,15 +363,12 @@ def main_sim(args: argparse.Namespace) -> int:
             SimFleetProcess(kubeconfig, ns, heartbeat_seconds=args.sim_agents) as fleet,
             OperatorProcess(kubeconfig, ns) as operator,
         ):
-            api.create(pool_manifest(max_servers=args.servers + 10, solver_time_limit="20s"))
-            model = model_manifest(MODEL, args.servers, "20Gi", 1)
-            model["spec"]["keepPreviousResident"] = True  # 2 x 20Gi per server: one shard each
-            api.create(model)
-            wait(
-                f"{args.servers} servers loaded",
-                lambda: converged(api, models=[MODEL]),
+            place_one_shard_per_server(
+                api,
+                args.servers,
+                pool_manifest(max_servers=args.servers + 10, solver_time_limit="20s"),
                 1800,
-                interval=5,
+                5,
             )
             print(
                 f"placed over {len(api.assignments())} servers in {time.monotonic() - started:.0f}s"

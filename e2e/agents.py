@@ -59,6 +59,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process if it still runs; SIGKILL it when it has not exited after ``grace``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(grace)
+
+
 @dataclass
 class AgentProcess:
     pod: str
@@ -75,13 +87,7 @@ class AgentProcess:
         return self.process.poll() is None
 
     def stop(self, grace: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(grace)
+        terminate(self.process, grace)
         self.log_file.close()
 
 
@@ -447,14 +453,8 @@ class SimFleetProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def close(self, grace: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(grace)
+        if self.process is not None:
+            terminate(self.process, grace)
 
 
 _FLEET_LAUNCHER = _LAUNCHER.replace("'ekko.agent'", "'ekko.agent.fleet'")
