@@ -935,7 +935,7 @@ class UpdateGuard(ApiModel):
     )
     step_ratio: float | None = Field(
         default=None,
-        ge=1.5,
+        ge=2,
         le=1000,
         description="Also flag a row whose update (new minus old) exceeds this many times the table's mean update; absent: no update-size test (it would also flag a clean catch-up burst).",
     )
