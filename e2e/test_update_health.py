@@ -500,3 +500,96 @@ def test_recent_view_catches_a_harm_the_freshness_gain_hides(
 
 def _stamp(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+GUARD_HEALTH = {**HEALTH, "guard": {"rows": 16}}
+WIDE = np.arange(1000, 2000)
+"""Item rows beyond the scored ones: enough for the guard's warm-up (500 rows of a table)."""
+
+
+def test_parameter_guard_catches_zeroed_rows(
+    cluster: Cluster,
+    api: Api,
+    namespace: str,
+    operator: OperatorProcess,
+    publisher: LivePublisher,
+) -> None:
+    """``spec.health.guard``: a write that wipes many trained item rows to zero is flagged by the
+    agents' guard as it is applied; the first window after it makes the model Corrupted for the
+    parameter guard (before two Bad loss windows could), and the rollback restores the rows."""
+    clean = clean_scores()
+    trained = np.random.default_rng(11).normal(0, 0.4, (len(WIDE), DIM + 1)).astype(np.float32)
+    publisher.publish("ranker.item", WIDE, trained)
+    with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
+        api.create(pool_manifest(memory="20Gi"))
+        api.create(model_manifest("ranker", 2, "8Gi", 2))
+        wait_for(
+            lambda: converged(api, models=["ranker"]),
+            "model placed and loaded",
+            timeout=120,
+            describe=operator.logs,
+        )
+        api.create(stream_manifest(publisher.url, GUARD_HEALTH))
+        names = holders(api)
+        wait_for(
+            lambda: all_score(fleet, names, clean, "live"),
+            "every agent scoring from the publisher's rows",
+            timeout=90,
+            describe=lambda: (health(api), operator.logs()[-2000:]),
+        )
+        with Traffic(urls_of(fleet, names)):
+            wait_for(
+                lambda: (
+                    health(api).get("baselineCut") is not None
+                    and (health(api).get("lastWindow") or {}).get("verdict") == "Good"
+                ),
+                "a baseline cut and a Good window",
+                timeout=90,
+                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
+            )
+            time.sleep(4)  # clean windows with the guard counting: no alarm
+            h = health(api)
+            assert h["phase"] == "Healthy" and "lastRollback" not in h, h
+
+            # The harm: the scored item rows and the wide ones wiped to zero.
+            wiped = np.concatenate([np.arange(ITEMS), WIDE])
+            harmed_at = time.time()
+            publisher.publish("ranker.item", wiped, np.zeros((len(wiped), DIM + 1)))
+            decided = wait_for(
+                lambda: h if (h := health(api)).get("step", "None") != "None" else None,
+                "the detector's decision",
+                timeout=60,
+                describe=lambda: (health(api), operator.logs()[-3000:]),
+            )
+            assert decided["phase"] == "Corrupted"
+            assert decided["lastRollback"]["cut"] == decided["baselineCut"]
+            messages = [
+                e.message
+                for e in api.core.list_namespaced_event(api.ns).items
+                if e.reason == "Corrupted"
+            ]
+            assert any("parameter guard" in m for m in messages), messages
+            done = wait_for(
+                lambda: (
+                    h if ((h := health(api)).get("lastRollback") or {}).get("resumedAt") else None
+                ),
+                "the state restored and live again",
+                timeout=90,
+                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
+            )
+            rb = done["lastRollback"]
+            log.info(
+                "guard: harm → decision %.1fs; switch %ss, restore %ss; events %s",
+                _stamp(rb["decidedAt"]) - harmed_at,
+                rb.get("switchSeconds"),
+                rb.get("restoreSeconds"),
+                messages,
+            )
+            assert (rb["trigger"], rb["epoch"], rb["publisherRestored"]) == ("Detector", 1, True)
+            assert rb.get("switchedAt") and rb.get("restoredAt"), rb
+            wait_for(
+                lambda: all_score(fleet, names, clean, "live"),
+                "every agent's live item rows restored",
+                timeout=30,
+            )
+            assert control(api)["epoch"] == 1 and control(api)["view"] == "Live"

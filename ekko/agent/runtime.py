@@ -185,12 +185,22 @@ def node_config(name: str, listen: str, duties: list[UpdateDuty]) -> NodeConfig:
     led by the same peer share that link's bytes, ranked by their model weights), and a route per
     model that orders its upstreams (the next pulls a model only while the earlier ones fail). A
     paused duty has no route (keep serving, pull nothing). Settings that are per node (values,
-    codec, policy, long-poll, undo cap) follow the first duty that is not paused.
+    codec, policy, long-poll, undo cap) follow the first duty that is not paused; each duty whose
+    health names a guard has its model guarded (:class:`ekko.updates.node.GuardCounter`).
     """
     health = next((d.health for d in duties if d.health is not None), None)
     undo = health.undo_log_bytes if health is not None else NodeConfig.undo_cap_bytes
     active = [d for d in duties if not d.paused]
     weights = tuple(sorted({d.model: d.weight / 100 for d in duties}.items()))
+    guards = tuple(
+        sorted(
+            {
+                d.model: d.health.guard.step_ratio
+                for d in duties
+                if d.health is not None and d.health.guard is not None
+            }.items()
+        )
+    )
     if not active:
         return NodeConfig(
             name=name,
@@ -198,6 +208,7 @@ def node_config(name: str, listen: str, duties: list[UpdateDuty]) -> NodeConfig:
             listen=listen,
             undo_cap_bytes=undo,
             model_weights=weights,
+            guards=guards,
         )
     links: dict[str, Upstream] = {}
     routes: dict[str, list[str]] = {}
@@ -228,6 +239,7 @@ def node_config(name: str, listen: str, duties: list[UpdateDuty]) -> NodeConfig:
         undo_cap_bytes=undo,
         routes=tuple((m, tuple(urls)) for m, urls in sorted(routes.items())),
         model_weights=weights,
+        guards=guards,
     )
 
 

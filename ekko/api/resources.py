@@ -923,6 +923,24 @@ class UpdateUpstream(ApiModel):
     )
 
 
+class UpdateGuard(ApiModel):
+    """The parameter guard: every server judges the rows it applies against its table's running
+    row norm (and, opted in, the running update size) and counts rows wiped to zero, exploded or
+    non-finite; enough of them in one detector window make the model Corrupted at once."""
+
+    rows: int = Field(
+        ge=1,
+        le=10**7,
+        description="Rows flagged zeroed or exploded on one server within one detector window that make the model Corrupted; a non-finite row always does.",
+    )
+    step_ratio: float | None = Field(
+        default=None,
+        ge=2,
+        le=1000,
+        description="Also flag a row whose update (new minus old) exceeds this many times the table's mean update; absent: no update-size test (it would also flag a clean catch-up burst).",
+    )
+
+
 class DutyHealth(ApiModel):
     """What one server does for the model-state manager."""
 
@@ -940,6 +958,10 @@ class DutyHealth(ApiModel):
         ge=1 << 20,
         le=64 << 30,
         description="Cap on the undo logs of retained cuts, in bytes.",
+    )
+    guard: UpdateGuard | None = Field(
+        default=None,
+        description="Count applied rows the parameter guard flags (the stream's health.guard); absent: off.",
     )
 
 
@@ -1415,6 +1437,10 @@ class UpdateHealth(ApiModel):
     recent: UpdateRecentView | None = Field(
         default=None,
         description="A second, seconds-old shadow view the detector also judges (the worse verdict of the two counts); absent: the baseline comparison only.",
+    )
+    guard: UpdateGuard | None = Field(
+        default=None,
+        description="The parameter guard: servers count applied rows wiped to zero, exploded or non-finite; absent: off.",
     )
 
 

@@ -44,10 +44,12 @@ from ekko.planning.health import (
     apply_commands,
     detector_spec,
     from_status,
+    guard_window,
     health_condition,
     latest,
     observe_servers,
     paired_window,
+    parse_guard,
     parse_stamp,
     person_rollback,
     recent_age,
@@ -56,7 +58,15 @@ from ekko.planning.health import (
     window_status,
 )
 from ekko.planning.updates import StreamServer, parse_scrape
-from ekko.updates.health import Command, Decision, Event, Window, choose_baseline, decide
+from ekko.updates.health import (
+    Command,
+    Decision,
+    Event,
+    GuardCounts,
+    Window,
+    choose_baseline,
+    decide,
+)
 from ekko.updates.wire import CUT_PATH, RESTORE_PATH
 
 log = logging.getLogger(__name__)
@@ -85,9 +95,9 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) 
 
 async def _paired(
     session: aiohttp.ClientSession, address: str, model: str
-) -> tuple[Paired, Paired] | None:
+) -> tuple[Paired, Paired, GuardCounts | None] | None:
     """One server's cumulative paired series for the model: against the baseline and against the
-    recent view."""
+    recent view; and its parameter guard's counts (None: it does not guard the model)."""
     try:
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
         async with session.get(address.rstrip("/") + "/metrics", timeout=timeout) as resp:
@@ -97,7 +107,7 @@ async def _paired(
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None
     scrape = parse_scrape(text, model)
-    return scrape.paired, scrape.paired_recent
+    return scrape.paired, scrape.paired_recent, parse_guard(text, model)
 
 
 def _reports(
@@ -127,6 +137,7 @@ class StateManager:
         self._window_at = time.monotonic()
         self._window_base: dict[str, Paired] = {}
         self._recent_base: dict[str, Paired] = {}
+        self._guard_base: dict[str, GuardCounts] = {}
         self._last_status: dict[str, Any] | None = None
         self.changed = False
         """The last step changed the health status (the stream's condition and epoch follow at
@@ -205,16 +216,21 @@ class StateManager:
                 m = self._choose_recent(m, recent_age(health), now)
             # A window of paired differences.
             window = recent = None
+            guard: GuardCounts | None = None
             if m.state.step == "None" and not commands:
                 got = await self._window_if_due(session, health.detector.window, connected, model)
                 if got is not None:
-                    window, recent = got
+                    window, recent, guard = got
                     if health.recent is None:
                         recent = None
+                    if health.guard is None:
+                        guard = None
             decision: Decision = decide(
                 detector_spec(health),
                 m.state,
-                observe_servers(reports, control, window=window, recent=recent, resume=resume),
+                observe_servers(
+                    reports, control, window=window, recent=recent, resume=resume, guard=guard
+                ),
                 now,
             )
             m = self._stamp(m, decision, reports, now)
@@ -350,8 +366,9 @@ class StateManager:
         length: str,
         connected: list[StreamServer],
         model: Model,
-    ) -> tuple[Window, Window] | None:
-        """The window since the last one, against the baseline and against the recent view."""
+    ) -> tuple[Window, Window, GuardCounts | None] | None:
+        """The window since the last one, against the baseline and against the recent view, and
+        what the parameter guard flagged in it (None: no server guards the model)."""
         now = time.monotonic()
         if now - self._window_at < parse_duration(length):
             return None
@@ -361,13 +378,21 @@ class StateManager:
         current_recent = {
             s.name: r[1] for s, r in zip(connected, results, strict=True) if r is not None
         }
+        current_guard = {
+            s.name: r[2]
+            for s, r in zip(connected, results, strict=True)
+            if r is not None and r[2] is not None
+        }
         first = not self._window_base
         window, *_ = paired_window(current, self._window_base)
         recent, *_ = paired_window(current_recent, self._recent_base)
+        guard = guard_window(current_guard, self._guard_base)
         self._window_base = {**self._window_base, **current}
         self._recent_base = {**self._recent_base, **current_recent}
+        self._guard_base = {**self._guard_base, **current_guard}
         self._window_at = now
-        return None if first else (window, recent)  # the first read only sets where windows start
+        # The first read only sets where windows start.
+        return None if first else (window, recent, guard)
 
     def _stamp(
         self,
@@ -391,5 +416,6 @@ class StateManager:
         if before.step != "None" and after.step == "None":
             self._window_base = {}  # windows start afresh after a rollback
             self._recent_base = {}
+            self._guard_base = {}
             self._window_at = time.monotonic()
         return replace(m, state=replace(after, last_rollback=rb))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from ekko.api.meta import Condition
 from ekko.api.resources import (
     RESUME_ANNOTATION,
@@ -40,6 +42,7 @@ from ekko.api.units import parse_duration, parse_time
 from ekko.updates.health import (
     Command,
     DetectorSpec,
+    GuardCounts,
     HealthState,
     Observation,
     Rollback,
@@ -67,6 +70,7 @@ def detector_spec(health: UpdateHealth) -> DetectorSpec:
         cusum_h=d.cusum_threshold,
         action=health.action,
         repeat_window=parse_duration(health.repeat_window),
+        guard_rows=health.guard.rows if health.guard is not None else None,
     )
     r = health.recent
     if r is None:
@@ -298,6 +302,54 @@ def paired_window(
     return Window(count, mean, sd), count, total, squares
 
 
+GUARD_SERIES = "ekko_update_guard_rows_total"
+"""The servers' parameter-guard counter (:class:`ekko.updates.node.GuardCounter`)."""
+
+
+def parse_guard(text: str, model: str) -> GuardCounts | None:
+    """One server's cumulative guard counts for ``model`` in its /metrics text (None: the server
+    does not guard the model)."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == GUARD_SERIES and s.labels.get("model") == model:
+                found[s.labels.get("kind", "")] = s.value
+    if not found:
+        return None
+    return GuardCounts(
+        rows=round(found.get("rows", 0.0)),
+        nonfinite=round(found.get("nonfinite", 0.0)),
+        zeroed=round(found.get("zeroed", 0.0)),
+        exploded=round(found.get("exploded", 0.0)),
+    )
+
+
+def guard_window(
+    now: Mapping[str, GuardCounts], before: Mapping[str, GuardCounts]
+) -> GuardCounts | None:
+    """What the guard flagged since ``before``, judged per server (every server of a stream
+    applies the same rows, so summing would count a row once per replica): the counts of the
+    server that flagged the most (non-finite first, then zeroed + exploded). A server seen for
+    the first time, or whose rows went down because its agent restarted, counts from zero.
+    None when no server reports guard counts."""
+    if not now:
+        return None
+    worst: GuardCounts | None = None
+    for server, cur in now.items():
+        base = before.get(server, GuardCounts())
+        if cur.rows < base.rows:
+            base = GuardCounts()
+        delta = GuardCounts(
+            cur.rows - base.rows,
+            cur.nonfinite - base.nonfinite,
+            cur.zeroed - base.zeroed,
+            cur.exploded - base.exploded,
+        )
+        if worst is None or (delta.nonfinite, delta.flagged) > (worst.nonfinite, worst.flagged):
+            worst = delta
+    return worst
+
+
 def window_status(
     window: Window, verdict: Verdict | None, at: datetime, recent: Window | None = None
 ) -> HealthWindow:
@@ -326,6 +378,7 @@ def observe_servers(
     window: Window | None = None,
     recent: Window | None = None,
     resume: bool = False,
+    guard: GuardCounts | None = None,
 ) -> Observation:
     """What the servers of the model report, for :func:`ekko.updates.health.decide`. A server
     that does not hold the baseline cut cannot serve it and counts as switched (it says so in its
@@ -348,6 +401,7 @@ def observe_servers(
         serving_baseline=switched,
         server_epochs=tuple(epochs),
         resume=resume,
+        guard=guard,
     )
 
 
@@ -403,6 +457,7 @@ def parse_stamp(value: str) -> float | None:
 
 
 __all__: Sequence[str] = (
+    "GUARD_SERIES",
     "RESUME_ANNOTATION",
     "ROLLBACK_ANNOTATION",
     "ROLLBACK_CUT_ANNOTATION",
@@ -410,10 +465,12 @@ __all__: Sequence[str] = (
     "apply_commands",
     "detector_spec",
     "from_status",
+    "guard_window",
     "health_condition",
     "latest",
     "observe_servers",
     "paired_window",
+    "parse_guard",
     "parse_stamp",
     "person_rollback",
     "recent_age",

@@ -246,6 +246,7 @@ def plan_topology(
             traffic_percent=spec.health.baseline.traffic_percent,
             shadow_percent=spec.health.baseline.shadow_percent,
             undo_log_bytes=quantity_bytes(spec.health.undo_log_bytes),
+            guard=spec.health.guard,
         )
     duties: dict[str, list[UpdateDuty]] = defaultdict(list)
     for group, region in sorted(members):

@@ -39,9 +39,10 @@ from typing import IO, Any
 
 import aiohttp
 import numpy as np
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from ekko.updates.codec import CodecError, decode_response, encode_request, fp32_bytes
+from ekko.updates.health import GuardCounts, GuardSpec, ParamGuard
 from ekko.updates.link import LinkSpec, TokenBucket
 from ekko.updates.priority import Policy, Scheduler, SchedulerConfig
 from ekko.updates.snapshots import Cut, CutLog, Fence, RestoreResult, fence, vectors_json
@@ -97,6 +98,73 @@ class NodeConfig:
     over every upstream, for every table (a node in one stream)."""
     model_weights: tuple[tuple[str, float], ...] = ()
     """``p_m`` per model for this node's responses (:attr:`Scheduler.model_weights`)."""
+    guards: tuple[tuple[str, float | None], ...] = ()
+    """Models whose applied embedding rows the parameter guard judges, each with its update-size
+    ratio (None: no update-size test); see :class:`GuardCounter`."""
+
+
+GUARD_KINDS = ("rows", "nonfinite", "zeroed", "exploded")
+
+
+class GuardCounter:
+    """The parameter guard on a node's applied rows: one :class:`ParamGuard` per guarded model,
+    its counts in ``ekko_update_guard_rows_total{model, kind}`` (kind ``rows``: rows judged;
+    ``nonfinite``, ``zeroed``, ``exploded``: rows flagged), which the model-state manager reads
+    from the server's ``/metrics`` per detector window, as it reads the paired-loss series."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows = Counter(
+            "ekko_update_guard_rows",
+            "Applied rows the parameter guard judged (kind rows) and flagged (kind nonfinite, "
+            "zeroed, exploded), by model.",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.guards: dict[str, ParamGuard] = {}
+
+    def configure(self, guards: Sequence[tuple[str, float | None]]) -> None:
+        """Guard these models (a model whose step ratio is unchanged keeps its running means)."""
+        wanted = dict(guards)
+        kept = {
+            m: g for m, g in self.guards.items() if m in wanted and g.spec.step_ratio == wanted[m]
+        }
+        for model, ratio in wanted.items():
+            if model not in kept:
+                kept[model] = ParamGuard(GuardSpec(step_ratio=ratio))
+                for kind in GUARD_KINDS:
+                    self.rows.labels(model, kind)
+        self.guards = kept
+
+    def before(self, store: Store, model: str, batch: Batch) -> Any:
+        """What the guard needs from before a write: the held rows of the batch's keys."""
+        if model not in self.guards or batch.n == 0 or store.spec(batch.table).kind == "dense":
+            return None
+        keys = np.unique(batch.keys)
+        old, found = store.get(batch.table, keys)
+        return keys, old, found
+
+    def after(
+        self, store: Store, model: str, table: str, before: Any, applied: Any
+    ) -> GuardCounts | None:
+        """Judge the rows a write applied (``applied``: their keys) and count them."""
+        guard = self.guards.get(model)
+        if guard is None or before is None:
+            return None
+        keys, old, found = before
+        done = np.asarray(applied, dtype=np.int64)
+        if done.size == 0:
+            return GuardCounts()
+        pos = np.searchsorted(keys, done)
+        new, _ = store.get(table, done)
+        counts = guard.observe(table, old[pos], found[pos], new)
+        for kind, n in zip(
+            GUARD_KINDS,
+            (counts.rows, counts.nonfinite, counts.zeroed, counts.exploded),
+            strict=True,
+        ):
+            if n:
+                self.rows.labels(model, kind).inc(n)
+        return counts
 
 
 @dataclass
@@ -129,7 +197,10 @@ class Node:
                 store = Store.from_arrays(dict(data), cache_capacity=config.cache_capacity)
             log.info("Node %s resumed from %s", config.name, config.state)
         self.store = store or Store(cache_capacity=config.cache_capacity)
-        self.metrics = UpdateMetrics(registry or CollectorRegistry(), config.region)
+        registry = registry or CollectorRegistry()
+        self.metrics = UpdateMetrics(registry, config.region)
+        self.guard = GuardCounter(registry)
+        self.guard.configure(config.guards)
         self.server = UpdateServer(
             self.store,
             Scheduler(SchedulerConfig(config.policy, config.high_percentile)),
@@ -219,6 +290,7 @@ class Node:
             )
         self.server.scheduler.model_weights = dict(config.model_weights)
         self.cuts.cap_bytes = config.undo_cap_bytes
+        self.guard.configure(config.guards)
         now = self.clock()
         self.upstreams = [
             _UpstreamState(
@@ -399,11 +471,14 @@ class Node:
             b = fence(resolved, self.fence)
             resolved_all &= b.n == pulled.n
             self.cuts.before_apply(self.store, b)
+            model = self.store.spec(b.table).model
+            held = self.guard.before(self.store, model, b)
             before = self.store.changes
             result = self.store.apply(b, source)
+            self.guard.after(self.store, model, b.table, held, result.keys)
             changed |= self.store.changes != before
             now = self.wall()
-            self.metrics.observe_apply(self.store.spec(b.table).model, result, now)
+            self.metrics.observe_apply(model, result, now)
             self.rows_pulled += result.applied
             if self._log is not None and result.applied:
                 self._log.writelines(
