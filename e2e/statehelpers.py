@@ -58,9 +58,20 @@ class LivePublisher:
         self.call(lambda: self.pub.publish(table, keys, values))
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.pub.stop(), self.loop).result(10)
+        async def shutdown() -> None:
+            await self.pub.stop()
+            # Pulls still parked in a handler (agents long-poll) end here, not in the garbage
+            # collector's "Task was destroyed but it is pending!" at exit.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 def rows(seed: int, n: int) -> np.ndarray:

@@ -109,6 +109,37 @@ def stream_events(api: Api) -> list[str]:
     ]
 
 
+def streaming(
+    api: Api,
+    fleet: AgentFleet,
+    operator: OperatorProcess,
+    publisher: LivePublisher,
+    health_spec: dict[str, Any],
+    expect: np.ndarray,
+    what: str,
+) -> list[str]:
+    """The set-up every test here shares: a pool, the ranker (2 shards x 2 replicas) placed and
+    loaded, its UpdateStream with ``health_spec``, and every holder scoring ``expect`` from the
+    publisher's rows on its live view. Returns the holders."""
+    api.create(pool_manifest(memory="20Gi"))
+    api.create(model_manifest("ranker", 2, "8Gi", 2))
+    wait_for(
+        lambda: converged(api, models=["ranker"]),
+        "model placed and loaded",
+        timeout=120,
+        describe=operator.logs,
+    )
+    api.create(stream_manifest(publisher.url, health_spec))
+    names = holders(api)
+    wait_for(
+        lambda: all_score(fleet, names, expect, "live"),
+        what,
+        timeout=90,
+        describe=lambda: (health(api), operator.logs()[-2000:]),
+    )
+    return names
+
+
 def test_harmful_update_is_caught_and_the_state_rolled_back(
     cluster: Cluster,
     api: Api,
@@ -118,21 +149,14 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
 ) -> None:
     clean = clean_scores()
     with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
-        api.create(pool_manifest(memory="20Gi"))
-        api.create(model_manifest("ranker", 2, "8Gi", 2))
-        wait_for(
-            lambda: converged(api, models=["ranker"]),
-            "model placed and loaded",
-            timeout=120,
-            describe=operator.logs,
-        )
-        api.create(stream_manifest(publisher.url, HEALTH))
-        names = holders(api)
-        wait_for(
-            lambda: all_score(fleet, names, clean, "live"),
+        names = streaming(
+            api,
+            fleet,
+            operator,
+            publisher,
+            HEALTH,
+            clean,
             "every agent scoring from the publisher's rows",
-            timeout=90,
-            describe=lambda: (health(api), operator.logs()[-2000:]),
         )
 
         with Traffic(urls_of(fleet, names)):
@@ -374,21 +398,14 @@ def test_recent_view_catches_a_harm_the_freshness_gain_hides(
     assert to_recent > 0.06 and to_baseline < -0.05, (to_recent, to_baseline)
     publisher.publish("ranker.item", np.arange(ITEMS), poor_items)
     with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
-        api.create(pool_manifest(memory="20Gi"))
-        api.create(model_manifest("ranker", 2, "8Gi", 2))
-        wait_for(
-            lambda: converged(api, models=["ranker"]),
-            "model placed and loaded",
-            timeout=120,
-            describe=operator.logs,
-        )
-        api.create(stream_manifest(publisher.url, RECENT_HEALTH))
-        names = holders(api)
-        wait_for(
-            lambda: all_score(fleet, names, poor, "live"),
+        names = streaming(
+            api,
+            fleet,
+            operator,
+            publisher,
+            RECENT_HEALTH,
+            poor,
             "every agent scoring the poor rows",
-            timeout=90,
-            describe=lambda: (health(api), operator.logs()[-2000:]),
         )
         with Traffic(urls_of(fleet, names)):
             # The poor state reaches the baseline (60 s); the recent view follows a cut behind.
@@ -521,21 +538,14 @@ def test_parameter_guard_catches_zeroed_rows(
     trained = np.random.default_rng(11).normal(0, 0.4, (len(WIDE), DIM + 1)).astype(np.float32)
     publisher.publish("ranker.item", WIDE, trained)
     with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
-        api.create(pool_manifest(memory="20Gi"))
-        api.create(model_manifest("ranker", 2, "8Gi", 2))
-        wait_for(
-            lambda: converged(api, models=["ranker"]),
-            "model placed and loaded",
-            timeout=120,
-            describe=operator.logs,
-        )
-        api.create(stream_manifest(publisher.url, GUARD_HEALTH))
-        names = holders(api)
-        wait_for(
-            lambda: all_score(fleet, names, clean, "live"),
+        names = streaming(
+            api,
+            fleet,
+            operator,
+            publisher,
+            GUARD_HEALTH,
+            clean,
             "every agent scoring from the publisher's rows",
-            timeout=90,
-            describe=lambda: (health(api), operator.logs()[-2000:]),
         )
         with Traffic(urls_of(fleet, names)):
             wait_for(
