@@ -101,6 +101,17 @@ def control(api: Api) -> dict[str, Any]:
     return (api.get("models", "ranker").get("status") or {}).get("updates") or {}
 
 
+def resumed(api: Api, operator: OperatorProcess) -> dict[str, Any]:
+    """Wait until the stream's last rollback has resumed live serving; its health status."""
+    done: dict[str, Any] = wait_for(
+        lambda: h if ((h := health(api)).get("lastRollback") or {}).get("resumedAt") else None,
+        "the state restored and live again",
+        timeout=90,
+        describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
+    )
+    return done
+
+
 def stream_events(api: Api) -> list[str]:
     return [
         e.reason
@@ -206,14 +217,7 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
                 timeout=30,
             )
             operator.start()
-            done = wait_for(
-                lambda: (
-                    h if ((h := health(api)).get("lastRollback") or {}).get("resumedAt") else None
-                ),
-                "the state restored and live again",
-                timeout=90,
-                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
-            )
+            done = resumed(api, operator)
             rb = done["lastRollback"]
             log.info(
                 "harm → decision %.1fs; switch %ss, restore %ss after it; publisher restored %s",
@@ -487,14 +491,7 @@ def test_recent_view_catches_a_harm_the_freshness_gain_hides(
             # The baseline comparison alone would not have flagged it: its window is Good.
             assert w["meanLossDifference"] < 0.05 - 0.01, w
             assert w["recentMeanLossDifference"] >= 0.04, w
-            done = wait_for(
-                lambda: (
-                    h if ((h := health(api)).get("lastRollback") or {}).get("resumedAt") else None
-                ),
-                "the state restored and live again",
-                timeout=90,
-                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
-            )
+            done = resumed(api, operator)
             rb = done["lastRollback"]
             assert (rb["trigger"], rb["epoch"], rb["publisherRestored"]) == ("Detector", 1, True)
             # Restored to the baseline (the poor state: a yardstick is not a safe state); the
@@ -579,14 +576,7 @@ def test_parameter_guard_catches_zeroed_rows(
                 if e.reason == "Corrupted"
             ]
             assert any("parameter guard" in m for m in messages), messages
-            done = wait_for(
-                lambda: (
-                    h if ((h := health(api)).get("lastRollback") or {}).get("resumedAt") else None
-                ),
-                "the state restored and live again",
-                timeout=90,
-                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
-            )
+            done = resumed(api, operator)
             rb = done["lastRollback"]
             log.info(
                 "guard: harm → decision %.1fs; switch %ss, restore %ss; events %s",
