@@ -200,6 +200,7 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
                 lambda: h if (h := health(api)).get("step", "None") != "None" else None,
                 "the detector's decision",
                 timeout=60,
+                interval=0.02,  # the whole rollback can take 0.17 s: do not poll past it
                 describe=lambda: (health(api), operator.logs()[-3000:]),
             )
             operator.stop(hard=True)  # right after the decision
@@ -474,6 +475,7 @@ def test_recent_view_catches_a_harm_the_freshness_gain_hides(
                 lambda: h if (h := health(api)).get("step", "None") != "None" else None,
                 "the detector's decision",
                 timeout=60,
+                interval=0.02,  # the whole rollback can take 0.17 s: do not poll past it
                 describe=lambda: (health(api), operator.logs()[-3000:]),
             )
             w = decided["lastWindow"]
@@ -566,6 +568,7 @@ def test_parameter_guard_catches_zeroed_rows(
                 lambda: h if (h := health(api)).get("step", "None") != "None" else None,
                 "the detector's decision",
                 timeout=60,
+                interval=0.02,  # the whole rollback can take 0.17 s: do not poll past it
                 describe=lambda: (health(api), operator.logs()[-3000:]),
             )
             assert decided["phase"] == "Corrupted"
