@@ -1627,6 +1627,11 @@ class UpdateHealthStatus(ApiModel):
     cuts: Annotated[list[CutRecord], ListSchema("atomic")] = Field(
         default_factory=list, max_length=256, description="Cuts taken and retained, oldest first."
     )
+    last_cut: int = Field(
+        default=0,
+        ge=0,
+        description="Newest cut id taken; ids only increase, also past a restore that dropped the cuts above its own.",
+    )
     bad_windows: int = Field(default=0, ge=0, description="Consecutive Bad windows.")
     good_windows: int = Field(default=0, ge=0, description="Consecutive Good windows.")
     cusum: float = Field(default=0.0, ge=0, description="The CUSUM's running sum.")
