@@ -31,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ekko.agent.engines import BASELINE_VIEW, LIVE_VIEW, RowReader
-from ekko.api.resources import DutyHealth, ModelUpdateControl, ServerUpdateState
+from ekko.api.resources import DutyHealth, ModelUpdateControl, ServerUpdateState, UpdateGuard
+from ekko.updates.health import GuardSpec
 from ekko.updates.node import Node
 from ekko.updates.scoring import pair_logloss
 
@@ -60,6 +61,18 @@ def paired_differences(
     p_base = np.asarray(baseline, dtype=np.float64).ravel()[keep]
     out: npt.NDArray[np.float64] = pair_logloss(y[keep], p_live) - pair_logloss(y[keep], p_base)
     return out
+
+
+def guard_spec(guard: UpdateGuard) -> GuardSpec:
+    """The thresholds a duty's ``health.guard`` gives the node's parameter guard (the running
+    means' memory keeps its default)."""
+    return GuardSpec(
+        zero_ratio=guard.zero_ratio,
+        zero_from=guard.zero_from,
+        norm_ratio=guard.norm_ratio,
+        step_ratio=guard.step_ratio,
+        warmup=guard.warmup,
+    )
 
 
 class ModelStates:

@@ -98,9 +98,9 @@ class NodeConfig:
     over every upstream, for every table (a node in one stream)."""
     model_weights: tuple[tuple[str, float], ...] = ()
     """``p_m`` per model for this node's responses (:attr:`Scheduler.model_weights`)."""
-    guards: tuple[tuple[str, float | None], ...] = ()
-    """Models whose applied embedding rows the parameter guard judges, each with its update-size
-    ratio (None: no update-size test); see :class:`GuardCounter`."""
+    guards: tuple[tuple[str, GuardSpec], ...] = ()
+    """Models whose applied embedding rows the parameter guard judges, each with its thresholds;
+    see :class:`GuardCounter`."""
 
 
 GUARD_KINDS = ("rows", "nonfinite", "zeroed", "exploded")
@@ -122,15 +122,13 @@ class GuardCounter:
         )
         self.guards: dict[str, ParamGuard] = {}
 
-    def configure(self, guards: Sequence[tuple[str, float | None]]) -> None:
-        """Guard these models (a model whose step ratio is unchanged keeps its running means)."""
+    def configure(self, guards: Sequence[tuple[str, GuardSpec]]) -> None:
+        """Guard these models (a model whose thresholds are unchanged keeps its running means)."""
         wanted = dict(guards)
-        kept = {
-            m: g for m, g in self.guards.items() if m in wanted and g.spec.step_ratio == wanted[m]
-        }
-        for model, ratio in wanted.items():
+        kept = {m: g for m, g in self.guards.items() if m in wanted and g.spec == wanted[m]}
+        for model, spec in wanted.items():
             if model not in kept:
-                kept[model] = ParamGuard(GuardSpec(step_ratio=ratio))
+                kept[model] = ParamGuard(spec)
                 for kind in GUARD_KINDS:
                     self.rows.labels(model, kind)
         self.guards = kept
