@@ -257,7 +257,7 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
                 timeout=30,
             )
             fresh_at = time.time()
-            assert publisher.call(lambda: publisher.pub.epoch) == 1
+            assert publisher.call(lambda: publisher.pub.epoch_of("ranker")) == 1
             reasons = stream_events(api)
             for reason in ("Corrupted", "ServingBaseline", "Restoring", "Resumed"):
                 assert reason in reasons, reasons

@@ -83,6 +83,10 @@ class Publisher:
         for spec in tables:
             self.declare(spec)
 
+    def epoch_of(self, model: str) -> int:
+        """The epoch ``model``'s rows are published at."""
+        return self.epochs.get(model, self.epoch)
+
     def declare(self, spec: TableSpec) -> None:
         self.store.declare(spec)
         self.metrics.declare_model(spec.model)
@@ -108,7 +112,7 @@ class Publisher:
             table,
             k,
             v,
-            epoch=self.epochs.get(spec.model, self.epoch),
+            epoch=self.epoch_of(spec.model),
             origin=self.origin,
             seqs=seqs,
             publish_time=self.clock(),
