@@ -15,7 +15,8 @@ Between episodes it waits for the model to be Healthy with a baseline newer than
 update, so every episode starts alike. ``--guard-rows N`` turns on the parameter guard
 (``spec.health.guard``, optionally ``--guard-step-ratio``): 1,000 trained rows of each table on
 keys nobody scores warm it up first, and each caught episode says which signal decided
-(``by``: ``guard`` when the Corrupted event names the parameter guard, else ``loss``). Prints a table and, with ``--json``, the numbers
+(``by``: ``guard`` when the Corrupted event names the parameter guard, else ``loss``; when both
+fire in the same window the event names the loss). Prints a table and, with ``--json``, the numbers
 (``harmful_caught``, ``harmful_runs``, ``false_rollbacks``, ``clean_runs``, ``detect_p50_s``,
 ``traffic_switch_p99_s``, ``restore_p99_s`` …).
 """
