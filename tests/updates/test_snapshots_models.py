@@ -120,6 +120,14 @@ def test_a_cut_of_one_model_names_only_its_tables() -> None:
         r.cuts.restore(r.store, 1, model="b", now=2.0)
 
 
+def test_the_cap_is_per_model_and_follows_a_new_setting() -> None:
+    cuts = ModelCuts(1000)
+    a, b = cuts.log("a"), cuts.log("b")
+    assert (a.cap_bytes, b.cap_bytes) == (1000, 1000)
+    cuts.cap_bytes = 64
+    assert (a.cap_bytes, b.cap_bytes, cuts.log("c").cap_bytes) == (64, 64, 64)
+
+
 def test_a_log_without_a_model_covers_every_table() -> None:
     """A cut and restore that name no model (one model per node) work as before."""
     r = Replica()
