@@ -35,6 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
@@ -46,6 +47,8 @@ from ekko.solver.types import ServerId, SloClassName
 SOURCE = "configuration LP"
 # Duals are scaled by this and rounded up to integer weights (the certificate's w).
 WEIGHT_SCALE = 1 << 20
+# Weight of the best duals so far in the point priced (dual smoothing).
+SMOOTHING = 0.5
 # Seconds one pricing problem gets at first (doubled when it could not prove its bound).
 PRICING_SECONDS = 0.05
 # Most columns added per server type and iteration (solutions CP-SAT found on its way).
@@ -277,14 +280,28 @@ def config_lp_bound(
         add(p)
     best = ConfigBound(0, math.inf, 0, len(seen), False, 0.0, shapes=sh)
     budget = PRICING_SECONDS
+    # Dual smoothing (Wentges): price at a point between the best duals so far (the centre,
+    # by the bound they certify) and the master LP's; fewer iterations than pricing at the
+    # master's duals, which jump between vertices of a degenerate LP.
+    centre: list[float] | None = None
+    centre_value = Fraction(-1)
+    alpha = SMOOTHING
+    duals: list[float] = []
+    z = math.inf
+    solve_lp = True
     it = 0
     while True:
         it += 1
-        if lp.Solve() != pywraplp.Solver.OPTIMAL:
-            break
-        z = lp.Objective().Value()
-        duals = [max(0.0, r.dual_value()) for r in rows]
-        w = [math.ceil(d * WEIGHT_SCALE) if d > 0 else 0 for d in duals]
+        if solve_lp:
+            if lp.Solve() != pywraplp.Solver.OPTIMAL:
+                break
+            z = lp.Objective().Value()
+            duals = [max(0.0, r.dual_value()) for r in rows]
+        smooth = centre is not None and alpha > 0
+        pi = duals
+        if smooth and centre is not None:
+            pi = [alpha * c + (1 - alpha) * d for c, d in zip(centre, duals, strict=True)]
+        w = [math.ceil(d * WEIGHT_SCALE) if d > 0 else 0 for d in pi]
         v = 0
         added = 0
         proven = True
@@ -298,10 +315,13 @@ def config_lp_bound(
             v = max(v, res.bound)
             proven = proven and res.optimal
             for col in res.columns:
-                # Improves the master LP only if its reduced cost is negative (exact duals).
+                # Improves the master LP only if its reduced cost is negative (master duals).
                 if sum(duals[s] * a for s, a in col.items()) > 1.0 + 1e-9 and add(col):
                     added += 1
         if v > 0:
+            value = Fraction(sum(w[s] * sh.demand[s] for s in range(n)), v)
+            if value > centre_value:
+                centre, centre_value = pi, value
             lb = certificate_bound(sh, w, v)
             if lb > best.bound:
                 best = ConfigBound(lb, z, it, len(seen), False, 0.0, tuple(w), v, sh)
@@ -317,10 +337,14 @@ def config_lp_bound(
         if best.bound >= math.ceil(z - 1e-6):  # the master LP cannot prove more
             best.converged = proven or best.converged
             break
+        solve_lp = added > 0
         if not added:
-            if proven:
+            if smooth:
+                alpha = alpha / 2 if alpha > 0.1 else 0.0  # mis-pricing: move towards the master
+            elif proven:
                 best.converged = True
                 break
-            budget *= 2  # the pricing ran out of time before finding or refuting a column
+            else:
+                budget *= 2  # the pricing ran out of time before finding or refuting a column
     best.seconds = time.monotonic() - t0
     return best
