@@ -189,3 +189,16 @@ def test_start_patterns_become_columns_and_stop_at_stops() -> None:
     ]
     res = config_lp_bound(inst, 5.0, patterns=pats, stop_at=2)
     assert res.bound == 2 and res.lp_value <= 2 + 1e-9
+
+
+def test_bench_study_bound_and_ceiling_bracket_the_lp() -> None:
+    # bench.placement --config-lp: the bound alone, started from a plan's servers; the ceiling
+    # (master LP value rounded up) is never below the bound nor above the plan.
+    from bench.placement import _config_lp
+
+    items = [(41, 6, "batch"), (18, 47, "batch"), (59, 5, "batch"), (9, 49, "batch")]
+    items.append((40, 53, "batch"))
+    pr = _problem(items)
+    plan = solve(pr, SolveConfig(time_limit=1))
+    bound, ceiling, _ = _config_lp(pr, plan, 5.0)
+    assert bound == 3 <= ceiling <= plan.servers_used == 3
