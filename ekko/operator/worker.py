@@ -53,6 +53,7 @@ from ekko.planning.status import (
     model_status,
     orphan_status,
     pool_status,
+    tally,
 )
 from ekko.solver import Plan, solve, violations
 
@@ -416,12 +417,15 @@ class PoolWorker:
         await self._report_pool(state, desired)
         writes: list[tuple[str, dict[str, Any]]] = []
         stables: list[tuple[str, dict[str, Any]]] = []
+        counted = tally(state, desired)
         for model in state.models:
             if model.metadata.name in state.rejected:
                 continue  # reported below, on the spec as it stands
             why = self.outcome.excluded.get(model.metadata.name, "")
             # Only the pool worker's own fields, every one of them (server-side apply).
-            body = model_status(state, desired, model, now, why).owned_wire("pool-worker")
+            body = model_status(state, desired, model, now, why, counted=counted).owned_wire(
+                "pool-worker"
+            )
             if self._last_status.get(f"models/{model.metadata.name}") != body:
                 writes.append((model.metadata.name, body))
             stable = initial_stable(model)
