@@ -822,6 +822,16 @@ class Bench:
             lambda s: s.converged() and s.short_replicas() == 0,
             {
                 "plan computed": lambda s: bool(s.plan.get("computedAt")),
+                # The first plan may cover the models created before its debounce ran out only.
+                "plan of every model in status (every model placed)": lambda s: (
+                    len(s.models) == len(models)
+                    and all(
+                        (m.get("status") or {}).get("replicasPlaced", -1)
+                        >= (m.get("status") or {}).get("replicasWanted", 1)
+                        > 0
+                        for m in s.models
+                    )
+                ),
                 "every server pod Running and Ready": all_pods_running,
                 "every agent reporting": lambda s: (
                     bool(s.plan)
