@@ -792,10 +792,11 @@ class Bench:
             for m in models
         )
         usable = POOL_MEMORY_GIB * GIB * (1 - HEADROOM)
+        memory_bound = math.ceil(shard_bytes / usable)
         r.add(
             "workload",
             f"{len(models)} models, {replicas} shard replicas, {shard_bytes / GIB:.0f} GiB; "
-            f"memory bound {math.ceil(shard_bytes / usable)} servers of {POOL_MEMORY_GIB} GiB",
+            f"memory bound {memory_bound} servers of {POOL_MEMORY_GIB} GiB",
         )
         phase = Phase(cluster, watched, self.interval)
         first = watched.sample()
@@ -822,8 +823,12 @@ class Bench:
             lambda s: s.converged() and s.short_replicas() == 0,
             {
                 "plan computed": lambda s: bool(s.plan.get("computedAt")),
-                # The first plan may cover the models created before its debounce ran out only.
-                "plan of every model in status (every model placed)": lambda s: (
+                # The first plan may cover only the models created before its debounce ran
+                # out: the whole workload's plan is the first whose bound reaches its memory's.
+                "plan of every model in status.plan": lambda s: (
+                    (s.plan.get("lowerBound") or 0) >= memory_bound
+                ),
+                "every model's status placed (written after the plan's writes)": lambda s: (
                     len(s.models) == len(models)
                     and all(
                         (m.get("status") or {}).get("replicasPlaced", -1)
