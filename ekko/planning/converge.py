@@ -49,6 +49,9 @@ class WriteAssignment:
     server: str
     zone: str
     shards: tuple[AssignedShard, ...]
+    new: bool = False
+    """No assignment was observed: create it (a patch first would fail, one request more for
+    each of a new fleet's servers)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
         changed = shards != server.spec_shards or not server.assignment_exists
         if changed and (server.assignment_exists or shards):
             zone = desired.zones.get(server.name, server.zone)
-            actions.append(WriteAssignment(server.name, zone, shards))
+            actions.append(
+                WriteAssignment(server.name, zone, shards, new=not server.assignment_exists)
+            )
         if (
             server.name not in desired.servers
             and not shards
@@ -120,7 +125,7 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
                 wanted=wanted,
                 ready=ready,
             )
-            actions.append(WriteAssignment(name, zone, shards))
+            actions.append(WriteAssignment(name, zone, shards, new=True))
     return actions
 
 
