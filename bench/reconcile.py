@@ -618,6 +618,18 @@ class Phase:
             time.sleep(max(0.0, self.interval - (time.monotonic() - t)))
 
 
+def replaced(
+    snap: Snapshot, victims: dict[str, str], test: Callable[[dict[str, Any]], bool]
+) -> bool:
+    """Whether every lost pod (name -> its old UID) exists again under a new UID and passes
+    ``test``."""
+    pods = {p["metadata"]["name"]: p for p in snap.pods}
+    return all(
+        name in pods and pods[name]["metadata"]["uid"] != uid and test(pods[name])
+        for name, uid in victims.items()
+    )
+
+
 def progress(snap: Snapshot) -> str:
     st = snap.pool_status
     loaded = sum(len((a.get("status") or {}).get("loaded") or []) for a in snap.assignments)
@@ -668,6 +680,8 @@ class Bench:
     """> 0: EchoAgents with this heartbeat instead of one agent process per server."""
     sim_heartbeat: float = 0.0
     """> 0: the fleet simulator (one process, the agent's loop per server) with this heartbeat."""
+    idle_seconds: float = 10.0
+    """Length of the converged-idle window (the pool workers' resync runs every 60 s)."""
     metrics_port: int = field(default_factory=free_port)
 
     def requests(self) -> OperatorCounts:
@@ -778,10 +792,11 @@ class Bench:
             for m in models
         )
         usable = POOL_MEMORY_GIB * GIB * (1 - HEADROOM)
+        memory_bound = math.ceil(shard_bytes / usable)
         r.add(
             "workload",
             f"{len(models)} models, {replicas} shard replicas, {shard_bytes / GIB:.0f} GiB; "
-            f"memory bound {math.ceil(shard_bytes / usable)} servers of {POOL_MEMORY_GIB} GiB",
+            f"memory bound {memory_bound} servers of {POOL_MEMORY_GIB} GiB",
         )
         phase = Phase(cluster, watched, self.interval)
         first = watched.sample()
@@ -808,6 +823,20 @@ class Bench:
             lambda s: s.converged() and s.short_replicas() == 0,
             {
                 "plan computed": lambda s: bool(s.plan.get("computedAt")),
+                # The first plan may cover only the models created before its debounce ran
+                # out: the whole workload's plan is the first whose bound reaches its memory's.
+                "plan of every model in status.plan": lambda s: (
+                    (s.plan.get("lowerBound") or 0) >= memory_bound
+                ),
+                "every model's status placed (written after the plan's writes)": lambda s: (
+                    len(s.models) == len(models)
+                    and all(
+                        (m.get("status") or {}).get("replicasPlaced", -1)
+                        >= (m.get("status") or {}).get("replicasWanted", 1)
+                        > 0
+                        for m in s.models
+                    )
+                ),
                 "every server pod Running and Ready": all_pods_running,
                 "every agent reporting": lambda s: (
                     bool(s.plan)
@@ -837,10 +866,11 @@ class Bench:
         time.sleep(3)
         idle0 = watched.sample()
         counts = self.requests()
-        time.sleep(10)
+        time.sleep(self.idle_seconds)
         idle1 = watched.sample()
-        r.add("converged, idle (10 s)", fmt_cpu(cpu_delta(idle0, idle1), idle1.at - idle0.at))
-        self.add_requests("converged, idle (10 s)", counts, self.requests())
+        window = f"converged, idle ({self.idle_seconds:.0f} s)"
+        r.add(window, fmt_cpu(cpu_delta(idle0, idle1), idle1.at - idle0.at))
+        self.add_requests(window, counts, self.requests())
         r.add("converged, idle: machine", load())
 
         # 2. a lost node
@@ -883,15 +913,23 @@ class Bench:
             recovered,
             {
                 "pool not Ready": lambda s: not s.condition(s.pool),
-                "lost pods recreated and bound": lambda s: all(
-                    any(
-                        p["metadata"]["name"] == n
-                        and p["metadata"]["uid"] != uid
-                        and p["spec"].get("nodeName")
-                        for p in s.pods
-                    )
-                    for n, uid in victims.items()
+                # Where the time goes, step by step (each is the first poll that saw it).
+                "lost pods recreated": lambda s: replaced(s, victims, lambda p: True),
+                "lost pods recreated and bound": lambda s: replaced(
+                    s, victims, lambda p: bool(p["spec"].get("nodeName"))
                 ),
+                "lost pods Running and Ready": lambda s: replaced(
+                    s, victims, lambda p: p["metadata"]["name"] in s.ready_pods()
+                ),
+                "new pods' agents reported": lambda s: all(
+                    (a.get("status") or {}).get("podUid")
+                    == next(
+                        (p["metadata"]["uid"] for p in s.pods if p["metadata"]["name"] == n), None
+                    )
+                    for a in s.assignments
+                    if (n := a["metadata"]["name"]) in victims
+                ),
+                "every model Ready": lambda s: all(s.condition(m) for m in s.models),
             },
             scale.timeout,
         )
@@ -1030,6 +1068,12 @@ def main(argv: list[str] | None = None) -> int:
         "agent's own control loop per server, sim engine) with this heartbeat",
     )
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
+    ap.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="length of the converged-idle CPU window (say 130: two of the workers' 60 s resyncs)",
+    )
     ap.add_argument("--log-dir", type=Path, help="keep the agents' logs here (default: a temp dir)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -1058,6 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
             log_dir,
             echo_heartbeat=args.echo_agents,
             sim_heartbeat=args.sim_agents,
+            idle_seconds=args.idle_seconds,
         )
         try:
             bench.run()

@@ -73,7 +73,10 @@ class StatusWriter:
     """Serialises status patches and coalesces those that queue up while one is in flight.
 
     Each submitted body holds whole top-level status fields, so merging newer over older keeps
-    the latest value of every field and patches are never reordered.
+    the latest value of every field and patches are never reordered. The writer remembers the
+    last value queued for each field, so a report can carry only the fields that changed
+    (:meth:`changes`): at a thousand agents the API server's patch rate is the limit, and each
+    agent's report waits behind the others'.
     """
 
     def __init__(
@@ -95,10 +98,28 @@ class StatusWriter:
         self._pending: dict[str, Any] | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
+        self._known: dict[str, Any] = {}
+        """The last value queued for each field: what the status holds once the queue is written."""
+        self._in_flight = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no patch in flight: the status on the server is our last write."""
+        return self._pending is None and not self._in_flight
+
+    def changes(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The fields of ``body`` whose value differs from the last one queued."""
+        return {k: v for k, v in body.items() if k not in self._known or self._known[k] != v}
+
+    def forget(self) -> None:
+        """The status on the server is not (only) ours any more (it was emptied, or another pod's
+        agent wrote it): the next report carries every field."""
+        self._known = {}
 
     def submit(self, fields: dict[str, Any]) -> asyncio.Future[None]:
         """Queue fields for the next patch; the future resolves once a patch carrying them ends
         (written, or given up because the assignment is gone)."""
+        self._known.update(fields)
         self._pending = {**(self._pending or {}), **fields}
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
@@ -123,11 +144,13 @@ class StatusWriter:
             if self.pod_uid:
                 body["podUid"] = self.pod_uid
             try:
+                self._in_flight = True
                 await self._patch(body)
                 self._metrics.status_writes.inc()
                 delay = self._retry_delay
             except NotFound:
                 log.info("ServerAssignment is gone; status not written")
+                self.forget()  # a new one starts empty
             except KubeError as err:
                 self._metrics.status_write_errors.inc()
                 log.warning("status write failed, retrying in %.1fs: %s", delay, err)
@@ -138,6 +161,8 @@ class StatusWriter:
                 delay = min(delay * 2, 30.0)
                 self._wake.set()
                 continue
+            finally:
+                self._in_flight = False
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
@@ -373,6 +398,13 @@ class Agent:
             log.error("ServerAssignment is invalid; ignored: %s", err)
             return
         generation = assignment.metadata.generation
+        reported = assignment.status.pod_uid if assignment.status else ""
+        if reported and self.writer.pod_uid and reported != self.writer.pod_uid:
+            # Another pod's agent wrote the status: ours must be written whole again (if this
+            # agent is the orphan, its writer writes nothing any more).
+            self.writer.forget()
+            self._last_report = None
+            self._wake.set()
         if self.seen and generation == self.generation and not self._status_missing(obj):
             return  # a status-only change (often our own write)
         self.seen = True
@@ -385,7 +417,11 @@ class Agent:
         log.info(
             "observed ServerAssignment generation %s with %d shards", generation, len(self.assigned)
         )
-        self._last_report = None if self._status_missing(obj) else self._last_report
+        if self._status_missing(obj) and self.writer.idle:
+            # Emptied (a re-created assignment): write every field again. While a patch of
+            # ours is queued or in flight, the missing status is that patch not written yet.
+            self._last_report = None
+            self.writer.forget()
         self._wake.set()
 
     @staticmethod
@@ -532,7 +568,12 @@ class Agent:
             log.exception("could not start or re-wire the update node")
 
     async def reconcile(self) -> None:
-        """One pass: load what is new (bounded, concurrent), report, unload what is gone, report."""
+        """One pass: load what is new (bounded, concurrent), unload what is gone, report once.
+
+        The report is queued, not waited for: at fleet scale a status patch can wait tens of
+        seconds behind other agents' (the API server is the limit), and a pass that waited for
+        its own write started its next load, and its unloads, that much later. Reports queued
+        meanwhile are merged into one patch by the writer."""
         await self._sync_updates()
         to_load, _ = decide.diff(self.assigned, self.loaded)
         assigned_keys = {decide.key_of(s) for s in self.assigned}
@@ -544,13 +585,17 @@ class Agent:
         if due:
             await asyncio.gather(*(self._load(shard) for shard in due))
             self._apply_routing(submit=False)
-            await self._report()
         _, to_unload = decide.diff(self.assigned, self.loaded)
         still_failing = [k for k in self.failures if k in {decide.key_of(s) for s in self.assigned}]
         ripe, self._unwanted_since = decide.due_unloads(
             to_unload, self._unwanted_since, self._clock(), self.unload_grace
         )
         unloads = decide.safe_unloads(ripe, still_failing)
+        if due and unloads:
+            # Make-before-break on this server too: what was just loaded is reported, with what
+            # is about to go, before it goes (only without an unload grace: with one, the
+            # unload falls in a later pass anyway).
+            await self._report()
         for key in unloads:
             await self._unload(key)
         if unloads:
@@ -558,7 +603,7 @@ class Agent:
         remaining, left = decide.diff(self.assigned, self.loaded)
         if not remaining and not left:
             self.observed_generation = self.generation
-        await self._report()
+        self._report()
 
     def _due(self, key: ReplicaKey, now: float) -> bool:
         failure = self.failures.get(key)
@@ -640,13 +685,17 @@ class Agent:
         body.setdefault("observedGeneration", None)
         return body
 
-    async def _report(self) -> None:
-        """Write the whole status if it differs from the last report, and wait until written."""
+    def _report(self) -> asyncio.Future[None]:
+        """Queue the fields of the status that changed since the last report; the future
+        resolves once they are written (done at once when nothing changed)."""
         body = self.status_body()
-        if body == self._last_report:
-            return
+        changes = self.writer.changes(body) if body != self._last_report else {}
         self._last_report = body
-        await self.writer.submit(body)
+        if not changes:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self.writer.submit(changes)
 
     def heartbeat(self) -> None:
         if self.seen:

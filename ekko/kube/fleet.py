@@ -425,19 +425,27 @@ class Fleet:
             "zone": action.zone,
             "shards": [s.to_wire() for s in action.shards],
         }
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ServerAssignment",
+            "metadata": {
+                "name": action.server,
+                "labels": {POOL_LABEL: pool.metadata.name, **MANAGED_BY},
+                "ownerReferences": [owner_reference(pool)],
+            },
+            "spec": spec,
+        }
+        if action.new:  # none observed: create, and patch only if one exists after all
+            try:
+                create_object(self.custom, "serverassignments", namespace, body)
+            except Conflict:
+                patch_object(
+                    self.custom, "serverassignments", namespace, action.server, {"spec": spec}
+                )
+            return
         try:
             patch_object(self.custom, "serverassignments", namespace, action.server, {"spec": spec})
         except NotFound:
-            body = {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ServerAssignment",
-                "metadata": {
-                    "name": action.server,
-                    "labels": {POOL_LABEL: pool.metadata.name, **MANAGED_BY},
-                    "ownerReferences": [owner_reference(pool)],
-                },
-                "spec": spec,
-            }
             create_object(self.custom, "serverassignments", namespace, body)
 
     def delete_server(self, pool: ServerPool, name: str) -> None:

@@ -53,6 +53,7 @@ from ekko.planning.status import (
     model_status,
     orphan_status,
     pool_status,
+    tally,
 )
 from ekko.solver import Plan, solve, violations
 
@@ -65,6 +66,18 @@ MIN_PASS_INTERVAL = 0.5
 """Seconds between the starts of two passes of one pool: however many events arrive meanwhile
 (pods turning Ready, agents reporting loads), they are seen by one pass."""
 MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """What a pass that changed nothing saw (no action, no status or event written): a pass
+    that sees the same again has nothing to do either, and skips converging and reporting."""
+
+    state: PoolState
+    desired: Desired
+    outcome: Outcome
+    refused: str
+    more: bool
 
 
 @dataclass
@@ -97,6 +110,11 @@ class PoolWorker:
         self._last_start = -MIN_PASS_INTERVAL
         self._rolled: Roll | None = None
         self._roll_waiting = ""
+        self._quiet: Quiet | None = None
+        self._writes = 0
+        """Statuses and events this worker wrote (a pass that wrote none may be quiet)."""
+        self.skipped = 0
+        """Passes that found what the last quiet pass found, and skipped converge and report."""
         self.task: asyncio.Task[None] | None = None
 
     def wake(self, replan: bool) -> None:
@@ -186,6 +204,8 @@ class PoolWorker:
     async def run_pass(self) -> bool | None:
         """One pass; True when more work is expected, None when the pool was deleted."""
         namespace, name = self.key
+        # Taken now: a pass that raises, or fails its pool, leaves no quiet record behind.
+        quiet, self._quiet = self._quiet, None
         if not await self.gate.allowed(namespace):
             return True  # a peer acts; look again shortly, in case it goes away
         cache = getattr(self.fleet, "cache", None)
@@ -237,6 +257,21 @@ class PoolWorker:
         elif not debouncing:
             self._debounce = self._debounce.settled()
         desired = self.desired or desired_from_state(state)
+        if (
+            quiet is not None
+            and quiet.outcome is self.outcome
+            and quiet.refused == self._refused_text
+            and quiet.desired == desired
+            and quiet.state == state
+        ):
+            # Nothing observed changed since a pass that had nothing to do (the 60 s resync, a
+            # heartbeat-only wake, a follow-up while agents load): the same pure functions would
+            # return the same nothing. Node readiness and the roll's waiting are functions of the
+            # observation too (a node lost by the clock changes ``state``).
+            self._quiet = quiet
+            self.skipped += 1
+            return quiet.more
+        writes = self._writes
         rolled = await self._roll(pool, state, desired)
         desired = rolled.desired
         actions: list[Action] = [*converge(state, desired), *rolled.recreate]
@@ -265,7 +300,10 @@ class PoolWorker:
             asyncio.get_running_loop().call_later(self._refused_backoff, self._wake.set)
             return False
         self._refused_backoff = FOLLOW_UP_SECONDS
-        return more_work(bool(actions), rolled, settled(state, desired))
+        more = more_work(bool(actions), rolled, settled(state, desired))
+        if not actions and self._writes == writes:
+            self._quiet = Quiet(state, desired, self.outcome, self._refused_text, more)
+        return more
 
     async def _roll(self, pool: ServerPool, state: PoolState, desired: Desired) -> Roll:
         """Replace the next outdated servers (see ``ekko.planning.roll``); an event for each,
@@ -282,6 +320,7 @@ class PoolWorker:
             await asyncio.to_thread(
                 self.fleet.event, pool, notice.reason, notice.message, notice.warning
             )
+            self._writes += 1
         self._roll_waiting = rolled.waiting
         return rolled
 
@@ -292,6 +331,7 @@ class PoolWorker:
         if notice is not None:
             log.warning("Pool %s/%s: %s", *self.key, notice.message)
             await asyncio.to_thread(self.fleet.event, pool, notice.reason, notice.message, True)
+            self._writes += 1
         self._refused_text = text
 
     async def _report_orphans(self) -> None:
@@ -400,6 +440,7 @@ class PoolWorker:
         # The pool worker is the status's only writer: every field, server-side applied under
         # its manager; a field an operator before server-side apply left is deleted.
         stale = sorted(set(seen.to_wire() if seen else {}) - set(body))
+        self._writes += 1
         await asyncio.to_thread(
             self.fleet.apply_status,
             "serverpools",
@@ -416,12 +457,15 @@ class PoolWorker:
         await self._report_pool(state, desired)
         writes: list[tuple[str, dict[str, Any]]] = []
         stables: list[tuple[str, dict[str, Any]]] = []
+        counted = tally(state, desired)
         for model in state.models:
             if model.metadata.name in state.rejected:
                 continue  # reported below, on the spec as it stands
             why = self.outcome.excluded.get(model.metadata.name, "")
             # Only the pool worker's own fields, every one of them (server-side apply).
-            body = model_status(state, desired, model, now, why).owned_wire("pool-worker")
+            body = model_status(state, desired, model, now, why, counted=counted).owned_wire(
+                "pool-worker"
+            )
             if self._last_status.get(f"models/{model.metadata.name}") != body:
                 writes.append((model.metadata.name, body))
             stable = initial_stable(model)
@@ -430,6 +474,7 @@ class PoolWorker:
                 and self._last_status.get(f"stable/{model.metadata.name}") != stable
             ):
                 stables.append((model.metadata.name, {"stableVersion": stable}))
+        self._writes += len(writes) + len(stables)
         if writes:
             # In parallel, like the pass's other writes: at 300 models one after another took
             # minutes on a busy API server.
@@ -464,6 +509,7 @@ class PoolWorker:
                 "conditions": failure_conditions("InvalidSpec", text, None, now)
             }
             if self._last_status.get(f"models/{model_name}") != rejected:
+                self._writes += 1
                 last = self._last_good.get(model_name)
                 await asyncio.to_thread(
                     self.fleet.event_on,
@@ -483,6 +529,7 @@ class PoolWorker:
         key = f"{plural}/{obj}"
         if self._last_status.get(key) == status:
             return
+        self._writes += 1
         await asyncio.to_thread(self.fleet.patch_status, plural, self.key[0], obj, status)
         self._last_status[key] = status
 

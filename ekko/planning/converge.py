@@ -49,6 +49,9 @@ class WriteAssignment:
     server: str
     zone: str
     shards: tuple[AssignedShard, ...]
+    new: bool = False
+    """No assignment was observed: create it (a patch first would fail, one request more for
+    each of a new fleet's servers)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,12 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
     models = {m.metadata.name: m for m in state.models}
     wanted = _wanted_replicas(desired)
     ready = _ready_replicas(state, desired)
+    # Once per pass, not per server (a dict of every model per server, and a quantity parsed per
+    # replica, were most of a converged pass at 600 servers).
+    resident: dict[str, dict[str, str]] = {
+        name: {v.version: v.uri for v in state.versions(model)} for name, model in models.items()
+    }
+    sizes = _SizeOf(models)
     actions: list[Action] = []
     # minServers: empty servers beyond the plan are kept (never created ahead of need) up to it.
     spare = max(0, state.pool.spec.min_servers - len(desired.servers))
@@ -85,11 +94,15 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
             actions.append(RecreateServer(name))
     for server in state.servers:
         target = desired.servers.get(server.name, frozenset())
-        shards = _next_spec(state, models, server, target, wanted=wanted, ready=ready)
+        shards = _next_spec(
+            server, target, resident=resident, sizes=sizes, wanted=wanted, ready=ready
+        )
         changed = shards != server.spec_shards or not server.assignment_exists
         if changed and (server.assignment_exists or shards):
             zone = desired.zones.get(server.name, server.zone)
-            actions.append(WriteAssignment(server.name, zone, shards))
+            actions.append(
+                WriteAssignment(server.name, zone, shards, new=not server.assignment_exists)
+            )
         if (
             server.name not in desired.servers
             and not shards
@@ -105,14 +118,14 @@ def converge(state: PoolState, desired: Desired) -> list[Action]:
         if state.server(name) is None:
             zone = desired.zones.get(name, "")
             shards = _next_spec(
-                state,
-                models,
                 ServerObs(name, zone, pod_exists=False),
                 desired.servers[name],
+                resident=resident,
+                sizes=sizes,
                 wanted=wanted,
                 ready=ready,
             )
-            actions.append(WriteAssignment(name, zone, shards))
+            actions.append(WriteAssignment(name, zone, shards, new=True))
     return actions
 
 
@@ -134,30 +147,51 @@ def _ready_replicas(state: PoolState, desired: Desired) -> Counter[ReplicaKey]:
     return ready
 
 
+class _SizeOf:
+    """Bytes of a model's shard, each size parsed once per pass."""
+
+    def __init__(self, models: Mapping[str, Model]) -> None:
+        self.models = models
+        self._known: dict[tuple[str, int], int] = {}
+        self._uniform: dict[str, int] = {}
+
+    def __call__(self, model_name: str, index: int) -> int:
+        model = self.models[model_name]
+        if model.spec.shards.items is None:
+            size = self._uniform.get(model_name)
+            if size is None:
+                size = self._uniform[model_name] = _shard_bytes(model, index)
+            return size
+        key = (model_name, index)
+        size = self._known.get(key)
+        if size is None:
+            size = self._known[key] = _shard_bytes(model, index)
+        return size
+
+
 def _next_spec(
-    state: PoolState,
-    models: Mapping[str, Model],
     server: ServerObs,
     target: frozenset[ShardKey],
     *,
+    resident: Mapping[str, Mapping[str, str]],
+    sizes: _SizeOf,
     wanted: Counter[ShardKey],
     ready: Counter[ReplicaKey],
 ) -> tuple[AssignedShard, ...]:
     entries: dict[ReplicaKey, AssignedShard] = {}
-    resident: dict[str, dict[str, str]] = {
-        name: {v.version: v.uri for v in state.versions(model)} for name, model in models.items()
-    }
+    held = {(s.model, s.shard, s.version): s for s in server.spec_shards}
     for model_name, index in sorted(target):
-        model = models.get(model_name)
-        if model is None:
+        if model_name not in resident:
             continue
         for version, uri in resident[model_name].items():
-            entries[(model_name, index, version)] = AssignedShard(
-                model=model_name,
-                shard=index,
-                version=version,
-                uri=uri,
-                bytes=_shard_bytes(model, index),
+            key = (model_name, index, version)
+            size = sizes(model_name, index)
+            same = held.get(key)
+            if same is not None and same.uri == uri and same.bytes == size and not same.drain:
+                entries[key] = same  # what the assignment says already: no new object
+                continue
+            entries[key] = AssignedShard(
+                model=model_name, shard=index, version=version, uri=uri, bytes=size
             )
     for old in server.spec_shards:
         key = (old.model, old.shard, old.version)

@@ -7,6 +7,8 @@ status has three writers; the pool worker's part is only ``ModelStatus.OWNERS["p
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,23 +18,44 @@ from ekko.planning.converge import Desired
 from ekko.planning.state import PoolState
 
 
-def model_counts(state: PoolState, desired: Desired, model: Model) -> tuple[int, int, int]:
-    """(wanted, placed, ready) shard replicas of the model's first resident version."""
+@dataclass(frozen=True)
+class Tally:
+    """Replicas per model over the whole pool, counted in one walk of the servers (counting them
+    per model walked every server once per model: 0.85 CPU-s of a 0.55 s pass at 600 servers and
+    300 models, quadratic in the pool's size)."""
+
+    placed: Counter[str]
+    """Replicas the desired placement gives each model."""
+    ready: Counter[tuple[str, str]]
+    """(model, version) -> replicas loaded and served where the placement wants them."""
+
+
+def tally(state: PoolState, desired: Desired) -> Tally:
+    """Count every model's placed and ready replicas at once."""
+    placed: Counter[str] = Counter()
+    for keys in desired.servers.values():
+        placed.update(m for m, _ in keys)
+    ready: Counter[tuple[str, str]] = Counter()
+    for server in state.servers:
+        if not server.serving or not server.loaded:
+            continue
+        target = desired.servers.get(server.name, frozenset())
+        ready.update((m, v) for m, i, v in server.loaded if (m, i) in target)
+    return Tally(placed=placed, ready=ready)
+
+
+def model_counts(
+    state: PoolState, desired: Desired, model: Model, counted: Tally | None = None
+) -> tuple[int, int, int]:
+    """(wanted, placed, ready) shard replicas of the model's first resident version; pass
+    ``counted`` (:func:`tally` of the same state and placement) when counting many models."""
     name = model.metadata.name
     shards = model.spec.shards
     count = len(shards.items) if shards.items is not None else (shards.count or 0)
     wanted = count * model.spec.replicas
-    placed = sum(1 for keys in desired.servers.values() for m, _ in keys if m == name)
+    counted = counted if counted is not None else tally(state, desired)
     version = state.versions(model)[0].version
-    ready = 0
-    for server in state.servers:
-        if not server.serving:
-            continue
-        target = desired.servers.get(server.name, frozenset())
-        ready += sum(
-            1 for m, i, v in server.loaded if m == name and v == version and (m, i) in target
-        )
-    return wanted, placed, ready
+    return wanted, counted.placed[name], counted.ready[(name, version)]
 
 
 def model_status(
@@ -41,11 +64,14 @@ def model_status(
     model: Model,
     now: datetime,
     unplaceable: str = "",
+    *,
+    counted: Tally | None = None,
 ) -> ModelStatus:
     """The pool worker's part of a Model's status (``ModelStatus.OWNERS["pool-worker"]``); the
     rollout fields are left unset: the rollout worker owns them, even the stable version of a
-    model that never had a rollout (see :func:`initial_stable`)."""
-    wanted, placed, ready = model_counts(state, desired, model)
+    model that never had a rollout (see :func:`initial_stable`). ``counted``: see
+    :func:`model_counts`."""
+    wanted, placed, ready = model_counts(state, desired, model, counted)
     old = list(model.status.conditions) if model.status else []
     gen = model.metadata.generation
     if unplaceable:

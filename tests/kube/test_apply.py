@@ -13,7 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ekko.kube.fleet import Fleet
-from ekko.planning.converge import CreateServer, DeleteServer
+from ekko.planning.converge import CreateServer, DeleteServer, WriteAssignment
 from tests.kube.pools import pool
 
 LIMIT = 3
@@ -133,4 +133,47 @@ def test_a_server_pod_that_exists_with_its_label_is_left_as_it_is() -> None:
     fleet.core, fleet.custom = core, Custom()
     applied = fleet.apply(pool(40), [CreateServer("s-0", "zone-a")])
     assert core.patched == [] and applied.done == ["server s-0 exists"]
+    fleet.close()
+
+
+class Assignments:
+    """ServerAssignments by name: creates refuse an existing one (409), patches a missing one
+    (404); every request is recorded."""
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = set(existing)
+        self.requests: list[tuple[str, str]] = []
+
+    def create_namespaced_custom_object(self, *args: Any) -> None:
+        name = args[-1]["metadata"]["name"]
+        self.requests.append(("create", name))
+        if name in self.existing:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.existing.add(name)
+
+    def patch_namespaced_custom_object(self, *args: Any, **_: Any) -> None:
+        name = args[4]
+        self.requests.append(("patch", name))
+        if name not in self.existing:
+            raise ApiException(status=404, reason="NotFound")
+
+
+def test_a_new_servers_assignment_is_created_in_one_request() -> None:
+    """A new fleet's assignments were each patched first (404) and then created: at 582 servers,
+    582 requests of the ~1,750 the first plan took on a busy API server."""
+    fleet = Fleet(client.ApiClient(), write_concurrency=1)
+    custom = Assignments(existing={"s-old", "s-raced"})
+    fleet.custom = custom
+    fleet.write_assignment(pool(), WriteAssignment("s-new", "a", (), new=True))
+    fleet.write_assignment(pool(), WriteAssignment("s-old", "a", ()))
+    fleet.write_assignment(pool(), WriteAssignment("s-raced", "a", (), new=True))  # made meanwhile
+    fleet.write_assignment(pool(), WriteAssignment("s-gone", "a", ()))  # deleted meanwhile
+    assert custom.requests == [
+        ("create", "s-new"),
+        ("patch", "s-old"),
+        ("create", "s-raced"),
+        ("patch", "s-raced"),
+        ("patch", "s-gone"),
+        ("create", "s-gone"),
+    ]
     fleet.close()

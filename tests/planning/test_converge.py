@@ -78,6 +78,11 @@ def test_an_empty_pool_creates_servers_and_assigns_every_version() -> None:
         ("m", 1, "v1", False),
     ]
     assert write.shards[0].bytes == 2**30
+    assert write.new  # no assignment observed: created, not patched first
+    # A pod without its assignment (the write failed last pass): created too.
+    pod_only = ServerObs("p-0", "a", pod_ready=True, assignment_exists=False)
+    again = converge(PoolState(POOL, (m,), (pod_only,)), desired({"p-0": {("m", 0)}}))
+    assert [a.new for a in again if isinstance(a, WriteAssignment)] == [True]
 
 
 def test_a_moved_shard_drains_on_its_old_server_until_the_new_one_serves_it() -> None:

@@ -78,7 +78,9 @@ def test_a_restarted_worker_resumes_the_recorded_plan_only_for_the_same_inputs(
     ("has_plan", "inputs", "planned", "debouncing", "replan"),
     [
         (False, "a", None, False, True),  # no plan yet: solve
-        (False, "a", None, True, True),  # no plan yet: solve even while debouncing
+        # No plan yet, still debouncing: wait (a new pool's models are created right after it;
+        # a plan of the first few was solved, then re-planned a solve later for the rest).
+        (False, "a", None, True, False),
         (True, "a", "a", False, False),  # same inputs: converge the plan
         (True, "b", "a", False, True),  # inputs changed, debounce over: re-plan
         (True, "b", "a", True, False),  # inputs changed, still debouncing: wait
@@ -125,12 +127,29 @@ def test_a_pass_waits_out_the_debounce_then_disarms_it(
     assert (state, wait) == (after, pytest.approx(left))
 
 
-def test_the_debounce_counts_from_the_first_change_and_a_replan_covers_every_change() -> None:
+def test_a_burst_of_changes_is_planned_together_and_a_replan_covers_every_change() -> None:
     first = Debounce().changed(100.0)
-    assert first == Debounce(100.0, True)
-    assert first.changed(100.7) == Debounce(100.0, True)  # a later change waits no longer
+    assert first == Debounce(100.0, True, 100.0)
+    burst = first.changed(100.7)
+    assert burst == Debounce(100.0, True, 100.7)  # counts from the last change now
+    assert burst.at_pass(101.2, 1.0)[1] == pytest.approx(0.5)
     assert first.planned() == Debounce()
-    assert first.planned().changed(103.0) == Debounce(103.0, True)  # a change during the solve
+    assert first.planned().changed(103.0) == Debounce(103.0, True, 103.0)  # during the solve
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "now", "left"),
+    [
+        (100.0, 100.0, 100.5, 0.5),  # one change
+        (100.0, 102.0, 102.5, 0.5),  # a burst: a debounce after its last change
+        (100.0, 104.8, 104.9, 0.1),  # a trickle: never later than 5 debounces after the first
+        (100.0, None, 100.5, 0.5),  # no last recorded: the first is the last
+    ],
+)
+def test_the_debounce_waits_for_a_quiet_debounce_but_at_most_five(
+    first: float, last: float | None, now: float, left: float
+) -> None:
+    assert debounce_left(first, now, 1.0, last) == pytest.approx(left)
 
 
 @pytest.mark.parametrize(
