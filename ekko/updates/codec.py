@@ -12,15 +12,22 @@ step table or whole milliseconds, classes only when they differ, int8 scales as 
 this responder, on a power-of-two step no coarser than the row's int8 step (see
 :func:`residual_int8` and :func:`held_values`; the receiver resolves them with
 :meth:`~ekko.updates.store.Store.resolve`) — names the responder and the response number in
-int8 frames, and compresses with a shared dictionary (:data:`META_DICT`). The decoder reads every
-version (``Encoding(version=1)`` or ``2`` writes an older one). The body may be zstd-compressed
-as a whole.
+int8 frames, and compresses with a shared dictionary (:data:`META_DICT`). Version 4 (the
+default) carries the same fields as **binary** metadata (varints, one code byte per section,
+table names and ``(epoch, origin)`` pairs once per frame; see :func:`_pack_meta`) behind an
+11-byte header, and drops zstd's own magic number and content size (the header has both). The
+decoder reads every version (``Encoding(version=1)``, ``2`` or ``3`` writes an older one). The
+body may be zstd-compressed as a whole.
 
 Frame layout (little-endian)::
 
     magic "EKUP" | version u8 | flags u8 (bit 0: zstd) | kind u16 (1 response, 2 request)
     | meta_len u32 | body_len u32 (uncompressed) | crc32 u32 (of meta and payload as sent)
     | meta (UTF-8 JSON) | payload (body, or zstd of body)
+
+    version 4: magic "EKUP" | version u8 (4) | flags u8 (bit 0: zstd) | kind u8 | crc32 u32
+    | body_len varint | payload (body, or magicless zstd of body); the body is binary metadata
+    then the columns of version 3.
 
     version 2 and 3 responses: meta_len is 0 and the body starts with ``len u32 | meta``;
     version 3 int8 sections with residual rows: ``mask (packed bits) | full rows' scales and
