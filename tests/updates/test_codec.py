@@ -511,3 +511,53 @@ def test_version_4_damage_names_the_problem() -> None:
         decode_response(frame[:-1])
     with pytest.raises(CodecError, match="flags"):
         decode_response(_reseal4(body, flags | 2))
+
+
+def test_a_node_pulls_in_version_4_from_a_publisher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node announces the newest frame version it reads, so a real pull over loopback is
+    answered (and decoded) in version 4, int8 + zstd residuals included."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from ekko.updates import node as node_mod
+    from ekko.updates.link import LinkSpec
+    from ekko.updates.node import Node, NodeConfig, Upstream
+    from ekko.updates.publisher import Publisher
+
+    seen: list[int] = []
+    real = node_mod.decode_response
+
+    def spy(data: bytes) -> PullResponse:
+        seen.append(data[4])
+        return real(data)
+
+    monkeypatch.setattr(node_mod, "decode_response", spy)
+    spec = TableSpec("emb", 4)
+
+    async def scenario() -> None:
+        pub = Publisher(1, [spec], registry=CollectorRegistry())
+        port = await pub.start("127.0.0.1", 0)
+        up = Upstream(f"http://127.0.0.1:{port}", LinkSpec(), "r0")
+        cfg = NodeConfig(
+            name="a", region="r1", upstreams=(up,), listen="127.0.0.1:0", wait=0.5, retry=0.05
+        )
+        cfg = dataclasses.replace(cfg, dtype="int8", zstd=True)
+        a = Node(cfg, CollectorRegistry())
+        await a.start()
+        try:
+            rng = np.random.default_rng(0)
+            for _ in range(5):
+                pub.publish("emb", np.arange(20), rng.normal(size=(20, 4)))
+                await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while a.store.knowledge(("emb", 0)).vector != pub.store.knowledge(("emb", 0)).vector:
+                assert loop.time() < deadline, "the node did not converge"
+                await asyncio.sleep(0.02)
+        finally:
+            await a.stop()
+            await pub.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert seen and set(seen) == {4}
