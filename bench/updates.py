@@ -368,11 +368,15 @@ def main(argv: list[str] | None = None) -> int:
         "per_seed": per_seed,
     }
     result["targets"] = verdicts(result)
-    # Issue 12: the model-state manager's keys (in-process; bench/updates_health.py says what).
-    result |= updates_bench_keys(a.quick, workload)
+    # Issue 12: the model-state manager's keys (in-process; bench/updates_health.py says what),
+    # not in the partial runs (--congestion-only, --compression-only), which split a full run.
+    partial = a.congestion_only or a.compression_only
+    if not partial:
+        result |= updates_bench_keys(a.quick, workload)
     result["wall_s"] = time.perf_counter() - t0
     report(result)
-    print(health_line(result))
+    if not partial:
+        print(health_line(result))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(result, fh, indent=1, sort_keys=False)
