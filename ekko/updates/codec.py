@@ -344,7 +344,7 @@ def _micros(times: list[float]) -> list[int] | None:
     """The times as whole microseconds when each is exactly ``µs / 1e6`` (else None)."""
     out = []
     for t in times:
-        if not -1e15 < t < 1e15:  # also refuses NaN and infinities
+        if not -1e12 < t < 1e12:  # µs and their deltas fit int64; refuses NaN and infinities
             return None
         us = round(t * 1e6)
         if us / 1e6 != t:

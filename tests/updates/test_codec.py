@@ -448,7 +448,7 @@ def test_version_4_publish_times_are_exact() -> None:
     """A trainer that published in batches gets an exact step table of times: whole
     microseconds travel as varint deltas, other times as float64; either way the decoded time
     is the sent one, bit for bit (as in version 3's JSON)."""
-    for first, second in ((3.001, 1e9 + 0.5), (1.7e9 + 0.123456789, 0.1 + 0.2 + 7)):
+    for first, second in ((3.001, 1e9 + 0.5), (1.7e9 + 0.123456789, 0.1 + 0.2 + 7), (1e14, 5e14)):
         times = [first] * 8 + [second] * 8
         b = Batch.of(
             "t",
