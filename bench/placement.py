@@ -4,6 +4,7 @@
     python -m bench.placement --sizes S,M --seeds 1             # quick run (< 2 minutes)
     python -m bench.placement --families compute,small-models,large-shards,zone-tight,fleet \
         --sizes S,M --seeds 3                                   # hard families (issue 17)
+    python -m bench.placement --families fleet --sizes M --seeds 3 --config-lp 60  # bound study
     python -m bench.placement --deadline --sizes S,M,L,XL --limits 1,10   # the call vs its limit
     python -m bench.placement --deadline --fixed-costs --sizes L,XL --limits 1 --seeds 3
 
@@ -34,9 +35,11 @@ from ekko.solver import (
     Pool,
     Problem,
     Server,
+    ServerId,
     SloClassName,
     SolveConfig,
     ZoneId,
+    colgen,
     search,
     violations,
 )
@@ -237,6 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--limits", default="1", help="comma list of time limits for --deadline")
     ap.add_argument(
+        "--config-lp",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --families: also run the configuration LP alone for SECONDS per instance, "
+        "started from ekko's plan, and print its bound and ceiling (the master LP's value "
+        "rounded up: no configuration-LP bound can exceed it)",
+    )
+    ap.add_argument(
         "--fixed-costs",
         action="store_true",
         help="with --deadline: A/B the call's fixed costs in one process, the collector on and "
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.families:
         fams = [f.strip() for f in args.families.split(",") if f.strip()]
         sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-        return _families(fams, sizes, args.seeds, args.time_scale)
+        return _families(fams, sizes, args.seeds, args.time_scale, args.config_lp)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     rows: dict[tuple[str, str], Row] = {}
@@ -383,12 +395,30 @@ def _lns_steps(plan: Plan) -> str:
     return f"{words[1]}/{words[-1]}" if len(words) >= 6 else "—"
 
 
-def _families(fams: list[str], sizes: list[str], seeds: int, scale: float) -> int:
+def _config_lp(prob: Problem, plan: Plan, seconds: float) -> tuple[int, int, float]:
+    """The configuration LP alone for ``seconds``, started from the plan's servers: (bound,
+    ceiling = the master LP's value rounded up, seconds)."""
+    inst = instance_mod.build_instance(prob)
+    item_of = {(it.model, k): it.index for it in inst.items for k in it.shards}
+    counts: dict[tuple[int, ServerId], int] = {}
+    for mid, shards in plan.assignment.items():
+        for k, sids in enumerate(shards):
+            for sid in sids:
+                key = (item_of[mid, k], sid)
+                counts[key] = counts.get(key, 0) + 1
+    sh = colgen.shapes_of(inst)
+    res = colgen.config_lp_bound(inst, seconds, patterns=colgen.patterns_of(sh, counts))
+    return res.bound, math.ceil(res.lp_value - 1e-6), res.seconds
+
+
+def _families(fams: list[str], sizes: list[str], seeds: int, scale: float, cg: float) -> int:
+    extra = " config LP alone: bound / ceiling / s |" if cg else ""
     print(
         "| family | size | replicas | ekko servers | best baseline | ekko - best | gap to LB "
         "| LB from | time s | overshoot s | violations | LNS steps improving/tried | load avg |"
+        + extra
     )
-    print("|" + "---|" * 13)
+    print("|" + "---|" * (14 if cg else 13))
     for fam in fams:
         for size in sizes:
             limit = LIMITS[size] * scale
@@ -413,8 +443,12 @@ def _families(fams: list[str], sizes: list[str], seeds: int, scale: float) -> in
                     f"{base[best]} ({best}) | {plan.servers_used - base[best]:+d} | {gap:.1f}% | "
                     f"{source.rsplit(' from ', 1)[-1]} | {secs:.1f} | {max(0.0, secs - limit):.2f} "
                     f"| {bad} | {_lns_steps(plan)} | {os.getloadavg()[0]:.1f} |",
-                    flush=True,
+                    end="",
                 )
+                if cg:
+                    b, ceiling, took = _config_lp(prob, plan, cg)
+                    print(f" {b} / {ceiling} / {took:.1f} |", end="")
+                print(flush=True)
                 print(f"# {fam} {size} seed={seed}: {'; '.join(plan.notes)}", file=sys.stderr)
     return 0
 

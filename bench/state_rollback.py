@@ -12,7 +12,11 @@ process and labelled /score traffic to every server. Then, alternately:
   within ``--catch-within`` seconds of it is a false rollback.
 
 Between episodes it waits for the model to be Healthy with a baseline newer than the last
-update, so every episode starts alike. Prints a table and, with ``--json``, the numbers
+update, so every episode starts alike. ``--guard-rows N`` turns on the parameter guard
+(``spec.health.guard``, optionally ``--guard-step-ratio``): 1,000 trained rows of each table on
+keys nobody scores warm it up first, and each caught episode says which signal decided
+(``by``: ``guard`` when the Corrupted event names the parameter guard, else ``loss``; when both
+fire in the same window the event names the loss). Prints a table and, with ``--json``, the numbers
 (``harmful_caught``, ``harmful_runs``, ``false_rollbacks``, ``clean_runs``, ``detect_p50_s``,
 ``traffic_switch_p99_s``, ``restore_p99_s`` …).
 """
@@ -35,6 +39,7 @@ from e2e.agents import AgentFleet
 from e2e.objects import Api, converged, model_manifest, pool_manifest
 from e2e.operator_harness import OperatorProcess
 from e2e.statehelpers import (
+    DIM,
     ITEMS,
     USERS,
     LivePublisher,
@@ -64,6 +69,8 @@ HEALTH: dict[str, Any] = {
     },
 }
 KINDS = ("flip", "explode", "bias", "zero")
+WIDE = np.arange(2000, 3000)
+"""Keys no request scores (traffic uses 0..39, the trickle 1000..1009): the guard's warm-up."""
 
 
 def stamp(value: str) -> float:
@@ -134,6 +141,7 @@ class Bench:
         wait("Healthy with a baseline newer than the last update",
              lambda: self.settled_after(self.updated_at), 120)  # fmt: skip
         before = self.last_decided()
+        guarded = self.guard_events()
         users, items = self.users.copy(), self.items.copy()
         at = time.time()
         if harmful:
@@ -164,6 +172,7 @@ class Bench:
             "restore_s": rb.get("restoreSeconds"),
             "resumed_s": stamp(rb["resumedAt"]) - decided,
             "publisher_restored": rb.get("publisherRestored"),
+            "by": "guard" if self.guard_events() > guarded else "loss",
         }
         if kind in ("flip", "explode", "bias"):  # the restore undid them
             self.items = np.asarray(
@@ -176,6 +185,14 @@ class Bench:
         return out
 
     updated_at = 0.0
+
+    def guard_events(self) -> int:
+        """Corrupted events that name the parameter guard so far."""
+        return sum(
+            1
+            for e in self.api.core.list_namespaced_event(self.api.ns).items
+            if e.reason == "Corrupted" and "parameter guard" in (e.message or "")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,16 +210,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--z", type=float, default=None, help="detector z (standard errors); absent: the default"
     )
+    parser.add_argument(
+        "--guard-rows",
+        type=int,
+        default=None,
+        help="turn the parameter guard on (spec.health.guard.rows); absent: off",
+    )
+    parser.add_argument(
+        "--guard-step-ratio",
+        type=float,
+        default=None,
+        help="with --guard-rows: also the update-size test (spec.health.guard.stepRatio)",
+    )
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args(argv)
     health = json.loads(json.dumps(HEALTH))
     if args.z is not None:
         health["detector"]["z"] = args.z
+    if args.guard_rows is not None:
+        health["guard"] = {"rows": args.guard_rows}
+        if args.guard_step_ratio is not None:
+            health["guard"]["stepRatio"] = args.guard_step_ratio
 
     bc = bench_namespace("bench-state")
     kubeconfig, core, ns = bc.kubeconfig, bc.core, bc.namespace
     api = Api(bc.api_client, ns)
     publisher, close = start_publisher()
+    if args.guard_rows is not None:  # past the guard's warm-up (500 rows a table) before any harm
+        for table, seed in (("ranker.item", 11), ("ranker.user", 12)):
+            trained = np.random.default_rng(seed).normal(0, 0.4, (len(WIDE), DIM + 1))
+            publisher.publish(table, WIDE, trained.astype(np.float32))
     results: list[dict[str, Any]] = []
     load: list[float] = []
     try:
@@ -253,10 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         "restore_p50_s": pct([r["restore_s"] for r in caught if r["restore_s"] is not None], 50),
         "restore_p99_s": pct([r["restore_s"] for r in caught if r["restore_s"] is not None], 99),
         "publisher_restored": sum(1 for r in caught if r.get("publisher_restored")),
+        "caught_by_guard": sum(1 for r in caught if r.get("by") == "guard"),
+        "guard": health.get("guard"),
         "load_average_mean": round(statistics.mean(load), 1) if load else None,
         "window_s": 2,
         "confirmations": 2,
-        "z": health["detector"].get("z", 2.0),
+        "z": health["detector"].get("z", 1.5),
     }
     print(json.dumps(numbers, indent=2))
     if args.json:

@@ -257,7 +257,7 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
                 timeout=30,
             )
             fresh_at = time.time()
-            assert publisher.call(lambda: publisher.pub.epoch) == 1
+            assert publisher.call(lambda: publisher.pub.epoch_of("ranker")) == 1
             reasons = stream_events(api)
             for reason in ("Corrupted", "ServingBaseline", "Restoring", "Resumed"):
                 assert reason in reasons, reasons
@@ -596,3 +596,140 @@ def test_parameter_guard_catches_zeroed_rows(
                 timeout=30,
             )
             assert control(api)["epoch"] == 1 and control(api)["view"] == "Live"
+
+
+def _stream_of(model: str, source: str, baseline_age: str = "15s") -> dict[str, Any]:
+    """The ranker's stream manifest with health, for ``model`` (its own tables and name)."""
+    doc = stream_manifest(
+        source, {**HEALTH, "baseline": {**HEALTH["baseline"], "age": baseline_age}}
+    )
+    doc["metadata"]["name"] = model
+    doc["spec"]["model"] = model
+    doc["spec"]["tables"] = [{"name": f"{model}.{t}", "dim": DIM + 1} for t in ("user", "item")]
+    return doc
+
+
+def _health_of(api: Api, stream: str) -> dict[str, Any]:
+    return (api.get("updatestreams", stream).get("status") or {}).get("health") or {}
+
+
+def _scores_of(fleet: AgentFleet, names: list[str], model: str, want: np.ndarray) -> bool:
+    for name in names:
+        body = score(fleet.url(name), labelled=False, view="live", model=model)
+        if body is None or "scores" not in body or body["coldUsers"] or body["coldItems"]:
+            return False
+        if not np.allclose(body["scores"], want, atol=1e-5):
+            return False
+    return True
+
+
+def test_two_streams_on_shared_servers_roll_back_on_their_own(
+    cluster: Cluster, api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    """Two models on the same servers, an UpdateStream with ``spec.health`` each. The tagger
+    trains on after both have a baseline; then the ranker takes a harmful update and is rolled
+    back. The ranker's state goes back to its cut; the tagger's rows, epoch, cuts and scores are
+    untouched, and its new rows still flow. (With one cut log per node, the ranker's restore
+    wrote the tagger's tables back to the shared cut too and fenced its newer rows.)"""
+    models = ("ranker", "tagger")
+    started = {m: start_publisher(m) for m in models}
+    pubs = {m: started[m][0] for m in models}
+    clean = clean_scores()
+    try:
+        with AgentFleet(cluster.kubeconfig, namespace, engine="embedding") as fleet:
+            api.create(pool_manifest(memory="20Gi", max_servers=3))
+            for m in models:
+                api.create(model_manifest(m, 2, "2Gi", 2))
+            wait_for(
+                lambda: converged(api, models=list(models)),
+                "both models placed and loaded",
+                timeout=120,
+                describe=operator.logs,
+            )
+            # The tagger's baseline is older than the ranker's, so the shared servers still hold
+            # the ranker's baseline cut when it rolls back (a newer tagger baseline used to drop
+            # it from the one cut log, and the ranker then restored by pulling only).
+            api.create(_stream_of("ranker", pubs["ranker"].url, "15s"))
+            api.create(_stream_of("tagger", pubs["tagger"].url, "40s"))
+            names = {m: holders(api, m) for m in models}
+            shared = set(names["ranker"]) & set(names["tagger"])
+            assert shared, "the solver placed the two models on disjoint servers"
+            for m in models:
+                wait_for(
+                    lambda m=m: _scores_of(fleet, names[m], m, clean),
+                    f"every holder of {m} scoring its publisher's rows",
+                    timeout=90,
+                    describe=lambda: operator.logs()[-2000:],
+                )
+            with (
+                Traffic(urls_of(fleet, names["ranker"])),
+                Traffic(urls_of(fleet, names["tagger"]), model="tagger"),
+            ):
+                for m in models:
+                    wait_for(
+                        lambda m=m: (
+                            _health_of(api, m).get("baselineCut") is not None
+                            and (_health_of(api, m).get("lastWindow") or {}).get("verdict")
+                            == "Good"
+                        ),
+                        f"a baseline cut and a Good window of {m}",
+                        timeout=90,
+                        describe=lambda: (_health_of(api, "tagger"), operator.logs()[-3000:]),
+                    )
+
+                # The tagger trains on: newer than every cut the ranker can roll back to.
+                users = rows(1, USERS) + np.random.default_rng(5).normal(0, 0.2, (USERS, DIM + 1))
+                users = users.astype(np.float32)
+                pubs["tagger"].publish("tagger.user", np.arange(USERS), users)
+                u, i = zip(*PAIRS, strict=True)
+                trained = score_rows(users[list(u)], rows(2, ITEMS)[list(i)])
+                assert not np.allclose(trained, clean, atol=1e-3)
+                wait_for(
+                    lambda: _scores_of(fleet, names["tagger"], "tagger", trained),
+                    "every holder of the tagger scoring its new rows",
+                    timeout=30,
+                )
+                tagger_baseline = _health_of(api, "tagger")["baselineCut"]
+
+                # The ranker's harmful update, caught and rolled back.
+                items = pubs["ranker"].call(
+                    lambda: pubs["ranker"].pub.store.get("ranker.item", range(ITEMS))[0]
+                )
+                pubs["ranker"].publish("ranker.item", np.arange(ITEMS), -4 * items)
+                done = resumed(api, operator)
+                assert done["lastRollback"]["epoch"] == 1, done
+                wait_for(
+                    lambda: _scores_of(fleet, names["ranker"], "ranker", clean),
+                    "every holder of the ranker scoring its restored rows",
+                    timeout=30,
+                )
+
+                # The tagger: same rows, epoch 0, no rollback, its cuts still held on every
+                # shared server, and Healthy.
+                assert _scores_of(fleet, names["tagger"], "tagger", trained)
+                tagger = _health_of(api, "tagger")
+                assert "lastRollback" not in tagger and tagger["phase"] == "Healthy", tagger
+                tagger_control = (api.get("models", "tagger").get("status") or {}).get("updates")
+                assert (tagger_control or {}).get("epoch", 0) == 0, tagger_control
+                for a in api.assignments():
+                    if a.metadata.name in shared and a.status is not None:
+                        report = next(r for r in a.status.updates if r.model == "tagger")
+                        assert report.epoch == 0, report
+                        assert tagger_baseline in report.cuts or (
+                            tagger["baselineCut"] in report.cuts
+                        ), (a.metadata.name, report, tagger)
+
+                # The tagger's newer rows still reach the shared servers (not fenced off by the
+                # ranker's restore).
+                items_t = rows(2, ITEMS) * 1.5
+                pubs["tagger"].publish("tagger.item", np.arange(ITEMS), items_t)
+                newer = score_rows(users[list(u)], items_t[list(i)])
+                wait_for(
+                    lambda: _scores_of(fleet, names["tagger"], "tagger", newer),
+                    "every holder of the tagger scoring its newer rows",
+                    timeout=30,
+                )
+                assert _scores_of(fleet, names["ranker"], "ranker", clean)
+    finally:
+        for _, close in started.values():
+            close()

@@ -31,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ekko.agent.engines import BASELINE_VIEW, LIVE_VIEW, RowReader
-from ekko.api.resources import DutyHealth, ModelUpdateControl, ServerUpdateState
+from ekko.api.resources import DutyHealth, ModelUpdateControl, ServerUpdateState, UpdateGuard
+from ekko.updates.health import GuardSpec
 from ekko.updates.node import Node
 from ekko.updates.scoring import pair_logloss
 
@@ -60,6 +61,18 @@ def paired_differences(
     p_base = np.asarray(baseline, dtype=np.float64).ravel()[keep]
     out: npt.NDArray[np.float64] = pair_logloss(y[keep], p_live) - pair_logloss(y[keep], p_base)
     return out
+
+
+def guard_spec(guard: UpdateGuard) -> GuardSpec:
+    """The thresholds a duty's ``health.guard`` gives the node's parameter guard (the running
+    means' memory keeps its default)."""
+    return GuardSpec(
+        zero_ratio=guard.zero_ratio,
+        zero_from=guard.zero_from,
+        norm_ratio=guard.norm_ratio,
+        step_ratio=guard.step_ratio,
+        warmup=guard.warmup,
+    )
 
 
 class ModelStates:
@@ -96,10 +109,11 @@ class ModelStates:
             self._restore(node, model, state, control)
             changed = True
         if control.baseline_cut is not None:
-            for cut in node.cuts.cuts():
+            cuts = node.cuts.of(model)  # this model's only: another stream's stay
+            for cut in cuts.cuts():
                 if cut.id < control.baseline_cut:
-                    node.cuts.drop(cut.id)
-        view = self._serving_view(node, state)
+                    cuts.drop(cut.id)
+        view = self._serving_view(node, model, state)
         if view != state.view:
             state.view = view
             state.switched_at = self._now()
@@ -111,9 +125,10 @@ class ModelStates:
         self, node: Node, model: str, state: _ModelState, control: ModelUpdateControl
     ) -> None:
         cut = control.restore_cut
-        if cut is not None and node.cuts.has(cut):
+        cuts = node.cuts.of(model)
+        if cut is not None and cuts.has(cut):
             try:
-                node.restore(cut, control.epoch)
+                node.restore(cut, control.epoch, model=cuts.model)
                 state.message = ""
             except ValueError as err:  # the store already holds rows of that epoch
                 state.message = f"could not restore cut {cut} at epoch {control.epoch}: {err}"
@@ -130,10 +145,10 @@ class ModelStates:
         state.restored_at = self._now()
 
     @staticmethod
-    def _serving_view(node: Node, state: _ModelState) -> str:
+    def _serving_view(node: Node, model: str, state: _ModelState) -> str:
         control = state.control
         if control.view == "Baseline" and control.baseline_cut is not None:
-            if node.cuts.has(control.baseline_cut):
+            if node.cuts.of(model).has(control.baseline_cut):
                 return "Baseline"
             state.message = f"baseline cut {control.baseline_cut} is not held here; serving live"
         return "Live"
@@ -150,19 +165,20 @@ class ModelStates:
     def baseline_reader(self, model: str) -> RowReader | None:
         """The baseline view of ``model`` when this replica holds its cut, else None."""
         state = self._models.get(model)
-        return None if state is None else self._reader(state.control.baseline_cut)
+        return None if state is None else self._reader(model, state.control.baseline_cut)
 
     def recent_reader(self, model: str) -> RowReader | None:
         """The recent view of ``model`` when the control block names one and this replica holds
         its cut, else None."""
         state = self._models.get(model)
-        return None if state is None else self._reader(state.control.recent_cut)
+        return None if state is None else self._reader(model, state.control.recent_cut)
 
-    def _reader(self, cut: int | None) -> RowReader | None:
+    def _reader(self, model: str, cut: int | None) -> RowReader | None:
         node = self._node()
-        if node is None or cut is None or not node.cuts.has(cut):
+        if node is None or cut is None:
             return None
-        return node.cuts.view(node.store, cut)
+        cuts = node.cuts.of(model)
+        return cuts.view(node.store, cut) if cuts.has(cut) else None
 
     def choose_view(self, model: str, asked: str | None) -> str:
         """The view a request is served from: the one asked for, else the baseline during a
@@ -193,13 +209,12 @@ class ModelStates:
 
     def report(self) -> list[ServerUpdateState]:
         node = self._node()
-        cuts = [c.id for c in node.cuts.cuts()] if node is not None else []
         return [
             ServerUpdateState(
                 model=model,
                 view="Baseline" if state.view == "Baseline" else "Live",
                 epoch=state.epoch,
-                cuts=cuts[-256:],
+                cuts=[c.id for c in node.cuts.of(model).cuts()][-256:] if node is not None else [],
                 switched_at=state.switched_at,
                 restored_at=state.restored_at,
                 message=state.message[:1024],

@@ -43,7 +43,7 @@ from ekko.agent.engines import (
     ScoringError,
 )
 from ekko.agent.metrics import AgentMetrics
-from ekko.agent.modelstate import ModelStates, paired_differences
+from ekko.agent.modelstate import ModelStates, guard_spec, paired_differences
 from ekko.api.meta import Condition
 from ekko.api.resources import (
     AssignedShard,
@@ -195,7 +195,7 @@ def node_config(name: str, listen: str, duties: list[UpdateDuty]) -> NodeConfig:
     guards = tuple(
         sorted(
             {
-                d.model: d.health.guard.step_ratio
+                d.model: guard_spec(d.health.guard)
                 for d in duties
                 if d.health is not None and d.health.guard is not None
             }.items()

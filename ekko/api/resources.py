@@ -928,6 +928,16 @@ class UpdateGuard(ApiModel):
     row norm (and, opted in, the running update size) and counts rows wiped to zero, exploded or
     non-finite; enough of them in one detector window make the model Corrupted at once."""
 
+    __cel__: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="(has(self.zeroRatio) ? self.zeroRatio : 0.01) < "
+            "(has(self.zeroFrom) ? self.zeroFrom : 0.1)",
+            message="zeroRatio must be below zeroFrom (a row wiped to zeroRatio of the mean norm "
+            "from at least zeroFrom of it)",
+            check=lambda s: s.zero_ratio < s.zero_from,
+        ),
+    )
+
     rows: int = Field(
         ge=1,
         le=10**7,
@@ -938,6 +948,30 @@ class UpdateGuard(ApiModel):
         ge=2,
         le=1000,
         description="Also flag a row whose update (new minus old) exceeds this many times the table's mean update; absent: no update-size test (it would also flag a clean catch-up burst).",
+    )
+    zero_ratio: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        description="A row counts as zeroed when its norm falls to at most this times the table's mean row norm (from at least zeroFrom times it).",
+    )
+    zero_from: float = Field(
+        default=0.1,
+        ge=0.001,
+        le=1,
+        description="A zeroed row's norm before the write, at least this times the table's mean row norm (a trained row wiped, not a near-zero row nudged); above zeroRatio.",
+    )
+    norm_ratio: float = Field(
+        default=10,
+        ge=2,
+        le=10**6,
+        description="A row counts as exploded when its norm exceeds this times the table's mean row norm.",
+    )
+    warmup: int = Field(
+        default=500,
+        ge=0,
+        le=10**7,
+        description="Rows of a table the running means must have seen before the guard flags any of its rows.",
     )
 
 
@@ -1626,6 +1660,11 @@ class UpdateHealthStatus(ApiModel):
     baseline_cut: int | None = Field(default=None, description="Cut the baseline view reads.")
     cuts: Annotated[list[CutRecord], ListSchema("atomic")] = Field(
         default_factory=list, max_length=256, description="Cuts taken and retained, oldest first."
+    )
+    last_cut: int = Field(
+        default=0,
+        ge=0,
+        description="Newest cut id taken; ids only increase, also past a restore that dropped the cuts above its own.",
     )
     bad_windows: int = Field(default=0, ge=0, description="Consecutive Bad windows.")
     good_windows: int = Field(default=0, ge=0, description="Consecutive Good windows.")

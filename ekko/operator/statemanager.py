@@ -47,6 +47,7 @@ from ekko.planning.health import (
     guard_window,
     health_condition,
     latest,
+    next_cut,
     observe_servers,
     paired_window,
     parse_guard,
@@ -54,6 +55,7 @@ from ekko.planning.health import (
     person_rollback,
     recent_age,
     restore_under_way,
+    restored,
     to_status,
     window_status,
 )
@@ -203,7 +205,14 @@ class StateManager:
                 m = replace(m, handled_request=resume_at)
             # Cuts and the baseline, outside a rollback.
             if m.state.step == "None":
-                m = await self._cut_if_due(session, m, health.snapshot_interval, connected, sources)
+                m = await self._cut_if_due(
+                    session,
+                    m,
+                    health.snapshot_interval,
+                    connected,
+                    sources,
+                    model=stream.spec.model,
+                )
                 baseline = choose_baseline(
                     m.cuts,
                     m.state.baseline,
@@ -250,12 +259,18 @@ class StateManager:
                 )
             restore = next((c for c in commands if c.kind == "Restore"), None)
             if restore is not None:
+                if restore.cut is not None:
+                    m = restored(m, restore.cut)
                 ok = await asyncio.gather(
                     *(
                         _post(
                             session,
                             url.rstrip("/") + RESTORE_PATH,
-                            {"cut": restore.cut, "epoch": restore.epoch},
+                            {
+                                "cut": restore.cut,
+                                "epoch": restore.epoch,
+                                "model": stream.spec.model,
+                            },
                         )
                         for url in sources
                     )
@@ -319,20 +334,24 @@ class StateManager:
         interval: str,
         connected: list[StreamServer],
         sources: list[str],
+        *,
+        model: str,
     ) -> Manager:
         last = m.cuts[-1] if m.cuts else None
         now = time.time()
         if last is not None and now - last[1] < parse_duration(interval):
             return m
-        cut_id = (last[0] + 1) if last else 1
+        cut_id = next_cut(m)
         if not connected:
             return m
         # The publishers first: their vectors name the cut, so a server a few rows behind still
-        # counts the rows published before the cut as part of it.
+        # counts the rows published before the cut as part of it. The cut is of this stream's
+        # model only: another stream on the same servers keeps its own cuts and state.
+        ask = {"cut": cut_id, "model": model}
         answers = await asyncio.gather(
-            *(_call(session, url.rstrip("/") + CUT_PATH, {"cut": cut_id}) for url in sources)
+            *(_call(session, url.rstrip("/") + CUT_PATH, ask) for url in sources)
         )
-        body: dict[str, Any] = {"cut": cut_id}
+        body: dict[str, Any] = dict(ask)
         announced = [v for a in answers if a is not None for v in a.get("vectors") or []]
         if announced:
             body["vectors"] = announced
@@ -343,7 +362,7 @@ class StateManager:
             return m
         keep = [c for c in m.cuts if m.state.baseline is None or c[0] >= m.state.baseline]
         cuts = (*keep, (cut_id, now))[-MAX_CUT_RECORDS:]
-        return replace(m, cuts=tuple(cuts))
+        return replace(m, cuts=tuple(cuts), last_cut=cut_id)
 
     @staticmethod
     def _choose_recent(m: Manager, age: float | None, now: float) -> Manager:

@@ -111,6 +111,23 @@ class Manager:
     """The last person's request (annotation value) acted on."""
     last_window: HealthWindow | None = None
     publisher_restored: bool | None = None
+    last_cut: int = 0
+    """The newest cut id ever taken: ids only increase, also past a restore that dropped the
+    cuts above its own (a server answers a reused id with the cut it already holds)."""
+
+
+def next_cut(m: Manager) -> int:
+    """The id of the next cut."""
+    return max(m.last_cut, max((c for c, _ in m.cuts), default=0)) + 1
+
+
+def restored(m: Manager, cut: int) -> Manager:
+    """The manager once a restore to ``cut`` is ordered: the cuts above it are forgotten. They
+    hold the state being undone, and every server and publisher drops them as it restores, so
+    one must never become the baseline (a rollback to it would switch and restore nothing)."""
+    return replace(
+        m, cuts=tuple(c for c in m.cuts if c[0] <= cut), last_cut=max(m.last_cut, next_cut(m) - 1)
+    )
 
 
 def from_status(status: UpdateHealthStatus | None, epoch: int) -> Manager:
@@ -147,6 +164,7 @@ def from_status(status: UpdateHealthStatus | None, epoch: int) -> Manager:
         handled_request=status.handled_request,
         last_window=status.last_window,
         publisher_restored=rb.publisher_restored if rb is not None else None,
+        last_cut=max([status.last_cut, *(c.id for c in status.cuts)]),
     )
 
 
@@ -237,6 +255,7 @@ def to_status(m: Manager) -> UpdateHealthStatus:
         recent=_recent_status(s),
         last_rollback=record,
         handled_request=m.handled_request,
+        last_cut=next_cut(m) - 1,
     )
 
 
@@ -468,12 +487,14 @@ __all__: Sequence[str] = (
     "guard_window",
     "health_condition",
     "latest",
+    "next_cut",
     "observe_servers",
     "paired_window",
     "parse_guard",
     "parse_stamp",
     "person_rollback",
     "recent_age",
+    "restored",
     "to_status",
     "window_status",
 )

@@ -51,7 +51,7 @@ from ekko.updates.codec import (
 from ekko.updates.health import GuardCounts, GuardSpec, ParamGuard
 from ekko.updates.link import LinkSpec, TokenBucket
 from ekko.updates.priority import Policy, Scheduler, SchedulerConfig
-from ekko.updates.snapshots import Cut, CutLog, Fence, RestoreResult, fence, vectors_json
+from ekko.updates.snapshots import Cut, CutLog, Fence, ModelCuts, RestoreResult, fence, vectors_json
 from ekko.updates.store import Batch, ShardId, Store, TableSpec, ValueDType
 from ekko.updates.versions import VersionVector
 from ekko.updates.wire import (
@@ -96,7 +96,7 @@ class NodeConfig:
     save_every: float = 0.0
     apply_log: Path | None = None
     undo_cap_bytes: int = 256 << 20
-    """Bound of the cut log's undo memory (the oldest cut is dropped when it is hit)."""
+    """Bound of each model's cut log's undo memory (the oldest cut is dropped when it is hit)."""
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Per model, the URLs of :attr:`upstreams` it is pulled from, preferred first (a server in
     several streams). An upstream pulls, in one request, every model for which each URL before
@@ -104,9 +104,9 @@ class NodeConfig:
     over every upstream, for every table (a node in one stream)."""
     model_weights: tuple[tuple[str, float], ...] = ()
     """``p_m`` per model for this node's responses (:attr:`Scheduler.model_weights`)."""
-    guards: tuple[tuple[str, float | None], ...] = ()
-    """Models whose applied embedding rows the parameter guard judges, each with its update-size
-    ratio (None: no update-size test); see :class:`GuardCounter`."""
+    guards: tuple[tuple[str, GuardSpec], ...] = ()
+    """Models whose applied embedding rows the parameter guard judges, each with its thresholds;
+    see :class:`GuardCounter`."""
 
 
 GUARD_KINDS = ("rows", "nonfinite", "zeroed", "exploded")
@@ -128,15 +128,13 @@ class GuardCounter:
         )
         self.guards: dict[str, ParamGuard] = {}
 
-    def configure(self, guards: Sequence[tuple[str, float | None]]) -> None:
-        """Guard these models (a model whose step ratio is unchanged keeps its running means)."""
+    def configure(self, guards: Sequence[tuple[str, GuardSpec]]) -> None:
+        """Guard these models (a model whose thresholds are unchanged keeps its running means)."""
         wanted = dict(guards)
-        kept = {
-            m: g for m, g in self.guards.items() if m in wanted and g.spec.step_ratio == wanted[m]
-        }
-        for model, ratio in wanted.items():
+        kept = {m: g for m, g in self.guards.items() if m in wanted and g.spec == wanted[m]}
+        for model, spec in wanted.items():
             if model not in kept:
-                kept[model] = ParamGuard(GuardSpec(step_ratio=ratio))
+                kept[model] = ParamGuard(spec)
                 for kind in GUARD_KINDS:
                     self.rows.labels(model, kind)
         self.guards = kept
@@ -226,8 +224,10 @@ class Node:
             self.metrics.declare_peer(u.region or "unknown")
         for spec in self.store.specs():
             self.metrics.declare_model(spec.model)
-        self.cuts = CutLog(config.undo_cap_bytes)
+        self.cuts = ModelCuts(config.undo_cap_bytes)
+        """Cut logs per model (each stream's model-state manager cuts and restores its own)."""
         self.fence: Fence | None = None
+        """A fence on every table besides the per-model ones (set by a caller; tests)."""
         self.server.control = self
         self.port = 0
         self.rows_pulled = 0
@@ -436,28 +436,37 @@ class Node:
     # --- cuts and restore -----------------------------------------------------------------------
 
     def take_cut(
-        self, cut_id: int, vectors: Mapping[ShardId, VersionVector] | None = None
+        self,
+        cut_id: int,
+        vectors: Mapping[ShardId, VersionVector] | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        """Start cut ``cut_id`` named by the publisher's announced ``vectors`` (default: what this
-        store holds); rows those vectors cover that arrive later still belong to the cut (the cut
-        endpoint calls this; the same id again answers the cut already taken)."""
-        if self.cuts.has(cut_id):
-            return _cut_json(self.cuts.cut(cut_id), self.cuts)
-        cut = self.cuts.take(self.store, cut_id, now=self.wall(), vectors=vectors)
-        log.info("Node %s took cut %d", self.config.name, cut_id)
-        return _cut_json(cut, self.cuts)
+        """Start cut ``cut_id`` of ``model``'s tables (None: every table) named by the
+        publisher's announced ``vectors`` (default: what this store holds); rows those vectors
+        cover that arrive later still belong to the cut (the cut endpoint calls this; the same
+        id again answers the cut already taken)."""
+        cuts = self.cuts.log(model)
+        if cuts.has(cut_id):
+            return _cut_json(cuts.cut(cut_id), cuts)
+        cut = cuts.take(self.store, cut_id, now=self.wall(), vectors=vectors)
+        log.info("Node %s took cut %d%s", self.config.name, cut_id, _of(model))
+        return _cut_json(cut, cuts)
 
-    def restore(self, cut_id: int, epoch: int | None = None) -> dict[str, Any]:
-        """Restore the tables to cut ``cut_id`` at ``epoch`` (default: the next) and fence
-        old-epoch rows above the cut; KeyError for an unknown cut, ValueError for an epoch that
-        does not fence the store's newest."""
-        result: RestoreResult = self.cuts.restore(self.store, cut_id, now=self.wall(), epoch=epoch)
-        self.fence = result.fence
+    def restore(
+        self, cut_id: int, epoch: int | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        """Restore ``model``'s tables (None: every table) to cut ``cut_id`` at ``epoch``
+        (default: the model's next) and fence its old-epoch rows above the cut; KeyError for an
+        unknown cut, ValueError for an epoch that does not fence the model's newest."""
+        result: RestoreResult = self.cuts.restore(
+            self.store, cut_id, model=model, now=self.wall(), epoch=epoch
+        )
         self.server.notifier.notify()
         log.info(
-            "Node %s restored cut %d at epoch %d (%d rows)",
+            "Node %s restored cut %d%s at epoch %d (%d rows)",
             self.config.name,
             cut_id,
+            _of(model),
             result.epoch,
             sum(result.rows.values()),
         )
@@ -477,7 +486,7 @@ class Node:
         for pulled in batches:
             # Residual rows become values first (fencing and pre-images need values).
             resolved = self.store.resolve(pulled, source)
-            b = fence(resolved, self.fence)
+            b = self.cuts.fence(self.store, fence(resolved, self.fence))
             resolved_all &= b.n == pulled.n
             self.cuts.before_apply(self.store, b)
             model = self.store.spec(b.table).model
@@ -503,6 +512,10 @@ class Node:
         if changed:
             self.server.notifier.notify()
         return resolved_all
+
+
+def _of(model: str | None) -> str:
+    return f" of model {model}" if model else ""
 
 
 def _cut_json(cut: Cut, cuts: CutLog) -> dict[str, Any]:

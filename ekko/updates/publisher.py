@@ -36,7 +36,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
 from ekko.updates.priority import Scheduler, SchedulerConfig
-from ekko.updates.snapshots import SOURCE_RESTORE_SEQ, CutLog, vectors_json
+from ekko.updates.snapshots import SOURCE_RESTORE_SEQ, ModelCuts, vectors_json
 from ekko.updates.store import ShardId, Store, TableSpec
 from ekko.updates.versions import VersionVector
 from ekko.updates.wire import DEFAULT_PORT, UpdateMetrics, UpdateServer, parse_listen
@@ -67,17 +67,25 @@ class Publisher:
             raise ValueError("origin must be a non-negative integer")
         self.origin = origin
         self.epoch = epoch
+        """The epoch rows are published at (a model restored on its own has its own)."""
+        self.epochs: dict[str, int] = {}
+        """Per model restored on its own (a stream's rollback): the epoch its rows carry."""
         self.clock = clock
         self.store = Store(cache_capacity=cache_capacity)
         self.metrics = UpdateMetrics(registry or CollectorRegistry(), region)
         self.server = UpdateServer(self.store, Scheduler(scheduler), self.metrics)
-        self.cuts = CutLog(undo_cap_bytes)
-        """Cuts of the origin's own tables, so a rollback of the model's state restores the
-        source too (the model-state manager posts the same cut and restore as to the servers)."""
+        self.cuts = ModelCuts(undo_cap_bytes)
+        """Cuts of the origin's own tables per model, so a rollback of a model's state restores
+        the source too (the model-state manager posts the same cut and restore as to the
+        servers); another model published here keeps its state and epoch."""
         self.server.control = self
         self._seq = 0
         for spec in tables:
             self.declare(spec)
+
+    def epoch_of(self, model: str) -> int:
+        """The epoch ``model``'s rows are published at."""
+        return self.epochs.get(model, self.epoch)
 
     def declare(self, spec: TableSpec) -> None:
         self.store.declare(spec)
@@ -104,7 +112,7 @@ class Publisher:
             table,
             k,
             v,
-            epoch=self.epoch,
+            epoch=self.epoch_of(spec.model),
             origin=self.origin,
             seqs=seqs,
             publish_time=self.clock(),
@@ -126,29 +134,45 @@ class Publisher:
         return self.publish(name, np.arange(spec.n_chunks), flat.reshape(spec.n_chunks, spec.dim))
 
     def take_cut(
-        self, cut_id: int, vectors: Mapping[ShardId, VersionVector] | None = None
+        self,
+        cut_id: int,
+        vectors: Mapping[ShardId, VersionVector] | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        """Start cut ``cut_id`` of the origin's tables (the same id again is a no-op) and answer
-        its vectors: what the servers' cuts are named by (announced ``vectors`` are ignored: the
-        origin's own state is the cut)."""
-        if not self.cuts.has(cut_id):
-            self.cuts.take(self.store, cut_id, now=self.clock())
-            log.info("Publisher took cut %d", cut_id)
+        """Start cut ``cut_id`` of the origin's tables of ``model`` (None: every table; the same
+        id again is a no-op) and answer its vectors: what the servers' cuts are named by
+        (announced ``vectors`` are ignored: the origin's own state is the cut)."""
+        cuts = self.cuts.log(model)
+        if not cuts.has(cut_id):
+            cuts.take(self.store, cut_id, now=self.clock())
+            log.info("Publisher took cut %d%s", cut_id, f" of model {model}" if model else "")
         return {
             "cut": cut_id,
-            "vectors": vectors_json(self.cuts.cut(cut_id).vectors),
-            "retained": [c.id for c in self.cuts.cuts()],
+            "vectors": vectors_json(cuts.cut(cut_id).vectors),
+            "retained": [c.id for c in cuts.cuts()],
         }
 
-    def restore(self, cut_id: int, epoch: int | None = None) -> dict[str, Any]:
-        """Restore the origin's tables to cut ``cut_id`` at ``epoch`` and publish at that epoch
-        from now on (KeyError for an unknown cut, ValueError for an epoch that does not fence)."""
+    def restore(
+        self, cut_id: int, epoch: int | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        """Restore the origin's tables of ``model`` (None: every table) to cut ``cut_id`` at
+        ``epoch`` and publish them at that epoch from now on (KeyError for an unknown cut,
+        ValueError for an epoch that does not fence)."""
         result = self.cuts.restore(
-            self.store, cut_id, now=self.clock(), epoch=epoch, seq=SOURCE_RESTORE_SEQ
+            self.store, cut_id, model=model, now=self.clock(), epoch=epoch, seq=SOURCE_RESTORE_SEQ
         )
-        self.epoch = result.epoch
+        if model is None:
+            self.epoch = result.epoch
+            self.epochs = {m: max(e, result.epoch) for m, e in self.epochs.items()}
+        else:
+            self.epochs[model] = result.epoch
         self.server.notifier.notify()
-        log.info("Publisher restored cut %d at epoch %d", cut_id, result.epoch)
+        log.info(
+            "Publisher restored cut %d%s at epoch %d",
+            cut_id,
+            f" of model {model}" if model else "",
+            result.epoch,
+        )
         return {"cut": cut_id, "epoch": result.epoch, "rows": dict(result.rows)}
 
     async def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> int:

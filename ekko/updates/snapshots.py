@@ -160,9 +160,15 @@ def fence(batch: Batch, fence: Fence | None) -> Batch:
     )
 
 
-def max_epoch(store: Store) -> int:
-    """The newest epoch any row of ``store`` carries (0 for an empty store)."""
-    epochs = [e for s in store.shards() for e, _, _ in store.high_water(s).entries]
+def max_epoch(store: Store, model: str | None = None) -> int:
+    """The newest epoch any row of ``store`` carries (0 for an empty store); with ``model``, any
+    row of that model's tables (epochs are per model: each stream rolls back on its own)."""
+    epochs = [
+        e
+        for s in store.shards()
+        if model is None or store.spec(s[0]).model == model
+        for e, _, _ in store.high_water(s).entries
+    ]
     return max(epochs, default=0)
 
 
@@ -179,18 +185,28 @@ class RestoreResult:
 
 
 class CutLog:
-    """Retained cuts of one store and their undo logs, bounded by ``cap_bytes``."""
+    """Retained cuts of one store and their undo logs, bounded by ``cap_bytes``. With ``model``
+    the log covers only that model's tables (``TableSpec.model``): its cuts are named by those
+    tables' vectors, it records only their pre-images, and a restore writes back only them at an
+    epoch judged against them alone; other tables pass through untouched. Without, every table."""
 
-    def __init__(self, cap_bytes: int = 256 << 20) -> None:
+    def __init__(self, cap_bytes: int = 256 << 20, model: str | None = None) -> None:
         if cap_bytes < 0:
             raise ValueError("cap_bytes must be non-negative")
         self.cap_bytes = cap_bytes
+        self.model = model
         self._cuts: dict[int, _CutState] = {}
         self.bytes = 0
         """Bytes held by every retained cut's undo log (a gauge)."""
         self.drops = 0
         """Cuts dropped because the cap was hit (a counter)."""
         self.peak_bytes = 0
+
+    def covers(self, store: Store, table: str) -> bool:
+        """Whether ``table`` is one of this log's tables."""
+        return store.has_table(table) and (
+            self.model is None or store.spec(table).model == self.model
+        )
 
     # --- cuts ----------------------------------------------------------------------------------
 
@@ -210,6 +226,8 @@ class CutLog:
             if vectors is not None
             else {s: store.high_water(s) for s in store.shards()}
         )
+        if self.model is not None:  # another model's shards name nothing of this log's state
+            vecs = {s: v for s, v in vecs.items() if self.covers(store, s[0])}
         cut = Cut(cut_id, now, vecs)
         self._cuts[cut_id] = _CutState(cut)
         return cut
@@ -270,7 +288,7 @@ class CutLog:
         goes to the newest cut that does *not* cover it, or nowhere when every cut covers it. So
         replicas that took the same announced cut at different moments view and restore the same
         state, the publisher's at the cut."""
-        if not self._cuts or batch.n == 0 or not store.has_table(batch.table):
+        if not self._cuts or batch.n == 0 or not self.covers(store, batch.table):
             return
         # Every key of the batch, even one the shard's knowledge covers: a covered version may
         # still be newer than the held one (knowledge vouches for writes, not for each row).
@@ -301,7 +319,7 @@ class CutLog:
         cut reads the logs from its own cut forward and takes the first pre-image it finds (each
         pre-image is kept once, not once per cut): a key already logged at ``cut_id`` or a newer
         cut is not logged again (its value at ``cut_id`` is that pre-image, or live)."""
-        if not self._cuts or not store.has_table(table):
+        if not self._cuts or not self.covers(store, table):
             return
         k = np.asarray(keys, dtype=np.int64).reshape(-1)
         if len(k) == 0:
@@ -362,7 +380,7 @@ class CutLog:
         dropped (they saw the state being undone); the cut itself is kept with an empty log, as
         the live state now is its state."""
         st = self._state(cut_id)
-        newest = max_epoch(store)
+        newest = max_epoch(store, self.model)
         new_epoch = newest + 1 if epoch is None else epoch
         at_cut = max((e for v in st.cut.vectors.values() for e, _, _ in v.entries), default=0)
         # The new epoch must beat every row written since the cut (so it fences the cut's epoch)
@@ -404,6 +422,86 @@ class CutLog:
         return RestoreResult(
             st.cut, new_epoch, Fence(new_epoch, st.cut.vectors), rows, tuple(results)
         )
+
+
+class ModelCuts:
+    """The cut logs of one store, one per model, and each one's fence after a restore.
+
+    Two update streams whose models share a server share its store; each stream's model-state
+    manager takes its own cuts (ids numbered by that manager) and rolls back its own model: a
+    restore of one model writes only that model's tables at that model's next epoch and fences
+    only its rows, so another model's state, epoch and in-flight rows are never touched. The log
+    of ``model=None`` (a cut or restore that names no model) covers every table, as a node with
+    one model needs."""
+
+    def __init__(self, cap_bytes: int = 256 << 20) -> None:
+        self._cap = cap_bytes
+        self._logs: dict[str | None, CutLog] = {}
+        self._fences: dict[str | None, Fence] = {}
+
+    @property
+    def cap_bytes(self) -> int:
+        """The cap of each model's log."""
+        return self._cap
+
+    @cap_bytes.setter
+    def cap_bytes(self, value: int) -> None:
+        self._cap = value
+        for log in self._logs.values():
+            log.cap_bytes = value
+
+    @property
+    def bytes(self) -> int:
+        return sum(log.bytes for log in self._logs.values())
+
+    def log(self, model: str | None) -> CutLog:
+        """The log of ``model`` (created empty on first use)."""
+        found = self._logs.get(model)
+        if found is None:
+            found = self._logs[model] = CutLog(self._cap, model)
+        return found
+
+    def of(self, model: str) -> CutLog:
+        """The log ``model``'s cuts are in: its own, else one covering every table, else its own
+        (empty)."""
+        if model in self._logs:
+            return self._logs[model]
+        return self._logs[None] if None in self._logs else self.log(model)
+
+    def fence(self, store: Store, batch: Batch) -> Batch:
+        """``batch`` without the rows a restore of its model (or of every table) fences off."""
+        if not self._fences or not store.has_table(batch.table):
+            return batch
+        out = fence(batch, self._fences.get(None))
+        return fence(out, self._fences.get(store.spec(batch.table).model))
+
+    def before_apply(self, store: Store, batch: Batch) -> None:
+        for log in self._logs.values():
+            log.before_apply(store, batch)
+
+    def before_write(self, store: Store, table: str, keys: npt.ArrayLike) -> None:
+        for log in self._logs.values():
+            log.before_write(store, table, keys)
+
+    def restore(
+        self,
+        store: Store,
+        cut_id: int,
+        *,
+        model: str | None,
+        now: float,
+        epoch: int | None = None,
+        origin: int = RESTORE_ORIGIN,
+        seq: int = REPLICA_RESTORE_SEQ,
+    ) -> RestoreResult:
+        """Restore ``model``'s log to its cut ``cut_id`` and fence that model's rows (KeyError
+        when the log does not hold the cut; ValueError as :meth:`CutLog.restore`)."""
+        log = self._logs.get(model)
+        if log is None:
+            raise KeyError(f"no retained cut {cut_id}" + (f" of model {model}" if model else ""))
+        result = log.restore(store, cut_id, now=now, epoch=epoch, origin=origin, seq=seq)
+        self._fences[model] = result.fence
+        return result
 
 
 class CutView:
@@ -493,6 +591,7 @@ __all__: Sequence[str] = (
     "CutLog",
     "CutView",
     "Fence",
+    "ModelCuts",
     "RestoreResult",
     "fence",
     "knowledge_at",

@@ -173,10 +173,15 @@ class StateControl(Protocol):
     """What the cut and restore endpoints call (a node implements it over its cut log)."""
 
     def take_cut(
-        self, cut_id: int, vectors: Mapping[ShardId, VersionVector] | None = None
+        self,
+        cut_id: int,
+        vectors: Mapping[ShardId, VersionVector] | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]: ...
 
-    def restore(self, cut_id: int, epoch: int | None) -> dict[str, Any]: ...
+    def restore(
+        self, cut_id: int, epoch: int | None, model: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 STORE_KEY: web.AppKey[UpdateServer] = web.AppKey("update_server")
@@ -275,8 +280,9 @@ async def _pull(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/octet-stream")
 
 
-async def _control_body(request: web.Request) -> tuple[int, int | None]:
-    """``(cut, epoch)`` from a JSON body; ValueError when malformed."""
+async def _control_body(request: web.Request) -> tuple[int, int | None, str | None]:
+    """``(cut, epoch, model)`` from a JSON body (``model`` absent: every table); ValueError when
+    malformed."""
     try:
         body = json.loads(await request.read() or b"{}")
     except json.JSONDecodeError as e:
@@ -288,7 +294,10 @@ async def _control_body(request: web.Request) -> tuple[int, int | None]:
         raise ValueError('"cut" must be a non-negative integer')
     if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
         raise ValueError('"epoch" must be an integer')
-    return cut, epoch
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ValueError('"model" must be a non-empty string')
+    return cut, epoch, model
 
 
 async def _cut(request: web.Request) -> web.Response:
@@ -296,10 +305,10 @@ async def _cut(request: web.Request) -> web.Response:
     if control is None:
         return web.json_response({"error": "this server keeps no cuts"}, status=404)
     try:
-        cut, _ = await _control_body(request)
+        cut, _, model = await _control_body(request)
         raw = json.loads(await request.read() or b"{}").get("vectors")
         vectors = vectors_from_json(raw) if raw is not None else None
-        return web.json_response(control.take_cut(cut, vectors))
+        return web.json_response(control.take_cut(cut, vectors, model))
     except ValueError as e:
         return web.json_response({"error": str(e)}, status=400)
 
@@ -309,11 +318,11 @@ async def _restore(request: web.Request) -> web.Response:
     if control is None:
         return web.json_response({"error": "this server keeps no cuts"}, status=404)
     try:
-        cut, epoch = await _control_body(request)
+        cut, epoch, model = await _control_body(request)
     except ValueError as e:
         return web.json_response({"error": str(e)}, status=400)
     try:
-        return web.json_response(control.restore(cut, epoch))
+        return web.json_response(control.restore(cut, epoch, model))
     except KeyError as e:
         return web.json_response({"error": str(e.args[0]) if e.args else "no such cut"}, status=404)
     except ValueError as e:

@@ -170,7 +170,7 @@ def test_a_replica_without_the_cut_says_so_and_cuts_below_the_baseline_go() -> N
     node.take_cut(2)
     node.take_cut(3)
     states.on_control("ranker", ModelUpdateControl(baseline_cut=2))
-    assert [c.id for c in node.cuts.cuts()] == [2, 3]
+    assert [c.id for c in node.cuts.of("ranker").cuts()] == [2, 3]
     states.on_control("ranker", ModelUpdateControl(baseline_cut=9, view="Baseline"))
     (report,) = states.report()
     assert report.view == "Live" and "cut 9 is not held" in report.message

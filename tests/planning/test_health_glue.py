@@ -18,12 +18,21 @@ from ekko.planning.health import (
     from_status,
     health_condition,
     latest,
+    next_cut,
     observe_servers,
     paired_window,
     person_rollback,
+    restored,
     to_status,
 )
-from ekko.updates.health import Command, HealthState, Rollback, Window, decide
+from ekko.updates.health import (
+    Command,
+    HealthState,
+    Rollback,
+    Window,
+    choose_baseline,
+    decide,
+)
 
 
 def sums(d: np.ndarray) -> tuple[float, float, float]:
@@ -246,3 +255,20 @@ def test_annotation_stamps_are_read_by_the_one_rfc3339_parser(
     from ekko.planning.health import parse_stamp
 
     assert parse_stamp(stamp) == seconds
+
+
+def test_a_restore_forgets_the_cuts_above_it_and_ids_keep_increasing() -> None:
+    """Cuts taken between the harm and the decision hold the harm, and servers drop them as they
+    restore: one left in the list became the baseline (seen in the cluster bench: the next
+    rollback went to a cut no server held and restored nothing)."""
+    m = Manager(HealthState(baseline=3), cuts=((3, 30.0), (4, 35.0), (5, 40.0)), last_cut=5)
+    after = restored(m, 3)
+    assert after.cuts == ((3, 30.0),)
+    assert next_cut(after) == 6  # a reused id would be answered with the dropped cut
+    assert choose_baseline(after.cuts, 3, "Healthy", 100.0, 10.0) == 3
+    # The newest id survives a restart through status, even with no cut above the restored one.
+    again = from_status(to_status(after), 0)
+    assert (again.cuts, next_cut(again)) == (((3, 30.0),), 6)
+    # An older status without the field: the ids of the listed cuts.
+    status = to_status(m).model_copy(update={"last_cut": 0})
+    assert next_cut(from_status(status, 0)) == 6

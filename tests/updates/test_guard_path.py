@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from ekko.agent.runtime import node_config
 from ekko.api.resources import ModelUpdateControl, UpdateDuty, UpdateHealth
 from ekko.planning.health import detector_spec, guard_window, observe_servers, parse_guard
-from ekko.updates.health import GuardCounts, HealthState, decide
+from ekko.updates.health import GuardCounts, GuardSpec, HealthState, decide
 from ekko.updates.node import Node, NodeConfig
 from ekko.updates.store import Batch, TableSpec
 
@@ -43,7 +43,7 @@ def scrape(registry: CollectorRegistry) -> GuardCounts | None:
     return parse_guard(generate_latest(registry).decode(), "ranker")
 
 
-def settled(guards: tuple[tuple[str, float | None], ...]) -> tuple[Node, Writes, Any]:
+def settled(guards: tuple[tuple[str, GuardSpec], ...]) -> tuple[Node, Writes, Any]:
     """A node whose item table has 2000 trained rows, each updated once (past the warm-up)."""
     registry = CollectorRegistry()
     node = Node(NodeConfig(name="n", guards=guards), registry)
@@ -56,7 +56,7 @@ def settled(guards: tuple[tuple[str, float | None], ...]) -> tuple[Node, Writes,
 
 
 def test_node_counts_zeroed_exploded_and_nonfinite_rows_it_applies() -> None:
-    _node, w, registry = settled((("ranker", None),))
+    _node, w, registry = settled((("ranker", GuardSpec()),))
     clean = scrape(registry)
     assert clean is not None and clean.rows == 4000
     assert clean.flagged == 0 and clean.nonfinite == 0
@@ -74,7 +74,7 @@ def test_node_counts_zeroed_exploded_and_nonfinite_rows_it_applies() -> None:
 def test_unguarded_model_has_no_series_and_reconfigure_turns_the_guard_on() -> None:
     node, w, registry = settled(())
     assert scrape(registry) is None
-    guarded = NodeConfig(name="n", guards=(("ranker", 5.0),))
+    guarded = NodeConfig(name="n", guards=(("ranker", GuardSpec(step_ratio=5.0)),))
     node.guard.configure(guarded.guards)
     assert node.guard.guards["ranker"].spec.step_ratio == 5.0
     assert scrape(registry) == GuardCounts()  # declared at zero
@@ -83,14 +83,16 @@ def test_unguarded_model_has_no_series_and_reconfigure_turns_the_guard_on() -> N
     # A guard just turned on has not seen its warm-up rows: it flags nothing yet.
     assert counts is not None and counts.rows == 10 and counts.flagged == 0
     keep = node.guard.guards["ranker"]
-    node.guard.configure(guarded.guards)  # same ratio: the running means are kept
+    node.guard.configure(guarded.guards)  # same thresholds: the running means are kept
     assert node.guard.guards["ranker"] is keep
+    node.guard.configure((("ranker", GuardSpec(step_ratio=5.0, warmup=0)),))  # new: afresh
+    assert node.guard.guards["ranker"] is not keep
     node.guard.configure(())
     assert node.guard.guards == {}
 
 
 def test_rows_not_applied_are_not_judged() -> None:
-    node, _w, registry = settled((("ranker", None),))
+    node, _w, registry = settled((("ranker", GuardSpec()),))
     # A stale duplicate (an older version of a held row) is ignored by the store: not judged.
     stale = Batch.of(
         "item", 0, [5], epochs=0, origins=1, seqs=1, publish_times=0.0, values=np.zeros((1, DIM))
@@ -115,10 +117,44 @@ def duty(**health: Any) -> UpdateDuty:
 def test_node_config_guards_the_models_whose_duty_names_a_guard() -> None:
     assert node_config("s", "0.0.0.0:1", [duty()]).guards == ()
     cfg = node_config("s", "0.0.0.0:1", [duty(guard={"rows": 16, "stepRatio": 5})])
-    assert cfg.guards == (("ranker", 5.0),)
+    assert cfg.guards == (("ranker", GuardSpec(step_ratio=5.0)),)
     paused = duty(guard={"rows": 16})
     paused.paused = True
-    assert node_config("s", "0.0.0.0:1", [paused]).guards == (("ranker", None),)
+    assert node_config("s", "0.0.0.0:1", [paused]).guards == (("ranker", GuardSpec()),)
+    # Every threshold of the API reaches the node's guard.
+    tuned = {"rows": 4, "zeroRatio": 0.05, "zeroFrom": 0.5, "normRatio": 4, "warmup": 50}
+    cfg = node_config("s", "0.0.0.0:1", [duty(guard=tuned)])
+    assert cfg.guards == (
+        ("ranker", GuardSpec(zero_ratio=0.05, zero_from=0.5, norm_ratio=4, warmup=50)),
+    )
+
+
+def test_the_api_thresholds_change_what_a_node_flags() -> None:
+    """A row at 3x the mean norm is ordinary by default (x10) and exploded at normRatio 2; a row
+    shrunk to 5% of the mean is zeroed only with zeroRatio above 0.05; the warm-up is the API's."""
+    default = node_config("s", "0.0.0.0:1", [duty(guard={"rows": 1})]).guards
+    tuned = node_config(
+        "s",
+        "0.0.0.0:1",
+        [duty(guard={"rows": 1, "normRatio": 2, "zeroRatio": 0.06, "warmup": 3000})],
+    ).guards
+    rng = np.random.default_rng(5)
+    counts = []
+    for guards in (default, tuned):
+        _node, w, registry = settled(guards)
+        rows = rng.normal(size=(30, DIM))
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        mean = np.sqrt(DIM)  # the trained rows' norm, about
+        w.write(np.arange(10), 3 * mean * rows[:10])
+        w.write(np.arange(10, 20), 0.05 * mean * rows[10:20])
+        counts.append(scrape(registry))
+    assert counts[0] == GuardCounts(rows=4020, zeroed=0, exploded=0)
+    assert counts[1] == GuardCounts(rows=4020, zeroed=10, exploded=10)
+    # warmup 3000 < 4000 rows seen; a guard that has not seen its warm-up flags nothing:
+    late = node_config("s", "0.0.0.0:1", [duty(guard={"rows": 1, "warmup": 10**6})]).guards
+    _node, w, registry = settled(late)
+    w.write(np.arange(10), np.zeros((10, DIM)))
+    assert scrape(registry) == GuardCounts(rows=4010)
 
 
 def test_api_bounds() -> None:
@@ -126,7 +162,17 @@ def test_api_bounds() -> None:
     assert detector_spec(UpdateHealth()).guard_rows is None
     h = UpdateHealth.model_validate({"guard": {"rows": 16}})
     assert detector_spec(h).guard_rows == 16
-    for bad in ({"rows": 0}, {}, {"rows": 4, "stepRatio": 1.0}, {"rows": 4, "stepRatio": 1e4}):
+    for bad in (
+        {"rows": 0},
+        {},
+        {"rows": 4, "stepRatio": 1.0},
+        {"rows": 4, "stepRatio": 1e4},
+        {"rows": 4, "normRatio": 1.5},
+        {"rows": 4, "zeroRatio": 0.2},  # not below the default zeroFrom (0.1)
+        {"rows": 4, "zeroRatio": 0.05, "zeroFrom": 0.05},
+        {"rows": 4, "warmup": -1},
+        {"rows": 4, "warmup": 1.5},
+    ):
         with pytest.raises(ValidationError):
             UpdateHealth.model_validate({"guard": bad})
 
