@@ -294,12 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=("sim", "procs", "nats", "cluster"),
+        choices=("sim", "procs", "nats", "cluster", "frames"),
         default="sim",
         help="sim: discrete events; procs: real processes on loopback; nats: procs side by side "
         "with the same writes through NATS JetStream (needs the bench extra and builds "
         "nats-server; bench/updates_nats.py); cluster: the local control plane with the "
-        "operator's topology (bench/updates_cluster.py, which has more options)",
+        "operator's topology (bench/updates_cluster.py, which has more options); frames: the "
+        "product path's WAN responses recorded and re-encoded in every frame version (bytes per "
+        "row, offline)",
     )
     ap.add_argument("--quick", action="store_true", help="synthetic stream, 2 seeds, ~1 minute")
     ap.add_argument("--workload", choices=("synthetic", "ml-100k"), default=None)
@@ -327,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return procs_main(a)
     if a.mode == "nats":
         return nats_main(a)
+    if a.mode == "frames":
+        return frames_main(a)
     if a.mode == "cluster":
         from bench.updates_cluster import main as cluster_main
 
@@ -364,11 +368,15 @@ def main(argv: list[str] | None = None) -> int:
         "per_seed": per_seed,
     }
     result["targets"] = verdicts(result)
-    # Issue 12: the model-state manager's keys (in-process; bench/updates_health.py says what).
-    result |= updates_bench_keys(a.quick, workload)
+    # Issue 12: the model-state manager's keys (in-process; bench/updates_health.py says what),
+    # not in the partial runs (--congestion-only, --compression-only), which split a full run.
+    partial = a.congestion_only or a.compression_only
+    if not partial:
+        result |= updates_bench_keys(a.quick, workload)
     result["wall_s"] = time.perf_counter() - t0
     report(result)
-    print(health_line(result))
+    if not partial:
+        print(health_line(result))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(result, fh, indent=1, sort_keys=False)
@@ -508,6 +516,55 @@ def nats_main(a: argparse.Namespace) -> int:
     return 0
 
 
+FRAME_RUNS = (("int8_zstd_uncapped", "int8", True, None), ("fp32_at_25pct", "fp32", False, 0.25))
+
+
+def frame_bytes(w: Writes, eval_from: int, seed: int, opts: dict[str, Any]) -> dict[str, float]:
+    """The product path's WAN responses of two runs — int8 + zstd uncapped (the headline bytes)
+    and fp32 at a 25 % cap (the congestion target) — recorded once and re-encoded in frame
+    versions 3 and 4: bytes per row of the same responses, so only the encoding differs."""
+    base_cfg = SimConfig(seed=seed, wan_delay_s=opts["wan_delay"], min_interval_s=opts["interval"])
+    rate = float(run_config(w, base_cfg, eval_from)["wan_rate_per_link_Bps"])  # as run_seed
+    out: dict[str, float] = {}
+    for name, codec, z, cap in FRAME_RUNS:
+        cfg = replace(base_cfg, codec=codec, zstd=z, product=True)
+        if cap is not None:
+            cfg = replace(cfg, wan_rate=cap * rate)
+        sim = Sim(w, cfg)
+        sim.recorded = []
+        sim.run()
+        rows = sum(r.n_rows for r in sim.recorded)
+        out[f"frames_{name}"] = len(sim.recorded)
+        out[f"rows_{name}"] = rows
+        for version in (3, 4):
+            enc = replace(sim.encoding, version=version)
+            size = sum(len(encode_response(r, enc)) for r in sim.recorded)
+            out[f"bytes_per_row_{name}_v{version}"] = size / rows
+        out[f"bytes_change_{name}_v4_vs_v3"] = (
+            out[f"bytes_per_row_{name}_v4"] / out[f"bytes_per_row_{name}_v3"] - 1
+        )
+    return out
+
+
+def frames_main(a: argparse.Namespace) -> int:
+    workload = a.workload or "synthetic"
+    events = a.events or (12_000 if workload == "synthetic" else None)
+    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else [0, 1]
+    opts = {"wan_delay": a.wan_delay, "interval": a.interval}
+    per_seed = []
+    for seed in seeds:
+        stream = load(workload, events, seed)
+        w = train_writes(stream, a.rate, seed)
+        per_seed.append(frame_bytes(w, int(len(stream) * a.warmup), seed, opts))
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in per_seed[-1].items()))
+    med, spread = aggregate(per_seed)
+    out = {"mode": "frames", "workload": workload, "seeds": seeds, **med, "spread": spread}
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
 def report(r: dict[str, Any]) -> None:
     sp = r["spread"]
 
@@ -562,7 +619,7 @@ def report(r: dict[str, Any]) -> None:
     k = "int8_zstd_residual"
     print(
         f"   {k:10s} {f('wan_bytes_reduction_' + k, 100, 1)}  ΔAUC {f('auc_delta_' + k, 1, 4)}"
-        "  (product path, frame v3: residuals against what each peer holds)"
+        "  (product path, frame v4: residuals against what each peer holds)"
     )
     print("6. staleness: AUC")
     for lag in LAGS:

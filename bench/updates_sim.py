@@ -375,6 +375,7 @@ class Sim:
         self.links: dict[str, Link] = {}
         self.ratio: dict[int, float] = {}
         self.schedulers: dict[int, Scheduler] = {}
+        self.recorded: list[PullResponse] | None = None  # product path: WAN responses, if a list
         # The log-style reference keeps frame version 1 (8-byte keys, 4-byte seqs and times per
         # write), so the baseline of the bytes figures does not move when the codec improves.
         version = 1 if cfg.policy == "log" else cfg.frame_version
@@ -575,6 +576,8 @@ class Sim:
         # A frame a little over the tokens still goes (the bucket goes negative, as the
         # node's does): the scheduler already recorded it as sent.
         size = len(frame)
+        if self.recorded is not None and link.wan:
+            self.recorded.append(resp)
         wid_parts, cls_parts = [], []
         raw = FRAME_HEADER
         for b in resp.batches:

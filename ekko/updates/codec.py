@@ -12,15 +12,22 @@ step table or whole milliseconds, classes only when they differ, int8 scales as 
 this responder, on a power-of-two step no coarser than the row's int8 step (see
 :func:`residual_int8` and :func:`held_values`; the receiver resolves them with
 :meth:`~ekko.updates.store.Store.resolve`) — names the responder and the response number in
-int8 frames, and compresses with a shared dictionary (:data:`META_DICT`). The decoder reads every
-version (``Encoding(version=1)`` or ``2`` writes an older one). The body may be zstd-compressed
-as a whole.
+int8 frames, and compresses with a shared dictionary (:data:`META_DICT`). Version 4 (the
+default) carries the same fields as **binary** metadata (varints, one code byte per section,
+table names and ``(epoch, origin)`` pairs once per frame; see :func:`_pack_meta`) behind an
+11-byte header, and drops zstd's own magic number and content size (the header has both). The
+decoder reads every version (``Encoding(version=1)``, ``2`` or ``3`` writes an older one). The
+body may be zstd-compressed as a whole.
 
 Frame layout (little-endian)::
 
     magic "EKUP" | version u8 | flags u8 (bit 0: zstd) | kind u16 (1 response, 2 request)
     | meta_len u32 | body_len u32 (uncompressed) | crc32 u32 (of meta and payload as sent)
     | meta (UTF-8 JSON) | payload (body, or zstd of body)
+
+    version 4: magic "EKUP" | version u8 (4) | flags u8 (bit 0: zstd) | kind u8 | crc32 u32
+    | body_len varint | payload (body, or magicless zstd of body); the body is binary metadata
+    then the columns of version 3.
 
     version 2 and 3 responses: meta_len is 0 and the body starts with ``len u32 | meta``;
     version 3 int8 sections with residual rows: ``mask (packed bits) | full rows' scales and
@@ -36,7 +43,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -60,9 +67,9 @@ F32 = npt.NDArray[np.float32]
 I8 = npt.NDArray[np.int8]
 
 MAGIC: Final = b"EKUP"
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 """What :func:`encode_response` writes by default; :data:`SUPPORTED_VERSIONS` are decoded."""
-SUPPORTED_VERSIONS: Final = (1, 2, 3)
+SUPPORTED_VERSIONS: Final = (1, 2, 3, 4)
 KIND_RESPONSE: Final = 1
 KIND_REQUEST: Final = 2
 FLAG_ZSTD: Final = 1
@@ -85,6 +92,11 @@ META_DICT: Final = (
 frame version)."""
 _DICT = zstandard.ZstdCompressionDict(META_DICT, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 _HEADER = struct.Struct("<4sBBHIII")
+_HEADER4 = struct.Struct("<4sBBBI")
+"""Version 4's header: magic, version, flags, kind u8, crc32 — then the body length as a
+varint (the metadata length is gone: the binary metadata leads the body and ends itself)."""
+_ZSTD4 = zstandard.ZstdCompressionParameters
+_MAGICLESS = zstandard.FORMAT_ZSTD1_MAGICLESS
 _META_LEN = struct.Struct("<I")
 HEADER_BYTES: Final = _HEADER.size
 MAX_FRAME_BYTES: Final = 1 << 30
@@ -144,6 +156,8 @@ def fp32_bytes(response: PullResponse) -> int:
 def _frame(
     kind: int, meta: dict[str, Any], body: bytes, zstd: bool, level: int, *, version: int = 1
 ) -> bytes:
+    if version >= 4:
+        return _frame4(kind, meta, body, zstd, level)
     meta_b = json.dumps(meta, separators=(",", ":")).encode()
     meta_z = version >= 3 and not zstd
     if meta_z:
@@ -167,6 +181,11 @@ def _frame(
 def _unframe(
     data: bytes, kind: int, versions: tuple[int, ...] = (1,)
 ) -> tuple[dict[str, Any], memoryview, int]:
+    if len(data) >= 5 and data[:4] == MAGIC:  # the version decides the header's layout
+        if data[4] not in SUPPORTED_VERSIONS:
+            raise CodecError(f"frame version {data[4]} is not supported (want one of {versions})")
+        if data[4] == 4:
+            return (*_unframe4(data, kind, versions), 4)
     if len(data) < HEADER_BYTES:
         raise CodecError(f"frame truncated: {len(data)} bytes, header needs {HEADER_BYTES}")
     magic, version, flags, got_kind, meta_len, body_len, crc = _HEADER.unpack_from(data)
@@ -221,6 +240,319 @@ def _unframe(
     if not isinstance(meta, dict):
         raise CodecError("frame metadata is not an object")
     return meta, memoryview(body), version
+
+
+# --- version 4: binary metadata -----------------------------------------------------------------
+#
+# The same fields as version 2/3's JSON metadata, in bytes: unsigned LEB128 varints, zigzag
+# varints for signed values, one code byte per section for its small enumerations, the table
+# names and the ``(epoch, origin)`` pairs once per frame (sections refer to them by index), and
+# publish times as whole microseconds (varint deltas) when every time of a section is one exactly,
+# else float64. The decoder turns it back into the JSON shape, so one section parser reads
+# versions 2, 3 and 4.
+
+_KINDS: Final = ("embedding", "dense")
+_DTYPE_CODES: Final = ("float32", "float16", "int8")
+_WIDTH_CODES: Final = (1, 2, 4, 8)
+_SEC_CLASS, _SEC_STEPS, _SEC_SW4, _SEC_MICROS = 4, 8, 16, 32
+_TOP_TABLES, _TOP_INCOMPLETE, _TOP_SOURCE = 1, 2, 4
+_F64 = struct.Struct("<d")
+MAX_VARINT_BYTES: Final = 10
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def uv(self, x: int) -> None:
+        if x < 0 or x >= 1 << 64:
+            raise ValueError(f"{x} does not fit an unsigned varint")
+        while x >= 0x80:
+            self.buf.append((x & 0x7F) | 0x80)
+            x >>= 7
+        self.buf.append(x)
+
+    def zz(self, x: int) -> None:
+        self.uv((x << 1) ^ (x >> 63) if -(1 << 63) <= x < 1 << 63 else -1)
+
+    def f64(self, x: float) -> None:
+        self.buf += _F64.pack(x)
+
+    def text(self, x: str) -> None:
+        b = x.encode()
+        self.uv(len(b))
+        self.buf += b
+
+
+class _In:
+    """Reads the binary metadata; every read checks what is left (truncation → CodecError)."""
+
+    def __init__(self, body: memoryview) -> None:
+        self.body = body
+        self.pos = 0
+
+    def uv(self, hi: int = (1 << 64) - 1) -> int:
+        x = shift = 0
+        for i in range(MAX_VARINT_BYTES):
+            if self.pos >= len(self.body):
+                raise CodecError("frame truncated inside its metadata")
+            byte = self.body[self.pos]
+            self.pos += 1
+            x |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if i and not byte:
+                    raise CodecError("non-minimal varint in frame metadata")
+                if x > hi:
+                    raise CodecError(f"bad integer {x} in frame metadata")
+                return x
+            shift += 7
+        raise CodecError("varint too long in frame metadata")
+
+    def zz(self) -> int:
+        u = self.uv()
+        return (u >> 1) ^ -(u & 1)
+
+    def u8(self) -> int:
+        return self.uv(255)
+
+    def f64(self) -> float:
+        if self.pos + 8 > len(self.body):
+            raise CodecError("frame truncated inside its metadata")
+        (x,) = _F64.unpack_from(self.body, self.pos)
+        self.pos += 8
+        return float(x)
+
+    def text(self) -> str:
+        n = self.uv(MAX_META_BYTES)
+        if self.pos + n > len(self.body):
+            raise CodecError("frame truncated inside its metadata")
+        raw = bytes(self.body[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode()
+        except UnicodeDecodeError as e:
+            raise CodecError(f"bad name in frame metadata: {e}") from e
+
+    def index(self, items: Sequence[T]) -> T:
+        i = self.uv()
+        if i >= len(items):
+            raise CodecError("index out of range in frame metadata")
+        return items[i]
+
+
+def _micros(times: list[float]) -> list[int] | None:
+    """The times as whole microseconds when each is exactly ``µs / 1e6`` (else None)."""
+    out = []
+    for t in times:
+        if not -1e12 < t < 1e12:  # µs and their deltas fit int64; refuses NaN and infinities
+            return None
+        us = round(t * 1e6)
+        if us / 1e6 != t:
+            return None
+        out.append(us)
+    return out
+
+
+def _pack_meta(meta: dict[str, Any]) -> bytes:
+    """Version 4's metadata: the dict :func:`_encode_v2` builds, in bytes."""
+    o = _Out()
+    tables, sections = meta["tables"], meta["sections"]
+    top = _TOP_TABLES if tables else 0
+    top |= _TOP_INCOMPLETE if not meta.get("complete", True) else 0
+    top |= _TOP_SOURCE if "src" in meta else 0
+    o.uv(top)
+    if tables:
+        o.uv(len(tables))
+        for name, dim, kind, shards, model, weight, shape in tables:
+            o.text(name)
+            o.uv(dim)
+            o.uv(_KINDS.index(kind))
+            o.uv(shards)
+            o.text(model)
+            o.f64(weight)
+            o.uv(len(shape))
+            for x in shape:
+                o.uv(x)
+    o.uv(meta.get("backlog", 0))
+    if "src" in meta:
+        o.uv(meta["src"])
+        o.uv(meta["rn"])
+    names = list(dict.fromkeys(sec["t"] for sec in sections))
+    pairs = list(
+        dict.fromkeys(
+            [(e, g) for sec in sections for e, g in sec.get("s", [])]
+            + [(e, g) for sec in sections for e, g, _ in sec["c"]]
+        )
+    )
+    o.uv(len(names))
+    for name in names:
+        o.text(name)
+    o.uv(len(pairs))
+    for e, g in pairs:
+        o.zz(e)
+        o.zz(g)
+    pair_index = {p: i for i, p in enumerate(pairs)}
+    o.uv(len(sections))
+    for sec in sections:
+        o.uv(names.index(sec["t"]))
+        o.uv(sec["p"])
+        o.uv(sec["n"])
+        o.uv(sec["d"])
+        times = [t for _, t in sec["ts"]] if "ts" in sec else [sec["t0"]] if "t0" in sec else []
+        us = _micros(times)
+        code = _DTYPE_CODES.index(sec["v"])
+        code |= _SEC_CLASS if "cl" in sec else 0
+        code |= _SEC_STEPS if "ts" in sec else 0
+        code |= _SEC_SW4 if sec.get("sw") == 4 else 0
+        code |= _SEC_MICROS if us is not None else 0
+        o.uv(code)
+        o.uv(len(sec["c"]))
+        for e, g, q in sec["c"]:
+            o.uv(pair_index[(e, g)])
+            o.zz(q)
+        if sec["n"] == 0:
+            continue
+        o.uv(len(sec["s"]))
+        for e, g in sec["s"]:
+            o.uv(pair_index[(e, g)])
+        o.zz(sec["k0"])
+        o.zz(sec["q0"])
+        tw = _WIDTH_CODES.index(sec["tw"]) if "tw" in sec else 0
+        o.uv(_WIDTH_CODES.index(sec["kw"]) | _WIDTH_CODES.index(sec["qw"]) << 2 | tw << 4)
+        if "ts" in sec:
+            o.uv(len(sec["ts"]))
+            last = 0
+            for q, _ in sec["ts"]:
+                o.uv(q - last)
+                last = q
+        if us is not None:
+            last = 0
+            for x in us:
+                o.zz(x - last)
+                last = x
+        else:
+            for t in times:
+                o.f64(t)
+        if "cl" in sec:
+            o.uv(sec["cl"])
+        if sec["v"] == "int8":
+            o.uv(sec.get("r", 0))
+    return bytes(o.buf)
+
+
+def _unpack_meta(r: _In) -> dict[str, Any]:
+    """Version 4's metadata back into the JSON shape the section parser reads."""
+    top = r.uv(7)
+    meta: dict[str, Any] = {"tables": []}
+    if top & _TOP_TABLES:
+        for _ in range(r.uv(1 << 20)):
+            name, dim, kind, shards, model = (
+                r.text(),
+                r.uv(),
+                r.index(_KINDS),
+                r.uv(),
+                r.text(),
+            )
+            weight = r.f64()
+            shape = [r.uv() for _ in range(r.uv(64))]
+            meta["tables"].append([name, dim, kind, shards, model, weight, shape])
+    meta["complete"] = not top & _TOP_INCOMPLETE
+    meta["backlog"] = r.uv(1 << 62)
+    if top & _TOP_SOURCE:
+        meta["src"], meta["rn"] = r.uv(1 << 62), r.uv(1 << 62)
+    names = [r.text() for _ in range(r.uv(1 << 20))]
+    pairs = [(r.zz(), r.zz()) for _ in range(r.uv(1 << 20))]
+    sections: list[dict[str, Any]] = []
+    for _ in range(r.uv(1 << 20)):
+        sec: dict[str, Any] = {"t": r.index(names), "p": r.uv(), "n": r.uv(), "d": r.uv()}
+        code = r.uv(63)
+        if code & 3 >= len(_DTYPE_CODES):
+            raise CodecError(f"unknown value dtype code {code & 3}")
+        sec["v"] = _DTYPE_CODES[code & 3]
+        sec["c"] = [[*r.index(pairs), r.zz()] for _ in range(r.uv(1 << 20))]
+        sections.append(sec)
+        if sec["n"] == 0:
+            continue
+        sec["s"] = [list(r.index(pairs)) for _ in range(r.uv(1 << 20))]
+        sec["k0"], sec["q0"] = r.zz(), r.zz()
+        widths = r.uv(63)
+        sec["kw"], sec["qw"] = _WIDTH_CODES[widths & 3], _WIDTH_CODES[widths >> 2 & 3]
+        steps = []
+        if code & _SEC_STEPS:
+            q = 0
+            for _ in range(r.uv(1 << 20)):
+                q += r.uv()
+                steps.append(q)
+        count = len(steps) if code & _SEC_STEPS else 1
+        if code & _SEC_MICROS:
+            times, us = [], 0
+            for _ in range(count):
+                us += r.zz()
+                times.append(us / 1e6)
+        else:
+            times = [r.f64() for _ in range(count)]
+        if code & _SEC_STEPS:
+            sec["ts"] = [[q, t] for q, t in zip(steps, times, strict=True)]
+        else:
+            sec["t0"], sec["tw"] = times[0], _WIDTH_CODES[widths >> 4 & 3]
+        if code & _SEC_CLASS:
+            sec["cl"] = r.u8()
+        if sec["v"] == "int8":
+            sec["sw"] = 4 if code & _SEC_SW4 else 2
+            if r_count := r.uv():
+                sec["r"] = r_count
+    meta["sections"] = sections
+    return meta
+
+
+def _frame4(kind: int, meta: dict[str, Any], body: bytes, zstd: bool, level: int) -> bytes:
+    """Version 4: ``magic | version | flags | kind u8 | crc32 | varint body length | payload``,
+    the body being the binary metadata then the columns; zstd without its own magic number or
+    content size (the header has both)."""
+    body = _pack_meta(meta) + body
+    if zstd:
+        params = _ZSTD4.from_level(level, format=_MAGICLESS, write_content_size=0, write_dict_id=0)
+        payload = zstandard.ZstdCompressor(compression_params=params).compress(body)
+    else:
+        payload = body
+    out = _Out()
+    out.uv(len(body))
+    crc = zlib.crc32(payload, zlib.crc32(bytes(out.buf)))
+    head = _HEADER4.pack(MAGIC, 4, FLAG_ZSTD if zstd else 0, kind, crc)
+    return head + bytes(out.buf) + payload
+
+
+def _unframe4(
+    data: bytes, kind: int, versions: tuple[int, ...]
+) -> tuple[dict[str, Any], memoryview]:
+    if len(data) < _HEADER4.size:
+        raise CodecError(f"frame truncated: {len(data)} bytes, header needs {_HEADER4.size}")
+    _, _, flags, got_kind, crc = _HEADER4.unpack_from(data)
+    if got_kind != kind:
+        raise CodecError(f"frame kind {got_kind}, expected {kind}")
+    if 4 not in versions:
+        raise CodecError(f"frame version 4 is not supported (want one of {versions})")
+    if flags & ~FLAG_ZSTD:
+        raise CodecError(f"unknown frame flags {flags:#x}")
+    head = _In(memoryview(data)[_HEADER4.size :])
+    body_len = head.uv(MAX_FRAME_BYTES)
+    start = _HEADER4.size + head.pos
+    payload = data[start:]
+    if zlib.crc32(payload, zlib.crc32(data[_HEADER4.size : start])) != crc:
+        raise CodecError("frame checksum mismatch (truncated or corrupt)")
+    if flags & FLAG_ZSTD:
+        try:
+            d = zstandard.ZstdDecompressor(format=_MAGICLESS)
+            body = d.decompress(payload, max_output_size=body_len)
+        except zstandard.ZstdError as e:
+            raise CodecError(f"bad zstd payload: {e}") from e
+    else:
+        body = payload
+    if len(body) != body_len:
+        raise CodecError(f"body is {len(body)} bytes, header says {body_len}")
+    r = _In(memoryview(body))
+    meta = _unpack_meta(r)
+    return meta, memoryview(body)[r.pos :]
 
 
 class _Reader:
@@ -286,7 +618,7 @@ def encode_response(response: PullResponse, encoding: Encoding = Encoding()) -> 
     ]
     if encoding.version == 1:
         return _encode_v1(response, encoding, tables)
-    if encoding.version not in (2, 3):
+    if encoding.version not in (2, 3, 4):
         raise ValueError(f"unknown frame version {encoding.version}")
     return _encode_v2(response, encoding, tables)
 

@@ -41,7 +41,13 @@ import aiohttp
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
-from ekko.updates.codec import CodecError, decode_response, encode_request, fp32_bytes
+from ekko.updates.codec import (
+    FORMAT_VERSION,
+    CodecError,
+    decode_response,
+    encode_request,
+    fp32_bytes,
+)
 from ekko.updates.health import GuardCounts, GuardSpec, ParamGuard
 from ekko.updates.link import LinkSpec, TokenBucket
 from ekko.updates.priority import Policy, Scheduler, SchedulerConfig
@@ -384,6 +390,9 @@ class Node:
         request = self.store.pull_request(
             budget, cfg.dtype, cfg.zstd, cfg.name, cfg.region, source=up.source, models=models
         )
+        # The newest response frame this node decodes (the responder answers in the older of
+        # its own and this; Store.pull_request's default predates frame version 4).
+        request = replace(request, frame_version=FORMAT_VERSION)
         body = encode_request(request)
         delay = up.spec.link.delay
         if delay > 0:

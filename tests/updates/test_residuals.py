@@ -336,9 +336,10 @@ def test_version_3_zstd_frames_use_the_shared_dictionary_and_older_ones_do_not()
     rng = np.random.default_rng(5)
     up = _origin(rng, 30)
     resp = Scheduler(source=3).respond(up, Store().pull_request(1 << 30, "int8", True))
-    v3 = encode_response(resp, INT8)
+    v3 = encode_response(resp, Encoding("int8", True, version=3))
     v2 = encode_response(resp, Encoding("int8", True, version=2))
     assert v3[5] == 3 and v2[5] == 1  # flags: zstd + dictionary, zstd alone
+    assert encode_response(resp, INT8)[5] == 1  # version 4: binary metadata, no dictionary
     assert len(v3) < len(v2)
     for frame in (v3, v2):
         got = decode_response(frame)
@@ -369,7 +370,7 @@ def test_uncompressed_version_3_frames_compress_their_metadata_alone() -> None:
     rng = np.random.default_rng(7)
     up = _origin(rng, 8)
     resp = Scheduler(source=3).respond(up, Store().pull_request(1 << 30))
-    v3 = encode_response(resp, Encoding("float32"))
+    v3 = encode_response(resp, Encoding("float32", version=3))
     v2 = encode_response(resp, Encoding("float32", version=2))
     assert v3[5] == 4 and v2[5] == 0  # flags: metadata compressed; nothing compressed
     assert len(v3) < len(v2) - 80
