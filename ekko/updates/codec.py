@@ -97,6 +97,19 @@ _HEADER4 = struct.Struct("<4sBBBI")
 varint (the metadata length is gone: the binary metadata leads the body and ends itself)."""
 _ZSTD4 = zstandard.ZstdCompressionParameters
 _MAGICLESS = zstandard.FORMAT_ZSTD1_MAGICLESS
+
+
+def _decompressed(d: zstandard.ZstdDecompressor, payload: bytes, body_len: int) -> bytes:
+    """A frame body decompressed to exactly the ``body_len`` bytes its header declares."""
+    try:
+        body = d.decompress(payload, max_output_size=body_len)
+    except zstandard.ZstdError as e:
+        raise CodecError(f"bad zstd payload: {e}") from e
+    if len(body) != body_len:
+        raise CodecError(f"body is {len(body)} bytes, header says {body_len}")
+    return body
+
+
 _META_LEN = struct.Struct("<I")
 HEADER_BYTES: Final = _HEADER.size
 MAX_FRAME_BYTES: Final = 1 << 30
@@ -210,15 +223,12 @@ def _unframe(
     if zlib.crc32(payload, zlib.crc32(meta_b)) != crc:
         raise CodecError("frame checksum mismatch (truncated or corrupt)")
     if flags & FLAG_ZSTD:
-        try:
-            d = zstandard.ZstdDecompressor(dict_data=_DICT if flags & FLAG_DICT else None)
-            body = d.decompress(payload, max_output_size=body_len)
-        except zstandard.ZstdError as e:
-            raise CodecError(f"bad zstd payload: {e}") from e
+        d = zstandard.ZstdDecompressor(dict_data=_DICT if flags & FLAG_DICT else None)
+        body = _decompressed(d, payload, body_len)
+    elif len(payload) != body_len:
+        raise CodecError(f"body is {len(payload)} bytes, header says {body_len}")
     else:
         body = payload
-    if len(body) != body_len:
-        raise CodecError(f"body is {len(body)} bytes, header says {body_len}")
     if version >= 2:
         if meta_len != 0 or len(body) < _META_LEN.size:
             raise CodecError(f"version {version} frame: metadata must lead the body")
@@ -541,15 +551,11 @@ def _unframe4(
     if zlib.crc32(payload, zlib.crc32(data[_HEADER4.size : start])) != crc:
         raise CodecError("frame checksum mismatch (truncated or corrupt)")
     if flags & FLAG_ZSTD:
-        try:
-            d = zstandard.ZstdDecompressor(format=_MAGICLESS)
-            body = d.decompress(payload, max_output_size=body_len)
-        except zstandard.ZstdError as e:
-            raise CodecError(f"bad zstd payload: {e}") from e
+        body = _decompressed(zstandard.ZstdDecompressor(format=_MAGICLESS), payload, body_len)
+    elif len(payload) != body_len:
+        raise CodecError(f"body is {len(payload)} bytes, header says {body_len}")
     else:
         body = payload
-    if len(body) != body_len:
-        raise CodecError(f"body is {len(body)} bytes, header says {body_len}")
     r = _In(memoryview(body))
     meta = _unpack_meta(r)
     return meta, memoryview(body)[r.pos :]
