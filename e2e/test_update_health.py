@@ -93,8 +93,8 @@ def all_score(fleet: AgentFleet, names: list[str], want: np.ndarray, view: str |
     return True
 
 
-def health(api: Api) -> dict[str, Any]:
-    return (api.get("updatestreams", "ranker").get("status") or {}).get("health") or {}
+def health(api: Api, stream: str = "ranker") -> dict[str, Any]:
+    return (api.get("updatestreams", stream).get("status") or {}).get("health") or {}
 
 
 def control(api: Api) -> dict[str, Any]:
@@ -110,6 +110,19 @@ def resumed(api: Api, operator: OperatorProcess) -> dict[str, Any]:
         describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
     )
     return done
+
+
+def judged_good(api: Api, operator: OperatorProcess, stream: str = "ranker") -> None:
+    """Wait until the stream has a baseline cut and its last window was judged Good."""
+    wait_for(
+        lambda: (
+            health(api, stream).get("baselineCut") is not None
+            and (health(api, stream).get("lastWindow") or {}).get("verdict") == "Good"
+        ),
+        f"a baseline cut and a Good window of {stream}",
+        timeout=90,
+        describe=lambda: (health(api, stream), control(api), operator.logs()[-3000:]),
+    )
 
 
 def stream_events(api: Api) -> list[str]:
@@ -172,15 +185,7 @@ def test_harmful_update_is_caught_and_the_state_rolled_back(
 
         with Traffic(urls_of(fleet, names)):
             # 1. Clean: cuts, a baseline 15 s old, windows judged Good, no rollback.
-            wait_for(
-                lambda: (
-                    health(api).get("baselineCut") is not None
-                    and (health(api).get("lastWindow") or {}).get("verdict") == "Good"
-                ),
-                "a baseline cut and a Good window",
-                timeout=90,
-                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
-            )
+            judged_good(api, operator)
             assert control(api).get("baselineCut") == health(api)["baselineCut"]
             wait_for(  # the agents apply the control block from their watch: not instantly
                 lambda: all_score(fleet, names, clean, "baseline"),
@@ -547,15 +552,7 @@ def test_parameter_guard_catches_zeroed_rows(
             "every agent scoring from the publisher's rows",
         )
         with Traffic(urls_of(fleet, names)):
-            wait_for(
-                lambda: (
-                    health(api).get("baselineCut") is not None
-                    and (health(api).get("lastWindow") or {}).get("verdict") == "Good"
-                ),
-                "a baseline cut and a Good window",
-                timeout=90,
-                describe=lambda: (health(api), control(api), operator.logs()[-3000:]),
-            )
+            judged_good(api, operator)
             time.sleep(4)  # clean windows with the guard counting: no alarm
             h = health(api)
             assert h["phase"] == "Healthy" and "lastRollback" not in h, h
@@ -607,10 +604,6 @@ def _stream_of(model: str, source: str, baseline_age: str = "15s") -> dict[str, 
     doc["spec"]["model"] = model
     doc["spec"]["tables"] = [{"name": f"{model}.{t}", "dim": DIM + 1} for t in ("user", "item")]
     return doc
-
-
-def _health_of(api: Api, stream: str) -> dict[str, Any]:
-    return (api.get("updatestreams", stream).get("status") or {}).get("health") or {}
 
 
 def _scores_of(fleet: AgentFleet, names: list[str], model: str, want: np.ndarray) -> bool:
@@ -666,16 +659,7 @@ def test_two_streams_on_shared_servers_roll_back_on_their_own(
                 Traffic(urls_of(fleet, names["tagger"]), model="tagger"),
             ):
                 for m in models:
-                    wait_for(
-                        lambda m=m: (
-                            _health_of(api, m).get("baselineCut") is not None
-                            and (_health_of(api, m).get("lastWindow") or {}).get("verdict")
-                            == "Good"
-                        ),
-                        f"a baseline cut and a Good window of {m}",
-                        timeout=90,
-                        describe=lambda: (_health_of(api, "tagger"), operator.logs()[-3000:]),
-                    )
+                    judged_good(api, operator, m)
 
                 # The tagger trains on: newer than every cut the ranker can roll back to.
                 users = rows(1, USERS) + np.random.default_rng(5).normal(0, 0.2, (USERS, DIM + 1))
@@ -689,7 +673,7 @@ def test_two_streams_on_shared_servers_roll_back_on_their_own(
                     "every holder of the tagger scoring its new rows",
                     timeout=30,
                 )
-                tagger_baseline = _health_of(api, "tagger")["baselineCut"]
+                tagger_baseline = health(api, "tagger")["baselineCut"]
 
                 # The ranker's harmful update, caught and rolled back.
                 items = pubs["ranker"].call(
@@ -707,7 +691,7 @@ def test_two_streams_on_shared_servers_roll_back_on_their_own(
                 # The tagger: same rows, epoch 0, no rollback, its cuts still held on every
                 # shared server, and Healthy.
                 assert _scores_of(fleet, names["tagger"], "tagger", trained)
-                tagger = _health_of(api, "tagger")
+                tagger = health(api, "tagger")
                 assert "lastRollback" not in tagger and tagger["phase"] == "Healthy", tagger
                 tagger_control = (api.get("models", "tagger").get("status") or {}).get("updates")
                 assert (tagger_control or {}).get("epoch", 0) == 0, tagger_control

@@ -153,16 +153,11 @@ class _SizeOf:
     def __init__(self, models: Mapping[str, Model]) -> None:
         self.models = models
         self._known: dict[tuple[str, int], int] = {}
-        self._uniform: dict[str, int] = {}
 
     def __call__(self, model_name: str, index: int) -> int:
         model = self.models[model_name]
-        if model.spec.shards.items is None:
-            size = self._uniform.get(model_name)
-            if size is None:
-                size = self._uniform[model_name] = _shard_bytes(model, index)
-            return size
-        key = (model_name, index)
+        # Shards of one size share an entry (index -1); listed shards have one each.
+        key = (model_name, index if model.spec.shards.items is not None else -1)
         size = self._known.get(key)
         if size is None:
             size = self._known[key] = _shard_bytes(model, index)
